@@ -1,0 +1,54 @@
+"""Pure analysis functions: neuron selection, consistency scores, statistics, editing metrics, CAS.
+
+Implements the measurements of Chen et al. (ICLR 2025), "Knowledge Localization: Mission Not
+Accomplished? Enter Query Localization!". Everything here works on numpy arrays, torch tensors and
+Python sets; no model is loaded. See ``docs/analysis.md`` for the formulas.
+"""
+
+from knowloc.analysis.cas import cas_components, cas_scores, cas_select
+from knowloc.analysis.consistency import (
+    consistency_scores,
+    cs_pairwise,
+    cs_share,
+    cs_strict,
+    jaccard,
+    otsu_threshold,
+    split_groups,
+)
+from knowloc.analysis.editing_metrics import (
+    avg_score,
+    delta_ppl,
+    erase_success,
+    locality_kept,
+    perplexity,
+    relative_change,
+    update_success,
+)
+from knowloc.analysis.neurons import relative_mask, select_neurons
+from knowloc.analysis.stats import bootstrap_ci, paired_bootstrap_diff, permutation_test_diff, welch_t
+
+__all__ = [
+    "avg_score",
+    "bootstrap_ci",
+    "cas_components",
+    "cas_scores",
+    "cas_select",
+    "consistency_scores",
+    "cs_pairwise",
+    "cs_share",
+    "cs_strict",
+    "delta_ppl",
+    "erase_success",
+    "jaccard",
+    "locality_kept",
+    "otsu_threshold",
+    "paired_bootstrap_diff",
+    "perplexity",
+    "permutation_test_diff",
+    "relative_change",
+    "relative_mask",
+    "select_neurons",
+    "split_groups",
+    "update_success",
+    "welch_t",
+]

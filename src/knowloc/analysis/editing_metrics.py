@@ -1,0 +1,131 @@
+"""Pure success rules and scores for knowledge editing (erasure and update).
+
+Used to evaluate edits of located knowledge neurons as in Chen et al. (ICLR 2025), "Knowledge
+Localization: Mission Not Accomplished? Enter Query Localization!" (following Dai et al. 2022 and
+the Rel/Gen/Loc metrics of Yao et al. 2023, "Editing Large Language Models"):
+
+* erasure succeeds when, after the edit, the gold object's first token is not the argmax AND
+  its probability fell by at least 50% relative: ``p_after <= 0.5 * p_before``;
+* update succeeds when the new object ``o'`` is strictly more probable than the old ``o``;
+* relative change ``(after - before) / before`` (nan where ``before == 0``);
+* locality is kept when an unrelated query's prediction is unchanged;
+* the average score is the mean of the available (non-nan) parts of Rel, Gen and Loc;
+* perplexity ``PPL = exp(NLL_sum / n_tokens)`` (natural log) and ``ΔPPL = PPL_after - PPL_before``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from knowloc.analysis._arrays import check_unit_interval, to_numpy_f64
+from knowloc.errors import KnowlocError
+
+__all__ = [
+    "erase_success",
+    "update_success",
+    "relative_change",
+    "locality_kept",
+    "avg_score",
+    "perplexity",
+    "delta_ppl",
+]
+
+ArrayLike = float | np.ndarray | torch.Tensor
+
+
+def _out(arr: np.ndarray) -> float | np.ndarray:
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def erase_success(p_before: float, p_after: float, top1_after_is_gold: bool) -> bool:
+    """Erasure succeeded: gold first token no longer top-1 AND ``p_after <= 0.5 * p_before``.
+
+    ``p_before`` / ``p_after`` are the gold first token's probabilities before / after the edit
+    (in [0, 1]). When ``p_before == 0`` the relative drop is undefined and the result is False.
+    """
+    pb = check_unit_interval(p_before, "p_before")
+    pa = check_unit_interval(p_after, "p_after")
+    if pb == 0.0:
+        return False
+    return (not bool(top1_after_is_gold)) and pa <= 0.5 * pb
+
+
+def update_success(p_new_after: float, p_gold_after: float) -> bool:
+    """Update succeeded: after the edit ``P(o') > P(o)`` strictly (ties fail)."""
+    pn = check_unit_interval(p_new_after, "p_new_after")
+    pg = check_unit_interval(p_gold_after, "p_gold_after")
+    return pn > pg
+
+
+def relative_change(before: ArrayLike, after: ArrayLike) -> float | np.ndarray:
+    """``(after - before) / before`` elementwise; nan where ``before == 0``."""
+    b = to_numpy_f64(before, "before")
+    a = to_numpy_f64(after, "after")
+    try:
+        b, a = np.broadcast_arrays(b, a)
+    except ValueError as exc:
+        raise KnowlocError(f"before and after shapes differ: {b.shape} vs {a.shape}") from exc
+    out = np.full(b.shape, np.nan)
+    np.divide(a - b, b, out=out, where=b != 0)
+    return _out(out)
+
+
+def locality_kept(pred_before: Any, pred_after: Any) -> bool:
+    """True when the prediction for an unrelated query is unchanged (exact equality).
+
+    Works for ints, strings, token-id lists, numpy arrays and torch tensors (shape and values must
+    both match).
+    """
+    if isinstance(pred_before, (np.ndarray, torch.Tensor)) or isinstance(
+        pred_after, (np.ndarray, torch.Tensor)
+    ):
+        b = pred_before.detach().cpu().numpy() if isinstance(pred_before, torch.Tensor) else pred_before
+        a = pred_after.detach().cpu().numpy() if isinstance(pred_after, torch.Tensor) else pred_after
+        return bool(np.array_equal(np.asarray(b), np.asarray(a)))
+    return bool(pred_before == pred_after)
+
+
+def avg_score(rel: ArrayLike | None, gen: ArrayLike | None, loc: ArrayLike | None) -> float | np.ndarray:
+    """Mean of Rel, Gen and Loc over the parts that are available.
+
+    A part that is ``None`` or nan is left out: ``avg = sum(available) / count(available)``;
+    nan when none is available. Works elementwise on arrays.
+    """
+    parts = [np.nan if p is None else p for p in (rel, gen, loc)]
+    arrs = [to_numpy_f64(p, "score") for p in parts]
+    try:
+        stacked = np.stack(np.broadcast_arrays(*arrs))
+    except ValueError as exc:
+        raise KnowlocError("rel, gen and loc shapes differ") from exc
+    present = ~np.isnan(stacked)
+    count = present.sum(axis=0)
+    total = np.where(present, stacked, 0.0).sum(axis=0)
+    out = np.full(count.shape, np.nan)
+    np.divide(total, count, out=out, where=count > 0)
+    return _out(out)
+
+
+def perplexity(nll_sum: ArrayLike, n_tokens: ArrayLike) -> float | np.ndarray:
+    """``PPL = exp(nll_sum / n_tokens)``; ``nll_sum`` is the summed natural-log NLL.
+
+    Raises:
+        KnowlocError: ``n_tokens <= 0``.
+    """
+    nll = to_numpy_f64(nll_sum, "nll_sum")
+    n = to_numpy_f64(n_tokens, "n_tokens")
+    if np.any(~(n > 0)):
+        raise KnowlocError("n_tokens must be > 0")
+    return _out(np.exp(nll / n))
+
+
+def delta_ppl(before: ArrayLike, after: ArrayLike) -> float | np.ndarray:
+    """``ΔPPL = PPL_after - PPL_before`` (absolute change; positive = the edit hurt fluency)."""
+    b = to_numpy_f64(before, "before")
+    a = to_numpy_f64(after, "after")
+    try:
+        return _out(np.asarray(a - b))
+    except ValueError as exc:
+        raise KnowlocError("before and after shapes differ") from exc

