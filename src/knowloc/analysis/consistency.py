@@ -149,7 +149,8 @@ def otsu_threshold(values: Sequence[float] | np.ndarray, bins: int = 256) -> flo
     on_max = between >= best - 1e-12 * abs(best)
     first = int(np.argmax(on_max))
     last = first
-    while last + 1 < on_max.size and on_max[last + 1]:
+    # extend only across empty bins: those splits give the same partition (ties elsewhere keep the first)
+    while last + 1 < on_max.size and on_max[last + 1] and counts[last + 1] == 0:
         last += 1
     return float((edges[first + 1] + edges[last + 1]) / 2.0)
 

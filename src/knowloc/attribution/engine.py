@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from knowloc.attribution.methods import MethodConfig, baselines, objective, target_log_probs
+from knowloc.attribution.methods import MethodConfig, baselines, objective
 from knowloc.models.hooks import hook_module
 from knowloc.models.lm import Encoding, LanguageModel
 
@@ -94,7 +94,7 @@ def prepare(lm: LanguageModel, enc: Encoding, objective_kind: str = "prob") -> P
         for handle in handles:
             handle.remove()
     target = torch.tensor(enc.target_ids, device=lm.device)
-    prob = float(objective(target_log_probs(out.logits, target), objective_kind)[0])
+    prob = float(objective(out.logits, target, objective_kind)[0])
     clean_hidden = [_hidden_arg(args, kwargs) for args, kwargs in block_args]
     return Prepared(enc, block_args, cache, clean_hidden, torch.stack(acts), target, prob)
 
@@ -164,11 +164,29 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
             module, where = lm.site_module(b)
             with hook_module(module, where, patch):
                 hidden = _call_block(blocks[b], args, kwargs, hidden, prep.cache, replay)
-        values = objective(target_log_probs(lm.logits(hidden), prep.target), objective_kind)
-        grads = torch.autograd.grad(values.sum(), leaves)
+        grad_hidden = _unembedding_gradient(lm, hidden.detach(), prep.target, objective_kind)
+        grads = torch.autograd.grad(hidden, leaves, grad_outputs=grad_hidden)
     out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
     out[torch.tensor(order, device=x.device)] = torch.cat(grads).float()
     return out
+
+
+UNEMBED_CHUNK_BYTES = 16 * 2**20
+
+
+def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """dF/d(last block output), computed over row chunks whose logits stay under UNEMBED_CHUNK_BYTES.
+
+    Small chunks keep peak memory flat and let the allocator reuse the logits buffers instead of mapping
+    fresh pages for every query (a measurable cost on CPU with a 50k vocabulary)."""
+    rows_per_chunk = max(1, UNEMBED_CHUNK_BYTES // (hidden.shape[1] * lm.model.config.vocab_size * 4))
+    grad = torch.empty_like(hidden)
+    with torch.enable_grad():
+        for start in range(0, hidden.shape[0], rows_per_chunk):
+            part = hidden[start:start + rows_per_chunk].requires_grad_(True)
+            value = objective(lm.logits(part), target, kind).sum()
+            (grad[start:start + rows_per_chunk],) = torch.autograd.grad(value, part)
+    return grad
 
 
 def attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, *, layers: list[int] | None = None,

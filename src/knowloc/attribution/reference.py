@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from knowloc.attribution.methods import (MethodConfig, baseline_token_id, objective, reference_prompts,
-                                         sig_positions, target_log_probs)
+                                         sig_positions)
 from knowloc.models.hooks import hook_sites, trace_activations
 from knowloc.models.lm import Encoding, LanguageModel
 
@@ -60,7 +60,7 @@ def attribute_reference(lm: LanguageModel, enc: Encoding, config: MethodConfig,
 
         with torch.enable_grad(), hook_sites(lm, {layer: patch}):
             logits = lm.model(input_ids=ids.expand(x.shape[0], -1)).logits
-            values = objective(target_log_probs(logits[:, pos:pos + enc.n_target], target), config.objective)
+            values = objective(logits[:, pos:pos + enc.n_target], target, config.objective)
             (grad,) = torch.autograd.grad(values.sum(), x)
         grad_mean = grad.float().view(b.shape[0], steps, -1).mean(dim=1)  # [J, N]
         scores[layer] = ((clean[layer] - b) * grad_mean).mean(dim=0).cpu()

@@ -88,7 +88,7 @@ register(ArchSpec(
     mlp_out=lambda b: b.mlp.dense_4h_to_h, value_layout="col",
     pre_act=lambda b: b.mlp.dense_h_to_4h, pre_act_label="dense_h_to_4h output before GELU",
     attn=lambda b: b.attention,
-    final_norm=lambda m: m.gpt_neox.final_layer_norm, unembed=lambda m: m.embed_out,
+    final_norm=lambda m: m.gpt_neox.final_layer_norm, unembed=lambda m: m.get_output_embeddings(),
 ))
 register(ArchSpec(
     family="gpt-j", model_types=("gptj",),

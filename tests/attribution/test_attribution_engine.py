@@ -1,0 +1,110 @@
+"""The fast engine must equal the per-layer reference (rtol 1e-4, fp32)."""
+
+import pytest
+import torch
+
+from knowloc.attribution import attribute
+from knowloc.attribution.engine import attribute_fast
+from knowloc.attribution.methods import MethodConfig
+from knowloc.attribution.reference import attribute_reference
+from knowloc.errors import KnowlocError
+from knowloc.models.tiny import TINY
+
+PROMPT = "The capital of France is"
+REFS = ("The weather today is", "Once upon a time there was")
+
+
+def assert_equivalent(fast: torch.Tensor, ref: torch.Tensor) -> None:
+    scale = ref.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * float(scale))
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma"])
+@pytest.mark.parametrize("method", ["ig", "sig", "amig", "grad_x_act"])
+@pytest.mark.parametrize("target", ["Paris", "Paris Berlin Rome"])
+@pytest.mark.parametrize("max_rows", [None, 4])
+def test_fast_equals_reference(tiny_models, name, method, target, max_rows):
+    lm = tiny_models(name)
+    config = MethodConfig(method, steps=4, reference_prompts=REFS)
+    enc = lm.encode(PROMPT, target)
+    fast, _ = attribute_fast(lm, enc, config, max_rows=max_rows)
+    assert_equivalent(fast, attribute_reference(lm, enc, config))
+
+
+@pytest.mark.parametrize("name", sorted(set(TINY) - {"tiny-gpt2", "tiny-llama", "tiny-gemma"}))
+def test_fast_equals_reference_other_families(tiny_models, name):
+    lm = tiny_models(name)
+    config = MethodConfig("ig", steps=3)
+    enc = lm.encode(PROMPT, "Paris Rome")
+    fast, _ = attribute_fast(lm, enc, config, max_rows=5)
+    assert_equivalent(fast, attribute_reference(lm, enc, config))
+
+
+def test_log_probability_objective_and_pre_activation_site():
+    from knowloc.models import load_model
+
+    lm = load_model("tiny-llama", site="pre_act")
+    config = MethodConfig("ig", steps=3, objective="logprob")
+    enc = lm.encode(PROMPT, "Paris")
+    fast, _ = attribute_fast(lm, enc, config)
+    assert_equivalent(fast, attribute_reference(lm, enc, config))
+
+
+def test_riemann_sum_converges_to_probability_difference(tiny_models):
+    """Completeness of IG for one layer: sum_i Attr_i -> P(o | a) - P(o | a^l = 0)."""
+    from knowloc.models.hooks import scale_neurons
+
+    lm = tiny_models("tiny-llama")
+    enc = lm.encode(PROMPT, "Paris")
+    layer = 1
+    ids = torch.tensor([enc.input_ids])
+    with torch.no_grad():
+        p_full = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[enc.target_ids[0]]
+        with scale_neurons(lm, {layer: list(range(lm.n_neurons))}, 0.0, position=enc.last_pos):
+            p_zero = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[enc.target_ids[0]]
+    expected = float(p_full - p_zero)
+    errors = []
+    for steps in (1, 4, 64):
+        scores, _ = attribute_fast(lm, enc, MethodConfig("ig", steps), layers=[layer])
+        assert torch.count_nonzero(scores[[l for l in range(lm.n_layers) if l != layer]]) == 0
+        errors.append(abs(float(scores[layer].sum()) - expected))
+    assert errors[2] < errors[0]
+    assert errors[2] < 0.02 * abs(expected)
+
+
+def test_same_inputs_identical_scores(tiny_models):
+    lm = tiny_models("tiny-gemma")
+    a = attribute(lm, PROMPT, "Paris", method="sig", steps=3)
+    b = attribute(lm, PROMPT, "Paris", method="sig", steps=3)
+    assert torch.equal(a.scores, b.scores)
+    assert a.scores.dtype == torch.float32 and a.scores.device.type == "cpu"
+    assert a.scores.shape == (lm.n_layers, lm.n_neurons)
+
+
+def test_attribution_result_api(tiny_models):
+    lm = tiny_models("tiny-llama")
+    result = attribute(lm, PROMPT, "Paris", method="ig", steps=3)
+    assert result.method == "ig" and result.steps == 3 and "zero" in result.baseline
+    top = result.neurons(threshold=5, mode="top_k")
+    assert len(top) == 5
+    scores = [float(result.scores[l, i]) for l, i in top]
+    assert scores == sorted(scores, reverse=True)
+    relative = result.neurons(threshold=0.2)
+    best = float(result.scores.max())
+    assert all(float(result.scores[l, i]) > 0.2 * best for l, i in relative)
+    assert top[0] == relative[0]
+    assert 0 < result.prob < 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prompt="", target="Paris"), "empty prompt"),
+    (dict(prompt=PROMPT, target=" "), "tokenizes to nothing"),
+    (dict(prompt=PROMPT, target="Paris", steps=0), "steps must be"),
+    (dict(prompt="word " * 300, target="Paris"), "longer than the model's context"),
+    (dict(prompt=PROMPT, target="Paris", method="magic"), "unknown method"),
+])
+def test_bad_attribution_input(tiny_models, kwargs, message):
+    kwargs = dict(kwargs)
+    with pytest.raises(KnowlocError, match=message):
+        attribute(tiny_models("tiny-gpt2"), kwargs.pop("prompt"), kwargs.pop("target"), **kwargs)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from knowloc.errors import KnowlocError
+from knowloc.models import load_model
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(KnowlocError, match="does not exist"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(KnowlocError, match="does not exist"):
+        load_model(str(tmp_path / "nope.gguf"))
+
+
+def test_corrupt_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("KNOWLOC_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00garbage" * 10)
+    with pytest.raises(KnowlocError, match="could not read GGUF file"):
+        load_model(str(bad))
+
+
+def test_pickle_weights_refused_unless_allowed(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(KnowlocError, match="pickle .bin weights.*--allow-pickle"):
+        load_model(str(tmp_path))
+
+
+def test_local_safetensors_directory_roundtrip(tmp_path, tiny_models):
+    lm = tiny_models("tiny-qwen2")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path))
+    ids = torch.tensor([lm.encode("The capital of France is").prompt_ids])
+    with torch.no_grad():
+        assert torch.equal(lm.model(input_ids=ids).logits, again.model(input_ids=ids).logits)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu():
+    with pytest.raises(KnowlocError, match="no CUDA GPU"):
+        load_model("tiny-gpt2", device="cuda")
+
+
+def test_bad_dtype_and_site():
+    with pytest.raises(KnowlocError, match="unknown dtype"):
+        load_model("tiny-gpt2", dtype="int3")
+    with pytest.raises(KnowlocError, match="unknown hook site"):
+        load_model("tiny-gpt2", site="nowhere")
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_knows_paris(smollm2):
+    assert smollm2.arch.family == "llama" and smollm2.n_layers == 30 and smollm2.n_neurons == 1536
+    enc = smollm2.encode("The capital of France is", "Paris")
+    with torch.no_grad():
+        logits = smollm2.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1]
+    assert int(logits.argmax()) == enc.target_ids[0]
