@@ -1,0 +1,83 @@
+"""`knowloc bench attribution`: the per-layer reference against the fast engine, in one process."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from knowloc.attribution.engine import attribute_fast
+from knowloc.attribution.methods import MethodConfig
+from knowloc.attribution.reference import attribute_reference
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul throughput (GFLOP/s) of an n x n x n product: the machine's practical peak."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def benchmark_prompts(n: int) -> list[tuple[str, str]]:
+    """The first n built-in queries (short factual prompts of about 8-14 tokens)."""
+    from knowloc.data import load_facts
+
+    pairs = [(q.text, q.fact.object) for q in load_facts("builtin").queries]
+    return pairs[:n]
+
+
+def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20, repeats: int = 5,
+                              n_queries: int = 1, device=None, dtype=None,
+                              echo: Callable[[str], None] = print) -> dict:
+    from knowloc.models import load_model
+
+    config = MethodConfig(method, steps)
+    lm = load_model(model, device=device, dtype=dtype)
+    encs = [lm.encode(p, t) for p, t in benchmark_prompts(n_queries)]
+    echo(f"model={model} method={method} steps={config.effective_steps} layers={lm.n_layers} "
+         f"neurons={lm.n_neurons} queries={len(encs)} tokens={[len(e.input_ids) for e in encs]} "
+         f"threads={torch.get_num_threads()} device={lm.device}")
+    for enc in encs:  # warm-up (allocator, kernels), not timed
+        attribute_fast(lm, enc, config)
+    fast_times, ref_times, errors = [], [], []
+    for run in range(repeats):
+        # alternate the two engines so that machine noise hits both alike
+        start = time.perf_counter()
+        ref = [attribute_reference(lm, enc, config) for enc in encs]
+        _sync(lm.device)
+        ref_times.append((time.perf_counter() - start) / len(encs))
+        start = time.perf_counter()
+        fast = [attribute_fast(lm, enc, config)[0] for enc in encs]
+        _sync(lm.device)
+        fast_times.append((time.perf_counter() - start) / len(encs))
+        errors += [float((f - r).abs().max() / r.abs().max()) for f, r in zip(fast, ref)]
+        echo(f"run {run + 1}/{repeats}: ref {ref_times[-1]:.3f} s/query, fast {fast_times[-1]:.3f} s/query")
+    with FlopCounterMode(display=False) as counter:
+        attribute_fast(lm, encs[0], config)
+    fast_s, ref_s = statistics.median(fast_times), statistics.median(ref_times)
+    result = {
+        "speedup": ref_s / fast_s, "fast_s": fast_s, "ref_s": ref_s, "max_rel_err": max(errors),
+        "gflops": counter.get_total_flops() / 1e9 / fast_s,
+        "peak_gflops": matmul_peak_gflops(device=lm.device, dtype=lm.dtype),
+    }
+    echo(f"speedup={result['speedup']:.1f} fast_s={fast_s:.3f} ref_s={ref_s:.3f} "
+         f"max_rel_err={result['max_rel_err']:.2e} gflops={result['gflops']:.1f} "
+         f"peak_gflops={result['peak_gflops']:.1f}")
+    return result

@@ -1,0 +1,74 @@
+"""Which facts a model knows: the foundation filter of every study.
+
+A query is answered when the argmax next token after its prompt is the first token of " " + object
+(optionally with the argmax restricted to the first tokens of the relation's objects, as LAMA does).
+A fact enters a study when at least `min_known` of its neighbor queries are answered (default 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from knowloc.data.types import Fact, Query
+from knowloc.models.lm import LanguageModel
+from knowloc.models.scoring import next_token_distributions
+
+
+@dataclass
+class QueryProbe:
+    query: Query
+    rank: int  # 0-based rank of the gold first token
+    prob: float
+    top1: bool
+    top5: bool
+
+
+@dataclass
+class FactProbe:
+    fact: Fact
+    queries: list[QueryProbe] = field(default_factory=list)
+
+    @property
+    def n_known(self) -> int:
+        return sum(q.top1 for q in self.queries)
+
+
+def probe_facts(lm: LanguageModel, items: list[tuple[Fact, list[Query]]], *, candidates: bool = False,
+                batch_size: int = 32, progress: bool = True) -> list[FactProbe]:
+    """Rank of each query's gold first token (among all tokens, or among the relation's candidates)."""
+    queries = [q for _, qs in items for q in qs]
+    gold = {q.fact.object: lm.first_target_token(q.fact.object) for q in queries}
+    allowed: dict[str, torch.Tensor] = {}
+    if candidates:
+        for fact, _ in items:
+            allowed.setdefault(fact.relation, set()).add(gold[fact.object])
+        allowed = {rel: torch.tensor(sorted(ids)) for rel, ids in allowed.items()}
+    results: list[QueryProbe] = []
+    prompts = [q.text for q in queries]
+    dists = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="probing", unit="batch", disable=not progress):
+        dists += next_token_distributions(lm, prompts[start:start + batch_size], batch_size=batch_size)
+    for query, dist in zip(queries, dists):
+        probs = dist.probs
+        if candidates:
+            masked = torch.zeros_like(probs)
+            ids = allowed[query.fact.relation]
+            masked[ids] = probs[ids]
+            probs = masked
+        target = gold[query.fact.object]
+        rank = int((probs > probs[target]).sum())
+        results.append(QueryProbe(query, rank, float(dist.probs[target]), rank == 0, rank < 5))
+    by_fact: dict[str, FactProbe] = {}
+    for fact, _ in items:
+        by_fact[fact.id] = FactProbe(fact)
+    for result in results:
+        by_fact[result.query.fact.id].queries.append(result)
+    return list(by_fact.values())
+
+
+def known_facts(probes: list[FactProbe], min_known: int = 2) -> list[tuple[Fact, list[Query]]]:
+    """Facts answered in at least `min_known` neighbor queries, with ALL their queries (answered or not)."""
+    return [(p.fact, [q.query for q in p.queries]) for p in probes if p.n_known >= min_known]

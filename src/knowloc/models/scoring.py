@@ -1,0 +1,37 @@
+"""Batched next-token scoring of prompts (exact: right padding never changes earlier positions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from knowloc.models.lm import LanguageModel
+
+
+@dataclass(frozen=True)
+class NextToken:
+    top_ids: list[int]  # the k most likely next tokens, best first
+    probs: torch.Tensor  # full next-token distribution [vocab] (float32, CPU)
+
+
+@torch.no_grad()
+def next_token_distributions(lm: LanguageModel, prompts: list[str], top_k: int = 5,
+                             batch_size: int = 32) -> list[NextToken]:
+    """Next-token distribution after each prompt, in batches."""
+    out: list[NextToken] = []
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(prompts), batch_size):
+        seqs = [list(lm.encode(p).prompt_ids) for p in prompts[start:start + batch_size]]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
+        last = torch.tensor([len(s) - 1 for s in seqs], device=lm.device)
+        probs = torch.softmax(logits[torch.arange(len(seqs), device=lm.device), last].float(), dim=-1).cpu()
+        for row in probs:
+            out.append(NextToken(top_ids=torch.topk(row, top_k).indices.tolist(), probs=row))
+    return out
