@@ -153,6 +153,38 @@ def data_pararel(download: Path = typer.Option(..., "--download", help="director
 
 
 @app.command()
+def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="repeat for several models"),
+          data: Optional[str] = typer.Option(None, "--data", "-d", help="builtin, pararel:DIR or a JSONL path"),
+          methods: Optional[str] = typer.Option(None, help="comma-separated: ig,sig,amig,grad_x_act"),
+          experiments: Optional[str] = typer.Option(None, help="comma-separated: consistency,modification,"
+                                                    "query-mapping,attention,cas"),
+          relations: Optional[str] = typer.Option(None, help="comma-separated relation ids"),
+          facts: Optional[int] = typer.Option(None, help="at most N known facts per model (seeded sample)"),
+          seed: Optional[int] = typer.Option(None), steps: Optional[int] = typer.Option(None),
+          threshold: Optional[float] = typer.Option(None, help="KN set: attribution > threshold x max"),
+          tau: Optional[float] = typer.Option(None, help="static K_C/K_I threshold on the CS score"),
+          split: Optional[str] = typer.Option(None, help="groups for later experiments: static or otsu"),
+          min_known: Optional[int] = typer.Option(None, help="paraphrases a fact must be answered in"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable)"),
+          config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys"),
+          device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+          no_progress: bool = typer.Option(False, "--no-progress")) -> None:
+    """Run (or resume) a study: probe, attribute, experiments, outputs in --out."""
+    from knowloc.study.config import StudyConfig
+    from knowloc.study.runner import run_study
+
+    overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": _split(experiments),
+                 "relations": _split(relations), "facts": facts, "seed": seed, "steps": steps, "threshold": threshold,
+                 "tau": tau, "split": split, "min_known": min_known, "out": str(out) if out else None,
+                 "device": device, "dtype": dtype, "progress": False if no_progress else None}
+    if config is not None:
+        cfg = StudyConfig.from_toml(config, overrides)
+    else:
+        cfg = StudyConfig(**{k: v for k, v in overrides.items() if v is not None})
+    run_study(cfg, echo=typer.echo)
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), model: str = ModelOpt) -> None:
     """The main job on the embedded default (see README)."""
     from knowloc.demo import run_demo

@@ -1,0 +1,41 @@
+"""Knowledge-neuron editing (erase / update of value vectors) and its evaluation (Rel, Gen, Loc, Avg, ΔPPL).
+
+Follows Dai et al. 2022 (Knowledge Neurons) for the edits and Chen et al. ICLR 2025 for the evaluation;
+see ``docs/editing.md``.
+"""
+
+from knowloc.editing.evaluate import (
+    Baseline,
+    EditTrial,
+    TrialResult,
+    compute_baseline,
+    evaluate_trial,
+    perplexity_of_texts,
+    text_nll,
+)
+from knowloc.editing.operations import (
+    OPERATIONS,
+    erase,
+    modified,
+    normalize_neurons,
+    unembedding_row,
+    update,
+    update_delta,
+)
+
+__all__ = [
+    "OPERATIONS",
+    "Baseline",
+    "EditTrial",
+    "TrialResult",
+    "compute_baseline",
+    "erase",
+    "evaluate_trial",
+    "modified",
+    "normalize_neurons",
+    "perplexity_of_texts",
+    "text_nll",
+    "unembedding_row",
+    "update",
+    "update_delta",
+]

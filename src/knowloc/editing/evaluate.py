@@ -1,0 +1,320 @@
+"""Measuring one editing trial: Rel / Gen / Loc / Avg, ΔPPL and gold-probability changes.
+
+A trial edits a neuron set (erase or update, see :mod:`knowloc.editing.operations`) located for query
+``q_i`` of a fact and measures, with the edit applied:
+
+* ``rel``  -- success on ``q_i`` itself (0 or 1);
+* ``gen``  -- mean success over the fact's other neighbor queries ``q_j, j != i`` (nan if none);
+* ``loc``  -- share of locality (unrelated) prompts whose argmax next token is unchanged (nan if none);
+* ``avg``  -- mean of the available parts of rel, gen, loc (:func:`knowloc.analysis.avg_score`);
+* ``dppl`` -- perplexity after minus before on the neutral texts (nan if none);
+* ``dprob_self`` / ``dprob_neighbors`` -- relative change ``(after - before) / before`` of the gold
+  first-token probability on ``q_i`` / mean over the neighbors.
+
+Success rules (:mod:`knowloc.analysis.editing_metrics`): erasure succeeds on a query when the gold first
+token is no longer the argmax AND its probability fell by at least 50% relative; update succeeds when the
+new object's first token ``o'`` is strictly more probable than the gold one ``o``.
+
+Everything that does not depend on the edit is computed once per fact in a :class:`Baseline`, so a trial
+costs three batched forward passes (fact prompts, locality prompts, neutral texts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from knowloc.analysis.editing_metrics import (
+    avg_score,
+    delta_ppl,
+    erase_success,
+    locality_kept,
+    perplexity,
+    relative_change,
+    update_success,
+)
+from knowloc.editing.operations import OPERATIONS, Neurons, modified, normalize_neurons
+from knowloc.errors import KnowlocError
+from knowloc.models.lm import LanguageModel
+from knowloc.models.scoring import next_token_distributions
+
+__all__ = [
+    "EditTrial",
+    "Baseline",
+    "TrialResult",
+    "compute_baseline",
+    "evaluate_trial",
+    "text_nll",
+    "perplexity_of_texts",
+]
+
+
+# --------------------------------------------------------------------------------------------------------
+# perplexity
+
+
+def _text_ids(lm: LanguageModel, text: str) -> list[int]:
+    """Token ids of a text (with the tokenizer's special tokens, e.g. Gemma's BOS), cut to the context."""
+    if not isinstance(text, str):
+        raise KnowlocError(f"texts must be strings, got {type(text).__name__}")
+    ids = list(lm.tokenizer(text)["input_ids"])
+    limit = lm.max_positions
+    return ids[:limit] if limit else ids
+
+
+@torch.no_grad()
+def text_nll(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> tuple[float, int]:
+    """``(sum of token NLLs in nats, number of predicted tokens)`` over all texts, teacher-forced.
+
+    Each text is tokenized on its own (texts longer than the model's context are cut to it); token ``t``
+    of a text is predicted from tokens ``< t``, so a text of ``n`` tokens contributes ``n - 1``. Texts are
+    right-padded into batches of ``batch_size`` and the pad positions are masked out of the sum, so the
+    result equals the per-text unpadded computation (up to float rounding).
+    """
+    if isinstance(texts, str):
+        raise KnowlocError("texts must be a list of strings, not one string")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise KnowlocError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    seqs = [_text_ids(lm, t) for t in texts]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    nll_sum = 0.0
+    n_tokens = 0
+    for start in range(0, len(seqs), batch_size):
+        chunk = [s for s in seqs[start:start + batch_size] if len(s) >= 2]
+        if not chunk:
+            continue
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        targets = ids[:, 1:]
+        keep = mask[:, 1:].bool()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        nll = nll.view(targets.shape)[keep]
+        nll_sum += float(nll.double().sum())
+        n_tokens += int(keep.sum())
+    return nll_sum, n_tokens
+
+
+def perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> float:
+    """``exp(sum of token NLLs / number of predicted tokens)`` over all texts (see :func:`text_nll`)."""
+    if isinstance(texts, str):
+        raise KnowlocError("texts must be a list of strings, not one string")
+    if not texts:
+        raise KnowlocError("perplexity needs a non-empty list of texts")
+    nll_sum, n_tokens = text_nll(lm, texts, batch_size)
+    if n_tokens == 0:
+        raise KnowlocError("the texts have no token to predict (each needs at least 2 tokens)")
+    return float(perplexity(nll_sum, n_tokens))
+
+
+# --------------------------------------------------------------------------------------------------------
+# trials
+
+
+@dataclass(frozen=True)
+class EditTrial:
+    """One edit of one fact.
+
+    prompts: the fact's neighbor query prompts; ``index``: the edited query ``q_i`` (whose neurons these are);
+    gold: the fact's object string ``o`` (its first token, of ``" " + gold``, is scored);
+    neurons: ``[(layer, index), ...]`` or ``{layer: [index, ...]}``; operation: ``"erase"`` | ``"update"``;
+    new_object: for update, the new object ``o'`` (first token of ``" " + new_object``);
+    lambda1 / lambda2: the update coefficients (Dai et al. 2022: 1 and 8).
+    """
+
+    prompts: Sequence[str]
+    index: int
+    gold: str
+    neurons: Neurons
+    operation: str = "erase"
+    new_object: str | None = None
+    lambda1: float = 1.0
+    lambda2: float = 8.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str) or not self.prompts:
+            raise KnowlocError("a trial needs a non-empty list of prompts")
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < len(self.prompts):
+            raise KnowlocError(f"index {self.index!r} out of range for {len(self.prompts)} prompts")
+        if not isinstance(self.gold, str) or not self.gold.strip():
+            raise KnowlocError("empty gold object")
+        if self.operation not in OPERATIONS:
+            raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {self.operation!r}")
+        if self.operation == "update":
+            if not isinstance(self.new_object, str) or not self.new_object.strip():
+                raise KnowlocError("an update trial needs a non-empty new_object")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Unedited measurements of one fact, computed once (:func:`compute_baseline`) and reused by its trials.
+
+    probs: next-token distributions ``[n_prompts, vocab]`` of the fact's prompts;
+    locality_probs / locality_top1: distributions ``[n_locality, vocab]`` and argmax tokens of the locality
+    prompts; ppl: perplexity of the neutral texts (nan when there are none).
+    """
+
+    model_name: str
+    prompts: tuple[str, ...]
+    probs: torch.Tensor
+    top1: tuple[int, ...]
+    locality_prompts: tuple[str, ...]
+    locality_probs: torch.Tensor
+    locality_top1: tuple[int, ...]
+    neutral_texts: tuple[str, ...]
+    ppl: float
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Scores of one trial (see the module docstring). ``success[j]`` is the rule's verdict on prompt j;
+    ``dprob[j]`` the relative change of its gold first-token probability; ``dprob_locality`` the mean
+    relative change of the locality prompts' gold-token probabilities (nan without gold tokens)."""
+
+    rel: float
+    gen: float
+    loc: float
+    avg: float
+    dppl: float
+    dprob_self: float
+    dprob_neighbors: float
+    operation: str
+    n_neurons: int
+    success: tuple[bool, ...] = field(default=())
+    dprob: tuple[float, ...] = field(default=())
+    dprob_locality: float = math.nan
+    ppl_before: float = math.nan
+    ppl_after: float = math.nan
+
+
+def _as_prompts(prompts: Sequence[str], name: str) -> tuple[str, ...]:
+    if isinstance(prompts, str):
+        raise KnowlocError(f"{name} must be a list of strings, not one string")
+    out = tuple(prompts)
+    for p in out:
+        if not isinstance(p, str):
+            raise KnowlocError(f"{name} must be strings, got {type(p).__name__}")
+    return out
+
+
+def _distributions(lm: LanguageModel, prompts: tuple[str, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    if not prompts:
+        vocab = lm.arch.unembed(lm.model).weight.shape[0]
+        return torch.zeros((0, vocab)), ()
+    dists = next_token_distributions(lm, list(prompts), top_k=1)
+    return torch.stack([d.probs for d in dists]), tuple(d.top_ids[0] for d in dists)
+
+
+def compute_baseline(lm: LanguageModel, prompts: Sequence[str], locality_prompts: Sequence[str] = (),
+                     neutral_texts: Sequence[str] = ()) -> Baseline:
+    """Measure the unedited model once per fact: one batch for the fact's prompts, one for the locality
+    prompts, one forward for the neutral-text perplexity."""
+    prompts = _as_prompts(prompts, "prompts")
+    if not prompts:
+        raise KnowlocError("a baseline needs a non-empty list of prompts")
+    locality_prompts = _as_prompts(locality_prompts, "locality_prompts")
+    neutral_texts = _as_prompts(neutral_texts, "neutral_texts")
+    probs, top1 = _distributions(lm, prompts)
+    loc_probs, loc_top1 = _distributions(lm, locality_prompts)
+    ppl = perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
+    return Baseline(model_name=lm.name, prompts=prompts, probs=probs, top1=top1,
+                    locality_prompts=locality_prompts, locality_probs=loc_probs, locality_top1=loc_top1,
+                    neutral_texts=neutral_texts, ppl=ppl)
+
+
+def _prob(x: torch.Tensor) -> float:
+    """A float32 softmax entry as a probability in [0, 1] (rounding can overshoot 1 by an ulp)."""
+    return min(max(float(x), 0.0), 1.0)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
+                   locality_prompts: Sequence[str] = (), locality_gold_tokens: Sequence[int] | None = None,
+                   neutral_texts: Sequence[str] = ()) -> TrialResult:
+    """Apply the trial's edit, measure, restore the model; see the module docstring for the scores.
+
+    ``baseline`` must have been computed on the same model with the trial's prompts, ``locality_prompts``
+    and ``neutral_texts``. ``locality_gold_tokens`` (optional, one token id per locality prompt) only feeds
+    ``dprob_locality``; ``loc`` compares argmax predictions before and after.
+    """
+    locality_prompts = _as_prompts(locality_prompts, "locality_prompts")
+    neutral_texts = _as_prompts(neutral_texts, "neutral_texts")
+    if baseline.model_name != lm.name:
+        raise KnowlocError(f"the baseline was computed on {baseline.model_name!r}, not {lm.name!r}")
+    if baseline.prompts != trial.prompts:
+        raise KnowlocError("the baseline was computed on other prompts than the trial's")
+    if baseline.locality_prompts != locality_prompts:
+        raise KnowlocError("the baseline was computed on other locality prompts")
+    if baseline.neutral_texts != neutral_texts:
+        raise KnowlocError("the baseline was computed on other neutral texts")
+    vocab = baseline.probs.shape[1]
+    if locality_gold_tokens is not None:
+        locality_gold_tokens = tuple(locality_gold_tokens)
+        if len(locality_gold_tokens) != len(locality_prompts):
+            raise KnowlocError(f"{len(locality_gold_tokens)} locality gold tokens for "
+                               f"{len(locality_prompts)} locality prompts")
+        for t in locality_gold_tokens:
+            if isinstance(t, bool) or not hasattr(t, "__index__") or not 0 <= int(t) < vocab:
+                raise KnowlocError(f"locality gold token {t!r} is not a token id of the vocabulary")
+
+    gold = lm.first_target_token(trial.gold)
+    new = None
+    if trial.operation == "update":
+        new = lm.first_target_token(trial.new_object)  # type: ignore[arg-type]
+        if new == gold:
+            raise KnowlocError(f"new object {trial.new_object!r} starts with the same token as {trial.gold!r}")
+    neurons = normalize_neurons(lm, trial.neurons)
+
+    with modified(lm, trial.operation, neurons, old_token=gold, new_token=new,
+                  lambda1=trial.lambda1, lambda2=trial.lambda2):
+        probs, top1 = _distributions(lm, trial.prompts)
+        loc_probs, loc_top1 = _distributions(lm, locality_prompts)
+        ppl_after = perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
+
+    success: list[bool] = []
+    dprob: list[float] = []
+    for j in range(len(trial.prompts)):
+        p_before = _prob(baseline.probs[j, gold])
+        p_after = _prob(probs[j, gold])
+        if trial.operation == "erase":
+            ok = erase_success(p_before, p_after, top1[j] == gold)
+        else:
+            ok = update_success(_prob(probs[j, new]), p_after)
+        success.append(bool(ok))
+        dprob.append(float(relative_change(float(baseline.probs[j, gold]), float(probs[j, gold]))))
+
+    i = trial.index
+    others = [j for j in range(len(trial.prompts)) if j != i]
+    rel = float(success[i])
+    gen = float(np.mean([success[j] for j in others])) if others else math.nan
+    loc = (float(np.mean([locality_kept(b, a) for b, a in zip(baseline.locality_top1, loc_top1)]))
+           if locality_prompts else math.nan)
+    dprob_locality = math.nan
+    if locality_gold_tokens:
+        idx = torch.arange(len(locality_prompts))
+        toks = torch.tensor([int(t) for t in locality_gold_tokens])
+        dprob_locality = _nanmean(np.atleast_1d(relative_change(baseline.locality_probs[idx, toks],
+                                                                loc_probs[idx, toks])).tolist())
+    dppl = float(delta_ppl(baseline.ppl, ppl_after)) if neutral_texts else math.nan
+    return TrialResult(
+        rel=rel, gen=gen, loc=loc, avg=float(avg_score(rel, gen, loc)), dppl=dppl,
+        dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
+        operation=trial.operation, n_neurons=len(neurons), success=tuple(success), dprob=tuple(dprob),
+        dprob_locality=dprob_locality, ppl_before=baseline.ppl, ppl_after=ppl_after,
+    )

@@ -1,0 +1,650 @@
+"""Static PNG figures for knowloc reports (headless matplotlib, Agg backend).
+
+Every function takes plain Python / numpy data, draws one figure with a fixed style and a
+deterministic size (it depends only on the shape of the input), writes it atomically as a PNG
+(temp file in the target directory, then ``os.replace``), closes the figure and returns the
+path. Bad input raises :class:`knowloc.errors.KnowlocError` with a one-line message.
+
+The figures follow Chen et al. (ICLR 2025), "Knowledge Localization: Mission Not Accomplished?
+Enter Query Localization!": consistency scores (CS) of knowledge-neuron sets split facts into
+consistent (K_C) and inconsistent (K_I) knowledge.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from knowloc.errors import KnowlocError  # noqa: E402
+
+__all__ = ["activation_heatmaps", "grouped_bars", "heatmap_grid", "line_plot", "violin_cs"]
+
+DPI = 120
+PathLike = str | os.PathLike[str]
+
+# A fixed style, applied with rc_context so that the user's rcParams cannot change the output.
+_STYLE: dict[str, Any] = {
+    "font.family": "DejaVu Sans",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 13,
+    "axes.grid": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.dpi": DPI,
+    "figure.dpi": DPI,
+    "image.interpolation": "nearest",
+}
+_PALETTE = matplotlib.colormaps["tab10"].colors
+_TITLE_WIDTH = 90  # characters per line of a figure title
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _wrap(text: str, width: int) -> str:
+    """Wrap ``text`` into lines of at most ``width`` characters (long words are broken)."""
+    text = " ".join(str(text).split())
+    return "\n".join(textwrap.wrap(text, width=width, break_long_words=True)) if text else ""
+
+
+def _one_line(value: Any, limit: int = 60) -> str:
+    """A short single-line repr of ``value`` for error messages."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_path(path: PathLike) -> Path:
+    try:
+        out = Path(os.fspath(path))
+    except TypeError:
+        raise KnowlocError(f"figure path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not out.name or out.is_dir():
+        raise KnowlocError(f"figure path {str(out)!r} is a directory, expected a .png file path")
+    return out
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically; the figure is always closed."""
+    tmp_name: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # open(..., "x") honours the umask (mkstemp would leave the figure 0600); the random
+        # suffix only names the temp file, the image itself is deterministic.
+        while True:
+            tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            try:
+                handle = open(tmp_name, "xb")  # noqa: SIM115
+            except FileExistsError:
+                continue
+            break
+        with handle:
+            fig.savefig(handle, format="png", dpi=DPI)
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as exc:
+        raise KnowlocError(f"cannot write figure {str(path)!r}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+    return path
+
+
+def _finite_float(value: Any, what: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise KnowlocError(f"{what} must be a number, got {_one_line(value)}") from None
+    if not math.isfinite(out):
+        raise KnowlocError(f"{what} must be finite, got {out}")
+    return out
+
+
+def _float_or_nan(value: Any, what: str) -> float:
+    """``value`` as float; ``None`` and nan become nan; anything non-numeric raises."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise KnowlocError(f"{what} must be a number or nan, got {_one_line(value)}") from None
+
+
+def _matrix(value: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise KnowlocError(f"{what} must be a 2-D numeric array") from None
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise KnowlocError(f"{what} must be a non-empty 2-D array, got shape {arr.shape}")
+    if np.isinf(arr).any():
+        raise KnowlocError(f"{what} contains infinite values")
+    return arr
+
+
+def _labels(labels: Any, n: int, what: str) -> list[str]:
+    if labels is None or isinstance(labels, str | bytes):
+        raise KnowlocError(f"{what} must be a sequence of {n} labels, got {_one_line(labels)}")
+    out = [str(label) for label in labels]
+    if len(out) != n:
+        raise KnowlocError(f"{what} has {len(out)} labels but the matrix has {n}")
+    return out
+
+
+def _text_color(rgba: Sequence[float]) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgba``."""
+    r, g, b = rgba[:3]
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if luminance > 0.5 else "white"
+
+
+def _tick_step(n: int, max_ticks: int) -> int:
+    return max(1, math.ceil(n / max_ticks))
+
+
+def _color_limits(
+    arrays: Sequence[np.ndarray], what: str, anchor_zero: bool
+) -> tuple[float, float, str]:
+    """Shared (vmin, vmax, cmap): symmetric diverging map when values have both signs.
+
+    With one sign, a sequential map spans the data range, extended to 0 if ``anchor_zero``.
+    """
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays])
+    if finite.size == 0:
+        raise KnowlocError(f"{what}: every value is nan, nothing to draw")
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo < 0.0 < hi:
+        bound = max(-lo, hi)
+        return -bound, bound, "RdBu_r"
+    if lo == hi:  # constant data: widen so the colour map is defined
+        pad = abs(lo) * 0.05 or 1.0
+        lo, hi = lo - pad, hi + pad
+    if not anchor_zero:
+        return lo, hi, "viridis"
+    if lo >= 0.0:
+        return 0.0, hi, "viridis"
+    return lo, 0.0, "viridis_r"
+
+
+# --------------------------------------------------------------------------- 1. violin_cs
+
+
+def violin_cs(
+    values_by_relation: Mapping[str, Sequence[float]],
+    static_tau: float,
+    otsu_tau: float,
+    path: PathLike,
+    title: str,
+) -> Path:
+    """Violin plot of consistency scores (CS) per relation, with the K_C / K_I thresholds.
+
+    Args:
+        values_by_relation: relation id (e.g. ``"P101"``) -> CS values in [0, 1], one per fact;
+            drawn in the mapping's order. A relation with one value (or only identical values)
+            is drawn as points, since a violin needs a spread; an empty list is shown as ``n=0``.
+        static_tau: the static threshold (paper: 0.3), drawn as a dashed line "static τ=0.30".
+        otsu_tau: the Otsu threshold over all CS values, drawn as a dash-dot line "Otsu τ=0.xx".
+        path: where to write the PNG.
+        title: figure title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: no relations, a value or threshold that is not a finite number in [0, 1].
+    """
+    out = _check_path(path)
+    if not isinstance(values_by_relation, Mapping) or not values_by_relation:
+        raise KnowlocError("violin_cs needs a non-empty mapping relation -> CS values")
+    taus = {}
+    for name, tau in (("static_tau", static_tau), ("otsu_tau", otsu_tau)):
+        val = _finite_float(tau, name)
+        if not 0.0 <= val <= 1.0:
+            raise KnowlocError(f"{name} must lie in [0, 1], got {val}")
+        taus[name] = val
+    relations = [str(r) for r in values_by_relation]
+    data: list[np.ndarray] = []
+    for rel, values in zip(relations, values_by_relation.values(), strict=True):
+        try:
+            arr = np.asarray(list(values), dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise KnowlocError(f"CS values of relation {rel!r} must be numbers") from None
+        if not np.isfinite(arr).all():
+            raise KnowlocError(f"CS values of relation {rel!r} contain nan or inf")
+        if ((arr < -1e-9) | (arr > 1.0 + 1e-9)).any():
+            raise KnowlocError(f"CS values of relation {rel!r} must lie in [0, 1]")
+        data.append(np.clip(arr, 0.0, 1.0))
+
+    n_rel = len(relations)
+    rotate = n_rel > 8 or max(len(r) for r in relations) > 10
+    width = float(np.clip(2.2 + 0.45 * n_rel, 6.5, 22.0))
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(width, 4.8), layout="constrained")
+        color = _PALETTE[0]
+        spread = [i for i, a in enumerate(data) if a.size >= 2 and np.ptp(a) > 0]
+        if spread:
+            parts = ax.violinplot(
+                [data[i] for i in spread],
+                positions=spread,
+                widths=0.8,
+                showmedians=True,
+                showextrema=True,
+            )
+            for body in parts["bodies"]:
+                body.set_facecolor(color)
+                body.set_edgecolor("black")
+                body.set_linewidth(0.6)
+                body.set_alpha(0.55)
+            for key in ("cmedians", "cmins", "cmaxes", "cbars"):
+                if key in parts:
+                    parts[key].set_color("black")
+                    parts[key].set_linewidth(0.8)
+        points = [i for i, a in enumerate(data) if a.size and i not in spread]
+        for j, i in enumerate(points):
+            ax.scatter(
+                np.full(data[i].size, i),
+                data[i],
+                s=28,
+                color=color,
+                edgecolor="black",
+                linewidth=0.6,
+                zorder=3,
+                label="single value / no spread" if j == 0 else None,
+            )
+        ax.axhline(taus["static_tau"], color="0.35", linestyle="--", linewidth=1.3,
+                   label=f"static τ={taus['static_tau']:.2f}", zorder=2)
+        ax.axhline(taus["otsu_tau"], color="tab:red", linestyle="-.", linewidth=1.3,
+                   label=f"Otsu τ={taus['otsu_tau']:.2f}", zorder=2)
+        ax.set_xticks(range(n_rel))
+        ax.set_xticklabels(
+            [f"{r}{' ' if rotate else chr(10)}(n={a.size})" for r, a in zip(relations, data, strict=True)],
+            rotation=60 if rotate else 0,
+            ha="right" if rotate else "center",
+            rotation_mode="anchor",
+        )
+        ax.set_xlim(-0.6, n_rel - 0.4)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("relation")
+        ax.set_ylabel("consistency score (CS)")
+        ax.yaxis.grid(True, color="0.9", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.set_title(_wrap(title, _TITLE_WIDTH))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- 2. activation_heatmaps
+
+
+def activation_heatmaps(panels: Sequence[Mapping[str, Any]], path: PathLike, title: str) -> Path:
+    """Side-by-side heatmaps of neuron activations / attributions, one panel per query.
+
+    As in the paper's first figure: two neighbour queries of a K_C fact (same neurons light up)
+    next to two of a K_I fact (different neurons). Panels share one colour scale and one
+    colorbar; values of both signs use a diverging map centred on 0. nan cells are left blank.
+
+    Args:
+        panels: 1 to 4 dicts, each with ``title`` (the prompt; wrapped), ``matrix`` (2-D,
+            layers x neurons), ``row_labels`` (layer ids, one per row) and ``col_labels``
+            (neuron ids such as ``"L12#345"``, one per column). Up to 3 panels are drawn in one
+            row, 4 panels as a 2 x 2 grid.
+        path: where to write the PNG.
+        title: figure title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: no panel or more than 4, a missing key, a matrix that is not 2-D or is all
+            nan, or label counts that do not match the matrix shape.
+    """
+    out = _check_path(path)
+    if isinstance(panels, Mapping) or not isinstance(panels, Sequence) or not 1 <= len(panels) <= 4:
+        count = len(panels) if isinstance(panels, Sequence) and not isinstance(panels, Mapping) else "?"
+        raise KnowlocError(f"activation_heatmaps needs a list of 1 to 4 panels, got {count}")
+    parsed = []
+    for k, panel in enumerate(panels):
+        if not isinstance(panel, Mapping):
+            raise KnowlocError(f"panel {k} must be a dict, got {type(panel).__name__}")
+        missing = [key for key in ("title", "matrix", "row_labels", "col_labels") if key not in panel]
+        if missing:
+            raise KnowlocError(f"panel {k} lacks key(s) {', '.join(missing)}")
+        mat = _matrix(panel["matrix"], f"panel {k} matrix")
+        rows = _labels(panel["row_labels"], mat.shape[0], f"panel {k} row_labels")
+        cols = _labels(panel["col_labels"], mat.shape[1], f"panel {k} col_labels")
+        parsed.append((str(panel["title"]), mat, rows, cols))
+    vmin, vmax, cmap_name = _color_limits([p[1] for p in parsed], "activation_heatmaps", anchor_zero=True)
+    cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="0.92")
+
+    n = len(parsed)
+    nrows, ncols = (2, 2) if n == 4 else (1, n)
+    max_r = max(p[1].shape[0] for p in parsed)
+    max_c = max(p[1].shape[1] for p in parsed)
+    longest_col = max(len(c) for p in parsed for c in p[3])
+    panel_w = float(np.clip(1.6 + 0.3 * min(max_c, 40), 3.4, 9.0))
+    panel_h = float(np.clip(1.4 + 0.3 * min(max_r, 40) + 0.07 * min(longest_col, 14), 3.0, 9.0))
+    wrap_width = max(24, int(panel_w * 9))
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(
+            nrows,
+            ncols,
+            figsize=(panel_w * ncols + 1.2, panel_h * nrows + 0.8),
+            layout="constrained",
+            squeeze=False,
+        )
+        image = None
+        for ax, (ptitle, mat, rows, cols) in zip(axes.flat, parsed, strict=True):
+            image = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+            ystep = _tick_step(len(rows), 30)
+            xstep = _tick_step(len(cols), 40)
+            ax.set_yticks(range(0, len(rows), ystep))
+            ax.set_yticklabels(rows[::ystep])
+            ax.set_xticks(range(0, len(cols), xstep))
+            ax.set_xticklabels(cols[::xstep], rotation=90, fontsize=8 if len(cols) > 12 else 9)
+            ax.set_xlabel("neuron")
+            ax.set_ylabel("layer")
+            ax.set_title(_wrap(ptitle, wrap_width), fontsize=10)
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+        cbar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, pad=0.02)
+        cbar.set_label("activation / attribution")
+        fig.suptitle(_wrap(title, _TITLE_WIDTH))
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- 3. grouped_bars
+
+
+def _ordered(values: list[Any]) -> list[Any]:
+    """Distinct values in order of first appearance."""
+    seen: dict[Any, None] = {}
+    for v in values:
+        seen.setdefault(v, None)
+    return list(seen)
+
+
+def grouped_bars(
+    rows: Sequence[Mapping[str, Any]],
+    path: PathLike,
+    title: str,
+    x: str,
+    hue: str,
+    value: str,
+    low: str,
+    high: str,
+    facet: str | None = None,
+    ylabel: str = "",
+) -> Path:
+    """Grouped bar chart with asymmetric confidence-interval error bars.
+
+    Args:
+        rows: one dict per bar (a "long" table). Categories (``x``, ``hue``, ``facet``) are
+            ordered by first appearance. A bar whose value is nan/None is left out; its error bar
+            is skipped where ``low`` or ``high`` is nan/None.
+        path: where to write the PNG.
+        title: figure title.
+        x: column giving the position on the x axis (e.g. the metric).
+        hue: column giving the bar colour within an x group (e.g. the neuron set).
+        value: column with the bar height.
+        low: column with the lower CI bound (a bound, not a half-width).
+        high: column with the upper CI bound. A bound on the wrong side of the value draws no
+            whisker on that side.
+        facet: optional column splitting the chart into side-by-side subplots with a shared y
+            axis (e.g. ``"group"`` with values K_C / K_I). A facet without any finite value
+            shows "no data".
+        ylabel: y-axis label (defaults to ``value``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: no rows, a row missing a column, a non-numeric value, or two rows for the
+            same (facet, x, hue) cell.
+    """
+    out = _check_path(path)
+    if isinstance(rows, Mapping) or not isinstance(rows, Sequence) or len(rows) == 0:
+        raise KnowlocError("grouped_bars needs a non-empty list of row dicts")
+    columns = [x, hue, value, low, high] + ([facet] if facet is not None else [])
+    cells: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+    xs, hues, facets = [], [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise KnowlocError(f"row {i} must be a dict, got {type(row).__name__}")
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise KnowlocError(f"row {i} lacks column(s) {', '.join(map(str, missing))}")
+        fv = str(row[facet]) if facet is not None else ""
+        xv, hv = str(row[x]), str(row[hue])
+        key = (fv, xv, hv)
+        if key in cells:
+            where = f"{facet}={fv}, " if facet is not None else ""
+            raise KnowlocError(f"two rows for the same bar ({where}{x}={xv}, {hue}={hv})")
+        v = _float_or_nan(row[value], f"row {i} column {value!r}")
+        lo = _float_or_nan(row[low], f"row {i} column {low!r}")
+        hi = _float_or_nan(row[high], f"row {i} column {high!r}")
+        if math.isinf(v):
+            raise KnowlocError(f"row {i} column {value!r} is infinite")
+        cells[key] = (v, lo, hi)
+        xs.append(xv)
+        hues.append(hv)
+        facets.append(fv)
+    x_order, hue_order, facet_order = _ordered(xs), _ordered(hues), _ordered(facets)
+
+    n_x, n_h, n_f = len(x_order), len(hue_order), len(facet_order)
+    rotate = n_x * max(1, n_h) > 12 or max(len(s) for s in x_order) > 12
+    facet_w = float(np.clip(1.2 + 0.28 * n_x * n_h + 0.2 * n_x, 3.5, 10.0))
+    width = float(min(facet_w * n_f + 2.2, 26.0))
+    height = 4.8 if rotate else 4.4
+    bar_w = 0.8 / n_h
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(1, n_f, figsize=(width, height), layout="constrained",
+                                 sharey=True, squeeze=False)
+        handles: dict[str, Any] = {}
+        any_finite = False
+        for ax, fv in zip(axes[0], facet_order, strict=True):
+            drawn = False
+            for h, hv in enumerate(hue_order):
+                color = _PALETTE[h % len(_PALETTE)]
+                for j, xv in enumerate(x_order):
+                    cell = cells.get((fv, xv, hv))
+                    if cell is None or not math.isfinite(cell[0]):
+                        continue
+                    v, lo, hi = cell
+                    pos = j - 0.4 + bar_w * (h + 0.5)
+                    bars = ax.bar(pos, v, width=bar_w * 0.95, color=color, edgecolor="black",
+                                  linewidth=0.5, zorder=2)
+                    handles.setdefault(hv, bars[0])
+                    drawn = True
+                    if math.isfinite(lo) and math.isfinite(hi):
+                        yerr = [[max(0.0, v - lo)], [max(0.0, hi - v)]]
+                        ax.errorbar(pos, v, yerr=yerr, fmt="none", ecolor="black",
+                                    elinewidth=1.0, capsize=3, zorder=3)
+            any_finite = any_finite or drawn
+            if not drawn:
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
+                        color="0.4", fontsize=11)
+            ax.axhline(0.0, color="black", linewidth=0.8, zorder=1)
+            ax.set_xticks(range(n_x))
+            ax.set_xticklabels(x_order, rotation=35 if rotate else 0,
+                               ha="right" if rotate else "center", rotation_mode="anchor")
+            ax.set_xlim(-0.6, n_x - 0.4)
+            ax.set_xlabel(x)
+            ax.yaxis.grid(True, color="0.9", linewidth=0.8)
+            ax.set_axisbelow(True)
+            if facet is not None:
+                ax.set_title(f"{facet} = {fv}")
+        axes[0][0].set_ylabel(ylabel or value)
+        if not any_finite:
+            axes[0][0].set_ylim(0.0, 1.0)
+        if handles:
+            fig.legend([handles[h] for h in hue_order if h in handles],
+                       [h for h in hue_order if h in handles],
+                       title=hue, loc="outside right upper", frameon=False)
+        fig.suptitle(_wrap(title, _TITLE_WIDTH))
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- 4. line_plot
+
+
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: PathLike,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
+    """Multi-series line plot with markers, e.g. a metric against a swept parameter.
+
+    Args:
+        series: name -> ``(xs, ys)`` of equal, non-zero length; drawn in the mapping's order.
+            nan in ``ys`` leaves a gap.
+        path: where to write the PNG.
+        title: figure title.
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: no series, a series that is not an (xs, ys) pair of equal non-zero
+            lengths, or non-numeric / non-finite x values.
+    """
+    out = _check_path(path)
+    if not isinstance(series, Mapping) or not series:
+        raise KnowlocError("line_plot needs a non-empty mapping name -> (xs, ys)")
+    parsed = []
+    for name, pair in series.items():
+        if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+            raise KnowlocError(f"series {str(name)!r} must be a pair (xs, ys)")
+        try:
+            xs = np.asarray(pair[0], dtype=float).ravel()
+            ys = np.asarray(pair[1], dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise KnowlocError(f"series {str(name)!r} must hold numbers") from None
+        if xs.size == 0 or xs.size != ys.size:
+            raise KnowlocError(f"series {str(name)!r} has {xs.size} x values and {ys.size} y values")
+        if not np.isfinite(xs).all():
+            raise KnowlocError(f"series {str(name)!r} has nan or inf x values")
+        if np.isinf(ys).any():
+            raise KnowlocError(f"series {str(name)!r} has infinite y values")
+        parsed.append((str(name), xs, ys))
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7.6, 4.6), layout="constrained")
+        for k, (name, xs, ys) in enumerate(parsed):
+            ax.plot(xs, ys, marker=markers[k % len(markers)], markersize=5, linewidth=1.6,
+                    color=_PALETTE[k % len(_PALETTE)], label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, color="0.9", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.set_title(_wrap(title, _TITLE_WIDTH))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- 5. heatmap_grid
+
+
+def heatmap_grid(
+    matrix: Any,
+    row_labels: Sequence[Any],
+    col_labels: Sequence[Any],
+    path: PathLike,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    fmt: str = "{:.2f}",
+) -> Path:
+    """One annotated heatmap, e.g. a metric over a sweep of two parameters.
+
+    Each cell shows its value formatted with ``fmt`` (nan cells are grey and show "–"); values
+    are not annotated when the grid has more than 400 cells.
+
+    Args:
+        matrix: 2-D array, rows x columns.
+        row_labels: one label per row (y axis, top to bottom).
+        col_labels: one label per column (x axis).
+        path: where to write the PNG.
+        title: figure title.
+        xlabel: x-axis label (the column parameter).
+        ylabel: y-axis label (the row parameter).
+        fmt: ``str.format`` pattern for one float, e.g. ``"{:.1%}"``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: a matrix that is not 2-D or is all nan, label counts that do not match,
+            or a ``fmt`` that cannot format a float.
+    """
+    out = _check_path(path)
+    mat = _matrix(matrix, "heatmap_grid matrix")
+    rows = _labels(row_labels, mat.shape[0], "row_labels")
+    cols = _labels(col_labels, mat.shape[1], "col_labels")
+    try:
+        fmt.format(0.5)
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        raise KnowlocError(f"fmt {fmt!r} cannot format a number (use e.g. '{{:.2f}}')") from None
+    vmin, vmax, cmap_name = _color_limits([mat], "heatmap_grid", anchor_zero=False)
+    cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="0.85")
+
+    n_r, n_c = mat.shape
+    annotate = n_r * n_c <= 400
+    longest_col = max(len(c) for c in cols)
+    rotate = n_c > 6 and longest_col > 4 or longest_col > 10
+    cell_w = 0.75 if annotate else 0.35
+    width = float(np.clip(2.6 + cell_w * n_c, 5.0, 16.0))
+    height = float(np.clip(1.8 + 0.5 * n_r + (0.06 * min(longest_col, 16) if rotate else 0), 3.5, 12.0))
+    font = 9 if n_r * n_c <= 100 else 7
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+        image = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        if annotate:
+            norm = image.norm
+            for i in range(n_r):
+                for j in range(n_c):
+                    v = mat[i, j]
+                    if math.isfinite(v):
+                        text, rgba = fmt.format(v), cmap(norm(v))
+                    else:
+                        text, rgba = "–", to_rgba("0.85")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                            color=_text_color(rgba))
+        ystep, xstep = _tick_step(n_r, 40), _tick_step(n_c, 40)
+        ax.set_yticks(range(0, n_r, ystep))
+        ax.set_yticklabels(rows[::ystep])
+        ax.set_xticks(range(0, n_c, xstep))
+        ax.set_xticklabels(cols[::xstep], rotation=45 if rotate else 0,
+                           ha="right" if rotate else "center", rotation_mode="anchor")
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(_wrap(title, max(40, int(width * 10))))
+        fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+    return _save(fig, out)

@@ -1,0 +1,104 @@
+"""Study configuration: flags or a TOML file with the same keys."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from knowloc.attribution.methods import METHODS
+from knowloc.errors import KnowlocError
+
+EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas")
+CS_SCORES = ("cs1", "cs2", "csp")
+
+# keys that do not change any stored result: a resumed run may differ in them
+RUNTIME_KEYS = {"out", "device", "dtype", "experiments", "progress", "n_boot", "executor", "workers"}
+
+
+@dataclass
+class StudyConfig:
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    data: str = "builtin"
+    relations: list[str] | None = None
+    facts: int | None = None  # at most this many known facts per model (seeded sample)
+    seed: int = 0
+    methods: list[str] = field(default_factory=lambda: ["ig", "amig"])
+    experiments: list[str] = field(default_factory=lambda: ["consistency", "modification"])
+    steps: int = 20
+    threshold: float = 0.2  # KN set: attribution > threshold x max (Dai et al.)
+    min_known: int = 2  # a fact is studied when the model answers >= this many of its queries
+    cs_score: str = "cs2"
+    tau: float = 0.3  # static K_C / K_I threshold
+    p: float = 0.5  # CS_p share
+    split: str = "static"  # threshold used for the K_C/K_I groups of later experiments: static | otsu
+    lambda1: float = 1.0
+    lambda2: float = 8.0
+    locality: int = 10  # locality prompts per fact
+    n_boot: int = 1000
+    out: str = "runs/study"
+    device: str | None = None
+    dtype: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.models:
+            raise KnowlocError("at least one --model is required")
+        for method in self.methods:
+            if method not in METHODS:
+                raise KnowlocError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        for experiment in self.experiments:
+            if experiment not in EXPERIMENTS:
+                raise KnowlocError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        if not self.methods:
+            raise KnowlocError("at least one method is required")
+        if self.steps < 1:
+            raise KnowlocError(f"--steps must be >= 1, got {self.steps}")
+        for name in ("threshold", "tau", "p"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise KnowlocError(f"--{name} must be in [0, 1], got {value}")
+        if self.facts is not None and self.facts < 1:
+            raise KnowlocError(f"--facts must be >= 1, got {self.facts}")
+        if self.min_known < 1:
+            raise KnowlocError(f"--min-known must be >= 1, got {self.min_known}")
+        if self.cs_score not in CS_SCORES:
+            raise KnowlocError(f"unknown --cs-score {self.cs_score!r}; choose from {', '.join(CS_SCORES)}")
+        if self.split not in ("static", "otsu"):
+            raise KnowlocError(f"--split must be static or otsu, got {self.split!r}")
+        if self.locality < 1 or self.n_boot < 10:
+            raise KnowlocError("--locality must be >= 1 and --n-boot >= 10")
+
+    def identity(self) -> dict:
+        """The settings that determine stored results; a resume must match them exactly."""
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_KEYS}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_toml(cls, path: Path, overrides: dict) -> "StudyConfig":
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise KnowlocError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise KnowlocError(f"config file {path} is not valid TOML: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        raw = {k.replace("-", "_"): v for k, v in raw.items()}
+        if "model" in raw:
+            raw["models"] = raw.pop("model")
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise KnowlocError(f"config file {path}: unknown keys {', '.join(unknown)}")
+        for key in ("models", "methods", "experiments", "relations"):
+            if isinstance(raw.get(key), str):
+                raw[key] = [part.strip() for part in raw[key].split(",") if part.strip()]
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise KnowlocError(f"config file {path}: {exc}") from None

@@ -1,0 +1,51 @@
+"""What experiments share during a study: config, store, selected facts, lazily loaded models, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from knowloc.study.config import StudyConfig
+from knowloc.study.facts import StudyFact
+from knowloc.study.store import Store
+
+
+@dataclass
+class Section:
+    """An experiment's outputs: summary.json keys, CSV tables, figures and Markdown lines."""
+
+    summary: dict[str, list[dict]] = field(default_factory=dict)
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    markdown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyContext:
+    config: StudyConfig
+    store: Store
+    out: Path
+    echo: Callable[[str], None] = print
+    facts: dict[str, list[StudyFact]] = field(default_factory=dict)
+    probes: dict[str, list[dict]] = field(default_factory=dict)
+    _models: dict = field(default_factory=dict)
+
+    def model(self, name: str):
+        """Load a model once (and only if some work needs it)."""
+        if name not in self._models:
+            from knowloc.models import load_model
+
+            self._models.clear()  # one model in memory at a time
+            self._models[name] = load_model(name, device=self.config.device, dtype=self.config.dtype)
+        return self._models[name]
+
+    def seed_for(self, *parts: object) -> int:
+        """A stable per-item seed derived from the study seed (independent of processing order)."""
+        text = ":".join([str(self.config.seed), *map(str, parts)])
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.out / "figures"

@@ -1,0 +1,165 @@
+"""Experiment `modification`: erase / update a query's knowledge neurons and see who notices.
+
+For each studied fact, each neighbor query q_i, operation (erase, update) and neuron set S in
+{N_i (own KNs: the KL way), N_g (union over the neighbors), N_cap (intersection; skipped when empty)}, the
+model is edited reversibly and Rel (on q_i), Gen (on q_j, j != i), Loc (other relations' answers unchanged),
+Avg and dPPL (neutral text) are measured (docs/editing.md). Trials are stored per (model, method, fact).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from knowloc.analysis import bootstrap_ci
+from knowloc.study.context import Section, StudyContext
+
+OPERATIONS = ("erase", "update")
+NEURON_SETS = ("N_i", "N_g", "N_cap")
+METRICS = ("rel", "gen", "loc", "avg", "dppl", "dprob_self", "dprob_neighbors")
+
+
+def locality_prompts(ctx: StudyContext, model: str, fact) -> tuple[list[str], list[str]]:
+    """A seeded sample of answered queries of facts from other relations (other facts if there are none)."""
+    pool = [(q["text"], row["object"]) for row in ctx.probes[model] if row["relation"] != fact.relation
+            for q in row["queries"] if q["top1"]]
+    if not pool:
+        pool = [(q["text"], row["object"]) for row in ctx.probes[model] if row["fact_id"] != fact.fact_id
+                for q in row["queries"] if q["top1"]]
+    rng = random.Random(ctx.seed_for("locality", model, fact.fact_id))
+    chosen = rng.sample(pool, min(ctx.config.locality, len(pool)))
+    return [p for p, _ in chosen], [o for _, o in chosen]
+
+
+def new_object(ctx: StudyContext, model: str, fact, lm) -> str | None:
+    """Another object of the same relation (seeded) whose first token differs from the gold one."""
+    gold = lm.first_target_token(fact.object)
+    objects = sorted({row["object"] for row in ctx.probes[model] if row["relation"] == fact.relation})
+    candidates = [o for o in objects if o != fact.object and lm.first_target_token(o) != gold]
+    if not candidates:
+        return None
+    return random.Random(ctx.seed_for("update", model, fact.fact_id)).choice(candidates)
+
+
+def neuron_sets(kn: dict[int, list[tuple[int, int]]], i: int) -> dict[str, list[tuple[int, int]]]:
+    union = sorted(set().union(*map(set, kn.values())))
+    cap = sorted(set.intersection(*map(set, kn.values())))
+    return {"N_i": list(kn[i]), "N_g": union, "N_cap": cap}
+
+
+def fact_trials(ctx: StudyContext, model: str, method: str, fact, lm, texts) -> list[dict]:
+    from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
+
+    cfg = ctx.config
+    kn = ctx.store.kn_lists(model, method, fact.fact_id)
+    prompts = list(fact.prompts)
+    loc_prompts, loc_objects = locality_prompts(ctx, model, fact)
+    loc_gold = [lm.first_target_token(o) for o in loc_objects]
+    baseline = compute_baseline(lm, prompts, loc_prompts, texts)
+    target = new_object(ctx, model, fact, lm)
+    rows = []
+    for i in sorted(kn):
+        for name, neurons in neuron_sets(kn, i).items():
+            for operation in OPERATIONS:
+                if not neurons or (operation == "update" and target is None):
+                    rows.append({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons),
+                                 "skipped": True})
+                    continue
+                trial = EditTrial(prompts=prompts, index=i, gold=fact.object, neurons=neurons, operation=operation,
+                                  new_object=target, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
+                result = evaluate_trial(lm, trial, baseline, loc_prompts, loc_gold, texts)
+                rows.append({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons),
+                             "skipped": False, **{m: float(getattr(result, m)) for m in METRICS}})
+    return rows
+
+
+def compute(ctx: StudyContext, model: str) -> None:
+    from knowloc.data import load_neutral_texts
+
+    texts = load_neutral_texts()
+    for method in ctx.config.methods:
+        done = ctx.store.done_trials("modification")
+        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
+        if not todo:
+            continue
+        lm = ctx.model(model)
+        for fact in tqdm(todo, desc=f"modification {model} {method}", unit="fact", disable=not ctx.config.progress):
+            ctx.store.save_trials("modification", _key(model, method, fact.fact_id),
+                                  fact_trials(ctx, model, method, fact, lm, texts))
+
+
+def _key(model: str, method: str, fact_id: str) -> str:
+    return f"{model}\t{method}\t{fact_id}"
+
+
+def per_fact_means(rows: list[dict], operation: str, neurons: str) -> dict[str, float] | None:
+    """Mean of each metric over a fact's trials (queries) for one operation and neuron set."""
+    chosen = [r for r in rows if r["operation"] == operation and r["neurons"] == neurons and not r["skipped"]]
+    if not chosen:
+        return None
+    return {m: float(np.nanmean([r[m] for r in chosen])) if any(not np.isnan(r[m]) for r in chosen) else float("nan")
+            for m in METRICS}
+
+
+def summarize(ctx: StudyContext) -> Section:
+    from knowloc.report.figures import grouped_bars
+    from knowloc.study.experiments.consistency import groups
+
+    cfg = ctx.config
+    trials = ctx.store.trials("modification")
+    section = Section(summary={"modification": [], "modification_counts": []})
+    for model in cfg.models:
+        for method in cfg.methods:
+            split = groups(ctx, model, method)
+            facts = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) in trials and f.fact_id in split]
+            empty_cap = sum(all(r["skipped"] for r in trials[_key(model, method, f.fact_id)]
+                                if r["neurons"] == "N_cap") for f in facts)
+            section.summary["modification_counts"].append({"model": model, "method": method, "n_facts": len(facts),
+                                                           "n_cap_empty_facts": empty_cap})
+            for operation in OPERATIONS:
+                for group in ("K_C", "K_I"):
+                    for neurons in NEURON_SETS:
+                        means = [m for f in facts if split[f.fact_id] == group
+                                 if (m := per_fact_means(trials[_key(model, method, f.fact_id)], operation, neurons))]
+                        row = {"model": model, "method": method, "operation": operation, "group": group,
+                               "neurons": neurons, "n": len(means)}
+                        for metric in METRICS:
+                            values = np.array([m[metric] for m in means], dtype=float)
+                            values = values[~np.isnan(values)]
+                            est, lo, hi = bootstrap_ci(values, n_boot=cfg.n_boot, seed=cfg.seed)
+                            row.update({metric: float(est), f"{metric}_ci_low": float(lo),
+                                        f"{metric}_ci_high": float(hi)})
+                        section.summary["modification"].append(row)
+    rows = section.summary["modification"]
+    section.tables["modification"] = rows
+    for model in cfg.models:
+        for method in cfg.methods:
+            for operation in OPERATIONS:
+                long = [{"metric": metric, "neurons": r["neurons"], "group": r["group"], "value": r[metric],
+                         "low": r[f"{metric}_ci_low"], "high": r[f"{metric}_ci_high"]}
+                        for r in rows if r["model"] == model and r["method"] == method and r["operation"] == operation
+                        for metric in ("rel", "gen", "loc", "avg")]
+                if long:
+                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+                    section.figures.append(grouped_bars(
+                        long, ctx.figures_dir / f"modification_{operation}_{slug}_{method}.png",
+                        f"{operation}: success rates by neuron set — {model}, {method}", x="metric", hue="neurons",
+                        value="value", low="low", high="high", facet="group", ylabel="rate (95% CI over facts)"))
+    section.markdown += _markdown(rows, section.summary["modification_counts"])
+    return section
+
+
+def _markdown(rows: list[dict], counts: list[dict]) -> list[str]:
+    lines = ["## Modification (erase / update knowledge neurons)", "",
+             "| model | method | op | group | neurons | n | Rel | Gen | Loc | Avg | dPPL | dprob self | dprob neighbors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['operation']} | {r['group']} | {r['neurons']} | {r['n']} | "
+                     + " | ".join(f"{r[m]:.2f} [{r[m + '_ci_low']:.2f}, {r[m + '_ci_high']:.2f}]"
+                                  for m in ("rel", "gen", "loc", "avg"))
+                     + f" | {r['dppl']:+.3f} | {r['dprob_self']:+.2f} | {r['dprob_neighbors']:+.2f} |")
+    for c in counts:
+        lines.append(f"\nN_cap empty for {c['n_cap_empty_facts']} of {c['n_facts']} facts ({c['model']}, {c['method']}).")
+    return lines + [""]

@@ -1,0 +1,32 @@
+"""The facts a study works on, as read back from the store."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StudyFact:
+    """A known fact and its neighbor queries: the paraphrases the model answers (top-1), in template order."""
+
+    fact_id: str
+    relation: str
+    subject: str
+    object: str
+    prompts: tuple[str, ...]
+    templates: tuple[str, ...]
+
+
+def select_facts(probe_rows: list[dict], min_known: int, limit: int | None, seed: int) -> list[StudyFact]:
+    """Facts answered in at least `min_known` paraphrases; a seeded sample of `limit` of them (file order kept)."""
+    known = []
+    for row in probe_rows:
+        answered = [q for q in row["queries"] if q["top1"]]
+        if len(answered) >= min_known:
+            known.append(StudyFact(row["fact_id"], row["relation"], row["subject"], row["object"],
+                                   tuple(q["text"] for q in answered), tuple(q["template"] for q in answered)))
+    if limit is not None and limit < len(known):
+        keep = set(random.Random(seed).sample(range(len(known)), limit))
+        known = [fact for i, fact in enumerate(known) if i in keep]
+    return known

@@ -1,0 +1,155 @@
+"""`knowloc study`: load facts -> keep the facts each model knows -> attribute every neighbor query with every
+method (stored, never computed twice) -> run the experiments -> write summary.json, tables, figures, Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from knowloc.errors import KnowlocError
+from knowloc.study.config import StudyConfig
+from knowloc.study.context import Section, StudyContext
+from knowloc.study.facts import select_facts
+from knowloc.study.store import Store
+
+# experiments in pipeline order: name -> module under knowloc.study.experiments
+EXPERIMENT_MODULES = {"consistency": "consistency", "modification": "modification", "query-mapping": "query_mapping",
+                      "attention": "attention", "cas": "cas"}
+
+
+def _experiment(name: str):
+    import importlib
+
+    return importlib.import_module(f"knowloc.study.experiments.{EXPERIMENT_MODULES[name]}")
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise KnowlocError(f"--out {out} exists and is not a directory")
+    probe = out if out.exists() else out.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise KnowlocError(f"--out {out} is not writable")
+
+
+def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
+    """Probe every fact once per model and store which paraphrases the model answers."""
+    if not ctx.store.has_probe(model):
+        from knowloc.data.filtering import probe_facts
+
+        probes = probe_facts(ctx.model(model), list(dataset), progress=ctx.config.progress)
+        ctx.store.save_probe(model, [{
+            "fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject, "object": p.fact.object,
+            "queries": [{"template": q.query.template, "text": q.query.text, "top1": q.top1, "prob": q.prob}
+                        for q in p.queries]} for p in probes])
+    ctx.probes[model] = ctx.store.probe(model)
+    ctx.facts[model] = select_facts(ctx.probes[model], ctx.config.min_known, ctx.config.facts, ctx.config.seed)
+
+
+def attribution_stage(ctx: StudyContext, model: str) -> None:
+    """Attribute every neighbor query of every studied fact with every method; one transaction per query."""
+    from knowloc.analysis import select_neurons
+    from knowloc.attribution import attribute
+
+    cfg = ctx.config
+    for method in cfg.methods:
+        done = ctx.store.done_attributions(model, method)
+        todo = [(f, q) for f in ctx.facts[model] for q in range(len(f.prompts)) if (f.fact_id, q) not in done]
+        if not todo:
+            continue
+        lm = ctx.model(model)
+        for fact, q in tqdm(todo, desc=f"attribution {model} {method}", unit="query", disable=not cfg.progress):
+            result = attribute(lm, fact.prompts[q], fact.object, method=method, steps=cfg.steps)
+            kn = select_neurons(result.scores, threshold=cfg.threshold)
+            ctx.store.save_attribution(model, method, fact.fact_id, q, result.prob, kn, result.scores)
+
+
+def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
+    from knowloc.data import load_facts
+
+    start = time.perf_counter()
+    out = Path(config.out)
+    _check_out_dir(out)
+    dataset = load_facts(config.data, relations=config.relations)  # bad data fails before anything is written
+    created = not out.exists()
+    try:
+        store = Store(out / "results.sqlite")
+        store.check_config(config.identity())
+    except KnowlocError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    ctx = StudyContext(config=config, store=store, out=out, echo=echo)
+    try:
+        for model in config.models:
+            try:
+                probe_stage(ctx, model, dataset)
+            except KnowlocError:
+                if created and model == config.models[0]:  # nothing of value stored yet
+                    store.close()
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
+            echo(f"{model}: {len(ctx.facts[model])} facts known in >= {config.min_known} paraphrases "
+                 f"(of {len(ctx.probes[model])})")
+            attribution_stage(ctx, model)
+            for name in config.experiments:
+                module = _experiment(name)
+                if hasattr(module, "compute"):
+                    module.compute(ctx, model)
+        sections = [_experiment(name).summarize(ctx) for name in config.experiments]
+        summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
+    finally:
+        store.close()
+    return summary_path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, path)
+    except OSError as exc:
+        raise KnowlocError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_outputs(ctx: StudyContext, sections: list[Section], wall_s: float) -> Path:
+    cfg = ctx.config
+    summary: dict = {"config": cfg.identity(), "facts": {m: len(f) for m, f in ctx.facts.items()}}
+    markdown = [f"# knowloc study — {', '.join(cfg.models)} on {cfg.data}", "",
+                f"Methods {', '.join(cfg.methods)}; steps {cfg.steps}; KN threshold {cfg.threshold} x max; "
+                f"seed {cfg.seed}. Facts known in >= {cfg.min_known} paraphrases: "
+                + ", ".join(f"{m}: {n}" for m, n in summary["facts"].items()), ""]
+    for section in sections:
+        summary.update(section.summary)
+        for name, rows in section.tables.items():
+            if rows:
+                _atomic_write(ctx.out / "tables" / f"{name}.csv", _csv(rows))
+        markdown += section.markdown
+        markdown += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
+    text = "\n".join(markdown)
+    _atomic_write(ctx.out / "summary.md", text)
+    path = ctx.out / "summary.json"
+    _atomic_write(path, json.dumps(summary, indent=2, sort_keys=True, allow_nan=True))
+    ctx.echo(text)
+    ctx.echo(f"study finished in {wall_s:.0f} s; outputs in {ctx.out}")
+    return path

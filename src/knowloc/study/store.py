@@ -1,0 +1,129 @@
+"""The results store: one SQLite database (WAL) per study directory.
+
+Every unit of work (a model's probe, one query's attribution, one fact's experiment trials) is written in one
+transaction, so a kill -9 loses at most the unit in flight and a rerun resumes where it stopped. Experiments
+always read attributions back from the store (never from memory), so a resumed run computes exactly what an
+uninterrupted run computes. Full attribution tensors are kept as fp16 safetensors blobs in the same row as
+their knowledge-neuron set, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from knowloc.errors import KnowlocError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS probes (
+    model TEXT NOT NULL, fact_id TEXT NOT NULL, position INTEGER NOT NULL, relation TEXT NOT NULL,
+    subject TEXT NOT NULL, object TEXT NOT NULL, queries TEXT NOT NULL, PRIMARY KEY (model, fact_id));
+CREATE TABLE IF NOT EXISTS attributions (
+    model TEXT NOT NULL, method TEXT NOT NULL, fact_id TEXT NOT NULL, qidx INTEGER NOT NULL,
+    prob REAL NOT NULL, kn TEXT NOT NULL, scores BLOB NOT NULL,
+    PRIMARY KEY (model, method, fact_id, qidx));
+CREATE TABLE IF NOT EXISTS trials (
+    experiment TEXT NOT NULL, key TEXT NOT NULL, rows TEXT NOT NULL, PRIMARY KEY (experiment, key));
+"""
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise KnowlocError(f"cannot open results store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        try:
+            with self.db:  # one transaction
+                self.db.executemany(sql, rows)
+        except sqlite3.OperationalError as exc:
+            raise KnowlocError(f"cannot write results store {self.path}: {exc}") from None
+
+    # --- config ---------------------------------------------------------------------------------------------
+    def check_config(self, identity: dict[str, Any]) -> None:
+        """Record the study's identity on first use; refuse a different one later."""
+        stored = dict(self.db.execute("SELECT key, value FROM config").fetchall())
+        wanted = {k: json.dumps(v, sort_keys=True) for k, v in identity.items()}
+        if not stored:
+            self._write("INSERT INTO config VALUES (?, ?)", wanted.items())
+            return
+        diffs = [f"{k}: stored {stored.get(k)} vs now {wanted.get(k)}"
+                 for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+        if diffs:
+            raise KnowlocError(f"{self.path.parent} holds a study with another configuration ({'; '.join(diffs)}); "
+                               "use another --out or the same settings")
+
+    # --- probes ---------------------------------------------------------------------------------------------
+    def has_probe(self, model: str) -> bool:
+        return self.db.execute("SELECT 1 FROM probes WHERE model = ? LIMIT 1", (model,)).fetchone() is not None
+
+    def save_probe(self, model: str, rows: list[dict]) -> None:
+        self._write("INSERT OR REPLACE INTO probes VALUES (?, ?, ?, ?, ?, ?, ?)", [
+            (model, r["fact_id"], pos, r["relation"], r["subject"], r["object"], json.dumps(r["queries"]))
+            for pos, r in enumerate(rows)])
+
+    def probe(self, model: str) -> list[dict]:
+        cur = self.db.execute("SELECT fact_id, relation, subject, object, queries FROM probes WHERE model = ? "
+                              "ORDER BY position", (model,))
+        return [{"fact_id": f, "relation": r, "subject": s, "object": o, "queries": json.loads(q)}
+                for f, r, s, o, q in cur.fetchall()]
+
+    # --- attributions ---------------------------------------------------------------------------------------
+    def done_attributions(self, model: str, method: str) -> set[tuple[str, int]]:
+        cur = self.db.execute("SELECT fact_id, qidx FROM attributions WHERE model = ? AND method = ?",
+                              (model, method))
+        return {(f, q) for f, q in cur.fetchall()}
+
+    def save_attribution(self, model: str, method: str, fact_id: str, qidx: int, prob: float,
+                         kn: list[tuple[int, int]], scores: torch.Tensor) -> None:
+        blob = st_save({"scores": scores.to(torch.float16).contiguous()})
+        self._write("INSERT OR REPLACE INTO attributions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(model, method, fact_id, qidx, prob, json.dumps([list(n) for n in kn]), blob)])
+
+    def kn_sets(self, model: str, method: str) -> dict[str, dict[int, set[tuple[int, int]]]]:
+        out: dict[str, dict[int, set[tuple[int, int]]]] = {}
+        cur = self.db.execute("SELECT fact_id, qidx, kn FROM attributions WHERE model = ? AND method = ?",
+                              (model, method))
+        for fact_id, qidx, kn in cur.fetchall():
+            out.setdefault(fact_id, {})[qidx] = {tuple(n) for n in json.loads(kn)}
+        return out
+
+    def kn_lists(self, model: str, method: str, fact_id: str) -> dict[int, list[tuple[int, int]]]:
+        """A fact's KN lists in score order."""
+        cur = self.db.execute("SELECT qidx, kn FROM attributions WHERE model = ? AND method = ? AND fact_id = ?",
+                              (model, method, fact_id))
+        return {q: [tuple(n) for n in json.loads(kn)] for q, kn in cur.fetchall()}
+
+    def scores(self, model: str, method: str, fact_id: str) -> dict[int, torch.Tensor]:
+        """The fact's full attribution tensors (float32 from the stored fp16), by query index."""
+        cur = self.db.execute("SELECT qidx, scores FROM attributions WHERE model = ? AND method = ? AND "
+                              "fact_id = ?", (model, method, fact_id))
+        return {q: st_load(blob)["scores"].float() for q, blob in cur.fetchall()}
+
+    # --- experiment trials -------------------------------------------------------------------------------------
+    def done_trials(self, experiment: str) -> set[str]:
+        return {k for (k,) in self.db.execute("SELECT key FROM trials WHERE experiment = ?", (experiment,))}
+
+    def save_trials(self, experiment: str, key: str, rows: list[dict]) -> None:
+        self._write("INSERT OR REPLACE INTO trials VALUES (?, ?, ?)", [(experiment, key, json.dumps(rows))])
+
+    def trials(self, experiment: str) -> dict[str, list[dict]]:
+        cur = self.db.execute("SELECT key, rows FROM trials WHERE experiment = ? ORDER BY key", (experiment,))
+        return {k: json.loads(r) for k, r in cur.fetchall()}

@@ -1,0 +1,200 @@
+"""evaluate_trial, baselines and padded perplexity on tiny random models."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from knowloc.data.texts import load_neutral_texts
+from knowloc.editing import (
+    EditTrial,
+    compute_baseline,
+    evaluate_trial,
+    perplexity_of_texts,
+    text_nll,
+)
+from knowloc.errors import KnowlocError
+from knowloc.models.hooks import trace_activations
+
+PROMPTS = ["The capital of France is", "Paris is the capital city of", "France's capital is"]
+LOCALITY = ["The weather today is", "Egypt is located in", "The official language of Spain is"]
+TEXTS = load_neutral_texts()[:6]
+
+
+def _state(lm):
+    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+
+
+def _all_neurons(lm):
+    return {layer: list(range(lm.n_neurons)) for layer in range(lm.n_layers)}
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            lm = tiny_models(name)
+            cache[name] = (lm, compute_baseline(lm, PROMPTS, LOCALITY, TEXTS))
+        return cache[name]
+    return get
+
+
+def _evaluate(lm, trial, baseline, gold_tokens=None):
+    return evaluate_trial(lm, trial, baseline, LOCALITY, gold_tokens, TEXTS)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_empty_neuron_set_changes_nothing(setup, name):
+    lm, baseline = setup(name)
+    before = _state(lm)
+    result = _evaluate(lm, EditTrial(PROMPTS, 1, "Paris", [], "erase"), baseline, [5, 6, 7])
+    assert result.n_neurons == 0
+    assert result.rel == 0.0 and result.gen == 0.0  # erasure cannot succeed without an edit
+    assert result.loc == 1.0
+    assert result.avg == pytest.approx(1 / 3)
+    assert result.dppl == 0.0
+    assert result.dprob_self == 0.0 and result.dprob_neighbors == 0.0
+    assert result.dprob == (0.0, 0.0, 0.0) and result.dprob_locality == 0.0
+    assert result.ppl_before == result.ppl_after == baseline.ppl > 1
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_erasing_all_neurons_changes_the_gold_probability(setup, name):
+    lm, baseline = setup(name)
+    before = _state(lm)
+    result = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", _all_neurons(lm), "erase"), baseline)
+    assert result.n_neurons == lm.n_layers * lm.n_neurons
+    assert result.dprob_self != 0.0 and not math.isnan(result.dprob_self)
+    assert result.dprob_neighbors != 0.0
+    assert result.dppl != 0.0
+    assert result.rel in (0.0, 1.0) and 0.0 <= result.gen <= 1.0 and 0.0 <= result.loc <= 1.0
+    assert result.avg == pytest.approx((result.rel + result.gen + result.loc) / 3)
+    # the measured dprob is the relative change of the gold first-token probability with all MLPs off
+    gold = lm.first_target_token("Paris")
+    with torch.no_grad():
+        for layer in range(lm.n_layers):
+            lm.mlp_out(layer).weight.zero_()
+        ids = torch.tensor([list(lm.encode(PROMPTS[0]).prompt_ids)])
+        p_after = torch.softmax(lm.model(input_ids=ids).logits[0, -1].float(), -1)[gold]
+        for key, value in before.items():
+            lm.model.state_dict()[key].copy_(value)
+    p_before = baseline.probs[0, gold]
+    assert result.dprob_self == pytest.approx(float((p_after - p_before) / p_before), rel=1e-4)
+    for key, value in lm.model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def _positive_last_layer_neurons(lm, prompt):
+    """Last-layer neurons active (> 0) at the prompt's last position: adding E(o') to them pushes o' up."""
+    last = lm.n_layers - 1
+    with torch.no_grad(), trace_activations(lm, [last]) as records:
+        lm.model(input_ids=torch.tensor([list(lm.encode(prompt).prompt_ids)]))
+    act = records[last][0, -1]
+    return [(last, int(i)) for i in torch.nonzero(act > 0).flatten()]
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_update_with_huge_lambda2_ranks_new_object_above_gold(setup, name):
+    lm, baseline = setup(name)
+    gold = lm.first_target_token("Paris")
+    # a new object o' that is not already above o before the edit (so success below is the edit's doing)
+    candidates = ["Berlin", "Rome", "Tokyo", "Spanish", "Africa", "Italy", "Japan"]
+    target = next(c for c in candidates if lm.first_target_token(c) != gold
+                  and baseline.probs[0, lm.first_target_token(c)] < baseline.probs[0, gold])
+    control = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", [], "update", target), baseline)
+    assert control.rel == 0.0
+    neurons = _positive_last_layer_neurons(lm, PROMPTS[0])
+    assert len(neurons) >= 20
+    result = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", neurons, "update", target, lambda2=1000.0), baseline)
+    assert result.rel == 1.0
+    assert result.success[0] is True
+    assert result.operation == "update" and result.n_neurons == len(neurons)
+
+
+def test_gen_is_nan_with_a_single_prompt_and_loc_dppl_nan_without_data(tiny_models):
+    lm = tiny_models("tiny-llama")
+    baseline = compute_baseline(lm, PROMPTS[:1])
+    assert math.isnan(baseline.ppl)
+    result = evaluate_trial(lm, EditTrial(PROMPTS[:1], 0, "Paris", _all_neurons(lm)), baseline)
+    assert math.isnan(result.gen) and math.isnan(result.dprob_neighbors)
+    assert math.isnan(result.loc) and math.isnan(result.dppl)
+    assert result.avg == result.rel
+
+
+def test_locality_counts_changed_argmax(setup):
+    lm, baseline = setup("tiny-llama")
+    result = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", _all_neurons(lm)), baseline)
+    # recompute loc by hand from a fresh forward with every value vector zeroed
+    from knowloc.editing import modified
+    from knowloc.models.scoring import next_token_distributions
+
+    with modified(lm, "erase", _all_neurons(lm)):
+        after = [d.probs.argmax().item() for d in next_token_distributions(lm, LOCALITY)]
+    expected = sum(a == b for a, b in zip(after, baseline.locality_top1)) / len(LOCALITY)
+    assert result.loc == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma"])
+def test_perplexity_padding_equals_unpadded(tiny_models, name):
+    lm = tiny_models(name)
+    texts = load_neutral_texts()[:5] + ["Short.", "A much longer sentence about the river, the bridge and the hill."]
+    lengths = {len(lm.tokenizer(t)["input_ids"]) for t in texts}
+    assert len(lengths) > 2  # really padded
+    nll_sum, n_tokens = 0.0, 0
+    with torch.no_grad():
+        for text in texts:  # one unpadded forward per text
+            ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
+            logits = lm.model(input_ids=ids).logits[0, :-1].float()
+            nll_sum += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            n_tokens += ids.shape[1] - 1
+    got_sum, got_n = text_nll(lm, texts)
+    assert got_n == n_tokens
+    assert got_sum == pytest.approx(nll_sum, rel=1e-5)
+    assert perplexity_of_texts(lm, texts) == pytest.approx(math.exp(nll_sum / n_tokens), rel=1e-5)
+    # batch size does not matter
+    assert perplexity_of_texts(lm, texts, batch_size=3) == pytest.approx(perplexity_of_texts(lm, texts), rel=1e-5)
+
+
+def test_perplexity_bad_inputs(tiny_models):
+    lm = tiny_models("tiny-gpt2")
+    with pytest.raises(KnowlocError, match="non-empty"):
+        perplexity_of_texts(lm, [])
+    with pytest.raises(KnowlocError, match="one string"):
+        perplexity_of_texts(lm, "The dog waited.")
+    with pytest.raises(KnowlocError, match="no token"):
+        perplexity_of_texts(lm, ["a"])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prompts=[], index=0, gold="Paris", neurons=[]), "non-empty"),
+    (dict(prompts=PROMPTS, index=3, gold="Paris", neurons=[]), "index 3"),
+    (dict(prompts=PROMPTS, index=0, gold=" ", neurons=[]), "gold"),
+    (dict(prompts=PROMPTS, index=0, gold="Paris", neurons=[], operation="flip"), "operation"),
+    (dict(prompts=PROMPTS, index=0, gold="Paris", neurons=[], operation="update"), "new_object"),
+])
+def test_bad_trials(kwargs, message):
+    with pytest.raises(KnowlocError, match=message):
+        EditTrial(**kwargs)
+
+
+def test_mismatched_baseline_and_arguments(setup):
+    lm, baseline = setup("tiny-gpt2")
+    trial = EditTrial(PROMPTS, 0, "Paris", [])
+    with pytest.raises(KnowlocError, match="other prompts"):
+        evaluate_trial(lm, EditTrial(PROMPTS[:2], 0, "Paris", []), baseline, LOCALITY, None, TEXTS)
+    with pytest.raises(KnowlocError, match="locality prompts"):
+        evaluate_trial(lm, trial, baseline, LOCALITY[:1], None, TEXTS)
+    with pytest.raises(KnowlocError, match="neutral texts"):
+        evaluate_trial(lm, trial, baseline, LOCALITY, None, TEXTS[:2])
+    with pytest.raises(KnowlocError, match="locality gold tokens"):
+        evaluate_trial(lm, trial, baseline, LOCALITY, [1], TEXTS)
+    with pytest.raises(KnowlocError, match="same token"):
+        evaluate_trial(lm, EditTrial(PROMPTS, 0, "Paris", [], "update", "Paris"), baseline, LOCALITY, None, TEXTS)
+    llama, _ = setup("tiny-llama")
+    with pytest.raises(KnowlocError, match="computed on"):
+        evaluate_trial(llama, trial, baseline, LOCALITY, None, TEXTS)
