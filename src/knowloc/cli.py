@@ -165,6 +165,8 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
           tau: Optional[float] = typer.Option(None, help="static K_C/K_I threshold on the CS score"),
           split: Optional[str] = typer.Option(None, help="groups for later experiments: static or otsu"),
           min_known: Optional[int] = typer.Option(None, help="paraphrases a fact must be answered in"),
+          candidates: Optional[bool] = typer.Option(None, "--candidates/--no-candidates",
+                                                    help="answered = argmax among the relation's objects (LAMA)"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable)"),
           config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys"),
           device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
@@ -175,7 +177,7 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
 
     overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": _split(experiments),
                  "relations": _split(relations), "facts": facts, "seed": seed, "steps": steps, "threshold": threshold,
-                 "tau": tau, "split": split, "min_known": min_known, "out": str(out) if out else None,
+                 "tau": tau, "split": split, "min_known": min_known, "candidates": candidates, "out": str(out) if out else None,
                  "device": device, "dtype": dtype, "progress": False if no_progress else None}
     if config is not None:
         cfg = StudyConfig.from_toml(config, overrides)

@@ -178,7 +178,7 @@ def test_activation_heatmaps_panel_counts(tmp_path, n, captured):
 
 
 def test_activation_heatmaps_signed_nan_and_different_shapes(tmp_path):
-    a = panel("signed", rows=3, cols=5)
+    a = panel("It costs $x^{2$ dollars", rows=3, cols=5)  # literal text, not mathtext
     a["matrix"] = a["matrix"] - 0.5
     a["matrix"][0, 0] = NAN
     b = panel("bigger", rows=6, cols=50)

@@ -52,6 +52,7 @@ _STYLE: dict[str, Any] = {
     "savefig.dpi": DPI,
     "figure.dpi": DPI,
     "image.interpolation": "nearest",
+    "text.parse_math": False,  # prompts may contain "$": draw them literally, never as mathtext
 }
 _PALETTE = matplotlib.colormaps["tab10"].colors
 _TITLE_WIDTH = 90  # characters per line of a figure title

@@ -28,6 +28,7 @@ class StudyConfig:
     steps: int = 20
     threshold: float = 0.2  # KN set: attribution > threshold x max (Dai et al.)
     min_known: int = 2  # a fact is studied when the model answers >= this many of its queries
+    candidates: bool = False  # "answers" = argmax among the relation's objects (LAMA) instead of the vocabulary
     cs_score: str = "cs2"
     tau: float = 0.3  # static K_C / K_I threshold
     p: float = 0.5  # CS_p share

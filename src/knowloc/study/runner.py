@@ -47,7 +47,8 @@ def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
     if not ctx.store.has_probe(model):
         from knowloc.data.filtering import probe_facts
 
-        probes = probe_facts(ctx.model(model), list(dataset), progress=ctx.config.progress)
+        probes = probe_facts(ctx.model(model), list(dataset), candidates=ctx.config.candidates,
+                             progress=ctx.config.progress)
         ctx.store.save_probe(model, [{
             "fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject, "object": p.fact.object,
             "queries": [{"template": q.query.template, "text": q.query.text, "top1": q.top1, "prob": q.prob}

@@ -1,0 +1,89 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from knowloc.errors import KnowlocError
+from knowloc.study.config import StudyConfig
+from knowloc.study.runner import run_study
+
+
+def test_study_end_to_end_writes_outputs(tmp_path, study_args):
+    out = tmp_path / "study"
+    path = run_study(StudyConfig(**study_args(out)), echo=lambda _: None)
+    summary = json.loads(path.read_text())
+    assert summary["config"]["models"] == ["tiny-llama"]
+    assert summary["facts"]["tiny-llama"] >= 3
+    kinds = {r["threshold_kind"] for r in summary["consistency"]}
+    assert kinds == {"static", "otsu"}
+    for row in summary["consistency"]:
+        assert row["n_facts"] == summary["facts"]["tiny-llama"]
+        assert 0 <= row["k_i_fraction"] <= 1 and row["k_i_ci_low"] <= row["k_i_fraction"] <= row["k_i_ci_high"]
+    mods = summary["modification"]
+    assert {r["operation"] for r in mods} == {"erase", "update"}
+    assert {r["neurons"] for r in mods} == {"N_i", "N_g", "N_cap"}
+    assert sum(r["n"] for r in mods if r["operation"] == "erase" and r["neurons"] == "N_i") \
+        == summary["facts"]["tiny-llama"]
+    erase = [r for r in mods if r["operation"] == "erase" and r["neurons"] == "N_i" and r["n"]]
+    assert erase and all(r["dprob_self"] < 0 for r in erase)  # erasing own KNs lowers the gold probability
+    assert (out / "tables" / "consistency.csv").read_text().startswith("model,")
+    assert (out / "tables" / "modification.csv").exists()
+    assert (out / "summary.md").read_text().startswith("# knowloc study")
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert any(n.startswith("cs_violin") for n in figures) and any(n.startswith("modification_") for n in figures)
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rerun_reuses_store_and_conflict_is_refused(tmp_path, study_args, monkeypatch):
+    out = tmp_path / "study"
+    first = run_study(StudyConfig(**study_args(out)), echo=lambda _: None).read_text()
+    import knowloc.attribution as attribution
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("attribution recomputed")
+    monkeypatch.setattr(attribution, "attribute", forbidden)
+    assert run_study(StudyConfig(**study_args(out)), echo=lambda _: None).read_text() == first
+    with pytest.raises(KnowlocError, match="another configuration.*threshold"):
+        run_study(StudyConfig(**study_args(out, threshold=0.5)), echo=lambda _: None)
+
+
+SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+from knowloc.study.config import StudyConfig
+from knowloc.study.runner import run_study
+run_study(StudyConfig(**json.loads(sys.argv[1])), echo=lambda _: None)
+"""
+
+
+def _rows(db_path) -> int:
+    try:
+        with sqlite3.connect(db_path, timeout=1) as db:
+            return db.execute("SELECT (SELECT COUNT(*) FROM attributions) + (SELECT COUNT(*) FROM trials)").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.parametrize("kill_after_rows", [1, 9])
+def test_kill_9_then_resume_equals_clean_run(tmp_path, study_args, kill_after_rows):
+    clean = run_study(StudyConfig(**study_args(tmp_path / "clean")), echo=lambda _: None).read_text()
+    out = tmp_path / "killed"
+    args = json.dumps(study_args(out))
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, args], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while _rows(out / "results.sqlite") < kill_after_rows and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed, "the study finished before it could be killed"
+    assert not (out / "summary.json").exists()
+    resumed = run_study(StudyConfig(**study_args(out)), echo=lambda _: None).read_text()
+    assert resumed == clean
