@@ -1,0 +1,136 @@
+"""Every bad input: one line on stderr, exit code 2, no traceback, nothing written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from knowloc.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, pattern):
+    import re
+
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("knowloc: error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_version_and_models(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip().startswith("knowloc ")
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "smollm2-135m" in out and "gpt_neox" in out and "gemma3_text" in out
+
+
+def _bad_facts(tmp_path):
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"relation": "P1", "subject": "A", "object": "B", "templates": ["[X] is [Y]."]}\n{oops\n')
+    no_y = tmp_path / "noy.jsonl"
+    no_y.write_text('{"relation": "P1", "subject": "A", "object": "B", "templates": ["[X] is here."]}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"relation": "P1", "subject": "A", "object": " ", "templates": ["[X] is [Y]."]}\n')
+    return bad_json, no_y, empty
+
+
+@pytest.mark.parametrize("case", ["bad_json", "no_y", "empty_object", "unknown_relation", "missing_model",
+                                  "corrupt_gguf", "cuda", "bad_limit", "unknown_option"])
+def test_probe_bad_input(capsys, tmp_path, case, tiny_facts_file=None):
+    bad_json, no_y, empty = _bad_facts(tmp_path)
+    corrupt = tmp_path / "broken.gguf"
+    corrupt.write_bytes(b"not a gguf at all")
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"relation": "P1", "subject": "France", "object": "Paris", "templates": ["[X] has [Y]."]}\n')
+    argv, pattern = {
+        "bad_json": (["--data", str(bad_json)], r"bad\.jsonl:2"),
+        "no_y": (["--data", str(no_y)], r"\[Y\]"),
+        "empty_object": (["--data", str(empty)], r"empty"),
+        "unknown_relation": (["--data", str(good), "--relations", "P999"], r"P999"),
+        "missing_model": (["--data", str(good), "--model", str(tmp_path / "nomodel")], r"does not exist"),
+        "corrupt_gguf": (["--data", str(good), "--model", str(corrupt)], r"GGUF"),
+        "cuda": (["--data", str(good), "--model", "tiny-gpt2", "--device", "cuda"], r"CUDA"),
+        "bad_limit": (["--data", str(good), "--limit", "0"], r"limit"),
+        "unknown_option": (["--data", str(good), "--frobnicate"], r"frobnicate"),
+    }[case]
+    if case == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    code, _, err = run(capsys, "probe", *argv)
+    assert_one_line_error(code, err, pattern)
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--prompt", "", "--target", "Paris"], "empty prompt"),
+    (["--prompt", "The capital of France is", "--target", " "], "tokenizes to nothing"),
+    (["--prompt", "The capital of France is", "--target", "Paris", "--steps", "0"], "steps"),
+    (["--prompt", "word " * 300, "--target", "Paris"], "context"),
+    (["--prompt", "The capital of France is", "--target", "Paris", "--method", "magic"], "unknown method"),
+    (["--prompt", "The capital of France is", "--target", "Paris", "--threshold", "2"], "threshold"),
+])
+def test_localize_bad_input(capsys, argv, pattern):
+    code, _, err = run(capsys, "localize", "--model", "tiny-gpt2", *argv)
+    assert_one_line_error(code, err, pattern)
+
+
+def test_localize_json(capsys):
+    code, out, _ = run(capsys, "localize", "--model", "tiny-llama", "--prompt", "The capital of France is",
+                       "--target", "Paris", "--steps", "3", "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["n_neurons"] >= 1 and payload["neurons"][0]["score"] >= payload["neurons"][-1]["score"]
+
+
+def test_probe_json_on_tiny_model(capsys, tmp_path):
+    facts = tmp_path / "f.jsonl"
+    facts.write_text("\n".join(json.dumps({"relation": r, "subject": s, "object": "Paris",
+                                           "templates": ["The capital of [X] is [Y].", "[X]'s capital is [Y]."]})
+                               for r, s in [("P1", "France"), ("P1", "Italy"), ("P2", "Spain")]) + "\n")
+    code, out, _ = run(capsys, "probe", "--model", "tiny-gpt2", "--data", str(facts), "--json")
+    assert code == 0
+    rows = json.loads(out)["relations"]
+    assert [r["relation"] for r in rows] == ["P1", "P2"] and rows[0]["queries"] == 4
+    assert all(0 <= r["top1"] <= r["top5"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--methods", "ig,bogus"], "unknown method 'bogus'"),
+    (["--experiments", "nothing"], "unknown experiment"),
+    (["--threshold", "1.5"], "threshold"),
+    (["--facts", "0"], "facts"),
+])
+def test_study_bad_arguments_write_nothing(capsys, tmp_path, argv, pattern):
+    out = tmp_path / "study"
+    code, _, err = run(capsys, "study", "--model", "tiny-gpt2", "--out", str(out), *argv)
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists()
+
+
+def test_study_bad_data_and_model_write_nothing(capsys, tmp_path):
+    bad_json, _, _ = _bad_facts(tmp_path)
+    out = tmp_path / "study"
+    code, _, err = run(capsys, "study", "--model", "tiny-gpt2", "--data", str(bad_json), "--out", str(out))
+    assert_one_line_error(code, err, r"bad\.jsonl:2")
+    assert not out.exists()
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"relation": "P1", "subject": "France", "object": "Paris", "templates": ["[X] has [Y]."]}\n')
+    code, _, err = run(capsys, "study", "--model", str(tmp_path / "missing"), "--data", str(good), "--out", str(out))
+    assert_one_line_error(code, err, "does not exist")
+    assert not out.exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "knowloc.cli", "localize", "--model", "tiny-gpt2", "--prompt",
+                           "x", "--target", "y", "--steps", "-1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
