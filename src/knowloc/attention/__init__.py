@@ -1,0 +1,13 @@
+"""Knowledge synapses: the attention side of Query Localization (Chen et al., ICLR 2025). See docs/attention.md."""
+
+from knowloc.attention.manipulate import n_heads, scale_attention
+from knowloc.attention.synapses import (
+    Entry,
+    attention_rows,
+    knowledge_synapses,
+    related_and_irrelevant,
+    subject_token_positions,
+)
+
+__all__ = ["Entry", "attention_rows", "knowledge_synapses", "subject_token_positions", "related_and_irrelevant",
+           "scale_attention", "n_heads"]

@@ -1,0 +1,146 @@
+"""Experiment `query-mapping` (Query Localization, claim 1: KNs belong to the query, not the fact).
+
+For each fact and neighbor query q_i, the activations at q_i's last position are scaled (suppress x0,
+enhance x2) on four neuron sets: own (N_i), neighbor (N_j, averaged over j != i), intersection (N_cap; skipped
+when empty) and a random control of |N_i| neurons drawn from the same layers as N_i (seeded). Measured: the
+relative change of the gold first-token probability on q_i. All interventions of one query run as rows of one
+batch, each row with its own per-neuron multipliers.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from knowloc.analysis import bootstrap_ci, relative_change
+from knowloc.models.hooks import hook_sites
+from knowloc.study.context import Section, StudyContext
+
+INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
+SETS = ("own", "neighbor", "intersection", "random")
+
+
+def random_control(neurons: list[tuple[int, int]], n_neurons: int, seed: int) -> list[tuple[int, int]]:
+    """As many neurons as `neurons`, from the same layers (same count per layer), none of them in `neurons`."""
+    rng = random.Random(seed)
+    taken = set(neurons)
+    out = []
+    for layer in sorted({l for l, _ in neurons}):
+        count = sum(1 for l, _ in neurons if l == layer)
+        pool = [i for i in range(n_neurons) if (layer, i) not in taken]
+        out += [(layer, i) for i in sorted(rng.sample(pool, min(count, len(pool))))]
+    return out
+
+
+@torch.no_grad()
+def scaled_gold_probs(lm, prompt: str, gold: int, variants: list[tuple[list[tuple[int, int]], float]]) -> list[float]:
+    """Gold first-token probability of `prompt` under each (neurons, factor) variant, plus the clean one first."""
+    enc = lm.encode(prompt)
+    rows = len(variants) + 1
+    multipliers: dict[int, torch.Tensor] = {}
+    for r, (neurons, factor) in enumerate(variants, start=1):
+        for layer, index in neurons:
+            mult = multipliers.setdefault(layer, torch.ones(rows, lm.n_neurons, dtype=lm.dtype, device=lm.device))
+            mult[r, index] = factor
+
+    def scaler(mult: torch.Tensor):
+        def scale(x: torch.Tensor) -> torch.Tensor:
+            x = x.clone()
+            x[:, enc.last_pos] = x[:, enc.last_pos] * mult
+            return x
+        return scale
+
+    ids = torch.tensor([enc.prompt_ids] * rows, device=lm.device)
+    with hook_sites(lm, {layer: scaler(mult) for layer, mult in multipliers.items()}):
+        logits = lm.model(input_ids=ids).logits[:, -1].float()
+    return torch.softmax(logits, dim=-1)[:, gold].tolist()
+
+
+def fact_rows(ctx: StudyContext, model: str, method: str, fact, lm) -> list[dict]:
+    kn = ctx.store.kn_lists(model, method, fact.fact_id)
+    cap = sorted(set.intersection(*map(set, kn.values())))
+    gold = lm.first_target_token(fact.object)
+    rows = []
+    for i in sorted(kn):
+        sets: list[tuple[str, list[tuple[int, int]]]] = [("own", kn[i])]
+        sets += [("neighbor", kn[j]) for j in sorted(kn) if j != i]
+        if cap:
+            sets.append(("intersection", cap))
+        sets.append(("random", random_control(kn[i], lm.n_neurons, ctx.seed_for("qm-random", model, method,
+                                                                                 fact.fact_id, i))))
+        variants = [(neurons, factor) for _, neurons in sets for factor in INTERVENTIONS.values()]
+        probs = scaled_gold_probs(lm, fact.prompts[i], gold, variants)
+        clean, changed = probs[0], probs[1:]
+        results: dict[tuple[str, str], list[float]] = {}
+        for v, ((name, _), (intervention, _)) in enumerate(
+                ((s, iv) for s in sets for iv in INTERVENTIONS.items())):
+            results.setdefault((name, intervention), []).append(float(relative_change(clean, changed[v])))
+        for (name, intervention), values in results.items():
+            rows.append({"qidx": i, "neurons": name, "intervention": intervention, "dprob": float(np.mean(values))})
+    return rows
+
+
+def compute(ctx: StudyContext, model: str) -> None:
+    for method in ctx.config.methods:
+        done = ctx.store.done_trials("query-mapping")
+        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
+        if not todo:
+            continue
+        lm = ctx.model(model)
+        for fact in tqdm(todo, desc=f"query-mapping {model} {method}", unit="fact", disable=not ctx.config.progress):
+            ctx.store.save_trials("query-mapping", _key(model, method, fact.fact_id),
+                                  fact_rows(ctx, model, method, fact, lm))
+
+
+def _key(model: str, method: str, fact_id: str) -> str:
+    return f"{model}\t{method}\t{fact_id}"
+
+
+def summarize(ctx: StudyContext) -> Section:
+    from knowloc.report.figures import grouped_bars
+    from knowloc.study.experiments.consistency import groups
+
+    cfg = ctx.config
+    trials = ctx.store.trials("query-mapping")
+    rows = []
+    for model in cfg.models:
+        for method in cfg.methods:
+            split = groups(ctx, model, method)
+            for group in ("K_C", "K_I"):
+                facts = [f for f in ctx.facts[model] if split.get(f.fact_id) == group
+                         and _key(model, method, f.fact_id) in trials]
+                for intervention in INTERVENTIONS:
+                    for neurons in SETS:
+                        per_fact = []
+                        for f in facts:
+                            values = [r["dprob"] for r in trials[_key(model, method, f.fact_id)]
+                                      if r["neurons"] == neurons and r["intervention"] == intervention]
+                            values = [v for v in values if not np.isnan(v)]
+                            if values:
+                                per_fact.append(float(np.mean(values)))
+                        est, lo, hi = bootstrap_ci(np.array(per_fact), n_boot=cfg.n_boot, seed=cfg.seed)
+                        rows.append({"model": model, "method": method, "group": group, "intervention": intervention,
+                                     "neurons": neurons, "n": len(per_fact), "dprob": float(est),
+                                     "ci_low": float(lo), "ci_high": float(hi)})
+    section = Section(summary={"query_mapping": rows}, tables={"query_mapping": rows})
+    for model in cfg.models:
+        for method in cfg.methods:
+            for intervention in INTERVENTIONS:
+                subset = [r for r in rows if r["model"] == model and r["method"] == method
+                          and r["intervention"] == intervention]
+                if any(r["n"] for r in subset):
+                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+                    section.figures.append(grouped_bars(
+                        subset, ctx.figures_dir / f"query_mapping_{intervention}_{slug}_{method}.png",
+                        f"{intervention} KNs at q_i's last position — {model}, {method}", x="neurons", hue="group",
+                        value="dprob", low="ci_low", high="ci_high", ylabel="relative change of P(gold) on q_i"))
+    section.markdown += ["## Query-KN mapping", "",
+                         "| model | method | group | intervention | neurons | n | dprob [95% CI] |",
+                         "|---|---|---|---|---|---|---|"]
+    section.markdown += [f"| {r['model']} | {r['method']} | {r['group']} | {r['intervention']} | {r['neurons']} | "
+                         f"{r['n']} | {r['dprob']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] |" for r in rows]
+    section.markdown.append("")
+    return section
