@@ -36,6 +36,10 @@ class StudyConfig:
     lambda1: float = 1.0
     lambda2: float = 8.0
     locality: int = 10  # locality prompts per fact
+    cas_beta1: float = 1.0
+    cas_beta2: float = 1.0
+    cas_threshold: float = 0.2  # CAS selection: CAS(u) > t x max CAS
+    cas_top_k: int | None = None
     n_boot: int = 1000
     out: str = "runs/study"
     device: str | None = None
@@ -58,7 +62,9 @@ class StudyConfig:
             raise KnowlocError("at least one method is required")
         if self.steps < 1:
             raise KnowlocError(f"--steps must be >= 1, got {self.steps}")
-        for name in ("threshold", "tau", "p"):
+        if self.cas_beta1 < 0 or self.cas_beta2 < 0:
+            raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
+        for name in ("threshold", "tau", "p", "cas_threshold"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise KnowlocError(f"--{name} must be in [0, 1], got {value}")

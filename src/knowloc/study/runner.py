@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from knowloc.errors import KnowlocError
@@ -71,7 +72,9 @@ def attribution_stage(ctx: StudyContext, model: str) -> None:
         lm = ctx.model(model)
         for fact, q in tqdm(todo, desc=f"attribution {model} {method}", unit="query", disable=not cfg.progress):
             result = attribute(lm, fact.prompts[q], fact.object, method=method, steps=cfg.steps)
-            kn = select_neurons(result.scores, threshold=cfg.threshold)
+            # KN sets come from the fp16-rounded scores that the store keeps, so every experiment (and CAS, which
+            # reads the stored tensors) sees one and the same attribution
+            kn = select_neurons(result.scores.to(torch.float16).float(), threshold=cfg.threshold)
             ctx.store.save_attribution(model, method, fact.fact_id, q, result.prob, kn, result.scores)
 
 

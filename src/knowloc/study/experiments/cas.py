@@ -1,0 +1,175 @@
+"""Experiment `cas`: Consistency-Aware KN modification against the single-query and union baselines.
+
+Selections per fact (docs/analysis.md): CAS (strong AND consistent across neighbor queries), N_i (the edited
+query's own KNs) and N_g (union over the neighbors). Operations and metrics are those of `modification`.
+Protocols: `transductive` (CAS from all neighbor queries, as in the paper; every q_i is edited) and
+`held_out` (for each paraphrase h, CAS / N_g are computed without h, the query after h is edited, and
+Generalization is measured on h alone). Budgets: `free` (each selection as it comes) and `matched` (N_i and
+N_g cut to the |CAS| strongest neurons; N_g ranks neurons by their best per-query normalised score).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from knowloc.analysis import bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
+from knowloc.study.context import Section, StudyContext
+from knowloc.study.experiments.modification import OPERATIONS, locality_prompts, new_object
+
+SELECTIONS = ("CAS", "N_i", "N_g")
+METRICS = ("rel", "gen", "loc", "avg", "dppl")
+
+
+def _normalised(stack: torch.Tensor) -> torch.Tensor:
+    peaks = stack.flatten(1).amax(dim=1).clamp_min(torch.finfo(stack.dtype).tiny)
+    return stack / peaks.view(-1, 1, 1)
+
+
+def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: list[int]) -> dict[str, dict]:
+    """{budget: {selection: neurons}} for editing query `edited`, with CAS and N_g built from `members`."""
+    cfg = ctx.config
+    sub = stack[members]
+    cas = cas_select(sub, cfg.cas_threshold, cfg.cas_beta1, cfg.cas_beta2, cfg.cas_top_k)
+    own = select_neurons(stack[edited], cfg.threshold)
+    union_scores = _normalised(sub).amax(dim=0)
+    union = sorted({n for m in members for n in select_neurons(stack[m], cfg.threshold)},
+                   key=lambda n: (-float(union_scores[n]), n))
+    k = len(cas)
+    return {"free": {"CAS": cas, "N_i": own, "N_g": union},
+            "matched": {"CAS": cas, "N_i": own[:k], "N_g": union[:k]}}
+
+
+def fact_rows(ctx: StudyContext, model: str, method: str, fact, lm, texts) -> list[dict]:
+    from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
+
+    cfg = ctx.config
+    tensors = ctx.store.scores(model, method, fact.fact_id)
+    queries = sorted(tensors)
+    stack = torch.stack([tensors[q] for q in queries])
+    prompts = [fact.prompts[q] for q in queries]
+    loc_prompts, loc_objects = locality_prompts(ctx, model, fact)
+    loc_gold = [lm.first_target_token(o) for o in loc_objects]
+    baseline = compute_baseline(lm, prompts, loc_prompts, texts)
+    target = new_object(ctx, model, fact, lm)
+    n = len(queries)
+    plans = [("transductive", i, list(range(n)), None) for i in range(n)]
+    plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
+    rows = []
+    for protocol, edited, members, held in plans:
+        for budget, chosen in selections(ctx, stack, edited, members).items():
+            for selection, neurons in chosen.items():
+                if budget == "matched" and selection == "CAS":
+                    continue  # identical to the free CAS trial
+                for operation in OPERATIONS:
+                    row = {"protocol": protocol, "edited": edited, "held_out": held, "budget": budget,
+                           "selection": selection, "operation": operation, "n_neurons": len(neurons)}
+                    if not neurons or (operation == "update" and target is None):
+                        rows.append({**row, "skipped": True})
+                        continue
+                    trial = EditTrial(prompts=prompts, index=edited, gold=fact.object, neurons=neurons,
+                                      operation=operation, new_object=target, lambda1=cfg.lambda1,
+                                      lambda2=cfg.lambda2)
+                    result = evaluate_trial(lm, trial, baseline, loc_prompts, loc_gold, texts)
+                    gen = float(result.success[held]) if held is not None else float(result.gen)
+                    values = {"rel": float(result.rel), "gen": gen, "loc": float(result.loc),
+                              "dppl": float(result.dppl)}
+                    values["avg"] = float(np.nanmean([values["rel"], values["gen"], values["loc"]]))
+                    rows.append({**row, "skipped": False, **values})
+    return rows
+
+
+def compute(ctx: StudyContext, model: str) -> None:
+    from knowloc.data import load_neutral_texts
+
+    texts = load_neutral_texts()
+    for method in ctx.config.methods:
+        done = ctx.store.done_trials("cas")
+        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
+        if not todo:
+            continue
+        lm = ctx.model(model)
+        for fact in tqdm(todo, desc=f"cas {model} {method}", unit="fact", disable=not ctx.config.progress):
+            ctx.store.save_trials("cas", _key(model, method, fact.fact_id), fact_rows(ctx, model, method, fact, lm, texts))
+
+
+def _key(model: str, method: str, fact_id: str) -> str:
+    return f"{model}\t{method}\t{fact_id}"
+
+
+def _fact_mean(rows: list[dict], metric: str, **match) -> float:
+    values = [r[metric] for r in rows if not r["skipped"] and all(r[k] == v for k, v in match.items())]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarize(ctx: StudyContext) -> Section:
+    from knowloc.report.figures import grouped_bars
+    from knowloc.study.experiments.consistency import groups
+
+    cfg = ctx.config
+    trials = ctx.store.trials("cas")
+    rows, comparisons = [], []
+    for model in cfg.models:
+        for method in cfg.methods:
+            split = groups(ctx, model, method)
+            for operation in OPERATIONS:
+                for group in ("K_C", "K_I"):
+                    facts = [f for f in ctx.facts[model] if split.get(f.fact_id) == group
+                             and _key(model, method, f.fact_id) in trials]
+                    for protocol in ("transductive", "held_out"):
+                        for budget in ("free", "matched"):
+                            per_sel = {}
+                            for selection in SELECTIONS:
+                                match = {"operation": operation, "protocol": protocol, "selection": selection}
+                                if selection != "CAS":
+                                    match["budget"] = budget
+                                fact_rows_ = [trials[_key(model, method, f.fact_id)] for f in facts]
+                                table = {m: np.array([_fact_mean(fr, m, **match) for fr in fact_rows_]) for m in
+                                         METRICS + ("n_neurons",)}
+                                per_sel[selection] = table
+                                row = {"model": model, "method": method, "operation": operation, "group": group,
+                                       "selection": selection, "protocol": protocol, "budget": budget}
+                                avg = table["avg"][~np.isnan(table["avg"])]
+                                row["n"] = int(avg.size)
+                                row["n_neurons"] = float(np.nanmean(table["n_neurons"])) if avg.size else float("nan")
+                                for metric in METRICS:
+                                    values = table[metric][~np.isnan(table[metric])]
+                                    est, lo, hi = bootstrap_ci(values, n_boot=cfg.n_boot, seed=cfg.seed)
+                                    row.update({metric: float(est), f"{metric}_ci_low": float(lo),
+                                                f"{metric}_ci_high": float(hi)})
+                                rows.append(row)
+                            for baseline in ("N_i", "N_g"):
+                                a, b = per_sel["CAS"]["avg"], per_sel[baseline]["avg"]
+                                ok = ~np.isnan(a) & ~np.isnan(b)
+                                if ok.sum() == 0:
+                                    continue
+                                diff, lo, hi = paired_bootstrap_diff(a[ok], b[ok], n_boot=cfg.n_boot, seed=cfg.seed)
+                                comparisons.append({
+                                    "model": model, "method": method, "operation": operation, "group": group,
+                                    "protocol": protocol, "budget": budget, "baseline": baseline, "n": int(ok.sum()),
+                                    "avg_diff": float(diff), "ci_low": float(lo), "ci_high": float(hi),
+                                    "beyond_ci": bool(lo > 0 or hi < 0)})
+    section = Section(summary={"cas": rows, "cas_comparison": comparisons},
+                      tables={"cas": rows, "cas_comparison": comparisons})
+    for model in cfg.models:
+        for method in cfg.methods:
+            for operation in OPERATIONS:
+                subset = [r for r in rows if r["model"] == model and r["method"] == method
+                          and r["operation"] == operation and r["protocol"] == "transductive" and r["budget"] == "free"]
+                if any(r["n"] for r in subset):
+                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+                    section.figures.append(grouped_bars(
+                        subset, ctx.figures_dir / f"cas_{operation}_{slug}_{method}.png",
+                        f"{operation}: Avg by neuron selection (transductive) — {model}, {method}", x="group",
+                        hue="selection", value="avg", low="avg_ci_low", high="avg_ci_high",
+                        ylabel="Avg of Rel, Gen, Loc (95% CI)"))
+    section.markdown += ["## Consistency-aware KN modification (CAS)", "",
+                         "| model | method | op | group | protocol | budget | baseline | n | Avg(CAS) - Avg(baseline) [95% CI] |",
+                         "|---|---|---|---|---|---|---|---|---|"]
+    section.markdown += [f"| {c['model']} | {c['method']} | {c['operation']} | {c['group']} | {c['protocol']} | "
+                         f"{c['budget']} | {c['baseline']} | {c['n']} | {c['avg_diff']:+.3f} [{c['ci_low']:+.3f}, "
+                         f"{c['ci_high']:+.3f}]{' *' if c['beyond_ci'] else ''} |" for c in comparisons]
+    section.markdown += ["", "\\* the paired-bootstrap interval excludes 0.", ""]
+    return section
