@@ -18,8 +18,10 @@ PROMPT = "The capital of France is"
 # --- attention_rows -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_attention_rows_match_output_attentions(name, tiny_models):
-    lm = tiny_models(name)
+def test_attention_rows_match_output_attentions(name):
+    from knowloc.models import load_model
+
+    lm = load_model(name)  # not the shared session model: output_attentions=True leaves transformers' capture hooks
     rows = attention_rows(lm, PROMPT)
     ids = lm.encode(PROMPT).prompt_ids
     assert rows.shape == (lm.n_layers, n_heads(lm), len(ids))

@@ -1,0 +1,196 @@
+"""Experiment `attention` (Query Localization, claim 2: dynamic KN selection through attention).
+
+For each studied query: its knowledge synapses (KS: per layer and head, the top-k attention weights of the last
+position, first token excluded), split into query-related KS (at subject tokens) and an equally large seeded
+irrelevant control at other positions. The chosen attention weights are multiplied by alpha (0 = suppress,
+2 = enhance; no renormalisation by default, docs/attention.md) and we measure the relative change of the
+query's KN activations (mean over N_i of (after - before) / |before|) and of the gold first-token probability.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from knowloc.analysis import bootstrap_ci, relative_change
+from knowloc.models.hooks import trace_activations
+from knowloc.study.context import Section, StudyContext
+
+ALPHAS = (0.0, 2.0)
+TOP_K = 3
+
+
+def subject_span(fact, q: int) -> tuple[int, int]:
+    """Character span of the subject in prompt q: the prompt is the template up to [Y] with [X] filled."""
+    start = fact.templates[q].index("[X]")
+    return start, start + len(fact.subject)
+
+
+@torch.no_grad()
+def _measure(lm, ids: torch.Tensor, neurons: list[tuple[int, int]], gold: int) -> tuple[torch.Tensor, float]:
+    layers = sorted({l for l, _ in neurons})
+    with trace_activations(lm, layers) as acts:
+        logits = lm.model(input_ids=ids).logits[0, -1].float()
+    values = torch.stack([acts[l][0, -1, i].float() for l, i in neurons])
+    return values, float(torch.softmax(logits, -1)[gold])
+
+
+def kn_relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Mean over neurons of (after - before) / |before| (neurons with before == 0 are left out)."""
+    ok = before != 0
+    return float(((after[ok] - before[ok]) / before[ok].abs()).mean()) if ok.any() else float("nan")
+
+
+def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons, lm) -> list[dict]:
+    from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
+                                   subject_token_positions)
+
+    prompt = fact.prompts[q]
+    ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
+    gold = lm.first_target_token(fact.object)
+    rows_att = attention_rows(lm, prompt)
+    synapses = knowledge_synapses(rows_att, k=TOP_K)
+    positions = subject_token_positions(lm, prompt, subject_span(fact, q))
+    related, irrelevant = related_and_irrelevant(synapses, positions, ctx.seed_for("ks", model, fact.fact_id, q),
+                                                 n_positions=rows_att.shape[-1])
+    before, p_before = _measure(lm, ids, neurons, gold)
+    out = []
+    for name, entries in (("related", related), ("irrelevant", irrelevant)):
+        for alpha in ALPHAS:
+            if not entries:
+                continue
+            with scale_attention(lm, entries, alpha):
+                after, p_after = _measure(lm, ids, neurons, gold)
+            out.append({"qidx": q, "synapses": name, "alpha": alpha, "n_synapses": len(entries),
+                        "dkn_activation": kn_relative_change(before, after),
+                        "dprob": float(relative_change(p_before, p_after))})
+    return out
+
+
+def compute(ctx: StudyContext, model: str) -> None:
+    for method in ctx.config.methods:
+        done = ctx.store.done_trials("attention")
+        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
+        if not todo:
+            continue
+        lm = ctx.model(model)
+        for fact in tqdm(todo, desc=f"attention {model} {method}", unit="fact", disable=not ctx.config.progress):
+            kn = ctx.store.kn_lists(model, method, fact.fact_id)
+            rows = [r for q in sorted(kn) if kn[q] for r in query_rows(ctx, model, method, fact, q, kn[q], lm)]
+            ctx.store.save_trials("attention", _key(model, method, fact.fact_id), rows)
+    if model not in ctx.store.done_trials("attention-heatmap"):
+        ctx.store.save_trials("attention-heatmap", model, heatmap_data(ctx, model))
+
+
+def _key(model: str, method: str, fact_id: str) -> str:
+    return f"{model}\t{method}\t{fact_id}"
+
+
+def summarize(ctx: StudyContext) -> Section:
+    from knowloc.report.figures import grouped_bars
+    from knowloc.study.experiments.consistency import groups
+
+    cfg = ctx.config
+    trials = ctx.store.trials("attention")
+    rows = []
+    for model in cfg.models:
+        for method in cfg.methods:
+            split = groups(ctx, model, method)
+            for group in ("K_C", "K_I"):
+                facts = [f for f in ctx.facts[model] if split.get(f.fact_id) == group
+                         and _key(model, method, f.fact_id) in trials]
+                for synapses in ("related", "irrelevant"):
+                    for alpha in ALPHAS:
+                        row = {"model": model, "method": method, "group": group, "synapses": synapses, "alpha": alpha}
+                        for metric in ("dkn_activation", "dprob"):
+                            per_fact = []
+                            for f in facts:
+                                values = [r[metric] for r in trials[_key(model, method, f.fact_id)]
+                                          if r["synapses"] == synapses and r["alpha"] == alpha and not np.isnan(r[metric])]
+                                if values:
+                                    per_fact.append(float(np.mean(values)))
+                            est, lo, hi = bootstrap_ci(np.array(per_fact), n_boot=cfg.n_boot, seed=cfg.seed)
+                            row.update({"n": len(per_fact), metric: float(est), f"{metric}_ci_low": float(lo),
+                                        f"{metric}_ci_high": float(hi)})
+                        rows.append(row)
+    section = Section(summary={"attention": rows}, tables={"attention": rows})
+    for model in cfg.models:
+        for method in cfg.methods:
+            for alpha in ALPHAS:
+                subset = [r for r in rows if r["model"] == model and r["method"] == method and r["alpha"] == alpha]
+                if any(r["n"] for r in subset):
+                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+                    section.figures.append(grouped_bars(
+                        subset, ctx.figures_dir / f"attention_alpha{alpha:g}_{slug}_{method}.png",
+                        f"attention x{alpha:g} on knowledge synapses — {model}, {method}", x="group", hue="synapses",
+                        value="dkn_activation", low="dkn_activation_ci_low", high="dkn_activation_ci_high",
+                        ylabel="relative change of KN activation"))
+    section.figures += heatmaps(ctx)
+    section.markdown += ["## Attention: knowledge synapses", "",
+                         "| model | method | group | synapses | alpha | n | dKN activation [95% CI] | dprob [95% CI] |",
+                         "|---|---|---|---|---|---|---|---|"]
+    section.markdown += [f"| {r['model']} | {r['method']} | {r['group']} | {r['synapses']} | {r['alpha']:g} | {r['n']} | "
+                         f"{r['dkn_activation']:+.3f} [{r['dkn_activation_ci_low']:+.3f}, {r['dkn_activation_ci_high']:+.3f}] | "
+                         f"{r['dprob']:+.3f} [{r['dprob_ci_low']:+.3f}, {r['dprob_ci_high']:+.3f}] |" for r in rows]
+    section.markdown.append("")
+    return section
+
+
+def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
+    """KN activations before / after suppressing query-related KS for a K_C and a K_I example (first method)."""
+    from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
+                                   subject_token_positions)
+    from knowloc.study.experiments.consistency import fact_scores, groups
+
+    method = ctx.config.methods[0]
+    scores = fact_scores(ctx, model, method)
+    split = groups(ctx, model, method)
+    out = []
+    for group in ("K_C", "K_I"):
+        members = [f for f in ctx.facts[model] if split.get(f.fact_id) == group]
+        if not members:
+            continue
+        fact = (max if group == "K_C" else min)(members, key=lambda f: scores[f.fact_id])
+        kn = ctx.store.kn_lists(model, method, fact.fact_id)
+        q = min(kn)
+        neurons = kn[q][:16]
+        if not neurons:
+            continue
+        lm = ctx.model(model)
+        prompt = fact.prompts[q]
+        ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
+        rows_att = attention_rows(lm, prompt)
+        related, _ = related_and_irrelevant(knowledge_synapses(rows_att, k=TOP_K),
+                                            subject_token_positions(lm, prompt, subject_span(fact, q)),
+                                            ctx.seed_for("ks", model, fact.fact_id, q), n_positions=rows_att.shape[-1])
+        gold = lm.first_target_token(fact.object)
+        before, _ = _measure(lm, ids, neurons, gold)
+        with scale_attention(lm, related, 0.0):
+            after, _ = _measure(lm, ids, neurons, gold)
+        out.append({"group": group, "method": method, "prompt": prompt, "subject": fact.subject,
+                    "object": fact.object, "neurons": [list(n) for n in neurons], "before": before.tolist(),
+                    "after": after.tolist()})
+    return out
+
+
+def heatmaps(ctx: StudyContext) -> list:
+    from knowloc.report.figures import activation_heatmaps
+
+    paths = []
+    for key, examples in ctx.store.trials("attention-heatmap").items():
+        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+        for ex in examples:
+            neurons = [tuple(n) for n in ex["neurons"]]
+            layers = sorted({l for l, _ in neurons})
+            panels = []
+            for title, values in (("before", ex["before"]), ("after suppressing query-related KS", ex["after"])):
+                matrix = np.full((len(layers), len(neurons)), np.nan)
+                for c, (l, _i) in enumerate(neurons):
+                    matrix[layers.index(l), c] = values[c]
+                panels.append({"title": f"{title}: {ex['prompt']}", "matrix": matrix, "row_labels": layers,
+                               "col_labels": [f"L{l}#{i}" for l, i in neurons]})
+            paths.append(activation_heatmaps(
+                panels, ctx.figures_dir / f"attention_heatmap_{ex['group']}_{slug}.png",
+                f"{ex['group']}: KN activations of {ex['subject']} -> {ex['object']} ({key}, {ex['method']})"))
+    return paths
