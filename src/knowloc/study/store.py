@@ -35,9 +35,12 @@ CREATE TABLE IF NOT EXISTS trials (
 
 
 class Store:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         try:
+            if readonly:  # workers of a parallel executor only read; the driver is the single writer
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=60)
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from knowloc.analysis import bootstrap_ci, relative_change
 from knowloc.models.hooks import trace_activations
-from knowloc.study.context import Section, StudyContext
+from knowloc.study.context import Section, StudyContext, trial_key as _key
 
 ALPHAS = (0.0, 2.0)
 TOP_K = 3
@@ -68,23 +67,17 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
     return out
 
 
-def compute(ctx: StudyContext, model: str) -> None:
-    for method in ctx.config.methods:
-        done = ctx.store.done_trials("attention")
-        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
-        if not todo:
-            continue
-        lm = ctx.model(model)
-        for fact in tqdm(todo, desc=f"attention {model} {method}", unit="fact", disable=not ctx.config.progress):
-            kn = ctx.store.kn_lists(model, method, fact.fact_id)
-            rows = [r for q in sorted(kn) if kn[q] for r in query_rows(ctx, model, method, fact, q, kn[q], lm)]
-            ctx.store.save_trials("attention", _key(model, method, fact.fact_id), rows)
+def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
+    """KS manipulations of every neighbor query of one fact."""
+    lm = ctx.model(model)
+    kn = ctx.store.kn_lists(model, method, fact.fact_id)
+    return [r for q in sorted(kn) if kn[q] for r in query_rows(ctx, model, method, fact, q, kn[q], lm)]
+
+
+def finalize(ctx: StudyContext, model: str) -> None:
+    """Once per model, after every fact: the before/after heatmap examples (need the K_C/K_I split)."""
     if model not in ctx.store.done_trials("attention-heatmap"):
         ctx.store.save_trials("attention-heatmap", model, heatmap_data(ctx, model))
-
-
-def _key(model: str, method: str, fact_id: str) -> str:
-    return f"{model}\t{method}\t{fact_id}"
 
 
 def summarize(ctx: StudyContext) -> Section:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from knowloc.analysis import bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
-from knowloc.study.context import Section, StudyContext
+from knowloc.study.context import Section, StudyContext, trial_key as _key
 from knowloc.study.experiments.modification import OPERATIONS, locality_prompts, new_object
 
 SELECTIONS = ("CAS", "N_i", "N_g")
@@ -41,10 +40,14 @@ def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: lis
             "matched": {"CAS": cas, "N_i": own[:k], "N_g": union[:k]}}
 
 
-def fact_rows(ctx: StudyContext, model: str, method: str, fact, lm, texts) -> list[dict]:
+def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
+    """Every (protocol, edited query, budget, selection, operation) trial of one fact."""
+    from knowloc.data import load_neutral_texts
     from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
 
     cfg = ctx.config
+    lm = ctx.model(model)
+    texts = load_neutral_texts()
     tensors = ctx.store.scores(model, method, fact.fact_id)
     queries = sorted(tensors)
     stack = torch.stack([tensors[q] for q in queries])
@@ -78,24 +81,6 @@ def fact_rows(ctx: StudyContext, model: str, method: str, fact, lm, texts) -> li
                     values["avg"] = float(np.nanmean([values["rel"], values["gen"], values["loc"]]))
                     rows.append({**row, "skipped": False, **values})
     return rows
-
-
-def compute(ctx: StudyContext, model: str) -> None:
-    from knowloc.data import load_neutral_texts
-
-    texts = load_neutral_texts()
-    for method in ctx.config.methods:
-        done = ctx.store.done_trials("cas")
-        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
-        if not todo:
-            continue
-        lm = ctx.model(model)
-        for fact in tqdm(todo, desc=f"cas {model} {method}", unit="fact", disable=not ctx.config.progress):
-            ctx.store.save_trials("cas", _key(model, method, fact.fact_id), fact_rows(ctx, model, method, fact, lm, texts))
-
-
-def _key(model: str, method: str, fact_id: str) -> str:
-    return f"{model}\t{method}\t{fact_id}"
 
 
 def _fact_mean(rows: list[dict], metric: str, **match) -> float:

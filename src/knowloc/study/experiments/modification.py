@@ -11,10 +11,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from knowloc.analysis import bootstrap_ci
-from knowloc.study.context import Section, StudyContext
+from knowloc.study.context import Section, StudyContext, trial_key as _key
 
 OPERATIONS = ("erase", "update")
 NEURON_SETS = ("N_i", "N_g", "N_cap")
@@ -49,10 +48,14 @@ def neuron_sets(kn: dict[int, list[tuple[int, int]]], i: int) -> dict[str, list[
     return {"N_i": list(kn[i]), "N_g": union, "N_cap": cap}
 
 
-def fact_trials(ctx: StudyContext, model: str, method: str, fact, lm, texts) -> list[dict]:
+def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
+    """All trials of one fact: every query x neuron set x operation."""
+    from knowloc.data import load_neutral_texts
     from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
 
     cfg = ctx.config
+    lm = ctx.model(model)
+    texts = load_neutral_texts()
     kn = ctx.store.kn_lists(model, method, fact.fact_id)
     prompts = list(fact.prompts)
     loc_prompts, loc_objects = locality_prompts(ctx, model, fact)
@@ -73,25 +76,6 @@ def fact_trials(ctx: StudyContext, model: str, method: str, fact, lm, texts) -> 
                 rows.append({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons),
                              "skipped": False, **{m: float(getattr(result, m)) for m in METRICS}})
     return rows
-
-
-def compute(ctx: StudyContext, model: str) -> None:
-    from knowloc.data import load_neutral_texts
-
-    texts = load_neutral_texts()
-    for method in ctx.config.methods:
-        done = ctx.store.done_trials("modification")
-        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
-        if not todo:
-            continue
-        lm = ctx.model(model)
-        for fact in tqdm(todo, desc=f"modification {model} {method}", unit="fact", disable=not ctx.config.progress):
-            ctx.store.save_trials("modification", _key(model, method, fact.fact_id),
-                                  fact_trials(ctx, model, method, fact, lm, texts))
-
-
-def _key(model: str, method: str, fact_id: str) -> str:
-    return f"{model}\t{method}\t{fact_id}"
 
 
 def per_fact_means(rows: list[dict], operation: str, neurons: str) -> dict[str, float] | None:

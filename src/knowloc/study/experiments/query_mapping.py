@@ -13,11 +13,10 @@ import random
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from knowloc.analysis import bootstrap_ci, relative_change
 from knowloc.models.hooks import hook_sites
-from knowloc.study.context import Section, StudyContext
+from knowloc.study.context import Section, StudyContext, trial_key as _key
 
 INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
 SETS = ("own", "neighbor", "intersection", "random")
@@ -59,7 +58,9 @@ def scaled_gold_probs(lm, prompt: str, gold: int, variants: list[tuple[list[tupl
     return torch.softmax(logits, dim=-1)[:, gold].tolist()
 
 
-def fact_rows(ctx: StudyContext, model: str, method: str, fact, lm) -> list[dict]:
+def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
+    """Every intervention of every neighbor query of one fact."""
+    lm = ctx.model(model)
     kn = ctx.store.kn_lists(model, method, fact.fact_id)
     cap = sorted(set.intersection(*map(set, kn.values())))
     gold = lm.first_target_token(fact.object)
@@ -81,22 +82,6 @@ def fact_rows(ctx: StudyContext, model: str, method: str, fact, lm) -> list[dict
         for (name, intervention), values in results.items():
             rows.append({"qidx": i, "neurons": name, "intervention": intervention, "dprob": float(np.mean(values))})
     return rows
-
-
-def compute(ctx: StudyContext, model: str) -> None:
-    for method in ctx.config.methods:
-        done = ctx.store.done_trials("query-mapping")
-        todo = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) not in done]
-        if not todo:
-            continue
-        lm = ctx.model(model)
-        for fact in tqdm(todo, desc=f"query-mapping {model} {method}", unit="fact", disable=not ctx.config.progress):
-            ctx.store.save_trials("query-mapping", _key(model, method, fact.fact_id),
-                                  fact_rows(ctx, model, method, fact, lm))
-
-
-def _key(model: str, method: str, fact_id: str) -> str:
-    return f"{model}\t{method}\t{fact_id}"
 
 
 def summarize(ctx: StudyContext) -> Section:

@@ -1,0 +1,113 @@
+"""Executors run study units and stream results back to the single writer (the driver's store).
+
+`LocalExecutor` runs them in-process. `RayExecutor` spreads them over Ray actors that each load the model once;
+a worker that dies is replaced and its units retried. Results are identical to the local executor's when the
+workers use the same number of threads (floating-point reductions depend on it).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Iterable, Iterator
+
+from knowloc.errors import KnowlocError
+from knowloc.study.context import StudyContext
+from knowloc.study.units import Unit, execute
+
+MAX_RETRIES = 3
+
+
+class LocalExecutor:
+    def __init__(self, ctx: StudyContext):
+        self.ctx = ctx
+
+    def map(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, object]]:
+        for unit in units:
+            yield unit, execute(self.ctx, unit)
+
+    def close(self) -> None:
+        pass
+
+
+class StudyWorker:
+    """A Ray actor: opens the store read-only, loads each model once, runs units."""
+
+    def __init__(self, config: dict, threads: int):
+        import torch
+
+        from knowloc.study.config import StudyConfig
+        from knowloc.study.runner import worker_context
+
+        torch.set_num_threads(threads)
+        self.ctx = worker_context(StudyConfig(**config))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, unit: Unit):
+        self.ctx.refresh()
+        return execute(self.ctx, unit)
+
+
+class RayExecutor:
+    def __init__(self, ctx: StudyContext, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0,
+                 threads: int = 1, inflight: int = 2):
+        try:
+            import ray
+        except ImportError:
+            raise KnowlocError("--executor ray needs Ray: pip install 'knowloc[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+            except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+                raise KnowlocError(f"cannot start or reach Ray ({address or 'local'}): {exc}") from None
+        self.owns_ray = address is None
+        self.actor_class = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=0)(StudyWorker)
+        self.config = ctx.config.as_dict()
+        self.threads = threads
+        self.per_actor = inflight
+        self.actors = [self._spawn() for _ in range(workers)]
+
+    def _spawn(self):
+        return self.actor_class.remote(self.config, self.threads)
+
+    def worker_pids(self) -> list[int]:
+        return self.ray.get([actor.pid.remote() for actor in self.actors])
+
+    def map(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, object]]:
+        ray = self.ray
+        pending = collections.deque(units)
+        retries: collections.Counter = collections.Counter()
+        inflight: dict = {}  # object ref -> (actor, unit)
+        while pending or inflight:
+            for actor in self.actors:
+                while pending and sum(a is actor for a, _ in inflight.values()) < self.per_actor:
+                    unit = pending.popleft()
+                    inflight[actor.run.remote(unit)] = (actor, unit)
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            actor, unit = inflight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                retries[unit] += 1
+                if retries[unit] > MAX_RETRIES:
+                    raise KnowlocError(f"{unit.describe()} failed on {MAX_RETRIES + 1} workers") from None
+                if actor in self.actors:  # replace the dead worker once; its other units fail and come back too
+                    self.actors[self.actors.index(actor)] = self._spawn()
+                pending.appendleft(unit)
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.as_instanceof_cause()
+                if isinstance(cause, KnowlocError):
+                    raise KnowlocError(str(cause).split("\n")[-1]) from None
+                raise
+            yield unit, result
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        if self.owns_ray:
+            self.ray.shutdown()

@@ -1,0 +1,75 @@
+"""`knowloc study --dry-run`: what a study would do and roughly how long it would take, without running it.
+
+The estimate times one attribution per method and one batched forward pass on the real model, then multiplies
+by the number of units each stage needs (facts the model knows come from a quick probe, or from the store of a
+study being resumed). It is a rough guide (+-50%), printed before anything is written.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from knowloc.study.config import StudyConfig
+
+# batched forward passes per trial, per experiment (editing trials: fact prompts, locality prompts, neutral text)
+FORWARDS_PER_TRIAL = {"modification": 3, "cas": 3, "query-mapping": 1, "attention": 2}
+
+
+def _trials(experiment: str, n_queries: int) -> int:
+    """Trials per fact with n neighbor queries (see each experiment's fact_work)."""
+    return {"modification": n_queries * 3 * 2, "cas": 2 * n_queries * 5 * 2, "query-mapping": n_queries,
+            "attention": n_queries * 5}.get(experiment, 0)
+
+
+def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict:
+    from knowloc.attribution import attribute
+    from knowloc.data import load_facts
+    from knowloc.data.filtering import known_facts, probe_facts
+    from knowloc.models import load_model
+    from knowloc.models.scoring import next_token_distributions
+
+    dataset = load_facts(config.data, relations=config.relations)
+    echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} queries) from {config.data}, relations "
+         f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "
+         f"{', '.join(config.experiments)}; out {Path(config.out)}")
+    total = 0.0
+    for model in config.models:
+        start = time.perf_counter()
+        lm = load_model(model, device=config.device, dtype=config.dtype)
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        probes = probe_facts(lm, list(dataset), candidates=config.candidates, progress=False)
+        probe_s = time.perf_counter() - start
+        known = [(f, [q for q, p in zip(qs, next(pp for pp in probes if pp.fact.id == f.id).queries) if p.top1])
+                 for f, qs in known_facts(probes, config.min_known)]
+        if config.facts is not None:
+            known = known[: config.facts]
+        n_queries = sum(len(qs) for _, qs in known)
+        estimate = load_s + probe_s
+        lines = [f"{model}: load {load_s:.0f} s, probe {probe_s:.0f} s; {len(known)} facts known, {n_queries} queries"]
+        if known:
+            fact, queries = known[0]
+            for method in config.methods:
+                start = time.perf_counter()
+                attribute(lm, queries[0], method=method, steps=config.steps)
+                per_query = time.perf_counter() - start
+                estimate += per_query * n_queries
+                lines.append(f"  attribution {method}: {per_query:.2f} s/query x {n_queries} = {per_query * n_queries:.0f} s")
+            start = time.perf_counter()
+            next_token_distributions(lm, [q.text for q in queries] * 3)
+            forward = time.perf_counter() - start
+            avg_q = n_queries / len(known)
+            for experiment, per_trial in FORWARDS_PER_TRIAL.items():
+                if experiment in config.experiments:
+                    seconds = len(known) * len(config.methods) * _trials(experiment, round(avg_q)) * per_trial * forward
+                    estimate += seconds
+                    lines.append(f"  {experiment}: ~{seconds:.0f} s")
+        lines.append(f"  estimated total for {model}: ~{estimate / 60:.1f} min")
+        total += estimate
+        for line in lines:
+            echo(line)
+    echo(f"estimated total: ~{total / 60:.1f} min on {config.device or 'the default device'} "
+         f"(executor {config.executor}); nothing was written")
+    return {"estimated_s": total}

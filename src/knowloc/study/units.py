@@ -1,0 +1,76 @@
+"""Units of study work: what an executor runs (anywhere) and what the single writer stores.
+
+A unit is one query's attribution with one method, or one fact's trials in one experiment. `execute` needs only
+a (read-only) view of the store; `save` runs in the driver, in one transaction per unit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+from knowloc.study.context import StudyContext, trial_key
+
+EXPERIMENT_MODULES = {"consistency": "consistency", "modification": "modification", "query-mapping": "query_mapping",
+                      "attention": "attention", "cas": "cas"}
+
+
+def experiment_module(name: str):
+    return importlib.import_module(f"knowloc.study.experiments.{EXPERIMENT_MODULES[name]}")
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str  # "attribution" or an experiment name
+    model: str
+    method: str
+    fact_id: str
+    qidx: int = -1
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.model} {self.method} {self.fact_id}" + (f" q{self.qidx}" if self.qidx >= 0 else "")
+
+
+def attribution_units(ctx: StudyContext, model: str) -> list[Unit]:
+    units = []
+    for method in ctx.config.methods:
+        done = ctx.store.done_attributions(model, method)
+        units += [Unit("attribution", model, method, f.fact_id, q) for f in ctx.facts[model]
+                  for q in range(len(f.prompts)) if (f.fact_id, q) not in done]
+    return units
+
+
+def experiment_units(ctx: StudyContext, model: str) -> list[Unit]:
+    units = []
+    for name in ctx.config.experiments:
+        if not hasattr(experiment_module(name), "fact_work"):
+            continue
+        done = ctx.store.done_trials(name)
+        units += [Unit(name, model, method, f.fact_id) for method in ctx.config.methods for f in ctx.facts[model]
+                  if trial_key(model, method, f.fact_id) not in done]
+    return units
+
+
+def execute(ctx: StudyContext, unit: Unit):
+    fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
+    if unit.kind == "attribution":
+        from knowloc.analysis import select_neurons
+        from knowloc.attribution import attribute
+
+        result = attribute(ctx.model(unit.model), fact.prompts[unit.qidx], fact.object, method=unit.method,
+                           steps=ctx.config.steps)
+        # KN sets come from the fp16-rounded scores that the store keeps, so every experiment (and CAS, which
+        # reads the stored tensors) sees one and the same attribution
+        scores = result.scores.to(torch.float16)
+        return result.prob, select_neurons(scores.float(), threshold=ctx.config.threshold), scores
+    return experiment_module(unit.kind).fact_work(ctx, unit.model, unit.method, fact)
+
+
+def save(ctx: StudyContext, unit: Unit, result) -> None:
+    if unit.kind == "attribution":
+        prob, kn, scores = result
+        ctx.store.save_attribution(unit.model, unit.method, unit.fact_id, unit.qidx, prob, kn, scores)
+    else:
+        ctx.store.save_trials(unit.kind, trial_key(unit.model, unit.method, unit.fact_id), result)
