@@ -200,12 +200,23 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), model: str = ModelOpt) -> None:
-    """The main job on the embedded default (see README)."""
+def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), model: str = ModelOpt,
+         facts: int = typer.Option(24, min=1, help="facts in the demo study")) -> None:
+    """The main job: the whole study on the embedded default, then the HTML report (see README)."""
     from knowloc.demo import run_demo
 
-    path = run_demo(out, model=model, echo=typer.echo)
-    typer.echo(f"output: {path}")
+    path = run_demo(out, model=model, facts=facts, echo=typer.echo)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def report(directory: Path = typer.Argument(..., help="a study directory (--out of knowloc study)")) -> None:
+    """Rebuild DIR/report.html from the store and outputs, without recomputing anything."""
+    from knowloc.report.html import build_report
+
+    if not (directory / "results.sqlite").is_file() or not (directory / "summary.json").is_file():
+        raise KnowlocError(f"{directory} is not a finished study (no results.sqlite / summary.json)")
+    typer.echo(f"report: {build_report(directory)}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -39,6 +39,7 @@ __all__ = ["build_report", "environment_info"]
 
 PACKAGES = ("knowloc", "torch", "transformers", "numpy")
 KN_SHOWN = 30  # neurons listed per query in the drill-down
+FIGURE_SCALE = 2 / 3  # figures are shown at this share of their pixel width (capped at the page width)
 
 # (section id, heading, summary.json key, figure name prefixes)
 SECTIONS = (
@@ -55,7 +56,7 @@ CSS = """
 :root{--fg:#1d2430;--muted:#5b6472;--line:#d5dae1;--head:#eef1f5;--accent:#2458a6;--kc:#1f7a3a;--ki:#a33b20}
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:var(--fg);
-  max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff}
+  max-width:1260px;margin:0 auto;padding:20px 16px 60px;background:#fff}
 h1{font-size:24px;margin:0 0 4px}
 h2{font-size:19px;margin:36px 0 10px;padding-bottom:4px;border-bottom:2px solid var(--line)}
 h3{font-size:15px;margin:22px 0 8px}
@@ -67,15 +68,17 @@ a{color:var(--accent)}
 nav.toc{background:#f6f7f9;border:1px solid var(--line);border-radius:6px;padding:10px 18px;margin:16px 0}
 nav.toc ol{margin:4px 0;padding-left:22px}
 .tablewrap{overflow-x:auto;margin:8px 0 14px}
-table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid var(--line);padding:3px 7px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums}
+th,td{border:1px solid var(--line);padding:2px 5px;text-align:left;vertical-align:top;white-space:nowrap}
+td.wrap{white-space:normal;min-width:16em}
+.ci{color:var(--muted);font-size:11px}
 th{background:var(--head);font-weight:600;white-space:nowrap}
-td.num{text-align:right;white-space:nowrap}
+td.num{text-align:right}
 tbody tr:nth-child(even){background:#fafbfc}
 table.kv td.k{font-weight:600;white-space:nowrap;background:#f6f7f9}
 .star{color:var(--accent);font-weight:700}
 .figs{display:flex;flex-wrap:wrap;gap:14px;margin:10px 0}
-figure{margin:0;flex:1 1 520px;max-width:100%;border:1px solid var(--line);border-radius:4px;padding:6px;
+figure{margin:0;flex:0 1 auto;min-width:0;max-width:100%;border:1px solid var(--line);border-radius:4px;padding:6px;
   break-inside:avoid;page-break-inside:avoid}
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{font-size:12px;color:var(--muted);text-align:center;margin-top:4px;word-break:break-all}
@@ -92,7 +95,6 @@ code,.kn{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;fo
   h2{break-after:avoid}
   .tablewrap{overflow:visible}
   table{font-size:9.5px}
-  figure{flex-basis:45%}
 }
 """
 
@@ -153,7 +155,10 @@ def fmt_num(x: Any, digits: int = 3, signed: bool = False) -> str:
     if isinstance(x, float):
         if math.isinf(x):
             return "∞" if x > 0 else "−∞"
-        return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+        text = f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+        if text.lstrip("+-").strip("0.") == "":  # no "-0.00"
+            text = ("+" if signed else "") + text.lstrip("+-")
+        return text
     return esc(x)
 
 
@@ -164,11 +169,18 @@ def fmt_p(x: Any) -> str:
     return f"{float(x):.2g}"
 
 
+def fmt_sig(x: Any, digits: int = 3) -> str:
+    """`digits` significant digits (probabilities that may be tiny)."""
+    if _is_missing(x):
+        return DASH
+    return f"{float(x):.{digits}g}"
+
+
 def fmt_ci(est: Any, lo: Any, hi: Any, digits: int = 2, signed: bool = False) -> str:
     text = fmt_num(est, digits, signed)
     if _is_missing(lo) and _is_missing(hi):
         return text
-    return f"{text} [{fmt_num(lo, digits, signed)}, {fmt_num(hi, digits, signed)}]"
+    return f'{text} <span class="ci">[{fmt_num(lo, digits, signed)}, {fmt_num(hi, digits, signed)}]</span>'
 
 
 def fmt_seconds(s: float) -> str:
@@ -197,26 +209,27 @@ def _plain(value: Any) -> str:
 
 # --------------------------------------------------------------------------- tables
 
-# a column: header (trusted HTML), the row keys it shows, a formatter of the row (returns escaped HTML), numeric?
-Column = tuple[str, tuple[str, ...], Callable[[dict], str], bool]
+# a column: header (trusted HTML), the row keys it shows, a formatter of the row (returns escaped HTML) and the
+# cells' CSS class ("num": right-aligned, "wrap": long text that may wrap; cells do not wrap otherwise)
+Column = tuple[str, tuple[str, ...], Callable[[dict], str], str]
 
 
-def text_col(header: str, key: str) -> Column:
-    return header, (key,), lambda r: esc(r.get(key, DASH)), False
+def text_col(header: str, key: str, wrap: bool = False) -> Column:
+    return header, (key,), lambda r: esc(r.get(key, DASH)), "wrap" if wrap else ""
 
 
 def num_col(header: str, key: str, digits: int = 3, signed: bool = False) -> Column:
-    return header, (key,), lambda r: fmt_num(r.get(key), digits, signed), True
+    return header, (key,), lambda r: fmt_num(r.get(key), digits, signed), "num"
 
 
 def p_col(header: str, key: str) -> Column:
-    return header, (key,), lambda r: fmt_p(r.get(key)), True
+    return header, (key,), lambda r: fmt_p(r.get(key)), "num"
 
 
 def ci_col(header: str, key: str, lo: str | None = None, hi: str | None = None, digits: int = 2,
            signed: bool = False) -> Column:
     lo, hi = lo or f"{key}_ci_low", hi or f"{key}_ci_high"
-    return header, (key, lo, hi), lambda r: fmt_ci(r.get(key), r.get(lo), r.get(hi), digits, signed), True
+    return header, (key, lo, hi), lambda r: fmt_ci(r.get(key), r.get(lo), r.get(hi), digits, signed), "num"
 
 
 def _auto_columns(rows: list[dict], used: set[str]) -> list[Column]:
@@ -240,21 +253,19 @@ def _auto_columns(rows: list[dict], used: set[str]) -> list[Column]:
     return cols
 
 
-def render_table(rows: list[dict], columns: list[Column], extra: bool = True,
-                 row_class: Callable[[dict], str] | None = None) -> str:
-    """An HTML table of summary rows; keys no column shows are appended (when `extra`)."""
+def render_table(rows: list[dict], columns: list[Column], extra: bool = True, hide: Iterable[str] = ()) -> str:
+    """An HTML table of summary rows; keys no column shows (and not in `hide`) are appended when `extra`."""
     if not rows:
         return '<p class="muted">No rows.</p>'
     columns = list(columns)
     if extra:
-        used = {k for _, keys, _, _ in columns for k in keys}
+        used = {k for _, keys, _, _ in columns for k in keys} | set(hide)
         columns += _auto_columns(rows, used)
     head = "".join(f"<th>{h}</th>" for h, _, _, _ in columns)  # headers are trusted HTML (see _auto_columns)
     body = []
     for r in rows:
-        cls = f' class="{esc(row_class(r))}"' if row_class and row_class(r) else ""
-        cells = "".join(f'<td class="num">{f(r)}</td>' if num else f"<td>{f(r)}</td>" for _, _, f, num in columns)
-        body.append(f"<tr{cls}>{cells}</tr>")
+        cells = "".join(f'<td class="{cls}">{f(r)}</td>' if cls else f"<td>{f(r)}</td>" for _, _, f, cls in columns)
+        body.append(f"<tr>{cells}</tr>")
     return (f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body)
             + "\n</tbody></table></div>")
 
@@ -278,10 +289,21 @@ def group_cell(r: dict) -> str:
 # --------------------------------------------------------------------------- figures
 
 
+def _png_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, None when `raw` is no PNG."""
+    if len(raw) < 24 or raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
 def _figure_html(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    raw = path.read_bytes()
+    data = base64.b64encode(raw).decode("ascii")
     name = esc(path.name)
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{name}" loading="lazy">'
+    size = _png_size(raw)
+    # shown at FIGURE_SCALE of their pixel size (the figures are drawn at 120 dpi), at most the page width
+    width = f' width="{round(size[0] * FIGURE_SCALE)}"' if size else ""
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{name}"{width}>'
             f"<figcaption>{name}</figcaption></figure>")
 
 
@@ -371,12 +393,13 @@ def consistency_section(summary: dict) -> str:
 
 def modification_section(summary: dict) -> str:
     metrics = [ci_col(h, k) for h, k in (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))]
-    metrics += [ci_col("dPPL", "dppl", digits=3, signed=True),
-                ci_col("&Delta;p self", "dprob_self", signed=True),
-                ci_col("&Delta;p neighbors", "dprob_neighbors", signed=True)]
+    metrics += [ci_col("dPPL", "dppl", signed=True),
+                num_col("&Delta;p self", "dprob_self", 2, signed=True),
+                num_col("&Delta;p neighbors", "dprob_neighbors", 2, signed=True)]
     table = render_table(summary["modification"], [
         text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
-        ("group", ("group",), group_cell, False), text_col("neurons", "neurons"), num_col("n", "n"), *metrics])
+        ("group", ("group",), group_cell, ""), text_col("neurons", "neurons"), num_col("n", "n"), *metrics],
+        hide=[f"dprob_{k}_ci_{e}" for k in ("self", "neighbors") for e in ("low", "high")])
     parts = ["<p>Each neighbor query q<sub>i</sub>'s knowledge neurons are erased or updated with the neuron set "
              "N_i (its own KNs), N_g (union over the neighbors) or N_cap (intersection); Rel is measured on "
              "q<sub>i</sub>, Gen on the other neighbor queries, Loc on other relations' facts, Avg is their mean, "
@@ -395,7 +418,7 @@ def query_mapping_section(summary: dict) -> str:
         "KNs, a neighbor query's KNs, their intersection, or a random control from the same layers; the value is the "
         "relative change of P(gold) on q<sub>i</sub> (mean over facts, 95% CI).</p>",
         render_table(summary["query_mapping"], [
-            text_col("model", "model"), text_col("method", "method"), ("group", ("group",), group_cell, False),
+            text_col("model", "model"), text_col("method", "method"), ("group", ("group",), group_cell, ""),
             text_col("intervention", "intervention"), text_col("neurons", "neurons"), num_col("n", "n"),
             ci_col("&Delta;P(gold) rel. [95% CI]", "dprob", "ci_low", "ci_high", digits=3, signed=True)],
         )])
@@ -417,7 +440,7 @@ def attention_section(summary: dict) -> str:
         "subject (related) or a matched random control (irrelevant) are scaled by &alpha;; measured are the change "
         "of the query's KN activations and of P(gold) (mean over facts, 95% CI).</p>",
         render_table(rows, [
-            text_col("model", "model"), text_col("method", "method"), ("group", ("group",), group_cell, False),
+            text_col("model", "model"), text_col("method", "method"), ("group", ("group",), group_cell, ""),
             text_col("synapses", "synapses"), num_col("&alpha;", "alpha", 2), num_col("n", "n"),
             ci("&Delta; KN activation", "dkn_activation"), ci("&Delta;P(gold)", "dprob")],
         )])
@@ -434,19 +457,19 @@ def cas_section(summary: dict) -> str:
              "that exclude 0.</p>",
              render_table(comparisons, [
                  text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
-                 ("group", ("group",), group_cell, False), text_col("protocol", "protocol"),
+                 ("group", ("group",), group_cell, ""), text_col("protocol", "protocol"),
                  text_col("budget", "budget"), text_col("baseline", "baseline"), num_col("n", "n"),
                  ci_col("Avg(CAS) &minus; Avg(baseline) [95% CI]", "avg_diff", "ci_low", "ci_high", 3, True),
-                 ("", ("beyond_ci",), lambda r: '<span class="star">*</span>' if r.get("beyond_ci") else "", False)],
+                 ("", ("beyond_ci",), lambda r: '<span class="star">*</span>' if r.get("beyond_ci") else "", "")],
              ),
              "<h3>Scores per selection</h3>",
              render_table(summary["cas"], [
                  text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
-                 ("group", ("group",), group_cell, False), text_col("selection", "selection"),
+                 ("group", ("group",), group_cell, ""), text_col("selection", "selection"),
                  text_col("protocol", "protocol"), text_col("budget", "budget"), num_col("n", "n"),
                  num_col("|S|", "n_neurons", 1), *[ci_col(h, k) for h, k in
                                                    (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))],
-                 ci_col("dPPL", "dppl", digits=3, signed=True)])]
+                 ci_col("dPPL", "dppl", signed=True)])]
     return "\n".join(parts)
 
 
@@ -548,7 +571,7 @@ def _fact_html(store, model: str, methods: list[str], fact, probe: dict | None, 
         g = grp.get(fact.fact_id)
         value = cs.get(fact.fact_id, {}).get(score)
         badges.append(f'{esc(method)}: <span class="g-{esc(g)}">{esc(g or DASH)}</span> '
-                      f"({fmt_num(value, 2)})")
+                      f"({esc(score.upper())} {fmt_num(value, 2)})")
     head = (f"<summary><code>{esc(fact.fact_id)}</code> &nbsp;{esc(fact.subject)} &mdash; "
             f"<i>{esc(fact.relation)}</i> &rarr; {esc(fact.object)} &nbsp;<span class=\"muted\">"
             + " · ".join(badges) + "</span></summary>")
@@ -564,27 +587,30 @@ def _fact_html(store, model: str, methods: list[str], fact, probe: dict | None, 
                      "prob": query.get("prob")})
     body = [f"<p><b>Subject</b> {esc(fact.subject)} &nbsp; <b>Relation</b> {esc(fact.relation)} &nbsp; "
             f"<b>Object</b> {esc(fact.object)}</p>",
-            render_table(rows, [text_col("query", "q"), text_col("prompt", "prompt"),
-                                num_col("answered (top-1)", "answered"), num_col("P(object)", "prob", 3)], extra=False)]
+            render_table(rows, [text_col("query", "q"), text_col("prompt", "prompt", wrap=True),
+                                num_col("answered (top-1)", "answered"),
+                                ("P(object)", ("prob",), lambda r: fmt_sig(r.get("prob")), "num")], extra=False)]
     for method in methods:
         cs, grp = per_method[method]
         kn = store.kn_lists(model, method, fact.fact_id)
         scores = cs.get(fact.fact_id)
         g = grp.get(fact.fact_id)
-        line = (f"CS1 {fmt_num(scores['cs1'], 3)} · CS2 {fmt_num(scores['cs2'], 3)} · "
-                f"CS<sub>p</sub> {fmt_num(scores['csp'], 3)} · group "
-                f'<span class="g-{esc(g)}">{esc(g or DASH)}</span>' if scores else "CS " + DASH
-                + " (fewer than two attributed queries)")
+        if scores:
+            line = (f"CS1 {fmt_num(scores['cs1'], 3)} · CS2 {fmt_num(scores['cs2'], 3)} · "
+                    f"CS<sub>p</sub> {fmt_num(scores['csp'], 3)} · group "
+                    f'<span class="g-{esc(g)}">{esc(g or DASH)}</span>')
+        else:
+            line = f"CS {DASH} (fewer than two attributed queries)"
         body.append(f"<h4>{esc(method)}</h4><p>{line}</p>")
         if not kn:
             body.append('<p class="muted">No attributions stored.</p>')
             continue
         kn_rows = [{"q": f"q{q}", "prompt": fact.prompts[q] if q < len(fact.prompts) else DASH,
                     "n": len(neurons), "neurons": neurons} for q, neurons in sorted(kn.items())]
-        body.append(render_table(kn_rows, [text_col("query", "q"), text_col("prompt", "prompt"),
+        body.append(render_table(kn_rows, [text_col("query", "q"), text_col("prompt", "prompt", wrap=True),
                                            num_col("|KN|", "n"),
                                            ("knowledge neurons", ("neurons",), lambda r: _kn_text(r["neurons"]),
-                                            False)], extra=False))
+                                            "wrap")], extra=False))
     return f'<details class="fact">{head}\n' + "\n".join(body) + "</details>"
 
 
