@@ -503,7 +503,7 @@ def grouped_bars(
             fig.legend([handles[h] for h in hue_order if h in handles],
                        [h for h in hue_order if h in handles],
                        title=hue, loc="outside right upper", frameon=False)
-        fig.suptitle(_wrap(title, _TITLE_WIDTH))
+        fig.suptitle(_wrap(title, max(30, int(width * 9))))
     return _save(fig, out)
 
 
