@@ -86,16 +86,12 @@ def reference_prompts(config: MethodConfig) -> tuple[str, ...]:
 def last_position_activations(lm: LanguageModel, sequences: list[list[int]]) -> torch.Tensor:
     """Activations [len(sequences), n_layers, n_neurons] at each sequence's last token, batched with right
     padding (exact: in a causal model padding after the last token changes nothing before it)."""
+    from knowloc.models.scoring import pad_right
+
     lengths = torch.tensor([len(s) for s in sequences])
-    width = int(lengths.max())
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
+    ids, mask = pad_right(lm, sequences)
     with trace_activations(lm) as acts:
-        lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+        lm.model(input_ids=ids, attention_mask=mask)
     rows = torch.arange(len(sequences))
     last = (lengths - 1).to(lm.device)
     return torch.stack([acts[layer][rows, last] for layer in range(lm.n_layers)], dim=1)

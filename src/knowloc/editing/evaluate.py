@@ -41,7 +41,7 @@ from knowloc.analysis.editing_metrics import (
 from knowloc.editing.operations import OPERATIONS, Neurons, modified, normalize_neurons
 from knowloc.errors import KnowlocError
 from knowloc.models.lm import LanguageModel
-from knowloc.models.scoring import next_token_distributions
+from knowloc.models.scoring import next_token_distributions, pad_right
 
 __all__ = [
     "EditTrial",
@@ -81,20 +81,13 @@ def text_nll(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> t
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise KnowlocError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     seqs = [_text_ids(lm, t) for t in texts]
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     nll_sum = 0.0
     n_tokens = 0
     for start in range(0, len(seqs), batch_size):
         chunk = [s for s in seqs[start:start + batch_size] if len(s) >= 2]
         if not chunk:
             continue
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        ids, mask = pad_right(lm, chunk)
         logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         targets = ids[:, 1:]
         keep = mask[:, 1:].bool()

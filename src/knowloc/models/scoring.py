@@ -15,21 +15,29 @@ class NextToken:
     probs: torch.Tensor  # full next-token distribution [vocab] (float32, CPU)
 
 
+def pad_right(lm: LanguageModel, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences as one right-padded batch (ids, attention mask) on the model's device.
+
+    Exact for causal models: padding after a sequence's last token changes nothing at its positions."""
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids.to(lm.device), mask.to(lm.device)
+
+
 @torch.no_grad()
 def next_token_distributions(lm: LanguageModel, prompts: list[str], top_k: int = 5,
                              batch_size: int = 32) -> list[NextToken]:
     """Next-token distribution after each prompt, in batches."""
     out: list[NextToken] = []
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     for start in range(0, len(prompts), batch_size):
         seqs = [list(lm.encode(p).prompt_ids) for p in prompts[start:start + batch_size]]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
+        ids, mask = pad_right(lm, seqs)
+        logits = lm.model(input_ids=ids, attention_mask=mask).logits
         last = torch.tensor([len(s) - 1 for s in seqs], device=lm.device)
         probs = torch.softmax(logits[torch.arange(len(seqs), device=lm.device), last].float(), dim=-1).cpu()
         for row in probs:
