@@ -57,6 +57,8 @@ def _wanted_files(files: dict[str, str], relations: Sequence[str] | None) -> lis
         return list(files)
     if isinstance(relations, str):
         relations = [relations]
+    if not relations:
+        raise KnowlocError("empty relation list; pass None to download every relation")
     available = [name[len("patterns/") : -len(".jsonl")] for name in files if name.startswith("patterns/")]
     available = [rel for rel in available if f"facts/{rel}.jsonl" in files]
     unknown = [rel for rel in relations if rel not in available]

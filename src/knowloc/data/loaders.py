@@ -105,6 +105,14 @@ class Dataset:
         """All queries of all facts, flattened in ``items`` order."""
         return [query for _, queries in self.items for query in queries]
 
+    def queries_of(self, fact: Fact | str) -> list[Query]:
+        """The neighbor queries of a fact (given as a :class:`Fact` or its id)."""
+        fact_id = fact.id if isinstance(fact, Fact) else fact
+        for item_fact, queries in self.items:
+            if item_fact.id == fact_id:
+                return queries
+        raise KnowlocError(f"fact {fact_id!r} not in dataset {self.source or ''}".rstrip())
+
     def by_relation(self, relation: str) -> list[Item]:
         """The items of one relation (KnowlocError if it is not in the dataset)."""
         if relation not in self.relations:
@@ -173,6 +181,8 @@ def _json_lines(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise KnowlocError(f"{name}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # e.g. integers too long, nesting too deep
+            raise KnowlocError(f"{name}:{lineno}: malformed JSON ({_one_line(str(exc))})") from None
         if not isinstance(obj, dict):
             raise KnowlocError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
