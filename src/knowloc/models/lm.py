@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -83,6 +85,21 @@ class LanguageModel:
         if self.site == "neuron":
             return self.mlp_out(layer), "input"
         return self.arch.pre_act(self.blocks[layer]), "output"
+
+    @contextmanager
+    def fast_attention(self) -> Iterator[None]:
+        """Use PyTorch's fused attention (sdpa) inside the body where the family supports it (same maths as
+        eager up to rounding; Gemma-2's soft-capped attention does not), then restore the configured one."""
+        config = self.model.config
+        saved = config._attn_implementation
+        if saved == "sdpa" or not getattr(self.model, "_supports_sdpa", False):
+            yield
+            return
+        config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            config._attn_implementation = saved
 
     def value_vector(self, layer: int, index: int) -> torch.Tensor:
         """A view of neuron (layer, index)'s value vector in the MLP output projection's weight."""
