@@ -100,8 +100,9 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
                     store.close()
                     shutil.rmtree(out, ignore_errors=True)
                 raise
-            echo(f"{model}: {len(ctx.facts[model])} facts known in >= {config.min_known} paraphrases "
-                 f"(of {len(ctx.probes[model])})")
+            known = sum(sum(q["top1"] for q in row["queries"]) >= config.min_known for row in ctx.probes[model])
+            echo(f"{model}: {known} of {len(ctx.probes[model])} facts known in >= {config.min_known} paraphrases; "
+                 f"studying {len(ctx.facts[model])}")
             executor = executor or make_executor(ctx)
             run_units(ctx, executor, attribution_units(ctx, model), f"attribution {model}")
             run_units(ctx, executor, experiment_units(ctx, model), f"experiments {model}")
