@@ -17,6 +17,24 @@ def trial_key(model: str, method: str, fact_id: str) -> str:
     return f"{model}\t{method}\t{fact_id}"
 
 
+def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed: int,
+                  **match: object) -> tuple[int, float, float, float]:
+    """(n facts, estimate, CI low, CI high) of a metric: each fact's trials matching `match` are averaged
+    (nan left out), then facts are resampled by the bootstrap (facts, not trials, are the independent units)."""
+    import numpy as np
+
+    from knowloc.analysis import bootstrap_ci
+
+    per_fact = []
+    for rows in fact_trials:
+        values = [r[metric] for r in rows if all(r.get(k) == v for k, v in match.items())
+                  and not r.get("skipped") and not np.isnan(r[metric])]
+        if values:
+            per_fact.append(float(np.mean(values)))
+    estimate, low, high = bootstrap_ci(np.array(per_fact), n_boot=n_boot, seed=seed)
+    return len(per_fact), float(estimate), float(low), float(high)
+
+
 @dataclass
 class Section:
     """An experiment's outputs: summary.json keys, CSV tables, figures and Markdown lines."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from knowloc.analysis import bootstrap_ci, relative_change
+from knowloc.analysis import relative_change
 from knowloc.models.hooks import trace_activations
-from knowloc.study.context import Section, StudyContext, trial_key as _key
+from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key
 
 ALPHAS = (0.0, 2.0)
 TOP_K = 3
@@ -91,21 +91,15 @@ def summarize(ctx: StudyContext) -> Section:
         for method in cfg.methods:
             split = groups(ctx, model, method)
             for group in ("K_C", "K_I"):
-                facts = [f for f in ctx.facts[model] if split.get(f.fact_id) == group
-                         and _key(model, method, f.fact_id) in trials]
+                fact_trials = [trials[_key(model, method, f.fact_id)] for f in ctx.facts[model]
+                               if split.get(f.fact_id) == group and _key(model, method, f.fact_id) in trials]
                 for synapses in ("related", "irrelevant"):
                     for alpha in ALPHAS:
                         row = {"model": model, "method": method, "group": group, "synapses": synapses, "alpha": alpha}
                         for metric in ("dkn_activation", "dprob"):
-                            per_fact = []
-                            for f in facts:
-                                values = [r[metric] for r in trials[_key(model, method, f.fact_id)]
-                                          if r["synapses"] == synapses and r["alpha"] == alpha and not np.isnan(r[metric])]
-                                if values:
-                                    per_fact.append(float(np.mean(values)))
-                            est, lo, hi = bootstrap_ci(np.array(per_fact), n_boot=cfg.n_boot, seed=cfg.seed)
-                            row.update({"n": len(per_fact), metric: float(est), f"{metric}_ci_low": float(lo),
-                                        f"{metric}_ci_high": float(hi)})
+                            n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
+                                                           synapses=synapses, alpha=alpha)
+                            row.update({"n": n, metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
                         rows.append(row)
     section = Section(summary={"attention": rows}, tables={"attention": rows})
     for model in cfg.models:

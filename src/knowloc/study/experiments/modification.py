@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 
-from knowloc.analysis import bootstrap_ci
-from knowloc.study.context import Section, StudyContext, trial_key as _key
+from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key
 
 OPERATIONS = ("erase", "update")
 NEURON_SETS = ("N_i", "N_g", "N_cap")
@@ -78,15 +76,6 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     return rows
 
 
-def per_fact_means(rows: list[dict], operation: str, neurons: str) -> dict[str, float] | None:
-    """Mean of each metric over a fact's trials (queries) for one operation and neuron set."""
-    chosen = [r for r in rows if r["operation"] == operation and r["neurons"] == neurons and not r["skipped"]]
-    if not chosen:
-        return None
-    return {m: float(np.nanmean([r[m] for r in chosen])) if any(not np.isnan(r[m]) for r in chosen) else float("nan")
-            for m in METRICS}
-
-
 def summarize(ctx: StudyContext) -> Section:
     from knowloc.report.figures import grouped_bars
     from knowloc.study.experiments.consistency import groups
@@ -105,16 +94,16 @@ def summarize(ctx: StudyContext) -> Section:
             for operation in OPERATIONS:
                 for group in ("K_C", "K_I"):
                     for neurons in NEURON_SETS:
-                        means = [m for f in facts if split[f.fact_id] == group
-                                 if (m := per_fact_means(trials[_key(model, method, f.fact_id)], operation, neurons))]
+                        fact_trials = [trials[_key(model, method, f.fact_id)] for f in facts
+                                       if split[f.fact_id] == group]
                         row = {"model": model, "method": method, "operation": operation, "group": group,
-                               "neurons": neurons, "n": len(means)}
+                               "neurons": neurons}
                         for metric in METRICS:
-                            values = np.array([m[metric] for m in means], dtype=float)
-                            values = values[~np.isnan(values)]
-                            est, lo, hi = bootstrap_ci(values, n_boot=cfg.n_boot, seed=cfg.seed)
-                            row.update({metric: float(est), f"{metric}_ci_low": float(lo),
-                                        f"{metric}_ci_high": float(hi)})
+                            n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
+                                                           operation=operation, neurons=neurons)
+                            row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                            if metric == "rel":  # Rel is defined for every trial that ran: n = facts with trials
+                                row["n"] = n
                         section.summary["modification"].append(row)
     rows = section.summary["modification"]
     section.tables["modification"] = rows

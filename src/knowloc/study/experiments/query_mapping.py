@@ -14,9 +14,9 @@ import random
 import numpy as np
 import torch
 
-from knowloc.analysis import bootstrap_ci, relative_change
+from knowloc.analysis import relative_change
 from knowloc.models.hooks import hook_sites
-from knowloc.study.context import Section, StudyContext, trial_key as _key
+from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key
 
 INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
 SETS = ("own", "neighbor", "intersection", "random")
@@ -95,21 +95,14 @@ def summarize(ctx: StudyContext) -> Section:
         for method in cfg.methods:
             split = groups(ctx, model, method)
             for group in ("K_C", "K_I"):
-                facts = [f for f in ctx.facts[model] if split.get(f.fact_id) == group
-                         and _key(model, method, f.fact_id) in trials]
+                fact_trials = [trials[_key(model, method, f.fact_id)] for f in ctx.facts[model]
+                               if split.get(f.fact_id) == group and _key(model, method, f.fact_id) in trials]
                 for intervention in INTERVENTIONS:
                     for neurons in SETS:
-                        per_fact = []
-                        for f in facts:
-                            values = [r["dprob"] for r in trials[_key(model, method, f.fact_id)]
-                                      if r["neurons"] == neurons and r["intervention"] == intervention]
-                            values = [v for v in values if not np.isnan(v)]
-                            if values:
-                                per_fact.append(float(np.mean(values)))
-                        est, lo, hi = bootstrap_ci(np.array(per_fact), n_boot=cfg.n_boot, seed=cfg.seed)
+                        n, est, lo, hi = fact_level_ci(fact_trials, "dprob", cfg.n_boot, cfg.seed,
+                                                       neurons=neurons, intervention=intervention)
                         rows.append({"model": model, "method": method, "group": group, "intervention": intervention,
-                                     "neurons": neurons, "n": len(per_fact), "dprob": float(est),
-                                     "ci_low": float(lo), "ci_high": float(hi)})
+                                     "neurons": neurons, "n": n, "dprob": est, "ci_low": lo, "ci_high": hi})
     section = Section(summary={"query_mapping": rows}, tables={"query_mapping": rows})
     for model in cfg.models:
         for method in cfg.methods:
