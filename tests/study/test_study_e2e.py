@@ -87,3 +87,30 @@ def test_kill_9_then_resume_equals_clean_run(tmp_path, study_args, kill_after_ro
     assert not (out / "summary.json").exists()
     resumed = run_study(StudyConfig(**study_args(out)), echo=lambda _: None).read_text()
     assert resumed == clean
+
+
+def test_growing_a_study_reuses_stored_work(tmp_path, study_args, monkeypatch):
+    """More facts or another method on the same directory computes only what is new."""
+    import knowloc.attribution as attribution
+
+    calls = []
+    real = attribution.attribute
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("method"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(attribution, "attribute", counting)
+    out = tmp_path / "grow"
+    small = json.loads(run_study(StudyConfig(**study_args(out, facts=2, experiments=["consistency"])),
+                                 echo=lambda _: None).read_text())
+    first = len(calls)
+    assert small["facts"]["tiny-llama"] == 2 and first >= 4
+    full = json.loads(run_study(StudyConfig(**study_args(out, experiments=["consistency"])),
+                                echo=lambda _: None).read_text())
+    grown = len(calls) - first
+    with sqlite3.connect(out / "results.sqlite") as db:
+        stored = db.execute("SELECT COUNT(*) FROM attributions").fetchone()[0]
+    assert stored == first + grown and grown > 0  # nothing attributed twice
+    run_study(StudyConfig(**study_args(out, experiments=["consistency"], methods=["ig", "amig"])), echo=lambda _: None)
+    assert set(calls[first + grown:]) == {"amig"}
+    assert full["facts"]["tiny-llama"] > 2

@@ -12,9 +12,14 @@ from knowloc.errors import KnowlocError
 EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas")
 CS_SCORES = ("cs1", "cs2", "csp")
 
-# keys that do not change any stored result: a resumed run may differ in them
-RUNTIME_KEYS = {"out", "device", "dtype", "experiments", "progress", "executor", "ray_address", "workers",
-                "gpus_per_worker", "dry_run"}
+# Settings that determine stored values (probes, attributions, trials): a study directory keeps one set of
+# them and refuses another. Everything else (which models, methods, experiments and how many facts to look
+# at; thresholds that only split or summarize) selects a view of the store, so a later run can reuse and
+# extend an earlier one: e.g. add a method, an experiment or more facts without recomputing anything.
+IDENTITY_KEYS = ("data", "relations", "seed", "steps", "threshold", "min_known", "candidates", "lambda1", "lambda2",
+                 "locality", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k")
+# settings that change neither stored values nor the summary
+RUNTIME_KEYS = {"out", "device", "dtype", "progress", "executor", "ray_address", "workers", "gpus_per_worker"}
 
 
 @dataclass
@@ -90,6 +95,10 @@ class StudyConfig:
 
     def identity(self) -> dict:
         """The settings that determine stored results; a resume must match them exactly."""
+        return {k: getattr(self, k) for k in IDENTITY_KEYS}
+
+    def summary_config(self) -> dict:
+        """Everything that shapes summary.json (not where or how it ran)."""
         return {k: v for k, v in asdict(self).items() if k not in RUNTIME_KEYS}
 
     def as_dict(self) -> dict:

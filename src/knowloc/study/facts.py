@@ -27,6 +27,9 @@ def select_facts(probe_rows: list[dict], min_known: int, limit: int | None, seed
             known.append(StudyFact(row["fact_id"], row["relation"], row["subject"], row["object"],
                                    tuple(q["text"] for q in answered), tuple(q["template"] for q in answered)))
     if limit is not None and limit < len(known):
-        keep = set(random.Random(seed).sample(range(len(known)), limit))
+        # a prefix of one seeded permutation: a larger limit studies a superset (and reuses stored work)
+        order = list(range(len(known)))
+        random.Random(seed).shuffle(order)
+        keep = set(order[:limit])
         known = [fact for i, fact in enumerate(known) if i in keep]
     return known

@@ -139,7 +139,7 @@ def _csv(rows: list[dict]) -> str:
 
 def write_outputs(ctx: StudyContext, sections: list[Section], wall_s: float) -> Path:
     cfg = ctx.config
-    summary: dict = {"config": cfg.identity(), "facts": {m: len(f) for m, f in ctx.facts.items()}}
+    summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()}}
     markdown = [f"# knowloc study — {', '.join(cfg.models)} on {cfg.data}", "",
                 f"Methods {', '.join(cfg.methods)}; steps {cfg.steps}; KN threshold {cfg.threshold} x max; "
                 f"seed {cfg.seed}. Facts known in >= {cfg.min_known} paraphrases: "
