@@ -17,7 +17,7 @@ CS_SCORES = ("cs1", "cs2", "csp")
 # at; thresholds that only split or summarize) selects a view of the store, so a later run can reuse and
 # extend an earlier one: e.g. add a method, an experiment or more facts without recomputing anything.
 IDENTITY_KEYS = ("data", "relations", "seed", "steps", "threshold", "min_known", "candidates", "lambda1", "lambda2",
-                 "locality", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k")
+                 "locality", "ppl_texts", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k")
 # settings that change neither stored values nor the summary
 RUNTIME_KEYS = {"out", "device", "dtype", "progress", "executor", "ray_address", "workers", "gpus_per_worker"}
 
@@ -42,6 +42,7 @@ class StudyConfig:
     lambda1: float = 1.0
     lambda2: float = 8.0
     locality: int = 10  # locality prompts per fact
+    ppl_texts: int = 5  # neutral sentences for dPPL (each distinct edit runs them once)
     cas_beta1: float = 1.0
     cas_beta2: float = 1.0
     cas_threshold: float = 0.2  # CAS selection: CAS(u) > t x max CAS
@@ -90,8 +91,8 @@ class StudyConfig:
             raise KnowlocError(f"--executor must be local or ray, got {self.executor!r}")
         if self.workers < 1 or self.gpus_per_worker < 0:
             raise KnowlocError("--workers must be >= 1 and --gpus-per-worker >= 0")
-        if self.locality < 1 or self.n_boot < 10:
-            raise KnowlocError("--locality must be >= 1 and --n-boot >= 10")
+        if self.locality < 1 or self.n_boot < 10 or self.ppl_texts < 1:
+            raise KnowlocError("--locality and --ppl-texts must be >= 1 and --n-boot >= 10")
 
     def identity(self) -> dict:
         """The settings that determine stored results; a resume must match them exactly."""

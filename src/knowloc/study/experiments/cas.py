@@ -15,7 +15,7 @@ import torch
 
 from knowloc.analysis import bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
 from knowloc.study.context import Section, StudyContext, trial_key as _key
-from knowloc.study.experiments.modification import OPERATIONS, locality_prompts, new_object
+from knowloc.study.experiments.modification import OPERATIONS, EditSession
 
 SELECTIONS = ("CAS", "N_i", "N_g")
 METRICS = ("rel", "gen", "loc", "avg", "dppl")
@@ -42,20 +42,10 @@ def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: lis
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (protocol, edited query, budget, selection, operation) trial of one fact."""
-    from knowloc.data import load_neutral_texts
-    from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
-
-    cfg = ctx.config
-    lm = ctx.model(model)
-    texts = load_neutral_texts()
+    session = EditSession(ctx, model, fact, ctx.model(model))
     tensors = ctx.store.scores(model, method, fact.fact_id)
     queries = sorted(tensors)
     stack = torch.stack([tensors[q] for q in queries])
-    prompts = [fact.prompts[q] for q in queries]
-    loc_prompts, loc_objects = locality_prompts(ctx, model, fact)
-    loc_gold = [lm.first_target_token(o) for o in loc_objects]
-    baseline = compute_baseline(lm, prompts, loc_prompts, texts)
-    target = new_object(ctx, model, fact, lm)
     n = len(queries)
     plans = [("transductive", i, list(range(n)), None) for i in range(n)]
     plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
@@ -68,18 +58,12 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
                 for operation in OPERATIONS:
                     row = {"protocol": protocol, "edited": edited, "held_out": held, "budget": budget,
                            "selection": selection, "operation": operation, "n_neurons": len(neurons)}
-                    if not neurons or (operation == "update" and target is None):
+                    scores = session.measure(operation, neurons, queries[edited],
+                                             generalize_on=None if held is None else [queries[held]])
+                    if scores is None:
                         rows.append({**row, "skipped": True})
-                        continue
-                    trial = EditTrial(prompts=prompts, index=edited, gold=fact.object, neurons=neurons,
-                                      operation=operation, new_object=target, lambda1=cfg.lambda1,
-                                      lambda2=cfg.lambda2)
-                    result = evaluate_trial(lm, trial, baseline, loc_prompts, loc_gold, texts)
-                    gen = float(result.success[held]) if held is not None else float(result.gen)
-                    values = {"rel": float(result.rel), "gen": gen, "loc": float(result.loc),
-                              "dppl": float(result.dppl)}
-                    values["avg"] = float(np.nanmean([values["rel"], values["gen"], values["loc"]]))
-                    rows.append({**row, "skipped": False, **values})
+                    else:
+                        rows.append({**row, "skipped": False, **{m: scores[m] for m in METRICS}})
     return rows
 
 

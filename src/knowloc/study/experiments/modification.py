@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 
 from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key
 
@@ -46,33 +48,61 @@ def neuron_sets(kn: dict[int, list[tuple[int, int]]], i: int) -> dict[str, list[
     return {"N_i": list(kn[i]), "N_g": union, "N_cap": cap}
 
 
+class EditSession:
+    """One fact's editing trials. An edit (operation, neuron set) gives the same model whichever query it was
+    chosen for, so each distinct edit is applied and measured once and the per-query scores are read off it:
+    Rel = success on q_i, Gen = mean success on the other queries (or on one held-out query)."""
+
+    def __init__(self, ctx: StudyContext, model: str, fact, lm):
+        from knowloc.data import load_neutral_texts
+        from knowloc.editing import compute_baseline
+
+        self.ctx, self.lm, self.fact = ctx, lm, fact
+        self.prompts = list(fact.prompts)
+        self.texts = load_neutral_texts()[: ctx.config.ppl_texts]
+        self.loc_prompts, loc_objects = locality_prompts(ctx, model, fact)
+        self.loc_gold = [lm.first_target_token(o) for o in loc_objects]
+        self.baseline = compute_baseline(lm, self.prompts, self.loc_prompts, self.texts)
+        self.target = new_object(ctx, model, fact, lm)
+        self._results: dict = {}
+
+    def measure(self, operation: str, neurons: list, index: int, generalize_on: list[int] | None = None) -> dict | None:
+        """Scores of editing `neurons` for query `index`; None when the edit cannot be made (empty set, or no
+        other object to update to). Gen is measured on `generalize_on` (default: every other query)."""
+        from knowloc.editing import EditTrial, evaluate_trial
+
+        if not neurons or (operation == "update" and self.target is None):
+            return None
+        key = (operation, tuple(sorted(map(tuple, neurons))))
+        if key not in self._results:
+            cfg = self.ctx.config
+            trial = EditTrial(prompts=self.prompts, index=0, gold=self.fact.object, neurons=neurons,
+                              operation=operation, new_object=self.target, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
+            self._results[key] = evaluate_trial(self.lm, trial, self.baseline, self.loc_prompts, self.loc_gold,
+                                                self.texts)
+        result = self._results[key]
+        others = [j for j in range(len(self.prompts)) if j != index] if generalize_on is None else generalize_on
+        rel = float(result.success[index])
+        gen = float(np.mean([result.success[j] for j in others])) if others else float("nan")
+        loc = float(result.loc)
+        parts = [v for v in (rel, gen, loc) if not np.isnan(v)]
+        neighbors = [result.dprob[j] for j in others if not np.isnan(result.dprob[j])]
+        return {"rel": rel, "gen": gen, "loc": loc, "avg": float(np.mean(parts)), "dppl": float(result.dppl),
+                "dprob_self": float(result.dprob[index]),
+                "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
+
+
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """All trials of one fact: every query x neuron set x operation."""
-    from knowloc.data import load_neutral_texts
-    from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
-
-    cfg = ctx.config
-    lm = ctx.model(model)
-    texts = load_neutral_texts()
+    session = EditSession(ctx, model, fact, ctx.model(model))
     kn = ctx.store.kn_lists(model, method, fact.fact_id)
-    prompts = list(fact.prompts)
-    loc_prompts, loc_objects = locality_prompts(ctx, model, fact)
-    loc_gold = [lm.first_target_token(o) for o in loc_objects]
-    baseline = compute_baseline(lm, prompts, loc_prompts, texts)
-    target = new_object(ctx, model, fact, lm)
     rows = []
     for i in sorted(kn):
         for name, neurons in neuron_sets(kn, i).items():
             for operation in OPERATIONS:
-                if not neurons or (operation == "update" and target is None):
-                    rows.append({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons),
-                                 "skipped": True})
-                    continue
-                trial = EditTrial(prompts=prompts, index=i, gold=fact.object, neurons=neurons, operation=operation,
-                                  new_object=target, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
-                result = evaluate_trial(lm, trial, baseline, loc_prompts, loc_gold, texts)
-                rows.append({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons),
-                             "skipped": False, **{m: float(getattr(result, m)) for m in METRICS}})
+                row = {"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons)}
+                scores = session.measure(operation, neurons, i)
+                rows.append({**row, "skipped": scores is None, **(scores or {})})
     return rows
 
 
