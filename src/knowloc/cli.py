@@ -201,7 +201,7 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
 
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), model: str = ModelOpt,
-         facts: int = typer.Option(24, min=1, help="facts in the demo study")) -> None:
+         facts: int = typer.Option(10, min=1, help="facts in the demo study")) -> None:
     """The main job: the whole study on the embedded default, then the HTML report (see README)."""
     from knowloc.demo import run_demo
 

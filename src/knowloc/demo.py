@@ -1,7 +1,8 @@
 """`make demo`: the whole study on the embedded default model, then the HTML report.
 
-Sized to finish within about 20 minutes on 2 CPU cores (measured wall time in the README): every experiment,
-methods IG and AMIG on a seeded sample of the built-in facts SmolLM2-135M knows. Rerunning resumes.
+Sized to finish within about 20 minutes on 2 CPU cores: every experiment, methods IG and AMIG, on a seeded
+sample of 10 of the built-in facts SmolLM2-135M knows, with 5 locality prompts and 3 neutral sentences per edit.
+Rerunning resumes; `knowloc study` runs the same pipeline at any size.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-DEMO_FACTS = 24
+DEMO_FACTS = 10
 DEMO_METHODS = ["ig", "amig"]
 
 
@@ -23,7 +24,8 @@ def run_demo(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS, me
 
     start = time.perf_counter()
     config = StudyConfig(models=[model], data="builtin", methods=methods or DEMO_METHODS,
-                         experiments=list(EXPERIMENTS), facts=facts, out=str(out), n_boot=1000)
+                         experiments=list(EXPERIMENTS), facts=facts, out=str(out), n_boot=1000, locality=5,
+                         ppl_texts=3)
     run_study(config, echo=echo)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
