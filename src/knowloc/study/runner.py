@@ -22,6 +22,7 @@ from knowloc.study.executors import LocalExecutor
 from knowloc.study.store import Store
 from knowloc.study.units import Unit, attribution_units, experiment_module, experiment_units, save
 
+
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise KnowlocError(f"--out {out} exists and is not a directory")
