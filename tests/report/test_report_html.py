@@ -170,7 +170,7 @@ def _hand_made_study(out: Path) -> Path:
             store.save_attribution(model, "ig", f"f{k}<i>", q, 0.5, kn, torch.zeros(3, 64))
     store.close()
     nan = float("nan")
-    summary = {"config": cfg.identity(), "facts": {model: 3},
+    summary = {"config": cfg.summary_config(), "facts": {model: 3},
                "consistency": [{"model": model, "method": "ig", "n_facts": 3, "threshold_kind": "static",
                                 "threshold": 0.3, "k_i_fraction": 1 / 3, "k_i_ci_low": 0.0, "k_i_ci_high": 1.0,
                                 "welch_p": nan, "cs_mean": 0.25, "null_mean": nan, "null_gap": nan, "null_p": nan,
