@@ -14,7 +14,7 @@ import torch
 
 from knowloc.analysis import relative_change
 from knowloc.models.hooks import trace_activations
-from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key
+from knowloc.study.context import Section, StudyContext, fact_level_ci
 
 ALPHAS = (0.0, 2.0)
 TOP_K = 3
@@ -82,25 +82,19 @@ def finalize(ctx: StudyContext, model: str) -> None:
 
 def summarize(ctx: StudyContext) -> Section:
     from knowloc.report.figures import grouped_bars
-    from knowloc.study.experiments.consistency import groups
+    from knowloc.study.experiments.consistency import grouped_trials
 
     cfg = ctx.config
-    trials = ctx.store.trials("attention")
     rows = []
-    for model in cfg.models:
-        for method in cfg.methods:
-            split = groups(ctx, model, method)
-            for group in ("K_C", "K_I"):
-                fact_trials = [trials[_key(model, method, f.fact_id)] for f in ctx.facts[model]
-                               if split.get(f.fact_id) == group and _key(model, method, f.fact_id) in trials]
-                for synapses in ("related", "irrelevant"):
-                    for alpha in ALPHAS:
-                        row = {"model": model, "method": method, "group": group, "synapses": synapses, "alpha": alpha}
-                        for metric in ("dkn_activation", "dprob"):
-                            n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
-                                                           synapses=synapses, alpha=alpha)
-                            row.update({"n": n, metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
-                        rows.append(row)
+    for model, method, group, fact_trials in grouped_trials(ctx, "attention"):
+        for synapses in ("related", "irrelevant"):
+            for alpha in ALPHAS:
+                row = {"model": model, "method": method, "group": group, "synapses": synapses, "alpha": alpha}
+                for metric in ("dkn_activation", "dprob"):
+                    n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
+                                                   synapses=synapses, alpha=alpha)
+                    row.update({"n": n, metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                rows.append(row)
     section = Section(summary={"attention": rows}, tables={"attention": rows})
     for model in cfg.models:
         for method in cfg.methods:

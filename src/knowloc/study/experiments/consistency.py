@@ -38,6 +38,20 @@ def groups(ctx: StudyContext, model: str, method: str) -> dict[str, str]:
     return {fid: ("K_C" if cs >= tau else "K_I") for fid, cs in scores.items()}
 
 
+def grouped_trials(ctx: StudyContext, experiment: str):
+    """(model, method, group, [each K_C or K_I fact's stored trials]) for an experiment's summary."""
+    from knowloc.study.context import trial_key
+
+    trials = ctx.store.trials(experiment)
+    for model in ctx.config.models:
+        for method in ctx.config.methods:
+            split = groups(ctx, model, method)
+            for group in ("K_C", "K_I"):
+                yield model, method, group, [trials[trial_key(model, method, f.fact_id)] for f in ctx.facts[model]
+                                             if split.get(f.fact_id) == group
+                                             and trial_key(model, method, f.fact_id) in trials]
+
+
 def null_scores(ctx: StudyContext, model: str, method: str) -> list[float]:
     """CS of pseudo-facts: for each real fact, each of its templates is filled by another fact of the same
     relation (seeded), so template words are shared but the fact is not."""

@@ -16,7 +16,7 @@ import torch
 
 from knowloc.analysis import relative_change
 from knowloc.models.hooks import hook_sites
-from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key
+from knowloc.study.context import Section, StudyContext, fact_level_ci
 
 INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
 SETS = ("own", "neighbor", "intersection", "random")
@@ -86,23 +86,17 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 def summarize(ctx: StudyContext) -> Section:
     from knowloc.report.figures import grouped_bars
-    from knowloc.study.experiments.consistency import groups
+    from knowloc.study.experiments.consistency import grouped_trials
 
     cfg = ctx.config
-    trials = ctx.store.trials("query-mapping")
     rows = []
-    for model in cfg.models:
-        for method in cfg.methods:
-            split = groups(ctx, model, method)
-            for group in ("K_C", "K_I"):
-                fact_trials = [trials[_key(model, method, f.fact_id)] for f in ctx.facts[model]
-                               if split.get(f.fact_id) == group and _key(model, method, f.fact_id) in trials]
-                for intervention in INTERVENTIONS:
-                    for neurons in SETS:
-                        n, est, lo, hi = fact_level_ci(fact_trials, "dprob", cfg.n_boot, cfg.seed,
-                                                       neurons=neurons, intervention=intervention)
-                        rows.append({"model": model, "method": method, "group": group, "intervention": intervention,
-                                     "neurons": neurons, "n": n, "dprob": est, "ci_low": lo, "ci_high": hi})
+    for model, method, group, fact_trials in grouped_trials(ctx, "query-mapping"):
+        for intervention in INTERVENTIONS:
+            for neurons in SETS:
+                n, est, lo, hi = fact_level_ci(fact_trials, "dprob", cfg.n_boot, cfg.seed,
+                                               neurons=neurons, intervention=intervention)
+                rows.append({"model": model, "method": method, "group": group, "intervention": intervention,
+                             "neurons": neurons, "n": n, "dprob": est, "ci_low": lo, "ci_high": hi})
     section = Section(summary={"query_mapping": rows}, tables={"query_mapping": rows})
     for model in cfg.models:
         for method in cfg.methods:
