@@ -167,6 +167,10 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
           min_known: Optional[int] = typer.Option(None, help="paraphrases a fact must be answered in"),
           candidates: Optional[bool] = typer.Option(None, "--candidates/--no-candidates",
                                                     help="answered = argmax among the relation's objects (LAMA)"),
+          attention_k: Optional[int] = typer.Option(None, help="knowledge synapses per attention row (3)"),
+          attention_layers: Optional[str] = typer.Option(None, help="manipulate KS in layers a-b only"),
+          attention_renormalize: Optional[bool] = typer.Option(None, "--attention-renormalize/--no-attention-renormalize",
+                                                               help="rescale manipulated attention rows to sum 1"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable)"),
           config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys"),
           executor: Optional[str] = typer.Option(None, help="local (default) or ray"),
@@ -183,7 +187,9 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
 
     overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": _split(experiments),
                  "relations": _split(relations), "facts": facts, "seed": seed, "steps": steps, "threshold": threshold,
-                 "tau": tau, "split": split, "min_known": min_known, "candidates": candidates, "out": str(out) if out else None,
+                 "tau": tau, "split": split, "min_known": min_known, "candidates": candidates,
+                 "attention_k": attention_k, "attention_layers": attention_layers,
+                 "attention_renormalize": attention_renormalize, "out": str(out) if out else None,
                  "device": "cuda" if gpu and device is None else device, "dtype": dtype,
                  "progress": False if no_progress else None, "executor": executor, "ray_address": ray_address,
                  "workers": workers, "gpus_per_worker": gpus_per_worker}

@@ -114,3 +114,21 @@ def test_growing_a_study_reuses_stored_work(tmp_path, study_args, monkeypatch):
     run_study(StudyConfig(**study_args(out, experiments=["consistency"], methods=["ig", "amig"])), echo=lambda _: None)
     assert set(calls[first + grown:]) == {"amig"}
     assert full["facts"]["tiny-llama"] > 2
+
+
+def test_attention_options_and_older_stores(tmp_path, study_args):
+    """KS top-k, a layer range and renormalisation are study settings; a store that predates a setting
+    counts as its default."""
+    from knowloc.study.config import StudyConfig as Config
+
+    with pytest.raises(KnowlocError, match="attention-layers"):
+        Config(attention_layers="5-2")
+    out = tmp_path / "attn"
+    args = study_args(out, experiments=["consistency", "attention"], attention_k=2, attention_layers="1-2",
+                      attention_renormalize=True, facts=3)
+    summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    assert summary["config"]["attention_layers"] == "1-2" and summary["attention"]
+    with sqlite3.connect(out / "results.sqlite") as db:
+        db.execute("DELETE FROM config WHERE key = 'attention_k'")  # as if written before the setting existed
+    with pytest.raises(KnowlocError, match="attention_k"):
+        run_study(StudyConfig(**args), echo=lambda _: None)  # stored default 3 != 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from knowloc.attribution.methods import METHODS
@@ -17,7 +17,8 @@ CS_SCORES = ("cs1", "cs2", "csp")
 # at; thresholds that only split or summarize) selects a view of the store, so a later run can reuse and
 # extend an earlier one: e.g. add a method, an experiment or more facts without recomputing anything.
 IDENTITY_KEYS = ("data", "relations", "seed", "steps", "threshold", "min_known", "candidates", "lambda1", "lambda2",
-                 "locality", "ppl_texts", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k")
+                 "locality", "ppl_texts", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k", "attention_k", "attention_layers",
+                 "attention_renormalize")
 # settings that change neither stored values nor the summary
 RUNTIME_KEYS = {"out", "device", "dtype", "progress", "executor", "ray_address", "workers", "gpus_per_worker"}
 
@@ -43,6 +44,9 @@ class StudyConfig:
     lambda2: float = 8.0
     locality: int = 10  # locality prompts per fact
     ppl_texts: int = 5  # neutral sentences for dPPL (each distinct edit runs them once)
+    attention_k: int = 3  # knowledge synapses: top-k attention weights per (layer, head) row
+    attention_layers: str | None = None  # "a-b": manipulate KS only in layers a..b (default: all layers)
+    attention_renormalize: bool = False  # rescale each manipulated attention row to sum to 1
     cas_beta1: float = 1.0
     cas_beta2: float = 1.0
     cas_threshold: float = 0.2  # CAS selection: CAS(u) > t x max CAS
@@ -87,6 +91,10 @@ class StudyConfig:
             raise KnowlocError(f"unknown --cs-score {self.cs_score!r}; choose from {', '.join(CS_SCORES)}")
         if self.split not in ("static", "otsu"):
             raise KnowlocError(f"--split must be static or otsu, got {self.split!r}")
+        if self.attention_k < 1:
+            raise KnowlocError(f"--attention-k must be >= 1, got {self.attention_k}")
+        if self.attention_layers is not None:
+            self.layer_range()
         if self.executor not in ("local", "ray"):
             raise KnowlocError(f"--executor must be local or ray, got {self.executor!r}")
         if self.workers < 1 or self.gpus_per_worker < 0:
@@ -94,9 +102,26 @@ class StudyConfig:
         if self.locality < 1 or self.n_boot < 10 or self.ppl_texts < 1:
             raise KnowlocError("--locality and --ppl-texts must be >= 1 and --n-boot >= 10")
 
+    def layer_range(self) -> tuple[int, int] | None:
+        """(first, last) layer of --attention-layers "a-b", inclusive; None for all layers."""
+        if self.attention_layers is None:
+            return None
+        try:
+            first, last = (int(part) for part in str(self.attention_layers).split("-"))
+        except ValueError:
+            raise KnowlocError(f"--attention-layers must look like 10-20, got {self.attention_layers!r}") from None
+        if not 0 <= first <= last:
+            raise KnowlocError(f"--attention-layers must satisfy 0 <= first <= last, got {self.attention_layers!r}")
+        return first, last
+
     def identity(self) -> dict:
         """The settings that determine stored results; a resume must match them exactly."""
         return {k: getattr(self, k) for k in IDENTITY_KEYS}
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Default values of the identity settings."""
+        return {f.name: f.default for f in fields(cls) if f.name in IDENTITY_KEYS and f.default is not MISSING}
 
     def summary_config(self) -> dict:
         """Everything that shapes summary.json (not where or how it ran)."""

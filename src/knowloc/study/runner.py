@@ -85,7 +85,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
     created = not out.exists()
     try:
         store = Store(out / "results.sqlite")
-        store.check_config(config.identity())
+        store.check_config(config.identity(), defaults=StudyConfig.defaults())
     except KnowlocError:
         if created:
             shutil.rmtree(out, ignore_errors=True)

@@ -60,13 +60,16 @@ class Store:
             raise KnowlocError(f"cannot write results store {self.path}: {exc}") from None
 
     # --- config ---------------------------------------------------------------------------------------------
-    def check_config(self, identity: dict[str, Any]) -> None:
-        """Record the study's identity on first use; refuse a different one later."""
+    def check_config(self, identity: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+        """Record the study's identity on first use; refuse a different one later. A setting the stored study
+        predates counts as its default (`defaults`), so stores of older versions stay usable."""
         stored = dict(self.db.execute("SELECT key, value FROM config").fetchall())
         wanted = {k: json.dumps(v, sort_keys=True) for k, v in identity.items()}
         if not stored:
             self._write("INSERT INTO config VALUES (?, ?)", wanted.items())
             return
+        for key, value in (defaults or {}).items():
+            stored.setdefault(key, json.dumps(value, sort_keys=True))
         diffs = [f"{k}: stored {stored.get(k)} vs now {wanted.get(k)}"
                  for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
         if diffs:

@@ -17,7 +17,12 @@ from knowloc.models.hooks import trace_activations
 from knowloc.study.context import Section, StudyContext, fact_level_ci
 
 ALPHAS = (0.0, 2.0)
-TOP_K = 3
+
+
+def in_layer_range(ctx: StudyContext, synapses: list) -> list:
+    """The synapses inside --attention-layers (all of them by default)."""
+    span = ctx.config.layer_range()
+    return synapses if span is None else [s for s in synapses if span[0] <= s[0] <= span[1]]
 
 
 def subject_span(fact, q: int) -> tuple[int, int]:
@@ -49,7 +54,7 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
     ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
     gold = lm.first_target_token(fact.object)
     rows_att = attention_rows(lm, prompt)
-    synapses = knowledge_synapses(rows_att, k=TOP_K)
+    synapses = in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k))
     positions = subject_token_positions(lm, prompt, subject_span(fact, q))
     related, irrelevant = related_and_irrelevant(synapses, positions, ctx.seed_for("ks", model, fact.fact_id, q),
                                                  n_positions=rows_att.shape[-1])
@@ -59,7 +64,7 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
         for alpha in ALPHAS:
             if not entries:
                 continue
-            with scale_attention(lm, entries, alpha):
+            with scale_attention(lm, entries, alpha, renormalize=ctx.config.attention_renormalize):
                 after, p_after = _measure(lm, ids, neurons, gold)
             out.append({"qidx": q, "synapses": name, "alpha": alpha, "n_synapses": len(entries),
                         "dkn_activation": kn_relative_change(before, after),
@@ -142,12 +147,12 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
         prompt = fact.prompts[q]
         ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
         rows_att = attention_rows(lm, prompt)
-        related, _ = related_and_irrelevant(knowledge_synapses(rows_att, k=TOP_K),
+        related, _ = related_and_irrelevant(in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k)),
                                             subject_token_positions(lm, prompt, subject_span(fact, q)),
                                             ctx.seed_for("ks", model, fact.fact_id, q), n_positions=rows_att.shape[-1])
         gold = lm.first_target_token(fact.object)
         before, _ = _measure(lm, ids, neurons, gold)
-        with scale_attention(lm, related, 0.0):
+        with scale_attention(lm, related, 0.0, renormalize=ctx.config.attention_renormalize):
             after, _ = _measure(lm, ids, neurons, gold)
         out.append({"group": group, "method": method, "prompt": prompt, "subject": fact.subject,
                     "object": fact.object, "neurons": [list(n) for n in neurons], "before": before.tolist(),
