@@ -12,6 +12,11 @@ from knowloc.study.facts import StudyFact
 from knowloc.study.store import Store
 
 
+def slug(name: str) -> str:
+    """A model name or store key as a safe file-name part."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
 def trial_key(model: str, method: str, fact_id: str) -> str:
     """Store key of one fact's trials in one experiment."""
     return f"{model}\t{method}\t{fact_id}"

@@ -14,7 +14,7 @@ import torch
 
 from knowloc.analysis import relative_change
 from knowloc.models.hooks import trace_activations
-from knowloc.study.context import Section, StudyContext, fact_level_ci
+from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
 
 ALPHAS = (0.0, 2.0)
 
@@ -106,9 +106,8 @@ def summarize(ctx: StudyContext) -> Section:
             for alpha in ALPHAS:
                 subset = [r for r in rows if r["model"] == model and r["method"] == method and r["alpha"] == alpha]
                 if any(r["n"] for r in subset):
-                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
                     section.figures.append(grouped_bars(
-                        subset, ctx.figures_dir / f"attention_alpha{alpha:g}_{slug}_{method}.png",
+                        subset, ctx.figures_dir / f"attention_alpha{alpha:g}_{slug(model)}_{method}.png",
                         f"attention x{alpha:g} on knowledge synapses — {model}, {method}", x="group", hue="synapses",
                         value="dkn_activation", low="dkn_activation_ci_low", high="dkn_activation_ci_high",
                         ylabel="relative change of KN activation"))
@@ -165,7 +164,6 @@ def heatmaps(ctx: StudyContext) -> list:
 
     paths = []
     for key, examples in ctx.store.trials("attention-heatmap").items():
-        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
         for ex in examples:
             neurons = [tuple(n) for n in ex["neurons"]]
             layers = sorted({l for l, _ in neurons})
@@ -177,6 +175,6 @@ def heatmaps(ctx: StudyContext) -> list:
                 panels.append({"title": f"{title}: {ex['prompt']}", "matrix": matrix, "row_labels": layers,
                                "col_labels": [f"L{l}#{i}" for l, i in neurons]})
             paths.append(activation_heatmaps(
-                panels, ctx.figures_dir / f"attention_heatmap_{ex['group']}_{slug}.png",
+                panels, ctx.figures_dir / f"attention_heatmap_{ex['group']}_{slug(key)}.png",
                 f"{ex['group']}: KN activations of {ex['subject']} -> {ex['object']} ({key}, {ex['method']})"))
     return paths

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from knowloc.analysis import bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
-from knowloc.study.context import Section, StudyContext, trial_key as _key
+from knowloc.study.context import Section, StudyContext, trial_key as _key, slug
 from knowloc.study.experiments.modification import OPERATIONS, EditSession
 
 SELECTIONS = ("CAS", "N_i", "N_g")
@@ -128,9 +128,8 @@ def summarize(ctx: StudyContext) -> Section:
                 subset = [r for r in rows if r["model"] == model and r["method"] == method
                           and r["operation"] == operation and r["protocol"] == "transductive" and r["budget"] == "free"]
                 if any(r["n"] for r in subset):
-                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
                     section.figures.append(grouped_bars(
-                        subset, ctx.figures_dir / f"cas_{operation}_{slug}_{method}.png",
+                        subset, ctx.figures_dir / f"cas_{operation}_{slug(model)}_{method}.png",
                         f"{operation}: Avg by neuron selection (transductive) — {model}, {method}", x="group",
                         hue="selection", value="avg", low="avg_ci_low", high="avg_ci_high",
                         ylabel="Avg of Rel, Gen, Loc (95% CI)"))

@@ -13,7 +13,7 @@ import numpy as np
 
 from knowloc.analysis import (bootstrap_ci, consistency_scores, otsu_threshold, permutation_test_diff,
                               split_groups, welch_t)
-from knowloc.study.context import Section, StudyContext
+from knowloc.study.context import Section, StudyContext, slug
 
 
 def fact_scores(ctx: StudyContext, model: str, method: str) -> dict[str, float]:
@@ -115,7 +115,7 @@ def summarize(ctx: StudyContext) -> Section:
                 by_relation.setdefault(relation_of[fid], []).append(scores[fid])
             tau_otsu = thresholds(ctx, list(values))["otsu"]
             section.figures.append(violin_cs(
-                by_relation, cfg.tau, tau_otsu, ctx.figures_dir / f"cs_violin_{_slug(model)}_{method}.png",
+                by_relation, cfg.tau, tau_otsu, ctx.figures_dir / f"cs_violin_{slug(model)}_{method}.png",
                 f"{cfg.cs_score.upper()} per relation — {model}, {method}"))
         for kind, flags in in_k_i.items():
             complete = [all(v) for v in flags.values() if len(v) == len(cfg.methods)]
@@ -165,10 +165,6 @@ def heatmap_figures(ctx: StudyContext) -> list:
                                          f"{group} example: {facts[fid].subject} -> {facts[fid].object} "
                                          f"(CS={scores[fid]:.2f}, {method})"))
     return paths
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def _markdown(summary: dict) -> list[str]:

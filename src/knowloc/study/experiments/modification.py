@@ -13,7 +13,7 @@ import random
 import numpy as np
 
 
-from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key
+from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key, slug
 
 OPERATIONS = ("erase", "update")
 NEURON_SETS = ("N_i", "N_g", "N_cap")
@@ -145,9 +145,8 @@ def summarize(ctx: StudyContext) -> Section:
                         for r in rows if r["model"] == model and r["method"] == method and r["operation"] == operation
                         for metric in ("rel", "gen", "loc", "avg")]
                 if long:
-                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
                     section.figures.append(grouped_bars(
-                        long, ctx.figures_dir / f"modification_{operation}_{slug}_{method}.png",
+                        long, ctx.figures_dir / f"modification_{operation}_{slug(model)}_{method}.png",
                         f"{operation}: success rates by neuron set — {model}, {method}", x="metric", hue="neurons",
                         value="value", low="low", high="high", facet="group", ylabel="rate (95% CI over facts)"))
     section.markdown += _markdown(rows, section.summary["modification_counts"])

@@ -16,7 +16,7 @@ import torch
 
 from knowloc.analysis import relative_change
 from knowloc.models.hooks import hook_sites
-from knowloc.study.context import Section, StudyContext, fact_level_ci
+from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
 
 INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
 SETS = ("own", "neighbor", "intersection", "random")
@@ -104,9 +104,8 @@ def summarize(ctx: StudyContext) -> Section:
                 subset = [r for r in rows if r["model"] == model and r["method"] == method
                           and r["intervention"] == intervention]
                 if any(r["n"] for r in subset):
-                    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
                     section.figures.append(grouped_bars(
-                        subset, ctx.figures_dir / f"query_mapping_{intervention}_{slug}_{method}.png",
+                        subset, ctx.figures_dir / f"query_mapping_{intervention}_{slug(model)}_{method}.png",
                         f"{intervention} KNs at q_i's last position — {model}, {method}", x="neurons", hue="group",
                         value="dprob", low="ci_low", high="ci_high", ylabel="relative change of P(gold) on q_i"))
     section.markdown += ["## Query-KN mapping", "",
