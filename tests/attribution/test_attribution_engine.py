@@ -108,3 +108,35 @@ def test_bad_attribution_input(tiny_models, kwargs, message):
     kwargs = dict(kwargs)
     with pytest.raises(KnowlocError, match=message):
         attribute(tiny_models("tiny-gpt2"), kwargs.pop("prompt"), kwargs.pop("target"), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma"])
+def test_recorded_block_arguments_serve_other_queries_of_the_same_shape(tiny_models, name):
+    """Block arguments are recorded once per (prefix length, target length); a different query of that shape
+    reuses them and must still equal the reference, and so must a query of another shape."""
+    lm = tiny_models(name)
+    config = MethodConfig("ig", steps=3)
+    first = lm.encode(PROMPT, "Paris")
+    same_shape = next(enc for enc in (lm.encode(p, "Rome") for p in (
+        "The capital of Italy is", "The capital city of Spain is", "The river in Egypt is", "A dog is",
+        "The language of Brazil is")) if len(enc.input_ids) == len(first.input_ids) and enc != first)
+    other_shape = lm.encode("Paris is the capital of the country called", "France")
+    attribute_fast(lm, first, config)
+    recorded = len(lm._block_args)
+    fast, _ = attribute_fast(lm, same_shape, config)
+    assert len(lm._block_args) == recorded  # reused, not recorded again
+    assert_equivalent(fast, attribute_reference(lm, same_shape, config))
+    fast, _ = attribute_fast(lm, other_shape, config)
+    assert_equivalent(fast, attribute_reference(lm, other_shape, config))
+
+
+@pytest.mark.parametrize("objective", ["prob", "logprob"])
+def test_engine_returns_the_clean_objective(tiny_models, objective):
+    lm = tiny_models("tiny-gemma")
+    enc = lm.encode(PROMPT, "Paris Rome")
+    _, value = attribute_fast(lm, enc, MethodConfig("ig", steps=2, objective=objective))
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0, enc.last_pos:].float()
+    gold = torch.log_softmax(logits, -1)[torch.arange(enc.n_target), list(enc.target_ids)]
+    expected = gold.mean() if objective == "logprob" else gold.exp().mean()
+    assert value == pytest.approx(float(expected), rel=1e-5)

@@ -9,10 +9,11 @@ The batch therefore grows like a staircase from block to block, the unembedding 
 and one backward pass yields every row's gradient with respect to its own patched activation. Parameters
 are frozen, so no parameter gradient is ever formed.
 
-Blocks are re-run with the exact positional/keyword arguments the model itself passed them in a one-row
-capture pass (masks, rotary embeddings, sliding-window layouts), with the cache argument swapped for a
-`_ReplayCache` that serves the recorded prefix keys/values expanded to the batch. This keeps the engine
-family-agnostic: no per-family attention code.
+Blocks are re-run with the exact positional/keyword arguments the model itself passed them in a capture
+pass (masks, rotary embeddings, sliding-window layouts; the blocks run on zero rows there), with the cache
+argument swapped for a `_ReplayCache` that serves the prefix keys/values expanded to the batch. This keeps the
+engine family-agnostic: no per-family attention code. An unpatched clean row, entering at block 0, provides the
+clean residual stream and activations the other rows start from.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 from transformers import DynamicCache
 
-from knowloc.attribution.methods import MethodConfig, baselines, objective
+from knowloc.attribution.methods import MethodConfig, baselines
 from knowloc.models.hooks import hook_module
 from knowloc.models.lm import Encoding, LanguageModel
 
@@ -45,27 +46,15 @@ def _keep_freed_memory() -> bool:
         return False
 
 
-class _RecordingCache(DynamicCache):
-    """A DynamicCache that remembers the full key/value states it returns to each layer."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.returned: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        self.returned[layer_idx] = (keys, values)
-        return keys, values
-
-
 class _ReplayCache:
-    """Serves a block the recorded prefix keys/values (batch 1, expanded) followed by the rows' own."""
+    """Serves a block the prefix keys/values (batch 1, expanded to the rows) followed by the rows' own."""
 
-    def __init__(self, returned: dict[int, tuple[torch.Tensor, torch.Tensor]], n_new: int):
-        self.prefix = {layer: (k[:, :, : k.shape[2] - n_new], v[:, :, : v.shape[2] - n_new])
-                       for layer, (k, v) in returned.items()}
+    def __init__(self, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+        self.prefix = prefix
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx not in self.prefix:  # one-token prompt: no prefix
+            return key_states, value_states
         k_prefix, v_prefix = self.prefix[layer_idx]
         rows = key_states.shape[0]
         keys = torch.cat([k_prefix.expand(rows, -1, -1, -1), key_states], dim=2)
@@ -73,69 +62,109 @@ class _ReplayCache:
         return keys, values
 
 
+def _prefix_states(cache: DynamicCache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The keys/values a cache holds per layer (what its next `update` would prepend; sliding-window layers
+    hold only their window)."""
+    return {i: (layer.keys, layer.values) for i, layer in enumerate(cache.layers)
+            if getattr(layer, "is_initialized", False)}
+
+
 @dataclass
 class Prepared:
-    """Everything the staircase needs about one query, from one prefix pass and one capture pass."""
+    """What the staircase needs about one query: the prefix keys/values and each block's arguments.
+
+    `clean_hidden[b]` (residual stream entering block b, [1, n_new, d]) and `clean_act[b]` (neuron activations
+    at the last prompt position) are filled in by the first staircase chunk's clean row; `clean_hidden[0]`
+    comes from the embedding layer."""
 
     enc: Encoding
-    block_args: list[tuple[tuple, dict]]  # positional / keyword arguments each block received
-    cache: _RecordingCache
-    clean_hidden: list[torch.Tensor]  # residual stream entering each block [1, n_new, d]
-    clean_act: torch.Tensor  # neuron activations at the last prompt position [n_layers, n_neurons]
+    block_args: list[tuple[tuple, dict]]  # each block's arguments, hidden states removed, cache as _CACHE_SLOT
+    replay: _ReplayCache
+    clean_hidden: list[torch.Tensor | None]
+    clean_act: list[torch.Tensor | None]
     target: torch.Tensor  # gold target ids [n_target]
-    prob: float  # objective value of the unmodified query
+
+
+_CACHE_SLOT = object()  # stands for the cache argument in recorded block arguments
+_BLOCK_ARGS_KEPT = 64
+
+
+class _EmbeddingsDone(Exception):
+    """Stops a forward pass once block 0's input is known."""
 
 
 @torch.no_grad()
-def prepare(lm: LanguageModel, enc: Encoding, objective_kind: str = "prob") -> Prepared:
+def prepare(lm: LanguageModel, enc: Encoding) -> Prepared:
+    """One prefix pass (keys/values of positions < P-1) and a capture of the arguments the model gives each
+    block for the new positions.
+
+    Block arguments (masks, rotary embeddings, cache positions) depend only on the positions, so they are
+    recorded by one full pass per (prefix length, new positions, attention implementation) and reused; for
+    other queries of that shape the pass stops after the embeddings. Either way the staircase's clean row does
+    the real computation of the new positions."""
     ids = torch.tensor([enc.input_ids], device=lm.device)
     cut = enc.last_pos
-    cache = _RecordingCache(config=lm.model.config)
+    cache = DynamicCache(config=lm.model.config)
+    backbone = lm.model.base_model  # no unembedding needed here
     if cut > 0:
-        lm.model(input_ids=ids[:, :cut], cache=cache, use_cache=True, logits_to_keep=1)
+        backbone(input_ids=ids[:, :cut], cache=cache, use_cache=True)
+    replay = _ReplayCache(_prefix_states(cache))
+    key = (cut, enc.n_target, lm.model.config._attn_implementation)
+    known = lm._block_args.get(key)
     blocks = lm.blocks
     block_args: list = [None] * len(blocks)
-    acts: list = [None] * len(blocks)
+    clean_hidden: list = [None] * len(blocks)
     handles = []
+
+    def capture(_m, args, kwargs, i):
+        if i == 0:
+            clean_hidden[0] = _hidden_arg(args, kwargs)
+            if known is not None:
+                raise _EmbeddingsDone
+        block_args[i] = _strip(args, kwargs, cache)
+        return _block_inputs(*block_args[i], _hidden_arg(args, kwargs), replay)
+
     try:
         for i, block in enumerate(blocks):
-            def capture(_m, args, kwargs, i=i):
-                block_args[i] = (args, kwargs)
-            handles.append(block.register_forward_pre_hook(capture, with_kwargs=True))
-            module, where = lm.site_module(i)
-            def record(x, i=i):
-                acts[i] = x[0, 0].clone()
-            handles.append(_register(module, where, record))
-        cache.returned.clear()
-        out = lm.model(input_ids=ids[:, cut:], cache=cache, use_cache=True)
+            handles.append(block.register_forward_pre_hook(partial(capture, i=i), with_kwargs=True))
+        backbone(input_ids=ids[:, cut:], cache=cache, use_cache=True)
+    except _EmbeddingsDone:
+        block_args = known
     finally:
         for handle in handles:
             handle.remove()
+    if known is None:
+        if len(lm._block_args) >= _BLOCK_ARGS_KEPT:
+            lm._block_args.pop(next(iter(lm._block_args)))
+        lm._block_args[key] = block_args
     target = torch.tensor(enc.target_ids, device=lm.device)
-    prob = float(objective(out.logits, target, objective_kind)[0])
-    clean_hidden = [_hidden_arg(args, kwargs) for args, kwargs in block_args]
-    return Prepared(enc, block_args, cache, clean_hidden, torch.stack(acts), target, prob)
-
-
-def _register(module, where, fn):
-    if where == "input":
-        return module.register_forward_pre_hook(lambda _m, args: fn(args[0]))
-    return module.register_forward_hook(lambda _m, _a, out: fn(out))
+    return Prepared(enc, block_args, replay, clean_hidden, [None] * len(blocks), target)
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _call_block(block, args: tuple, kwargs: dict, hidden: torch.Tensor, old_cache, new_cache):
-    """Re-run a block on `hidden` with the arguments the model gave it, cache swapped for the replay cache."""
-    swap = lambda v: new_cache if v is old_cache else v  # noqa: E731
+def _strip(args: tuple, kwargs: dict, cache) -> tuple[tuple, dict]:
+    """Recorded block arguments without the hidden states (per query) and with the cache as a placeholder."""
+    slot = lambda v: _CACHE_SLOT if v is cache else v  # noqa: E731
     if args:
-        args = (hidden, *(swap(a) for a in args[1:]))
-    else:
-        kwargs = {**kwargs, "hidden_states": hidden}
-    kwargs = {k: swap(v) for k, v in kwargs.items()}
-    out = block(*args, **kwargs)
+        return (None, *(slot(a) for a in args[1:])), {k: slot(v) for k, v in kwargs.items()}
+    return (), {k: slot(v) for k, v in kwargs.items() if k != "hidden_states"}
+
+
+def _block_inputs(args: tuple, kwargs: dict, hidden: torch.Tensor, cache) -> tuple[tuple, dict]:
+    """Recorded block arguments filled in with the hidden states and the cache."""
+    fill = lambda v: cache if v is _CACHE_SLOT else v  # noqa: E731
+    if args:
+        return (hidden, *(fill(a) for a in args[1:])), {k: fill(v) for k, v in kwargs.items()}
+    return (), {**{k: fill(v) for k, v in kwargs.items()}, "hidden_states": hidden}
+
+
+def _call_block(lm: LanguageModel, prep: Prepared, b: int, hidden: torch.Tensor) -> torch.Tensor:
+    """Re-run block b on `hidden` with the arguments the model gave it, the cache swapped for the replay cache."""
+    args, kwargs = _block_inputs(*prep.block_args[b], hidden, prep.replay)
+    out = lm.blocks[b](*args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -148,66 +177,79 @@ def default_max_rows(lm: LanguageModel, n_new: int, memory_gb: float) -> int:
     return max(1, int(memory_gb * 2**30 // per_row))
 
 
-def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int], x: torch.Tensor,
-                        objective_kind: str, clean_layers: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradients dF/dx [rows, n_neurons] for integration points x [rows, n_neurons], row r patched into layer
-    row_layers[r] at the last prompt position; all rows in one staircase batch.
+@dataclass
+class StaircaseResult:
+    grads: torch.Tensor  # dF/dx of each row [rows, n_neurons], float32
+    clean_grads: torch.Tensor | None  # dF/da^l at the clean point for each clean layer, float32
+    clean_value: float | None  # F of the unmodified query (with the clean row)
 
-    With `clean_layers`, one extra unpatched row carries a zero additive leaf at each of those layers: its
-    gradients are dF/da^l at the clean point (alpha = 1) for all of them at once, which every baseline shares.
-    Returns (gradients of the rows, clean gradients [len(clean_layers), n_neurons] or None)."""
+
+def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int], base: torch.Tensor,
+                        alpha: torch.Tensor, objective_kind: str, clean_layers: list[int] | None = None
+                        ) -> StaircaseResult:
+    """Gradients dF/dx for the integration points x_r = base_r + alpha_r (a^l - base_r) (base [rows, n_neurons],
+    alpha [rows, 1], float32), row r patched into layer l = row_layers[r] at the last prompt position; all rows
+    in one staircase batch.
+
+    With `clean_layers` (the first chunk of a query), one unpatched clean row enters at block 0 and stays
+    row 0: it records the clean residual stream and activations every later row and chunk starts from, gives
+    the clean objective value, and, through a zero additive leaf at each clean layer, dF/da^l at the clean
+    point (alpha = 1) for all of them at once, which every baseline shares."""
     by_layer: dict[int, list[int]] = {}
     for row, layer in enumerate(row_layers):
         by_layer.setdefault(layer, []).append(row)
-    clean_at = {layer: torch.zeros(lm.n_neurons, device=x.device, dtype=x.dtype, requires_grad=True)
-                for layer in clean_layers}
-    replay = _ReplayCache(prep.cache.returned, prep.enc.n_target)
-    blocks = lm.blocks
+    with_clean = clean_layers is not None
+    clean_at = {layer: torch.zeros(lm.n_neurons, device=lm.device, dtype=lm.dtype, requires_grad=True)
+                for layer in clean_layers or ()}
     leaves: list[torch.Tensor] = []
     order: list[int] = []
     hidden = None
     with torch.enable_grad():
-        for b in range(min([*by_layer, *clean_at]), lm.n_layers):
-            args, kwargs = prep.block_args[b]
+        for b in range(0 if with_clean else min(by_layer), lm.n_layers):
             rows = by_layer.get(b, [])
-            if hidden is None and clean_at:  # the clean row enters first and stays row 0
-                hidden = prep.clean_hidden[b]
-            leaf = x[rows].detach().requires_grad_(True) if rows else None
+            if with_clean:
+                if b > 0:  # row 0 is the clean row; +0 leaves do not change its value
+                    prep.clean_hidden[b] = hidden[:1].detach().clone()
+                if hidden is None:
+                    hidden = prep.clean_hidden[0]
+            offset = 0 if hidden is None else hidden.shape[0]
             if rows:
-                leaves.append(leaf)
                 order += rows
                 fresh = prep.clean_hidden[b].expand(len(rows), -1, -1)
-                offset = 0 if hidden is None else hidden.shape[0]
                 hidden = fresh if hidden is None else torch.cat([hidden, fresh])
-            else:
-                offset = hidden.shape[0]
             delta = clean_at.get(b)
 
-            def patch(act: torch.Tensor, leaf=leaf, offset=offset, delta=delta) -> torch.Tensor:
-                # new rows: last prompt position <- leaf; later (target) positions keep their own values
+            def patch(act: torch.Tensor, b=b, rows=rows, offset=offset, delta=delta) -> torch.Tensor | None:
+                if with_clean:
+                    prep.clean_act[b] = act[0, 0].detach().clone()
                 parts = []
                 if delta is not None:  # clean row: + 0, so dF/d(delta) = dF/da^b with later layers free
-                    parts += [torch.cat([act[:1, :1] + delta.to(act.dtype), act[:1, 1:]], dim=1), act[1:offset]]
+                    parts += [torch.cat([act[:1, :1] + delta, act[:1, 1:]], dim=1), act[1:offset]]
                 else:
                     parts.append(act[:offset])
-                if leaf is not None:
-                    parts.append(torch.cat([leaf.unsqueeze(1).to(act.dtype), act[offset:, 1:]], dim=1))
-                return torch.cat(parts)
+                if rows:  # new rows: last prompt position <- x; later (target) positions keep their own values
+                    index = torch.tensor(rows, device=base.device)
+                    row_base, row_alpha = base[index], alpha[index]
+                    x = row_base + row_alpha * (prep.clean_act[b].float() - row_base)
+                    leaf = x.to(act.dtype).requires_grad_(True)
+                    leaves.append(leaf)
+                    parts.append(torch.cat([leaf.unsqueeze(1), act[offset:, 1:]], dim=1))
+                return torch.cat(parts) if delta is not None or rows else None
 
-            if leaf is None and delta is None:
-                hidden = _call_block(blocks[b], args, kwargs, hidden, prep.cache, replay)
+            if not (rows or delta is not None or with_clean):
+                hidden = _call_block(lm, prep, b, hidden)
                 continue
             module, where = lm.site_module(b)
             with hook_module(module, where, patch):
-                hidden = _call_block(blocks[b], args, kwargs, hidden, prep.cache, replay)
-        grad_hidden = _unembedding_gradient(lm, hidden.detach(), prep.target, objective_kind)
+                hidden = _call_block(lm, prep, b, hidden)
+        grad_hidden, value = _unembedding_gradient(lm, hidden.detach(), prep.target, objective_kind)
         deltas = list(clean_at.values())
-        grads = torch.autograd.grad(hidden, leaves + deltas, grad_outputs=grad_hidden)
-    out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        grads = torch.autograd.grad(hidden, leaves + deltas, grad_outputs=grad_hidden) if leaves or deltas else ()
+    out = torch.empty(len(row_layers), lm.n_neurons, device=lm.device, dtype=torch.float32)
     if leaves:
-        out[torch.tensor(order, device=x.device)] = torch.cat(grads[:len(leaves)]).float()
+        out[torch.tensor(order, device=lm.device)] = torch.cat(grads[:len(leaves)]).float()
     clean_grads = torch.stack(grads[len(leaves):]).float() if deltas else None
-    return out, clean_grads
+    return StaircaseResult(out, clean_grads, value if with_clean else None)
 
 
 UNEMBED_CHUNK_BYTES = 256 * 2**20
@@ -224,8 +266,10 @@ def _scratch(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
     return buf[:rows]
 
 
-def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """dF/d(last block output) for every row, with the unembedding's gradient written out by hand.
+def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch.Tensor,
+                         kind: str) -> tuple[torch.Tensor, float]:
+    """dF/d(last block output) for every row, with the unembedding's gradient written out by hand, and F of
+    row 0.
 
     F = mean_t P(o_t) (or log P): dF/dz = c (e_o - p) per target position with c = P(o_t)/T (or 1/T), z the
     logits (times 1 - tanh^2 under Gemma's soft-capping). Logits go into a reused buffer, in row chunks of at
@@ -241,7 +285,8 @@ def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch
     flat = normed.detach().reshape(rows * n_target, -1)
     gold = target.repeat(rows).view(-1, 1)  # the gold id of each (row, target position)
     grad_flat = torch.empty(flat.shape, device=flat.device, dtype=torch.float32)
-    step = max(1, UNEMBED_CHUNK_BYTES // (vocab * 4))
+    step = max(n_target, UNEMBED_CHUNK_BYTES // (vocab * 4))
+    value = None
     for start in range(0, flat.shape[0], step):
         part = flat[start:start + step]
         z = _scratch(part.shape[0], vocab, part.device)
@@ -255,8 +300,15 @@ def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch
         if cap:
             squash = torch.tanh(z / cap)
             z.copy_(squash * cap)
-        z.sub_(z.amax(dim=-1, keepdim=True)).exp_()
-        z.div_(z.sum(dim=-1, keepdim=True))  # z is now the softmax p
+        z.sub_(z.amax(dim=-1, keepdim=True))
+        if start == 0:  # row 0's objective: mean_t of P(o_t) or of log P(o_t) = z_o - logsumexp(z)
+            gold_logit = z[:n_target].gather(-1, gold[:n_target]).squeeze(-1)
+        z.exp_()
+        total = z.sum(dim=-1, keepdim=True)
+        if start == 0:
+            log_p = gold_logit - total[:n_target, 0].log()
+            value = float((log_p if kind == "logprob" else log_p.exp()).mean())
+        z.div_(total)  # z is now the softmax p
         coef = torch.full((part.shape[0], 1), 1.0 / n_target, device=z.device)
         if kind == "prob":
             coef = coef * z.gather(-1, gold[start:start + step])
@@ -265,7 +317,7 @@ def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch
             z.mul_(1 - squash.square())
         grad_flat[start:start + step] = z @ weight.float() if weight.dtype != torch.float32 else torch.mm(z, weight)
     (grad,) = torch.autograd.grad(normed, leaf, grad_outputs=grad_flat.view_as(normed).to(normed.dtype))
-    return grad
+    return grad, value
 
 
 def attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, *, layers: list[int] | None = None,
@@ -279,26 +331,27 @@ def attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, *, la
 
 def _attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, layers: list[int] | None,
                     max_rows: int | None, memory_gb: float) -> tuple[torch.Tensor, float]:
-    prep = prepare(lm, enc, config.objective)
+    prep = prepare(lm, enc)
     base = baselines(lm, enc, config).float()  # [J, L, N]
     n_base, steps = base.shape[0], config.effective_steps
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
     max_rows = max_rows or default_max_rows(lm, enc.n_target, memory_gb)
-    clean = prep.clean_act.float()
     # Units (baseline j, step k, layer l) for k < m, ordered so that a chunk holds whole staircases where it
-    # can. At k = m every baseline's point is the clean activation a, so one clean row (in the first chunk)
+    # can. At k = m every baseline's point is the clean activation a, so the clean row (in the first chunk)
     # gives that step's gradient for every layer and baseline.
     grid = torch.cartesian_prod(torch.arange(n_base), torch.arange(1, steps), torch.tensor(layers)).view(-1, 3)
     grad_sum = torch.zeros(n_base * lm.n_layers, lm.n_neurons, device=lm.device, dtype=torch.float32)
+    prob = float("nan")
     for number, start in enumerate(range(0, max(grid.shape[0], 1), max_rows)):
         j, k, l = grid[start:start + max_rows].to(lm.device).unbind(dim=1)
         alpha = (k.float() / steps).unsqueeze(1)
-        x = base[j, l] + alpha * (clean[l] - base[j, l])
-        grads, at_clean = staircase_gradients(lm, prep, l.tolist(), x.to(lm.dtype), config.objective,
-                                              clean_layers=layers if number == 0 else ())
-        grad_sum.index_add_(0, j * lm.n_layers + l, grads)
-        if at_clean is not None:
-            grad_sum.view(n_base, lm.n_layers, -1)[:, layers] += at_clean
+        result = staircase_gradients(lm, prep, l.tolist(), base[j, l], alpha, config.objective,
+                                     clean_layers=layers if number == 0 else None)
+        grad_sum.index_add_(0, j * lm.n_layers + l, result.grads)
+        if number == 0:
+            grad_sum.view(n_base, lm.n_layers, -1)[:, layers] += result.clean_grads
+            prob = result.clean_value
+    clean = torch.stack(prep.clean_act).float()
     grad_mean = grad_sum.view(n_base, lm.n_layers, lm.n_neurons) / steps
     scores = ((clean.unsqueeze(0) - base) * grad_mean).mean(dim=0)
-    return scores.cpu(), prep.prob
+    return scores.cpu(), prob

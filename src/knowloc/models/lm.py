@@ -50,6 +50,7 @@ class LanguageModel:
     name: str
     site: str = "neuron"
     _baselines: dict = field(default_factory=dict, repr=False)
+    _block_args: dict = field(default_factory=dict, repr=False)  # fast engine: see attribution.engine
 
     @property
     def device(self) -> torch.device:
