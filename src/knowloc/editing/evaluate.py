@@ -15,8 +15,9 @@ Success rules (:mod:`knowloc.analysis.editing_metrics`): erasure succeeds on a q
 token is no longer the argmax AND its probability fell by at least 50% relative; update succeeds when the
 new object's first token ``o'`` is strictly more probable than the gold one ``o``.
 
-Everything that does not depend on the edit is computed once per fact in a :class:`Baseline`, so a trial
-costs three batched forward passes (fact prompts, locality prompts, neutral texts).
+Everything that does not depend on the edit is computed once per fact in a :class:`Baseline`, which also
+records the fact's batches block by block: a trial re-runs only the blocks from its lowest edited layer up
+(:mod:`knowloc.models.replay`), for the fact and locality prompts in one batch and the neutral texts in another.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from knowloc.analysis.editing_metrics import (
 from knowloc.editing.operations import OPERATIONS, Neurons, modified, normalize_neurons
 from knowloc.errors import KnowlocError
 from knowloc.models.lm import LanguageModel
+from knowloc.models.replay import RecordedBatch
 from knowloc.models.scoring import next_token_distributions, pad_right
 
 __all__ = [
@@ -88,14 +90,19 @@ def text_nll(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> t
         if not chunk:
             continue
         ids, mask = pad_right(lm, chunk)
-        logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        targets = ids[:, 1:]
-        keep = mask[:, 1:].bool()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-        nll = nll.view(targets.shape)[keep]
-        nll_sum += float(nll.double().sum())
-        n_tokens += int(keep.sum())
+        chunk_sum, chunk_tokens = _masked_nll(lm.model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+        nll_sum += chunk_sum
+        n_tokens += chunk_tokens
     return nll_sum, n_tokens
+
+
+def _masked_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """Sum of next-token NLLs (nats) over the unpadded positions of a right-padded batch, and their count."""
+    logits = logits[:, :-1].float()
+    targets = ids[:, 1:]
+    keep = mask[:, 1:].bool()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return float(nll.view(targets.shape)[keep].double().sum()), int(keep.sum())
 
 
 def perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> float:
@@ -167,6 +174,41 @@ class Baseline:
     locality_top1: tuple[int, ...]
     neutral_texts: tuple[str, ...]
     ppl: float
+    recorded: FactBatches | None = field(default=None, repr=False, compare=False)
+
+
+class FactBatches:
+    """The sequences a fact's trials measure, as recorded batches (:class:`knowloc.models.replay.RecordedBatch`):
+    the fact's prompts with the locality prompts in one batch, the neutral texts in another (kept apart so that
+    the short prompts are not padded to the texts' length). Under an edit of layers >= L both restart at
+    block L; every measurement is read off the last block's output."""
+
+    def __init__(self, lm: LanguageModel, prompts: tuple[str, ...], locality_prompts: tuple[str, ...],
+                 neutral_texts: tuple[str, ...]):
+        self.lm, self.n_prompts = lm, len(prompts)
+        self.prompts = RecordedBatch(lm, [list(lm.encode(p).prompt_ids) for p in prompts + locality_prompts])
+        texts = [ids for ids in (_text_ids(lm, t) for t in neutral_texts) if len(ids) >= 2]
+        self.texts = RecordedBatch(lm, texts) if texts else None
+        self.has_texts = bool(neutral_texts)
+
+    @torch.no_grad()
+    def measure(self, start: int | None = None) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor,
+                                                        tuple[int, ...], float]:
+        """(probs, top1) of the fact's prompts, of the locality prompts, and the texts' perplexity, with
+        blocks >= `start` re-run (None: the recorded, unedited outputs)."""
+        hidden = self.prompts.output if start is None else self.prompts.run(start)
+        logits = self.lm.logits(self.prompts.last_positions(hidden).unsqueeze(1))[:, 0]
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        top1 = tuple(int(i) for i in torch.topk(probs, 1, dim=-1).indices[:, 0])
+        n = self.n_prompts
+        ppl = math.nan
+        if self.has_texts:
+            if self.texts is None:
+                raise KnowlocError("the texts have no token to predict (each needs at least 2 tokens)")
+            hidden = self.texts.output if start is None else self.texts.run(start)
+            nll_sum, n_tokens = _masked_nll(self.lm.logits(hidden), self.texts.ids, self.texts.mask)
+            ppl = float(perplexity(nll_sum, n_tokens))
+        return probs[:n], top1[:n], probs[n:], top1[n:], ppl
 
 
 @dataclass(frozen=True)
@@ -218,12 +260,11 @@ def compute_baseline(lm: LanguageModel, prompts: Sequence[str], locality_prompts
         raise KnowlocError("a baseline needs a non-empty list of prompts")
     locality_prompts = _as_prompts(locality_prompts, "locality_prompts")
     neutral_texts = _as_prompts(neutral_texts, "neutral_texts")
-    probs, top1 = _distributions(lm, prompts)
-    loc_probs, loc_top1 = _distributions(lm, locality_prompts)
-    ppl = perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
+    recorded = FactBatches(lm, prompts, locality_prompts, neutral_texts)
+    probs, top1, loc_probs, loc_top1, ppl = recorded.measure()
     return Baseline(model_name=lm.name, prompts=prompts, probs=probs, top1=top1,
                     locality_prompts=locality_prompts, locality_probs=loc_probs, locality_top1=loc_top1,
-                    neutral_texts=neutral_texts, ppl=ppl)
+                    neutral_texts=neutral_texts, ppl=ppl, recorded=recorded)
 
 
 def _prob(x: torch.Tensor) -> float:
@@ -276,9 +317,14 @@ def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
 
     with modified(lm, trial.operation, neurons, old_token=gold, new_token=new,
                   lambda1=trial.lambda1, lambda2=trial.lambda2):
-        probs, top1 = _distributions(lm, trial.prompts)
-        loc_probs, loc_top1 = _distributions(lm, locality_prompts)
-        ppl_after = perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
+        if baseline.recorded is not None and baseline.recorded.lm is lm:
+            # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
+            start = min(layer for layer, _ in neurons) if neurons else None
+            probs, top1, loc_probs, loc_top1, ppl_after = baseline.recorded.measure(start)
+        else:
+            probs, top1 = _distributions(lm, trial.prompts)
+            loc_probs, loc_top1 = _distributions(lm, locality_prompts)
+            ppl_after = perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
 
     success: list[bool] = []
     dprob: list[float] = []

@@ -1,0 +1,53 @@
+"""RecordedBatch: re-running blocks >= L from the recorded input equals the full forward pass under an edit."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
+from knowloc.editing.operations import modified
+from knowloc.models.replay import RecordedBatch
+from knowloc.models.tiny import TINY
+
+PROMPTS = ["The capital of France is", "Paris is the capital of", "A dog"]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_replay_from_a_middle_block_equals_the_full_forward(tiny_models, name):
+    lm = tiny_models(name)
+    seqs = [list(lm.encode(p).prompt_ids) for p in PROMPTS]
+    batch = RecordedBatch(lm, seqs)
+    layer = lm.n_layers - 1
+    with torch.no_grad():
+        full = lm.model(input_ids=batch.ids, attention_mask=batch.mask).logits
+        torch.testing.assert_close(lm.logits(batch.output), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lm.logits(batch.run(0)), full, rtol=1e-5, atol=1e-5)
+        with modified(lm, "erase", [(layer, i) for i in range(0, lm.n_neurons, 2)]):
+            edited = lm.model(input_ids=batch.ids, attention_mask=batch.mask).logits
+            hidden = batch.run(layer)
+            replayed = lm.logits(hidden)
+    assert not torch.allclose(edited, full, atol=1e-4)  # the edit matters, so the comparison can fail
+    keep = batch.mask.bool()  # padded positions are never read
+    torch.testing.assert_close(replayed[keep], edited[keep], rtol=1e-5, atol=1e-5)
+    last = batch.last_positions(hidden)
+    lengths = torch.tensor([len(s) for s in seqs])
+    torch.testing.assert_close(lm.logits(last.unsqueeze(1))[:, 0], edited[torch.arange(3), lengths - 1],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("operation", ["erase", "update"])
+def test_recorded_trials_equal_full_forward_trials(tiny_models, operation):
+    lm = tiny_models("tiny-llama")
+    texts = ["The weather is nice today and the sun is out.", "Cats sleep a lot."]
+    locality = ["The river runs through", "My favourite colour is"]
+    baseline = compute_baseline(lm, PROMPTS, locality, texts)
+    plain = dataclasses.replace(baseline, recorded=None)
+    neurons = [(1, 3), (1, 7), (2, 5), (2, 11)]
+    trial = EditTrial(PROMPTS, 0, "Paris", neurons, operation, new_object="Rome", lambda2=50.0)
+    fast = evaluate_trial(lm, trial, baseline, locality, None, texts)
+    slow = evaluate_trial(lm, trial, plain, locality, None, texts)
+    assert fast.success == slow.success and fast.loc == slow.loc
+    assert fast.dprob == pytest.approx(slow.dprob, rel=1e-4, abs=1e-6)
+    assert fast.ppl_after == pytest.approx(slow.ppl_after, rel=1e-5)
+    assert fast.ppl_after != baseline.ppl
