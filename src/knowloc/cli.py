@@ -152,12 +152,18 @@ def data_pararel(download: Path = typer.Option(..., "--download", help="director
     typer.echo(f"ParaRel written to {path}")
 
 
+SweepBeta1 = typer.Option(None, "--sweep-beta1", help="cas-sweep grid, comma-separated (1)")
+SweepBeta2 = typer.Option(None, "--sweep-beta2", help="cas-sweep grid, comma-separated (0,0.5,1,2)")
+SweepThresholds = typer.Option(None, "--sweep-thresholds", help="cas-sweep grid of t, comma-separated "
+                               "(0.1,0.2,0.3,0.5)")
+
+
 @app.command()
 def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="repeat for several models"),
           data: Optional[str] = typer.Option(None, "--data", "-d", help="builtin, pararel:DIR or a JSONL path"),
           methods: Optional[str] = typer.Option(None, help="comma-separated: ig,sig,amig,grad_x_act"),
           experiments: Optional[str] = typer.Option(None, help="comma-separated: consistency,modification,"
-                                                    "query-mapping,attention,cas"),
+                                                    "query-mapping,attention,cas,cas-sweep"),
           relations: Optional[str] = typer.Option(None, help="comma-separated relation ids"),
           facts: Optional[int] = typer.Option(None, help="at most N known facts per model (seeded sample)"),
           seed: Optional[int] = typer.Option(None), steps: Optional[int] = typer.Option(None),
@@ -171,6 +177,12 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
           attention_layers: Optional[str] = typer.Option(None, help="manipulate KS in layers a-b only"),
           attention_renormalize: Optional[bool] = typer.Option(None, "--attention-renormalize/--no-attention-renormalize",
                                                                help="rescale manipulated attention rows to sum 1"),
+          cas_beta1: Optional[float] = typer.Option(None, help="CAS = beta1 mean - beta2 std (1)"),
+          cas_beta2: Optional[float] = typer.Option(None, help="(1)"),
+          cas_threshold: Optional[float] = typer.Option(None, help="CAS selection: CAS > t x max CAS (0.2)"),
+          cas_top_k: Optional[int] = typer.Option(None, help="cap the CAS selection at k neurons"),
+          sweep_beta1: Optional[str] = SweepBeta1, sweep_beta2: Optional[str] = SweepBeta2,
+          sweep_thresholds: Optional[str] = SweepThresholds,
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable)"),
           config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys"),
           executor: Optional[str] = typer.Option(None, help="local (default) or ray"),
@@ -182,9 +194,6 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
           device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
           no_progress: bool = typer.Option(False, "--no-progress")) -> None:
     """Run (or resume) a study: probe, attribute, experiments, outputs in --out."""
-    from knowloc.study.config import StudyConfig
-    from knowloc.study.runner import run_study
-
     overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": _split(experiments),
                  "relations": _split(relations), "facts": facts, "seed": seed, "steps": steps, "threshold": threshold,
                  "tau": tau, "split": split, "min_known": min_known, "candidates": candidates,
@@ -192,7 +201,17 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
                  "attention_renormalize": attention_renormalize, "out": str(out) if out else None,
                  "device": "cuda" if gpu and device is None else device, "dtype": dtype,
                  "progress": False if no_progress else None, "executor": executor, "ray_address": ray_address,
-                 "workers": workers, "gpus_per_worker": gpus_per_worker}
+                 "workers": workers, "gpus_per_worker": gpus_per_worker, "cas_beta1": cas_beta1,
+                 "cas_beta2": cas_beta2, "cas_threshold": cas_threshold, "cas_top_k": cas_top_k,
+                 "cas_sweep_beta1": sweep_beta1, "cas_sweep_beta2": sweep_beta2,
+                 "cas_sweep_thresholds": sweep_thresholds}
+    _run_study(overrides, config, dry_run)
+
+
+def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
+    from knowloc.study.config import StudyConfig
+    from knowloc.study.runner import run_study
+
     if config is not None:
         cfg = StudyConfig.from_toml(config, overrides)
     else:
@@ -203,6 +222,30 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
         print_plan(cfg, echo=typer.echo)
         return
     run_study(cfg, echo=typer.echo)
+
+
+@app.command("cas-sweep")
+def cas_sweep(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="repeat for several models"),
+              data: Optional[str] = typer.Option(None, "--data", "-d", help="builtin, pararel:DIR or a JSONL path"),
+              methods: Optional[str] = typer.Option(None, help="comma-separated: ig,sig,amig,grad_x_act"),
+              relations: Optional[str] = typer.Option(None, help="comma-separated relation ids"),
+              facts: Optional[int] = typer.Option(None, help="at most N known facts per model (seeded sample)"),
+              seed: Optional[int] = typer.Option(None),
+              beta1: Optional[str] = SweepBeta1, beta2: Optional[str] = SweepBeta2,
+              thresholds: Optional[str] = SweepThresholds,
+              out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable; may be "
+                                                 "an earlier study's, whose attributions are reused)"),
+              config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the study's keys"),
+              dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and an estimated time"),
+              device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+              no_progress: bool = typer.Option(False, "--no-progress")) -> None:
+    """Sweep CAS's beta1, beta2 and t: `knowloc study --experiments cas-sweep` with the grid as options;
+    writes the Avg heatmaps and the cas_sweep table into --out."""
+    overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": ["cas-sweep"],
+                 "relations": _split(relations), "facts": facts, "seed": seed, "cas_sweep_beta1": beta1,
+                 "cas_sweep_beta2": beta2, "cas_sweep_thresholds": thresholds, "out": str(out) if out else None,
+                 "device": device, "dtype": dtype, "progress": False if no_progress else None}
+    _run_study(overrides, config, dry_run)
 
 
 @app.command()

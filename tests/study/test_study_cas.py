@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from knowloc.analysis import select_neurons
@@ -29,3 +32,60 @@ def test_matched_budget_and_held_out_members():
     assert chosen["matched"]["N_g"] == chosen["free"]["N_g"][:k]
     union_without_2 = {n for m in (0, 1) for n in select_neurons(stack[m], 0.2)}
     assert set(chosen["free"]["N_g"]) == union_without_2
+
+
+def test_cas_sweep_grid_rows_figures_and_cli(tmp_path, study_args):
+    """The sweep runs on an earlier study's directory (its attributions reused), writes one row per
+    model x method x operation x group x grid point, and a grid point equal to the `cas` defaults reproduces
+    the `cas` experiment's transductive CAS Avg."""
+    import json
+
+    from knowloc.cli import main
+    from knowloc.study.runner import run_study
+
+    out = tmp_path / "study"
+    base = study_args(out, experiments=["consistency", "cas"], cas_sweep_beta2=[0.0, 1.0],
+                      cas_sweep_thresholds=[0.2, 0.6])
+    cas_rows = json.loads(run_study(StudyConfig(**base), echo=lambda _: None).read_text())["cas"]
+    code = main(["cas-sweep", "--model", "tiny-llama", "--data", base["data"], "--methods", "ig", "--seed", "1",
+                 "--sweep-beta2", "0,1", "--sweep-thresholds", "0.2,0.6", "--out", str(out), "--no-progress",
+                 "--config", str(_toml(tmp_path, base))])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["cas_sweep"]
+    groups = {r["group"] for r in rows}
+    assert len(rows) == 2 * len(groups) * 4  # operations x groups x (2 beta2 x 2 t)
+    assert {(r["beta2"], r["t"]) for r in rows} == {(0.0, 0.2), (0.0, 0.6), (1.0, 0.2), (1.0, 0.6)}
+    for r in rows:
+        if r["n"]:
+            assert 0 <= r["avg"] <= 1 and r["avg_ci_low"] <= r["avg"] <= r["avg_ci_high"]
+    # a higher t keeps fewer neurons
+    for op in ("erase", "update"):
+        for g in groups:
+            size = {(r["beta2"], r["t"]): r["n_neurons"] for r in rows if r["operation"] == op and r["group"] == g}
+            if not math.isnan(size[(1.0, 0.6)]):
+                assert size[(1.0, 0.6)] <= size[(1.0, 0.2)]
+    default = {(r["operation"], r["group"]): r["avg"] for r in rows if r["beta2"] == 1.0 and r["t"] == 0.2}
+    for r in cas_rows:
+        if r["selection"] == "CAS" and r["protocol"] == "transductive" and r["budget"] == "free" and r["n"]:
+            assert default[(r["operation"], r["group"])] == pytest.approx(r["avg"])
+    figures = {p.name for p in (out / "figures").glob("cas_sweep_*.png")}
+    assert figures and all(name.endswith("_tiny-llama_ig.png") for name in figures)
+    assert "## CAS sweep" in (out / "summary.md").read_text()
+
+
+def _toml(tmp_path, args: dict):
+    path = tmp_path / "study.toml"
+    keys = ("steps", "candidates", "n_boot", "locality")
+    path.write_text("\n".join(f"{k} = {str(args[k]).lower() if isinstance(args[k], bool) else args[k]}" for k in keys))
+    return path
+
+
+def test_sweep_grid_validation():
+    from knowloc.errors import KnowlocError
+
+    assert StudyConfig(cas_sweep_beta2="0, 0.5,2").cas_sweep_beta2 == [0.0, 0.5, 2.0]
+    for bad in ({"cas_sweep_beta2": "a,b"}, {"cas_sweep_beta1": [-1]}, {"cas_sweep_thresholds": [0.2, 1.5]},
+                {"cas_sweep_thresholds": []}, {"cas_sweep_beta2": [1, 1]}):
+        with pytest.raises(KnowlocError):
+            StudyConfig(**bad)

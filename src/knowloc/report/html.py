@@ -47,7 +47,8 @@ SECTIONS = (
     ("modification", "Modification", "modification", ("modification_",)),
     ("query-mapping", "Query-KN mapping", "query_mapping", ("query_mapping_",)),
     ("attention", "Attention (knowledge synapses)", "attention", ("attention_",)),
-    ("cas", "CAS", "cas", ("cas_",)),
+    ("cas", "CAS", "cas", ("cas_erase", "cas_update")),
+    ("cas-sweep", "CAS sweep", "cas_sweep", ("cas_sweep_",)),
 )
 
 DASH = "\u2013"  # shown for nan / missing values
@@ -473,8 +474,22 @@ def cas_section(summary: dict) -> str:
     return "\n".join(parts)
 
 
+def cas_sweep_section(summary: dict) -> str:
+    return "\n".join([
+        "<p>Avg of erase / update with the CAS selection over a grid of &beta;1, &beta;2 and t (transductive: CAS "
+        "from all neighbor queries, each query edited in turn). Only &beta;2/&beta;1 and t change the selection. "
+        "n: facts where the point selects at least one neuron; n_empty: facts where it selects none.</p>",
+        render_table(summary["cas_sweep"], [
+            text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
+            ("group", ("group",), group_cell, ""), num_col("&beta;1", "beta1", 2), num_col("&beta;2", "beta2", 2),
+            num_col("t", "t", 2), num_col("n", "n"), num_col("n_empty", "n_empty"), ci_col("|S|", "n_neurons", digits=1),
+            *[ci_col(h, k) for h, k in (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))],
+            ci_col("dPPL", "dppl", signed=True)])])
+
+
 RENDERERS = {"consistency": consistency_section, "modification": modification_section,
-             "query-mapping": query_mapping_section, "attention": attention_section, "cas": cas_section}
+             "query-mapping": query_mapping_section, "attention": attention_section, "cas": cas_section,
+             "cas-sweep": cas_sweep_section}
 
 
 # --------------------------------------------------------------------------- per-fact drill-down

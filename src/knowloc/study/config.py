@@ -9,7 +9,7 @@ from pathlib import Path
 from knowloc.attribution.methods import METHODS
 from knowloc.errors import KnowlocError
 
-EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas")
+EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas", "cas-sweep")
 CS_SCORES = ("cs1", "cs2", "csp")
 
 # Settings that determine stored values (probes, attributions, trials): a study directory keeps one set of
@@ -18,7 +18,7 @@ CS_SCORES = ("cs1", "cs2", "csp")
 # extend an earlier one: e.g. add a method, an experiment or more facts without recomputing anything.
 IDENTITY_KEYS = ("data", "relations", "seed", "steps", "threshold", "min_known", "candidates", "lambda1", "lambda2",
                  "locality", "ppl_texts", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k", "attention_k", "attention_layers",
-                 "attention_renormalize")
+                 "attention_renormalize", "cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds")
 # settings that change neither stored values nor the summary
 RUNTIME_KEYS = {"out", "device", "dtype", "progress", "executor", "ray_address", "workers", "gpus_per_worker"}
 
@@ -51,6 +51,10 @@ class StudyConfig:
     cas_beta2: float = 1.0
     cas_threshold: float = 0.2  # CAS selection: CAS(u) > t x max CAS
     cas_top_k: int | None = None
+    # experiment cas-sweep: the grid beta1 x beta2 x t (only beta2 / beta1 and t change the selection)
+    cas_sweep_beta1: list[float] = field(default_factory=lambda: [1.0])
+    cas_sweep_beta2: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
+    cas_sweep_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
     n_boot: int = 1000
     out: str = "runs/study"
     executor: str = "local"  # local | ray
@@ -91,6 +95,12 @@ class StudyConfig:
             raise KnowlocError(f"unknown --cs-score {self.cs_score!r}; choose from {', '.join(CS_SCORES)}")
         if self.split not in ("static", "otsu"):
             raise KnowlocError(f"--split must be static or otsu, got {self.split!r}")
+        for name in ("cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds"):
+            setattr(self, name, _float_list(getattr(self, name), name))
+        if any(b < 0 for b in self.cas_sweep_beta1 + self.cas_sweep_beta2):
+            raise KnowlocError("--sweep-beta1 and --sweep-beta2 values must be >= 0")
+        if any(not 0 <= t <= 1 for t in self.cas_sweep_thresholds):
+            raise KnowlocError("--sweep-thresholds values must be in [0, 1]")
         if self.attention_k < 1:
             raise KnowlocError(f"--attention-k must be >= 1, got {self.attention_k}")
         if self.attention_layers is not None:
@@ -121,7 +131,9 @@ class StudyConfig:
     @classmethod
     def defaults(cls) -> dict:
         """Default values of the identity settings."""
-        return {f.name: f.default for f in fields(cls) if f.name in IDENTITY_KEYS and f.default is not MISSING}
+        return {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(cls) if f.name in IDENTITY_KEYS
+                and (f.default is not MISSING or f.default_factory is not MISSING)}
 
     def summary_config(self) -> dict:
         """Everything that shapes summary.json (not where or how it ran)."""
@@ -153,3 +165,16 @@ class StudyConfig:
             return cls(**raw)
         except TypeError as exc:
             raise KnowlocError(f"config file {path}: {exc}") from None
+
+
+def _float_list(value, name: str) -> list[float]:
+    """A non-empty list of distinct numbers, from a list or a comma-separated string ("0,0.5,1")."""
+    flag = "--" + name.replace("cas_", "").replace("_", "-")
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise KnowlocError(f"{flag} must be a comma-separated list of numbers, got {value!r}") from None
+    if not numbers or len(set(numbers)) != len(numbers) or any(n != n for n in numbers):
+        raise KnowlocError(f"{flag} must be a non-empty list of distinct numbers, got {value!r}")
+    return numbers

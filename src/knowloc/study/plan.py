@@ -13,14 +13,21 @@ from typing import Callable
 
 from knowloc.study.config import StudyConfig
 
-# batched forward passes per trial, per experiment (editing trials: fact prompts, locality prompts, neutral text)
-FORWARDS_PER_TRIAL = {"modification": 3, "cas": 3, "query-mapping": 1, "attention": 2}
+# batched forward passes per trial of the experiments that do not edit weights
+FORWARDS_PER_TRIAL = {"query-mapping": 1, "attention": 2}
 
 
 def _trials(experiment: str, n_queries: int) -> int:
     """Trials per fact with n neighbor queries (see each experiment's fact_work)."""
-    return {"modification": n_queries * 3 * 2, "cas": 2 * n_queries * 5 * 2, "query-mapping": n_queries,
-            "attention": n_queries * 5}.get(experiment, 0)
+    return {"query-mapping": n_queries, "attention": n_queries * 5}.get(experiment, 0)
+
+
+def _edits(experiment: str, n_queries: int, grid_points: int) -> int:
+    """Distinct weight edits per fact (erase and update; an EditSession measures each distinct edit once):
+    modification: N_i per query, N_g, N_cap; cas: CAS, N_i, N_g free and matched, transductive and per held-out
+    paraphrase; cas-sweep: one per grid point at most."""
+    n = n_queries
+    return 2 * {"modification": n + 2, "cas": 7 * n + 3, "cas-sweep": grid_points}.get(experiment, 0)
 
 
 def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict:
@@ -60,10 +67,15 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
             start = time.perf_counter()
             next_token_distributions(lm, [q.text for q in queries] * 3)
             forward = time.perf_counter() - start
+            edit = _edit_seconds(lm, config, [q.text for q in queries])
             avg_q = n_queries / len(known)
-            for experiment, per_trial in FORWARDS_PER_TRIAL.items():
-                if experiment in config.experiments:
-                    seconds = len(known) * len(config.methods) * _trials(experiment, round(avg_q)) * per_trial * forward
+            grid_points = (len(config.cas_sweep_beta1) * len(config.cas_sweep_beta2)
+                           * len(config.cas_sweep_thresholds))
+            for experiment in config.experiments:
+                per_fact = (_trials(experiment, round(avg_q)) * FORWARDS_PER_TRIAL.get(experiment, 0) * forward
+                            + _edits(experiment, round(avg_q), grid_points) * edit)
+                if per_fact:
+                    seconds = len(known) * len(config.methods) * per_fact
                     estimate += seconds
                     lines.append(f"  {experiment}: ~{seconds:.0f} s")
         lines.append(f"  estimated total for {model}: ~{estimate / 60:.1f} min")
@@ -73,3 +85,18 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
     echo(f"estimated total: ~{total / 60:.1f} min on {config.device or 'the default device'} "
          f"(executor {config.executor}); nothing was written")
     return {"estimated_s": total}
+
+
+def _edit_seconds(lm, config: StudyConfig, prompts: list[str]) -> float:
+    """Time of one editing trial (an erase in the middle layer: trials re-run the blocks from the lowest edited
+    layer up, so this is about the average cost)."""
+    from knowloc.data import load_neutral_texts
+    from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
+
+    texts = load_neutral_texts()[: config.ppl_texts]
+    locality = (prompts * config.locality)[: config.locality]
+    baseline = compute_baseline(lm, prompts, locality, texts)
+    trial = EditTrial(prompts, 0, "x", [(lm.n_layers // 2, 0)], "erase")
+    start = time.perf_counter()
+    evaluate_trial(lm, trial, baseline, locality, None, texts)
+    return time.perf_counter() - start

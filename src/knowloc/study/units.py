@@ -14,7 +14,8 @@ import torch
 from knowloc.study.context import StudyContext, trial_key
 
 EXPERIMENT_MODULES = {"consistency": "consistency", "modification": "modification", "query-mapping": "query_mapping",
-                      "attention": "attention", "cas": "cas"}
+                      "attention": "attention", "cas": "cas",
+                      "cas-sweep": "cas_sweep"}
 
 
 def experiment_module(name: str):
