@@ -1,10 +1,5 @@
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -51,42 +46,6 @@ def test_rerun_reuses_store_and_conflict_is_refused(tmp_path, study_args, monkey
     assert run_study(StudyConfig(**study_args(out)), echo=lambda _: None).read_text() == first
     with pytest.raises(KnowlocError, match="another configuration.*threshold"):
         run_study(StudyConfig(**study_args(out, threshold=0.5)), echo=lambda _: None)
-
-
-SCRIPT = """
-import json, sys, torch
-torch.set_num_threads(1)
-from knowloc.study.config import StudyConfig
-from knowloc.study.runner import run_study
-run_study(StudyConfig(**json.loads(sys.argv[1])), echo=lambda _: None)
-"""
-
-
-def _rows(db_path) -> int:
-    try:
-        with sqlite3.connect(db_path, timeout=1) as db:
-            return db.execute("SELECT (SELECT COUNT(*) FROM attributions) + (SELECT COUNT(*) FROM trials)").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
-@pytest.mark.parametrize("kill_after_rows", [1, 9])
-def test_kill_9_then_resume_equals_clean_run(tmp_path, study_args, kill_after_rows):
-    clean = run_study(StudyConfig(**study_args(tmp_path / "clean")), echo=lambda _: None).read_text()
-    out = tmp_path / "killed"
-    args = json.dumps(study_args(out))
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, args], env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while _rows(out / "results.sqlite") < kill_after_rows and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert killed, "the study finished before it could be killed"
-    assert not (out / "summary.json").exists()
-    resumed = run_study(StudyConfig(**study_args(out)), echo=lambda _: None).read_text()
-    assert resumed == clean
 
 
 def test_growing_a_study_reuses_stored_work(tmp_path, study_args, monkeypatch):
