@@ -140,3 +140,23 @@ def test_engine_returns_the_clean_objective(tiny_models, objective):
     gold = torch.log_softmax(logits, -1)[torch.arange(enc.n_target), list(enc.target_ids)]
     expected = gold.mean() if objective == "logprob" else gold.exp().mean()
     assert value == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_chunks_shrink_with_the_prompt_length(tiny_models):
+    """Every row keeps the prefix keys/values of all layers for its backward pass: a longer prompt must get
+    fewer rows per chunk under the same memory bound, and the chunked result stays exact."""
+    from knowloc.attribution.engine import default_max_rows, prepare
+
+    lm = tiny_models("tiny-llama")
+    rows = {}
+    for words in (2, 100):
+        enc = lm.encode(" ".join(["river"] * words), "Paris")
+        prep = prepare(lm, enc)
+        elements = sum(k.numel() + v.numel() for k, v in prep.replay.prefix.values())
+        rows[words] = default_max_rows(lm, enc.n_target, 0.0002, elements)
+    assert rows[100] < rows[2]
+    enc = lm.encode(" ".join(["river"] * 100), "Paris")
+    config = MethodConfig("ig", steps=3)
+    assert rows[100] < 2 * lm.n_layers  # the 3-step run below is split into several chunks
+    fast, _ = attribute_fast(lm, enc, config, memory_gb=0.0002)
+    assert_equivalent(fast, attribute_reference(lm, enc, config))

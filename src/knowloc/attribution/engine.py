@@ -168,12 +168,18 @@ def _call_block(lm: LanguageModel, prep: Prepared, b: int, hidden: torch.Tensor)
     return out[0] if isinstance(out, tuple) else out
 
 
-def default_max_rows(lm: LanguageModel, n_new: int, memory_gb: float) -> int:
-    """Rows per chunk so that activations kept for the backward pass stay under `memory_gb` (an estimate)."""
+def default_max_rows(lm: LanguageModel, n_new: int, memory_gb: float, prefix_elements: int = 0) -> int:
+    """Rows per chunk so that activations kept for the backward pass stay under `memory_gb` (an estimate).
+
+    Per row: the new positions' activations in every block, the logits, and the prefix keys/values of all
+    layers (`prefix_elements`), which each row's attention concatenates and keeps for the backward pass; counted
+    twice for attention's transient copies. This term grows with the prompt length, so long prompts get
+    smaller chunks instead of more memory."""
     config = lm.model.config
     d = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
     vocab = config.vocab_size
-    per_row = (lm.n_layers * n_new * (8 * d + 4 * lm.n_neurons) + 3 * n_new * vocab) * lm.dtype.itemsize
+    per_row = (lm.n_layers * n_new * (8 * d + 4 * lm.n_neurons) + 3 * n_new * vocab
+               + 2 * prefix_elements) * lm.dtype.itemsize
     return max(1, int(memory_gb * 2**30 // per_row))
 
 
@@ -335,7 +341,8 @@ def _attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, laye
     base = baselines(lm, enc, config).float()  # [J, L, N]
     n_base, steps = base.shape[0], config.effective_steps
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
-    max_rows = max_rows or default_max_rows(lm, enc.n_target, memory_gb)
+    prefix_elements = sum(k.numel() + v.numel() for k, v in prep.replay.prefix.values())
+    max_rows = max_rows or default_max_rows(lm, enc.n_target, memory_gb, prefix_elements)
     # Units (baseline j, step k, layer l) for k < m, ordered so that a chunk holds whole staircases where it
     # can. At k = m every baseline's point is the clean activation a, so the clean row (in the first chunk)
     # gives that step's gradient for every layer and baseline.
