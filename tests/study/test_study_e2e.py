@@ -91,3 +91,22 @@ def test_attention_options_and_older_stores(tmp_path, study_args):
         db.execute("DELETE FROM config WHERE key = 'attention_k'")  # as if written before the setting existed
     with pytest.raises(KnowlocError, match="attention_k"):
         run_study(StudyConfig(**args), echo=lambda _: None)  # stored default 3 != 2
+
+
+def test_bf16_study_end_to_end_and_cuda_without_gpu(tmp_path, study_args, capsys):
+    """--dtype bf16 runs the whole pipeline (here on CPU; the same code path as on a GPU); --gpu on a machine
+    without one is a one-line error."""
+    import torch
+
+    from knowloc.cli import main
+
+    out = tmp_path / "bf16"
+    summary = json.loads(run_study(StudyConfig(**study_args(out, dtype="bf16")), echo=lambda _: None).read_text())
+    assert summary["facts"]["tiny-llama"] >= 3 and summary["modification"]
+    erase = [r for r in summary["modification"] if r["operation"] == "erase" and r["neurons"] == "N_i" and r["n"]]
+    assert erase and all(r["dprob_self"] < 0 for r in erase)
+    if not torch.cuda.is_available():
+        code = main(["study", "--gpu", "--model", "tiny-llama", "--out", str(tmp_path / "gpu")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "cuda" in err[0].lower()
+        assert not (tmp_path / "gpu").exists()
