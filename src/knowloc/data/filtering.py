@@ -47,20 +47,20 @@ def probe_facts(lm: LanguageModel, items: list[tuple[Fact, list[Query]]], *, can
             allowed.setdefault(fact.relation, set()).add(gold[fact.object])
         allowed = {rel: torch.tensor(sorted(ids)) for rel, ids in allowed.items()}
     results: list[QueryProbe] = []
-    prompts = [q.text for q in queries]
-    dists = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="probing", unit="batch", disable=not progress):
-        dists += next_token_distributions(lm, prompts[start:start + batch_size], batch_size=batch_size)
-    for query, dist in zip(queries, dists):
-        probs = dist.probs
-        if candidates:
-            masked = torch.zeros_like(probs)
-            ids = allowed[query.fact.relation]
-            masked[ids] = probs[ids]
-            probs = masked
-        target = gold[query.fact.object]
-        rank = int((probs > probs[target]).sum())
-        results.append(QueryProbe(query, rank, float(dist.probs[target]), rank == 0, rank < 5))
+    for start in tqdm(range(0, len(queries), batch_size), desc="probing", unit="batch", disable=not progress):
+        batch = queries[start:start + batch_size]
+        # ranks are taken batch by batch: keeping every full distribution would grow memory with the fact count
+        dists = next_token_distributions(lm, [q.text for q in batch], batch_size=batch_size)
+        for query, dist in zip(batch, dists):
+            probs = dist.probs
+            if candidates:
+                masked = torch.zeros_like(probs)
+                ids = allowed[query.fact.relation]
+                masked[ids] = probs[ids]
+                probs = masked
+            target = gold[query.fact.object]
+            rank = int((probs > probs[target]).sum())
+            results.append(QueryProbe(query, rank, float(dist.probs[target]), rank == 0, rank < 5))
     by_fact: dict[str, FactProbe] = {}
     for fact, _ in items:
         by_fact[fact.id] = FactProbe(fact)
