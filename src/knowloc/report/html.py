@@ -254,6 +254,12 @@ def _auto_columns(rows: list[dict], used: set[str]) -> list[Column]:
     return cols
 
 
+def edit_metric_cols() -> list[Column]:
+    """Rel, Gen, Loc, Avg and dPPL with their intervals: the columns of every editing table."""
+    return [*(ci_col(h, k) for h, k in (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))),
+            ci_col("dPPL", "dppl", signed=True)]
+
+
 def render_table(rows: list[dict], columns: list[Column], extra: bool = True, hide: Iterable[str] = ()) -> str:
     """An HTML table of summary rows; keys no column shows (and not in `hide`) are appended when `extra`."""
     if not rows:
@@ -393,8 +399,7 @@ def consistency_section(summary: dict) -> str:
 
 
 def modification_section(summary: dict) -> str:
-    metrics = [ci_col(h, k) for h, k in (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))]
-    metrics += [ci_col("dPPL", "dppl", signed=True),
+    metrics = [*edit_metric_cols(),
                 num_col("&Delta;p self", "dprob_self", 2, signed=True),
                 num_col("&Delta;p neighbors", "dprob_neighbors", 2, signed=True)]
     table = render_table(summary["modification"], [
@@ -468,9 +473,7 @@ def cas_section(summary: dict) -> str:
                  text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
                  ("group", ("group",), group_cell, ""), text_col("selection", "selection"),
                  text_col("protocol", "protocol"), text_col("budget", "budget"), num_col("n", "n"),
-                 num_col("|S|", "n_neurons", 1), *[ci_col(h, k) for h, k in
-                                                   (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))],
-                 ci_col("dPPL", "dppl", signed=True)])]
+                 num_col("|S|", "n_neurons", 1), *edit_metric_cols()])]
     return "\n".join(parts)
 
 
@@ -483,8 +486,7 @@ def cas_sweep_section(summary: dict) -> str:
             text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
             ("group", ("group",), group_cell, ""), num_col("&beta;1", "beta1", 2), num_col("&beta;2", "beta2", 2),
             num_col("t", "t", 2), num_col("n", "n"), num_col("n_empty", "n_empty"), ci_col("|S|", "n_neurons", digits=1),
-            *[ci_col(h, k) for h, k in (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))],
-            ci_col("dPPL", "dppl", signed=True)])])
+            *edit_metric_cols()])])
 
 
 RENDERERS = {"consistency": consistency_section, "modification": modification_section,
