@@ -4,27 +4,32 @@ Why it is exact: in a causal model, replacing the activation at the last prompt 
 at positions < P-1. So the prompt prefix is run once, and every block's key/value states for it are kept.
 The integration points (layers x baselines x steps) are then packed into one batch of "rows" that carry
 only the positions P-1.. (last prompt token + teacher-forced target tokens), and each row for layer l
-enters the stack at block l with the clean residual stream (nothing below l differs from the clean run).
+joins the stack after block l, from the clean run (nothing below l differs; see `staircase_gradients`).
 The batch therefore grows like a staircase from block to block, the unembedding runs once for all rows,
 and one backward pass yields every row's gradient with respect to its own patched activation. Parameters
 are frozen, so no parameter gradient is ever formed.
 
 Blocks are re-run with the exact positional/keyword arguments the model itself passed them in a capture
-pass (masks, rotary embeddings, sliding-window layouts; the blocks run on zero rows there), with the cache
-argument swapped for a `_ReplayCache` that serves the prefix keys/values expanded to the batch. This keeps the
-engine family-agnostic: no per-family attention code. An unpatched clean row, entering at block 0, provides the
-clean residual stream and activations the other rows start from.
+pass (masks, rotary embeddings, sliding-window layouts), with the cache argument swapped for a `_ReplayCache`
+that holds the prefix keys/values at batch 1 and a registered attention function (`_replay_attention`) that
+reads them from there. This keeps the engine family-agnostic: no per-family attention code. An unpatched clean
+row, entering at block 0, provides the clean residual stream and activations the other rows start from.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from knowloc.attribution.methods import MethodConfig, baselines
 from knowloc.models.hooks import hook_module
@@ -47,19 +52,92 @@ def _keep_freed_memory() -> bool:
 
 
 class _ReplayCache:
-    """Serves a block the prefix keys/values (batch 1, expanded to the rows) followed by the rows' own."""
+    """Serves a block the prefix keys/values (batch 1) before the rows' own.
+
+    Normally `update` returns them concatenated, the prefix expanded to the rows. In split mode (see
+    `_split_attention`) it returns only the rows' own keys/values and `_replay_attention` reads the prefix
+    from here, so the expanded copies are never formed."""
 
     def __init__(self, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]):
         self.prefix = prefix
+        self.split = False
+        self.served = 0  # calls of _replay_attention that used a prefix, to catch attention that bypasses it
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx not in self.prefix:  # one-token prompt: no prefix
+        if layer_idx not in self.prefix or self.split:  # one-token prompt: no prefix
             return key_states, value_states
         k_prefix, v_prefix = self.prefix[layer_idx]
         rows = key_states.shape[0]
         keys = torch.cat([k_prefix.expand(rows, -1, -1, -1), key_states], dim=2)
         values = torch.cat([v_prefix.expand(rows, -1, -1, -1), value_states], dim=2)
         return keys, values
+
+
+_REPLAY_ATTENTION = "knowloc_replay"
+_ACTIVE_REPLAY: ContextVar[_ReplayCache | None] = ContextVar("knowloc_active_replay", default=None)
+
+
+def _replay_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """sdpa's attention for staircase rows, with the prefix keys/values at batch 1.
+
+    query [B, H, Q, D]; key/value [B, G, Q, D] are the rows' own positions (G key/value heads, query head h
+    reads key/value head h // (H/G) as in transformers' repeat_kv). Scores against the prefix are one batched
+    matmul per key/value head over all rows, against the own positions a small matmul per row; one softmax
+    over both. Returns [B, Q, H, D] like transformers' attention functions."""
+    replay = _ACTIVE_REPLAY.get()
+    prefix = replay.prefix.get(module.layer_idx) if replay is not None and replay.split else None
+    if prefix is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    replay.served += 1
+    k_pre, v_pre = prefix
+    rows, heads, n_q, dim = query.shape
+    groups, n_pre = key.shape[1], k_pre.shape[2]
+    if (any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux")) or dropout
+            or (attention_mask is not None and attention_mask.shape[-1] != n_pre + n_q)):
+        keys = torch.cat([k_pre.expand(rows, -1, -1, -1), key], dim=2)
+        values = torch.cat([v_pre.expand(rows, -1, -1, -1), value], dim=2)
+        return sdpa_attention_forward(module, query, keys, values, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    per = heads // groups * n_q  # query rows per key/value head
+    q = query.reshape(rows, groups, per, dim)
+    flat = q.transpose(0, 1).reshape(groups, rows * per, dim)
+    s_pre = torch.bmm(flat, k_pre[0].transpose(1, 2)).view(groups, rows, per, n_pre).transpose(0, 1)
+    s_own = torch.matmul(q, key.transpose(-1, -2))
+    scores = torch.cat([s_pre, s_own], dim=-1).mul_(dim**-0.5 if scaling is None else scaling)
+    scores = scores.view(rows, groups, heads // groups, n_q, n_pre + n_q)
+    if attention_mask is None and n_q > 1:  # causal among the own positions; the prefix is visible to all
+        attention_mask = torch.ones(n_q, n_pre + n_q, dtype=torch.bool, device=query.device).tril(n_pre)
+    if attention_mask is not None:
+        mask = attention_mask.unsqueeze(-3) if attention_mask.dim() == 4 else attention_mask
+        scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask)
+    weights = torch.softmax(scores.float(), dim=-1).to(value.dtype).view(rows, groups, per, n_pre + n_q)
+    w_pre = weights[..., :n_pre].transpose(0, 1).reshape(groups, rows * per, n_pre)
+    out = torch.bmm(w_pre, v_pre[0]).view(groups, rows, per, dim).transpose(0, 1)
+    out = out + torch.matmul(weights[..., n_pre:], value)
+    return out.reshape(rows, heads, n_q, dim).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(_REPLAY_ATTENTION, _replay_attention)
+AttentionMaskInterface.register(_REPLAY_ATTENTION, sdpa_mask)
+
+
+@contextmanager
+def _split_attention(lm: LanguageModel, replay: _ReplayCache) -> Iterator[None]:
+    """Run the staircase's blocks with `_replay_attention` where the model runs sdpa attention (inside
+    `LanguageModel.fast_attention`); otherwise (e.g. Gemma-2's soft-capped eager attention) leave it as is."""
+    config = lm.model.config
+    saved = config._attn_implementation
+    if saved != "sdpa":
+        yield
+        return
+    config._attn_implementation, replay.split = _REPLAY_ATTENTION, True
+    token = _ACTIVE_REPLAY.set(replay)
+    try:
+        yield
+    finally:
+        _ACTIVE_REPLAY.reset(token)
+        config._attn_implementation, replay.split = saved, False
 
 
 def _prefix_states(cache: DynamicCache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -73,16 +151,17 @@ def _prefix_states(cache: DynamicCache) -> dict[int, tuple[torch.Tensor, torch.T
 class Prepared:
     """What the staircase needs about one query: the prefix keys/values and each block's arguments.
 
-    `clean_hidden[b]` (residual stream entering block b, [1, n_new, d]) and `clean_act[b]` (neuron activations
-    at the last prompt position) are filled in by the first staircase chunk's clean row; `clean_hidden[0]`
-    comes from the embedding layer."""
+    `clean_hidden[b]` (residual stream entering block b, [1, n_new, d]), `clean_act[b]` (neuron activations
+    at the last prompt position) and `mlp_residual[b]` are filled in by the first staircase chunk's clean row;
+    `clean_hidden[0]` comes from the embedding layer."""
 
     enc: Encoding
     block_args: list[tuple[tuple, dict]]  # each block's arguments, hidden states removed, cache as _CACHE_SLOT
     replay: _ReplayCache
-    clean_hidden: list[torch.Tensor | None]
+    clean_hidden: list[torch.Tensor | None]  # n_layers + 1 entries, the last one the last block's output
     clean_act: list[torch.Tensor | None]
     target: torch.Tensor  # gold target ids [n_target]
+    mlp_residual: list[torch.Tensor | None] = field(default_factory=list)  # r^l (see staircase_gradients)
 
 
 _CACHE_SLOT = object()  # stands for the cache argument in recorded block arguments
@@ -113,7 +192,7 @@ def prepare(lm: LanguageModel, enc: Encoding) -> Prepared:
     known = lm._block_args.get(key)
     blocks = lm.blocks
     block_args: list = [None] * len(blocks)
-    clean_hidden: list = [None] * len(blocks)
+    clean_hidden: list = [None] * (len(blocks) + 1)
     handles = []
 
     def capture(_m, args, kwargs, i):
@@ -138,7 +217,7 @@ def prepare(lm: LanguageModel, enc: Encoding) -> Prepared:
             lm._block_args.pop(next(iter(lm._block_args)))
         lm._block_args[key] = block_args
     target = torch.tensor(enc.target_ids, device=lm.device)
-    return Prepared(enc, block_args, replay, clean_hidden, [None] * len(blocks), target)
+    return Prepared(enc, block_args, replay, clean_hidden, [None] * len(blocks), target, [None] * len(blocks))
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -163,8 +242,13 @@ def _block_inputs(args: tuple, kwargs: dict, hidden: torch.Tensor, cache) -> tup
 
 def _call_block(lm: LanguageModel, prep: Prepared, b: int, hidden: torch.Tensor) -> torch.Tensor:
     """Re-run block b on `hidden` with the arguments the model gave it, the cache swapped for the replay cache."""
-    args, kwargs = _block_inputs(*prep.block_args[b], hidden, prep.replay)
+    replay = prep.replay
+    args, kwargs = _block_inputs(*prep.block_args[b], hidden, replay)
+    served = replay.served
     out = lm.blocks[b](*args, **kwargs)
+    if replay.split and b in replay.prefix and replay.served == served:
+        raise RuntimeError(f"block {b} of {type(lm.model).__name__} computed attention without the attention "
+                           "interface, so it never saw the prefix keys/values; the fast engine cannot serve it")
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -197,35 +281,45 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
     alpha [rows, 1], float32), row r patched into layer l = row_layers[r] at the last prompt position; all rows
     in one staircase batch.
 
+    At the neuron site (the input of the MLP output projection W_out) a row for layer l joins the batch after
+    block l: block l's output there is the clean one with the MLP term swapped, r^l + tail(W_out x) with
+    r^l = h^{l+1} - tail(W_out a^l) (tail: the identity, or Gemma-2/3's post-feedforward norm). Its attention and
+    first projections would only repeat the clean row's. At the pre-activation site the row runs block l itself.
+
     With `clean_layers` (the first chunk of a query), one unpatched clean row enters at block 0 and stays
-    row 0: it records the clean residual stream and activations every later row and chunk starts from, gives
-    the clean objective value, and, through a zero additive leaf at each clean layer, dF/da^l at the clean
-    point (alpha = 1) for all of them at once, which every baseline shares."""
+    row 0: it records the clean residual stream, activations and r^l that every later row and chunk starts
+    from, gives the clean objective value, and, through a zero additive leaf at each clean layer, dF/da^l at the
+    clean point (alpha = 1) for all of them at once, which every baseline shares."""
     by_layer: dict[int, list[int]] = {}
     for row, layer in enumerate(row_layers):
         by_layer.setdefault(layer, []).append(row)
     with_clean = clean_layers is not None
+    after_block = lm.site == "neuron"
     clean_at = {layer: torch.zeros(lm.n_neurons, device=lm.device, dtype=lm.dtype, requires_grad=True)
                 for layer in clean_layers or ()}
     leaves: list[torch.Tensor] = []
     order: list[int] = []
-    hidden = None
+    hidden = prep.clean_hidden[0] if with_clean else None
+
+    def leaf_for(b: int, rows: list[int], dtype: torch.dtype) -> torch.Tensor:
+        index = torch.tensor(rows, device=base.device)
+        row_base, row_alpha = base[index], alpha[index]
+        leaf = (row_base + row_alpha * (prep.clean_act[b].float() - row_base)).to(dtype).requires_grad_(True)
+        leaves.append(leaf)
+        order.extend(rows)
+        return leaf
+
     with torch.enable_grad():
         for b in range(0 if with_clean else min(by_layer), lm.n_layers):
             rows = by_layer.get(b, [])
-            if with_clean:
-                if b > 0:  # row 0 is the clean row; +0 leaves do not change its value
-                    prep.clean_hidden[b] = hidden[:1].detach().clone()
-                if hidden is None:
-                    hidden = prep.clean_hidden[0]
+            running = [] if after_block else rows  # rows that run block b themselves
             offset = 0 if hidden is None else hidden.shape[0]
-            if rows:
-                order += rows
-                fresh = prep.clean_hidden[b].expand(len(rows), -1, -1)
+            if running:
+                fresh = prep.clean_hidden[b].expand(len(running), -1, -1)
                 hidden = fresh if hidden is None else torch.cat([hidden, fresh])
             delta = clean_at.get(b)
 
-            def patch(act: torch.Tensor, b=b, rows=rows, offset=offset, delta=delta) -> torch.Tensor | None:
+            def patch(act: torch.Tensor, b=b, running=running, offset=offset, delta=delta) -> torch.Tensor | None:
                 if with_clean:
                     prep.clean_act[b] = act[0, 0].detach().clone()
                 parts = []
@@ -233,21 +327,30 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
                     parts += [torch.cat([act[:1, :1] + delta, act[:1, 1:]], dim=1), act[1:offset]]
                 else:
                     parts.append(act[:offset])
-                if rows:  # new rows: last prompt position <- x; later (target) positions keep their own values
-                    index = torch.tensor(rows, device=base.device)
-                    row_base, row_alpha = base[index], alpha[index]
-                    x = row_base + row_alpha * (prep.clean_act[b].float() - row_base)
-                    leaf = x.to(act.dtype).requires_grad_(True)
-                    leaves.append(leaf)
+                if running:  # last prompt position <- x; later (target) positions keep their own values
+                    leaf = leaf_for(b, running, act.dtype)
                     parts.append(torch.cat([leaf.unsqueeze(1), act[offset:, 1:]], dim=1))
-                return torch.cat(parts) if delta is not None or rows else None
+                return torch.cat(parts) if delta is not None or running else None
 
-            if not (rows or delta is not None or with_clean):
-                hidden = _call_block(lm, prep, b, hidden)
-                continue
-            module, where = lm.site_module(b)
-            with hook_module(module, where, patch):
-                hidden = _call_block(lm, prep, b, hidden)
+            if hidden is not None:
+                if running or with_clean:
+                    module, where = lm.site_module(b)
+                    with hook_module(module, where, patch):
+                        hidden = _call_block(lm, prep, b, hidden)
+                else:
+                    hidden = _call_block(lm, prep, b, hidden)
+            if with_clean:  # row 0 is the clean row; +0 leaves do not change its value
+                prep.clean_hidden[b + 1] = hidden[:1].detach().clone()
+                if after_block:
+                    with torch.no_grad():
+                        prep.mlp_residual[b] = prep.clean_hidden[b + 1][0, 0].float() - _mlp_term(
+                            lm, b, prep.clean_act[b].unsqueeze(0))[0].float()
+            if rows and after_block:
+                leaf = leaf_for(b, rows, lm.dtype)
+                first = (prep.mlp_residual[b] + _mlp_term(lm, b, leaf).float()).to(lm.dtype)
+                later = prep.clean_hidden[b + 1][:, 1:].expand(len(rows), -1, -1)
+                joined = torch.cat([first.unsqueeze(1), later], dim=1)
+                hidden = joined if hidden is None else torch.cat([hidden, joined])
         grad_hidden, value = _unembedding_gradient(lm, hidden.detach(), prep.target, objective_kind)
         deltas = list(clean_at.values())
         grads = torch.autograd.grad(hidden, leaves + deltas, grad_outputs=grad_hidden) if leaves or deltas else ()
@@ -256,6 +359,14 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
         out[torch.tensor(order, device=lm.device)] = torch.cat(grads[:len(leaves)]).float()
     clean_grads = torch.stack(grads[len(leaves):]).float() if deltas else None
     return StaircaseResult(out, clean_grads, value if with_clean else None)
+
+
+def _mlp_term(lm: LanguageModel, b: int, act: torch.Tensor) -> torch.Tensor:
+    """What block b adds to the residual stream for neuron activations `act` [rows, n_neurons]:
+    tail(W_out act) (see ArchSpec.mlp_tail)."""
+    block = lm.blocks[b]
+    out = lm.arch.mlp_out(block)(act)
+    return lm.arch.mlp_tail(block)(out) if lm.arch.mlp_tail is not None else out
 
 
 UNEMBED_CHUNK_BYTES = 256 * 2**20
@@ -352,8 +463,9 @@ def _attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, laye
     for number, start in enumerate(range(0, max(grid.shape[0], 1), max_rows)):
         j, k, l = grid[start:start + max_rows].to(lm.device).unbind(dim=1)
         alpha = (k.float() / steps).unsqueeze(1)
-        result = staircase_gradients(lm, prep, l.tolist(), base[j, l], alpha, config.objective,
-                                     clean_layers=layers if number == 0 else None)
+        with _split_attention(lm, prep.replay):
+            result = staircase_gradients(lm, prep, l.tolist(), base[j, l], alpha, config.objective,
+                                         clean_layers=layers if number == 0 else None)
         grad_sum.index_add_(0, j * lm.n_layers + l, result.grads)
         if number == 0:
             grad_sum.view(n_base, lm.n_layers, -1)[:, layers] += result.clean_grads

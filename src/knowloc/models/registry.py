@@ -29,6 +29,8 @@ class ArchSpec:
     value_layout: "row" (Conv1D, weight [n_neurons, d]) or "col" (nn.Linear, weight [d, n_neurons]).
     pre_act(block) -> first FFN projection whose OUTPUT is the pre-activation (anchor hook site).
     attn(block) -> the self-attention module. final_norm(model), unembed(model) -> logits head.
+    mlp_tail(block) -> the module applied to the MLP output before it is added to the residual stream (Gemma-2/3's
+    post-feedforward norm), or None: block output = (everything else) + mlp_tail(mlp_out(activation)).
     """
 
     family: str
@@ -41,6 +43,7 @@ class ArchSpec:
     final_norm: Accessor
     unembed: Accessor
     pre_act_label: str = "gate_proj output (EasyEdit's hook site)"
+    mlp_tail: Accessor | None = None
 
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding (+ Gemma-2/3 logit soft-capping) of the last block's output."""
@@ -100,7 +103,7 @@ register(ArchSpec(
 ))
 
 
-def _llama_like(family: str, *model_types: str) -> ArchSpec:
+def _llama_like(family: str, *model_types: str, mlp_tail: Accessor | None = None) -> ArchSpec:
     """LLaMA, Mistral, Qwen2/3 and Gemma 1/2/3 share the gated-MLP layout model.model.layers[i].mlp.down_proj."""
     return register(ArchSpec(
         family=family, model_types=model_types,
@@ -108,7 +111,7 @@ def _llama_like(family: str, *model_types: str) -> ArchSpec:
         mlp_out=lambda b: b.mlp.down_proj, value_layout="col",
         pre_act=lambda b: b.mlp.gate_proj,
         attn=lambda b: b.self_attn,
-        final_norm=lambda m: m.model.norm, unembed=lambda m: m.lm_head,
+        final_norm=lambda m: m.model.norm, unembed=lambda m: m.lm_head, mlp_tail=mlp_tail,
     ))
 
 
@@ -117,5 +120,5 @@ _llama_like("mistral", "mistral")
 _llama_like("qwen2", "qwen2")
 _llama_like("qwen3", "qwen3")
 _llama_like("gemma", "gemma")
-_llama_like("gemma2", "gemma2")
-_llama_like("gemma3", "gemma3_text")
+_llama_like("gemma2", "gemma2", mlp_tail=lambda b: b.post_feedforward_layernorm)
+_llama_like("gemma3", "gemma3_text", mlp_tail=lambda b: b.post_feedforward_layernorm)
