@@ -322,15 +322,16 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
             def patch(act: torch.Tensor, b=b, running=running, offset=offset, delta=delta) -> torch.Tensor | None:
                 if with_clean:
                     prep.clean_act[b] = act[0, 0].detach().clone()
-                parts = []
-                if delta is not None:  # clean row: + 0, so dF/d(delta) = dF/da^b with later layers free
-                    parts += [torch.cat([act[:1, :1] + delta, act[:1, 1:]], dim=1), act[1:offset]]
-                else:
-                    parts.append(act[:offset])
                 if running:  # last prompt position <- x; later (target) positions keep their own values
                     leaf = leaf_for(b, running, act.dtype)
-                    parts.append(torch.cat([leaf.unsqueeze(1), act[offset:, 1:]], dim=1))
-                return torch.cat(parts) if delta is not None or running else None
+                    act = torch.cat([act[:offset], torch.cat([leaf.unsqueeze(1), act[offset:, 1:]], dim=1)])
+                elif delta is None:
+                    return None
+                else:
+                    act = act.clone()
+                if delta is not None:  # clean row: + 0, so dF/d(delta) = dF/da^b with later layers free
+                    act[0, 0] += delta
+                return act
 
             if hidden is not None:
                 if running or with_clean:
