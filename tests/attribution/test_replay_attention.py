@@ -1,0 +1,113 @@
+"""The engine's replay attention (prefix keys/values kept at batch 1) equals sdpa on the concatenated keys."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from knowloc.attribution import engine
+from knowloc.attribution.methods import MethodConfig
+from knowloc.models.tiny import TINY
+
+LAYER = 3
+
+
+def _inputs(rows: int, heads: int, groups: int, n_q: int, n_pre: int, dim: int = 8, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    query = rand(rows, heads, n_q, dim)
+    key, value = rand(rows, groups, n_q, dim), rand(rows, groups, n_q, dim)
+    prefix = (rand(1, groups, n_pre, dim), rand(1, groups, n_pre, dim))
+    module = SimpleNamespace(layer_idx=LAYER, num_key_value_groups=heads // groups, is_causal=True)
+    return module, query, key, value, prefix
+
+
+def _replayed(module, query, key, value, prefix, mask, **kwargs):
+    replay = engine._ReplayCache({LAYER: prefix})
+    replay.split = True
+    token = engine._ACTIVE_REPLAY.set(replay)
+    try:
+        out, _ = engine._replay_attention(module, query, key, value, mask, **kwargs)
+    finally:
+        engine._ACTIVE_REPLAY.reset(token)
+    assert replay.served == 1
+    return out
+
+
+def _concatenated(module, query, key, value, prefix, mask, **kwargs):
+    rows = query.shape[0]
+    keys = torch.cat([prefix[0].expand(rows, -1, -1, -1), key], dim=2)
+    values = torch.cat([prefix[1].expand(rows, -1, -1, -1), value], dim=2)
+    out, _ = sdpa_attention_forward(module, query, keys, values, mask, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize("heads,groups", [(4, 4), (6, 2), (6, 1)])
+@pytest.mark.parametrize("n_q", [1, 3])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+@pytest.mark.parametrize("scaling", [None, 0.3])
+def test_replay_attention_equals_sdpa_on_concatenated_keys(heads, groups, n_q, mask_kind, scaling):
+    n_pre = 5
+    module, query, key, value, prefix = _inputs(rows=7, heads=heads, groups=groups, n_q=n_q, n_pre=n_pre)
+    causal = torch.ones(n_q, n_pre + n_q, dtype=torch.bool).tril(n_pre)
+    causal[:, 1] = False  # a masked prefix position, as a padding or sliding-window mask has
+    mask = {"none": None, "bool": causal.view(1, 1, n_q, -1),
+            "float": torch.zeros(1, 1, n_q, n_pre + n_q).masked_fill(~causal, float("-inf"))}[mask_kind]
+    reference_mask = mask
+    if mask_kind == "none" and n_q > 1:  # without a mask the replay is causal among its own positions only
+        reference_mask = torch.ones(n_q, n_pre + n_q, dtype=torch.bool).tril(n_pre).view(1, 1, n_q, -1)
+    got = _replayed(module, query, key, value, prefix, mask, scaling=scaling)
+    want = _concatenated(module, query, key, value, prefix, reference_mask, scaling=scaling)
+    assert got.shape == (7, n_q, heads, 8)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_replay_attention_gradients_match():
+    module, query, key, value, prefix = _inputs(rows=5, heads=6, groups=2, n_q=1, n_pre=4)
+    grads = []
+    for fn in (_replayed, _concatenated):
+        leaves = [t.clone().requires_grad_(True) for t in (query, key, value)]
+        out = fn(module, *leaves, prefix, None)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_mask_of_another_length_falls_back_to_the_concatenated_keys():
+    module, query, key, value, prefix = _inputs(rows=3, heads=4, groups=2, n_q=1, n_pre=5)
+    short = torch.ones(1, 1, 1, 4, dtype=torch.bool)  # fits neither layout: sdpa must reject it as before
+    with pytest.raises(RuntimeError):
+        _replayed(module, query, key, value, prefix, short)
+
+
+def test_attention_that_bypasses_the_interface_is_an_error(monkeypatch):
+    """If a family computed attention without the registered function, the rows would silently miss the prefix."""
+    from knowloc.models import load_model
+
+    lm = load_model("tiny-llama")
+    monkeypatch.setitem(AttentionInterface._global_mapping, engine._REPLAY_ATTENTION, sdpa_attention_forward)
+    enc = lm.encode("The capital of France is", "Paris")
+    with pytest.raises(RuntimeError, match="attention interface"):
+        engine.attribute_fast(lm, enc, MethodConfig("ig", 2))
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_sdpa_family_runs_the_staircase_through_the_replay_attention(tiny_models, name, monkeypatch):
+    lm = tiny_models(name)
+    served = []
+    original = engine._call_block
+
+    def spy(lm_, prep, b, hidden):
+        out = original(lm_, prep, b, hidden)
+        served.append(prep.replay.served)
+        return out
+
+    monkeypatch.setattr(engine, "_call_block", spy)
+    engine.attribute_fast(lm, lm.encode("The capital of France is", "Paris"), MethodConfig("ig", 2))
+    if name == "tiny-gemma2":  # soft-capped attention stays eager: prefix copies, no replay attention
+        assert served and max(served) == 0
+    else:
+        assert max(served) >= lm.n_layers  # every block's attention read the prefix through the replay
