@@ -111,3 +111,11 @@ def test_every_sdpa_family_runs_the_staircase_through_the_replay_attention(tiny_
         assert served and max(served) == 0
     else:
         assert max(served) >= lm.n_layers  # every block's attention read the prefix through the replay
+
+
+def test_a_per_head_mask_falls_back_to_sdpa_with_the_same_result():
+    module, query, key, value, prefix = _inputs(rows=3, heads=4, groups=2, n_q=1, n_pre=5)
+    mask = torch.ones(1, 4, 1, 6, dtype=torch.bool)
+    mask[0, 1, 0, 2] = False  # one head masks one prefix position
+    got = _replayed(module, query, key, value, prefix, mask)
+    torch.testing.assert_close(got, _concatenated(module, query, key, value, prefix, mask), rtol=1e-5, atol=1e-6)

@@ -64,7 +64,7 @@ class _ReplayCache:
         self.served = 0  # calls of _replay_attention that used a prefix, to catch attention that bypasses it
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx not in self.prefix or self.split:  # one-token prompt: no prefix
+        if layer_idx not in self.prefix or self.split:  # no prefix (one-token prompt), or the attention reads it
             return key_states, value_states
         k_prefix, v_prefix = self.prefix[layer_idx]
         rows = key_states.shape[0]
@@ -93,8 +93,9 @@ def _replay_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     k_pre, v_pre = prefix
     rows, heads, n_q, dim = query.shape
     groups, n_pre = key.shape[1], k_pre.shape[2]
-    if (any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux")) or dropout
-            or (attention_mask is not None and attention_mask.shape[-1] != n_pre + n_q)):
+    odd_mask = attention_mask is not None and (attention_mask.dim() != 4 or attention_mask.shape[1] != 1
+                                               or attention_mask.shape[-1] != n_pre + n_q)
+    if odd_mask or dropout or any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux")):
         keys = torch.cat([k_pre.expand(rows, -1, -1, -1), key], dim=2)
         values = torch.cat([v_pre.expand(rows, -1, -1, -1), value], dim=2)
         return sdpa_attention_forward(module, query, keys, values, attention_mask, dropout=dropout,
@@ -108,8 +109,8 @@ def _replay_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     scores = scores.view(rows, groups, heads // groups, n_q, n_pre + n_q)
     if attention_mask is None and n_q > 1:  # causal among the own positions; the prefix is visible to all
         attention_mask = torch.ones(n_q, n_pre + n_q, dtype=torch.bool, device=query.device).tril(n_pre)
-    if attention_mask is not None:
-        mask = attention_mask.unsqueeze(-3) if attention_mask.dim() == 4 else attention_mask
+    if attention_mask is not None:  # [batch or 1, 1, Q, P + Q] -> broadcast over the heads of a group
+        mask = attention_mask.unsqueeze(-3)
         scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask)
     weights = torch.softmax(scores.float(), dim=-1).to(value.dtype).view(rows, groups, per, n_pre + n_q)
     w_pre = weights[..., :n_pre].transpose(0, 1).reshape(groups, rows * per, n_pre)
