@@ -104,7 +104,8 @@ def _replay_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     q = query.reshape(rows, groups, per, dim)
     flat = q.transpose(0, 1).reshape(groups, rows * per, dim)
     s_pre = torch.bmm(flat, k_pre[0].transpose(1, 2)).view(groups, rows, per, n_pre).transpose(0, 1)
-    s_own = torch.matmul(q, key.transpose(-1, -2))
+    # one own position (the usual single-token target): a broadcast product beats thousands of tiny matmuls
+    s_own = (q * key).sum(-1, keepdim=True) if n_q == 1 else torch.matmul(q, key.transpose(-1, -2))
     scores = torch.cat([s_pre, s_own], dim=-1).mul_(dim**-0.5 if scaling is None else scaling)
     scores = scores.view(rows, groups, heads // groups, n_q, n_pre + n_q)
     if attention_mask is None and n_q > 1:  # causal among the own positions; the prefix is visible to all
@@ -115,7 +116,8 @@ def _replay_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     weights = torch.softmax(scores.float(), dim=-1).to(value.dtype).view(rows, groups, per, n_pre + n_q)
     w_pre = weights[..., :n_pre].transpose(0, 1).reshape(groups, rows * per, n_pre)
     out = torch.bmm(w_pre, v_pre[0]).view(groups, rows, per, dim).transpose(0, 1)
-    out = out + torch.matmul(weights[..., n_pre:], value)
+    w_own = weights[..., n_pre:]
+    out = out + (w_own * value if n_q == 1 else torch.matmul(w_own, value))
     return out.reshape(rows, heads, n_q, dim).transpose(1, 2).contiguous(), None
 
 
