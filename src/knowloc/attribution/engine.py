@@ -23,7 +23,7 @@ import ctypes.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache, partial
 
 import torch
@@ -163,8 +163,8 @@ class Prepared:
     replay: _ReplayCache
     clean_hidden: list[torch.Tensor | None]  # n_layers + 1 entries, the last one the last block's output
     clean_act: list[torch.Tensor | None]
+    mlp_residual: list[torch.Tensor | None]  # r^l (see staircase_gradients)
     target: torch.Tensor  # gold target ids [n_target]
-    mlp_residual: list[torch.Tensor | None] = field(default_factory=list)  # r^l (see staircase_gradients)
 
 
 _CACHE_SLOT = object()  # stands for the cache argument in recorded block arguments
@@ -220,7 +220,7 @@ def prepare(lm: LanguageModel, enc: Encoding) -> Prepared:
             lm._block_args.pop(next(iter(lm._block_args)))
         lm._block_args[key] = block_args
     target = torch.tensor(enc.target_ids, device=lm.device)
-    return Prepared(enc, block_args, replay, clean_hidden, [None] * len(blocks), target, [None] * len(blocks))
+    return Prepared(enc, block_args, replay, clean_hidden, [None] * len(blocks), [None] * len(blocks), target)
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -464,16 +464,16 @@ def _attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, laye
     grid = torch.cartesian_prod(torch.arange(n_base), torch.arange(1, steps), torch.tensor(layers)).view(-1, 3)
     grad_sum = torch.zeros(n_base * lm.n_layers, lm.n_neurons, device=lm.device, dtype=torch.float32)
     prob = float("nan")
-    for number, start in enumerate(range(0, max(grid.shape[0], 1), max_rows)):
-        j, k, l = grid[start:start + max_rows].to(lm.device).unbind(dim=1)
-        alpha = (k.float() / steps).unsqueeze(1)
-        with _split_attention(lm, prep.replay):
+    with _split_attention(lm, prep.replay):
+        for number, start in enumerate(range(0, max(grid.shape[0], 1), max_rows)):
+            j, k, l = grid[start:start + max_rows].to(lm.device).unbind(dim=1)
+            alpha = (k.float() / steps).unsqueeze(1)
             result = staircase_gradients(lm, prep, l.tolist(), base[j, l], alpha, config.objective,
                                          clean_layers=layers if number == 0 else None)
-        grad_sum.index_add_(0, j * lm.n_layers + l, result.grads)
-        if number == 0:
-            grad_sum.view(n_base, lm.n_layers, -1)[:, layers] += result.clean_grads
-            prob = result.clean_value
+            grad_sum.index_add_(0, j * lm.n_layers + l, result.grads)
+            if number == 0:
+                grad_sum.view(n_base, lm.n_layers, -1)[:, layers] += result.clean_grads
+                prob = result.clean_value
     clean = torch.stack(prep.clean_act).float()
     grad_mean = grad_sum.view(n_base, lm.n_layers, lm.n_neurons) / steps
     scores = ((clean.unsqueeze(0) - base) * grad_mean).mean(dim=0)
