@@ -163,7 +163,7 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
           data: Optional[str] = typer.Option(None, "--data", "-d", help="builtin, pararel:DIR or a JSONL path"),
           methods: Optional[str] = typer.Option(None, help="comma-separated: ig,sig,amig,grad_x_act"),
           experiments: Optional[str] = typer.Option(None, help="comma-separated: consistency,modification,"
-                                                    "query-mapping,attention,cas,cas-sweep"),
+                                                    "query-mapping,attention,cas,cas-sweep,update-sweep"),
           relations: Optional[str] = typer.Option(None, help="comma-separated relation ids"),
           facts: Optional[int] = typer.Option(None, help="at most N known facts per model (seeded sample)"),
           seed: Optional[int] = typer.Option(None), steps: Optional[int] = typer.Option(None),
@@ -183,6 +183,21 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
           cas_top_k: Optional[int] = typer.Option(None, help="cap the CAS selection at k neurons"),
           sweep_beta1: Optional[str] = SweepBeta1, sweep_beta2: Optional[str] = SweepBeta2,
           sweep_thresholds: Optional[str] = SweepThresholds,
+          specificity: Optional[str] = typer.Option(
+              None, help="remove neurons that are KNs of more than this share of fact-free reference prompts from "
+              "every neuron set; 'off' (= 1) keeps them, as the paper (0.1)"),
+          specificity_prompts: Optional[int] = typer.Option(None, help="reference prompts of the specificity "
+                                                            "profile (48)"),
+          update_rule: Optional[str] = typer.Option(None, help="dai, signed or calibrated (calibrated)"),
+          lambda1: Optional[float] = typer.Option(None, help="update: weight of the old object's direction (1)"),
+          lambda2: Optional[float] = typer.Option(None, help="update: weight of the new object's direction "
+                                                  "(default of the rule: dai/signed 8, calibrated 2)"),
+          locality: Optional[int] = typer.Option(None, help="locality prompts per fact (10)"),
+          ppl_texts: Optional[int] = typer.Option(None, help="neutral sentences for dlogPPL (5)"),
+          sweep_lambda2: Optional[str] = typer.Option(None, help="update-sweep lambda2 grid, comma-separated "
+                                                      "(0.25,0.5,1,2,4,8,16)"),
+          sweep_rules: Optional[str] = typer.Option(None, help="update-sweep rules (dai,signed,calibrated)"),
+          sweep_queries: Optional[int] = typer.Option(None, help="update-sweep: edited queries per fact (2)"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable)"),
           config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys"),
           executor: Optional[str] = typer.Option(None, help="local (default) or ray"),
@@ -204,7 +219,11 @@ def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=
                  "workers": workers, "gpus_per_worker": gpus_per_worker, "cas_beta1": cas_beta1,
                  "cas_beta2": cas_beta2, "cas_threshold": cas_threshold, "cas_top_k": cas_top_k,
                  "cas_sweep_beta1": sweep_beta1, "cas_sweep_beta2": sweep_beta2,
-                 "cas_sweep_thresholds": sweep_thresholds}
+                 "cas_sweep_thresholds": sweep_thresholds, "specificity": specificity,
+                 "specificity_prompts": specificity_prompts, "update_rule": update_rule, "lambda1": lambda1,
+                 "lambda2": lambda2, "locality": locality, "ppl_texts": ppl_texts,
+                 "update_sweep_lambda2": sweep_lambda2, "update_sweep_rules": sweep_rules,
+                 "update_sweep_queries": sweep_queries}
     _run_study(overrides, config, dry_run)
 
 

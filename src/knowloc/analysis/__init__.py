@@ -17,17 +17,24 @@ from knowloc.analysis.consistency import (
 )
 from knowloc.analysis.editing_metrics import (
     avg_score,
+    delta_log_ppl,
     delta_ppl,
     erase_success,
     locality_kept,
+    log_perplexity,
     perplexity,
     relative_change,
     update_success,
 )
 from knowloc.analysis.neurons import relative_mask, select_neurons
+from knowloc.analysis.specificity import activation_ratio, kn_frequency, mask_scores, nonspecific_neurons
 from knowloc.analysis.stats import bootstrap_ci, paired_bootstrap_diff, permutation_test_diff, welch_t
 
 __all__ = [
+    "activation_ratio",
+    "kn_frequency",
+    "mask_scores",
+    "nonspecific_neurons",
     "avg_score",
     "bootstrap_ci",
     "cas_components",
@@ -37,10 +44,12 @@ __all__ = [
     "cs_pairwise",
     "cs_share",
     "cs_strict",
+    "delta_log_ppl",
     "delta_ppl",
     "erase_success",
     "jaccard",
     "locality_kept",
+    "log_perplexity",
     "otsu_threshold",
     "paired_bootstrap_diff",
     "perplexity",

@@ -10,7 +10,10 @@ the Rel/Gen/Loc metrics of Yao et al. 2023, "Editing Large Language Models"):
 * relative change ``(after - before) / before`` (nan where ``before == 0``);
 * locality is kept when an unrelated query's prediction is unchanged;
 * the average score is the mean of the available (non-nan) parts of Rel, Gen and Loc;
-* perplexity ``PPL = exp(NLL_sum / n_tokens)`` (natural log) and ``ΔPPL = PPL_after - PPL_before``.
+* perplexity ``PPL = exp(NLL_sum / n_tokens)`` (natural log) and ``ΔPPL = PPL_after - PPL_before``;
+* fluency change ``ΔlogPPL = log(PPL_after / PPL_before) = log PPL_after - log PPL_before``, the change of
+  the mean token NLL: exactly 0 for an unchanged model, finite where PPL itself overflows, and symmetric
+  (a doubling is +0.69, a halving -0.69), so it can be averaged over edits where ΔPPL cannot.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ __all__ = [
     "locality_kept",
     "avg_score",
     "perplexity",
+    "log_perplexity",
     "delta_ppl",
+    "delta_log_ppl",
 ]
 
 ArrayLike = float | np.ndarray | torch.Tensor
@@ -118,13 +123,41 @@ def perplexity(nll_sum: ArrayLike, n_tokens: ArrayLike) -> float | np.ndarray:
     n = to_numpy_f64(n_tokens, "n_tokens")
     if np.any(~(n > 0)):
         raise KnowlocError("n_tokens must be > 0")
-    return _out(np.exp(nll / n))
+    with np.errstate(over="ignore"):  # a wrecked model's PPL is inf; use log_perplexity to compare such
+        return _out(np.exp(nll / n))
 
 
 def delta_ppl(before: ArrayLike, after: ArrayLike) -> float | np.ndarray:
     """``ΔPPL = PPL_after - PPL_before`` (absolute change; positive = the edit hurt fluency)."""
     b = to_numpy_f64(before, "before")
     a = to_numpy_f64(after, "after")
+    try:
+        return _out(np.asarray(a - b))
+    except ValueError as exc:
+        raise KnowlocError("before and after shapes differ") from exc
+
+
+def log_perplexity(nll_sum: ArrayLike, n_tokens: ArrayLike) -> float | np.ndarray:
+    """``log PPL = nll_sum / n_tokens`` (natural log): the mean token NLL, never overflowing.
+
+    Raises:
+        KnowlocError: ``n_tokens <= 0``.
+    """
+    nll = to_numpy_f64(nll_sum, "nll_sum")
+    n = to_numpy_f64(n_tokens, "n_tokens")
+    if np.any(~(n > 0)):
+        raise KnowlocError("n_tokens must be > 0")
+    return _out(nll / n)
+
+
+def delta_log_ppl(log_before: ArrayLike, log_after: ArrayLike) -> float | np.ndarray:
+    """``ΔlogPPL = log PPL_after - log PPL_before = log(PPL_after / PPL_before)`` from log perplexities.
+
+    Exactly 0 when before and after are equal; > 0 means the edit hurt fluency
+    (``log(1000) ≈ 6.91`` is a 1000-fold perplexity).
+    """
+    b = to_numpy_f64(log_before, "log_before")
+    a = to_numpy_f64(log_after, "log_after")
     try:
         return _out(np.asarray(a - b))
     except ValueError as exc:

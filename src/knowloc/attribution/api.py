@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+import torch
 from tqdm.auto import tqdm
 
 from knowloc.attribution.engine import attribute_fast
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.result import Attribution
 from knowloc.errors import KnowlocError
-from knowloc.models.lm import LanguageModel
+from knowloc.models.lm import Encoding, LanguageModel
 
 
 def _prompt_and_target(query_or_prompt, target: str | None) -> tuple[str, str]:
@@ -35,6 +36,38 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
     return Attribution(scores=scores, method=method, steps=config.effective_steps,
                        baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
                        objective=objective, prob=prob)
+
+
+def attribute_next_token(lm: LanguageModel, prompt: str, method: str = "ig", steps: int = 20, *,
+                         objective: str = "prob", baseline_token: str = "eos", reference_prompts=None,
+                         layers: list[int] | None = None, max_rows: int | None = None,
+                         memory_gb: float = 4.0) -> Attribution:
+    """Attribute the model's own top-1 next token after `prompt` (whatever it is, with or without a leading
+    space) to every neuron: what the model uses to continue a prompt that holds no fact.
+
+    Args:
+        lm: a loaded model; prompt: the prompt (trailing whitespace removed); the other arguments as for
+            :func:`attribute`.
+
+    Returns:
+        An :class:`Attribution` whose ``target`` is the decoded token and ``extra["token_id"]`` its id.
+
+    Example:
+        >>> attr = attribute_next_token(lm, "My favourite colour is", method="ig", steps=20)
+        >>> attr.target, attr.neurons(0.2)[:3]
+    """
+    config = MethodConfig(method, steps, objective, baseline_token,
+                          tuple(reference_prompts) if reference_prompts else None)
+    enc = lm.encode(prompt)
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([enc.prompt_ids], device=lm.device)).logits[0, -1]
+    token = int(torch.argmax(logits.float()))
+    scores, prob = attribute_fast(lm, Encoding(enc.prompt_ids, (token,)), config, layers=layers,
+                                  max_rows=max_rows, memory_gb=memory_gb)
+    return Attribution(scores=scores, method=method, steps=config.effective_steps,
+                       baseline=config.describe_baseline(), prompt=prompt.rstrip(),
+                       target=lm.tokenizer.decode([token]), objective=objective, prob=prob,
+                       extra={"token_id": token})
 
 
 def attribute_many(lm: LanguageModel, queries: Iterable, method: str = "ig", steps: int = 20, *,

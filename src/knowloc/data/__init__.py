@@ -13,12 +13,12 @@ Loaders (``knowloc.data.loaders``):
 Download (``knowloc.data.download``):
     ``download_pararel(dest_dir, base_url=DEFAULT_BASE_URL, commit=PINNED_COMMIT, ...)``.
 Texts (``knowloc.data.texts``):
-    ``load_neutral_texts()``, ``load_amig_reference_prompts()``.
+    ``load_neutral_texts()``, ``load_amig_reference_prompts()``, ``load_specificity_prompts()``.
 """
 
 from knowloc.data.download import DEFAULT_BASE_URL, PINNED_COMMIT, download_pararel
 from knowloc.data.loaders import BUILTIN_SPEC, PARAREL_PREFIX, Dataset, load_facts
-from knowloc.data.texts import load_amig_reference_prompts, load_neutral_texts
+from knowloc.data.texts import load_amig_reference_prompts, load_neutral_texts, load_specificity_prompts
 from knowloc.data.types import Fact, Query, is_causal_template, make_prompt, make_query, queries_for
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "load_amig_reference_prompts",
     "load_facts",
     "load_neutral_texts",
+    "load_specificity_prompts",
     "make_prompt",
     "make_query",
     "queries_for",

@@ -5,6 +5,8 @@
 - :func:`load_amig_reference_prompts`: about 20 neutral prompts without factual content, one per
   line and never ending with whitespace (e.g. ``"The weather today is"``), used as reference
   inputs for AMIG-style attributions.
+- :func:`load_specificity_prompts`: 48 fact-free prompts, disjoint from both sets above, whose own next tokens
+  are attributed to find neurons that are "knowledge neurons" for anything (the specificity profile).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from knowloc.errors import KnowlocError
 
 NEUTRAL_TEXT_RESOURCE = "neutral_text.txt"
 AMIG_REFERENCE_RESOURCE = "amig_reference_prompts.txt"
+SPECIFICITY_RESOURCE = "specificity_prompts.txt"
 
 
 def resource_text(name: str) -> str:
@@ -39,3 +42,8 @@ def load_neutral_texts() -> list[str]:
 def load_amig_reference_prompts() -> list[str]:
     """Neutral, fact-free prompts; none ends with whitespace."""
     return _lines(AMIG_REFERENCE_RESOURCE)
+
+
+def load_specificity_prompts() -> list[str]:
+    """Fact-free reference prompts of the neuron specificity profile; none ends with whitespace."""
+    return _lines(SPECIFICITY_RESOURCE)

@@ -10,14 +10,17 @@ from knowloc.editing.evaluate import (
     TrialResult,
     compute_baseline,
     evaluate_trial,
+    log_perplexity_of_texts,
     perplexity_of_texts,
     text_nll,
 )
 from knowloc.editing.operations import (
     OPERATIONS,
+    UPDATE_RULES,
     erase,
     modified,
     normalize_neurons,
+    rule_deltas,
     unembedding_row,
     update,
     update_delta,
@@ -25,6 +28,9 @@ from knowloc.editing.operations import (
 
 __all__ = [
     "OPERATIONS",
+    "UPDATE_RULES",
+    "log_perplexity_of_texts",
+    "rule_deltas",
     "Baseline",
     "EditTrial",
     "TrialResult",

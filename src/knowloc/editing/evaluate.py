@@ -7,7 +7,9 @@ A trial edits a neuron set (erase or update, see :mod:`knowloc.editing.operation
 * ``gen``  -- mean success over the fact's other neighbor queries ``q_j, j != i`` (nan if none);
 * ``loc``  -- share of locality (unrelated) prompts whose argmax next token is unchanged (nan if none);
 * ``avg``  -- mean of the available parts of rel, gen, loc (:func:`knowloc.analysis.avg_score`);
-* ``dppl`` -- perplexity after minus before on the neutral texts (nan if none);
+* ``dlogppl`` -- ``log(PPL_after / PPL_before)`` on the neutral texts (nan if none): the change of the mean
+  token NLL, exactly 0 for an unchanged model and finite even when PPL itself overflows;
+* ``dppl`` -- perplexity after minus before (raw; heavy-tailed, kept for the CSV tables only);
 * ``dprob_self`` / ``dprob_neighbors`` -- relative change ``(after - before) / before`` of the gold
   first-token probability on ``q_i`` / mean over the neighbors.
 
@@ -32,15 +34,18 @@ import torch.nn.functional as F
 
 from knowloc.analysis.editing_metrics import (
     avg_score,
+    delta_log_ppl,
     delta_ppl,
     erase_success,
     locality_kept,
+    log_perplexity,
     perplexity,
     relative_change,
     update_success,
 )
-from knowloc.editing.operations import OPERATIONS, Neurons, modified, normalize_neurons
+from knowloc.editing.operations import OPERATIONS, Neurons, check_rule, modified, normalize_neurons
 from knowloc.errors import KnowlocError
+from knowloc.models.hooks import trace_activations
 from knowloc.models.lm import LanguageModel
 from knowloc.models.replay import RecordedBatch
 from knowloc.models.scoring import next_token_distributions, pad_right
@@ -96,6 +101,18 @@ def text_nll(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> t
     return nll_sum, n_tokens
 
 
+def log_perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> float:
+    """``log PPL = sum of token NLLs / number of predicted tokens`` over all texts (see :func:`text_nll`)."""
+    if isinstance(texts, str):
+        raise KnowlocError("texts must be a list of strings, not one string")
+    if not texts:
+        raise KnowlocError("perplexity needs a non-empty list of texts")
+    nll_sum, n_tokens = text_nll(lm, texts, batch_size)
+    if n_tokens == 0:
+        raise KnowlocError("the texts have no token to predict (each needs at least 2 tokens)")
+    return float(log_perplexity(nll_sum, n_tokens))
+
+
 def _masked_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
     """Sum of next-token NLLs (nats) over the unpadded positions of a right-padded batch, and their count."""
     logits = logits[:, :-1].float()
@@ -107,14 +124,7 @@ def _masked_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> 
 
 def perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> float:
     """``exp(sum of token NLLs / number of predicted tokens)`` over all texts (see :func:`text_nll`)."""
-    if isinstance(texts, str):
-        raise KnowlocError("texts must be a list of strings, not one string")
-    if not texts:
-        raise KnowlocError("perplexity needs a non-empty list of texts")
-    nll_sum, n_tokens = text_nll(lm, texts, batch_size)
-    if n_tokens == 0:
-        raise KnowlocError("the texts have no token to predict (each needs at least 2 tokens)")
-    return float(perplexity(nll_sum, n_tokens))
+    return float(np.exp(log_perplexity_of_texts(lm, texts, batch_size)))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -129,7 +139,9 @@ class EditTrial:
     gold: the fact's object string ``o`` (its first token, of ``" " + gold``, is scored);
     neurons: ``[(layer, index), ...]`` or ``{layer: [index, ...]}``; operation: ``"erase"`` | ``"update"``;
     new_object: for update, the new object ``o'`` (first token of ``" " + new_object``);
-    lambda1 / lambda2: the update coefficients (Dai et al. 2022: 1 and 8).
+    lambda1 / lambda2: the update coefficients (Dai et al. 2022: 1 and 8);
+    update_rule: ``dai`` | ``signed`` | ``calibrated`` (:mod:`knowloc.editing.operations`); the sign-aware rules
+    read each neuron's activation at the last position of ``prompts[index]`` from the baseline.
     """
 
     prompts: Sequence[str]
@@ -140,6 +152,7 @@ class EditTrial:
     new_object: str | None = None
     lambda1: float = 1.0
     lambda2: float = 8.0
+    update_rule: str = "dai"
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str) or not self.prompts:
@@ -154,6 +167,7 @@ class EditTrial:
         if self.operation == "update":
             if not isinstance(self.new_object, str) or not self.new_object.strip():
                 raise KnowlocError("an update trial needs a non-empty new_object")
+            check_rule(self.update_rule)
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,9 @@ class Baseline:
 
     probs: next-token distributions ``[n_prompts, vocab]`` of the fact's prompts;
     locality_probs / locality_top1: distributions ``[n_locality, vocab]`` and argmax tokens of the locality
-    prompts; ppl: perplexity of the neutral texts (nan when there are none).
+    prompts; ppl / logppl: perplexity of the neutral texts and its log (nan when there are none);
+    activations: neuron activations ``[n_prompts, n_layers, n_neurons]`` at each fact prompt's last position
+    (what the sign-aware update rules read).
     """
 
     model_name: str
@@ -174,6 +190,8 @@ class Baseline:
     locality_top1: tuple[int, ...]
     neutral_texts: tuple[str, ...]
     ppl: float
+    logppl: float = math.nan
+    activations: torch.Tensor | None = field(default=None, repr=False, compare=False)
     recorded: FactBatches | None = field(default=None, repr=False, compare=False)
 
 
@@ -186,7 +204,13 @@ class FactBatches:
     def __init__(self, lm: LanguageModel, prompts: tuple[str, ...], locality_prompts: tuple[str, ...],
                  neutral_texts: tuple[str, ...]):
         self.lm, self.n_prompts = lm, len(prompts)
-        self.prompts = RecordedBatch(lm, [list(lm.encode(p).prompt_ids) for p in prompts + locality_prompts])
+        layers = list(range(lm.n_layers))
+        with trace_activations(lm, layers) as acts:
+            self.prompts = RecordedBatch(lm, [list(lm.encode(p).prompt_ids) for p in prompts + locality_prompts])
+        rows = torch.arange(self.n_prompts, device=self.prompts.ids.device)
+        last = torch.tensor(self.prompts.lengths[: self.n_prompts], device=rows.device) - 1
+        # [n_prompts, n_layers, n_neurons] at each fact prompt's last position
+        self.activations = torch.stack([acts[layer][rows, last].float().cpu() for layer in layers], dim=1)
         texts = [ids for ids in (_text_ids(lm, t) for t in neutral_texts) if len(ids) >= 2]
         self.texts = RecordedBatch(lm, texts) if texts else None
         self.has_texts = bool(neutral_texts)
@@ -194,21 +218,21 @@ class FactBatches:
     @torch.no_grad()
     def measure(self, start: int | None = None) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor,
                                                         tuple[int, ...], float]:
-        """(probs, top1) of the fact's prompts, of the locality prompts, and the texts' perplexity, with
+        """(probs, top1) of the fact's prompts, of the locality prompts, and the texts' log perplexity, with
         blocks >= `start` re-run (None: the recorded, unedited outputs)."""
         hidden = self.prompts.output if start is None else self.prompts.run(start)
         logits = self.lm.logits(self.prompts.last_positions(hidden).unsqueeze(1))[:, 0]
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         top1 = tuple(int(i) for i in torch.topk(probs, 1, dim=-1).indices[:, 0])
         n = self.n_prompts
-        ppl = math.nan
+        logppl = math.nan
         if self.has_texts:
             if self.texts is None:
                 raise KnowlocError("the texts have no token to predict (each needs at least 2 tokens)")
             hidden = self.texts.output if start is None else self.texts.run(start)
             nll_sum, n_tokens = _masked_nll(self.lm.logits(hidden), self.texts.ids, self.texts.mask)
-            ppl = float(perplexity(nll_sum, n_tokens))
-        return probs[:n], top1[:n], probs[n:], top1[n:], ppl
+            logppl = float(log_perplexity(nll_sum, n_tokens))
+        return probs[:n], top1[:n], probs[n:], top1[n:], logppl
 
 
 @dataclass(frozen=True)
@@ -226,6 +250,7 @@ class TrialResult:
     dprob_neighbors: float
     operation: str
     n_neurons: int
+    dlogppl: float = math.nan
     success: tuple[bool, ...] = field(default=())
     dprob: tuple[float, ...] = field(default=())
     dprob_locality: float = math.nan
@@ -261,10 +286,16 @@ def compute_baseline(lm: LanguageModel, prompts: Sequence[str], locality_prompts
     locality_prompts = _as_prompts(locality_prompts, "locality_prompts")
     neutral_texts = _as_prompts(neutral_texts, "neutral_texts")
     recorded = FactBatches(lm, prompts, locality_prompts, neutral_texts)
-    probs, top1, loc_probs, loc_top1, ppl = recorded.measure()
+    probs, top1, loc_probs, loc_top1, logppl = recorded.measure()
     return Baseline(model_name=lm.name, prompts=prompts, probs=probs, top1=top1,
                     locality_prompts=locality_prompts, locality_probs=loc_probs, locality_top1=loc_top1,
-                    neutral_texts=neutral_texts, ppl=ppl, recorded=recorded)
+                    neutral_texts=neutral_texts, ppl=_exp(logppl), logppl=logppl,
+                    activations=recorded.activations, recorded=recorded)
+
+
+def _exp(x: float) -> float:
+    """exp without an OverflowError (inf past float range, nan stays nan)."""
+    return float(np.exp(np.float64(x))) if not math.isnan(x) else math.nan
 
 
 def _prob(x: torch.Tensor) -> float:
@@ -314,17 +345,24 @@ def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
         if new == gold:
             raise KnowlocError(f"new object {trial.new_object!r} starts with the same token as {trial.gold!r}")
     neurons = normalize_neurons(lm, trial.neurons)
+    activations = None
+    if trial.operation == "update" and trial.update_rule != "dai":
+        if baseline.activations is None:
+            raise KnowlocError(f"the {trial.update_rule!r} rule needs a baseline from compute_baseline")
+        acts = baseline.activations[trial.index]
+        activations = {(layer, index): float(acts[layer, index]) for layer, index in neurons}
 
-    with modified(lm, trial.operation, neurons, old_token=gold, new_token=new,
-                  lambda1=trial.lambda1, lambda2=trial.lambda2):
+    with modified(lm, trial.operation, neurons, old_token=gold, new_token=new, lambda1=trial.lambda1,
+                  lambda2=trial.lambda2, rule=trial.update_rule, activations=activations):
         if baseline.recorded is not None and baseline.recorded.lm is lm:
             # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
             start = min(layer for layer, _ in neurons) if neurons else None
-            probs, top1, loc_probs, loc_top1, ppl_after = baseline.recorded.measure(start)
+            probs, top1, loc_probs, loc_top1, logppl_after = baseline.recorded.measure(start)
         else:
             probs, top1 = _distributions(lm, trial.prompts)
             loc_probs, loc_top1 = _distributions(lm, locality_prompts)
-            ppl_after = perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
+            logppl_after = log_perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
+    ppl_after = _exp(logppl_after)
 
     success: list[bool] = []
     dprob: list[float] = []
@@ -351,8 +389,9 @@ def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
         dprob_locality = _nanmean(np.atleast_1d(relative_change(baseline.locality_probs[idx, toks],
                                                                 loc_probs[idx, toks])).tolist())
     dppl = float(delta_ppl(baseline.ppl, ppl_after)) if neutral_texts else math.nan
+    dlogppl = float(delta_log_ppl(baseline.logppl, logppl_after)) if neutral_texts else math.nan
     return TrialResult(
-        rel=rel, gen=gen, loc=loc, avg=float(avg_score(rel, gen, loc)), dppl=dppl,
+        rel=rel, gen=gen, loc=loc, avg=float(avg_score(rel, gen, loc)), dppl=dppl, dlogppl=dlogppl,
         dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
         operation=trial.operation, n_neurons=len(neurons), success=tuple(success), dprob=tuple(dprob),
         dprob_locality=dprob_locality, ppl_before=baseline.ppl, ppl_after=ppl_after,

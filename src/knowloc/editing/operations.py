@@ -4,9 +4,19 @@ A neuron is ``(layer, index)``; its value vector ``v_n`` is ``lm.value_vector(la
 GPT-2 ``c_proj`` weight or a column of a LLaMA-style ``down_proj`` weight, see the registry).
 
 * ``erase``:  ``v_n <- 0`` for every neuron ``n`` of the set.
-* ``update``: ``v_n <- v_n - lambda1 * E(o) + lambda2 * E(o')`` for every neuron ``n``, where ``E(t)`` is
-  row ``t`` of the unembedding matrix, ``o`` the old (gold) first token and ``o'`` the new one
-  (Dai et al. 2022, "Knowledge Neurons in Pretrained Transformers", section 5; lambda1 = 1, lambda2 = 8).
+* ``update``: ``v_n <- v_n + dv_n`` for every neuron ``n``, with ``dv_n`` given by the update rule
+  (:data:`UPDATE_RULES`, :func:`rule_deltas`). ``E(t)`` is row ``t`` of the unembedding matrix, ``o`` the old
+  (gold) first token, ``o'`` the new one, ``a_n`` the neuron's activation at the edited query's last position
+  and ``s_n = +1 if a_n >= 0 else -1``:
+
+  - ``dai``:        ``dv_n = -lambda1 * E(o) + lambda2 * E(o')`` (Dai et al. 2022, "Knowledge Neurons in
+    Pretrained Transformers", section 5; lambda1 = 1, lambda2 = 8). Written for BERT, whose knowledge neurons
+    fire positively: where ``a_n < 0`` the edit ``a_n * dv_n`` moves the residual stream *away* from ``o'``.
+  - ``signed``:     ``dv_n = s_n * (-lambda1 * E(o) + lambda2 * E(o'))``: the same change, pointed so that
+    ``a_n * dv_n`` adds ``+|a_n| * (lambda2 E(o') - lambda1 E(o))``. Equals ``dai`` when every ``a_n >= 0``.
+  - ``calibrated``: ``dv_n = s_n * |v_n| * (-lambda1 * E(o)/|E(o)| + lambda2 * E(o')/|E(o')|)``: sign-aware,
+    with unit directions scaled by the norm of the neuron's own value vector, so lambda is relative to it
+    (lambda2 = 1 adds a vector as long as v_n itself).
 
 Every change goes through :func:`knowloc.models.hooks.edit_weights`, which restores the weights
 bit-exactly when its context exits (also on an exception). Nothing else is touched.
@@ -25,6 +35,7 @@ from knowloc.models.hooks import WeightEditor, edit_weights
 from knowloc.models.lm import LanguageModel
 
 OPERATIONS = ("erase", "update")
+UPDATE_RULES = ("dai", "signed", "calibrated")
 
 Neurons = Mapping[int, Iterable[int]] | Iterable[tuple[int, int]]
 
@@ -89,17 +100,61 @@ def unembedding_row(lm: LanguageModel, token: int) -> torch.Tensor:
 
 def update_delta(lm: LanguageModel, old_token: int, new_token: int,
                  lambda1: float = 1.0, lambda2: float = 8.0) -> torch.Tensor:
-    """``-lambda1 * E(o) + lambda2 * E(o')``: what :func:`update` adds to every value vector."""
+    """``-lambda1 * E(o) + lambda2 * E(o')``: what the ``dai`` rule adds to every value vector."""
+    e_old, e_new = _unembedding_pair(lm, old_token, new_token)
+    return -_check_lambda(lambda1, "lambda1") * e_old + _check_lambda(lambda2, "lambda2") * e_new
+
+
+def _unembedding_pair(lm: LanguageModel, old_token: int, new_token: int) -> tuple[torch.Tensor, torch.Tensor]:
     old_token = _check_token(lm, old_token, "old_token")
     new_token = _check_token(lm, new_token, "new_token")
-    lambda1 = _check_lambda(lambda1, "lambda1")
-    lambda2 = _check_lambda(lambda2, "lambda2")
     e_old = unembedding_row(lm, old_token)
     e_new = unembedding_row(lm, new_token)
     width = lm.value_vector(0, 0).shape[0]
     if e_old.shape[0] != width:
         raise KnowlocError(f"unembedding width {e_old.shape[0]} differs from the value-vector width {width}")
-    return -lambda1 * e_old + lambda2 * e_new
+    return e_old, e_new
+
+
+def check_rule(rule: str) -> str:
+    if rule not in UPDATE_RULES:
+        raise KnowlocError(f"unknown update rule {rule!r}; choose from {', '.join(UPDATE_RULES)}")
+    return rule
+
+
+def rule_deltas(values: torch.Tensor, e_old: torch.Tensor, e_new: torch.Tensor, activations: torch.Tensor | None,
+                lambda1: float = 1.0, lambda2: float = 8.0, rule: str = "dai") -> torch.Tensor:
+    """The change ``dv_n`` of every value vector under an update rule (module docstring); pure.
+
+    Args:
+        values: the value vectors ``v_n`` before the edit, ``[k, d]``.
+        e_old, e_new: ``E(o)`` and ``E(o')``, ``[d]``.
+        activations: ``a_n`` at the edited query's last position, ``[k]`` (only their signs are used; needed
+            by ``signed`` and ``calibrated``, ignored by ``dai``).
+        lambda1, lambda2: the coefficients; rule: ``dai``, ``signed`` or ``calibrated``.
+
+    Returns:
+        ``[k, d]`` float32 deltas, in the order of ``values``.
+
+    Example:
+        >>> v = torch.tensor([[3.0, 4.0]]); e_o = torch.tensor([1.0, 0.0]); e_n = torch.tensor([0.0, 2.0])
+        >>> rule_deltas(v, e_o, e_n, torch.tensor([-0.5]), 1.0, 2.0, "calibrated")
+        tensor([[  5., -10.]])
+    """
+    check_rule(rule)
+    lambda1, lambda2 = _check_lambda(lambda1, "lambda1"), _check_lambda(lambda2, "lambda2")
+    values = values.detach().float()
+    e_old, e_new = e_old.detach().float().to(values.device), e_new.detach().float().to(values.device)
+    k = values.shape[0]
+    if rule == "dai":
+        return (-lambda1 * e_old + lambda2 * e_new).expand(k, -1).clone()
+    if activations is None or activations.numel() != k:
+        raise KnowlocError(f"the {rule!r} update rule needs the activation of each of the {k} neurons")
+    signs = torch.where(activations.detach().float().to(values.device) >= 0, 1.0, -1.0).view(k, 1)
+    if rule == "signed":
+        return signs * (-lambda1 * e_old + lambda2 * e_new)
+    direction = -lambda1 * e_old / e_old.norm().clamp_min(1e-12) + lambda2 * e_new / e_new.norm().clamp_min(1e-12)
+    return signs * values.norm(dim=1, keepdim=True) * direction
 
 
 def erase(editor: WeightEditor, neurons: Neurons) -> list[tuple[int, int]]:
@@ -111,27 +166,40 @@ def erase(editor: WeightEditor, neurons: Neurons) -> list[tuple[int, int]]:
 
 
 def update(editor: WeightEditor, lm: LanguageModel, neurons: Neurons, old_token: int, new_token: int,
-           lambda1: float = 1.0, lambda2: float = 8.0) -> list[tuple[int, int]]:
-    """``v_n <- v_n - lambda1 * E(old_token) + lambda2 * E(new_token)`` for every neuron (Dai et al. 2022).
-
-    Every neuron of the (deduplicated) set receives the same delta once; returns the neurons edited.
-    """
+           lambda1: float = 1.0, lambda2: float = 8.0, rule: str = "dai",
+           activations: Mapping[tuple[int, int], float] | None = None) -> list[tuple[int, int]]:
+    """``v_n <- v_n + dv_n`` for every neuron of the (deduplicated) set, ``dv_n`` by ``rule``
+    (:func:`rule_deltas`); ``activations`` maps each neuron to its activation at the edited query's last
+    position (needed by ``signed`` and ``calibrated``). Returns the neurons edited."""
     if editor.lm is not lm:
         raise KnowlocError("the editor belongs to a different model")
-    delta = update_delta(lm, old_token, new_token, lambda1, lambda2)
+    check_rule(rule)
+    e_old, e_new = _unembedding_pair(lm, old_token, new_token)
     pairs = normalize_neurons(lm, neurons)
-    for layer, index in pairs:
+    if not pairs:
+        return pairs
+    values = torch.stack([lm.value_vector(layer, index) for layer, index in pairs])
+    acts = None
+    if rule != "dai":
+        missing = [n for n in pairs if activations is None or n not in activations]
+        if missing:
+            raise KnowlocError(f"the {rule!r} update rule needs the activations of the edited neurons "
+                               f"(missing for {missing[0]})")
+        acts = torch.tensor([float(activations[n]) for n in pairs])  # type: ignore[index]
+    deltas = rule_deltas(values, e_old, e_new, acts, lambda1, lambda2, rule)
+    for (layer, index), delta in zip(pairs, deltas):
         editor.add_value(layer, index, delta)
     return pairs
 
 
 @contextmanager
 def modified(lm: LanguageModel, operation: str, neurons: Neurons, old_token: int | None = None,
-             new_token: int | None = None, lambda1: float = 1.0, lambda2: float = 8.0) -> Iterator[WeightEditor]:
+             new_token: int | None = None, lambda1: float = 1.0, lambda2: float = 8.0, rule: str = "dai",
+             activations: Mapping[tuple[int, int], float] | None = None) -> Iterator[WeightEditor]:
     """Run the body with the edit applied; the weights are restored bit-exactly on exit.
 
     ``operation`` is ``"erase"`` (token arguments ignored) or ``"update"`` (needs ``old_token`` and
-    ``new_token``). Yields the ``WeightEditor``.
+    ``new_token``; ``rule`` and ``activations`` as in :func:`update`). Yields the ``WeightEditor``.
     """
     if operation not in OPERATIONS:
         raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {operation!r}")
@@ -139,9 +207,10 @@ def modified(lm: LanguageModel, operation: str, neurons: Neurons, old_token: int
         # validate before touching the weights
         old_token = _check_token(lm, old_token, "old_token")
         new_token = _check_token(lm, new_token, "new_token")
+        check_rule(rule)
     with edit_weights(lm) as editor:
         if operation == "erase":
             erase(editor, neurons)
         else:
-            update(editor, lm, neurons, old_token, new_token, lambda1, lambda2)
+            update(editor, lm, neurons, old_token, new_token, lambda1, lambda2, rule, activations)
         yield editor

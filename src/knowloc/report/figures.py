@@ -31,7 +31,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from knowloc.errors import KnowlocError  # noqa: E402
 
-__all__ = ["activation_heatmaps", "grouped_bars", "heatmap_grid", "line_plot", "violin_cs"]
+__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "line_plot", "specificity_scatter",
+           "violin_cs"]
 
 DPI = 120
 PathLike = str | os.PathLike[str]
@@ -648,4 +649,109 @@ def heatmap_grid(
         ax.set_ylabel(ylabel)
         ax.set_title(_wrap(title, max(40, int(width * 10))))
         fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- 6. specificity_scatter
+
+
+def specificity_scatter(ref_frequency: Any, activation_ratio: Any, fact_frequency: Any, threshold: float,
+                        path: PathLike, title: str, label_top: int = 8) -> Path:
+    """Reference KN frequency (x) against activation ratio (y, log scale) of every neuron that is a KN of
+    some reference prompt or studied query; colour = KN frequency over the studied queries.
+
+    Args:
+        ref_frequency, activation_ratio: ``[n_layers, n_neurons]`` arrays (see
+            :mod:`knowloc.analysis.specificity`).
+        fact_frequency: ``[n_layers, n_neurons]`` share of the studied queries, or None (drawn as 0).
+        threshold: the specificity threshold F (a dashed vertical line; none when F >= 1).
+        path: where to write the PNG; title: figure title; label_top: neurons labelled "L#i", the most
+            frequent on the reference prompts.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: arrays of different shapes or not 2-D.
+    """
+    out = _check_path(path)
+    ref = _matrix(ref_frequency, "ref_frequency")
+    ratio = np.asarray(activation_ratio, dtype=float)
+    facts = np.zeros_like(ref) if fact_frequency is None else np.asarray(fact_frequency, dtype=float)
+    if ratio.shape != ref.shape or facts.shape != ref.shape:
+        raise KnowlocError(f"specificity arrays differ in shape: {ref.shape}, {ratio.shape}, {facts.shape}")
+    shown = (ref > 0) | (facts > 0)
+    layers, indices = np.nonzero(shown)
+    x, c = ref[shown], facts[shown]
+    y = np.clip(np.nan_to_num(ratio[shown], nan=1e-3, posinf=1e4), 1e-3, 1e4)
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7.6, 4.8), layout="constrained")
+        points = ax.scatter(x, y, c=c, cmap="viridis", vmin=0, vmax=max(float(c.max()) if c.size else 1.0, 1e-6),
+                            s=14, alpha=0.8, edgecolors="none")
+        ax.set_yscale("log")
+        if threshold < 1:
+            ax.axvline(threshold, color="0.3", linestyle="--", linewidth=1)
+            ax.text(threshold, 1.0, f" F = {threshold:g}", transform=ax.get_xaxis_transform(), va="top",
+                    ha="left", fontsize=8, color="0.3")
+        for k in np.argsort(-x, kind="stable")[:label_top]:
+            ax.annotate(f"L{layers[k]}#{indices[k]}", (x[k], y[k]), fontsize=7, xytext=(3, 2),
+                        textcoords="offset points")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("KN frequency on fact-free reference prompts")
+        ax.set_ylabel("|activation| / layer median (reference prompts)")
+        ax.grid(True, color="0.9", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.set_title(_wrap(title, _TITLE_WIDTH))
+        fig.colorbar(points, ax=ax, pad=0.02).set_label("KN frequency on the studied queries")
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- 7. frontier_plot
+
+
+def frontier_plot(series: Mapping[str, Sequence[tuple[float, float, str]]], path: PathLike, title: str,
+                  xlabel: str = "Loc (unrelated answers kept)", ylabel: str = "Rel (edited query changed)",
+                  guide: tuple[float, float] | None = None) -> Path:
+    """Trade-off curves: each series is a list of ``(x, y, label)`` points drawn in order and labelled.
+
+    Args:
+        series: name -> points (nan coordinates are left out).
+        path: where to write the PNG; title, xlabel, ylabel: text.
+        guide: an optional ``(x, y)`` target drawn as dotted lines (e.g. Loc 0.8, Rel 0.5).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: no series with a finite point.
+    """
+    out = _check_path(path)
+    parsed = []
+    for name, points in series.items():
+        pts = [(float(x), float(y), str(label)) for x, y, label in points
+               if math.isfinite(float(x)) and math.isfinite(float(y))]
+        if pts:
+            parsed.append((str(name), pts))
+    if not parsed:
+        raise KnowlocError("frontier_plot needs at least one series with a finite point")
+    markers = ["o", "s", "^", "D", "v", "P"]
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
+        for k, (name, pts) in enumerate(parsed):
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            color = _PALETTE[k % len(_PALETTE)]
+            ax.plot(xs, ys, marker=markers[k % len(markers)], markersize=5, linewidth=1.4, color=color, label=name)
+            for x, y, label in pts:
+                ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color=color)
+        if guide is not None:
+            ax.axvline(guide[0], color="0.5", linestyle=":", linewidth=1)
+            ax.axhline(guide[1], color="0.5", linestyle=":", linewidth=1)
+        ax.set_xlim(-0.02, 1.05)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, color="0.9", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.set_title(_wrap(title, 70))
+        ax.legend(loc="lower left", frameon=False)
     return _save(fig, out)

@@ -43,12 +43,14 @@ FIGURE_SCALE = 2 / 3  # figures are shown at this share of their pixel width (ca
 
 # (section id, heading, summary.json key, figure name prefixes)
 SECTIONS = (
+    ("specificity", "Neuron specificity", "specificity", ("specificity_",)),
     ("consistency", "Consistency", "consistency", ("cs_violin", "kn_heatmap")),
     ("modification", "Modification", "modification", ("modification_",)),
     ("query-mapping", "Query-KN mapping", "query_mapping", ("query_mapping_",)),
     ("attention", "Attention (knowledge synapses)", "attention", ("attention_",)),
     ("cas", "CAS", "cas", ("cas_erase", "cas_update")),
     ("cas-sweep", "CAS sweep", "cas_sweep", ("cas_sweep_",)),
+    ("update-sweep", "Update frontier", "update_sweep", ("update_frontier_",)),
 )
 
 DASH = "\u2013"  # shown for nan / missing values
@@ -254,10 +256,27 @@ def _auto_columns(rows: list[dict], used: set[str]) -> list[Column]:
     return cols
 
 
+def fmt_dlogppl_ci(r: dict, key: str = "dlogppl_median") -> str:
+    """dlogPPL with its interval; a perplexity ratio above 1000x reads "> 1000x", never an overflow."""
+    from knowloc.study.context import fmt_dlogppl
+
+    text = esc(fmt_dlogppl(r.get(key)))
+    lo, hi = r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+    if _is_missing(lo) and _is_missing(hi):
+        return text
+    return f'{text} <span class="ci">[{esc(fmt_dlogppl(lo))}, {esc(fmt_dlogppl(hi))}]</span>'
+
+
 def edit_metric_cols() -> list[Column]:
-    """Rel, Gen, Loc, Avg and dPPL with their intervals: the columns of every editing table."""
+    """Rel, Gen, Loc, Avg and the median dlogPPL with their intervals: the columns of every editing table (raw
+    dPPL, heavy-tailed, stays in the CSV tables)."""
     return [*(ci_col(h, k) for h, k in (("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("Avg", "avg"))),
-            ci_col("dPPL", "dppl", signed=True)]
+            ("dlogPPL (median)", ("dlogppl_median", "dlogppl_median_ci_low", "dlogppl_median_ci_high"),
+             fmt_dlogppl_ci, "num")]
+
+
+# keys of editing rows that the tables do not show (raw dPPL and the mean dlogPPL are in the CSVs)
+EDIT_HIDDEN = tuple(f"{k}{e}" for k in ("dppl", "dlogppl", "dlogppl_mean") for e in ("", "_ci_low", "_ci_high"))
 
 
 def render_table(rows: list[dict], columns: list[Column], extra: bool = True, hide: Iterable[str] = ()) -> str:
@@ -378,7 +397,8 @@ def consistency_section(summary: dict) -> str:
              f"Later experiments use the <b>{esc(cfg.get('split', DASH))}</b> split.</p>",
              "<h3>K_I fraction per model and method</h3>",
              render_table(summary["consistency"], [
-                 text_col("model", "model"), text_col("method", "method"), num_col("facts", "n_facts"),
+                 text_col("model", "model"), text_col("method", "method"),
+                 text_col("specificity filter", "specificity"), num_col("facts", "n_facts"),
                  text_col("threshold", "threshold_kind"), num_col("&tau;", "threshold"),
                  ci_col("K_I fraction [95% CI]", "k_i_fraction", "k_i_ci_low", "k_i_ci_high"),
                  p_col("Welch p", "welch_p"), num_col("CS mean", "cs_mean"), num_col("null mean", "null_mean"),
@@ -404,12 +424,15 @@ def modification_section(summary: dict) -> str:
                 num_col("&Delta;p neighbors", "dprob_neighbors", 2, signed=True)]
     table = render_table(summary["modification"], [
         text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
-        ("group", ("group",), group_cell, ""), text_col("neurons", "neurons"), num_col("n", "n"), *metrics],
-        hide=[f"dprob_{k}_ci_{e}" for k in ("self", "neighbors") for e in ("low", "high")])
+        ("group", ("group",), group_cell, ""), text_col("neurons", "neurons"), text_col("rule", "update_rule"),
+        num_col("n", "n"), *metrics],
+        hide=[f"dprob_{k}_ci_{e}" for k in ("self", "neighbors") for e in ("low", "high")] + list(EDIT_HIDDEN))
     parts = ["<p>Each neighbor query q<sub>i</sub>'s knowledge neurons are erased or updated with the neuron set "
              "N_i (its own KNs), N_g (union over the neighbors) or N_cap (intersection); Rel is measured on "
              "q<sub>i</sub>, Gen on the other neighbor queries, Loc on other relations' facts, Avg is their mean, "
-             "dPPL the change of perplexity on neutral text. Means over facts with 95% bootstrap CIs.</p>", table]
+             "dlogPPL = log(PPL after / PPL before) on neutral text (median over facts; 0 = unchanged, "
+             "+0.69 = doubled). Means over facts with 95% bootstrap CIs; raw dPPL is in tables/modification.csv."
+             "</p>", table]
     counts = summary.get("modification_counts", [])
     if counts:
         parts += ["<h4>Facts with an empty N_cap</h4>",
@@ -473,7 +496,7 @@ def cas_section(summary: dict) -> str:
                  text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
                  ("group", ("group",), group_cell, ""), text_col("selection", "selection"),
                  text_col("protocol", "protocol"), text_col("budget", "budget"), num_col("n", "n"),
-                 num_col("|S|", "n_neurons", 1), *edit_metric_cols()])]
+                 num_col("|S|", "n_neurons", 1), *edit_metric_cols()], hide=EDIT_HIDDEN)]
     return "\n".join(parts)
 
 
@@ -486,12 +509,63 @@ def cas_sweep_section(summary: dict) -> str:
             text_col("model", "model"), text_col("method", "method"), text_col("operation", "operation"),
             ("group", ("group",), group_cell, ""), num_col("&beta;1", "beta1", 2), num_col("&beta;2", "beta2", 2),
             num_col("t", "t", 2), num_col("n", "n"), num_col("n_empty", "n_empty"), ci_col("|S|", "n_neurons", digits=1),
-            *edit_metric_cols()])])
+            *edit_metric_cols()], hide=EDIT_HIDDEN)])
 
 
-RENDERERS = {"consistency": consistency_section, "modification": modification_section,
+def specificity_section(summary: dict) -> str:
+    counts = summary.get("specificity_counts", [])
+    cfg = summary.get("config", {})
+    threshold = cfg.get("specificity")
+    setting = "off (nothing removed)" if _is_missing(threshold) or float(threshold) >= 1 else f"F = {threshold:g}"
+    return "\n".join([
+        "<p>Each model's own next token after fact-free reference prompts is attributed with the study's method; "
+        "a neuron's <b>reference frequency</b> is the share of those prompts whose KN set holds it, its "
+        "<b>fact frequency</b> the share of the studied queries, and its <b>activation ratio</b> its |activation| "
+        "over its layer's median (median over reference prompts). Neurons above the threshold fire as "
+        f"\u201cknowledge neurons\u201d for anything and are removed from every neuron set ({esc(setting)}).</p>",
+        render_table(counts, [text_col("model", "model"), text_col("method", "method"),
+                              num_col("reference prompts", "n_reference"), num_col("threshold", "threshold", 2),
+                              num_col("non-specific neurons", "n_non_specific"),
+                              num_col("share of fact KN memberships removed", "n_fact_kn_mass_removed", 2)]),
+        "<h3>Non-specific neurons and the most frequent fact KNs</h3>",
+        render_table(summary["specificity"], [
+            text_col("model", "model"), text_col("method", "method"),
+            ("neuron", ("layer", "index"), lambda r: esc(f"L{r.get('layer')}#{r.get('index')}"), ""),
+            num_col("reference frequency", "ref_frequency", 2), num_col("fact frequency", "fact_frequency", 2),
+            ("|a| / layer median", ("activation_ratio",), lambda r: fmt_sig(r.get("activation_ratio")), "num"),
+            num_col("non-specific", "non_specific"),
+            ("fact frequency by relation", ("fact_frequency_by_relation",),
+             lambda r: esc(", ".join(f"{k} {v:.2f}" for k, v in (r.get("fact_frequency_by_relation") or {}).items()
+                                     if v > 0)), "wrap")], extra=False)])
+
+
+def update_sweep_section(summary: dict) -> str:
+    from knowloc.study.experiments.update_sweep import LOC_FLOOR, best_points
+
+    rows = summary["update_sweep"]
+    best = []
+    for b in best_points(rows):
+        r = b["best"] or {}
+        best.append({"model": b["model"], "method": b["method"], "rule": b["rule"], **r,
+                     "note": "" if b["best"] else f"no lambda2 keeps Loc >= {LOC_FLOOR}"})
+    return "\n".join([
+        "<p>Each fact's own KNs N_i are updated to another object with each update rule over a grid of "
+        "&lambda;2 (dai: Dai et al.'s raw rule; signed: the same change times the sign of the neuron's activation; "
+        "calibrated: sign-aware unit directions scaled by |v<sub>n</sub>|; docs/editing.md). Rel: the new object "
+        "beats the old on the edited query; Loc: unrelated answers kept. Means over facts with 95% CIs.</p>",
+        f"<h3>Best frontier point per rule (all facts; highest Rel with Loc &ge; {LOC_FLOOR})</h3>",
+        render_table(best, [text_col("model", "model"), text_col("method", "method"), text_col("rule", "rule"),
+                            num_col("&lambda;2", "lambda2", 2), num_col("n", "n"), *edit_metric_cols(),
+                            text_col("", "note")], extra=False),
+        "<h3>All points</h3>",
+        render_table(rows, [text_col("model", "model"), text_col("method", "method"), text_col("rule", "rule"),
+                            num_col("&lambda;2", "lambda2", 2), ("group", ("group",), group_cell, ""),
+                            num_col("n", "n"), *edit_metric_cols()], hide=EDIT_HIDDEN)])
+
+
+RENDERERS = {"specificity": specificity_section, "consistency": consistency_section, "modification": modification_section,
              "query-mapping": query_mapping_section, "attention": attention_section, "cas": cas_section,
-             "cas-sweep": cas_sweep_section}
+             "cas-sweep": cas_sweep_section, "update-sweep": update_sweep_section}
 
 
 # --------------------------------------------------------------------------- per-fact drill-down

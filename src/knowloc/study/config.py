@@ -7,9 +7,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from knowloc.attribution.methods import METHODS
+from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 
-EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas", "cas-sweep")
+EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas", "cas-sweep", "update-sweep")
 CS_SCORES = ("cs1", "cs2", "csp")
 
 # Settings that determine stored values (probes, attributions, trials): a study directory keeps one set of
@@ -18,7 +19,18 @@ CS_SCORES = ("cs1", "cs2", "csp")
 # extend an earlier one: e.g. add a method, an experiment or more facts without recomputing anything.
 IDENTITY_KEYS = ("data", "relations", "seed", "steps", "threshold", "min_known", "candidates", "lambda1", "lambda2",
                  "locality", "ppl_texts", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k", "attention_k", "attention_layers",
-                 "attention_renormalize", "cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds")
+                 "attention_renormalize", "cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds",
+                 "update_rule", "specificity", "specificity_prompts", "update_sweep_lambda2", "update_sweep_rules",
+                 "update_sweep_queries")
+# What a store that predates an identity setting was computed with, where that differs from today's default
+# (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
+LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai"}
+# Default lambda2 of each update rule (lambda2 = None in a config means the rule's default). dai / signed add
+# lambda2 * E(o'), as Dai et al. (8); calibrated adds lambda2 * |v_n| in the unit direction of E(o'), chosen by
+# the update-sweep frontier on SmolLM2-135M (docs/editing.md).
+RULE_LAMBDA2 = {"dai": 8.0, "signed": 8.0, "calibrated": 2.0}
+# Default specificity threshold F, chosen by measurement on SmolLM2-135M (docs/editing.md)
+DEFAULT_SPECIFICITY = 0.1
 # settings that change neither stored values nor the summary
 RUNTIME_KEYS = {"out", "device", "dtype", "progress", "executor", "ray_address", "workers", "gpus_per_worker"}
 
@@ -40,8 +52,13 @@ class StudyConfig:
     tau: float = 0.3  # static K_C / K_I threshold
     p: float = 0.5  # CS_p share
     split: str = "static"  # threshold used for the K_C/K_I groups of later experiments: static | otsu
+    # neurons that are knowledge neurons of more than this share of the fact-free reference prompts are removed
+    # from every neuron set (1 or "off": nothing is removed, the paper's behaviour); see docs/editing.md
+    specificity: float | str = DEFAULT_SPECIFICITY
+    specificity_prompts: int = 48  # reference prompts of the specificity profile (at most 48 are shipped)
+    update_rule: str = "calibrated"  # dai | signed | calibrated (knowloc.editing.operations)
     lambda1: float = 1.0
-    lambda2: float = 8.0
+    lambda2: float | None = None  # None: the update rule's default (RULE_LAMBDA2)
     locality: int = 10  # locality prompts per fact
     ppl_texts: int = 5  # neutral sentences for dPPL (each distinct edit runs them once)
     attention_k: int = 3  # knowledge synapses: top-k attention weights per (layer, head) row
@@ -55,6 +72,10 @@ class StudyConfig:
     cas_sweep_beta1: list[float] = field(default_factory=lambda: [1.0])
     cas_sweep_beta2: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
     cas_sweep_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
+    # experiment update-sweep: update N_i with every rule at every lambda2, on this many queries per fact
+    update_sweep_lambda2: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+    update_sweep_rules: list[str] = field(default_factory=lambda: list(UPDATE_RULES))
+    update_sweep_queries: int = 2
     n_boot: int = 1000
     out: str = "runs/study"
     executor: str = "local"  # local | ray
@@ -95,6 +116,29 @@ class StudyConfig:
             raise KnowlocError(f"unknown --cs-score {self.cs_score!r}; choose from {', '.join(CS_SCORES)}")
         if self.split not in ("static", "otsu"):
             raise KnowlocError(f"--split must be static or otsu, got {self.split!r}")
+        self.specificity = _specificity(self.specificity)
+        if self.specificity_prompts < 1:
+            raise KnowlocError(f"--specificity-prompts must be >= 1, got {self.specificity_prompts}")
+        if self.update_rule not in UPDATE_RULES:
+            raise KnowlocError(f"unknown --update-rule {self.update_rule!r}; choose from {', '.join(UPDATE_RULES)}")
+        if self.lambda2 is None:
+            self.lambda2 = RULE_LAMBDA2[self.update_rule]
+        for name in ("lambda1", "lambda2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+                    or abs(value) == float("inf"):
+                raise KnowlocError(f"--{name} must be a finite number, got {value!r}")
+            setattr(self, name, float(value))
+        self.update_sweep_lambda2 = _float_list(self.update_sweep_lambda2, "sweep_lambda2")
+        if any(v <= 0 for v in self.update_sweep_lambda2):
+            raise KnowlocError("--sweep-lambda2 values must be > 0")
+        rules = self.update_sweep_rules
+        rules = [r.strip() for r in rules.split(",")] if isinstance(rules, str) else list(rules)
+        if not rules or any(r not in UPDATE_RULES for r in rules) or len(set(rules)) != len(rules):
+            raise KnowlocError(f"--sweep-rules must be distinct rules from {', '.join(UPDATE_RULES)}, got {rules!r}")
+        self.update_sweep_rules = rules
+        if self.update_sweep_queries < 1:
+            raise KnowlocError(f"--sweep-queries must be >= 1, got {self.update_sweep_queries}")
         for name in ("cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds"):
             setattr(self, name, _float_list(getattr(self, name), name))
         if any(b < 0 for b in self.cas_sweep_beta1 + self.cas_sweep_beta2):
@@ -128,12 +172,19 @@ class StudyConfig:
         """The settings that determine stored results; a resume must match them exactly."""
         return {k: getattr(self, k) for k in IDENTITY_KEYS}
 
+    @property
+    def filtered(self) -> bool:
+        """Whether the specificity filter removes anything (F < 1)."""
+        return float(self.specificity) < 1.0
+
     @classmethod
     def defaults(cls) -> dict:
-        """Default values of the identity settings."""
-        return {f.name: f.default if f.default is not MISSING else f.default_factory()
-                for f in fields(cls) if f.name in IDENTITY_KEYS
-                and (f.default is not MISSING or f.default_factory is not MISSING)}
+        """What a stored study that predates an identity setting was computed with: its legacy value where one
+        is recorded (LEGACY_IDENTITY), else the setting's default."""
+        out = {f.name: f.default if f.default is not MISSING else f.default_factory()
+               for f in fields(cls) if f.name in IDENTITY_KEYS
+               and (f.default is not MISSING or f.default_factory is not MISSING)}
+        return {**out, **LEGACY_IDENTITY}
 
     def summary_config(self) -> dict:
         """Everything that shapes summary.json (not where or how it ran)."""
@@ -165,6 +216,20 @@ class StudyConfig:
             return cls(**raw)
         except TypeError as exc:
             raise KnowlocError(f"config file {path}: {exc}") from None
+
+
+def _specificity(value) -> float:
+    """--specificity: a share in [0, 1], or "off" (= 1, nothing removed)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "off":
+            return 1.0
+        try:
+            value = float(value)
+        except ValueError:
+            raise KnowlocError(f"--specificity must be a number in [0, 1] or 'off', got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise KnowlocError(f"--specificity must be a number in [0, 1] or 'off', got {value!r}")
+    return float(value)
 
 
 def _float_list(value, name: str) -> list[float]:

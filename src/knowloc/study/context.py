@@ -22,21 +22,41 @@ def trial_key(model: str, method: str, fact_id: str) -> str:
     return f"{model}\t{method}\t{fact_id}"
 
 
-def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed: int,
+WRECKED_LOG = 6.907755278982137  # log(1000): a perplexity ratio above 1000x is shown as "> 1000x"
+
+
+def fmt_dlogppl(value: float, digits: int = 3) -> str:
+    """dlogPPL as text: signed, nan as "–", a ratio above 1000x (or an overflow) as "> 1000x"."""
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2013"
+    if value > WRECKED_LOG:
+        return "> 1000x"
+    if value < -WRECKED_LOG:
+        return "< 0.001x"
+    return f"{value:+.{digits}f}"
+
+
+def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed: int, stat=None,
                   **match: object) -> tuple[int, float, float, float]:
     """(n facts, estimate, CI low, CI high) of a metric: each fact's trials matching `match` are averaged
-    (nan left out), then facts are resampled by the bootstrap (facts, not trials, are the independent units)."""
+    (nan left out), then `stat` (default: the mean) over facts with a bootstrap interval that resamples facts
+    (facts, not trials, are the independent units)."""
     import numpy as np
 
     from knowloc.analysis import bootstrap_ci
 
+    stat = np.mean if stat is None else stat
+
     per_fact = []
     for rows in fact_trials:
-        values = [r[metric] for r in rows if all(r.get(k) == v for k, v in match.items())
-                  and not r.get("skipped") and not np.isnan(r[metric])]
+        values = [r.get(metric, np.nan) for r in rows if all(r.get(k) == v for k, v in match.items())
+                  and not r.get("skipped")]  # a metric a store predates counts as missing
+        values = [v for v in values if not np.isnan(v)]
         if values:
             per_fact.append(float(np.mean(values)))
-    estimate, low, high = bootstrap_ci(np.array(per_fact), n_boot=n_boot, seed=seed)
+    estimate, low, high = bootstrap_ci(np.array(per_fact), stat=stat, n_boot=n_boot, seed=seed)
     return len(per_fact), float(estimate), float(low), float(high)
 
 
@@ -58,6 +78,7 @@ class StudyContext:
     echo: Callable[[str], None] = print
     facts: dict[str, list[StudyFact]] = field(default_factory=dict)
     probes: dict[str, list[dict]] = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # derived views of the store (specificity profile, filtered KN sets)
     _models: dict = field(default_factory=dict)
 
     def model(self, name: str):

@@ -22,11 +22,15 @@ def _trials(experiment: str, n_queries: int) -> int:
     return {"query-mapping": n_queries, "attention": n_queries * 5}.get(experiment, 0)
 
 
-def _edits(experiment: str, n_queries: int, grid_points: int) -> int:
-    """Distinct weight edits per fact (erase and update; an EditSession measures each distinct edit once):
+def _edits(experiment: str, n_queries: int, grid_points: int, config: StudyConfig) -> int:
+    """Distinct weight edits per fact (an EditSession measures each distinct edit once): erase and update of
     modification: N_i per query, N_g, N_cap; cas: CAS, N_i, N_g free and matched, transductive and per held-out
-    paraphrase; cas-sweep: one per grid point at most."""
+    paraphrase; cas-sweep: one per grid point at most; update-sweep: updates only, one per rule, lambda2 and
+    edited query."""
     n = n_queries
+    if experiment == "update-sweep":
+        return (len(config.update_sweep_rules) * len(config.update_sweep_lambda2)
+                * min(config.update_sweep_queries, n))
     return 2 * {"modification": n + 2, "cas": 7 * n + 3, "cas-sweep": grid_points}.get(experiment, 0)
 
 
@@ -62,8 +66,10 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                 start = time.perf_counter()
                 attribute(lm, queries[0], method=method, steps=config.steps)
                 per_query = time.perf_counter() - start
-                estimate += per_query * n_queries
-                lines.append(f"  attribution {method}: {per_query:.2f} s/query x {n_queries} = {per_query * n_queries:.0f} s")
+                n_attr = n_queries + config.specificity_prompts  # the facts' queries and the reference prompts
+                estimate += per_query * n_attr
+                lines.append(f"  attribution {method}: {per_query:.2f} s/query x ({n_queries} queries + "
+                             f"{config.specificity_prompts} reference prompts) = {per_query * n_attr:.0f} s")
             start = time.perf_counter()
             next_token_distributions(lm, [q.text for q in queries] * 3)
             forward = time.perf_counter() - start
@@ -73,7 +79,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                            * len(config.cas_sweep_thresholds))
             for experiment in config.experiments:
                 per_fact = (_trials(experiment, round(avg_q)) * FORWARDS_PER_TRIAL.get(experiment, 0) * forward
-                            + _edits(experiment, round(avg_q), grid_points) * edit)
+                            + _edits(experiment, round(avg_q), grid_points, config) * edit)
                 if per_fact:
                     seconds = len(known) * len(config.methods) * per_fact
                     estimate += seconds

@@ -20,7 +20,7 @@ from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.executors import LocalExecutor
 from knowloc.study.store import Store
-from knowloc.study.units import Unit, attribution_units, experiment_module, experiment_units, save
+from knowloc.study.units import Unit, attribution_units, experiment_module, experiment_units, reference_units, save
 
 
 def _check_out_dir(out: Path) -> None:
@@ -105,12 +105,15 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
             echo(f"{model}: {known} of {len(ctx.probes[model])} facts known in >= {config.min_known} paraphrases; "
                  f"studying {len(ctx.facts[model])}")
             executor = executor or make_executor(ctx)
-            run_units(ctx, executor, attribution_units(ctx, model), f"attribution {model}")
+            run_units(ctx, executor, reference_units(ctx, model) + attribution_units(ctx, model),
+                      f"attribution {model}")
             run_units(ctx, executor, experiment_units(ctx, model), f"experiments {model}")
             for name in config.experiments:
                 if hasattr(module := experiment_module(name), "finalize"):
                     module.finalize(ctx, model)
-        sections = [experiment_module(name).summarize(ctx) for name in config.experiments]
+        from knowloc.study import specificity
+
+        sections = [specificity.summarize(ctx)] + [experiment_module(name).summarize(ctx) for name in config.experiments]
         summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
     finally:
         if executor is not None:

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS attributions (
     PRIMARY KEY (model, method, fact_id, qidx));
 CREATE TABLE IF NOT EXISTS trials (
     experiment TEXT NOT NULL, key TEXT NOT NULL, rows TEXT NOT NULL, PRIMARY KEY (experiment, key));
+CREATE TABLE IF NOT EXISTS reference (
+    model TEXT NOT NULL, method TEXT NOT NULL, ridx INTEGER NOT NULL, prompt TEXT NOT NULL, token INTEGER NOT NULL,
+    token_text TEXT NOT NULL, prob REAL NOT NULL, kn TEXT NOT NULL, activations BLOB NOT NULL,
+    PRIMARY KEY (model, method, ridx));
 """
 
 
@@ -122,6 +126,27 @@ class Store:
         cur = self.db.execute("SELECT qidx, scores FROM attributions WHERE model = ? AND method = ? AND "
                               "fact_id = ?", (model, method, fact_id))
         return {q: st_load(blob)["scores"].float() for q, blob in cur.fetchall()}
+
+    # --- reference attributions (neuron specificity profile) ------------------------------------------------
+    def done_reference(self, model: str, method: str) -> set[int]:
+        cur = self.db.execute("SELECT ridx FROM reference WHERE model = ? AND method = ?", (model, method))
+        return {r for (r,) in cur.fetchall()}
+
+    def save_reference(self, model: str, method: str, ridx: int, row: dict) -> None:
+        """One reference prompt's attribution: its prompt, the attributed token (the model's top-1), that
+        token's probability, the KN list and the |activations| at the last position (fp16, [layers, neurons])."""
+        blob = st_save({"activations": row["activations"].to(torch.float16).contiguous()})
+        self._write("INSERT OR REPLACE INTO reference VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(model, method, ridx, row["prompt"], int(row["token"]), row["token_text"], float(row["prob"]),
+                      json.dumps([list(n) for n in row["kn"]]), blob)])
+
+    def reference(self, model: str, method: str) -> list[dict]:
+        """The stored reference attributions of a model and method, by reference index."""
+        cur = self.db.execute("SELECT ridx, prompt, token, token_text, prob, kn, activations FROM reference "
+                              "WHERE model = ? AND method = ? ORDER BY ridx", (model, method))
+        return [{"ridx": r, "prompt": p, "token": t, "token_text": tt, "prob": pr,
+                 "kn": [tuple(n) for n in json.loads(kn)], "activations": st_load(blob)["activations"].float()}
+                for r, p, t, tt, pr, kn, blob in cur.fetchall()]
 
     # --- experiment trials -------------------------------------------------------------------------------------
     def done_trials(self, experiment: str) -> set[str]:

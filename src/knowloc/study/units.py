@@ -1,6 +1,7 @@
 """Units of study work: what an executor runs (anywhere) and what the single writer stores.
 
-A unit is one query's attribution with one method, or one fact's trials in one experiment. `execute` needs only
+A unit is one query's attribution with one method, one reference prompt's attribution (the specificity
+profile), or one fact's trials in one experiment. `execute` needs only
 a (read-only) view of the store; `save` runs in the driver, in one transaction per unit.
 """
 
@@ -15,7 +16,7 @@ from knowloc.study.context import StudyContext, trial_key
 
 EXPERIMENT_MODULES = {"consistency": "consistency", "modification": "modification", "query-mapping": "query_mapping",
                       "attention": "attention", "cas": "cas",
-                      "cas-sweep": "cas_sweep"}
+                      "cas-sweep": "cas_sweep", "update-sweep": "update_sweep"}
 
 
 def experiment_module(name: str):
@@ -24,7 +25,7 @@ def experiment_module(name: str):
 
 @dataclass(frozen=True)
 class Unit:
-    kind: str  # "attribution" or an experiment name
+    kind: str  # "attribution", "reference" or an experiment name
     model: str
     method: str
     fact_id: str
@@ -32,6 +33,17 @@ class Unit:
 
     def describe(self) -> str:
         return f"{self.kind} {self.model} {self.method} {self.fact_id}" + (f" q{self.qidx}" if self.qidx >= 0 else "")
+
+
+def reference_units(ctx: StudyContext, model: str) -> list[Unit]:
+    from knowloc.study.specificity import reference_prompts
+
+    n = len(reference_prompts(ctx))
+    units = []
+    for method in ctx.config.methods:
+        done = ctx.store.done_reference(model, method)
+        units += [Unit("reference", model, method, "", r) for r in range(n) if r not in done]
+    return units
 
 
 def attribution_units(ctx: StudyContext, model: str) -> list[Unit]:
@@ -55,6 +67,10 @@ def experiment_units(ctx: StudyContext, model: str) -> list[Unit]:
 
 
 def execute(ctx: StudyContext, unit: Unit):
+    if unit.kind == "reference":
+        from knowloc.study.specificity import reference_row
+
+        return reference_row(ctx, unit.model, unit.method, unit.qidx)
     fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
     if unit.kind == "attribution":
         from knowloc.analysis import select_neurons
@@ -73,5 +89,7 @@ def save(ctx: StudyContext, unit: Unit, result) -> None:
     if unit.kind == "attribution":
         prob, kn, scores = result
         ctx.store.save_attribution(unit.model, unit.method, unit.fact_id, unit.qidx, prob, kn, scores)
+    elif unit.kind == "reference":
+        ctx.store.save_reference(unit.model, unit.method, unit.qidx, result)
     else:
         ctx.store.save_trials(unit.kind, trial_key(unit.model, unit.method, unit.fact_id), result)

@@ -14,6 +14,7 @@ import torch
 
 from knowloc.analysis import relative_change
 from knowloc.models.hooks import trace_activations
+from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
 
 ALPHAS = (0.0, 2.0)
@@ -75,7 +76,7 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """KS manipulations of every neighbor query of one fact."""
     lm = ctx.model(model)
-    kn = ctx.store.kn_lists(model, method, fact.fact_id)
+    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
     return [r for q in sorted(kn) if kn[q] for r in query_rows(ctx, model, method, fact, q, kn[q], lm)]
 
 
@@ -137,7 +138,7 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
         if not members:
             continue
         fact = (max if group == "K_C" else min)(members, key=lambda f: scores[f.fact_id])
-        kn = ctx.store.kn_lists(model, method, fact.fact_id)
+        kn = spec.kn_lists(ctx, model, method, fact.fact_id)
         q = min(kn)
         neurons = kn[q][:16]
         if not neurons:

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from knowloc.analysis import bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
-from knowloc.study.context import Section, StudyContext, trial_key as _key, slug
+from knowloc.study import specificity as spec
+from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.context import trial_key as _key
 from knowloc.study.experiments.modification import OPERATIONS, EditSession
 
 SELECTIONS = ("CAS", "N_i", "N_g")
-METRICS = ("rel", "gen", "loc", "avg", "dppl")
+METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl")
 
 
 def _normalised(stack: torch.Tensor) -> torch.Tensor:
@@ -43,9 +45,7 @@ def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: lis
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (protocol, edited query, budget, selection, operation) trial of one fact."""
     session = EditSession(ctx, model, fact, ctx.model(model))
-    tensors = ctx.store.scores(model, method, fact.fact_id)
-    queries = sorted(tensors)
-    stack = torch.stack([tensors[q] for q in queries])
+    queries, stack = spec.score_stack(ctx, model, method, fact.fact_id)
     n = len(queries)
     plans = [("transductive", i, list(range(n)), None) for i in range(n)]
     plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
@@ -68,7 +68,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 
 def _fact_mean(rows: list[dict], metric: str, **match) -> float:
-    values = [r[metric] for r in rows if not r["skipped"] and all(r[k] == v for k, v in match.items())]
+    values = [r.get(metric, np.nan) for r in rows if not r["skipped"] and all(r[k] == v for k, v in match.items())]
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
@@ -106,8 +106,15 @@ def summarize(ctx: StudyContext) -> Section:
                                 for metric in METRICS:
                                     values = table[metric][~np.isnan(table[metric])]
                                     est, lo, hi = bootstrap_ci(values, n_boot=cfg.n_boot, seed=cfg.seed)
-                                    row.update({metric: float(est), f"{metric}_ci_low": float(lo),
-                                                f"{metric}_ci_high": float(hi)})
+                                    name = "dlogppl_mean" if metric == "dlogppl" else metric
+                                    row.update({name: float(est), f"{name}_ci_low": float(lo),
+                                                f"{name}_ci_high": float(hi)})
+                                    if metric == "dlogppl":
+                                        est, lo, hi = bootstrap_ci(values, stat=np.median, n_boot=cfg.n_boot,
+                                                                   seed=cfg.seed)
+                                        row.update({"dlogppl_median": float(est),
+                                                    "dlogppl_median_ci_low": float(lo),
+                                                    "dlogppl_median_ci_high": float(hi)})
                                 rows.append(row)
                             for baseline in ("N_i", "N_g"):
                                 a, b = per_sel["CAS"]["avg"], per_sel[baseline]["avg"]
@@ -134,6 +141,7 @@ def summarize(ctx: StudyContext) -> Section:
                         hue="selection", value="avg", low="avg_ci_low", high="avg_ci_high",
                         ylabel="Avg of Rel, Gen, Loc (95% CI)"))
     section.markdown += ["## Consistency-aware KN modification (CAS)", "",
+                         f"Updates use the {cfg.update_rule} rule (lambda1 {cfg.lambda1:g}, lambda2 {cfg.lambda2:g}).", "",
                          "| model | method | op | group | protocol | budget | baseline | n | Avg(CAS) - Avg(baseline) [95% CI] |",
                          "|---|---|---|---|---|---|---|---|---|"]
     section.markdown += [f"| {c['model']} | {c['method']} | {c['operation']} | {c['group']} | {c['protocol']} | "

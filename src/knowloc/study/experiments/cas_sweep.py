@@ -14,13 +14,13 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
 
 from knowloc.analysis import cas_select
+from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
-from knowloc.study.experiments.modification import OPERATIONS, EditSession
+from knowloc.study.experiments.modification import OPERATIONS, EditSession, dlogppl_stats
 
-METRICS = ("rel", "gen", "loc", "avg", "dppl", "n_neurons")
+METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl", "n_neurons")
 
 
 def grid(ctx: StudyContext) -> list[tuple[float, float, float]]:
@@ -31,9 +31,7 @@ def grid(ctx: StudyContext) -> list[tuple[float, float, float]]:
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (grid point, operation, edited query) trial of one fact."""
     session = EditSession(ctx, model, fact, ctx.model(model))
-    tensors = ctx.store.scores(model, method, fact.fact_id)
-    queries = sorted(tensors)
-    stack = torch.stack([tensors[q] for q in queries])
+    queries, stack = spec.score_stack(ctx, model, method, fact.fact_id)
     rows = []
     for beta1, beta2, t in grid(ctx):
         neurons = cas_select(stack, t, beta1, beta2, ctx.config.cas_top_k)
@@ -64,6 +62,7 @@ def summarize(ctx: StudyContext) -> Section:
                     row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
                     if metric == "avg":
                         row["n"] = n
+                row.update(dlogppl_stats(fact_trials, cfg, **match))
                 # facts where this point selects nothing are skipped: say how many
                 row["n_empty"] = sum(all(r["skipped"] for r in trials if _matches(r, match)) for trials in fact_trials)
                 rows.append(row)

@@ -3,6 +3,8 @@
 Per model x method: CS of every fact (docs/analysis.md), the K_C / K_I split under the static tau and Otsu's
 threshold, Welch's t-test between the groups, and a null baseline the paper lacks: the same score on
 pseudo-facts whose queries come from different facts of the same relation (same templates, other subjects).
+With the specificity filter on, every row is given twice, with the filtered KN sets ("on") and the stored,
+unfiltered ones ("off"), side by side; the groups of later experiments come from the study's own setting.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import numpy as np
 
 from knowloc.analysis import (bootstrap_ci, consistency_scores, otsu_threshold, permutation_test_diff,
                               split_groups, welch_t)
+from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, slug
 
 
-def fact_scores(ctx: StudyContext, model: str, method: str) -> dict[str, float]:
-    """The selected CS of each studied fact (facts with >= 2 attributed queries)."""
-    kn = ctx.store.kn_sets(model, method)
+def fact_scores(ctx: StudyContext, model: str, method: str, filtered: bool | None = None) -> dict[str, float]:
+    """The selected CS of each studied fact (facts with >= 2 attributed queries), from the KN sets the study
+    uses (``filtered=False``: the unfiltered ones)."""
+    kn = spec.kn_sets(ctx, model, method, filtered)
     out = {}
     for fact in ctx.facts[model]:
         sets = [kn[fact.fact_id][q] for q in sorted(kn.get(fact.fact_id, {}))]
@@ -52,10 +56,10 @@ def grouped_trials(ctx: StudyContext, experiment: str):
                                              and trial_key(model, method, f.fact_id) in trials]
 
 
-def null_scores(ctx: StudyContext, model: str, method: str) -> list[float]:
+def null_scores(ctx: StudyContext, model: str, method: str, filtered: bool | None = None) -> list[float]:
     """CS of pseudo-facts: for each real fact, each of its templates is filled by another fact of the same
     relation (seeded), so template words are shared but the fact is not."""
-    kn = ctx.store.kn_sets(model, method)
+    kn = spec.kn_sets(ctx, model, method, filtered)
     by_template: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for fact in ctx.facts[model]:
         for q, template in enumerate(fact.templates):
@@ -82,13 +86,14 @@ def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     for model in cfg.models:
         in_k_i: dict[str, dict[str, list[bool]]] = {"static": {}, "otsu": {}}
-        for method in cfg.methods:
-            scores = fact_scores(ctx, model, method)
+        views = [("on", True), ("off", False)] if cfg.filtered else [("off", False)]
+        for method, (view, filtered) in ((m, v) for m in cfg.methods for v in views):
+            scores = fact_scores(ctx, model, method, filtered)
             if not scores:
                 continue
             ids = list(scores)
             values = np.array([scores[f] for f in ids])
-            null = null_scores(ctx, model, method)
+            null = null_scores(ctx, model, method, filtered)
             null_gap, null_p = permutation_test_diff(values, null, seed=cfg.seed) if len(null) else (np.nan, np.nan)
             relation_of = {f.fact_id: f.relation for f in ctx.facts[model]}
             for kind, tau in thresholds(ctx, list(values)).items():
@@ -101,7 +106,9 @@ def summarize(ctx: StudyContext) -> Section:
                     "k_i_ci_high": float(high), "welch_p": float(welch_t(values[k_c], values[~k_c])),
                     "cs_mean": float(values.mean()), "null_mean": float(np.mean(null)) if null else float("nan"),
                     "null_gap": float(null_gap), "null_p": float(null_p), "n_null": len(null),
-                    "score": cfg.cs_score})
+                    "score": cfg.cs_score, "specificity": view})
+                if view != "on" and cfg.filtered:
+                    continue  # the relation and all-method views follow the study's setting
                 for fid, flag in zip(ids, k_i):
                     in_k_i[kind].setdefault(fid, []).append(bool(flag))
                 for relation in sorted({relation_of[f] for f in ids}):
@@ -110,6 +117,8 @@ def summarize(ctx: StudyContext) -> Section:
                     section.summary["consistency_relations"].append({
                         "model": model, "method": method, "relation": relation, "threshold_kind": kind,
                         "n": int(mask.sum()), "k_i_fraction": float(est), "ci_low": float(lo), "ci_high": float(hi)})
+            if view != "on" and cfg.filtered:
+                continue
             by_relation: dict[str, list[float]] = {}
             for fid in ids:
                 by_relation.setdefault(relation_of[fid], []).append(scores[fid])
@@ -150,7 +159,7 @@ def heatmap_figures(ctx: StudyContext) -> list:
         tensors = ctx.store.scores(model, method, fid)
         first, second = sorted(tensors)[:2]
         a, b = tensors[first], tensors[second]
-        kn = ctx.store.kn_lists(model, method, fid)
+        kn = spec.kn_lists(ctx, model, method, fid)
         neurons = list(dict.fromkeys(kn[first][:8] + kn[second][:8]))[:16]
         layers = sorted({l for l, _ in neurons})
         cols = [f"L{l}#{i}" for l, i in neurons]
@@ -169,10 +178,11 @@ def heatmap_figures(ctx: StudyContext) -> list:
 
 def _markdown(summary: dict) -> list[str]:
     lines = ["## Consistency (statistical evidence)", "",
-             "| model | method | facts | threshold | tau | K_I fraction [95% CI] | Welch p | CS mean | null mean | null gap (p) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "specificity on: non-specific neurons removed from the KN sets; off: the unfiltered KN sets.", "",
+             "| model | method | specificity | facts | threshold | tau | K_I fraction [95% CI] | Welch p | CS mean | null mean | null gap (p) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["consistency"]:
-        lines.append(f"| {r['model']} | {r['method']} | {r['n_facts']} | {r['threshold_kind']} | {r['threshold']:.3f} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r['specificity']} | {r['n_facts']} | {r['threshold_kind']} | {r['threshold']:.3f} | "
                      f"{r['k_i_fraction']:.2f} [{r['k_i_ci_low']:.2f}, {r['k_i_ci_high']:.2f}] | {r['welch_p']:.2g} | "
                      f"{r['cs_mean']:.3f} | {r['null_mean']:.3f} | {r['null_gap']:+.3f} ({r['null_p']:.3g}) |")
     for r in summary["consistency_all_methods"]:

@@ -3,7 +3,9 @@
 For each studied fact, each neighbor query q_i, operation (erase, update) and neuron set S in
 {N_i (own KNs: the KL way), N_g (union over the neighbors), N_cap (intersection; skipped when empty)}, the
 model is edited reversibly and Rel (on q_i), Gen (on q_j, j != i), Loc (other relations' answers unchanged),
-Avg and dPPL (neutral text) are measured (docs/editing.md). Trials are stored per (model, method, fact).
+Avg and the fluency change dlogPPL = log(PPL_after / PPL_before) on neutral text are measured (docs/editing.md).
+Updates use the study's --update-rule, --lambda1 and --lambda2; the neuron sets are the study's (specificity
+filter applied). Trials are stored per (model, method, fact).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import random
 import numpy as np
 
 
-from knowloc.study.context import Section, StudyContext, fact_level_ci, trial_key as _key, slug
+from knowloc.study import specificity as spec
+from knowloc.study.context import Section, StudyContext, fact_level_ci, fmt_dlogppl, slug
+from knowloc.study.context import trial_key as _key
 
 OPERATIONS = ("erase", "update")
 NEURON_SETS = ("N_i", "N_g", "N_cap")
-METRICS = ("rel", "gen", "loc", "avg", "dppl", "dprob_self", "dprob_neighbors")
+METRICS = ("rel", "gen", "loc", "avg", "dppl", "dprob_self", "dprob_neighbors")  # plus dlogppl mean / median
 
 
 def locality_prompts(ctx: StudyContext, model: str, fact) -> tuple[list[str], list[str]]:
@@ -49,8 +53,9 @@ def neuron_sets(kn: dict[int, list[tuple[int, int]]], i: int) -> dict[str, list[
 
 
 class EditSession:
-    """One fact's editing trials. An edit (operation, neuron set) gives the same model whichever query it was
-    chosen for, so each distinct edit is applied and measured once and the per-query scores are read off it:
+    """One fact's editing trials. An edit gives the same model whichever query it was chosen for (an erase or a
+    dai update: same neurons; a sign-aware update: same neurons and the same activation signs on the edited
+    query), so each distinct edit is applied and measured once and the per-query scores are read off it:
     Rel = success on q_i, Gen = mean success on the other queries (or on one held-out query)."""
 
     def __init__(self, ctx: StudyContext, model: str, fact, lm):
@@ -66,18 +71,28 @@ class EditSession:
         self.target = new_object(ctx, model, fact, lm)
         self._results: dict = {}
 
-    def measure(self, operation: str, neurons: list, index: int, generalize_on: list[int] | None = None) -> dict | None:
+    def measure(self, operation: str, neurons: list, index: int, generalize_on: list[int] | None = None,
+                rule: str | None = None, lambda2: float | None = None) -> dict | None:
         """Scores of editing `neurons` for query `index`; None when the edit cannot be made (empty set, or no
-        other object to update to). Gen is measured on `generalize_on` (default: every other query)."""
+        other object to update to). Gen is measured on `generalize_on` (default: every other query). Updates
+        use `rule` and `lambda2` (default: the study's --update-rule and --lambda2)."""
         from knowloc.editing import EditTrial, evaluate_trial
 
         if not neurons or (operation == "update" and self.target is None):
             return None
-        key = (operation, tuple(sorted(map(tuple, neurons))))
+        cfg = self.ctx.config
+        rule = rule or cfg.update_rule
+        lambda2 = cfg.lambda2 if lambda2 is None else lambda2
+        pairs = tuple(sorted(map(tuple, neurons)))
+        key: tuple = (operation, pairs)
+        if operation == "update":
+            acts = self.baseline.activations[index]
+            signs = tuple(bool(acts[l, i] >= 0) for l, i in pairs) if rule != "dai" else None
+            key += (rule, cfg.lambda1, lambda2, signs)
         if key not in self._results:
-            cfg = self.ctx.config
-            trial = EditTrial(prompts=self.prompts, index=0, gold=self.fact.object, neurons=neurons,
-                              operation=operation, new_object=self.target, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
+            trial = EditTrial(prompts=self.prompts, index=index, gold=self.fact.object, neurons=neurons,
+                              operation=operation, new_object=self.target, lambda1=cfg.lambda1, lambda2=lambda2,
+                              update_rule=rule)
             self._results[key] = evaluate_trial(self.lm, trial, self.baseline, self.loc_prompts, self.loc_gold,
                                                 self.texts)
         result = self._results[key]
@@ -88,6 +103,7 @@ class EditSession:
         parts = [v for v in (rel, gen, loc) if not np.isnan(v)]
         neighbors = [result.dprob[j] for j in others if not np.isnan(result.dprob[j])]
         return {"rel": rel, "gen": gen, "loc": loc, "avg": float(np.mean(parts)), "dppl": float(result.dppl),
+                "dlogppl": float(result.dlogppl),
                 "dprob_self": float(result.dprob[index]),
                 "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
 
@@ -95,7 +111,7 @@ class EditSession:
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """All trials of one fact: every query x neuron set x operation."""
     session = EditSession(ctx, model, fact, ctx.model(model))
-    kn = ctx.store.kn_lists(model, method, fact.fact_id)
+    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
     rows = []
     for i in sorted(kn):
         for name, neurons in neuron_sets(kn, i).items():
@@ -127,13 +143,14 @@ def summarize(ctx: StudyContext) -> Section:
                         fact_trials = [trials[_key(model, method, f.fact_id)] for f in facts
                                        if split[f.fact_id] == group]
                         row = {"model": model, "method": method, "operation": operation, "group": group,
-                               "neurons": neurons}
+                               "neurons": neurons, "update_rule": cfg.update_rule if operation == "update" else None}
                         for metric in METRICS:
                             n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
                                                            operation=operation, neurons=neurons)
                             row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
                             if metric == "rel":  # Rel is defined for every trial that ran: n = facts with trials
                                 row["n"] = n
+                        row.update(dlogppl_stats(fact_trials, cfg, operation=operation, neurons=neurons))
                         section.summary["modification"].append(row)
     rows = section.summary["modification"]
     section.tables["modification"] = rows
@@ -153,15 +170,27 @@ def summarize(ctx: StudyContext) -> Section:
     return section
 
 
+def dlogppl_stats(fact_trials: list[list[dict]], cfg, **match) -> dict:
+    """dlogppl_mean / dlogppl_median with bootstrap CIs over facts (each fact: the mean over its matching
+    trials' dlogPPL = log(PPL_after / PPL_before))."""
+    out = {}
+    for name, stat in (("mean", np.mean), ("median", np.median)):
+        _, est, lo, hi = fact_level_ci(fact_trials, "dlogppl", cfg.n_boot, cfg.seed, stat=stat, **match)
+        out.update({f"dlogppl_{name}": est, f"dlogppl_{name}_ci_low": lo, f"dlogppl_{name}_ci_high": hi})
+    return out
+
+
 def _markdown(rows: list[dict], counts: list[dict]) -> list[str]:
     lines = ["## Modification (erase / update knowledge neurons)", "",
-             "| model | method | op | group | neurons | n | Rel | Gen | Loc | Avg | dPPL | dprob self | dprob neighbors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "dlogPPL = log(PPL after / PPL before) on neutral text (median over facts; 0 = unchanged).", "",
+             "| model | method | op | rule | group | neurons | n | Rel | Gen | Loc | Avg | dlogPPL median | dprob self | dprob neighbors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['operation']} | {r['group']} | {r['neurons']} | {r['n']} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r['operation']} | {r['update_rule'] or '-'} | {r['group']} | "
+                     f"{r['neurons']} | {r['n']} | "
                      + " | ".join(f"{r[m]:.2f} [{r[m + '_ci_low']:.2f}, {r[m + '_ci_high']:.2f}]"
                                   for m in ("rel", "gen", "loc", "avg"))
-                     + f" | {r['dppl']:+.3f} | {r['dprob_self']:+.2f} | {r['dprob_neighbors']:+.2f} |")
+                     + f" | {fmt_dlogppl(r['dlogppl_median'])} | {r['dprob_self']:+.2f} | {r['dprob_neighbors']:+.2f} |")
     for c in counts:
         lines.append(f"\nN_cap empty for {c['n_cap_empty_facts']} of {c['n_facts']} facts ({c['model']}, {c['method']}).")
     return lines + [""]

@@ -16,6 +16,7 @@ import torch
 
 from knowloc.analysis import relative_change
 from knowloc.models.hooks import hook_sites
+from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
 
 INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
@@ -61,7 +62,7 @@ def scaled_gold_probs(lm, prompt: str, gold: int, variants: list[tuple[list[tupl
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every intervention of every neighbor query of one fact."""
     lm = ctx.model(model)
-    kn = ctx.store.kn_lists(model, method, fact.fact_id)
+    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
     cap = sorted(set.intersection(*map(set, kn.values())))
     gold = lm.first_target_token(fact.object)
     rows = []

@@ -1,0 +1,127 @@
+"""Experiment `update-sweep`: the Rel-vs-Loc frontier of the update rules.
+
+For each studied fact, a seeded sample of `--sweep-queries` of its neighbor queries q_i, each update rule of
+`--sweep-rules` (dai, signed, calibrated; docs/editing.md) and each lambda2 of `--sweep-lambda2`, the query's own
+KNs N_i (specificity filter applied) are updated from the gold object o to another object o' of the relation
+with lambda1 = `--lambda1`, and Rel (P(o') > P(o) on q_i), Gen (on the other neighbor queries), Loc (other
+relations' answers unchanged), Avg and dlogPPL = log(PPL_after / PPL_before) on neutral text are measured.
+Summaries per model x method x rule x lambda2 x group (K_C, K_I, all) carry n facts and bootstrap CIs over
+facts; a frontier figure per model x method x rule draws Rel against Loc as lambda2 grows.
+
+The best frontier point of a rule is its highest Rel among the lambda2 with Loc >= 0.8 (LOC_FLOOR).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from knowloc.study import specificity as spec
+from knowloc.study.context import Section, StudyContext, fact_level_ci, fmt_dlogppl, slug
+from knowloc.study.experiments.modification import EditSession, dlogppl_stats
+
+METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "n_neurons")
+LOC_FLOOR = 0.8
+GROUPS = ("K_C", "K_I", "all")
+
+
+def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, queries: list[int]) -> list[int]:
+    """A seeded sample of at most --sweep-queries of the fact's queries (sorted)."""
+    k = min(ctx.config.update_sweep_queries, len(queries))
+    rng = random.Random(ctx.seed_for("update-sweep", model, method, fact_id))
+    return sorted(rng.sample(sorted(queries), k))
+
+
+def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
+    """Every (rule, lambda2, edited query) update of one fact's N_i."""
+    session = EditSession(ctx, model, fact, ctx.model(model))
+    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+    rows = []
+    for rule in ctx.config.update_sweep_rules:
+        for lambda2 in ctx.config.update_sweep_lambda2:
+            for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
+                row = {"rule": rule, "lambda2": lambda2, "edited": q, "n_neurons": len(kn[q])}
+                scores = session.measure("update", kn[q], q, rule=rule, lambda2=lambda2)
+                rows.append({**row, "skipped": scores is None, **(scores or {})})
+    return rows
+
+
+def _grouped(ctx: StudyContext):
+    from knowloc.study.experiments.consistency import grouped_trials
+
+    pending: dict[tuple[str, str], list] = {}
+    for model, method, group, fact_trials in grouped_trials(ctx, "update-sweep"):
+        pending.setdefault((model, method), []).extend(fact_trials)
+        yield model, method, group, fact_trials
+    for (model, method), fact_trials in pending.items():
+        yield model, method, "all", fact_trials
+
+
+def summarize(ctx: StudyContext) -> Section:
+    from knowloc.report.figures import frontier_plot
+
+    cfg = ctx.config
+    rows = []
+    for model, method, group, fact_trials in _grouped(ctx):
+        for rule in cfg.update_sweep_rules:
+            for lambda2 in cfg.update_sweep_lambda2:
+                match = {"rule": rule, "lambda2": lambda2}
+                row = {"model": model, "method": method, "rule": rule, "lambda2": lambda2, "group": group}
+                for metric in METRICS:
+                    n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
+                    row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                    if metric == "rel":
+                        row["n"] = n
+                row.update(dlogppl_stats(fact_trials, cfg, **match))
+                rows.append(row)
+    section = Section(summary={"update_sweep": rows}, tables={"update_sweep": rows})
+    for model in cfg.models:
+        for method in cfg.methods:
+            for rule in cfg.update_sweep_rules:
+                series = {}
+                for group in GROUPS:
+                    points = sorted((r for r in rows if (r["model"], r["method"], r["rule"], r["group"])
+                                     == (model, method, rule, group) and r["n"]), key=lambda r: r["lambda2"])
+                    if points:
+                        series[f"{group} (n={max(r['n'] for r in points)})"] = [
+                            (r["loc"], r["rel"], f"{r['lambda2']:g}") for r in points]
+                if series:
+                    section.figures.append(frontier_plot(
+                        series, ctx.figures_dir / f"update_frontier_{slug(model)}_{method}_{rule}.png",
+                        f"update rule {rule}: Rel vs Loc as lambda2 grows (labels) — {model}, {method}",
+                        guide=(LOC_FLOOR, 0.5)))
+    section.markdown += _markdown(rows)
+    return section
+
+
+def best_points(rows: list[dict], group: str = "all") -> list[dict]:
+    """Per model x method x rule: the lambda2 with the highest Rel among those with Loc >= LOC_FLOOR (None
+    when no lambda2 keeps Loc that high)."""
+    out = []
+    keys = list(dict.fromkeys((r["model"], r["method"], r["rule"]) for r in rows if r["group"] == group))
+    for model, method, rule in keys:
+        cand = [r for r in rows if (r["model"], r["method"], r["rule"], r["group"]) == (model, method, rule, group)
+                and r["n"] and not np.isnan(r["loc"]) and r["loc"] >= LOC_FLOOR]
+        best = max(cand, key=lambda r: (r["rel"], r["loc"], -r["lambda2"])) if cand else None
+        out.append({"model": model, "method": method, "rule": rule, "group": group, "best": best})
+    return out
+
+
+def _markdown(rows: list[dict]) -> list[str]:
+    lines = ["## Update frontier (update N_i with each rule over lambda2)", "",
+             "| model | method | rule | lambda2 | group | n | Rel [95% CI] | Gen | Loc [95% CI] | Avg | dlogPPL median |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['rule']} | {r['lambda2']:g} | {r['group']} | {r['n']} | "
+                     f"{r['rel']:.2f} [{r['rel_ci_low']:.2f}, {r['rel_ci_high']:.2f}] | {r['gen']:.2f} | "
+                     f"{r['loc']:.2f} [{r['loc_ci_low']:.2f}, {r['loc_ci_high']:.2f}] | {r['avg']:.2f} | "
+                     f"{fmt_dlogppl(r['dlogppl_median'])} |")
+    lines += ["", f"Best frontier point per rule (all facts; highest Rel with Loc >= {LOC_FLOOR}):", ""]
+    for b in best_points(rows):
+        r = b["best"]
+        lines.append(f"- {b['model']} / {b['method']} / {b['rule']}: " + (
+            f"lambda2 {r['lambda2']:g}: Rel {r['rel']:.2f} [{r['rel_ci_low']:.2f}, {r['rel_ci_high']:.2f}], "
+            f"Gen {r['gen']:.2f}, Loc {r['loc']:.2f}, dlogPPL median {fmt_dlogppl(r['dlogppl_median'])} (n {r['n']})"
+            if r else f"no lambda2 keeps Loc >= {LOC_FLOOR}"))
+    return lines + [""]

@@ -1,0 +1,177 @@
+"""The neuron specificity profile, the filter it drives, and the update-sweep experiment (issue: editing evidence
+that measures knowledge, not damage)."""
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from knowloc.data import load_specificity_prompts
+from knowloc.errors import KnowlocError
+from knowloc.study import specificity as spec
+from knowloc.study.config import StudyConfig
+from knowloc.study.context import StudyContext
+from knowloc.study.runner import run_study
+from knowloc.study.store import Store
+
+LEGACY = Path(__file__).parent / "data" / "legacy_tiny_summary.json"
+ALL_PAPER = ["consistency", "modification", "query-mapping", "attention", "cas", "cas-sweep"]
+
+
+def _context(out: Path, config: StudyConfig) -> StudyContext:
+    ctx = StudyContext(config=config, store=Store(out / "results.sqlite", readonly=True), out=out,
+                       echo=lambda _: None)
+    ctx.refresh()
+    return ctx
+
+
+def _same(old, new, path=""):
+    """Every value of `old` is in `new` and equal (floats within 1e-9 relative, nan == nan)."""
+    if isinstance(old, dict):
+        for key, value in old.items():
+            assert key in new, f"{path}/{key} missing"
+            _same(value, new[key], f"{path}/{key}")
+    elif isinstance(old, list):
+        assert len(old) == len(new), f"{path}: {len(old)} vs {len(new)} rows"
+        for i, (a, b) in enumerate(zip(old, new)):
+            _same(a, b, f"{path}[{i}]")
+    elif isinstance(old, float):
+        assert (math.isnan(old) and math.isnan(new)) or math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12), \
+            f"{path}: {old} vs {new}"
+    else:
+        assert old == new, f"{path}: {old!r} vs {new!r}"
+
+
+def test_specificity_off_reproduces_the_previous_release(tmp_path, study_args):
+    """`--specificity off --update-rule dai` gives every summary value of knowloc before the filter existed
+    (tests/study/data/legacy_tiny_summary.json: this study's summary.json written by commit 9e700d1)."""
+    args = study_args(tmp_path / "off", experiments=ALL_PAPER, specificity="off", update_rule="dai")
+    summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    legacy = json.loads(LEGACY.read_text())
+    _same(legacy, summary)
+    assert summary["config"]["specificity"] == 1.0
+    assert {r["specificity"] for r in summary["consistency"]} == {"off"}
+    assert summary["specificity"]  # the profile is reported even when it removes nothing
+
+
+def test_profile_comes_from_reference_prompts_only(tmp_path, study_args, tiny_facts):
+    """The profile is the attribution of fact-free reference prompts (never a studied query); it is the same
+    whichever facts are studied."""
+    reference = load_specificity_prompts()
+    first = tmp_path / "a"
+    run_study(StudyConfig(**study_args(first, experiments=["consistency"], specificity_prompts=12)),
+              echo=lambda _: None)
+    other_facts = tmp_path / "other.jsonl"
+    other_facts.write_text("".join(line + "\n" for line in tiny_facts.read_text().splitlines()[:5]))
+    second = tmp_path / "b"
+    run_study(StudyConfig(**study_args(second, data=str(other_facts), experiments=["consistency"],
+                                       specificity_prompts=12)), echo=lambda _: None)
+    rows = []
+    for out in (first, second):
+        with sqlite3.connect(out / "results.sqlite") as db:
+            rows.append(db.execute("SELECT ridx, prompt, token, kn FROM reference ORDER BY ridx").fetchall())
+            fact_prompts = {json.loads(q)[i]["text"] for (q,) in db.execute("SELECT queries FROM probes")
+                            for i in range(len(json.loads(q)))}
+        assert [r[1] for r in rows[-1]] == reference[:12]
+        assert not fact_prompts & set(reference)
+    assert rows[0] == rows[1]
+
+
+def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args):
+    out = tmp_path / "f0"
+    config = StudyConfig(**study_args(out, experiments=["consistency", "modification", "query-mapping"],
+                                      specificity=0.0))
+    summary = json.loads(run_study(config, echo=lambda _: None).read_text())
+    ctx = _context(out, config)
+    dropped = spec.excluded(ctx, "tiny-llama", "ig")
+    prof = spec.profile(ctx, "tiny-llama", "ig")
+    # F = 0: every neuron that is a KN of some reference prompt is non-specific
+    assert dropped == {n for r in ctx.store.reference("tiny-llama", "ig") for n in r["kn"]} and dropped
+    assert all(prof["ref_frequency"][n] > 0 for n in dropped)
+    raw_total = 0
+    for fact in ctx.facts["tiny-llama"]:
+        raw = ctx.store.kn_lists("tiny-llama", "ig", fact.fact_id)
+        used = spec.kn_lists(ctx, "tiny-llama", "ig", fact.fact_id)
+        assert used.keys() == raw.keys()
+        for q in used:
+            assert not set(used[q]) & dropped
+            raw_total += len(set(raw[q]) & dropped)
+        _, stack = spec.score_stack(ctx, "tiny-llama", "ig", fact.fact_id)
+        assert all(float(stack[:, l, i].abs().max()) == 0 for l, i in dropped)
+    assert raw_total > 0  # the unfiltered sets did hold non-specific neurons
+    views = {(r["method"], r["threshold_kind"]): set() for r in summary["consistency"]}
+    for r in summary["consistency"]:
+        views[(r["method"], r["threshold_kind"])].add(r["specificity"])
+    assert all(v == {"on", "off"} for v in views.values())
+    assert summary["config"]["specificity"] == 0.0
+    listed = {(r["layer"], r["index"]) for r in summary["specificity"] if r["non_specific"]}
+    assert listed == dropped
+    for r in summary["specificity"]:
+        assert {"model", "method", "layer", "index", "ref_frequency", "fact_frequency", "activation_ratio"} <= set(r)
+        assert r["non_specific"] == (r["ref_frequency"] > 0.0)
+    # modification trials edit the filtered sets: N_i sizes match the filtered lists
+    with sqlite3.connect(out / "results.sqlite") as db:
+        for key, rows in db.execute("SELECT key, rows FROM trials WHERE experiment = 'modification'"):
+            fact_id = key.split("\t")[2]
+            used = spec.kn_lists(ctx, "tiny-llama", "ig", fact_id)
+            for row in json.loads(rows):
+                if row["neurons"] == "N_i":
+                    assert row["n_neurons"] == len(used[row["qidx"]])
+    ctx.store.close()
+
+
+def test_update_sweep_contract_and_frontier_figures(tmp_path, study_args):
+    out = tmp_path / "sweep"
+    args = study_args(out, experiments=["consistency", "update-sweep"], update_sweep_lambda2=[0.5, 4.0],
+                      update_sweep_queries=1, facts=4)
+    summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    rows = summary["update_sweep"]
+    assert {r["rule"] for r in rows} == {"dai", "signed", "calibrated"}
+    assert {r["lambda2"] for r in rows} == {0.5, 4.0}
+    assert {r["group"] for r in rows} == {"K_C", "K_I", "all"}
+    for r in rows:
+        assert {"model", "method", "rule", "lambda2", "group", "n", "rel", "gen", "loc", "avg",
+                "dlogppl_median"} <= set(r)
+    total = [r for r in rows if r["group"] == "all"]
+    assert all(r["n"] == max(t["n"] for t in total) for r in total) and total[0]["n"] >= 1
+    figures = {p.name for p in (out / "figures").glob("update_frontier_*.png")}
+    assert figures == {f"update_frontier_tiny-llama_ig_{rule}.png" for rule in ("dai", "signed", "calibrated")}
+    assert "## Update frontier" in (out / "summary.md").read_text()
+    # a larger lambda2 moves the edited query further: Rel never falls from 0.5 to 4 under dai (same direction)
+    dai = {r["lambda2"]: r for r in total if r["rule"] == "dai"}
+    assert dai[4.0]["rel"] >= dai[0.5]["rel"]
+
+
+def test_older_stores_count_as_unfiltered_dai(tmp_path, study_args):
+    """A store written before the filter and the rules existed holds unfiltered sets edited by Dai et al.'s rule:
+    it resumes with --specificity off --update-rule dai and is refused under the new defaults."""
+    out = tmp_path / "old"
+    args = study_args(out, experiments=["consistency"], specificity="off", update_rule="dai", lambda2=8.0)
+    run_study(StudyConfig(**args), echo=lambda _: None)
+    with sqlite3.connect(out / "results.sqlite") as db:
+        db.execute("DELETE FROM config WHERE key IN ('specificity', 'update_rule', 'specificity_prompts', "
+                   "'update_sweep_lambda2', 'update_sweep_rules', 'update_sweep_queries')")
+    run_study(StudyConfig(**args), echo=lambda _: None)
+    defaults = study_args(out, experiments=["consistency"])
+    with pytest.raises(KnowlocError, match="specificity: stored 1.0 vs now 0.1.*update_rule"):
+        run_study(StudyConfig(**defaults), echo=lambda _: None)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"specificity": 1.5}, "--specificity"), ({"specificity": "sometimes"}, "--specificity"),
+    ({"update_rule": "rome"}, "--update-rule"), ({"lambda2": float("inf")}, "--lambda2"),
+    ({"update_sweep_lambda2": "1,x"}, "--sweep-lambda2"), ({"update_sweep_lambda2": [0.0]}, "--sweep-lambda2"),
+    ({"update_sweep_rules": "dai,dai"}, "--sweep-rules"), ({"specificity_prompts": 0}, "--specificity-prompts"),
+])
+def test_bad_settings_are_one_line_errors(kwargs, message):
+    with pytest.raises(KnowlocError, match=message):
+        StudyConfig(**kwargs)
+
+
+def test_lambda2_defaults_to_the_rule(tmp_path):
+    assert StudyConfig(update_rule="dai").lambda2 == 8.0
+    assert StudyConfig(update_rule="calibrated").lambda2 == 2.0
+    assert StudyConfig(update_rule="calibrated", lambda2=0.5).lambda2 == 0.5
+    assert StudyConfig(specificity="off").specificity == 1.0 and not StudyConfig(specificity="off").filtered
