@@ -513,6 +513,7 @@ def cas_sweep_section(summary: dict) -> str:
 
 
 def specificity_section(summary: dict) -> str:
+    from knowloc.study.specificity import LISTED
     counts = summary.get("specificity_counts", [])
     cfg = summary.get("config", {})
     threshold = cfg.get("specificity")
@@ -528,7 +529,9 @@ def specificity_section(summary: dict) -> str:
                               num_col("non-specific neurons", "n_non_specific"),
                               num_col("share of fact KN memberships removed", "n_fact_kn_mass_removed", 2)]),
         "<h3>Non-specific neurons and the most frequent fact KNs</h3>",
-        render_table(summary["specificity"], [
+        f'<p class="muted">Sorted by reference frequency; at most {LISTED} rows per model and method '
+        "(all of them in tables/specificity.csv).</p>",
+        render_table(_first_per_key(summary["specificity"], ("model", "method"), LISTED), [
             text_col("model", "model"), text_col("method", "method"),
             ("neuron", ("layer", "index"), lambda r: esc(f"L{r.get('layer')}#{r.get('index')}"), ""),
             num_col("reference frequency", "ref_frequency", 2), num_col("fact frequency", "fact_frequency", 2),
@@ -537,6 +540,17 @@ def specificity_section(summary: dict) -> str:
             ("fact frequency by relation", ("fact_frequency_by_relation",),
              lambda r: esc(", ".join(f"{k} {v:.2f}" for k, v in (r.get("fact_frequency_by_relation") or {}).items()
                                      if v > 0)), "wrap")], extra=False)])
+
+
+def _first_per_key(rows: list[dict], keys: tuple[str, ...], limit: int) -> list[dict]:
+    seen: dict[tuple, int] = {}
+    out = []
+    for r in rows:
+        key = tuple(r.get(k) for k in keys)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= limit:
+            out.append(r)
+    return out
 
 
 def update_sweep_section(summary: dict) -> str:

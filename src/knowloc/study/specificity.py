@@ -21,6 +21,7 @@ from knowloc.analysis import (activation_ratio, kn_frequency, mask_scores, nonsp
 from knowloc.study.context import Section, StudyContext, slug
 
 TOP_SHOWN = 20  # most frequent fact KNs listed beside the non-specific neurons
+LISTED = 30  # rows per model and method in summary.md (summary.json and the CSV keep every row)
 
 
 def reference_prompts(ctx: StudyContext) -> list[str]:
@@ -180,7 +181,15 @@ def _markdown(rows: list[dict], counts: list[dict]) -> list[str]:
               f"{c['n_fact_kn_mass_removed']:.2f} |" for c in counts]
     lines += ["", "| model | method | neuron | ref. frequency | fact frequency | |a| / layer median | non-specific |",
               "|---|---|---|---|---|---|---|"]
+    seen: dict[tuple[str, str], int] = {}
+    shown = []
+    for r in rows:
+        seen[(r["model"], r["method"])] = seen.get((r["model"], r["method"]), 0) + 1
+        if seen[(r["model"], r["method"])] <= LISTED:
+            shown.append(r)
     lines += [f"| {r['model']} | {r['method']} | L{r['layer']}#{r['index']} | {r['ref_frequency']:.2f} | "
               f"{r['fact_frequency']:.2f} | {r['activation_ratio']:.1f} | {'yes' if r['non_specific'] else 'no'} |"
-              for r in rows]
+              for r in shown]
+    if len(shown) < len(rows):
+        lines += ["", f"(the first {LISTED} rows per model and method; all {len(rows)} are in tables/specificity.csv)"]
     return lines + [""]

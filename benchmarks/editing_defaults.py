@@ -1,0 +1,125 @@
+"""The measurement behind knowloc's editing defaults: the specificity threshold F and the update rule / lambda2.
+
+Usage:
+    python benchmarks/editing_defaults.py STUDY_DIR [--facts 30] [--methods ig,amig]
+        [--specificity 0.02,0.05,0.1,0.2,0.3,1] [--rules dai,signed,calibrated] [--lambda2 0.25,...,16]
+        [--rule-specificity 0.1] [--threads 2]
+
+STUDY_DIR is a finished `knowloc study` directory of the model whose reference attributions are stored (any
+study run by this version stores them). On a seeded sample of its facts the script
+
+1. erases each query's own KNs N_i, filtered at every F of --specificity, and prints per method and F: mean
+   |N_i|, Rel, Gen, Loc, the median over facts of dlogPPL and the mean dprob_self (the same trials, metrics
+   and fact-level aggregation as the `modification` experiment, 95% bootstrap CIs over facts);
+2. updates N_i (filtered at --rule-specificity) with every rule at every lambda2 and prints Rel, Gen, Loc and
+   median dlogPPL (as the `update-sweep` experiment, on every neighbor query of each fact).
+
+Nothing is written to STUDY_DIR (its store is opened read-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from knowloc.study import specificity as spec
+from knowloc.study.config import StudyConfig
+from knowloc.study.context import StudyContext, fact_level_ci, fmt_dlogppl
+from knowloc.study.experiments.modification import EditSession
+from knowloc.study.store import Store
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _row(label: str, fact_trials: list[list[dict]], n_boot: int = 1000) -> str:
+    cells = []
+    for metric in ("rel", "gen", "loc"):
+        _, est, lo, hi = fact_level_ci(fact_trials, metric, n_boot, 0)
+        cells.append(f"{est:.2f} [{lo:.2f}, {hi:.2f}]")
+    _, med, lo, hi = fact_level_ci(fact_trials, "dlogppl", n_boot, 0, stat=np.median)
+    cells.append(f"{fmt_dlogppl(med)} [{fmt_dlogppl(lo)}, {fmt_dlogppl(hi)}]")
+    n, dp, _, _ = fact_level_ci(fact_trials, "dprob_self", n_boot, 0)
+    size = np.mean([np.mean([r["n_neurons"] for r in rows]) for rows in fact_trials if rows])
+    return f"| {label} | {n} | {size:.1f} | " + " | ".join(cells) + f" | {dp:+.2f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("study", type=Path)
+    parser.add_argument("--facts", type=int, default=30)
+    parser.add_argument("--methods", default="ig,amig")
+    parser.add_argument("--specificity", default="0.02,0.05,0.1,0.2,0.3,1")
+    parser.add_argument("--rules", default="dai,signed,calibrated")
+    parser.add_argument("--lambda2", default="0.25,0.5,1,2,4,8,16")
+    parser.add_argument("--rule-specificity", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    saved = json.loads((args.study / "summary.json").read_text())["config"]
+    base = {k: v for k, v in saved.items() if k in {f for f in StudyConfig.__dataclass_fields__}}
+    store = Store(args.study / "results.sqlite", readonly=True)
+    model = base["models"][0]
+
+    def context(specificity: float) -> StudyContext:
+        cfg = StudyConfig(**{**base, "specificity": specificity, "out": str(args.study), "progress": False})
+        ctx = StudyContext(config=cfg, store=store, out=args.study, echo=lambda _: None)
+        ctx.load_facts(model)
+        return ctx
+
+    ctx0 = context(1.0)
+    facts = ctx0.facts[model]
+    facts = sorted(random.Random(0).sample(facts, min(args.facts, len(facts))), key=lambda f: f.fact_id)
+    lm = ctx0.model(model)
+    start = time.perf_counter()
+    sessions = {f.fact_id: EditSession(ctx0, model, f, lm) for f in facts}
+    levels = _floats(args.specificity)
+    print(f"{model}: {len(facts)} facts (seeded sample), {base['locality']} locality prompts, "
+          f"{base['ppl_texts']} neutral texts per fact")
+    print("\n## Erase N_i at each specificity threshold F\n")
+    print("| method, F | n | mean N_i | Rel | Gen | Loc | dlogPPL median | dprob_self |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method in args.methods.split(","):
+        for level in levels:
+            ctx = context(level)
+            ctx._models = ctx0._models
+            fact_trials = []
+            for fact in facts:
+                kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+                rows = []
+                for q, neurons in sorted(kn.items()):
+                    scores = sessions[fact.fact_id].measure("erase", neurons, q)
+                    rows.append({"n_neurons": len(neurons), **(scores or {}), "skipped": scores is None})
+                fact_trials.append(rows)
+            n_drop = len(spec.excluded(ctx, model, method))
+            print(_row(f"{method}, F={level:g} ({n_drop} removed)", fact_trials), flush=True)
+    print(f"\n## Update N_i (F = {args.rule_specificity:g}) with each rule and lambda2\n")
+    print("| method, rule, lambda2 | n | mean N_i | Rel | Gen | Loc | dlogPPL median | dprob_self |")
+    print("|---|---|---|---|---|---|---|---|")
+    ctx = context(args.rule_specificity)
+    ctx._models = ctx0._models
+    for method in args.methods.split(","):
+        kns = {f.fact_id: spec.kn_lists(ctx, model, method, f.fact_id) for f in facts}
+        for rule in args.rules.split(","):
+            for lambda2 in _floats(args.lambda2):
+                fact_trials = []
+                for fact in facts:
+                    rows = []
+                    for q, neurons in sorted(kns[fact.fact_id].items()):
+                        scores = sessions[fact.fact_id].measure("update", neurons, q, rule=rule, lambda2=lambda2)
+                        rows.append({"n_neurons": len(neurons), **(scores or {}), "skipped": scores is None})
+                    fact_trials.append(rows)
+                print(_row(f"{method}, {rule}, {lambda2:g}", fact_trials), flush=True)
+    print(f"\n{time.perf_counter() - start:.0f} s")
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
