@@ -160,3 +160,31 @@ def test_chunks_shrink_with_the_prompt_length(tiny_models):
     assert rows[100] < 2 * lm.n_layers  # the 3-step run below is split into several chunks
     fast, _ = attribute_fast(lm, enc, config, memory_gb=0.0002)
     assert_equivalent(fast, attribute_reference(lm, enc, config))
+
+
+@pytest.mark.parametrize("method", ["ig", "amig", "sig"])
+def test_convergence_delta_shrinks_with_steps(tiny_models, method):
+    """IG's completeness, reported as captum does: sum of a layer's scores vs F(a) - F(baseline)."""
+    lm = tiny_models("tiny-llama")
+    deltas = []
+    for steps in (2, 64):
+        result = attribute(lm, PROMPT, "Paris", method=method, steps=steps, reference_prompts=REFS,
+                           return_convergence_delta=True)
+        assert result.convergence_delta.shape == (lm.n_layers,)
+        deltas.append(float(result.convergence_delta.abs().max()))
+    assert deltas[1] < deltas[0]
+    assert deltas[1] < 0.02 * max(result.prob, 1e-3)
+    assert attribute(lm, PROMPT, "Paris", steps=2).convergence_delta is None
+
+
+def test_convergence_delta_baseline_objective_matches_a_patched_forward(tiny_models):
+    from knowloc.attribution.completeness import objective_at_baselines
+    from knowloc.models.hooks import scale_neurons
+
+    lm = tiny_models("tiny-gpt2")
+    enc = lm.encode(PROMPT, "Paris")
+    at_zero = objective_at_baselines(lm, enc, MethodConfig("ig", 3), batch_rows=2)
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), scale_neurons(lm, {layer: list(range(lm.n_neurons))}, 0.0, position=enc.last_pos):
+            p = torch.softmax(lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1], -1)
+        assert float(at_zero[0, layer]) == pytest.approx(float(p[enc.target_ids[0]]), rel=1e-5)

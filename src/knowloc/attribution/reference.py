@@ -2,15 +2,16 @@
 
 For tests and the benchmark only. For each layer l it runs the whole prompt (plus teacher-forced target) for a
 batch of all integration points with the activation at the last prompt position patched, computes the full
-logits and back-propagates. Baselines are also computed one prompt at a time. Slow by design; same maths.
+logits and back-propagates with plain autograd through ``log_softmax`` and ``gather`` (none of the fast
+engine's hand-written gradients, KV-cache replay or staircase batching), so a wrong formula in the engine
+cannot hide in a shared helper. Baselines are also computed one prompt at a time. Slow by design.
 """
 
 from __future__ import annotations
 
 import torch
 
-from knowloc.attribution.methods import (MethodConfig, baseline_token_id, objective, reference_prompts,
-                                         sig_positions)
+from knowloc.attribution.methods import MethodConfig, baseline_token_id, reference_prompts, sig_positions
 from knowloc.models.hooks import hook_sites, trace_activations
 from knowloc.models.lm import Encoding, LanguageModel
 
@@ -37,6 +38,14 @@ def _baselines(lm: LanguageModel, enc: Encoding, config: MethodConfig) -> torch.
     return torch.stack(rows)
 
 
+def plain_objective(logits: torch.Tensor, target_ids: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per row: the mean over target tokens of P(token) ("prob") or log P(token) ("logprob"), from logits
+    [rows, n_target, vocab] by ``log_softmax`` + ``gather`` (autograd differentiates it)."""
+    index = target_ids.view(1, -1, 1).expand(logits.shape[0], -1, 1)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, index).squeeze(-1)
+    return (logp if kind == "logprob" else logp.exp()).mean(dim=-1)
+
+
 def attribute_reference(lm: LanguageModel, enc: Encoding, config: MethodConfig,
                         layers: list[int] | None = None) -> torch.Tensor:
     """Scores [n_layers, n_neurons] (float32, CPU), one layer at a time."""
@@ -60,7 +69,7 @@ def attribute_reference(lm: LanguageModel, enc: Encoding, config: MethodConfig,
 
         with torch.enable_grad(), hook_sites(lm, {layer: patch}):
             logits = lm.model(input_ids=ids.expand(x.shape[0], -1)).logits
-            values = objective(logits[:, pos:pos + enc.n_target], target, config.objective)
+            values = plain_objective(logits[:, pos:pos + enc.n_target], target, config.objective)
             (grad,) = torch.autograd.grad(values.sum(), x)
         grad_mean = grad.float().view(b.shape[0], steps, -1).mean(dim=1)  # [J, N]
         scores[layer] = ((clean[layer] - b) * grad_mean).mean(dim=0).cpu()

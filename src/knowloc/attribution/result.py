@@ -12,6 +12,8 @@ class Attribution:
     """Attribution scores of every neuron for one query.
 
     scores: float32 [n_layers, n_neurons] on CPU. prob: the model's objective value on the unmodified query.
+    convergence_delta: per layer, sum of the layer's scores minus the objective difference they should add up
+    to (IG's completeness; :mod:`knowloc.attribution.completeness`), when asked for; else None.
     """
 
     scores: torch.Tensor
@@ -23,6 +25,7 @@ class Attribution:
     objective: str = "prob"
     prob: float = float("nan")
     extra: dict = field(default_factory=dict)
+    convergence_delta: torch.Tensor | None = None
 
     def neurons(self, threshold: float = 0.2, mode: str = "relative") -> list[tuple[int, int]]:
         """Knowledge neurons, sorted by score. relative: score > threshold * max (Dai et al.'s adaptive
