@@ -175,3 +175,12 @@ def test_lambda2_defaults_to_the_rule(tmp_path):
     assert StudyConfig(update_rule="calibrated").lambda2 == 2.0
     assert StudyConfig(update_rule="calibrated", lambda2=0.5).lambda2 == 0.5
     assert StudyConfig(specificity="off").specificity == 1.0 and not StudyConfig(specificity="off").filtered
+
+
+def test_filtered_study_matches_the_fixture(tmp_path, study_args):
+    """Refactoring changes no value: all seven experiments with the filter and the calibrated rule reproduce
+    tests/study/data/filtered_tiny_summary.json (see its README)."""
+    args = study_args(tmp_path / "on", experiments=ALL_PAPER + ["update-sweep"], specificity=0.1,
+                      update_rule="calibrated", lambda2=2.0, update_sweep_lambda2=[0.5, 4.0], update_sweep_queries=1)
+    summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    _same(json.loads((LEGACY.parent / "filtered_tiny_summary.json").read_text()), summary)
