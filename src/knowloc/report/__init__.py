@@ -1,9 +1,5 @@
-"""Report figures: static PNG plots of consistency scores, activations, editing metrics and sweeps.
+"""The self-contained HTML report of a study directory (:mod:`knowloc.report.html`)."""
 
-Headless (matplotlib Agg backend), deterministic, written atomically. See
-:mod:`knowloc.report.figures`.
-"""
+from knowloc.report.html import build_report, environment_info
 
-from knowloc.report.figures import activation_heatmaps, grouped_bars, heatmap_grid, line_plot, violin_cs
-
-__all__ = ["activation_heatmaps", "grouped_bars", "heatmap_grid", "line_plot", "violin_cs"]
+__all__ = ["build_report", "environment_info"]

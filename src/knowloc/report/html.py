@@ -26,14 +26,13 @@ import html
 import importlib.metadata
 import json
 import math
-import os
 import platform
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from knowloc.errors import KnowlocError
+from knowloc.fileio import atomic_write
 
 __all__ = ["build_report", "environment_info"]
 
@@ -789,17 +788,4 @@ def build_report(out_dir: Path, environment: dict | None = None) -> Path:
     written.
     """
     out_dir = Path(out_dir)
-    text = render_report(out_dir, environment)
-    path = out_dir / "report.html"
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False, suffix=".tmp", prefix=".report-",
-                                         encoding="utf-8") as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp.name)
-        except (OSError, NameError):
-            pass
-        raise KnowlocError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    return atomic_write(out_dir / "report.html", render_report(out_dir, environment))

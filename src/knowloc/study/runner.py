@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from knowloc.errors import KnowlocError
+from knowloc.fileio import atomic_write
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.executors import LocalExecutor
@@ -122,16 +122,6 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
     return summary_path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, path)
-    except OSError as exc:
-        raise KnowlocError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def _csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -152,13 +142,13 @@ def write_outputs(ctx: StudyContext, sections: list[Section], wall_s: float) -> 
         summary.update(section.summary)
         for name, rows in section.tables.items():
             if rows:
-                _atomic_write(ctx.out / "tables" / f"{name}.csv", _csv(rows))
+                atomic_write(ctx.out / "tables" / f"{name}.csv", _csv(rows))
         markdown += section.markdown
         markdown += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
     text = "\n".join(markdown)
-    _atomic_write(ctx.out / "summary.md", text)
+    atomic_write(ctx.out / "summary.md", text)
     path = ctx.out / "summary.json"
-    _atomic_write(path, json.dumps(summary, indent=2, sort_keys=True, allow_nan=True))
+    atomic_write(path, json.dumps(summary, indent=2, sort_keys=True, allow_nan=True))
     ctx.echo(text)
     ctx.echo(f"study finished in {wall_s:.0f} s; outputs in {ctx.out}")
     return path

@@ -125,7 +125,7 @@ def fact_frequency(ctx: StudyContext, model: str, method: str) -> tuple[np.ndarr
 def summarize(ctx: StudyContext) -> Section:
     """summary.json `specificity` (the non-specific neurons and the most frequent fact KNs), a figure of
     reference KN frequency against activation ratio per model and method, and a Markdown table."""
-    from knowloc.report.figures import specificity_scatter
+    from knowloc.plots.figures import specificity_scatter
 
     cfg = ctx.config
     rows, counts = [], []

@@ -87,7 +87,7 @@ def finalize(ctx: StudyContext, model: str) -> None:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.report.figures import grouped_bars
+    from knowloc.plots.figures import grouped_bars
     from knowloc.study.experiments.consistency import grouped_trials
 
     cfg = ctx.config
@@ -161,7 +161,7 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
 
 
 def heatmaps(ctx: StudyContext) -> list:
-    from knowloc.report.figures import activation_heatmaps
+    from knowloc.plots.figures import activation_heatmaps
 
     paths = []
     for key, examples in ctx.store.trials("attention-heatmap").items():

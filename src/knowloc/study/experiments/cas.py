@@ -74,7 +74,7 @@ def _fact_mean(rows: list[dict], metric: str, **match) -> float:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.report.figures import grouped_bars
+    from knowloc.plots.figures import grouped_bars
     from knowloc.study.experiments.consistency import groups
 
     cfg = ctx.config

@@ -46,7 +46,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.report.figures import heatmap_grid
+    from knowloc.plots.figures import heatmap_grid
     from knowloc.study.experiments.consistency import grouped_trials
 
     cfg = ctx.config

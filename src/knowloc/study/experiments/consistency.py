@@ -80,7 +80,7 @@ def null_scores(ctx: StudyContext, model: str, method: str, filtered: bool | Non
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.report.figures import violin_cs
+    from knowloc.plots.figures import violin_cs
 
     section = Section(summary={"consistency": [], "consistency_relations": [], "consistency_all_methods": []})
     cfg = ctx.config
@@ -141,7 +141,7 @@ def summarize(ctx: StudyContext) -> Section:
 
 def heatmap_figures(ctx: StudyContext) -> list:
     """Attribution heatmaps (layers x top neurons) of two neighbor queries of a K_C and of a K_I fact."""
-    from knowloc.report.figures import activation_heatmaps
+    from knowloc.plots.figures import activation_heatmaps
 
     paths = []
     model, method = ctx.config.models[0], ctx.config.methods[0]

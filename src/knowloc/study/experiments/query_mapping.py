@@ -86,7 +86,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.report.figures import grouped_bars
+    from knowloc.plots.figures import grouped_bars
     from knowloc.study.experiments.consistency import grouped_trials
 
     cfg = ctx.config

@@ -59,7 +59,7 @@ def _grouped(ctx: StudyContext):
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.report.figures import frontier_plot
+    from knowloc.plots.figures import frontier_plot
 
     cfg = ctx.config
     rows = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from knowloc.errors import KnowlocError  # noqa: E402
+from knowloc.fileio import atomic_write  # noqa: E402
 
 __all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "line_plot", "specificity_scatter",
            "violin_cs"]
@@ -85,33 +85,13 @@ def _check_path(path: PathLike) -> Path:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG atomically; the figure is always closed."""
-    tmp_name: str | None = None
+    """Write ``fig`` to ``path`` as PNG atomically (:func:`knowloc.fileio.atomic_write`); always closed."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # open(..., "x") honours the umask (mkstemp would leave the figure 0600); the random
-        # suffix only names the temp file, the image itself is deterministic.
-        while True:
-            tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            try:
-                handle = open(tmp_name, "xb")  # noqa: SIM115
-            except FileExistsError:
-                continue
-            break
-        with handle:
-            fig.savefig(handle, format="png", dpi=DPI)
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as exc:
-        raise KnowlocError(f"cannot write figure {str(path)!r}: {exc.strerror or exc}") from exc
+        return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
+    except KnowlocError as exc:
+        raise KnowlocError(f"cannot write figure {str(path)!r}: {str(exc).split(': ', 1)[-1]}") from None
     finally:
         plt.close(fig)
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-    return path
 
 
 def _finite_float(value: Any, what: str) -> float:

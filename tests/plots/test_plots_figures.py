@@ -1,4 +1,4 @@
-"""Tests for knowloc.report figures: valid PNGs written atomically, edge cases, one-line errors."""
+"""Tests for knowloc.plots: valid PNGs written atomically, edge cases, one-line errors."""
 
 import math
 from pathlib import Path
@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from knowloc import report  # noqa: E402
+from knowloc import plots  # noqa: E402
 from knowloc.errors import KnowlocError  # noqa: E402
-from knowloc.report import (  # noqa: E402
+from knowloc.plots import (  # noqa: E402
     activation_heatmaps,
     figures,
     grouped_bars,
@@ -108,10 +108,10 @@ def grid() -> tuple[np.ndarray, list[str], list[str]]:
 
 
 def test_reexports():
-    assert set(report.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars", "line_plot",
-                                   "heatmap_grid"}
-    for name in report.__all__:
-        assert getattr(report, name) is getattr(figures, name)
+    assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars", "line_plot",
+                                  "heatmap_grid", "frontier_plot", "specificity_scatter"}
+    for name in plots.__all__:
+        assert getattr(plots, name) is getattr(figures, name)
     assert matplotlib.get_backend().lower() == "agg"
 
 

@@ -1,0 +1,11 @@
+"""Static PNG figures of study results: consistency scores, activations, editing metrics, sweeps, specificity.
+
+Headless (matplotlib Agg backend), deterministic and written atomically; drawn by the study's experiments and
+embedded by the report. See :mod:`knowloc.plots.figures`.
+"""
+
+from knowloc.plots.figures import (activation_heatmaps, frontier_plot, grouped_bars, heatmap_grid, line_plot,
+                                   specificity_scatter, violin_cs)
+
+__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "line_plot", "specificity_scatter",
+           "violin_cs"]
