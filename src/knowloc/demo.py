@@ -12,19 +12,20 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from knowloc.report.html import build_report, environment_info
+from knowloc.study.config import StudyConfig
+from knowloc.study.registry import names as experiment_names
+from knowloc.study.runner import run_study
+
 DEMO_FACTS = 10
 DEMO_METHODS = ["ig", "amig"]
 
 
 def run_demo(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS, methods: list[str] | None = None,
              echo: Callable[[str], None] = print) -> Path:
-    from knowloc.report.html import build_report, environment_info
-    from knowloc.study.config import EXPERIMENTS, StudyConfig
-    from knowloc.study.runner import run_study
-
     start = time.perf_counter()
     config = StudyConfig(models=[model], data="builtin", methods=methods or DEMO_METHODS,
-                         experiments=list(EXPERIMENTS), facts=facts, out=str(out), n_boot=1000, locality=5,
+                         experiments=list(experiment_names()), facts=facts, out=str(out), n_boot=1000, locality=5,
                          ppl_texts=3)
     run_study(config, echo=echo)
     wall = time.perf_counter() - start

@@ -67,7 +67,8 @@ def test_report_has_every_section(study, report):
     for sid in ("consistency", "modification", "query-mapping", "cas"):
         assert "not run" not in report.split(f'<section id="{sid}">')[1].split("</section>")[0]
     for text in ("K_I fraction [95% CI]", "Welch p", "null gap", "Facts in K_I under every method",
-                 "K_I fraction per relation", "Rel", "dPPL", "CAS vs. baselines", "Scores per selection"):
+                 "K_I fraction per relation", "Rel", "dlogPPL (median)", "CAS vs. baselines", "Scores per selection",
+                 "Non-specific neurons and the most frequent fact KNs"):
         assert text in report
     # environment: versions, device, wall time
     for text in ("torch version", "transformers version", "numpy version", "python version", "knowloc version",
@@ -104,21 +105,22 @@ def test_drill_down_lists_every_studied_fact(study, report):
     drill = report.split('<section id="facts">')[1]
     assert re.search(r"CS1 \d\.\d{3} · CS2 \d\.\d{3} · CS<sub>p</sub> \d\.\d{3} · group", drill)
     assert re.search(r"L\d+#\d+", drill)
-    # the groups shown are the study's (consistency.groups over a model-less StudyContext)
+    assert "recomputed here" not in drill
+    # the groups and KN lists shown are the ones the study used (recomputed here from the store)
+    from knowloc.study import specificity as spec
     from knowloc.study.config import StudyConfig
     from knowloc.study.context import StudyContext
-    from knowloc.study.experiments.consistency import groups
-    from knowloc.study.facts import select_facts
+    from knowloc.study.groups import groups
     from knowloc.study.store import Store
 
     cfg = StudyConfig(**summary["config"])
-    store = Store(study / "results.sqlite")
+    store = Store(study / "results.sqlite", readonly=True)
     try:
-        probes = store.probe("tiny-llama")
-        facts = select_facts(probes, cfg.min_known, cfg.facts, cfg.seed)
-        ctx = StudyContext(config=cfg, store=store, out=study, facts={"tiny-llama": facts},
-                           probes={"tiny-llama": probes})
+        ctx = StudyContext(config=cfg, store=store, out=study)
+        ctx.load_facts("tiny-llama")
         expected = groups(ctx, "tiny-llama", "ig")
+        facts = ctx.facts["tiny-llama"]
+        used = {f.fact_id: spec.kn_lists(ctx, "tiny-llama", "ig", f.fact_id) for f in facts}
     finally:
         store.close()
     for fact in facts:
@@ -126,6 +128,8 @@ def test_drill_down_lists_every_studied_fact(study, report):
         assert f'ig: <span class="g-{expected[fact.fact_id]}">' in block.split("</summary>")[0]
         for prompt in fact.prompts:
             assert html.escape(prompt) in block
+        first = used[fact.fact_id][0][:3]
+        assert ", ".join(f"L{l}#{i}" for l, i in first) in block
 
 
 def test_rebuild_is_deterministic(study, report):
@@ -212,39 +216,31 @@ def test_data_text_is_escaped(tmp_path):
     assert "custom_plot.png" in text.split('<section id="other-figures">')[1].split("</section>")[0]
 
 
-def test_attention_rows_render_with_either_ci_naming(tmp_path):
+def test_attention_rows_render_with_their_intervals(tmp_path):
     out = _hand_made_study(tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     base = {"model": "m", "method": "ig", "group": "K_C", "synapses": "related", "alpha": 0.0, "n": 3}
-
-    def section(rows: list[dict]) -> str:
-        (out / "summary.json").write_text(json.dumps({**summary, "attention": rows}))
-        text = build_report(out).read_text(encoding="utf-8")
-        return text.split('<section id="attention">')[1].split("</section>")[0]
-
-    prefixed = section([{**base, "dkn_activation": -0.25, "dkn_activation_ci_low": -0.5,
-                         "dkn_activation_ci_high": -0.125, "dprob": -0.0625, "dprob_ci_low": -0.125,
-                         "dprob_ci_high": 0.0}])
-    assert "not run" not in prefixed and "attention_old.png" in prefixed
-    assert '-0.250 <span class="ci">[-0.500, -0.125]</span>' in prefixed
-    assert '-0.062 <span class="ci">[-0.125, +0.000]</span>' in prefixed
-    plain = section([{**base, "synapses": "irrelevant", "alpha": 2.0, "dkn_activation": 0.5, "dprob": 0.25,
-                      "ci_low": 0.125, "ci_high": 0.375}])
-    assert '<td class="num">+0.500</td>' in plain
-    assert '+0.250 <span class="ci">[+0.125, +0.375]</span>' in plain  # dprob with plain ci_low / ci_high
-    assert "<td>irrelevant</td>" in plain and "<td>related</td>" not in plain
+    (out / "summary.json").write_text(json.dumps({**summary, "attention": [
+        {**base, "dkn_activation": -0.25, "dkn_activation_ci_low": -0.5, "dkn_activation_ci_high": -0.125,
+         "dprob": -0.0625, "dprob_ci_low": -0.125, "dprob_ci_high": 0.0},
+        {**base, "synapses": "irrelevant", "alpha": 2.0, "dkn_activation": 0.5, "dprob": 0.25}]}))
+    text = build_report(out).read_text(encoding="utf-8")
+    section = text.split('<section id="attention">')[1].split("</section>")[0]
+    assert "not run" not in section and "attention_old.png" in section
+    assert '-0.250 <span class="ci">[-0.500, -0.125]</span>' in section
+    assert '-0.062 <span class="ci">[-0.125, +0.000]</span>' in section
+    assert '<td class="num">+0.500</td>' in section and '<td class="num">+0.250</td>' in section  # no CI given
+    assert '<span class="g-K_C">K_C</span>' in section
 
 
-def test_drill_down_groups_without_a_rebuildable_config(tmp_path):
-    """A configuration this knowloc cannot rebuild: the groups are recomputed from CS and tau (static split)."""
+def test_drill_down_groups_of_a_store_without_stored_groups(tmp_path):
+    """A store written before the study stored its groups: they are recomputed from CS and tau (static split)."""
     from knowloc.analysis import consistency_scores
 
     out = _hand_made_study(tmp_path)
     summary = json.loads((out / "summary.json").read_text())
-    summary["config"]["option_of_a_later_version"] = 1
-    (out / "summary.json").write_text(json.dumps(summary))
     text = build_report(out).read_text(encoding="utf-8")
-    assert "recomputed here" in text
+    assert "recomputed here from the unfiltered KN sets" in text
     for k in range(3):
         sets = [{(0, 1), (1, 2 + k + q)} | {(2, i) for i in range(40 if k == 0 else 3)} for q in range(2)]
         group = "K_C" if consistency_scores(sets)["cs2"] >= summary["config"]["tau"] else "K_I"

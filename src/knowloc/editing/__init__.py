@@ -14,6 +14,7 @@ from knowloc.editing.evaluate import (
     perplexity_of_texts,
     text_nll,
 )
+from knowloc.editing.session import EditSession, choose_new_object, locality_sample
 from knowloc.editing.operations import (
     OPERATIONS,
     UPDATE_RULES,
@@ -27,6 +28,9 @@ from knowloc.editing.operations import (
 )
 
 __all__ = [
+    "EditSession",
+    "choose_new_object",
+    "locality_sample",
     "OPERATIONS",
     "UPDATE_RULES",
     "log_perplexity_of_texts",

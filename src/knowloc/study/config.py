@@ -9,8 +9,8 @@ from pathlib import Path
 from knowloc.attribution.methods import METHODS
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
+from knowloc.study.registry import names as experiment_names
 
-EXPERIMENTS = ("consistency", "modification", "query-mapping", "attention", "cas", "cas-sweep", "update-sweep")
 CS_SCORES = ("cs1", "cs2", "csp")
 
 # Settings that determine stored values (probes, attributions, trials): a study directory keeps one set of
@@ -96,8 +96,8 @@ class StudyConfig:
             if method not in METHODS:
                 raise KnowlocError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         for experiment in self.experiments:
-            if experiment not in EXPERIMENTS:
-                raise KnowlocError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+            if experiment not in experiment_names():
+                raise KnowlocError(f"unknown experiment {experiment!r}; choose from {', '.join(experiment_names())}")
         if not self.methods:
             raise KnowlocError("at least one method is required")
         if self.steps < 1:

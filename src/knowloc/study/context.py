@@ -7,8 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from knowloc.analysis import bootstrap_ci
+from knowloc.data import load_neutral_texts
+from knowloc.editing.session import EditSession, choose_new_object, locality_sample
+from knowloc.models import load_model
+from knowloc.models.lm import LanguageModel
 from knowloc.study.config import StudyConfig
-from knowloc.study.facts import StudyFact
+from knowloc.study.facts import StudyFact, select_facts
 from knowloc.study.store import Store
 
 
@@ -22,31 +29,11 @@ def trial_key(model: str, method: str, fact_id: str) -> str:
     return f"{model}\t{method}\t{fact_id}"
 
 
-WRECKED_LOG = 6.907755278982137  # log(1000): a perplexity ratio above 1000x is shown as "> 1000x"
-
-
-def fmt_dlogppl(value: float, digits: int = 3) -> str:
-    """dlogPPL as text: signed, nan as "–", a ratio above 1000x (or an overflow) as "> 1000x"."""
-    import math
-
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "\u2013"
-    if value > WRECKED_LOG:
-        return "> 1000x"
-    if value < -WRECKED_LOG:
-        return "< 0.001x"
-    return f"{value:+.{digits}f}"
-
-
 def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed: int, stat=None,
                   **match: object) -> tuple[int, float, float, float]:
     """(n facts, estimate, CI low, CI high) of a metric: each fact's trials matching `match` are averaged
     (nan left out), then `stat` (default: the mean) over facts with a bootstrap interval that resamples facts
     (facts, not trials, are the independent units)."""
-    import numpy as np
-
-    from knowloc.analysis import bootstrap_ci
-
     stat = np.mean if stat is None else stat
 
     per_fact = []
@@ -60,14 +47,23 @@ def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed:
     return len(per_fact), float(estimate), float(low), float(high)
 
 
+def dlogppl_stats(fact_trials: list[list[dict]], cfg: StudyConfig, **match) -> dict:
+    """dlogppl_mean / dlogppl_median with bootstrap CIs over facts (each fact: the mean over its matching
+    trials' dlogPPL = log(PPL_after / PPL_before))."""
+    out = {}
+    for name, stat in (("mean", np.mean), ("median", np.median)):
+        _, est, lo, hi = fact_level_ci(fact_trials, "dlogppl", cfg.n_boot, cfg.seed, stat=stat, **match)
+        out.update({f"dlogppl_{name}": est, f"dlogppl_{name}_ci_low": lo, f"dlogppl_{name}_ci_high": hi})
+    return out
+
+
 @dataclass
 class Section:
-    """An experiment's outputs: summary.json keys, CSV tables, figures and Markdown lines."""
+    """An experiment's outputs: summary.json keys, CSV tables (by file name) and figures."""
 
     summary: dict[str, list[dict]] = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
-    markdown: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -81,19 +77,32 @@ class StudyContext:
     cache: dict = field(default_factory=dict)  # derived views of the store (specificity profile, filtered KN sets)
     _models: dict = field(default_factory=dict)
 
-    def model(self, name: str):
+    def model(self, name: str) -> LanguageModel:
         """Load a model once (and only if some work needs it)."""
         if name not in self._models:
-            from knowloc.models import load_model
-
             self._models.clear()  # one model in memory at a time
             self._models[name] = load_model(name, device=self.config.device, dtype=self.config.dtype)
         return self._models[name]
 
+    def edit_session(self, model: str, fact: StudyFact) -> EditSession:
+        """A fact's editing trials under the study's settings: a seeded sample of --locality answered queries of
+        other relations (other facts when there is no other relation), a seeded new object of the same relation
+        for updates, the first --ppl-texts neutral sentences, and the study's update rule and lambdas."""
+        cfg, probes = self.config, self.probes[model]
+        pool = [(q["text"], row["object"]) for row in probes if row["relation"] != fact.relation
+                for q in row["queries"] if q["top1"]]
+        if not pool:
+            pool = [(q["text"], row["object"]) for row in probes if row["fact_id"] != fact.fact_id
+                    for q in row["queries"] if q["top1"]]
+        loc_prompts, loc_objects = locality_sample(pool, cfg.locality, self.seed_for("locality", model, fact.fact_id))
+        lm = self.model(model)
+        target = choose_new_object(lm, fact.object, [r["object"] for r in probes if r["relation"] == fact.relation],
+                                   self.seed_for("update", model, fact.fact_id))
+        return EditSession(lm, fact.prompts, fact.object, target, loc_prompts, loc_objects,
+                           load_neutral_texts()[: cfg.ppl_texts], cfg.lambda1, cfg.lambda2, cfg.update_rule)
+
     def load_facts(self, model: str) -> None:
         """The model's probe rows and studied facts, from the store (deterministic from the config)."""
-        from knowloc.study.facts import select_facts
-
         self.probes[model] = self.store.probe(model)
         self.facts[model] = select_facts(self.probes[model], self.config.min_known, self.config.facts,
                                          self.config.seed)

@@ -11,8 +11,14 @@ import collections
 import os
 from typing import Iterable, Iterator
 
+from pathlib import Path
+
+import torch
+
 from knowloc.errors import KnowlocError
+from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
+from knowloc.study.store import Store
 from knowloc.study.units import Unit, execute
 
 MAX_RETRIES = 3
@@ -30,15 +36,19 @@ class LocalExecutor:
         pass
 
 
+def worker_context(config: StudyConfig) -> StudyContext:
+    """A read-only view of a study for a parallel worker."""
+    out = Path(config.out)
+    ctx = StudyContext(config=config, store=Store(out / "results.sqlite", readonly=True), out=out,
+                       echo=lambda _: None)
+    ctx.refresh()
+    return ctx
+
+
 class StudyWorker:
     """A Ray actor: opens the store read-only, loads each model once, runs units."""
 
     def __init__(self, config: dict, threads: int):
-        import torch
-
-        from knowloc.study.config import StudyConfig
-        from knowloc.study.runner import worker_context
-
         torch.set_num_threads(threads)
         self.ctx = worker_context(StudyConfig(**config))
 
@@ -54,7 +64,7 @@ class RayExecutor:
     def __init__(self, ctx: StudyContext, address: str | None = None, workers: int = 2, gpus_per_worker: float = 0,
                  threads: int = 1, inflight: int = 2):
         try:
-            import ray
+            import ray  # optional dependency (knowloc[ray]): imported only when a Ray executor is made
         except ImportError:
             raise KnowlocError("--executor ray needs Ray: pip install 'knowloc[ray]'") from None
         self.ray = ray
@@ -111,3 +121,11 @@ class RayExecutor:
             self.ray.kill(actor)
         if self.owns_ray:
             self.ray.shutdown()
+
+
+def make_executor(ctx: StudyContext):
+    """The study's executor: local, or Ray actors (--executor ray)."""
+    if ctx.config.executor == "ray":
+        return RayExecutor(ctx, address=ctx.config.ray_address, workers=ctx.config.workers,
+                           gpus_per_worker=ctx.config.gpus_per_worker)
+    return LocalExecutor(ctx)

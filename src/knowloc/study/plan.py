@@ -11,36 +11,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from knowloc.attribution import attribute
+from knowloc.data import load_facts, load_neutral_texts
+from knowloc.data.filtering import known_facts, probe_facts
+from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
+from knowloc.models import load_model
+from knowloc.models.scoring import next_token_distributions
 from knowloc.study.config import StudyConfig
-
-# batched forward passes per trial of the experiments that do not edit weights
-FORWARDS_PER_TRIAL = {"query-mapping": 1, "attention": 2}
-
-
-def _trials(experiment: str, n_queries: int) -> int:
-    """Trials per fact with n neighbor queries (see each experiment's fact_work)."""
-    return {"query-mapping": n_queries, "attention": n_queries * 5}.get(experiment, 0)
-
-
-def _edits(experiment: str, n_queries: int, grid_points: int, config: StudyConfig) -> int:
-    """Distinct weight edits per fact (an EditSession measures each distinct edit once): erase and update of
-    modification: N_i per query, N_g, N_cap; cas: CAS, N_i, N_g free and matched, transductive and per held-out
-    paraphrase; cas-sweep: one per grid point at most; update-sweep: updates only, one per rule, lambda2 and
-    edited query."""
-    n = n_queries
-    if experiment == "update-sweep":
-        return (len(config.update_sweep_rules) * len(config.update_sweep_lambda2)
-                * min(config.update_sweep_queries, n))
-    return 2 * {"modification": n + 2, "cas": 7 * n + 3, "cas-sweep": grid_points}.get(experiment, 0)
+from knowloc.study.registry import run_order
 
 
 def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict:
-    from knowloc.attribution import attribute
-    from knowloc.data import load_facts
-    from knowloc.data.filtering import known_facts, probe_facts
-    from knowloc.models import load_model
-    from knowloc.models.scoring import next_token_distributions
-
+    """Print what a study would do and an estimated time (each experiment's registered cost per fact, times
+    one timed attribution, forward pass and edit on this machine); writes nothing. Returns {"estimated_s"}."""
     dataset = load_facts(config.data, relations=config.relations)
     echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} queries) from {config.data}, relations "
          f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "
@@ -74,16 +57,14 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
             next_token_distributions(lm, [q.text for q in queries] * 3)
             forward = time.perf_counter() - start
             edit = _edit_seconds(lm, config, [q.text for q in queries])
-            avg_q = n_queries / len(known)
-            grid_points = (len(config.cas_sweep_beta1) * len(config.cas_sweep_beta2)
-                           * len(config.cas_sweep_thresholds))
-            for experiment in config.experiments:
-                per_fact = (_trials(experiment, round(avg_q)) * FORWARDS_PER_TRIAL.get(experiment, 0) * forward
-                            + _edits(experiment, round(avg_q), grid_points, config) * edit)
-                if per_fact:
-                    seconds = len(known) * len(config.methods) * per_fact
-                    estimate += seconds
-                    lines.append(f"  {experiment}: ~{seconds:.0f} s")
+            avg_q = round(n_queries / len(known))
+            for experiment in run_order(config.experiments):
+                if experiment.cost is None:
+                    continue
+                cost = experiment.cost(config, avg_q)
+                seconds = len(known) * len(config.methods) * (cost.forwards * forward + cost.edits * edit)
+                estimate += seconds
+                lines.append(f"  {experiment.name}: ~{seconds:.0f} s")
         lines.append(f"  estimated total for {model}: ~{estimate / 60:.1f} min")
         total += estimate
         for line in lines:
@@ -96,9 +77,6 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
 def _edit_seconds(lm, config: StudyConfig, prompts: list[str]) -> float:
     """Time of one editing trial (an erase in the middle layer: trials re-run the blocks from the lowest edited
     layer up, so this is about the average cost)."""
-    from knowloc.data import load_neutral_texts
-    from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
-
     texts = load_neutral_texts()[: config.ppl_texts]
     locality = (prompts * config.locality)[: config.locality]
     baseline = compute_baseline(lm, prompts, locality, texts)

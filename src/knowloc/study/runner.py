@@ -14,13 +14,18 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from knowloc.data import load_facts
+from knowloc.data.filtering import probe_facts
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
-from knowloc.study.executors import LocalExecutor
+from knowloc.study.executors import make_executor
+from knowloc.study.groups import save_groups
+from knowloc.study.registry import Experiment, run_order
 from knowloc.study.store import Store
-from knowloc.study.units import Unit, attribution_units, experiment_module, experiment_units, reference_units, save
+from knowloc.study.tables import markdown_table
+from knowloc.study.units import Unit, attribution_units, experiment_units, reference_units, save
 
 
 def _check_out_dir(out: Path) -> None:
@@ -36,8 +41,6 @@ def _check_out_dir(out: Path) -> None:
 def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
     """Probe every fact once per model and store which paraphrases the model answers."""
     if not ctx.store.has_probe(model):
-        from knowloc.data.filtering import probe_facts
-
         probes = probe_facts(ctx.model(model), list(dataset), candidates=ctx.config.candidates,
                              progress=ctx.config.progress)
         ctx.store.save_probe(model, [{
@@ -57,27 +60,26 @@ def run_units(ctx: StudyContext, executor, units: list[Unit], desc: str) -> None
             bar.update(1)
 
 
-def worker_context(config: StudyConfig) -> StudyContext:
-    """A read-only view of a study for a parallel worker."""
-    out = Path(config.out)
-    ctx = StudyContext(config=config, store=Store(out / "results.sqlite", readonly=True), out=out,
-                       echo=lambda _: None)
-    ctx.refresh()
-    return ctx
-
-
-def make_executor(ctx: StudyContext):
-    if ctx.config.executor == "ray":
-        from knowloc.study.executors import RayExecutor
-
-        return RayExecutor(ctx, address=ctx.config.ray_address, workers=ctx.config.workers,
-                           gpus_per_worker=ctx.config.gpus_per_worker)
-    return LocalExecutor(ctx)
-
-
 def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
-    from knowloc.data import load_facts
+    """Run (or resume) a study and write its outputs; see the module docstring and docs/study.md.
 
+    Args:
+        config: the settings (:class:`knowloc.study.config.StudyConfig`; ``config.out`` is the study directory,
+            created if needed; a directory holding another configuration's study is refused).
+        echo: where progress lines and the printed summary go.
+
+    Returns:
+        The path of ``summary.json``. The directory also gets ``results.sqlite`` (every stored unit),
+        ``tables/*.csv``, ``figures/*.png`` and ``summary.md``; ``knowloc study`` then writes ``report.html``.
+
+    Raises:
+        KnowlocError: bad data, an unusable directory, a conflicting stored configuration or a failed write
+            (one line; nothing half-written is left).
+
+    Example:
+        >>> run_study(StudyConfig(models=["smollm2-135m"], data="builtin", facts=10, out="runs/s1"))
+        PosixPath('runs/s1/summary.json')
+    """
     start = time.perf_counter()
     out = Path(config.out)
     _check_out_dir(out)
@@ -108,12 +110,12 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
             run_units(ctx, executor, reference_units(ctx, model) + attribution_units(ctx, model),
                       f"attribution {model}")
             run_units(ctx, executor, experiment_units(ctx, model), f"experiments {model}")
-            for name in config.experiments:
-                if hasattr(module := experiment_module(name), "finalize"):
-                    module.finalize(ctx, model)
-        from knowloc.study import specificity
-
-        sections = [specificity.summarize(ctx)] + [experiment_module(name).summarize(ctx) for name in config.experiments]
+            for experiment in run_order(config.experiments):
+                if experiment.finalize is not None:
+                    experiment.finalize(ctx, model)
+        save_groups(ctx)
+        experiments = run_order(config.experiments)
+        sections = [(experiment, experiment.summarize(ctx)) for experiment in experiments]
         summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
     finally:
         if executor is not None:
@@ -131,19 +133,30 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(ctx: StudyContext, sections: list[Section], wall_s: float) -> Path:
+def section_markdown(experiment: Experiment, summary: dict) -> list[str]:
+    """An experiment's part of summary.md: heading, intro, its tables and notes (from its spec)."""
+    lines = [f"## {experiment.heading}", "", experiment.intro, ""] if experiment.intro else [
+        f"## {experiment.heading}", ""]
+    for table in experiment.tables:
+        lines += markdown_table(table, summary.get(table.key, []))
+    if experiment.notes is not None:
+        lines += [*experiment.notes(summary), ""]
+    return lines
+
+
+def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]], wall_s: float) -> Path:
     cfg = ctx.config
     summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()}}
     markdown = [f"# knowloc study — {', '.join(cfg.models)} on {cfg.data}", "",
                 f"Methods {', '.join(cfg.methods)}; steps {cfg.steps}; KN threshold {cfg.threshold} x max; "
                 f"seed {cfg.seed}. Facts known in >= {cfg.min_known} paraphrases: "
                 + ", ".join(f"{m}: {n}" for m, n in summary["facts"].items()), ""]
-    for section in sections:
+    for experiment, section in sections:
         summary.update(section.summary)
         for name, rows in section.tables.items():
             if rows:
                 atomic_write(ctx.out / "tables" / f"{name}.csv", _csv(rows))
-        markdown += section.markdown
+        markdown += section_markdown(experiment, section.summary)
         markdown += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
     text = "\n".join(markdown)
     atomic_write(ctx.out / "summary.md", text)

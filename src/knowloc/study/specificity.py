@@ -17,24 +17,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from knowloc.analysis import (activation_ratio, kn_frequency, mask_scores, nonspecific_neurons, select_neurons)
+from knowloc.analysis import activation_ratio, kn_frequency, mask_scores, nonspecific_neurons, select_neurons
+from knowloc.attribution import attribute_next_token
+from knowloc.data import load_specificity_prompts
+from knowloc.models.hooks import trace_activations
+from knowloc.plots import specificity_scatter
 from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.registry import Experiment, register
+from knowloc.study.tables import Column, Table
 
 TOP_SHOWN = 20  # most frequent fact KNs listed beside the non-specific neurons
 LISTED = 30  # rows per model and method in summary.md (summary.json and the CSV keep every row)
 
 
 def reference_prompts(ctx: StudyContext) -> list[str]:
-    from knowloc.data import load_specificity_prompts
-
     return load_specificity_prompts()[: ctx.config.specificity_prompts]
 
 
 def reference_row(ctx: StudyContext, model: str, method: str, ridx: int) -> dict:
     """One reference prompt's attribution of the model's own next token (a study unit; stored as is)."""
-    from knowloc.attribution import attribute_next_token
-    from knowloc.models.hooks import trace_activations
-
     lm = ctx.model(model)
     prompt = reference_prompts(ctx)[ridx]
     with torch.no_grad(), trace_activations(lm) as acts:
@@ -124,9 +125,7 @@ def fact_frequency(ctx: StudyContext, model: str, method: str) -> tuple[np.ndarr
 
 def summarize(ctx: StudyContext) -> Section:
     """summary.json `specificity` (the non-specific neurons and the most frequent fact KNs), a figure of
-    reference KN frequency against activation ratio per model and method, and a Markdown table."""
-    from knowloc.plots.figures import specificity_scatter
-
+    reference KN frequency against activation ratio per model and method."""
     cfg = ctx.config
     rows, counts = [], []
     for model in cfg.models:
@@ -166,30 +165,47 @@ def summarize(ctx: StudyContext) -> Section:
                 prof["ref_frequency"], prof["activation_ratio"], facts_freq, float(cfg.specificity),
                 ctx.figures_dir / f"specificity_{slug(model)}_{method}.png",
                 f"neuron specificity — {model}, {method} ({prof['n_ref']} reference prompts)"))
-    section.markdown += _markdown(rows, counts)
     return section
 
 
-def _markdown(rows: list[dict], counts: list[dict]) -> list[str]:
-    lines = ["## Neuron specificity", "",
-             "Reference KN frequency: share of fact-free reference prompts whose own next token has the neuron in "
-             "its KN set; fact frequency: share of the studied queries. Non-specific neurons (reference frequency "
-             "above the threshold) are removed from every neuron set.", "",
-             "| model | method | reference prompts | threshold | non-specific neurons | share of fact KN memberships removed |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {c['model']} | {c['method']} | {c['n_reference']} | {c['threshold']:g} | {c['n_non_specific']} | "
-              f"{c['n_fact_kn_mass_removed']:.2f} |" for c in counts]
-    lines += ["", "| model | method | neuron | ref. frequency | fact frequency | |a| / layer median | non-specific |",
-              "|---|---|---|---|---|---|---|"]
+def first_rows(rows: list[dict]) -> list[dict]:
+    """At most LISTED rows per model and method (they come sorted by reference frequency)."""
     seen: dict[tuple[str, str], int] = {}
     shown = []
     for r in rows:
         seen[(r["model"], r["method"])] = seen.get((r["model"], r["method"]), 0) + 1
         if seen[(r["model"], r["method"])] <= LISTED:
             shown.append(r)
-    lines += [f"| {r['model']} | {r['method']} | L{r['layer']}#{r['index']} | {r['ref_frequency']:.2f} | "
-              f"{r['fact_frequency']:.2f} | {r['activation_ratio']:.1f} | {'yes' if r['non_specific'] else 'no'} |"
-              for r in shown]
-    if len(shown) < len(rows):
-        lines += ["", f"(the first {LISTED} rows per model and method; all {len(rows)} are in tables/specificity.csv)"]
-    return lines + [""]
+    return shown
+
+
+def _by_relation(row: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in (row.get("fact_frequency_by_relation") or {}).items() if v > 0)
+
+
+EXPERIMENT = register(Experiment(
+    name="specificity", question="which neurons are knowledge neurons of anything (non-specific)?",
+    heading="Neuron specificity", summarize=summarize, summary_keys=("specificity", "specificity_counts"),
+    settings=("specificity", "specificity_prompts"), always=True,
+    intro="Each model's own next token after fact-free reference prompts is attributed with the study's method; a "
+          "neuron's reference frequency is the share of those prompts whose KN set holds it, its fact frequency "
+          "the share of the studied queries, and its activation ratio its |activation| over its layer's median "
+          "(median over reference prompts). Neurons above the threshold (--specificity) fire as knowledge neurons "
+          "for anything and are removed from every neuron set (docs/editing.md).",
+    tables=(
+        Table("specificity_counts", columns=(
+            Column("model", "model"), Column("method", "method"), Column("reference prompts", "n_reference", "int"),
+            Column("threshold", "threshold", "num", 2), Column("non-specific neurons", "n_non_specific", "int"),
+            Column("share of fact KN memberships removed", "n_fact_kn_mass_removed", "num", 2))),
+        Table("specificity", title="Non-specific neurons and the most frequent fact KNs", rows=first_rows,
+              note=f"Sorted by reference frequency; at most {LISTED} rows per model and method (all of them in "
+                   "tables/specificity.csv).", columns=(
+                Column("model", "model"), Column("method", "method"),
+                Column("neuron", "layer", value=lambda r: f"L{r['layer']}#{r['index']}"),
+                Column("reference frequency", "ref_frequency", "num", 2),
+                Column("fact frequency", "fact_frequency", "num", 2),
+                Column("|a| / layer median", "activation_ratio", "sig"),
+                Column("non-specific", "non_specific", "yesno"),
+                Column("fact frequency by relation", "fact_frequency_by_relation", value=_by_relation,
+                       wrap=True)))),
+    figures=("specificity_",)))

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS attributions (
     PRIMARY KEY (model, method, fact_id, qidx));
 CREATE TABLE IF NOT EXISTS trials (
     experiment TEXT NOT NULL, key TEXT NOT NULL, rows TEXT NOT NULL, PRIMARY KEY (experiment, key));
+CREATE TABLE IF NOT EXISTS groups (
+    model TEXT NOT NULL, method TEXT NOT NULL, fact_id TEXT NOT NULL, cs1 REAL, cs2 REAL, csp REAL, grp TEXT,
+    kn TEXT NOT NULL, PRIMARY KEY (model, method, fact_id));
 CREATE TABLE IF NOT EXISTS reference (
     model TEXT NOT NULL, method TEXT NOT NULL, ridx INTEGER NOT NULL, prompt TEXT NOT NULL, token INTEGER NOT NULL,
     token_text TEXT NOT NULL, prob REAL NOT NULL, kn TEXT NOT NULL, activations BLOB NOT NULL,
@@ -115,6 +118,15 @@ class Store:
             out.setdefault(fact_id, {})[qidx] = {tuple(n) for n in json.loads(kn)}
         return out
 
+    def kn_lists_all(self, model: str, method: str) -> dict[str, dict[int, list[tuple[int, int]]]]:
+        """Every fact's KN lists in score order, by query index."""
+        out: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        cur = self.db.execute("SELECT fact_id, qidx, kn FROM attributions WHERE model = ? AND method = ?",
+                              (model, method))
+        for fact_id, qidx, kn in cur.fetchall():
+            out.setdefault(fact_id, {})[qidx] = [tuple(n) for n in json.loads(kn)]
+        return out
+
     def kn_lists(self, model: str, method: str, fact_id: str) -> dict[int, list[tuple[int, int]]]:
         """A fact's KN lists in score order."""
         cur = self.db.execute("SELECT qidx, kn FROM attributions WHERE model = ? AND method = ? AND fact_id = ?",
@@ -147,6 +159,31 @@ class Store:
         return [{"ridx": r, "prompt": p, "token": t, "token_text": tt, "prob": pr,
                  "kn": [tuple(n) for n in json.loads(kn)], "activations": st_load(blob)["activations"].float()}
                 for r, p, t, tt, pr, kn, blob in cur.fetchall()]
+
+    # --- groups (K_C / K_I of the last run's view) ------------------------------------------------------------
+    def save_groups(self, model: str, method: str, rows: list[dict]) -> None:
+        """Replace a model's and method's stored facts (scores, group and the KN lists the experiments used,
+        {qidx: [(layer, index), ...]}) in one transaction."""
+        try:
+            with self.db:
+                self.db.execute("DELETE FROM groups WHERE model = ? AND method = ?", (model, method))
+                self.db.executemany("INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                    (model, method, r["fact_id"], r.get("cs1"), r.get("cs2"), r.get("csp"), r.get("group"),
+                     json.dumps({str(q): [list(n) for n in kn] for q, kn in r["kn"].items()})) for r in rows])
+        except sqlite3.OperationalError as exc:
+            raise KnowlocError(f"cannot write results store {self.path}: {exc}") from None
+
+    def groups(self, model: str, method: str) -> dict[str, dict]:
+        """{fact_id: {"cs1", "cs2", "csp", "group", "kn": {qidx: [(layer, index), ...]}}} as the last run
+        stored them (empty for a store that predates the table)."""
+        try:
+            cur = self.db.execute("SELECT fact_id, cs1, cs2, csp, grp, kn FROM groups WHERE model = ? AND "
+                                  "method = ?", (model, method))
+        except sqlite3.OperationalError:  # a read-only store written before the table existed
+            return {}
+        return {f: {"cs1": a, "cs2": b, "csp": c, "group": g,
+                    "kn": {int(q): [tuple(n) for n in v] for q, v in json.loads(kn).items()}}
+                for f, a, b, c, g, kn in cur.fetchall()}
 
     # --- experiment trials -------------------------------------------------------------------------------------
     def done_trials(self, experiment: str) -> set[str]:

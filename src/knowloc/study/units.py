@@ -7,20 +7,15 @@ a (read-only) view of the store; `save` runs in the driver, in one transaction p
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import torch
 
+from knowloc.analysis import select_neurons
+from knowloc import attribution
 from knowloc.study.context import StudyContext, trial_key
-
-EXPERIMENT_MODULES = {"consistency": "consistency", "modification": "modification", "query-mapping": "query_mapping",
-                      "attention": "attention", "cas": "cas",
-                      "cas-sweep": "cas_sweep", "update-sweep": "update_sweep"}
-
-
-def experiment_module(name: str):
-    return importlib.import_module(f"knowloc.study.experiments.{EXPERIMENT_MODULES[name]}")
+from knowloc.study.registry import get as experiment
+from knowloc.study.specificity import reference_prompts, reference_row
 
 
 @dataclass(frozen=True)
@@ -36,8 +31,6 @@ class Unit:
 
 
 def reference_units(ctx: StudyContext, model: str) -> list[Unit]:
-    from knowloc.study.specificity import reference_prompts
-
     n = len(reference_prompts(ctx))
     units = []
     for method in ctx.config.methods:
@@ -58,7 +51,7 @@ def attribution_units(ctx: StudyContext, model: str) -> list[Unit]:
 def experiment_units(ctx: StudyContext, model: str) -> list[Unit]:
     units = []
     for name in ctx.config.experiments:
-        if not hasattr(experiment_module(name), "fact_work"):
+        if experiment(name).fact_work is None:
             continue
         done = ctx.store.done_trials(name)
         units += [Unit(name, model, method, f.fact_id) for method in ctx.config.methods for f in ctx.facts[model]
@@ -68,21 +61,16 @@ def experiment_units(ctx: StudyContext, model: str) -> list[Unit]:
 
 def execute(ctx: StudyContext, unit: Unit):
     if unit.kind == "reference":
-        from knowloc.study.specificity import reference_row
-
         return reference_row(ctx, unit.model, unit.method, unit.qidx)
     fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
     if unit.kind == "attribution":
-        from knowloc.analysis import select_neurons
-        from knowloc.attribution import attribute
-
-        result = attribute(ctx.model(unit.model), fact.prompts[unit.qidx], fact.object, method=unit.method,
+        result = attribution.attribute(ctx.model(unit.model), fact.prompts[unit.qidx], fact.object, method=unit.method,
                            steps=ctx.config.steps)
         # KN sets come from the fp16-rounded scores that the store keeps, so every experiment (and CAS, which
         # reads the stored tensors) sees one and the same attribution
         scores = result.scores.to(torch.float16)
         return result.prob, select_neurons(scores.float(), threshold=ctx.config.threshold), scores
-    return experiment_module(unit.kind).fact_work(ctx, unit.model, unit.method, fact)
+    return experiment(unit.kind).fact_work(ctx, unit.model, unit.method, fact)
 
 
 def save(ctx: StudyContext, unit: Unit, result) -> None:

@@ -13,9 +13,15 @@ import numpy as np
 import torch
 
 from knowloc.analysis import relative_change
+from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
+                               subject_token_positions)
 from knowloc.models.hooks import trace_activations
+from knowloc.plots import activation_heatmaps, grouped_bars
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
+from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.groups import fact_scores, grouped_trials, groups
+from knowloc.study.tables import Column, Table
 
 ALPHAS = (0.0, 2.0)
 
@@ -48,9 +54,6 @@ def kn_relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
 
 
 def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons, lm) -> list[dict]:
-    from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
-                                   subject_token_positions)
-
     prompt = fact.prompts[q]
     ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
     gold = lm.first_target_token(fact.object)
@@ -87,9 +90,6 @@ def finalize(ctx: StudyContext, model: str) -> None:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.plots.figures import grouped_bars
-    from knowloc.study.experiments.consistency import grouped_trials
-
     cfg = ctx.config
     rows = []
     for model, method, group, fact_trials in grouped_trials(ctx, "attention"):
@@ -113,22 +113,11 @@ def summarize(ctx: StudyContext) -> Section:
                         value="dkn_activation", low="dkn_activation_ci_low", high="dkn_activation_ci_high",
                         ylabel="relative change of KN activation"))
     section.figures += heatmaps(ctx)
-    section.markdown += ["## Attention: knowledge synapses", "",
-                         "| model | method | group | synapses | alpha | n | dKN activation [95% CI] | dprob [95% CI] |",
-                         "|---|---|---|---|---|---|---|---|"]
-    section.markdown += [f"| {r['model']} | {r['method']} | {r['group']} | {r['synapses']} | {r['alpha']:g} | {r['n']} | "
-                         f"{r['dkn_activation']:+.3f} [{r['dkn_activation_ci_low']:+.3f}, {r['dkn_activation_ci_high']:+.3f}] | "
-                         f"{r['dprob']:+.3f} [{r['dprob_ci_low']:+.3f}, {r['dprob_ci_high']:+.3f}] |" for r in rows]
-    section.markdown.append("")
     return section
 
 
 def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
     """KN activations before / after suppressing query-related KS for a K_C and a K_I example (first method)."""
-    from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
-                                   subject_token_positions)
-    from knowloc.study.experiments.consistency import fact_scores, groups
-
     method = ctx.config.methods[0]
     scores = fact_scores(ctx, model, method)
     split = groups(ctx, model, method)
@@ -161,8 +150,6 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
 
 
 def heatmaps(ctx: StudyContext) -> list:
-    from knowloc.plots.figures import activation_heatmaps
-
     paths = []
     for key, examples in ctx.store.trials("attention-heatmap").items():
         for ex in examples:
@@ -179,3 +166,17 @@ def heatmaps(ctx: StudyContext) -> list:
                 panels, ctx.figures_dir / f"attention_heatmap_{ex['group']}_{slug(key)}.png",
                 f"{ex['group']}: KN activations of {ex['subject']} -> {ex['object']} ({key}, {ex['method']})"))
     return paths
+
+
+EXPERIMENT = register(Experiment(
+    name="attention", question="does attention to the subject (knowledge synapses) select the KNs?",
+    heading="Attention (knowledge synapses)", summarize=summarize, fact_work=fact_work, finalize=finalize,
+    summary_keys=("attention",), settings=("attention_k", "attention_layers", "attention_renormalize"),
+    intro="Knowledge synapses (high-attention entries at the last prompt position) whose key position is the "
+          "subject (related) or a matched random control (irrelevant) are scaled by alpha; measured are the change "
+          "of the query's KN activations and of P(gold) (mean over facts, 95% CI).",
+    tables=(Table("attention", columns=(
+        Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
+        Column("synapses", "synapses"), Column("alpha", "alpha", "num", 2), Column("n", "n", "int"),
+        Column("d KN activation", "dkn_activation", "ci", 3, True), Column("dP(gold)", "dprob", "ci", 3, True))),),
+    figures=("attention_",), cost=lambda config, n: Cost(forwards=10 * n)))

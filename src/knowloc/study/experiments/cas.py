@@ -14,10 +14,14 @@ import numpy as np
 import torch
 
 from knowloc.analysis import bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
+from knowloc.editing import OPERATIONS
+from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key
-from knowloc.study.experiments.modification import OPERATIONS, EditSession
+from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.groups import groups
+from knowloc.study.tables import Column, Table, edit_columns
 
 SELECTIONS = ("CAS", "N_i", "N_g")
 METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl")
@@ -44,7 +48,7 @@ def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: lis
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (protocol, edited query, budget, selection, operation) trial of one fact."""
-    session = EditSession(ctx, model, fact, ctx.model(model))
+    session = ctx.edit_session(model, fact)
     queries, stack = spec.score_stack(ctx, model, method, fact.fact_id)
     n = len(queries)
     plans = [("transductive", i, list(range(n)), None) for i in range(n)]
@@ -74,9 +78,6 @@ def _fact_mean(rows: list[dict], metric: str, **match) -> float:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.plots.figures import grouped_bars
-    from knowloc.study.experiments.consistency import groups
-
     cfg = ctx.config
     trials = ctx.store.trials("cas")
     rows, comparisons = [], []
@@ -140,12 +141,29 @@ def summarize(ctx: StudyContext) -> Section:
                         f"{operation}: Avg by neuron selection (transductive) — {model}, {method}", x="group",
                         hue="selection", value="avg", low="avg_ci_low", high="avg_ci_high",
                         ylabel="Avg of Rel, Gen, Loc (95% CI)"))
-    section.markdown += ["## Consistency-aware KN modification (CAS)", "",
-                         f"Updates use the {cfg.update_rule} rule (lambda1 {cfg.lambda1:g}, lambda2 {cfg.lambda2:g}).", "",
-                         "| model | method | op | group | protocol | budget | baseline | n | Avg(CAS) - Avg(baseline) [95% CI] |",
-                         "|---|---|---|---|---|---|---|---|---|"]
-    section.markdown += [f"| {c['model']} | {c['method']} | {c['operation']} | {c['group']} | {c['protocol']} | "
-                         f"{c['budget']} | {c['baseline']} | {c['n']} | {c['avg_diff']:+.3f} [{c['ci_low']:+.3f}, "
-                         f"{c['ci_high']:+.3f}]{' *' if c['beyond_ci'] else ''} |" for c in comparisons]
-    section.markdown += ["", "\\* the paired-bootstrap interval excludes 0.", ""]
     return section
+
+
+EXPERIMENT = register(Experiment(
+    name="cas", question="do strong-and-consistent neurons (CAS) edit better than N_i and N_g?",
+    heading="CAS", summarize=summarize, fact_work=fact_work, summary_keys=("cas", "cas_comparison"),
+    settings=("cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k"),
+    intro="Consistency-aware KN modification: CAS selects neurons that are strong and consistent across neighbor "
+          "queries; it is compared with each query's own KNs (N_i) and the union (N_g). Protocols: transductive "
+          "(CAS from all neighbor queries) and held-out (one paraphrase left out and used for Gen). Budgets: free, "
+          "or matched (baselines cut to |CAS| neurons). Updates use the study's update rule.",
+    tables=(
+        Table("cas_comparison", title="CAS vs. baselines", note="* the paired-bootstrap interval excludes 0.",
+              columns=(
+                  Column("model", "model"), Column("method", "method"), Column("operation", "operation"),
+                  Column("group", "group", "group"), Column("protocol", "protocol"), Column("budget", "budget"),
+                  Column("baseline", "baseline"), Column("n", "n", "int"),
+                  Column("Avg(CAS) - Avg(baseline) [95% CI]", "avg_diff", "ci", 3, True, "ci_low", "ci_high"),
+                  Column("", "beyond_ci", "star"))),
+        Table("cas", title="Scores per selection", columns=(
+            Column("model", "model"), Column("method", "method"), Column("operation", "operation"),
+            Column("group", "group", "group"), Column("selection", "selection"), Column("protocol", "protocol"),
+            Column("budget", "budget"), Column("n", "n", "int"), Column("|S|", "n_neurons", "num", 1),
+            *edit_columns()))),
+    figures=("cas_erase", "cas_update"),
+    cost=lambda config, n: Cost(edits=2 * (7 * n + 3))))

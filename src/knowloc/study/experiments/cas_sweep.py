@@ -16,9 +16,13 @@ import itertools
 import numpy as np
 
 from knowloc.analysis import cas_select
+from knowloc.editing import OPERATIONS
+from knowloc.plots import heatmap_grid
 from knowloc.study import specificity as spec
-from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
-from knowloc.study.experiments.modification import OPERATIONS, EditSession, dlogppl_stats
+from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
+from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.groups import grouped_trials
+from knowloc.study.tables import Column, Table, edit_columns
 
 METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl", "n_neurons")
 
@@ -30,7 +34,7 @@ def grid(ctx: StudyContext) -> list[tuple[float, float, float]]:
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (grid point, operation, edited query) trial of one fact."""
-    session = EditSession(ctx, model, fact, ctx.model(model))
+    session = ctx.edit_session(model, fact)
     queries, stack = spec.score_stack(ctx, model, method, fact.fact_id)
     rows = []
     for beta1, beta2, t in grid(ctx):
@@ -46,9 +50,6 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.plots.figures import heatmap_grid
-    from knowloc.study.experiments.consistency import grouped_trials
-
     cfg = ctx.config
     rows = []
     for model, method, group, fact_trials in grouped_trials(ctx, "cas-sweep"):
@@ -84,7 +85,6 @@ def summarize(ctx: StudyContext) -> Section:
                         ctx.figures_dir / f"cas_sweep_{operation}_{group}_{slug(model)}_{method}.png",
                         f"CAS {operation}, {group}: Avg over the sweep — {model}, {method}",
                         xlabel="t (CAS > t x max CAS)", ylabel="β1, β2"))
-    section.markdown += _markdown(rows)
     return section
 
 
@@ -92,19 +92,9 @@ def _matches(row: dict, match: dict) -> bool:
     return all(row.get(k) == v for k, v in match.items())
 
 
-def _markdown(rows: list[dict]) -> list[str]:
-    lines = ["## CAS sweep (Avg over beta1, beta2, t; transductive)", "",
-             "| model | method | op | group | β1 | β2 | t | n | |S| | Avg [95% CI] | Rel | Gen | Loc |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['operation']} | {r['group']} | {r['beta1']:g} | "
-                     f"{r['beta2']:g} | {r['t']:g} | {r['n']} | {r['n_neurons']:.1f} | {r['avg']:.2f} "
-                     f"[{r['avg_ci_low']:.2f}, {r['avg_ci_high']:.2f}] | {r['rel']:.2f} | {r['gen']:.2f} | "
-                     f"{r['loc']:.2f} |")
-    best = _best(rows)
-    if best:
-        lines += ["", "Best point by Avg per model, method, operation and group: " + "; ".join(best)]
-    return lines + [""]
+def _notes(summary: dict) -> list[str]:
+    best = _best(summary.get("cas_sweep", []))
+    return ["Best point by Avg per model, method, operation and group: " + "; ".join(best) + "."] if best else []
 
 
 def _best(rows: list[dict]) -> list[str]:
@@ -116,3 +106,20 @@ def _best(rows: list[dict]) -> list[str]:
             r = max(cand, key=lambda r: (r["avg"], -r["beta2"], r["t"]))
             out.append(f"{'/'.join(key)}: β1={r['beta1']:g} β2={r['beta2']:g} t={r['t']:g} Avg {r['avg']:.2f}")
     return out
+
+
+EXPERIMENT = register(Experiment(
+    name="cas-sweep", question="how does CAS editing depend on beta1, beta2 and t?",
+    heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",),
+    settings=("cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds"),
+    intro="Avg of erase / update with the CAS selection over a grid of beta1, beta2 and t (transductive: CAS from "
+          "all neighbor queries, each query edited in turn). Only beta2/beta1 and t change the selection. n: facts "
+          "where the point selects at least one neuron; n_empty: facts where it selects none.",
+    tables=(Table("cas_sweep", columns=(
+        Column("model", "model"), Column("method", "method"), Column("operation", "operation"),
+        Column("group", "group", "group"), Column("beta1", "beta1", "num", 2), Column("beta2", "beta2", "num", 2),
+        Column("t", "t", "num", 2), Column("n", "n", "int"), Column("n_empty", "n_empty", "int"),
+        Column("|S|", "n_neurons", "ci", 1), *edit_columns())),),
+    notes=_notes, figures=("cas_sweep_",),
+    cost=lambda config, n: Cost(edits=2 * len(config.cas_sweep_beta1) * len(config.cas_sweep_beta2)
+                                * len(config.cas_sweep_thresholds))))

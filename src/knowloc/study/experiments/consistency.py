@@ -13,47 +13,14 @@ import random
 
 import numpy as np
 
-from knowloc.analysis import (bootstrap_ci, consistency_scores, otsu_threshold, permutation_test_diff,
-                              split_groups, welch_t)
+from knowloc.analysis import (bootstrap_ci, consistency_scores, permutation_test_diff, split_groups,
+                              welch_t)
+from knowloc.plots import activation_heatmaps, violin_cs
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, slug
-
-
-def fact_scores(ctx: StudyContext, model: str, method: str, filtered: bool | None = None) -> dict[str, float]:
-    """The selected CS of each studied fact (facts with >= 2 attributed queries), from the KN sets the study
-    uses (``filtered=False``: the unfiltered ones)."""
-    kn = spec.kn_sets(ctx, model, method, filtered)
-    out = {}
-    for fact in ctx.facts[model]:
-        sets = [kn[fact.fact_id][q] for q in sorted(kn.get(fact.fact_id, {}))]
-        if len(sets) >= 2:
-            out[fact.fact_id] = consistency_scores(sets, p=ctx.config.p)[ctx.config.cs_score]
-    return out
-
-
-def thresholds(ctx: StudyContext, values: list[float]) -> dict[str, float]:
-    return {"static": ctx.config.tau, "otsu": otsu_threshold(values) if values else float("nan")}
-
-
-def groups(ctx: StudyContext, model: str, method: str) -> dict[str, str]:
-    """K_C / K_I of each fact under the study's `split` threshold (used by the later experiments)."""
-    scores = fact_scores(ctx, model, method)
-    tau = thresholds(ctx, list(scores.values()))[ctx.config.split]
-    return {fid: ("K_C" if cs >= tau else "K_I") for fid, cs in scores.items()}
-
-
-def grouped_trials(ctx: StudyContext, experiment: str):
-    """(model, method, group, [each K_C or K_I fact's stored trials]) for an experiment's summary."""
-    from knowloc.study.context import trial_key
-
-    trials = ctx.store.trials(experiment)
-    for model in ctx.config.models:
-        for method in ctx.config.methods:
-            split = groups(ctx, model, method)
-            for group in ("K_C", "K_I"):
-                yield model, method, group, [trials[trial_key(model, method, f.fact_id)] for f in ctx.facts[model]
-                                             if split.get(f.fact_id) == group
-                                             and trial_key(model, method, f.fact_id) in trials]
+from knowloc.study.registry import Experiment, register
+from knowloc.study.groups import fact_scores, groups, thresholds
+from knowloc.study.tables import Column, Table
 
 
 def null_scores(ctx: StudyContext, model: str, method: str, filtered: bool | None = None) -> list[float]:
@@ -80,8 +47,6 @@ def null_scores(ctx: StudyContext, model: str, method: str, filtered: bool | Non
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.plots.figures import violin_cs
-
     section = Section(summary={"consistency": [], "consistency_relations": [], "consistency_all_methods": []})
     cfg = ctx.config
     for model in cfg.models:
@@ -135,14 +100,11 @@ def summarize(ctx: StudyContext) -> Section:
     section.tables["consistency"] = section.summary["consistency"]
     section.tables["consistency_relations"] = section.summary["consistency_relations"]
     section.figures += heatmap_figures(ctx)
-    section.markdown += _markdown(section.summary)
     return section
 
 
 def heatmap_figures(ctx: StudyContext) -> list:
     """Attribution heatmaps (layers x top neurons) of two neighbor queries of a K_C and of a K_I fact."""
-    from knowloc.plots.figures import activation_heatmaps
-
     paths = []
     model, method = ctx.config.models[0], ctx.config.methods[0]
     scores = fact_scores(ctx, model, method)
@@ -176,16 +138,36 @@ def heatmap_figures(ctx: StudyContext) -> list:
     return paths
 
 
-def _markdown(summary: dict) -> list[str]:
-    lines = ["## Consistency (statistical evidence)", "",
-             "specificity on: non-specific neurons removed from the KN sets; off: the unfiltered KN sets.", "",
-             "| model | method | specificity | facts | threshold | tau | K_I fraction [95% CI] | Welch p | CS mean | null mean | null gap (p) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in summary["consistency"]:
-        lines.append(f"| {r['model']} | {r['method']} | {r['specificity']} | {r['n_facts']} | {r['threshold_kind']} | {r['threshold']:.3f} | "
-                     f"{r['k_i_fraction']:.2f} [{r['k_i_ci_low']:.2f}, {r['k_i_ci_high']:.2f}] | {r['welch_p']:.2g} | "
-                     f"{r['cs_mean']:.3f} | {r['null_mean']:.3f} | {r['null_gap']:+.3f} ({r['null_p']:.3g}) |")
-    for r in summary["consistency_all_methods"]:
-        lines.append(f"\nFacts every method puts in K_I ({r['model']}, {r['threshold_kind']}): "
-                     f"{r['k_i_fraction_all_methods']:.2f} of {r['n_facts']}")
-    return lines + [""]
+def _notes(summary: dict) -> list[str]:
+    return [f"Facts every method puts in K_I ({r['model']}, {r['threshold_kind']}): "
+            f"{r['k_i_fraction_all_methods']:.2f} of {r['n_facts']}." for r in summary.get("consistency_all_methods", [])]
+
+
+EXPERIMENT = register(Experiment(
+    name="consistency", question="do a fact's neighbor queries share knowledge neurons (K_C / K_I)?",
+    heading="Consistency", summarize=summarize,
+    summary_keys=("consistency", "consistency_relations", "consistency_all_methods"),
+    settings=("cs_score", "tau", "p", "split"),
+    intro="Consistency score of each fact's knowledge-neuron sets across its neighbor queries (CS1, CS2, CS_p; "
+          "docs/analysis.md); facts below the threshold are inconsistent knowledge K_I. The static threshold is "
+          "--tau; Otsu's threshold is fitted per model and method. Welch's t-test compares the CS of K_C and K_I; "
+          "the null baseline scores pseudo-facts whose queries come from other facts of the same relation "
+          "(gap = CS mean - null mean, permutation p). Specificity on: non-specific neurons removed from the KN "
+          "sets; off: the unfiltered sets. Later experiments use the groups of the --split threshold.",
+    tables=(
+        Table("consistency", title="K_I fraction per model and method", columns=(
+            Column("model", "model"), Column("method", "method"), Column("specificity filter", "specificity"),
+            Column("facts", "n_facts", "int"), Column("threshold", "threshold_kind"),
+            Column("tau", "threshold", "num", 3),
+            Column("K_I fraction [95% CI]", "k_i_fraction", "ci", lo="k_i_ci_low", hi="k_i_ci_high"),
+            Column("Welch p", "welch_p", "p"), Column("CS mean", "cs_mean", "num", 3),
+            Column("null mean", "null_mean", "num", 3), Column("null gap", "null_gap", "num", 3, signed=True),
+            Column("null p", "null_p", "p"), Column("null facts", "n_null", "int"), Column("score", "score"))),
+        Table("consistency_all_methods", title="Facts in K_I under every method", columns=(
+            Column("model", "model"), Column("threshold", "threshold_kind"), Column("facts", "n_facts", "int"),
+            Column("K_I under all methods", "k_i_fraction_all_methods", "num"))),
+        Table("consistency_relations", title="K_I fraction per relation", columns=(
+            Column("model", "model"), Column("method", "method"), Column("relation", "relation"),
+            Column("threshold", "threshold_kind"), Column("facts", "n", "int"),
+            Column("K_I fraction [95% CI]", "k_i_fraction", "ci", lo="ci_low", hi="ci_high")))),
+    notes=_notes, figures=("cs_violin", "kn_heatmap")))

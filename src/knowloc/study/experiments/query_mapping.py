@@ -16,8 +16,12 @@ import torch
 
 from knowloc.analysis import relative_change
 from knowloc.models.hooks import hook_sites
+from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
+from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.groups import grouped_trials
+from knowloc.study.tables import Column, Table
 
 INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
 SETS = ("own", "neighbor", "intersection", "random")
@@ -86,9 +90,6 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.plots.figures import grouped_bars
-    from knowloc.study.experiments.consistency import grouped_trials
-
     cfg = ctx.config
     rows = []
     for model, method, group, fact_trials in grouped_trials(ctx, "query-mapping"):
@@ -109,10 +110,17 @@ def summarize(ctx: StudyContext) -> Section:
                         subset, ctx.figures_dir / f"query_mapping_{intervention}_{slug(model)}_{method}.png",
                         f"{intervention} KNs at q_i's last position — {model}, {method}", x="neurons", hue="group",
                         value="dprob", low="ci_low", high="ci_high", ylabel="relative change of P(gold) on q_i"))
-    section.markdown += ["## Query-KN mapping", "",
-                         "| model | method | group | intervention | neurons | n | dprob [95% CI] |",
-                         "|---|---|---|---|---|---|---|"]
-    section.markdown += [f"| {r['model']} | {r['method']} | {r['group']} | {r['intervention']} | {r['neurons']} | "
-                         f"{r['n']} | {r['dprob']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] |" for r in rows]
-    section.markdown.append("")
     return section
+
+
+EXPERIMENT = register(Experiment(
+    name="query-mapping", question="do a query's own KNs matter more than a neighbor's (Query-KN mapping)?",
+    heading="Query-KN mapping", summarize=summarize, fact_work=fact_work, summary_keys=("query_mapping",),
+    intro="Activations at q_i's last position are suppressed (x0) or enhanced (x2) on its own KNs, a neighbor "
+          "query's KNs, their intersection, or a random control from the same layers; the value is the relative "
+          "change of P(gold) on q_i (mean over facts, 95% CI).",
+    tables=(Table("query_mapping", columns=(
+        Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
+        Column("intervention", "intervention"), Column("neurons", "neurons"), Column("n", "n", "int"),
+        Column("dP(gold) rel. [95% CI]", "dprob", "ci", 3, True, "ci_low", "ci_high"))),),
+    figures=("query_mapping_",), cost=lambda config, n: Cost(forwards=n)))

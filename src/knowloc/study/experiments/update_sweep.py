@@ -17,9 +17,12 @@ import random
 
 import numpy as np
 
+from knowloc.plots import frontier_plot
 from knowloc.study import specificity as spec
-from knowloc.study.context import Section, StudyContext, fact_level_ci, fmt_dlogppl, slug
-from knowloc.study.experiments.modification import EditSession, dlogppl_stats
+from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
+from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.groups import grouped_trials
+from knowloc.study.tables import Column, Table, edit_columns, fmt_dlogppl
 
 METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "n_neurons")
 LOC_FLOOR = 0.8
@@ -35,7 +38,7 @@ def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, que
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (rule, lambda2, edited query) update of one fact's N_i."""
-    session = EditSession(ctx, model, fact, ctx.model(model))
+    session = ctx.edit_session(model, fact)
     kn = spec.kn_lists(ctx, model, method, fact.fact_id)
     rows = []
     for rule in ctx.config.update_sweep_rules:
@@ -48,8 +51,6 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 
 def _grouped(ctx: StudyContext):
-    from knowloc.study.experiments.consistency import grouped_trials
-
     pending: dict[tuple[str, str], list] = {}
     for model, method, group, fact_trials in grouped_trials(ctx, "update-sweep"):
         pending.setdefault((model, method), []).extend(fact_trials)
@@ -59,8 +60,6 @@ def _grouped(ctx: StudyContext):
 
 
 def summarize(ctx: StudyContext) -> Section:
-    from knowloc.plots.figures import frontier_plot
-
     cfg = ctx.config
     rows = []
     for model, method, group, fact_trials in _grouped(ctx):
@@ -91,7 +90,6 @@ def summarize(ctx: StudyContext) -> Section:
                         series, ctx.figures_dir / f"update_frontier_{slug(model)}_{method}_{rule}.png",
                         f"update rule {rule}: Rel vs Loc as lambda2 grows (labels) — {model}, {method}",
                         guide=(LOC_FLOOR, 0.5)))
-    section.markdown += _markdown(rows)
     return section
 
 
@@ -108,20 +106,34 @@ def best_points(rows: list[dict], group: str = "all") -> list[dict]:
     return out
 
 
-def _markdown(rows: list[dict]) -> list[str]:
-    lines = ["## Update frontier (update N_i with each rule over lambda2)", "",
-             "| model | method | rule | lambda2 | group | n | Rel [95% CI] | Gen | Loc [95% CI] | Avg | dlogPPL median |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['rule']} | {r['lambda2']:g} | {r['group']} | {r['n']} | "
-                     f"{r['rel']:.2f} [{r['rel_ci_low']:.2f}, {r['rel_ci_high']:.2f}] | {r['gen']:.2f} | "
-                     f"{r['loc']:.2f} [{r['loc_ci_low']:.2f}, {r['loc_ci_high']:.2f}] | {r['avg']:.2f} | "
-                     f"{fmt_dlogppl(r['dlogppl_median'])} |")
-    lines += ["", f"Best frontier point per rule (all facts; highest Rel with Loc >= {LOC_FLOOR}):", ""]
+def best_rows(rows: list[dict]) -> list[dict]:
+    """The best frontier point of each rule as a table row (its metrics, or a note when there is none)."""
+    out = []
     for b in best_points(rows):
-        r = b["best"]
-        lines.append(f"- {b['model']} / {b['method']} / {b['rule']}: " + (
-            f"lambda2 {r['lambda2']:g}: Rel {r['rel']:.2f} [{r['rel_ci_low']:.2f}, {r['rel_ci_high']:.2f}], "
-            f"Gen {r['gen']:.2f}, Loc {r['loc']:.2f}, dlogPPL median {fmt_dlogppl(r['dlogppl_median'])} (n {r['n']})"
-            if r else f"no lambda2 keeps Loc >= {LOC_FLOOR}"))
-    return lines + [""]
+        r = b["best"] or {}
+        out.append({"model": b["model"], "method": b["method"], "rule": b["rule"], **r,
+                    "note": "" if b["best"] else f"no lambda2 keeps Loc >= {LOC_FLOOR}"})
+    return out
+
+
+EXPERIMENT = register(Experiment(
+    name="update-sweep", question="which update rule changes the answer without damage (Rel vs Loc frontier)?",
+    heading="Update frontier", summarize=summarize, fact_work=fact_work, summary_keys=("update_sweep",),
+    settings=("update_sweep_lambda2", "update_sweep_rules", "update_sweep_queries"),
+    intro="Each fact's own KNs N_i are updated to another object with each update rule over a grid of lambda2 "
+          "(dai: Dai et al.'s raw rule; signed: the same change times the sign of the neuron's activation; "
+          "calibrated: sign-aware unit directions scaled by |v_n|; docs/editing.md). Rel: the new object beats the "
+          "old on the edited query; Loc: unrelated answers kept. Means over facts with 95% CIs.",
+    tables=(
+        Table("update_sweep", title=f"Best frontier point per rule (all facts; highest Rel with Loc >= {LOC_FLOOR})",
+              rows=best_rows, columns=(
+                  Column("model", "model"), Column("method", "method"), Column("rule", "rule"),
+                  Column("lambda2", "lambda2", "num", 2), Column("n", "n", "int"), *edit_columns(),
+                  Column("", "note"))),
+        Table("update_sweep", title="All points", columns=(
+            Column("model", "model"), Column("method", "method"), Column("rule", "rule"),
+            Column("lambda2", "lambda2", "num", 2), Column("group", "group", "group"), Column("n", "n", "int"),
+            *edit_columns()))),
+    figures=("update_frontier_",),
+    cost=lambda config, n: Cost(edits=len(config.update_sweep_rules) * len(config.update_sweep_lambda2)
+                                * min(config.update_sweep_queries, n))))
