@@ -1,27 +1,49 @@
-"""knowloc's command line: a thin layer over the library. Bad input -> one line on stderr, exit code 2."""
+"""knowloc's command line: a thin layer over the library. Bad input -> one line on stderr, exit code 2.
+
+`knowloc study` (and `knowloc cas-sweep`) have one flag per :class:`~knowloc.study.config.StudyConfig` field,
+generated from the fields' help texts, and `--experiments` lists the registered experiments
+(:mod:`knowloc.study.registry`); the app is built when :func:`main` runs, so an experiment registered before
+that appears in the help and is accepted.
+
+Process-wide tuning: :func:`main` calls :func:`knowloc.process.tune_allocator` (glibc keeps freed memory for
+the next attribution; 10-15% faster on CPU, no change to any result). The library API never does.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from knowloc import __version__
+from knowloc.attribution import attribute
+from knowloc.attribution.bench import run_attribution_benchmark
+from knowloc.attribution.methods import MethodConfig
+from knowloc.data import download_pararel, load_facts
+from knowloc.data.filtering import probe_facts
+from knowloc.demo import run_demo
 from knowloc.errors import KnowlocError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Knowledge-neuron localization and query localization for Hugging Face causal LMs.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
-data_app = typer.Typer(no_args_is_help=True, help="Data sets.")
-app.add_typer(bench_app, name="bench")
-app.add_typer(data_app, name="data")
+from knowloc.models import REGISTRY as FAMILIES
+from knowloc.models import builtin_names, load_model
+from knowloc.process import tune_allocator
+from knowloc.report.html import build_report
+from knowloc.study.config import LIST_FIELDS, StudyConfig
+from knowloc.study.plan import print_plan
+from knowloc.study.registry import REGISTRY as EXPERIMENTS
+from knowloc.study.runner import run_study
 
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="built-in name, .gguf path, HF directory or hub id")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
 DtypeOpt = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16")
+CONTEXT = {"max_content_width": 120, "help_option_names": ["-h", "--help"]}
+# cas-sweep: the study flags it takes (the grid under its own short names, --beta1 / --beta2 / --thresholds)
+SWEEP_FLAGS = ("models", "data", "methods", "relations", "facts", "seed", "cas_sweep_beta1", "cas_sweep_beta2",
+               "cas_sweep_thresholds", "specificity", "out", "device", "dtype", "progress")
 
 
 def _version(value: bool) -> None:
@@ -30,7 +52,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
           debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
     pass
@@ -40,20 +61,16 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
     return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
-@app.command()
 def models() -> None:
     """Built-in model names and registered architecture families."""
-    from knowloc.models import REGISTRY, builtin_names
-
     typer.echo("built-in models:")
     for name, about in builtin_names().items():
         typer.echo(f"  {name:<16} {about}")
     typer.echo("registered families (config.model_type -> family):")
-    for model_type, spec in sorted(REGISTRY.items()):
+    for model_type, spec in sorted(FAMILIES.items()):
         typer.echo(f"  {model_type:<16} {spec.family}")
 
 
-@app.command()
 def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "-d",
                                                           help="builtin, pararel:DIR or a JSONL path"),
           relations: Optional[str] = typer.Option(None, help="comma-separated relation ids, e.g. P36,P103"),
@@ -64,10 +81,6 @@ def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "
           as_json: bool = typer.Option(False, "--json"), device: Optional[str] = DeviceOpt,
           dtype: Optional[str] = DtypeOpt) -> None:
     """Per relation: facts, queries, top-1/top-5 accuracy and facts usable for a study."""
-    from knowloc.data import load_facts
-    from knowloc.data.filtering import probe_facts
-    from knowloc.models import load_model
-
     dataset = load_facts(data, relations=_split(relations), limit=limit)
     lm = load_model(model, device=device, dtype=dtype)
     probes = probe_facts(lm, list(dataset), candidates=candidates)
@@ -95,7 +108,6 @@ def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "
                f"{sum(r['usable_facts'] for r in rows):>8}")
 
 
-@app.command()
 def localize(prompt: str = typer.Option(..., help="the query prompt, without the answer"),
              target: str = typer.Option(..., help="the gold object, scored as ' ' + target"),
              model: str = ModelOpt, method: str = typer.Option("ig", help="ig, sig, amig or grad_x_act"),
@@ -106,10 +118,6 @@ def localize(prompt: str = typer.Option(..., help="the query prompt, without the
              as_json: bool = typer.Option(False, "--json"), device: Optional[str] = DeviceOpt,
              dtype: Optional[str] = DtypeOpt) -> None:
     """Attribute a prompt's target to neurons and print the knowledge neurons."""
-    from knowloc.attribution import attribute
-    from knowloc.attribution.methods import MethodConfig
-    from knowloc.models import load_model
-
     MethodConfig(method, steps, objective)  # validate before the model loads
     if not 0 <= threshold <= 1:
         raise KnowlocError(f"--threshold must be in [0, 1], got {threshold}")
@@ -129,169 +137,154 @@ def localize(prompt: str = typer.Option(..., help="the query prompt, without the
         typer.echo(f"  L{l:<3} #{i:<6} {s:.6g}")
 
 
-@bench_app.command("attribution")
 def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), method: str = typer.Option("ig"),
                       repeats: int = typer.Option(5, min=1, help="timed runs of each engine (median)"),
                       queries: int = typer.Option(1, min=1, help="built-in queries to time"),
                       device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt) -> None:
     """Reference vs fast engine, alternately on the same queries; ends with one summary line."""
-    from knowloc.attribution.bench import run_attribution_benchmark
-
     run_attribution_benchmark(model, method=method, steps=steps, repeats=repeats, n_queries=queries,
                               device=device, dtype=dtype, echo=typer.echo)
 
 
-@data_app.command("pararel")
 def data_pararel(download: Path = typer.Option(..., "--download", help="directory to write patterns/ and facts/"),
                  base_url: Optional[str] = typer.Option(None, help="mirror of raw GitHub content")) -> None:
     """Fetch the official ParaRel files from a pinned commit, verifying sha256."""
-    from knowloc.data import download_pararel
-
     kwargs = {"base_url": base_url} if base_url else {}
     path = download_pararel(download, **kwargs)
     typer.echo(f"ParaRel written to {path}")
 
 
-SweepBeta1 = typer.Option(None, "--sweep-beta1", help="cas-sweep grid, comma-separated (1)")
-SweepBeta2 = typer.Option(None, "--sweep-beta2", help="cas-sweep grid, comma-separated (0,0.5,1,2)")
-SweepThresholds = typer.Option(None, "--sweep-thresholds", help="cas-sweep grid of t, comma-separated "
-                               "(0.1,0.2,0.3,0.5)")
+# --------------------------------------------------------------------------- study flags from StudyConfig
 
 
-@app.command()
-def study(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="repeat for several models"),
-          data: Optional[str] = typer.Option(None, "--data", "-d", help="builtin, pararel:DIR or a JSONL path"),
-          methods: Optional[str] = typer.Option(None, help="comma-separated: ig,sig,amig,grad_x_act"),
-          experiments: Optional[str] = typer.Option(None, help="comma-separated: consistency,modification,"
-                                                    "query-mapping,attention,cas,cas-sweep,update-sweep"),
-          relations: Optional[str] = typer.Option(None, help="comma-separated relation ids"),
-          facts: Optional[int] = typer.Option(None, help="at most N known facts per model (seeded sample)"),
-          seed: Optional[int] = typer.Option(None), steps: Optional[int] = typer.Option(None),
-          threshold: Optional[float] = typer.Option(None, help="KN set: attribution > threshold x max"),
-          tau: Optional[float] = typer.Option(None, help="static K_C/K_I threshold on the CS score"),
-          split: Optional[str] = typer.Option(None, help="groups for later experiments: static or otsu"),
-          min_known: Optional[int] = typer.Option(None, help="paraphrases a fact must be answered in"),
-          candidates: Optional[bool] = typer.Option(None, "--candidates/--no-candidates",
-                                                    help="answered = argmax among the relation's objects (LAMA)"),
-          attention_k: Optional[int] = typer.Option(None, help="knowledge synapses per attention row (3)"),
-          attention_layers: Optional[str] = typer.Option(None, help="manipulate KS in layers a-b only"),
-          attention_renormalize: Optional[bool] = typer.Option(None, "--attention-renormalize/--no-attention-renormalize",
-                                                               help="rescale manipulated attention rows to sum 1"),
-          cas_beta1: Optional[float] = typer.Option(None, help="CAS = beta1 mean - beta2 std (1)"),
-          cas_beta2: Optional[float] = typer.Option(None, help="(1)"),
-          cas_threshold: Optional[float] = typer.Option(None, help="CAS selection: CAS > t x max CAS (0.2)"),
-          cas_top_k: Optional[int] = typer.Option(None, help="cap the CAS selection at k neurons"),
-          sweep_beta1: Optional[str] = SweepBeta1, sweep_beta2: Optional[str] = SweepBeta2,
-          sweep_thresholds: Optional[str] = SweepThresholds,
-          specificity: Optional[str] = typer.Option(
-              None, help="remove neurons that are KNs of more than this share of fact-free reference prompts from "
-              "every neuron set; 'off' (= 1) keeps them, as the paper (0.1)"),
-          specificity_prompts: Optional[int] = typer.Option(None, help="reference prompts of the specificity "
-                                                            "profile (48)"),
-          update_rule: Optional[str] = typer.Option(None, help="dai, signed or calibrated (calibrated)"),
-          lambda1: Optional[float] = typer.Option(None, help="update: weight of the old object's direction (1)"),
-          lambda2: Optional[float] = typer.Option(None, help="update: weight of the new object's direction "
-                                                  "(default of the rule: dai/signed 8, calibrated 2)"),
-          locality: Optional[int] = typer.Option(None, help="locality prompts per fact (10)"),
-          ppl_texts: Optional[int] = typer.Option(None, help="neutral sentences for dlogPPL (5)"),
-          sweep_lambda2: Optional[str] = typer.Option(None, help="update-sweep lambda2 grid, comma-separated "
-                                                      "(0.25,0.5,1,2,4,8,16)"),
-          sweep_rules: Optional[str] = typer.Option(None, help="update-sweep rules (dai,signed,calibrated)"),
-          sweep_queries: Optional[int] = typer.Option(None, help="update-sweep: edited queries per fact (2)"),
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable)"),
-          config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys"),
-          executor: Optional[str] = typer.Option(None, help="local (default) or ray"),
-          ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
-          workers: Optional[int] = typer.Option(None, help="Ray workers (actors)"),
-          gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per Ray worker"),
-          dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and an estimated time, run nothing"),
-          gpu: bool = typer.Option(False, "--gpu", help="same as --device cuda"),
-          device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
-          no_progress: bool = typer.Option(False, "--no-progress")) -> None:
-    """Run (or resume) a study: probe, attribute, experiments, outputs in --out."""
-    overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": _split(experiments),
-                 "relations": _split(relations), "facts": facts, "seed": seed, "steps": steps, "threshold": threshold,
-                 "tau": tau, "split": split, "min_known": min_known, "candidates": candidates,
-                 "attention_k": attention_k, "attention_layers": attention_layers,
-                 "attention_renormalize": attention_renormalize, "out": str(out) if out else None,
-                 "device": "cuda" if gpu and device is None else device, "dtype": dtype,
-                 "progress": False if no_progress else None, "executor": executor, "ray_address": ray_address,
-                 "workers": workers, "gpus_per_worker": gpus_per_worker, "cas_beta1": cas_beta1,
-                 "cas_beta2": cas_beta2, "cas_threshold": cas_threshold, "cas_top_k": cas_top_k,
-                 "cas_sweep_beta1": sweep_beta1, "cas_sweep_beta2": sweep_beta2,
-                 "cas_sweep_thresholds": sweep_thresholds, "specificity": specificity,
-                 "specificity_prompts": specificity_prompts, "update_rule": update_rule, "lambda1": lambda1,
-                 "lambda2": lambda2, "locality": locality, "ppl_texts": ppl_texts,
-                 "update_sweep_lambda2": sweep_lambda2, "update_sweep_rules": sweep_rules,
-                 "update_sweep_queries": sweep_queries}
-    _run_study(overrides, config, dry_run)
+def _default_text(f) -> str:
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if f.name == "experiments":
+        return ",".join(default)
+    if default is None:
+        return ""
+    if isinstance(default, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def _flag_parameter(f, name: str | None = None, decls: tuple[str, ...] | None = None) -> inspect.Parameter:
+    """A typer option for one StudyConfig field: `--field-name` (plus its aliases), typed after the field;
+    lists take comma-separated values (names may also be repeated); the default is shown, not passed, so that
+    an unset flag leaves a TOML value alone."""
+    flag = "--" + f.name.replace("_", "-")
+    decls = decls if decls is not None else (flag, *f.metadata["aliases"])
+    help_text = f.metadata["help"]
+    if f.name == "experiments":
+        help_text = "experiments, comma-separated: " + "; ".join(
+            f"{e.name} ({e.question})" for e in EXPERIMENTS.values() if not e.always)
+    default = _default_text(f)
+    if default:
+        help_text += f" [default: {default}]"
+    annotation: object = Optional[str]
+    metavar = "LIST" if f.type.startswith("list") else "TEXT"
+    if f.name in LIST_FIELDS:
+        annotation = Optional[list[str]]
+    elif f.type in ("bool",):
+        stem = flag[2:] if decls[0] == flag else decls[0][2:]
+        decls = (f"--{stem}/--no-{stem}",)
+        annotation, metavar = Optional[bool], None
+    elif f.type in ("int", "int | None"):
+        annotation, metavar = Optional[int], "N"
+    elif f.type in ("float", "float | None"):
+        annotation, metavar = Optional[float], "X"
+    option = typer.Option(None, *decls, help=help_text, show_default=False, metavar=metavar)
+    return inspect.Parameter(name or f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _extra(name: str, annotation, option) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: dict[str, tuple[str, ...]]):
+    """A command taking the StudyConfig fields in `names` (all when None) as flags, plus --config, --dry-run
+    and --gpu; `fixed` settings are not flags (e.g. cas-sweep's experiments)."""
+    chosen = [f for f in fields(StudyConfig) if (names is None or f.name in names) and f.name not in fixed]
+    params = [_flag_parameter(f, decls=decls.get(f.name)) for f in chosen]
+    params += [_extra("config", Optional[Path], typer.Option(None, "--config", help="TOML file with the same keys "
+                                                             "(flags given too override it)")),
+               _extra("dry_run", bool, typer.Option(False, "--dry-run", help="print the plan and an estimated time, "
+                                                    "run nothing")),
+               _extra("gpu", bool, typer.Option(False, "--gpu", help="same as --device cuda"))]
+
+    def command(**kwargs) -> None:
+        config, dry_run, gpu = kwargs.pop("config"), kwargs.pop("dry_run"), kwargs.pop("gpu")
+        overrides = {k: v for k, v in kwargs.items() if v is not None and v != []}
+        if gpu and "device" not in overrides:
+            overrides["device"] = "cuda"
+        overrides.update(fixed)
+        _run_study(overrides, config, dry_run)
+
+    command.__doc__ = doc
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
 
 
 def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
-    from knowloc.study.config import StudyConfig
-    from knowloc.study.runner import run_study
-
-    if config is not None:
-        cfg = StudyConfig.from_toml(config, overrides)
-    else:
-        cfg = StudyConfig(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = StudyConfig.from_toml(config, overrides) if config is not None else StudyConfig(**overrides)
     if dry_run:
-        from knowloc.study.plan import print_plan
-
         print_plan(cfg, echo=typer.echo)
         return
     run_study(cfg, echo=typer.echo)
+    typer.echo(f"report: {build_report(Path(cfg.out))}")
 
 
-@app.command("cas-sweep")
-def cas_sweep(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="repeat for several models"),
-              data: Optional[str] = typer.Option(None, "--data", "-d", help="builtin, pararel:DIR or a JSONL path"),
-              methods: Optional[str] = typer.Option(None, help="comma-separated: ig,sig,amig,grad_x_act"),
-              relations: Optional[str] = typer.Option(None, help="comma-separated relation ids"),
-              facts: Optional[int] = typer.Option(None, help="at most N known facts per model (seeded sample)"),
-              seed: Optional[int] = typer.Option(None),
-              beta1: Optional[str] = SweepBeta1, beta2: Optional[str] = SweepBeta2,
-              thresholds: Optional[str] = SweepThresholds,
-              out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (resumable; may be "
-                                                 "an earlier study's, whose attributions are reused)"),
-              config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the study's keys"),
-              dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and an estimated time"),
-              device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
-              no_progress: bool = typer.Option(False, "--no-progress")) -> None:
-    """Sweep CAS's beta1, beta2 and t: `knowloc study --experiments cas-sweep` with the grid as options;
-    writes the Avg heatmaps and the cas_sweep table into --out."""
-    overrides = {"models": model or None, "data": data, "methods": _split(methods), "experiments": ["cas-sweep"],
-                 "relations": _split(relations), "facts": facts, "seed": seed, "cas_sweep_beta1": beta1,
-                 "cas_sweep_beta2": beta2, "cas_sweep_thresholds": thresholds, "out": str(out) if out else None,
-                 "device": device, "dtype": dtype, "progress": False if no_progress else None}
-    _run_study(overrides, config, dry_run)
-
-
-@app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), model: str = ModelOpt,
          facts: int = typer.Option(10, min=1, help="facts in the demo study")) -> None:
     """The main job: the whole study on the embedded default, then the HTML report (see README)."""
-    from knowloc.demo import run_demo
-
     path = run_demo(out, model=model, facts=facts, echo=typer.echo)
     typer.echo(f"report: {path}")
 
 
-@app.command()
 def report(directory: Path = typer.Argument(..., help="a study directory (--out of knowloc study)")) -> None:
     """Rebuild DIR/report.html from the store and outputs, without recomputing anything."""
-    from knowloc.report.html import build_report
-
     if not (directory / "results.sqlite").is_file() or not (directory / "summary.json").is_file():
         raise KnowlocError(f"{directory} is not a finished study (no results.sqlite / summary.json)")
     typer.echo(f"report: {build_report(directory)}")
 
 
+def build_app() -> typer.Typer:
+    """The command-line app, with the study flags of the current StudyConfig and experiment registry."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      context_settings=CONTEXT, rich_markup_mode=None,
+                      help="Knowledge-neuron localization and query localization for Hugging Face causal LMs.")
+    app.callback()(_root)
+    app.command()(models)
+    app.command()(probe)
+    app.command()(localize)
+    bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.",
+                            context_settings=CONTEXT, rich_markup_mode=None)
+    bench_app.command("attribution")(bench_attribution)
+    data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)
+    data_app.command("pararel")(data_pararel)
+    app.add_typer(bench_app, name="bench")
+    app.add_typer(data_app, name="data")
+    app.command("study")(_study_command(
+        None, {}, "Run (or resume) a study: probe, attribute, experiments; summary, tables, figures and "
+        "report.html in --out. Every flag is also a TOML key of --config (same name).", {}))
+    app.command("cas-sweep")(_study_command(
+        SWEEP_FLAGS, {"experiments": ["cas-sweep"]}, "Sweep CAS's beta1, beta2 and t: `knowloc study "
+        "--experiments cas-sweep` with the grid as options; writes the Avg heatmaps, the cas_sweep table and "
+        "report.html into --out (an earlier study's directory reuses its attributions).",
+        {"cas_sweep_beta1": ("--beta1", "--sweep-beta1"), "cas_sweep_beta2": ("--beta2", "--sweep-beta2"),
+         "cas_sweep_thresholds": ("--thresholds", "--sweep-thresholds")}))
+    app.command()(demo)
+    app.command()(report)
+    return app
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    tune_allocator()
     try:
-        app(args=argv, prog_name="knowloc", standalone_mode=False)
+        build_app()(args=argv, prog_name="knowloc", standalone_mode=False)
     except KnowlocError as exc:
         if debug:
             raise

@@ -18,13 +18,11 @@ row, entering at block 0, provides the clean residual stream and activations the
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 
 import torch
 from transformers import AttentionInterface, DynamicCache
@@ -34,21 +32,6 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from knowloc.attribution.methods import MethodConfig, baselines
 from knowloc.models.hooks import hook_module
 from knowloc.models.lm import Encoding, LanguageModel
-
-
-@lru_cache(maxsize=1)
-def _keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the OS after every query.
-
-    Each query allocates ~1 GB of short-lived activations; with the default trim/mmap heuristics the pages go
-    back to the OS and are faulted in again on the next query (10-15% of a query's time on CPU, more after the
-    reference's large allocations). Process-wide and harmless; a no-op off glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_mmap_threshold, 32 << 20))
-    except (OSError, AttributeError):
-        return False
 
 
 class _ReplayCache:
@@ -444,8 +427,6 @@ def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch
 def attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, *, layers: list[int] | None = None,
                    max_rows: int | None = None, memory_gb: float = 4.0) -> tuple[torch.Tensor, float]:
     """Scores [n_layers, n_neurons] (float32, CPU) and the clean objective value, by the staircase engine."""
-    if lm.device.type == "cpu":
-        _keep_freed_memory()
     with lm.fast_attention():
         return _attribute_fast(lm, enc, config, layers, max_rows, memory_gb)
 

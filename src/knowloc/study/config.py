@@ -1,10 +1,24 @@
-"""Study configuration: flags or a TOML file with the same keys."""
+"""Study configuration: one source for every setting, as a flag of `knowloc study` and a TOML key alike.
+
+Each :class:`StudyConfig` field carries its help text and its kind (:func:`setting`):
+
+- ``identity``: determines stored values (probes, attributions, trials). A study directory keeps one set of
+  them and refuses another (:data:`IDENTITY_KEYS`).
+- ``view``: which models, methods, experiments and how many facts to look at, and thresholds that only split or
+  summarize: a later run can reuse and extend an earlier one (add a method, an experiment or more facts
+  without recomputing anything).
+- ``runtime``: where and how the study runs; changes neither stored values nor the summary.
+
+`knowloc study` has one flag per field, ``--`` + the field name with dashes (plus a few short aliases), and a
+TOML file takes the same names (dashes or underscores); a test checks that they agree.
+"""
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from knowloc.attribution.methods import METHODS
 from knowloc.editing.operations import UPDATE_RULES
@@ -12,16 +26,8 @@ from knowloc.errors import KnowlocError
 from knowloc.study.registry import names as experiment_names
 
 CS_SCORES = ("cs1", "cs2", "csp")
-
-# Settings that determine stored values (probes, attributions, trials): a study directory keeps one set of
-# them and refuses another. Everything else (which models, methods, experiments and how many facts to look
-# at; thresholds that only split or summarize) selects a view of the store, so a later run can reuse and
-# extend an earlier one: e.g. add a method, an experiment or more facts without recomputing anything.
-IDENTITY_KEYS = ("data", "relations", "seed", "steps", "threshold", "min_known", "candidates", "lambda1", "lambda2",
-                 "locality", "ppl_texts", "cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k", "attention_k", "attention_layers",
-                 "attention_renormalize", "cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds",
-                 "update_rule", "specificity", "specificity_prompts", "update_sweep_lambda2", "update_sweep_rules",
-                 "update_sweep_queries")
+KINDS = ("identity", "view", "runtime")
+LIST_FIELDS = ("models", "methods", "experiments", "relations")  # comma-separated or repeated on the command line
 # What a store that predates an identity setting was computed with, where that differs from today's default
 # (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
 LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai"}
@@ -31,65 +37,94 @@ LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai"}
 RULE_LAMBDA2 = {"dai": 8.0, "signed": 8.0, "calibrated": 2.0}
 # Default specificity threshold F, chosen by measurement on SmolLM2-135M (docs/editing.md)
 DEFAULT_SPECIFICITY = 0.1
-# settings that change neither stored values nor the summary
-RUNTIME_KEYS = {"out", "device", "dtype", "progress", "executor", "ray_address", "workers", "gpus_per_worker"}
+
+
+def setting(default: Any = MISSING, *, help: str, kind: str = "identity", factory: Any = MISSING,
+            aliases: tuple[str, ...] = ()) -> Any:
+    """A StudyConfig field with its help text, kind (identity / view / runtime) and extra flag spellings."""
+    if kind not in KINDS:
+        raise ValueError(f"setting kind must be one of {KINDS}, got {kind!r}")
+    metadata = {"help": help, "kind": kind, "aliases": aliases}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class StudyConfig:
-    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
-    data: str = "builtin"
-    relations: list[str] | None = None
-    facts: int | None = None  # at most this many known facts per model (seeded sample)
-    seed: int = 0
-    methods: list[str] = field(default_factory=lambda: ["ig", "amig"])
-    experiments: list[str] = field(default_factory=lambda: ["consistency", "modification"])
-    steps: int = 20
-    threshold: float = 0.2  # KN set: attribution > threshold x max (Dai et al.)
-    min_known: int = 2  # a fact is studied when the model answers >= this many of its queries
-    candidates: bool = False  # "answers" = argmax among the relation's objects (LAMA) instead of the vocabulary
-    cs_score: str = "cs2"
-    tau: float = 0.3  # static K_C / K_I threshold
-    p: float = 0.5  # CS_p share
-    split: str = "static"  # threshold used for the K_C/K_I groups of later experiments: static | otsu
-    # neurons that are knowledge neurons of more than this share of the fact-free reference prompts are removed
-    # from every neuron set (1 or "off": nothing is removed, the paper's behaviour); see docs/editing.md
-    specificity: float | str = DEFAULT_SPECIFICITY
-    specificity_prompts: int = 48  # reference prompts of the specificity profile (at most 48 are shipped)
-    update_rule: str = "calibrated"  # dai | signed | calibrated (knowloc.editing.operations)
-    lambda1: float = 1.0
-    lambda2: float | None = None  # None: the update rule's default (RULE_LAMBDA2)
-    locality: int = 10  # locality prompts per fact
-    ppl_texts: int = 5  # neutral sentences for dPPL (each distinct edit runs them once)
-    attention_k: int = 3  # knowledge synapses: top-k attention weights per (layer, head) row
-    attention_layers: str | None = None  # "a-b": manipulate KS only in layers a..b (default: all layers)
-    attention_renormalize: bool = False  # rescale each manipulated attention row to sum to 1
-    cas_beta1: float = 1.0
-    cas_beta2: float = 1.0
-    cas_threshold: float = 0.2  # CAS selection: CAS(u) > t x max CAS
-    cas_top_k: int | None = None
-    # experiment cas-sweep: the grid beta1 x beta2 x t (only beta2 / beta1 and t change the selection)
-    cas_sweep_beta1: list[float] = field(default_factory=lambda: [1.0])
-    cas_sweep_beta2: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
-    cas_sweep_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
-    # experiment update-sweep: update N_i with every rule at every lambda2, on this many queries per fact
-    update_sweep_lambda2: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
-    update_sweep_rules: list[str] = field(default_factory=lambda: list(UPDATE_RULES))
-    update_sweep_queries: int = 2
-    n_boot: int = 1000
-    out: str = "runs/study"
-    executor: str = "local"  # local | ray
-    ray_address: str | None = None
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    device: str | None = None
-    dtype: str | None = None
-    progress: bool = True
+    """Every setting of a study (see the module docstring); ``StudyConfig(**kwargs)`` validates them."""
+
+    models: list[str] = setting(factory=lambda: ["smollm2-135m"], kind="view", aliases=("--model", "-m"),
+                                help="models: built-in names, .gguf paths, HF directories or hub ids")
+    data: str = setting("builtin", aliases=("-d",), help="facts: builtin, pararel:DIR or a JSONL path")
+    relations: list[str] | None = setting(None, help="relation ids to keep (default: all)")
+    facts: int | None = setting(None, kind="view", help="at most N known facts per model (a seeded sample; a larger "
+                                "N studies a superset)")
+    seed: int = setting(0, help="seed of every sampled choice (facts, locality prompts, new objects, bootstrap)")
+    methods: list[str] = setting(factory=lambda: ["ig", "amig"], kind="view",
+                                 help=f"attribution methods: {', '.join(METHODS)}")
+    experiments: list[str] = setting(factory=lambda: ["consistency", "modification"], kind="view",
+                                     help="experiments (see below)")
+    steps: int = setting(20, help="integration steps m of ig / sig / amig")
+    threshold: float = setting(0.2, help="KN set: attribution > threshold x max (Dai et al.)")
+    min_known: int = setting(2, help="a fact is studied when the model answers >= this many of its paraphrases")
+    candidates: bool = setting(False, help="answered = argmax among the relation's objects (LAMA) instead of the "
+                               "vocabulary")
+    cs_score: str = setting("cs2", kind="view", help=f"consistency score of the K_C / K_I split: {', '.join(CS_SCORES)}")
+    tau: float = setting(0.3, kind="view", help="static K_C / K_I threshold on the CS score")
+    p: float = setting(0.5, kind="view", help="CS_p: share of the queries a neuron must be in")
+    split: str = setting("static", kind="view", help="groups of the later experiments: static (tau) or otsu")
+    specificity: float | str = setting(DEFAULT_SPECIFICITY, help="remove neurons that are KNs of more than this "
+                                       "share of fact-free reference prompts from every neuron set; 'off' (= 1) "
+                                       "keeps them, as the paper")
+    specificity_prompts: int = setting(48, help="reference prompts of the specificity profile (48 are shipped)")
+    update_rule: str = setting("calibrated", help=f"update rule: {', '.join(UPDATE_RULES)} (docs/editing.md)")
+    lambda1: float = setting(1.0, help="update: weight of the old object's direction")
+    lambda2: float | None = setting(None, help="update: weight of the new object's direction (default: the "
+                                    "rule's, dai / signed 8, calibrated 2)")
+    locality: int = setting(10, help="locality prompts per fact")
+    ppl_texts: int = setting(5, help="neutral sentences for dlogPPL")
+    attention_k: int = setting(3, help="knowledge synapses: top-k attention weights per (layer, head) row")
+    attention_layers: str | None = setting(None, help="manipulate knowledge synapses in layers a-b only "
+                                           "(default: all)")
+    attention_renormalize: bool = setting(False, help="rescale each manipulated attention row to sum to 1")
+    cas_beta1: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
+    cas_beta2: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
+    cas_threshold: float = setting(0.2, help="CAS selection: CAS > t x max CAS")
+    cas_top_k: int | None = setting(None, help="cap the CAS selection at k neurons")
+    cas_sweep_beta1: list[float] = setting(factory=lambda: [1.0], aliases=("--sweep-beta1",),
+                                           help="cas-sweep grid of beta1")
+    cas_sweep_beta2: list[float] = setting(factory=lambda: [0.0, 0.5, 1.0, 2.0], aliases=("--sweep-beta2",),
+                                           help="cas-sweep grid of beta2 (only beta2 / beta1 and t change the "
+                                           "selection)")
+    cas_sweep_thresholds: list[float] = setting(factory=lambda: [0.1, 0.2, 0.3, 0.5],
+                                                aliases=("--sweep-thresholds",), help="cas-sweep grid of t")
+    update_sweep_lambda2: list[float] = setting(factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+                                                aliases=("--sweep-lambda2",), help="update-sweep grid of lambda2")
+    update_sweep_rules: list[str] = setting(factory=lambda: list(UPDATE_RULES), aliases=("--sweep-rules",),
+                                            help="update-sweep rules")
+    update_sweep_queries: int = setting(2, aliases=("--sweep-queries",),
+                                        help="update-sweep: neighbor queries edited per fact (seeded)")
+    n_boot: int = setting(1000, kind="view", help="bootstrap resamples of every confidence interval")
+    out: str = setting("runs/study", kind="runtime", aliases=("-o",), help="study directory (resumable)")
+    executor: str = setting("local", kind="runtime", help="local or ray")
+    ray_address: str | None = setting(None, kind="runtime", help="Ray cluster address (default: start a local one)")
+    workers: int = setting(2, kind="runtime", help="Ray workers (actors)")
+    gpus_per_worker: float = setting(0.0, kind="runtime", help="GPUs per Ray worker")
+    device: str | None = setting(None, kind="runtime", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    dtype: str | None = setting(None, kind="runtime", help="fp32 (default), bf16 or fp16")
+    progress: bool = setting(True, kind="runtime", help="progress bars")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        for name in LIST_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _str_list(value))
+        if self.relations == []:
+            self.relations = None  # no relation named: all of them
         if not self.models:
             raise KnowlocError("at least one --model is required")
         for method in self.methods:
@@ -208,14 +243,21 @@ class StudyConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise KnowlocError(f"config file {path}: unknown keys {', '.join(unknown)}")
-        for key in ("models", "methods", "experiments", "relations"):
-            if isinstance(raw.get(key), str):
-                raw[key] = [part.strip() for part in raw[key].split(",") if part.strip()]
         raw.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**raw)
         except TypeError as exc:
             raise KnowlocError(f"config file {path}: {exc}") from None
+
+
+IDENTITY_KEYS = tuple(f.name for f in fields(StudyConfig) if f.metadata["kind"] == "identity")
+RUNTIME_KEYS = {f.name for f in fields(StudyConfig) if f.metadata["kind"] == "runtime"}
+
+
+def _str_list(value) -> list[str]:
+    """A list of names from a list or a comma-separated string; list items may hold commas too."""
+    items = [value] if isinstance(value, str) else list(value)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
 def _specificity(value) -> float:

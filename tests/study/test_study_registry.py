@@ -1,0 +1,110 @@
+"""One spec per experiment: a toy experiment registered in a test shows up in the plan, the CLI help,
+summary.json, summary.md and report.html without touching any other file; every setting is a flag."""
+
+import json
+from dataclasses import fields
+
+import numpy as np
+
+from knowloc.cli import build_app, main
+from knowloc.study.config import IDENTITY_KEYS, RUNTIME_KEYS, StudyConfig
+from knowloc.study.context import Section, fact_level_ci
+from knowloc.study.groups import grouped_trials
+from knowloc.study.plan import print_plan
+from knowloc.study.registry import REGISTRY, Cost, Experiment, register, unregister
+from knowloc.study.tables import Column, Table
+
+
+def _toy_fact_work(ctx, model, method, fact):
+    return [{"paraphrases": float(len(fact.prompts))}]
+
+
+def _toy_summarize(ctx):
+    rows = []
+    for model, method, group, fact_trials in grouped_trials(ctx, "toy"):
+        n, mean, lo, hi = fact_level_ci(fact_trials, "paraphrases", ctx.config.n_boot, ctx.config.seed)
+        rows.append({"model": model, "method": method, "group": group, "n": n, "paraphrases": mean,
+                     "paraphrases_ci_low": lo, "paraphrases_ci_high": hi})
+    return Section(summary={"toy_paraphrases": rows}, tables={"toy_paraphrases": rows})
+
+
+TOY = Experiment(
+    name="toy", question="how many answered paraphrases does a fact have?", heading="Toy paraphrase count",
+    summarize=_toy_summarize, fact_work=_toy_fact_work, summary_keys=("toy_paraphrases",),
+    intro="A toy experiment registered by a test.",
+    tables=(Table("toy_paraphrases", title="Paraphrases per group", columns=(
+        Column("model", "model"), Column("group", "group", "group"), Column("n", "n", "int"),
+        Column("answered paraphrases", "paraphrases", "ci")),),),
+    notes=lambda summary: [f"{len(summary['toy_paraphrases'])} toy rows."],
+    cost=lambda config, n_queries: Cost(forwards=n_queries))
+
+
+def test_a_registered_experiment_appears_everywhere(tmp_path, tiny_facts, capsys):
+    register(TOY)
+    try:
+        assert main(["study", "--help"]) == 0
+        assert "toy (how many answered paraphrases does a fact have?)" in " ".join(capsys.readouterr().out.split())
+        args = ["--model", "tiny-llama", "--data", str(tiny_facts), "--methods", "ig", "--steps", "2",
+                "--candidates", "--experiments", "consistency,toy", "--facts", "4", "--n-boot", "20",
+                "--specificity-prompts", "4", "--no-progress"]
+        lines = []
+        print_plan(StudyConfig(**{"models": ["tiny-llama"], "data": str(tiny_facts), "methods": ["ig"], "steps": 2,
+                                  "candidates": True, "experiments": ["consistency", "toy"], "facts": 4,
+                                  "out": str(tmp_path / "plan")}), echo=lines.append)
+        assert any(line.strip().startswith("toy: ~") for line in lines)
+        assert not (tmp_path / "plan").exists()
+        out = tmp_path / "study"
+        assert main(["study", *args, "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        rows = summary["toy_paraphrases"]
+        assert rows and all(r["n"] >= 0 for r in rows)
+        studied = sum(r["n"] for r in rows)
+        assert studied == summary["facts"]["tiny-llama"]
+        assert all(r["paraphrases"] >= 2 for r in rows if r["n"])  # studied facts answer >= min_known paraphrases
+        md = (out / "summary.md").read_text()
+        assert "## Toy paraphrase count" in md and "### Paraphrases per group" in md
+        assert "| model | group | n | answered paraphrases |" in md and f"{len(rows)} toy rows." in md
+        assert (out / "tables" / "toy_paraphrases.csv").read_text().startswith("model,")
+        report = (out / "report.html").read_text()  # `knowloc study` writes the report at the end
+        assert '<section id="toy"><h2>Toy paraphrase count</h2>' in report and 'href="#toy"' in report
+        assert "<th>answered paraphrases</th>" in report
+    finally:
+        unregister("toy")
+    assert "toy" not in REGISTRY
+
+
+def test_every_setting_is_a_study_flag_and_a_toml_key(tmp_path):
+    import typer
+
+    command = typer.main.get_command(build_app()).commands["study"]
+    flags = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+    names = {param.name for param in command.params}
+    for f in fields(StudyConfig):
+        assert "--" + f.name.replace("_", "-") in flags, f.name
+        assert f.name in names
+        assert f.metadata["help"] and f.metadata["kind"] in ("identity", "view", "runtime")
+    assert names - {f.name for f in fields(StudyConfig)} == {"config", "dry_run", "gpu"}
+    # kinds drive the stored identity and what summary.json leaves out
+    assert set(IDENTITY_KEYS) == {f.name for f in fields(StudyConfig) if f.metadata["kind"] == "identity"}
+    assert RUNTIME_KEYS.isdisjoint(StudyConfig().summary_config())
+    # a TOML file takes the same names
+    toml = tmp_path / "s.toml"
+    toml.write_text("\n".join(f'{f.name} = {json.dumps(v)}' for f in fields(StudyConfig)
+                              if (v := getattr(StudyConfig(), f.name)) is not None) + "\n")
+    assert StudyConfig.from_toml(toml, {}) == StudyConfig()
+
+
+def test_flags_reach_the_config(tmp_path, monkeypatch):
+    import knowloc.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "run_study", lambda cfg, echo: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(cli, "build_report", lambda out: out / "report.html")
+    code = main(["study", "--model", "tiny-llama", "-m", "tiny-gpt2", "--methods", "ig,amig", "--lambda2", "3",
+                 "--update-rule", "signed", "--specificity", "off", "--locality", "7", "--ppl-texts", "2",
+                 "--sweep-lambda2", "1,2", "--no-candidates", "--attention-renormalize", "--out", str(tmp_path)])
+    cfg = seen["cfg"]
+    assert code == 0 and cfg.models == ["tiny-llama", "tiny-gpt2"] and cfg.methods == ["ig", "amig"]
+    assert (cfg.lambda2, cfg.update_rule, cfg.specificity, cfg.locality, cfg.ppl_texts) == (3.0, "signed", 1.0, 7, 2)
+    assert cfg.update_sweep_lambda2 == [1.0, 2.0] and cfg.candidates is False and cfg.attention_renormalize is True
+    assert np.isclose(cfg.lambda1, 1.0)
