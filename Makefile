@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/knowloc demo --out $(OUT)
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,16 +1,12 @@
-"""knowloc: knowledge-neuron localization and query localization for Hugging Face causal LMs."""
+"""knowloc: knowledge-neuron localization and query localization for Hugging Face causal LMs.
+
+``knowloc.attribute``, ``knowloc.attribute_many``, ``knowloc.Attribution`` and ``knowloc.load_model`` are the
+entry points for interactive use; the packages below hold everything else (README: Layout).
+"""
 
 __version__ = "0.1.0"
 
+from knowloc.attribution import Attribution, attribute, attribute_many  # noqa: E402
+from knowloc.models import load_model  # noqa: E402
 
-def __getattr__(name: str):
-    # lazy, so that `knowloc --version` and `import knowloc` stay fast
-    if name in ("attribute", "attribute_many", "Attribution"):
-        from knowloc import attribution
-
-        return getattr(attribution, name)
-    if name == "load_model":
-        from knowloc.models import load_model
-
-        return load_model
-    raise AttributeError(f"module 'knowloc' has no attribute {name!r}")
+__all__ = ["Attribution", "__version__", "attribute", "attribute_many", "load_model"]

@@ -12,6 +12,8 @@ from torch.profiler import ProfilerActivity, profile
 from knowloc.attribution.engine import attribute_fast
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.reference import attribute_reference
+from knowloc.data import load_facts
+from knowloc.models import load_model
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",
@@ -45,8 +47,6 @@ def count_flops(fn: Callable[[], object], device) -> float:
 
 def benchmark_queries(lm, n: int, tokens: int = 13) -> list:
     """n built-in queries whose prompt length is closest to `tokens` tokens (the issue's reference setting)."""
-    from knowloc.data import load_facts
-
     queries = load_facts("builtin").queries
     ranked = sorted(queries, key=lambda q: (abs(len(lm.encode(q.text).prompt_ids) - tokens), q.text))
     return [lm.encode(q.text, q.fact.object) for q in ranked[:n]]
@@ -55,8 +55,6 @@ def benchmark_queries(lm, n: int, tokens: int = 13) -> list:
 def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20, repeats: int = 5,
                               n_queries: int = 1, device=None, dtype=None,
                               echo: Callable[[str], None] = print) -> dict:
-    from knowloc.models import load_model
-
     config = MethodConfig(method, steps)
     lm = load_model(model, device=device, dtype=dtype)
     encs = benchmark_queries(lm, n_queries)

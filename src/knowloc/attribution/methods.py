@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from knowloc.data import load_amig_reference_prompts
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import trace_activations
 from knowloc.models.lm import Encoding, LanguageModel
+from knowloc.models.scoring import pad_right
 
 METHODS = ("ig", "sig", "amig", "grad_x_act")
 OBJECTIVES = ("prob", "logprob")
@@ -77,8 +79,6 @@ def sig_positions(lm: LanguageModel, enc: Encoding) -> list[int]:
 def reference_prompts(config: MethodConfig) -> tuple[str, ...]:
     if config.reference_prompts:
         return config.reference_prompts
-    from knowloc.data import load_amig_reference_prompts
-
     return tuple(load_amig_reference_prompts())
 
 
@@ -86,8 +86,6 @@ def reference_prompts(config: MethodConfig) -> tuple[str, ...]:
 def last_position_activations(lm: LanguageModel, sequences: list[list[int]]) -> torch.Tensor:
     """Activations [len(sequences), n_layers, n_neurons] at each sequence's last token, batched with right
     padding (exact: in a causal model padding after the last token changes nothing before it)."""
-    from knowloc.models.scoring import pad_right
-
     lengths = torch.tensor([len(s) for s in sequences])
     ids, mask = pad_right(lm, sequences)
     with trace_activations(lm) as acts:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from knowloc.analysis import select_neurons
+
 
 @dataclass
 class Attribution:
@@ -30,8 +32,6 @@ class Attribution:
     def neurons(self, threshold: float = 0.2, mode: str = "relative") -> list[tuple[int, int]]:
         """Knowledge neurons, sorted by score. relative: score > threshold * max (Dai et al.'s adaptive
         threshold); absolute: score > threshold; top_k: the int(threshold) best."""
-        from knowloc.analysis import select_neurons
-
         return select_neurons(self.scores, threshold=threshold, mode=mode)
 
     def top(self, k: int = 10) -> list[tuple[int, int, float]]:

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
@@ -94,8 +95,6 @@ def _gemma3_gguf() -> Path:
 
 def _from_gguf(path: Path, dtype: torch.dtype, attn: str):
     """Load a GGUF file; the dequantized weights are cached as safetensors so later loads take seconds."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not path.is_file():
         raise KnowlocError(f"model file {path} does not exist")
     stat = path.stat()
@@ -133,8 +132,6 @@ def _from_gguf(path: Path, dtype: torch.dtype, attn: str):
 
 
 def _from_pretrained(spec: str, dtype: torch.dtype, attn: str, allow_pickle: bool, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(spec)
     looks_local = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local and not path.exists():

@@ -10,7 +10,9 @@ from functools import lru_cache
 from typing import Callable
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedConfig, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTJConfig, GPTNeoXConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config,
+                          PreTrainedConfig, PreTrainedTokenizerFast)
 
 VOCAB = 512
 _CORPUS = [
@@ -27,8 +29,6 @@ _CORPUS = [
 
 @lru_cache(maxsize=2)
 def tiny_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -45,19 +45,16 @@ def tiny_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
 
 
 def _gpt2() -> PreTrainedConfig:
-    from transformers import GPT2Config
     return GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=48, n_layer=3, n_head=4, n_inner=96,
                       bos_token_id=0, eos_token_id=0)
 
 
 def _neox() -> PreTrainedConfig:
-    from transformers import GPTNeoXConfig
     return GPTNeoXConfig(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
                          intermediate_size=96, max_position_embeddings=128, eos_token_id=0, bos_token_id=0)
 
 
 def _gptj() -> PreTrainedConfig:
-    from transformers import GPTJConfig
     return GPTJConfig(vocab_size=VOCAB, n_positions=128, n_embd=48, n_layer=3, n_head=4, n_inner=96,
                       rotary_dim=8, bos_token_id=0, eos_token_id=0)
 
@@ -69,37 +66,30 @@ def _llama_kwargs() -> dict:
 
 
 def _llama() -> PreTrainedConfig:
-    from transformers import LlamaConfig
     return LlamaConfig(**_llama_kwargs())
 
 
 def _mistral() -> PreTrainedConfig:
-    from transformers import MistralConfig
     return MistralConfig(**_llama_kwargs(), sliding_window=64)
 
 
 def _qwen2() -> PreTrainedConfig:
-    from transformers import Qwen2Config
     return Qwen2Config(**_llama_kwargs())
 
 
 def _qwen3() -> PreTrainedConfig:
-    from transformers import Qwen3Config
     return Qwen3Config(**_llama_kwargs(), head_dim=12)
 
 
 def _gemma1() -> PreTrainedConfig:
-    from transformers import GemmaConfig
     return GemmaConfig(**_llama_kwargs(), head_dim=12)
 
 
 def _gemma2() -> PreTrainedConfig:
-    from transformers import Gemma2Config
     return Gemma2Config(**_llama_kwargs(), head_dim=12, sliding_window=16, final_logit_softcapping=30.0)
 
 
 def _gemma3() -> PreTrainedConfig:
-    from transformers import Gemma3TextConfig
     kw = _llama_kwargs() | {"num_hidden_layers": 4}
     return Gemma3TextConfig(**kw, head_dim=12, sliding_window=8, sliding_window_pattern=2)
 

@@ -22,7 +22,7 @@ from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
 from knowloc.study.registry import Cost, Experiment, register
 from knowloc.study.groups import grouped_trials
-from knowloc.study.tables import Column, Table, edit_columns, fmt_dlogppl
+from knowloc.study.tables import Column, Table, edit_columns
 
 METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "n_neurons")
 LOC_FLOOR = 0.8
