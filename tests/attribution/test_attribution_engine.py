@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from knowloc.attribution import attribute
+from knowloc.attribution.cache import ENGINE_CACHE
 from knowloc.attribution.engine import attribute_fast
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.reference import attribute_reference
@@ -122,9 +123,9 @@ def test_recorded_block_arguments_serve_other_queries_of_the_same_shape(tiny_mod
         "The language of Brazil is")) if len(enc.input_ids) == len(first.input_ids) and enc != first)
     other_shape = lm.encode("Paris is the capital of the country called", "France")
     attribute_fast(lm, first, config)
-    recorded = len(lm._block_args)
+    recorded = len(ENGINE_CACHE.model(lm.model).block_args)
     fast, _ = attribute_fast(lm, same_shape, config)
-    assert len(lm._block_args) == recorded  # reused, not recorded again
+    assert len(ENGINE_CACHE.model(lm.model).block_args) == recorded  # reused, not recorded again
     assert_equivalent(fast, attribute_reference(lm, same_shape, config))
     fast, _ = attribute_fast(lm, other_shape, config)
     assert_equivalent(fast, attribute_reference(lm, other_shape, config))
@@ -152,7 +153,7 @@ def test_chunks_shrink_with_the_prompt_length(tiny_models):
     for words in (2, 100):
         enc = lm.encode(" ".join(["river"] * words), "Paris")
         prep = prepare(lm, enc)
-        elements = sum(k.numel() + v.numel() for k, v in prep.replay.prefix.values())
+        elements = sum(k.numel() + v.numel() for k, v in prep.prefix_cache.prefix.values())
         rows[words] = default_max_rows(lm, enc.n_target, 0.0002, elements)
     assert rows[100] < rows[2]
     enc = lm.encode(" ".join(["river"] * 100), "Paris")
@@ -188,3 +189,34 @@ def test_convergence_delta_baseline_objective_matches_a_patched_forward(tiny_mod
         with torch.no_grad(), scale_neurons(lm, {layer: list(range(lm.n_neurons))}, 0.0, position=enc.last_pos):
             p = torch.softmax(lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1], -1)
         assert float(at_zero[0, layer]) == pytest.approx(float(p[enc.target_ids[0]]), rel=1e-5)
+
+
+def test_engine_state_has_one_owner_and_clears(tiny_models):
+    """Recorded block arguments, AMIG baselines and the logits buffer live in ENGINE_CACHE (not on the model);
+    clearing it changes no result."""
+    lm = tiny_models("tiny-llama")
+    enc = lm.encode(PROMPT, "Paris")
+    config = MethodConfig("amig", steps=3, reference_prompts=REFS)
+    before, _ = attribute_fast(lm, enc, config)
+    cache = ENGINE_CACHE.model(lm.model)
+    assert cache.block_args and cache.baselines and ENGINE_CACHE._scratch
+    assert not any(k.startswith("_") for k in vars(lm))  # LanguageModel carries no engine state
+    ENGINE_CACHE.clear()
+    assert not ENGINE_CACHE.model(lm.model).block_args and not ENGINE_CACHE._scratch
+    again, _ = attribute_fast(lm, enc, config)
+    assert torch.equal(before, again)
+
+
+def test_prepare_returns_a_complete_record_and_chunks_share_the_clean_run(tiny_models):
+    from dataclasses import FrozenInstanceError
+
+    from knowloc.attribution.engine import prepare
+
+    lm = tiny_models("tiny-gpt2")
+    prep = prepare(lm, lm.encode(PROMPT, "Paris Rome"))
+    assert prep.embedded.shape[:2] == (1, 2) and prep.target.tolist() == list(prep.enc.target_ids)
+    with pytest.raises(FrozenInstanceError):
+        prep.embedded = None
+    whole, _ = attribute_fast(lm, prep.enc, MethodConfig("ig", 4))
+    chunked, _ = attribute_fast(lm, prep.enc, MethodConfig("ig", 4), max_rows=2)
+    assert_equivalent(chunked, whole)

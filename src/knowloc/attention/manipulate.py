@@ -98,7 +98,7 @@ def scale_attention(lm: LanguageModel, entries: Iterable[Sequence[int]], alpha: 
         raise KnowlocError(f"alpha must be a finite number, not {alpha!r}")
     if isinstance(query_position, bool) or not isinstance(query_position, int):
         raise KnowlocError(f"query_position must be an integer, not {query_position!r}")
-    implementation = getattr(lm.model.config, "_attn_implementation", "eager")
+    implementation = lm.attention_implementation
     if implementation not in (None, "eager"):
         raise KnowlocError(f"scale_attention needs eager attention, but {lm.name!r} uses {implementation!r}; "
                            "load it with attn_implementation='eager'")

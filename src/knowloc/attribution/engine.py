@@ -10,10 +10,13 @@ and one backward pass yields every row's gradient with respect to its own patche
 are frozen, so no parameter gradient is ever formed.
 
 Blocks are re-run with the exact positional/keyword arguments the model itself passed them in a capture
-pass (masks, rotary embeddings, sliding-window layouts), with the cache argument swapped for a `_ReplayCache`
-that holds the prefix keys/values at batch 1 and a registered attention function (`_replay_attention`) that
+pass (masks, rotary embeddings, sliding-window layouts), with the cache argument swapped for a `_PrefixCache`
+that holds the prefix keys/values at batch 1 and a registered attention function (`_prefix_attention`) that
 reads them from there. This keeps the engine family-agnostic: no per-family attention code. An unpatched clean
-row, entering at block 0, provides the clean residual stream and activations the other rows start from.
+row, entering at block 0 in a query's first chunk, computes the clean residual stream and activations the other
+rows start from and returns them (`CleanRun`) for the later chunks.
+
+What the engine keeps between queries lives in :data:`knowloc.attribution.cache.ENGINE_CACHE`.
 """
 
 from __future__ import annotations
@@ -29,22 +32,23 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from knowloc.attribution.cache import ENGINE_CACHE
 from knowloc.attribution.methods import MethodConfig, baselines
 from knowloc.models.hooks import hook_module
 from knowloc.models.lm import Encoding, LanguageModel
 
 
-class _ReplayCache:
+class _PrefixCache:
     """Serves a block the prefix keys/values (batch 1) before the rows' own.
 
     Normally `update` returns them concatenated, the prefix expanded to the rows. In split mode (see
-    `_split_attention`) it returns only the rows' own keys/values and `_replay_attention` reads the prefix
+    `_split_attention`) it returns only the rows' own keys/values and `_prefix_attention` reads the prefix
     from here, so the expanded copies are never formed."""
 
     def __init__(self, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]):
         self.prefix = prefix
         self.split = False
-        self.served = 0  # calls of _replay_attention that used a prefix, to catch attention that bypasses it
+        self.served = 0  # calls of _prefix_attention that used a prefix, to catch attention that bypasses it
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if layer_idx not in self.prefix or self.split:  # no prefix (one-token prompt), or the attention reads it
@@ -56,23 +60,23 @@ class _ReplayCache:
         return keys, values
 
 
-_REPLAY_ATTENTION = "knowloc_replay"
-_ACTIVE_REPLAY: ContextVar[_ReplayCache | None] = ContextVar("knowloc_active_replay", default=None)
+_PREFIX_ATTENTION = "knowloc_prefix"
+_ACTIVE_PREFIX: ContextVar[_PrefixCache | None] = ContextVar("knowloc_active_prefix", default=None)
 
 
-def _replay_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+def _prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """sdpa's attention for staircase rows, with the prefix keys/values at batch 1.
 
     query [B, H, Q, D]; key/value [B, G, Q, D] are the rows' own positions (G key/value heads, query head h
     reads key/value head h // (H/G) as in transformers' repeat_kv). Scores against the prefix are one batched
     matmul per key/value head over all rows, against the own positions a small matmul per row; one softmax
     over both. Returns [B, Q, H, D] like transformers' attention functions."""
-    replay = _ACTIVE_REPLAY.get()
-    prefix = replay.prefix.get(module.layer_idx) if replay is not None and replay.split else None
+    prefix_cache = _ACTIVE_PREFIX.get()
+    prefix = prefix_cache.prefix.get(module.layer_idx) if prefix_cache is not None and prefix_cache.split else None
     if prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    replay.served += 1
+    prefix_cache.served += 1
     k_pre, v_pre = prefix
     rows, heads, n_q, dim = query.shape
     groups, n_pre = key.shape[1], k_pre.shape[2]
@@ -104,26 +108,25 @@ def _replay_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     return out.reshape(rows, heads, n_q, dim).transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(_REPLAY_ATTENTION, _replay_attention)
-AttentionMaskInterface.register(_REPLAY_ATTENTION, sdpa_mask)
+AttentionInterface.register(_PREFIX_ATTENTION, _prefix_attention)
+AttentionMaskInterface.register(_PREFIX_ATTENTION, sdpa_mask)
 
 
 @contextmanager
-def _split_attention(lm: LanguageModel, replay: _ReplayCache) -> Iterator[None]:
-    """Run the staircase's blocks with `_replay_attention` where the model runs sdpa attention (inside
+def _split_attention(lm: LanguageModel, prefix_cache: _PrefixCache) -> Iterator[None]:
+    """Run the staircase's blocks with `_prefix_attention` where the model runs sdpa attention (inside
     `LanguageModel.fast_attention`); otherwise (e.g. Gemma-2's soft-capped eager attention) leave it as is."""
-    config = lm.model.config
-    saved = config._attn_implementation
-    if saved != "sdpa":
+    if lm.attention_implementation != "sdpa":
         yield
         return
-    config._attn_implementation, replay.split = _REPLAY_ATTENTION, True
-    token = _ACTIVE_REPLAY.set(replay)
+    token = _ACTIVE_PREFIX.set(prefix_cache)
+    prefix_cache.split = True
     try:
-        yield
+        with lm.use_attention(_PREFIX_ATTENTION):
+            yield
     finally:
-        _ACTIVE_REPLAY.reset(token)
-        config._attn_implementation, replay.split = saved, False
+        prefix_cache.split = False
+        _ACTIVE_PREFIX.reset(token)
 
 
 def _prefix_states(cache: DynamicCache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -133,25 +136,32 @@ def _prefix_states(cache: DynamicCache) -> dict[int, tuple[torch.Tensor, torch.T
             if getattr(layer, "is_initialized", False)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
-    """What the staircase needs about one query: the prefix keys/values and each block's arguments.
-
-    `clean_hidden[b]` (residual stream entering block b, [1, n_new, d]), `clean_act[b]` (neuron activations
-    at the last prompt position) and `mlp_residual[b]` are filled in by the first staircase chunk's clean row;
-    `clean_hidden[0]` comes from the embedding layer."""
+    """Everything the staircase needs about one query that does not depend on the rows, complete when
+    `prepare` returns: the prefix keys/values, each block's arguments, block 0's input and the target."""
 
     enc: Encoding
     block_args: list[tuple[tuple, dict]]  # each block's arguments, hidden states removed, cache as _CACHE_SLOT
-    replay: _ReplayCache
-    clean_hidden: list[torch.Tensor | None]  # n_layers + 1 entries, the last one the last block's output
-    clean_act: list[torch.Tensor | None]
-    mlp_residual: list[torch.Tensor | None]  # r^l (see staircase_gradients)
+    prefix_cache: _PrefixCache
+    embedded: torch.Tensor  # block 0's input for the new positions [1, n_new, d]
     target: torch.Tensor  # gold target ids [n_target]
 
 
+@dataclass(frozen=True)
+class CleanRun:
+    """The unpatched query's new positions, computed by the first chunk's clean row and read by every chunk:
+    `hidden[b]` the residual stream entering block b ([1, n_new, d]; the last entry is the last block's output),
+    `act[b]` the neuron activations at the last prompt position, `mlp_residual[b]` r^b (see
+    `staircase_gradients`), `value` the clean objective."""
+
+    hidden: list[torch.Tensor]
+    act: list[torch.Tensor]
+    mlp_residual: list[torch.Tensor | None]
+    value: float
+
+
 _CACHE_SLOT = object()  # stands for the cache argument in recorded block arguments
-_BLOCK_ARGS_KEPT = 64
 
 
 class _EmbeddingsDone(Exception):
@@ -173,21 +183,21 @@ def prepare(lm: LanguageModel, enc: Encoding) -> Prepared:
     backbone = lm.model.base_model  # no unembedding needed here
     if cut > 0:
         backbone(input_ids=ids[:, :cut], cache=cache, use_cache=True)
-    replay = _ReplayCache(_prefix_states(cache))
-    key = (cut, enc.n_target, lm.model.config._attn_implementation)
-    known = lm._block_args.get(key)
+    prefix_cache = _PrefixCache(_prefix_states(cache))
+    key = (cut, enc.n_target, lm.attention_implementation)
+    known = ENGINE_CACHE.model(lm.model).block_args.get(key)
     blocks = lm.blocks
     block_args: list = [None] * len(blocks)
-    clean_hidden: list = [None] * (len(blocks) + 1)
+    embedded: list = []
     handles = []
 
     def capture(_m, args, kwargs, i):
         if i == 0:
-            clean_hidden[0] = _hidden_arg(args, kwargs)
+            embedded.append(_hidden_arg(args, kwargs))
             if known is not None:
                 raise _EmbeddingsDone
         block_args[i] = _strip(args, kwargs, cache)
-        return _block_inputs(*block_args[i], _hidden_arg(args, kwargs), replay)
+        return _block_inputs(*block_args[i], _hidden_arg(args, kwargs), prefix_cache)
 
     try:
         for i, block in enumerate(blocks):
@@ -199,11 +209,9 @@ def prepare(lm: LanguageModel, enc: Encoding) -> Prepared:
         for handle in handles:
             handle.remove()
     if known is None:
-        if len(lm._block_args) >= _BLOCK_ARGS_KEPT:
-            lm._block_args.pop(next(iter(lm._block_args)))
-        lm._block_args[key] = block_args
+        ENGINE_CACHE.remember_block_args(lm.model, key, block_args)
     target = torch.tensor(enc.target_ids, device=lm.device)
-    return Prepared(enc, block_args, replay, clean_hidden, [None] * len(blocks), [None] * len(blocks), target)
+    return Prepared(enc, block_args, prefix_cache, embedded[0], target)
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -227,12 +235,12 @@ def _block_inputs(args: tuple, kwargs: dict, hidden: torch.Tensor, cache) -> tup
 
 
 def _call_block(lm: LanguageModel, prep: Prepared, b: int, hidden: torch.Tensor) -> torch.Tensor:
-    """Re-run block b on `hidden` with the arguments the model gave it, the cache swapped for the replay cache."""
-    replay = prep.replay
-    args, kwargs = _block_inputs(*prep.block_args[b], hidden, replay)
-    served = replay.served
+    """Re-run block b on `hidden` with the arguments the model gave it, the cache swapped for the prefix cache."""
+    prefix_cache = prep.prefix_cache
+    args, kwargs = _block_inputs(*prep.block_args[b], hidden, prefix_cache)
+    served = prefix_cache.served
     out = lm.blocks[b](*args, **kwargs)
-    if replay.split and b in replay.prefix and replay.served == served:
+    if prefix_cache.split and b in prefix_cache.prefix and prefix_cache.served == served:
         raise RuntimeError(f"block {b} of {type(lm.model).__name__} computed attention without the attention "
                            "interface, so it never saw the prefix keys/values; the fast engine cannot serve it")
     return out[0] if isinstance(out, tuple) else out
@@ -257,12 +265,12 @@ def default_max_rows(lm: LanguageModel, n_new: int, memory_gb: float, prefix_ele
 class StaircaseResult:
     grads: torch.Tensor  # dF/dx of each row [rows, n_neurons], float32
     clean_grads: torch.Tensor | None  # dF/da^l at the clean point for each clean layer, float32
-    clean_value: float | None  # F of the unmodified query (with the clean row)
+    clean: CleanRun | None  # the clean row's run (first chunk only)
 
 
 def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int], base: torch.Tensor,
-                        alpha: torch.Tensor, objective_kind: str, clean_layers: list[int] | None = None
-                        ) -> StaircaseResult:
+                        alpha: torch.Tensor, objective_kind: str, clean_layers: list[int] | None = None,
+                        clean: CleanRun | None = None) -> StaircaseResult:
     """Gradients dF/dx for the integration points x_r = base_r + alpha_r (a^l - base_r) (base [rows, n_neurons],
     alpha [rows, 1], float32), row r patched into layer l = row_layers[r] at the last prompt position; all rows
     in one staircase batch.
@@ -273,24 +281,34 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
     first projections would only repeat the clean row's. At the pre-activation site the row runs block l itself.
 
     With `clean_layers` (the first chunk of a query), one unpatched clean row enters at block 0 and stays
-    row 0: it records the clean residual stream, activations and r^l that every later row and chunk starts
-    from, gives the clean objective value, and, through a zero additive leaf at each clean layer, dF/da^l at the
-    clean point (alpha = 1) for all of them at once, which every baseline shares."""
+    row 0: it computes the clean residual stream, activations and r^l that every row starts from (returned as
+    `StaircaseResult.clean`, which later chunks pass back as `clean`), the clean objective value, and, through a
+    zero additive leaf at each clean layer, dF/da^l at the clean point (alpha = 1) for all of them at once,
+    which every baseline shares."""
     by_layer: dict[int, list[int]] = {}
     for row, layer in enumerate(row_layers):
         by_layer.setdefault(layer, []).append(row)
     with_clean = clean_layers is not None
+    if with_clean == (clean is not None):
+        raise ValueError("pass clean_layers (first chunk) or the first chunk's clean run, not both or neither")
     after_block = lm.site == "neuron"
+    if with_clean:
+        n = lm.n_layers
+        clean_hidden: list = [prep.embedded] + [None] * n
+        clean_act: list = [None] * n
+        mlp_residual: list = [None] * n
+    else:
+        clean_hidden, clean_act, mlp_residual = clean.hidden, clean.act, clean.mlp_residual
     clean_at = {layer: torch.zeros(lm.n_neurons, device=lm.device, dtype=lm.dtype, requires_grad=True)
                 for layer in clean_layers or ()}
     leaves: list[torch.Tensor] = []
     order: list[int] = []
-    hidden = prep.clean_hidden[0] if with_clean else None
+    hidden = clean_hidden[0] if with_clean else None
 
     def leaf_for(b: int, rows: list[int], dtype: torch.dtype) -> torch.Tensor:
         index = torch.tensor(rows, device=base.device)
         row_base, row_alpha = base[index], alpha[index]
-        leaf = (row_base + row_alpha * (prep.clean_act[b].float() - row_base)).to(dtype).requires_grad_(True)
+        leaf = (row_base + row_alpha * (clean_act[b].float() - row_base)).to(dtype).requires_grad_(True)
         leaves.append(leaf)
         order.extend(rows)
         return leaf
@@ -301,13 +319,13 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
             running = [] if after_block else rows  # rows that run block b themselves
             offset = 0 if hidden is None else hidden.shape[0]
             if running:
-                fresh = prep.clean_hidden[b].expand(len(running), -1, -1)
+                fresh = clean_hidden[b].expand(len(running), -1, -1)
                 hidden = fresh if hidden is None else torch.cat([hidden, fresh])
             delta = clean_at.get(b)
 
             def patch(act: torch.Tensor, b=b, running=running, offset=offset, delta=delta) -> torch.Tensor | None:
                 if with_clean:
-                    prep.clean_act[b] = act[0, 0].detach().clone()
+                    clean_act[b] = act[0, 0].detach().clone()
                 if running:  # last prompt position <- x; later (target) positions keep their own values
                     leaf = leaf_for(b, running, act.dtype)
                     act = torch.cat([act[:offset], torch.cat([leaf.unsqueeze(1), act[offset:, 1:]], dim=1)])
@@ -327,15 +345,15 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
                 else:
                     hidden = _call_block(lm, prep, b, hidden)
             if with_clean:  # row 0 is the clean row; +0 leaves do not change its value
-                prep.clean_hidden[b + 1] = hidden[:1].detach().clone()
+                clean_hidden[b + 1] = hidden[:1].detach().clone()
                 if after_block:
                     with torch.no_grad():
-                        prep.mlp_residual[b] = prep.clean_hidden[b + 1][0, 0].float() - _mlp_term(
-                            lm, b, prep.clean_act[b].unsqueeze(0))[0].float()
+                        mlp_residual[b] = clean_hidden[b + 1][0, 0].float() - _mlp_term(
+                            lm, b, clean_act[b].unsqueeze(0))[0].float()
             if rows and after_block:
                 leaf = leaf_for(b, rows, lm.dtype)
-                first = (prep.mlp_residual[b] + _mlp_term(lm, b, leaf).float()).to(lm.dtype)
-                later = prep.clean_hidden[b + 1][:, 1:].expand(len(rows), -1, -1)
+                first = (mlp_residual[b] + _mlp_term(lm, b, leaf).float()).to(lm.dtype)
+                later = clean_hidden[b + 1][:, 1:].expand(len(rows), -1, -1)
                 joined = torch.cat([first.unsqueeze(1), later], dim=1)
                 hidden = joined if hidden is None else torch.cat([hidden, joined])
         grad_hidden, value = _unembedding_gradient(lm, hidden.detach(), prep.target, objective_kind)
@@ -345,7 +363,8 @@ def staircase_gradients(lm: LanguageModel, prep: Prepared, row_layers: list[int]
     if leaves:
         out[torch.tensor(order, device=lm.device)] = torch.cat(grads[:len(leaves)]).float()
     clean_grads = torch.stack(grads[len(leaves):]).float() if deltas else None
-    return StaircaseResult(out, clean_grads, value if with_clean else None)
+    run = CleanRun(clean_hidden, clean_act, mlp_residual, value) if with_clean else None
+    return StaircaseResult(out, clean_grads, run)
 
 
 def _mlp_term(lm: LanguageModel, b: int, act: torch.Tensor) -> torch.Tensor:
@@ -357,17 +376,6 @@ def _mlp_term(lm: LanguageModel, b: int, act: torch.Tensor) -> torch.Tensor:
 
 
 UNEMBED_CHUNK_BYTES = 256 * 2**20
-_SCRATCH: dict[tuple, torch.Tensor] = {}
-
-
-def _scratch(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """A reused float32 logits buffer: a fresh 100 MB tensor per query costs page faults on every call."""
-    key = (vocab, device.type, device.index)
-    buf = _SCRATCH.get(key)
-    if buf is None or buf.shape[0] < rows:
-        _SCRATCH.clear()
-        buf = _SCRATCH[key] = torch.empty(rows, vocab, device=device, dtype=torch.float32)
-    return buf[:rows]
 
 
 def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch.Tensor,
@@ -393,7 +401,7 @@ def _unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch
     value = None
     for start in range(0, flat.shape[0], step):
         part = flat[start:start + step]
-        z = _scratch(part.shape[0], vocab, part.device)
+        z = ENGINE_CACHE.scratch(part.shape[0], vocab, part.device)
         if weight.dtype == torch.float32:
             torch.mm(part, weight.t(), out=z)
         else:
@@ -437,25 +445,27 @@ def _attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, laye
     base = baselines(lm, enc, config).float()  # [J, L, N]
     n_base, steps = base.shape[0], config.effective_steps
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
-    prefix_elements = sum(k.numel() + v.numel() for k, v in prep.replay.prefix.values())
+    prefix_elements = sum(k.numel() + v.numel() for k, v in prep.prefix_cache.prefix.values())
     max_rows = max_rows or default_max_rows(lm, enc.n_target, memory_gb, prefix_elements)
     # Units (baseline j, step k, layer l) for k < m, ordered so that a chunk holds whole staircases where it
     # can. At k = m every baseline's point is the clean activation a, so the clean row (in the first chunk)
     # gives that step's gradient for every layer and baseline.
     grid = torch.cartesian_prod(torch.arange(n_base), torch.arange(1, steps), torch.tensor(layers)).view(-1, 3)
     grad_sum = torch.zeros(n_base * lm.n_layers, lm.n_neurons, device=lm.device, dtype=torch.float32)
-    prob = float("nan")
-    with _split_attention(lm, prep.replay):
-        for number, start in enumerate(range(0, max(grid.shape[0], 1), max_rows)):
+    clean: CleanRun | None = None
+    with _split_attention(lm, prep.prefix_cache):
+        for start in range(0, max(grid.shape[0], 1), max_rows):
             j, k, l = grid[start:start + max_rows].to(lm.device).unbind(dim=1)
             alpha = (k.float() / steps).unsqueeze(1)
             result = staircase_gradients(lm, prep, l.tolist(), base[j, l], alpha, config.objective,
-                                         clean_layers=layers if number == 0 else None)
+                                         clean_layers=layers if clean is None else None, clean=clean)
             grad_sum.index_add_(0, j * lm.n_layers + l, result.grads)
-            if number == 0:
+            if clean is None:
+                clean = result.clean
                 grad_sum.view(n_base, lm.n_layers, -1)[:, layers] += result.clean_grads
-                prob = result.clean_value
-    clean = torch.stack(prep.clean_act).float()
+    assert clean is not None
+    prob = clean.value
+    clean_acts = torch.stack(clean.act).float()
     grad_mean = grad_sum.view(n_base, lm.n_layers, lm.n_neurons) / steps
-    scores = ((clean.unsqueeze(0) - base) * grad_mean).mean(dim=0)
+    scores = ((clean_acts.unsqueeze(0) - base) * grad_mean).mean(dim=0)
     return scores.cpu(), prob

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from knowloc.attribution.cache import ENGINE_CACHE
 from knowloc.data import load_amig_reference_prompts
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import trace_activations
@@ -102,10 +103,11 @@ def baselines(lm: LanguageModel, enc: Encoding, config: MethodConfig) -> torch.T
     if config.method == "amig":
         prompts = reference_prompts(config)
         key = ("amig", lm.site, prompts)
-        if key not in lm._baselines:
+        cached = ENGINE_CACHE.model(lm.model).baselines
+        if key not in cached:
             seqs = [list(lm.encode(p).prompt_ids) for p in prompts]
-            lm._baselines[key] = last_position_activations(lm, seqs).mean(dim=0, keepdim=True)
-        return lm._baselines[key]
+            cached[key] = last_position_activations(lm, seqs).mean(dim=0, keepdim=True)
+        return cached[key]
     token = baseline_token_id(lm, config.baseline_token)
     seqs = []
     for j in sig_positions(lm, enc):

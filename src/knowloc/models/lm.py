@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -49,8 +49,6 @@ class LanguageModel:
     arch: ArchSpec
     name: str
     site: str = "neuron"
-    _baselines: dict = field(default_factory=dict, repr=False)
-    _block_args: dict = field(default_factory=dict, repr=False)  # fast engine: see attribution.engine
 
     @property
     def device(self) -> torch.device:
@@ -87,20 +85,32 @@ class LanguageModel:
             return self.mlp_out(layer), "input"
         return self.arch.pre_act(self.blocks[layer]), "output"
 
+    @property
+    def attention_implementation(self) -> str:
+        """The attention implementation the model runs now (e.g. "eager", "sdpa")."""
+        return self.model.config._attn_implementation
+
     @contextmanager
-    def fast_attention(self) -> Iterator[None]:
-        """Use PyTorch's fused attention (sdpa) inside the body where the family supports it (same maths as
-        eager up to rounding; Gemma-2's soft-capped attention does not), then restore the configured one."""
+    def use_attention(self, name: str) -> Iterator[None]:
+        """Run the body with another attention implementation (a name of transformers' AttentionInterface),
+        then restore the configured one, also on an exception. The one place knowloc switches it."""
         config = self.model.config
         saved = config._attn_implementation
-        if saved == "sdpa" or not getattr(self.model, "_supports_sdpa", False):
-            yield
-            return
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = name
         try:
             yield
         finally:
             config._attn_implementation = saved
+
+    @contextmanager
+    def fast_attention(self) -> Iterator[None]:
+        """Use PyTorch's fused attention (sdpa) inside the body where the family supports it (same maths as
+        eager up to rounding; Gemma-2's soft-capped attention does not), then restore the configured one."""
+        if self.attention_implementation == "sdpa" or not getattr(self.model, "_supports_sdpa", False):
+            yield
+            return
+        with self.use_attention("sdpa"):
+            yield
 
     def value_vector(self, layer: int, index: int) -> torch.Tensor:
         """A view of neuron (layer, index)'s value vector in the MLP output projection's weight."""

@@ -1,4 +1,4 @@
-"""The engine's replay attention (prefix keys/values kept at batch 1) equals sdpa on the concatenated keys."""
+"""The engine's prefix attention (prefix keys/values kept at batch 1) equals sdpa on the concatenated keys."""
 
 from types import SimpleNamespace
 
@@ -25,13 +25,13 @@ def _inputs(rows: int, heads: int, groups: int, n_q: int, n_pre: int, dim: int =
 
 
 def _replayed(module, query, key, value, prefix, mask, **kwargs):
-    replay = engine._ReplayCache({LAYER: prefix})
+    replay = engine._PrefixCache({LAYER: prefix})
     replay.split = True
-    token = engine._ACTIVE_REPLAY.set(replay)
+    token = engine._ACTIVE_PREFIX.set(replay)
     try:
-        out, _ = engine._replay_attention(module, query, key, value, mask, **kwargs)
+        out, _ = engine._prefix_attention(module, query, key, value, mask, **kwargs)
     finally:
-        engine._ACTIVE_REPLAY.reset(token)
+        engine._ACTIVE_PREFIX.reset(token)
     assert replay.served == 1
     return out
 
@@ -48,7 +48,7 @@ def _concatenated(module, query, key, value, prefix, mask, **kwargs):
 @pytest.mark.parametrize("n_q", [1, 3])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
 @pytest.mark.parametrize("scaling", [None, 0.3])
-def test_replay_attention_equals_sdpa_on_concatenated_keys(heads, groups, n_q, mask_kind, scaling):
+def test_prefix_attention_equals_sdpa_on_concatenated_keys(heads, groups, n_q, mask_kind, scaling):
     n_pre = 5
     module, query, key, value, prefix = _inputs(rows=7, heads=heads, groups=groups, n_q=n_q, n_pre=n_pre)
     causal = torch.ones(n_q, n_pre + n_q, dtype=torch.bool).tril(n_pre)
@@ -64,7 +64,7 @@ def test_replay_attention_equals_sdpa_on_concatenated_keys(heads, groups, n_q, m
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_replay_attention_gradients_match():
+def test_prefix_attention_gradients_match():
     module, query, key, value, prefix = _inputs(rows=5, heads=6, groups=2, n_q=1, n_pre=4)
     grads = []
     for fn in (_replayed, _concatenated):
@@ -88,29 +88,29 @@ def test_attention_that_bypasses_the_interface_is_an_error(monkeypatch):
     from knowloc.models import load_model
 
     lm = load_model("tiny-llama")
-    monkeypatch.setitem(AttentionInterface._global_mapping, engine._REPLAY_ATTENTION, sdpa_attention_forward)
+    monkeypatch.setitem(AttentionInterface._global_mapping, engine._PREFIX_ATTENTION, sdpa_attention_forward)
     enc = lm.encode("The capital of France is", "Paris")
     with pytest.raises(RuntimeError, match="attention interface"):
         engine.attribute_fast(lm, enc, MethodConfig("ig", 2))
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_every_sdpa_family_runs_the_staircase_through_the_replay_attention(tiny_models, name, monkeypatch):
+def test_every_sdpa_family_runs_the_staircase_through_the_prefix_attention(tiny_models, name, monkeypatch):
     lm = tiny_models(name)
     served = []
     original = engine._call_block
 
     def spy(lm_, prep, b, hidden):
         out = original(lm_, prep, b, hidden)
-        served.append(prep.replay.served)
+        served.append(prep.prefix_cache.served)
         return out
 
     monkeypatch.setattr(engine, "_call_block", spy)
     engine.attribute_fast(lm, lm.encode("The capital of France is", "Paris"), MethodConfig("ig", 2))
-    if name == "tiny-gemma2":  # soft-capped attention stays eager: prefix copies, no replay attention
+    if name == "tiny-gemma2":  # soft-capped attention stays eager: prefix copies, no prefix attention
         assert served and max(served) == 0
     else:
-        assert max(served) >= lm.n_layers  # every block's attention read the prefix through the replay
+        assert max(served) >= lm.n_layers  # every block's attention read the prefix through the prefix cache
 
 
 def test_a_per_head_mask_falls_back_to_sdpa_with_the_same_result():
