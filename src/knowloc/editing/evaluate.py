@@ -311,11 +311,30 @@ def _nanmean(values: Sequence[float]) -> float:
 def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
                    locality_prompts: Sequence[str] = (), locality_gold_tokens: Sequence[int] | None = None,
                    neutral_texts: Sequence[str] = ()) -> TrialResult:
-    """Apply the trial's edit, measure, restore the model; see the module docstring for the scores.
+    """Apply the trial's edit, measure, restore the model (bit-exactly, also on an exception).
 
-    ``baseline`` must have been computed on the same model with the trial's prompts, ``locality_prompts``
-    and ``neutral_texts``. ``locality_gold_tokens`` (optional, one token id per locality prompt) only feeds
-    ``dprob_locality``; ``loc`` compares argmax predictions before and after.
+    Args:
+        lm: the model the baseline was computed on.
+        trial: prompts, the edited query's index, gold object, neurons, operation and, for an update, the new
+            object, lambdas and update rule (:class:`EditTrial`).
+        baseline: :func:`compute_baseline` of ``lm`` on the trial's prompts, ``locality_prompts`` and
+            ``neutral_texts``; a trial re-runs only the blocks from its lowest edited layer up from it.
+        locality_prompts: unrelated prompts for Loc (argmax unchanged).
+        locality_gold_tokens: optional, one token id per locality prompt; only feeds ``dprob_locality``.
+        neutral_texts: sentences for dlogPPL (and raw dPPL).
+
+    Returns:
+        :class:`TrialResult`: rel, gen, loc, avg, dlogppl, dppl, dprob_self, dprob_neighbors, and per prompt
+        ``success`` and ``dprob`` (the module docstring defines each).
+
+    Raises:
+        KnowlocError: a baseline of another model or other prompts, bad neurons or tokens.
+
+    Example:
+        >>> base = compute_baseline(lm, prompts, loc_prompts, texts)
+        >>> trial = EditTrial(prompts, 0, "Paris", [(12, 345)], "update", "Rome", lambda2=2.0,
+        ...                   update_rule="calibrated")
+        >>> evaluate_trial(lm, trial, base, loc_prompts, None, texts).rel
     """
     locality_prompts = _as_prompts(locality_prompts, "locality_prompts")
     neutral_texts = _as_prompts(neutral_texts, "neutral_texts")

@@ -159,10 +159,30 @@ def _from_pretrained(spec: str, dtype: torch.dtype, attn: str, allow_pickle: boo
 def load_model(spec: str, device: str | None = None, dtype: str | torch.dtype | None = None, *,
                allow_pickle: bool = False, trust_remote_code: bool = False, site: str = "neuron",
                attn_implementation: str = "eager", seed: int = 0) -> LanguageModel:
-    """Load `spec` (built-in name, .gguf path, local HF directory or hub id) for knowloc.
+    """Load a model for knowloc, frozen (no parameter needs a gradient) and in eval mode.
 
-    Eager attention is the default so that attention probabilities can be hooked (knowledge synapses);
-    parameters never need gradients here, so they are frozen.
+    Args:
+        spec: a built-in name (``smollm2-135m``: SmolLM2-135M-Instruct from the embedded Q4_1 GGUF, dequantized;
+            ``gemma3-270m``; ``tiny-*`` random models for tests), a ``.gguf`` path, a local Hugging Face
+            directory (safetensors) or a hub id.
+        device: ``cpu``, ``cuda``, ``cuda:1`` (default: cuda if available). dtype: fp32 (default), bf16, fp16.
+        allow_pickle: allow pickle ``.bin`` weights (off: they can run code). trust_remote_code: off by default.
+        site: ``neuron`` (input of the MLP output projection, knowloc's convention) or ``pre_act``.
+        attn_implementation: eager by default, so attention probabilities can be hooked (knowledge synapses);
+            the attribution engine switches to fused attention where it is exact.
+        seed: weights of the ``tiny-*`` models.
+
+    Returns:
+        :class:`~knowloc.models.lm.LanguageModel` (model, tokenizer and architecture adapter).
+
+    Raises:
+        KnowlocError: an unknown built-in, a missing file, an unregistered model family, pickle weights
+            without ``allow_pickle``.
+
+    Example:
+        >>> lm = load_model("smollm2-135m")
+        >>> lm.n_layers, lm.n_neurons
+        (30, 1536)
     """
     if site not in SITES:
         raise KnowlocError(f"unknown hook site {site!r}; choose one of {', '.join(SITES)}")
