@@ -8,10 +8,17 @@ from knowloc.study.config import StudyConfig
 from knowloc.study.runner import run_study
 
 
+def _reject(token: str):
+    raise ValueError(f"summary.json holds {token}, which strict JSON parsers reject")
+
+
 def test_study_end_to_end_writes_outputs(tmp_path, study_args):
     out = tmp_path / "study"
     path = run_study(StudyConfig(**study_args(out)), echo=lambda _: None)
-    summary = json.loads(path.read_text())
+    summary = json.loads(path.read_text(), parse_constant=_reject)  # strict JSON: no NaN / Infinity
+    assert any(v is None for r in summary["modification"] for v in r.values())  # nan cells are written as null
+    for name in ("summary.json", "summary.md", "tables/modification.csv"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644 & ~_umask(), name
     assert summary["config"]["models"] == ["tiny-llama"]
     assert summary["facts"]["tiny-llama"] >= 3
     kinds = {r["threshold_kind"] for r in summary["consistency"]}
@@ -110,3 +117,11 @@ def test_bf16_study_end_to_end_and_cuda_without_gpu(tmp_path, study_args, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "cuda" in err[0].lower()
         assert not (tmp_path / "gpu").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

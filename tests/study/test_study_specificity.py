@@ -37,9 +37,10 @@ def _same(old, new, path=""):
         assert len(old) == len(new), f"{path}: {len(old)} vs {len(new)} rows"
         for i, (a, b) in enumerate(zip(old, new)):
             _same(a, b, f"{path}[{i}]")
+    elif isinstance(old, float) and math.isnan(old):
+        assert new is None, f"{path}: nan vs {new!r}"  # summary.json is strict JSON: nan is written as null
     elif isinstance(old, float):
-        assert (math.isnan(old) and math.isnan(new)) or math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12), \
-            f"{path}: {old} vs {new}"
+        assert math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12), f"{path}: {old} vs {new}"
     else:
         assert old == new, f"{path}: {old!r} vs {new!r}"
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from knowloc.data import load_facts
@@ -133,6 +135,22 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def strict_json(value):
+    """A copy with every nan / ±inf float (and numpy scalar) replaced so that the result is strict JSON: nan and
+    inf become null (JavaScript's JSON.parse rejects NaN and Infinity tokens)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
 def section_markdown(experiment: Experiment, summary: dict) -> list[str]:
     """An experiment's part of summary.md: heading, intro, its tables and notes (from its spec)."""
     lines = [f"## {experiment.heading}", "", experiment.intro, ""] if experiment.intro else [
@@ -161,7 +179,7 @@ def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]],
     text = "\n".join(markdown)
     atomic_write(ctx.out / "summary.md", text)
     path = ctx.out / "summary.json"
-    atomic_write(path, json.dumps(summary, indent=2, sort_keys=True, allow_nan=True))
+    atomic_write(path, json.dumps(strict_json(summary), indent=2, sort_keys=True, allow_nan=False))
     ctx.echo(text)
     ctx.echo(f"study finished in {wall_s:.0f} s; outputs in {ctx.out}")
     return path

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 
 from knowloc.plots import frontier_plot
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
 from knowloc.study.registry import Cost, Experiment, register
 from knowloc.study.groups import grouped_trials
-from knowloc.study.tables import Column, Table, edit_columns
+from knowloc.study.tables import Column, Table, edit_columns, missing
 
 METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "n_neurons")
 LOC_FLOOR = 0.8
@@ -100,7 +99,7 @@ def best_points(rows: list[dict], group: str = "all") -> list[dict]:
     keys = list(dict.fromkeys((r["model"], r["method"], r["rule"]) for r in rows if r["group"] == group))
     for model, method, rule in keys:
         cand = [r for r in rows if (r["model"], r["method"], r["rule"], r["group"]) == (model, method, rule, group)
-                and r["n"] and not np.isnan(r["loc"]) and r["loc"] >= LOC_FLOOR]
+                and r["n"] and not missing(r["loc"]) and r["loc"] >= LOC_FLOOR]
         best = max(cand, key=lambda r: (r["rel"], r["loc"], -r["lambda2"])) if cand else None
         out.append({"model": model, "method": method, "rule": rule, "group": group, "best": best})
     return out
