@@ -125,3 +125,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_study_is_tied_to_the_content_of_its_data(tmp_path, study_args, tiny_facts):
+    """An edited fact file is refused with one line naming the change; the same facts under another path
+    spelling (or a copy) are the same study."""
+    out = tmp_path / "content"
+    args = study_args(out, experiments=["consistency"], facts=3)
+    first = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    copy = tmp_path / "elsewhere" / "facts.jsonl"
+    copy.parent.mkdir()
+    copy.write_text(tiny_facts.read_text())
+    spelled = tmp_path / "elsewhere" / ".." / "elsewhere" / "facts.jsonl"
+    again = json.loads(run_study(StudyConfig(**{**args, "data": str(spelled)}), echo=lambda _: None).read_text())
+    assert again["consistency"] == first["consistency"]
+    lines = copy.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["object"] = "Tokyo"
+    copy.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+    with pytest.raises(KnowlocError, match=rf"holds a study of other facts .*fact {row['id']}: object 'Paris' -> 'Tokyo'"):
+        run_study(StudyConfig(**{**args, "data": str(copy)}), echo=lambda _: None)
+    assert json.loads((out / "summary.json").read_text())["consistency"] == first["consistency"]  # untouched

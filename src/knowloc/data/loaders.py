@@ -41,6 +41,8 @@ file and, where it applies, the line number.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -104,6 +106,13 @@ class Dataset:
     def queries(self) -> list[Query]:
         """All queries of all facts, flattened in ``items`` order."""
         return [query for _, queries in self.items for query in queries]
+
+    def content_hash(self) -> str:
+        """sha256 of the facts and their templates as loaded (ids, relations, subjects, objects, template texts,
+        in order), independent of the path or file layout they came from: what a study's identity records."""
+        canon = [[fact.id, fact.relation, fact.subject, fact.object, [q.template for q in queries]]
+                 for fact, queries in self.items]
+        return hashlib.sha256(json.dumps(canon, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
 
     def queries_of(self, fact: Fact | str) -> list[Query]:
         """The neighbor queries of a fact (given as a :class:`Fact` or its id)."""

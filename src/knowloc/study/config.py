@@ -56,7 +56,8 @@ class StudyConfig:
 
     models: list[str] = setting(factory=lambda: ["smollm2-135m"], kind="view", aliases=("--model", "-m"),
                                 help="models: built-in names, .gguf paths, HF directories or hub ids")
-    data: str = setting("builtin", aliases=("-d",), help="facts: builtin, pararel:DIR or a JSONL path")
+    data: str = setting("builtin", kind="view", aliases=("-d",), help="facts: builtin, pararel:DIR or a JSONL path "
+                        "(a study is tied to the facts' content, not the path)")
     relations: list[str] | None = setting(None, help="relation ids to keep (default: all)")
     facts: int | None = setting(None, kind="view", help="at most N known facts per model (a seeded sample; a larger "
                                 "N studies a superset)")

@@ -40,6 +40,42 @@ def _check_out_dir(out: Path) -> None:
         raise KnowlocError(f"--out {out} is not writable")
 
 
+def data_changes(store: Store, dataset) -> list[str]:
+    """How the facts differ from those a store probed (added, removed, or with another relation, subject,
+    object or templates), as short phrases."""
+    new = {fact.id: (fact, [q.template for q in queries]) for fact, queries in dataset}
+    changes: list[str] = []
+    for model in store.probed_models()[:1]:
+        stored = {row["fact_id"]: row for row in store.probe(model)}
+        for fid, row in stored.items():
+            if fid not in new:
+                changes.append(f"fact {fid} removed")
+                continue
+            fact, templates = new[fid]
+            for name in ("relation", "subject", "object"):
+                if row[name] != getattr(fact, name):
+                    changes.append(f"fact {fid}: {name} {row[name]!r} -> {getattr(fact, name)!r}")
+            if [q["template"] for q in row["queries"]] != templates:
+                changes.append(f"fact {fid}: templates changed")
+        changes += [f"fact {fid} added" for fid in new if fid not in stored]
+    return changes
+
+
+def check_data(store: Store, dataset, out: Path) -> None:
+    """Refuse a study directory whose facts differ from the data given now (a study is tied to the content of
+    its data, not to the path: the same file under another path spelling is the same study)."""
+    stored = store.config_value("data_hash")
+    if stored == dataset.content_hash():
+        return
+    changes = data_changes(store, dataset)
+    if stored is None and not changes:
+        return  # a new store, or one written before the content hash was recorded, with the same facts
+    detail = "; ".join(changes[:3]) + (f" (+{len(changes) - 3} more)" if len(changes) > 3 else "") if changes \
+        else "the facts or templates differ"
+    raise KnowlocError(f"{out} holds a study of other facts than {dataset.source or 'the data given'}: {detail}; "
+                       "use another --out (or the data the study was run on)")
+
+
 def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
     """Probe every fact once per model and store which paraphrases the model answers."""
     if not ctx.store.has_probe(model):
@@ -89,7 +125,8 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
     created = not out.exists()
     try:
         store = Store(out / "results.sqlite")
-        store.check_config(config.identity(), defaults=StudyConfig.defaults())
+        check_data(store, dataset, out)
+        store.check_config({**config.identity(), "data_hash": dataset.content_hash()}, defaults=StudyConfig.defaults())
     except KnowlocError:
         if created:
             shutil.rmtree(out, ignore_errors=True)

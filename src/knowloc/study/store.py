@@ -68,8 +68,12 @@ class Store:
 
     # --- config ---------------------------------------------------------------------------------------------
     def check_config(self, identity: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
-        """Record the study's identity on first use; refuse a different one later. A setting the stored study
-        predates counts as its default (`defaults`), so stores of older versions stay usable."""
+        """Record the study's identity on first use; refuse a different one later.
+
+        A setting the stored study predates counts as its legacy value or default (`defaults`), so stores of
+        older versions stay usable; a key with no default that the store lacks (the data's content hash of a
+        store written before it was recorded, checked by the caller) is recorded now. Stored keys that are no
+        longer part of the identity (e.g. the data path) are ignored."""
         stored = dict(self.db.execute("SELECT key, value FROM config").fetchall())
         wanted = {k: json.dumps(v, sort_keys=True) for k, v in identity.items()}
         if not stored:
@@ -77,11 +81,22 @@ class Store:
             return
         for key, value in (defaults or {}).items():
             stored.setdefault(key, json.dumps(value, sort_keys=True))
-        diffs = [f"{k}: stored {stored.get(k)} vs now {wanted.get(k)}"
-                 for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+        diffs = [f"{k}: stored {stored.get(k)} vs now {wanted[k]}"
+                 for k in sorted(wanted) if k in stored and stored[k] != wanted[k]]
         if diffs:
             raise KnowlocError(f"{self.path.parent} holds a study with another configuration ({'; '.join(diffs)}); "
                                "use another --out or the same settings")
+        new = [(k, v) for k, v in wanted.items() if k not in stored]
+        if new:
+            self._write("INSERT OR REPLACE INTO config VALUES (?, ?)", new)
+
+    def config_value(self, key: str) -> Any:
+        """A stored identity value (None when the store has none)."""
+        row = self.db.execute("SELECT value FROM config WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def probed_models(self) -> list[str]:
+        return [m for (m,) in self.db.execute("SELECT DISTINCT model FROM probes ORDER BY model")]
 
     # --- probes ---------------------------------------------------------------------------------------------
     def has_probe(self, model: str) -> bool:
