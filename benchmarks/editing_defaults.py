@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/editing_defaults.py STUDY_DIR [--facts 30] [--methods ig,amig]
         [--specificity 0.02,0.05,0.1,0.2,0.3,1] [--rules dai,signed,calibrated] [--lambda2 0.25,...,16]
-        [--rule-specificity 0.1] [--threads 2]
+        [--rule-specificity 0.1] [--queries 2] [--threads 2]
 
 STUDY_DIR is a finished `knowloc study` directory of the model whose reference attributions are stored (any
 study run by this version stores them). On a seeded sample of its facts the script
@@ -12,7 +12,7 @@ study run by this version stores them). On a seeded sample of its facts the scri
    |N_i|, Rel, Gen, Loc, the median over facts of dlogPPL and the mean dprob_self (the same trials, metrics
    and fact-level aggregation as the `modification` experiment, 95% bootstrap CIs over facts);
 2. updates N_i (filtered at --rule-specificity) with every rule at every lambda2 and prints Rel, Gen, Loc and
-   median dlogPPL (as the `update-sweep` experiment, on every neighbor query of each fact).
+   median dlogPPL (as the `update-sweep` experiment: a seeded --queries of each fact's neighbor queries).
 
 Nothing is written to STUDY_DIR (its store is opened read-only).
 """
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--rules", default="dai,signed,calibrated")
     parser.add_argument("--lambda2", default="0.25,0.5,1,2,4,8,16")
     parser.add_argument("--rule-specificity", type=float, default=0.1)
+    parser.add_argument("--queries", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,7 +113,10 @@ def main() -> None:
                 fact_trials = []
                 for fact in facts:
                     rows = []
-                    for q, neurons in sorted(kns[fact.fact_id].items()):
+                    edited = random.Random(f"{fact.fact_id}:{method}").sample(
+                        sorted(kns[fact.fact_id]), min(args.queries, len(kns[fact.fact_id])))
+                    for q in sorted(edited):
+                        neurons = kns[fact.fact_id][q]
                         scores = sessions[fact.fact_id].measure("update", neurons, q, rule=rule, lambda2=lambda2)
                         rows.append({"n_neurons": len(neurons), **(scores or {}), "skipped": scores is None})
                     fact_trials.append(rows)

@@ -57,27 +57,40 @@ def test_specificity_off_reproduces_the_previous_release(tmp_path, study_args):
     assert summary["specificity"]  # the profile is reported even when it removes nothing
 
 
-def test_profile_comes_from_reference_prompts_only(tmp_path, study_args, tiny_facts):
-    """The profile is the attribution of fact-free reference prompts (never a studied query); it is the same
-    whichever facts are studied."""
-    reference = load_specificity_prompts()
-    first = tmp_path / "a"
-    run_study(StudyConfig(**study_args(first, experiments=["consistency"], specificity_prompts=12)),
-              echo=lambda _: None)
-    other_facts = tmp_path / "other.jsonl"
-    other_facts.write_text("".join(line + "\n" for line in tiny_facts.read_text().splitlines()[:5]))
-    second = tmp_path / "b"
-    run_study(StudyConfig(**study_args(second, data=str(other_facts), experiments=["consistency"],
-                                       specificity_prompts=12)), echo=lambda _: None)
-    rows = []
-    for out in (first, second):
-        with sqlite3.connect(out / "results.sqlite") as db:
-            rows.append(db.execute("SELECT ridx, prompt, token, kn FROM reference ORDER BY ridx").fetchall())
-            fact_prompts = {json.loads(q)[i]["text"] for (q,) in db.execute("SELECT queries FROM probes")
-                            for i in range(len(json.loads(q)))}
-        assert [r[1] for r in rows[-1]] == reference[:12]
-        assert not fact_prompts & set(reference)
-    assert rows[0] == rows[1]
+def test_profile_never_uses_a_facts_own_queries(tmp_path, study_args, tiny_facts):
+    """The reference set is the neutral prompts plus per relation a few known facts' queries; a fact's filter
+    reads only the other relations' queries, so it never sees the fact's own (or its relation's) queries."""
+    out = tmp_path / "a"
+    config = StudyConfig(**study_args(out, experiments=["consistency"], specificity_prompts=6,
+                                      specificity_queries=3, specificity=0.0))
+    run_study(config, echo=lambda _: None)
+    ctx = _context(out, config)
+    rows = ctx.store.reference("tiny-llama", "ig")
+    neutral = [r for r in rows if r["relation"] is None]
+    queries = [r for r in rows if r["relation"] is not None]
+    assert [r["prompt"] for r in neutral] == load_specificity_prompts()[:6]
+    assert {r["relation"] for r in queries} == {"R1", "R2"} and len(queries) <= 6
+    fact_prompts = {q["text"] for row in ctx.probes["tiny-llama"] for q in row["queries"]}
+    assert not fact_prompts & {r["prompt"] for r in neutral}
+    assert {r["prompt"] for r in queries} <= fact_prompts  # real queries, of known facts
+    for relation in ("R1", "R2"):
+        # F = 0: exactly the KNs of the neutral prompts and of the other relation's reference queries
+        expected = {n for r in rows if r["relation"] in (None, *({"R1", "R2"} - {relation})) for n in r["kn"]}
+        assert spec.excluded(ctx, "tiny-llama", "ig", relation) == expected
+        own = {n for r in queries if r["relation"] == relation for n in r["kn"]}
+        assert own - expected  # the relation's own reference queries are never used for its facts
+    for fact in ctx.facts["tiny-llama"]:
+        drop = spec.excluded(ctx, "tiny-llama", "ig", fact.relation)
+        for q, kn in spec.kn_lists(ctx, "tiny-llama", "ig", fact.fact_id).items():
+            assert not set(kn) & drop
+    ctx.store.close()
+    # the same facts give the same reference set whichever facts are studied (--facts is a view)
+    again = tmp_path / "b"
+    run_study(StudyConfig(**{**study_args(again, experiments=["consistency"], specificity_prompts=6,
+                                          specificity_queries=3, specificity=0.0), "facts": 2}), echo=lambda _: None)
+    with sqlite3.connect(again / "results.sqlite") as db:
+        assert db.execute("SELECT ridx, prompt, kn FROM reference ORDER BY ridx").fetchall() == \
+            [(r["ridx"], r["prompt"], json.dumps([list(n) for n in r["kn"]])) for r in rows]
 
 
 def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args):
@@ -86,13 +99,10 @@ def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args
                                       specificity=0.0))
     summary = json.loads(run_study(config, echo=lambda _: None).read_text())
     ctx = _context(out, config)
-    dropped = spec.excluded(ctx, "tiny-llama", "ig")
-    prof = spec.profile(ctx, "tiny-llama", "ig")
-    # F = 0: every neuron that is a KN of some reference prompt is non-specific
-    assert dropped == {n for r in ctx.store.reference("tiny-llama", "ig") for n in r["kn"]} and dropped
-    assert all(prof["ref_frequency"][n] > 0 for n in dropped)
     raw_total = 0
     for fact in ctx.facts["tiny-llama"]:
+        dropped = spec.excluded(ctx, "tiny-llama", "ig", fact.relation)
+        assert dropped
         raw = ctx.store.kn_lists("tiny-llama", "ig", fact.fact_id)
         used = spec.kn_lists(ctx, "tiny-llama", "ig", fact.fact_id)
         assert used.keys() == raw.keys()
@@ -107,11 +117,13 @@ def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args
         views[(r["method"], r["threshold_kind"])].add(r["specificity"])
     assert all(v == {"on", "off"} for v in views.values())
     assert summary["config"]["specificity"] == 0.0
-    listed = {(r["layer"], r["index"]) for r in summary["specificity"] if r["non_specific"]}
-    assert listed == dropped
+    union = spec.excluded(ctx, "tiny-llama", "ig", "R1") | spec.excluded(ctx, "tiny-llama", "ig", "R2")
+    assert {(r["layer"], r["index"]) for r in summary["specificity"] if r["non_specific"]} == union
     for r in summary["specificity"]:
         assert {"model", "method", "layer", "index", "ref_frequency", "fact_frequency", "activation_ratio"} <= set(r)
-        assert r["non_specific"] == (r["ref_frequency"] > 0.0)
+        assert r["ref_frequency"] == max(r["ref_frequency_neutral"], r["ref_frequency_queries"])
+        assert set(r["removed_for"]) == {rel for rel in ("R1", "R2")
+                                         if (r["layer"], r["index"]) in spec.excluded(ctx, "tiny-llama", "ig", rel)}
     # modification trials edit the filtered sets: N_i sizes match the filtered lists
     with sqlite3.connect(out / "results.sqlite") as db:
         for key, rows in db.execute("SELECT key, rows FROM trials WHERE experiment = 'modification'"):
@@ -165,6 +177,7 @@ def test_older_stores_count_as_unfiltered_dai(tmp_path, study_args):
     ({"update_rule": "rome"}, "--update-rule"), ({"lambda2": float("inf")}, "--lambda2"),
     ({"update_sweep_lambda2": "1,x"}, "--sweep-lambda2"), ({"update_sweep_lambda2": [0.0]}, "--sweep-lambda2"),
     ({"update_sweep_rules": "dai,dai"}, "--sweep-rules"), ({"specificity_prompts": 0}, "--specificity-prompts"),
+    ({"specificity_queries": -1}, "--specificity-queries"),
 ])
 def test_bad_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(KnowlocError, match=message):

@@ -78,7 +78,10 @@ class StudyConfig:
     specificity: float | str = setting(DEFAULT_SPECIFICITY, help="remove neurons that are KNs of more than this "
                                        "share of fact-free reference prompts from every neuron set; 'off' (= 1) "
                                        "keeps them, as the paper")
-    specificity_prompts: int = setting(48, help="reference prompts of the specificity profile (48 are shipped)")
+    specificity_prompts: int = setting(48, help="neutral reference prompts of the specificity profile (48 are "
+                                       "shipped)")
+    specificity_queries: int = setting(8, help="specificity profile: reference queries per relation (seeded known "
+                                       "facts, one answered paraphrase each)")
     update_rule: str = setting("calibrated", help=f"update rule: {', '.join(UPDATE_RULES)} (docs/editing.md)")
     lambda1: float = setting(1.0, help="update: weight of the old object's direction")
     lambda2: float | None = setting(None, help="update: weight of the new object's direction (default: the "
@@ -153,8 +156,9 @@ class StudyConfig:
         if self.split not in ("static", "otsu"):
             raise KnowlocError(f"--split must be static or otsu, got {self.split!r}")
         self.specificity = _specificity(self.specificity)
-        if self.specificity_prompts < 1:
-            raise KnowlocError(f"--specificity-prompts must be >= 1, got {self.specificity_prompts}")
+        if self.specificity_prompts < 1 or self.specificity_queries < 0:
+            raise KnowlocError(f"--specificity-prompts must be >= 1 and --specificity-queries >= 0, got "
+                               f"{self.specificity_prompts} and {self.specificity_queries}")
         if self.update_rule not in UPDATE_RULES:
             raise KnowlocError(f"unknown --update-rule {self.update_rule!r}; choose from {', '.join(UPDATE_RULES)}")
         if self.lambda2 is None:

@@ -1,12 +1,19 @@
 """The neuron specificity profile of a study, and the neuron sets every experiment reads.
 
-Per model and method, the study attributes the model's own top-1 next token after each of the
-`--specificity-prompts` fact-free reference prompts (``knowloc/resources/specificity_prompts.txt``; never a
-studied fact's queries) with the study's method, steps and KN threshold, and stores each KN set with the
-|activations| at the last position (:mod:`knowloc.analysis.specificity` has the formulas). Neurons whose
-reference KN frequency exceeds `--specificity F` are *non-specific*: they are zeroed in every attribution map
-before any neuron set is selected from it (N_i, N_g, N_cap, CAS, the query-mapping sets, the attention
-experiment's KNs). `--specificity off` (F = 1) keeps the stored, unfiltered KN sets: the paper's behaviour.
+Two reference sets, both independent of any studied fact's own queries, are attributed with the study's
+method, steps and KN threshold (:mod:`knowloc.analysis.specificity` has the formulas):
+
+* **neutral prompts**: the model's own top-1 next token after each of `--specificity-prompts` fact-free
+  prompts (``knowloc/resources/specificity_prompts.txt``);
+* **other relations' queries**: per relation, `--specificity-queries` known facts (seeded), one answered
+  paraphrase each, attributed for their gold object like any study query.
+
+For a fact of relation R, a neuron is *non-specific* when its KN frequency exceeds `--specificity F` on the
+neutral prompts or on the reference queries of the relations other than R (never R's own, so never the fact's
+own queries): it is a "knowledge neuron" of anything, or of every query format, not of this fact. Non-specific
+neurons are zeroed in every attribution map before any neuron set is selected from it (N_i, N_g, N_cap, CAS,
+the query-mapping sets, the attention experiment's KNs). `--specificity off` (F = 1) keeps the stored,
+unfiltered KN sets: the paper's behaviour.
 
 Every experiment reads its neuron sets through :func:`kn_lists`, :func:`kn_sets` and :func:`score_stack`, so
 the filter is applied in one place.
@@ -14,11 +21,13 @@ the filter is applied in one place.
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 
+from knowloc import attribution
 from knowloc.analysis import activation_ratio, kn_frequency, mask_scores, nonspecific_neurons, select_neurons
-from knowloc.attribution import attribute_next_token
 from knowloc.data import load_specificity_prompts
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import specificity_scatter
@@ -30,45 +39,105 @@ TOP_SHOWN = 20  # most frequent fact KNs listed beside the non-specific neurons
 LISTED = 30  # rows per model and method in summary.md (summary.json and the CSV keep every row)
 
 
-def reference_prompts(ctx: StudyContext) -> list[str]:
-    return load_specificity_prompts()[: ctx.config.specificity_prompts]
+def reference_items(ctx: StudyContext, model: str) -> list[dict]:
+    """The reference set of a model: the neutral prompts, then per relation (sorted) `--specificity-queries`
+    seeded known facts with one seeded answered paraphrase each. Deterministic from the probe and the seed."""
+    key = ("reference", model)
+    if key not in ctx.cache:
+        items = [{"prompt": p, "target": None, "relation": None}
+                 for p in load_specificity_prompts()[: ctx.config.specificity_prompts]]
+        by_relation: dict[str, list[dict]] = {}
+        for row in ctx.probes[model]:
+            if sum(q["top1"] for q in row["queries"]) >= ctx.config.min_known:
+                by_relation.setdefault(row["relation"], []).append(row)
+        for relation in sorted(by_relation):
+            rng = random.Random(ctx.seed_for("specificity", model, relation))
+            rows = by_relation[relation]
+            for row in rng.sample(rows, min(ctx.config.specificity_queries, len(rows))):
+                query = rng.choice([q for q in row["queries"] if q["top1"]])
+                items.append({"prompt": query["text"], "target": row["object"], "relation": relation})
+        ctx.cache[key] = items
+    return ctx.cache[key]
 
 
 def reference_row(ctx: StudyContext, model: str, method: str, ridx: int) -> dict:
-    """One reference prompt's attribution of the model's own next token (a study unit; stored as is)."""
+    """One reference item's attribution (a study unit; stored as is): the model's own next token after a
+    neutral prompt, or a reference query's gold object; its KN list and |activations| at the last position."""
     lm = ctx.model(model)
-    prompt = reference_prompts(ctx)[ridx]
+    item = reference_items(ctx, model)[ridx]
     with torch.no_grad(), trace_activations(lm) as acts:
-        lm.model(input_ids=torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device))
+        lm.model(input_ids=torch.tensor([lm.encode(item["prompt"]).prompt_ids], device=lm.device))
     activations = torch.stack([acts[layer][0, -1].float().abs().cpu() for layer in range(lm.n_layers)])
-    attr = attribute_next_token(lm, prompt, method=method, steps=ctx.config.steps)
+    if item["target"] is None:
+        attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=ctx.config.steps)
+        token = attr.extra["token_id"]
+    else:
+        attr = attribution.attribute(lm, item["prompt"], item["target"], method=method, steps=ctx.config.steps)
+        token = lm.first_target_token(item["target"])
     scores = attr.scores.to(torch.float16).float()  # the same fp16 rounding as the stored fact attributions
-    return {"prompt": prompt, "token": attr.extra["token_id"], "token_text": attr.target, "prob": attr.prob,
-            "kn": select_neurons(scores, threshold=ctx.config.threshold), "activations": activations}
+    return {"prompt": item["prompt"], "relation": item["relation"], "token": token, "token_text": attr.target,
+            "prob": attr.prob, "kn": select_neurons(scores, threshold=ctx.config.threshold),
+            "activations": activations}
 
 
 def profile(ctx: StudyContext, model: str, method: str) -> dict:
-    """{"ref_frequency", "activation_ratio": [L, N] arrays, "n_ref": R, "excluded": set} from the store."""
+    """The stored reference attributions of a model and method, summarized (None arrays when none is stored):
+
+    neutral_frequency [L, N] (KN frequency over the neutral prompts), counts / sizes of the reference queries
+    per relation (KN counts [L, N] and number of queries), query_frequency [L, N] (over every reference query),
+    activation_ratio [L, N] (over the neutral prompts), n_neutral, n_queries."""
     key = ("specificity", model, method)
     if key not in ctx.cache:
         rows = ctx.store.reference(model, method)
         if not rows:
-            ctx.cache[key] = {"ref_frequency": None, "activation_ratio": None, "n_ref": 0, "excluded": set()}
-        else:
-            shape = tuple(rows[0]["activations"].shape)
-            freq = kn_frequency([r["kn"] for r in rows], shape)
-            ratio = activation_ratio(torch.stack([r["activations"] for r in rows]))
-            excluded = nonspecific_neurons(freq, float(ctx.config.specificity))
-            ctx.cache[key] = {"ref_frequency": freq, "activation_ratio": ratio, "n_ref": len(rows),
-                              "excluded": excluded}
+            ctx.cache[key] = {"neutral_frequency": None, "n_neutral": 0, "n_queries": 0}
+            return ctx.cache[key]
+        shape = tuple(rows[0]["activations"].shape)
+        neutral = [r for r in rows if r["relation"] is None]
+        counts: dict[str, np.ndarray] = {}
+        sizes: dict[str, int] = {}
+        for r in rows:
+            if r["relation"] is not None:
+                counts[r["relation"]] = counts.get(r["relation"], np.zeros(shape)) + kn_frequency([r["kn"]], shape)
+                sizes[r["relation"]] = sizes.get(r["relation"], 0) + 1
+        n_queries = sum(sizes.values())
+        ctx.cache[key] = {
+            "neutral_frequency": kn_frequency([r["kn"] for r in neutral], shape),
+            "query_counts": counts, "query_sizes": sizes,
+            "query_frequency": sum(counts.values()) / n_queries if n_queries else np.zeros(shape),
+            "activation_ratio": activation_ratio(torch.stack([r["activations"] for r in neutral or rows])),
+            "n_neutral": len(neutral), "n_queries": n_queries}
     return ctx.cache[key]
 
 
-def excluded(ctx: StudyContext, model: str, method: str) -> set[tuple[int, int]]:
-    """The non-specific neurons the study removes (empty with --specificity off)."""
+def reference_frequency(ctx: StudyContext, model: str, method: str, relation: str | None) -> np.ndarray | None:
+    """max(KN frequency on the neutral prompts, KN frequency on the reference queries of relations other than
+    `relation`) per neuron (`relation` None: of every relation)."""
+    prof = profile(ctx, model, method)
+    if prof["neutral_frequency"] is None:
+        return None
+    others = [r for r in prof["query_counts"] if r != relation]
+    n = sum(prof["query_sizes"][r] for r in others)
+    queries = sum(prof["query_counts"][r] for r in others) / n if n else np.zeros_like(prof["neutral_frequency"])
+    return np.maximum(prof["neutral_frequency"], queries)
+
+
+def excluded(ctx: StudyContext, model: str, method: str, relation: str | None) -> set[tuple[int, int]]:
+    """The non-specific neurons the study removes for facts of `relation` (empty with --specificity off)."""
     if not ctx.config.filtered:
         return set()
-    return profile(ctx, model, method)["excluded"]
+    key = ("excluded", model, method, relation)
+    if key not in ctx.cache:
+        freq = reference_frequency(ctx, model, method, relation)
+        ctx.cache[key] = set() if freq is None else nonspecific_neurons(freq, float(ctx.config.specificity))
+    return ctx.cache[key]
+
+
+def _relation(ctx: StudyContext, model: str, fact_id: str) -> str | None:
+    key = ("relations", model)
+    if key not in ctx.cache:
+        ctx.cache[key] = {row["fact_id"]: row["relation"] for row in ctx.probes.get(model, [])}
+    return ctx.cache[key].get(fact_id)
 
 
 def _use_filter(ctx: StudyContext, filtered: bool | None) -> bool:
@@ -81,7 +150,7 @@ def kn_lists(ctx: StudyContext, model: str, method: str, fact_id: str,
     the non-specific neurons zeroed (``filtered``: default the study's setting; False: unfiltered)."""
     if not _use_filter(ctx, filtered):
         return ctx.store.kn_lists(model, method, fact_id)
-    drop = excluded(ctx, model, method)
+    drop = excluded(ctx, model, method, _relation(ctx, model, fact_id))
     return {q: select_neurons(mask_scores(scores, drop), threshold=ctx.config.threshold)
             for q, scores in ctx.store.scores(model, method, fact_id).items()}
 
@@ -89,8 +158,7 @@ def kn_lists(ctx: StudyContext, model: str, method: str, fact_id: str,
 def kn_sets(ctx: StudyContext, model: str, method: str,
             filtered: bool | None = None) -> dict[str, dict[int, set[tuple[int, int]]]]:
     """Every studied fact's KN sets by query (as :func:`kn_lists`); cached per view."""
-    use = _use_filter(ctx, filtered)
-    if not use:
+    if not _use_filter(ctx, filtered):
         return ctx.store.kn_sets(model, method)
     key = ("kn_sets", model, method)
     if key not in ctx.cache:
@@ -104,68 +172,68 @@ def score_stack(ctx: StudyContext, model: str, method: str, fact_id: str) -> tup
     tensors = ctx.store.scores(model, method, fact_id)
     queries = sorted(tensors)
     stack = torch.stack([tensors[q] for q in queries])
-    return queries, mask_scores(stack, excluded(ctx, model, method))
+    return queries, mask_scores(stack, excluded(ctx, model, method, _relation(ctx, model, fact_id)))
 
 
-def fact_frequency(ctx: StudyContext, model: str, method: str) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+def fact_frequency(ctx: StudyContext, model: str, method: str, shape: tuple[int, int]
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Share of the studied queries whose unfiltered KN set holds each neuron, overall and by relation."""
-    prof = profile(ctx, model, method)
-    if prof["ref_frequency"] is None:
-        return None, {}
-    shape = prof["ref_frequency"].shape
     kn = ctx.store.kn_sets(model, method)
     by_relation: dict[str, list[set]] = {}
     for fact in ctx.facts[model]:
         by_relation.setdefault(fact.relation, []).extend(kn.get(fact.fact_id, {}).values())
     every = [s for sets in by_relation.values() for s in sets]
-    if not every:
-        return None, {}
     return kn_frequency(every, shape), {r: kn_frequency(sets, shape) for r, sets in sorted(by_relation.items())}
 
 
 def summarize(ctx: StudyContext) -> Section:
-    """summary.json `specificity` (the non-specific neurons and the most frequent fact KNs), a figure of
-    reference KN frequency against activation ratio per model and method."""
+    """summary.json `specificity` (the non-specific neurons and the most frequent fact KNs) and
+    `specificity_counts`, a figure of reference KN frequency against activation ratio per model and method."""
     cfg = ctx.config
-    rows, counts = [], []
+    threshold = float(cfg.specificity)
+    rows, counts, figures = [], [], []
     for model in cfg.models:
+        relations = sorted({f.relation for f in ctx.facts.get(model, [])})
         for method in cfg.methods:
             prof = profile(ctx, model, method)
-            if prof["ref_frequency"] is None:
+            if prof["neutral_frequency"] is None:
                 continue
-            ref, ratio = prof["ref_frequency"], prof["activation_ratio"]
-            facts_freq, by_relation = fact_frequency(ctx, model, method)
-            facts_freq = np.zeros_like(ref) if facts_freq is None else facts_freq
-            threshold = float(cfg.specificity)
-            above = set(zip(*map(lambda a: a.tolist(), np.nonzero(ref > threshold))))
+            ref = reference_frequency(ctx, model, method, None)
+            removed_for = {r: nonspecific_neurons(reference_frequency(ctx, model, method, r), threshold)
+                           for r in relations}
+            union = set().union(*removed_for.values()) if removed_for else nonspecific_neurons(ref, threshold)
+            facts_freq, by_relation = fact_frequency(ctx, model, method, ref.shape)
             top = np.argsort(-facts_freq, axis=None, kind="stable")[:TOP_SHOWN]
-            shown = above | {tuple(int(v) for v in np.unravel_index(i, ref.shape)) for i in top
+            shown = union | {tuple(int(v) for v in np.unravel_index(i, ref.shape)) for i in top
                              if facts_freq.flat[i] > 0}
-            for layer, index in sorted(shown, key=lambda n: (-ref[n], -facts_freq[n], n)):
-                rows.append({"model": model, "method": method, "layer": int(layer), "index": int(index),
-                             "ref_frequency": float(ref[layer, index]),
-                             "fact_frequency": float(facts_freq[layer, index]),
-                             "activation_ratio": float(ratio[layer, index]),
-                             "non_specific": bool(ref[layer, index] > threshold),
-                             "fact_frequency_by_relation": {r: float(f[layer, index]) for r, f in by_relation.items()}})
-            counts.append({"model": model, "method": method, "n_reference": prof["n_ref"], "threshold": threshold,
-                           "n_non_specific": int((ref > threshold).sum()),
-                           "n_fact_kn_mass_removed": float(facts_freq[ref > threshold].sum()
-                                                           / max(facts_freq.sum(), 1e-12))})
-    section = Section(summary={"specificity": rows, "specificity_counts": counts},
-                      tables={"specificity": [{k: v for k, v in r.items() if k != "fact_frequency_by_relation"}
-                                              for r in rows], "specificity_counts": counts})
-    for model in cfg.models:
-        for method in cfg.methods:
-            prof = profile(ctx, model, method)
-            if prof["ref_frequency"] is None:
-                continue
-            facts_freq, _ = fact_frequency(ctx, model, method)
-            section.figures.append(specificity_scatter(
-                prof["ref_frequency"], prof["activation_ratio"], facts_freq, float(cfg.specificity),
+            for n in sorted(shown, key=lambda n: (-ref[n], -facts_freq[n], n)):
+                rows.append({"model": model, "method": method, "layer": int(n[0]), "index": int(n[1]),
+                             "ref_frequency": float(ref[n]), "ref_frequency_neutral": float(prof["neutral_frequency"][n]),
+                             "ref_frequency_queries": float(prof["query_frequency"][n]),
+                             "fact_frequency": float(facts_freq[n]),
+                             "activation_ratio": float(prof["activation_ratio"][n]),
+                             "non_specific": n in union,
+                             "removed_for": [r for r in relations if n in removed_for[r]],
+                             "fact_frequency_by_relation": {r: float(f[n]) for r, f in by_relation.items()}})
+            kn = ctx.store.kn_sets(model, method)
+            members = [(len(s & removed_for[f.relation]), len(s)) for f in ctx.facts[model]
+                       for s in kn.get(f.fact_id, {}).values()]
+            mass, total = sum(m for m, _ in members), sum(t for _, t in members)
+            counts.append({"model": model, "method": method, "n_reference_prompts": prof["n_neutral"],
+                           "n_reference_queries": prof["n_queries"], "threshold": threshold,
+                           "n_non_specific": len(union),
+                           "n_non_specific_per_relation": float(np.mean([len(v) for v in removed_for.values()]))
+                           if removed_for else float("nan"),
+                           "kn_memberships_removed": mass / total if total else float("nan")})
+            figures.append(specificity_scatter(
+                ref, prof["activation_ratio"], facts_freq, threshold,
                 ctx.figures_dir / f"specificity_{slug(model)}_{method}.png",
-                f"neuron specificity — {model}, {method} ({prof['n_ref']} reference prompts)"))
-    return section
+                f"neuron specificity — {model}, {method} ({prof['n_neutral']} neutral prompts, "
+                f"{prof['n_queries']} reference queries)"))
+    table_rows = [{k: (", ".join(v) if isinstance(v, list) else v) for k, v in r.items()
+                   if k != "fact_frequency_by_relation"} for r in rows]
+    return Section(summary={"specificity": rows, "specificity_counts": counts},
+                   tables={"specificity": table_rows, "specificity_counts": counts}, figures=figures)
 
 
 def first_rows(rows: list[dict]) -> list[dict]:
@@ -186,26 +254,34 @@ def _by_relation(row: dict) -> str:
 EXPERIMENT = register(Experiment(
     name="specificity", question="which neurons are knowledge neurons of anything (non-specific)?",
     heading="Neuron specificity", summarize=summarize, summary_keys=("specificity", "specificity_counts"),
-    settings=("specificity", "specificity_prompts"), always=True,
-    intro="Each model's own next token after fact-free reference prompts is attributed with the study's method; a "
-          "neuron's reference frequency is the share of those prompts whose KN set holds it, its fact frequency "
-          "the share of the studied queries, and its activation ratio its |activation| over its layer's median "
-          "(median over reference prompts). Neurons above the threshold (--specificity) fire as knowledge neurons "
-          "for anything and are removed from every neuron set (docs/editing.md).",
+    settings=("specificity", "specificity_prompts", "specificity_queries"), always=True,
+    intro="Two reference sets are attributed with the study's method: the model's own next token after fact-free "
+          "prompts, and per relation a few known facts' queries. For a fact of relation R, a neuron is non-specific "
+          "when it is a knowledge neuron of more than --specificity of the neutral prompts or of the other "
+          "relations' reference queries (never R's own): it fires as a KN for anything, or for every query format. "
+          "Non-specific neurons are removed from every neuron set (docs/editing.md). Reference frequency: the larger "
+          "of the two shares (over every relation); fact frequency: the share of the studied queries; activation "
+          "ratio: |activation| over its layer's median on the neutral prompts.",
     tables=(
         Table("specificity_counts", columns=(
-            Column("model", "model"), Column("method", "method"), Column("reference prompts", "n_reference", "int"),
-            Column("threshold", "threshold", "num", 2), Column("non-specific neurons", "n_non_specific", "int"),
-            Column("share of fact KN memberships removed", "n_fact_kn_mass_removed", "num", 2))),
+            Column("model", "model"), Column("method", "method"),
+            Column("neutral prompts", "n_reference_prompts", "int"),
+            Column("reference queries", "n_reference_queries", "int"), Column("threshold", "threshold", "num", 2),
+            Column("non-specific (any relation)", "n_non_specific", "int"),
+            Column("non-specific per relation (mean)", "n_non_specific_per_relation", "num", 1),
+            Column("share of fact KN memberships removed", "kn_memberships_removed", "num", 2))),
         Table("specificity", title="Non-specific neurons and the most frequent fact KNs", rows=first_rows,
               note=f"Sorted by reference frequency; at most {LISTED} rows per model and method (all of them in "
                    "tables/specificity.csv).", columns=(
                 Column("model", "model"), Column("method", "method"),
                 Column("neuron", "layer", value=lambda r: f"L{r['layer']}#{r['index']}"),
                 Column("reference frequency", "ref_frequency", "num", 2),
+                Column("neutral", "ref_frequency_neutral", "num", 2),
+                Column("queries", "ref_frequency_queries", "num", 2),
                 Column("fact frequency", "fact_frequency", "num", 2),
                 Column("|a| / layer median", "activation_ratio", "sig"),
-                Column("non-specific", "non_specific", "yesno"),
+                Column("removed for", "removed_for", value=lambda r: ", ".join(r.get("removed_for") or []) or "-",
+                       wrap=True),
                 Column("fact frequency by relation", "fact_frequency_by_relation", value=_by_relation,
                        wrap=True)))),
     figures=("specificity_",)))

@@ -35,8 +35,8 @@ CREATE TABLE IF NOT EXISTS groups (
     model TEXT NOT NULL, method TEXT NOT NULL, fact_id TEXT NOT NULL, cs1 REAL, cs2 REAL, csp REAL, grp TEXT,
     kn TEXT NOT NULL, PRIMARY KEY (model, method, fact_id));
 CREATE TABLE IF NOT EXISTS reference (
-    model TEXT NOT NULL, method TEXT NOT NULL, ridx INTEGER NOT NULL, prompt TEXT NOT NULL, token INTEGER NOT NULL,
-    token_text TEXT NOT NULL, prob REAL NOT NULL, kn TEXT NOT NULL, activations BLOB NOT NULL,
+    model TEXT NOT NULL, method TEXT NOT NULL, ridx INTEGER NOT NULL, prompt TEXT NOT NULL, relation TEXT,
+    token INTEGER NOT NULL, token_text TEXT NOT NULL, prob REAL NOT NULL, kn TEXT NOT NULL, activations BLOB NOT NULL,
     PRIMARY KEY (model, method, ridx));
 """
 
@@ -160,20 +160,20 @@ class Store:
         return {r for (r,) in cur.fetchall()}
 
     def save_reference(self, model: str, method: str, ridx: int, row: dict) -> None:
-        """One reference prompt's attribution: its prompt, the attributed token (the model's top-1), that
-        token's probability, the KN list and the |activations| at the last position (fp16, [layers, neurons])."""
+        """One reference item's attribution: its prompt, its relation (None for a neutral prompt), the attributed
+        token, the objective, the KN list and the |activations| at the last position (fp16, [layers, neurons])."""
         blob = st_save({"activations": row["activations"].to(torch.float16).contiguous()})
-        self._write("INSERT OR REPLACE INTO reference VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(model, method, ridx, row["prompt"], int(row["token"]), row["token_text"], float(row["prob"]),
-                      json.dumps([list(n) for n in row["kn"]]), blob)])
+        self._write("INSERT OR REPLACE INTO reference VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(model, method, ridx, row["prompt"], row["relation"], int(row["token"]), row["token_text"],
+                      float(row["prob"]), json.dumps([list(n) for n in row["kn"]]), blob)])
 
     def reference(self, model: str, method: str) -> list[dict]:
         """The stored reference attributions of a model and method, by reference index."""
-        cur = self.db.execute("SELECT ridx, prompt, token, token_text, prob, kn, activations FROM reference "
-                              "WHERE model = ? AND method = ? ORDER BY ridx", (model, method))
-        return [{"ridx": r, "prompt": p, "token": t, "token_text": tt, "prob": pr,
+        cur = self.db.execute("SELECT ridx, prompt, relation, token, token_text, prob, kn, activations FROM "
+                              "reference WHERE model = ? AND method = ? ORDER BY ridx", (model, method))
+        return [{"ridx": r, "prompt": p, "relation": rel, "token": t, "token_text": tt, "prob": pr,
                  "kn": [tuple(n) for n in json.loads(kn)], "activations": st_load(blob)["activations"].float()}
-                for r, p, t, tt, pr, kn, blob in cur.fetchall()]
+                for r, p, rel, t, tt, pr, kn, blob in cur.fetchall()]
 
     # --- groups (K_C / K_I of the last run's view) ------------------------------------------------------------
     def save_groups(self, model: str, method: str, rows: list[dict]) -> None:

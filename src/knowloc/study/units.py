@@ -15,7 +15,7 @@ from knowloc.analysis import select_neurons
 from knowloc import attribution
 from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.registry import get as experiment
-from knowloc.study.specificity import reference_prompts, reference_row
+from knowloc.study.specificity import reference_items, reference_row
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Unit:
 
 
 def reference_units(ctx: StudyContext, model: str) -> list[Unit]:
-    n = len(reference_prompts(ctx))
+    n = len(reference_items(ctx, model))
     units = []
     for method in ctx.config.methods:
         done = ctx.store.done_reference(model, method)
