@@ -30,8 +30,8 @@ import torch
 
 from knowloc.study import specificity as spec
 from knowloc.study.config import StudyConfig
-from knowloc.study.context import StudyContext, fact_level_ci, fmt_dlogppl
-from knowloc.study.experiments.modification import EditSession
+from knowloc.study.context import StudyContext, fact_level_ci
+from knowloc.study.tables import fmt_dlogppl
 from knowloc.study.store import Store
 
 
@@ -78,9 +78,8 @@ def main() -> None:
     ctx0 = context(1.0)
     facts = ctx0.facts[model]
     facts = sorted(random.Random(0).sample(facts, min(args.facts, len(facts))), key=lambda f: f.fact_id)
-    lm = ctx0.model(model)
     start = time.perf_counter()
-    sessions = {f.fact_id: EditSession(ctx0, model, f, lm) for f in facts}
+    sessions = {f.fact_id: ctx0.edit_session(model, f) for f in facts}
     levels = _floats(args.specificity)
     print(f"{model}: {len(facts)} facts (seeded sample), {base['locality']} locality prompts, "
           f"{base['ppl_texts']} neutral texts per fact")

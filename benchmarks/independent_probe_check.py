@@ -24,7 +24,7 @@ def main() -> None:
     for rel in relations:
         patterns = [json.loads(l)["pattern"] for l in (root / "patterns" / f"{rel}.jsonl").read_text().splitlines() if l.strip()]
         patterns = [p for p in patterns if re.search(r"\[Y\]\s*\.?\s*$", p) and "[X]" in p]
-        prompts_seen, hits, total = set(), 0, 0
+        hits, total = 0, 0
         facts = [json.loads(l) for l in (root / "facts" / f"{rel}.jsonl").read_text().splitlines() if l.strip()][:limit]
         for fact in facts:
             gold = tok(" " + fact["obj_label"], add_special_tokens=False)["input_ids"][0]

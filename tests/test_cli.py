@@ -134,3 +134,16 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "knowloc.cli", "localize", "--model", "tiny-gpt2", "--prompt",
                            "x", "--target", "y", "--steps", "-1"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_localize_prints_the_models_prediction(capsys):
+    code, out, err = run(capsys, "localize", "--model", "tiny-llama", "--prompt", "The capital of France is",
+                         "--target", "xqzv", "--steps", "2")
+    assert code == 0
+    assert "model's top-5 next tokens: " in out and out.count(", ") >= 4
+    assert err.startswith("warning: the target 'xqzv' is not the model's prediction")
+    code, out, _ = run(capsys, "localize", "--model", "tiny-llama", "--prompt", "The capital of France is",
+                       "--target", "xqzv", "--steps", "2", "--json")
+    payload = json.loads(out)
+    assert len(payload["top_k"]) == 5 and set(payload["top_k"][0]) == {"token", "prob"}
+    assert payload["target_rank"] > 1 and payload["warning"] and 0 <= payload["p_first"] <= 1

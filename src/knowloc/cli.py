@@ -122,16 +122,22 @@ def localize(prompt: str = typer.Option(..., help="the query prompt, without the
     if not 0 <= threshold <= 1:
         raise KnowlocError(f"--threshold must be in [0, 1], got {threshold}")
     lm = load_model(model, device=device, dtype=dtype)
-    result = attribute(lm, prompt, target, method=method, steps=steps, objective=objective)
+    result = attribute(lm, prompt, target, method=method, steps=steps, objective=objective, warn=False)
     neurons = result.neurons(threshold)
     shown = [(l, i, float(result.scores[l, i])) for l, i in neurons[:top]]
     if as_json:
         typer.echo(json.dumps({"model": model, "prompt": result.prompt, "target": target, "method": method,
-                               "steps": result.steps, "baseline": result.baseline, "prob": result.prob,
+                               "steps": result.steps, "baseline": result.baseline, "objective": result.objective,
+                               "prob": result.prob, "p_first": result.p_first,
+                               "target_rank": result.target_rank, "top_k": result.top_k, "warning": result.warning,
                                "threshold": threshold, "n_neurons": len(neurons),
                                "neurons": [{"layer": l, "index": i, "score": s} for l, i, s in shown]}, indent=2))
         return
-    typer.echo(f"{result.prompt!r} -> {target!r}  P={result.prob:.4f}  method={method} steps={result.steps}")
+    typer.echo(f"{result.prompt!r} -> {target!r}  P(first token)={result.p_first:.4f} (rank {result.target_rank})  "
+               f"objective {result.objective}={result.prob:.4f}  method={method} steps={result.steps}")
+    typer.echo("model's top-5 next tokens: " + ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in result.top_k))
+    if result.warning:
+        typer.echo(f"warning: {result.warning}", err=True)
     typer.echo(f"{len(neurons)} knowledge neurons (score > {threshold} x max); top {len(shown)}:")
     for l, i, s in shown:
         typer.echo(f"  L{l:<3} #{i:<6} {s:.6g}")

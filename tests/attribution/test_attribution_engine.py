@@ -220,3 +220,34 @@ def test_prepare_returns_a_complete_record_and_chunks_share_the_clean_run(tiny_m
     whole, _ = attribute_fast(lm, prep.enc, MethodConfig("ig", 4))
     chunked, _ = attribute_fast(lm, prep.enc, MethodConfig("ig", 4), max_rows=2)
     assert_equivalent(chunked, whole)
+
+
+def test_attribution_says_what_the_model_predicts(tiny_models):
+    """p_first (first target token) is separate from the multi-token objective; top_k lists the model's next
+    tokens; a target that is not the top-1 is flagged and warned about."""
+    from knowloc.attribution import TargetNotPredicted
+
+    lm = tiny_models("tiny-llama")
+    ids = torch.tensor([lm.encode(PROMPT).prompt_ids])
+    with torch.no_grad():
+        probs = torch.softmax(lm.model(input_ids=ids).logits[0, -1].float(), -1)
+    order = torch.argsort(probs, descending=True)
+    top1, other = lm.tokenizer.decode([int(order[0])]).strip(), None
+    for idx in order[1:]:
+        text = lm.tokenizer.decode([int(idx)])
+        if text.startswith(" ") and text.strip() and lm.first_target_token(text.strip()) == int(idx):
+            other = text.strip()
+            break
+    assert other is not None
+    with pytest.warns(TargetNotPredicted, match="not the model's prediction"):
+        result = attribute(lm, PROMPT, other, steps=2)
+    rank = int((probs > probs[lm.first_target_token(other)]).sum()) + 1
+    assert result.target_rank == rank > 1 and not result.target_is_top1 and "rank" in result.warning
+    assert result.p_first == pytest.approx(float(probs[lm.first_target_token(other)]), rel=1e-5)
+    assert [t["token"] for t in result.top_k] == [lm.tokenizer.decode([int(i)]) for i in order[:5]]
+    assert result.top_k[0]["prob"] == pytest.approx(float(probs[order[0]]), rel=1e-5)
+    multi = attribute(lm, PROMPT, f"{other} {other}", steps=2, warn=False)
+    assert multi.p_first == pytest.approx(result.p_first, rel=1e-5) and multi.prob != pytest.approx(multi.p_first)
+    if lm.tokenizer.decode([int(order[0])]).startswith(" ") and top1:
+        best = attribute(lm, PROMPT, top1, steps=2)
+        assert best.target_rank == 1 and best.warning is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+import warnings
+
 import torch
 from tqdm.auto import tqdm
 
@@ -28,7 +30,7 @@ def _prompt_and_target(query_or_prompt, target: str | None) -> tuple[str, str]:
 def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, method: str = "ig", steps: int = 20,
               *, objective: str = "prob", baseline_token: str = "eos", reference_prompts=None,
               layers: list[int] | None = None, max_rows: int | None = None, memory_gb: float = 4.0,
-              return_convergence_delta: bool = False) -> Attribution:
+              return_convergence_delta: bool = False, top_k: int = 5, warn: bool = True) -> Attribution:
     """Attribute the gold target of one query to every neuron (fast exact engine, docs/methods.md).
 
     Args:
@@ -42,9 +44,13 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
         layers: attribute only these layers (others score 0); max_rows, memory_gb: engine batch size.
         return_convergence_delta: also compute IG's completeness gap per layer
             (:mod:`knowloc.attribution.completeness`) into ``Attribution.convergence_delta``.
+        top_k: how many of the model's next tokens ``Attribution.top_k`` lists.
+        warn: warn (:class:`TargetNotPredicted`, on stderr) when the target's first token is not the model's
+            top-1; ``Attribution.warning`` says so either way.
 
     Returns:
-        :class:`Attribution` with ``scores[n_layers, n_neurons]`` (float32, CPU) and the clean objective.
+        :class:`Attribution` with ``scores[n_layers, n_neurons]`` (float32, CPU), the objective ``prob``, and
+        what the model predicts: ``p_first``, ``top_k`` and ``target_rank``.
 
     Example:
         >>> lm = load_model("smollm2-135m")
@@ -57,9 +63,29 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
     enc = lm.encode(prompt, target)
     scores, prob = attribute_fast(lm, enc, config, layers=layers, max_rows=max_rows, memory_gb=memory_gb)
     delta = convergence_delta(lm, enc, config, scores, prob) if return_convergence_delta else None
-    return Attribution(scores=scores, method=method, steps=config.effective_steps,
-                       baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
-                       objective=objective, prob=prob, convergence_delta=delta)
+    result = Attribution(scores=scores, method=method, steps=config.effective_steps,
+                         baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
+                         objective=objective, prob=prob, convergence_delta=delta,
+                         **next_token_view(lm, enc.prompt_ids, enc.target_ids[0], top_k))
+    if result.warning and warn:
+        warnings.warn(result.warning, TargetNotPredicted, stacklevel=2)
+    return result
+
+
+class TargetNotPredicted(UserWarning):
+    """The attributed target is not the model's top-1 next token."""
+
+
+@torch.no_grad()
+def next_token_view(lm: LanguageModel, prompt_ids, target_token: int, k: int = 5) -> dict:
+    """{"p_first", "top_k", "target_rank"} of the next-token distribution after a prompt (one forward pass)."""
+    logits = lm.model(input_ids=torch.tensor([list(prompt_ids)], device=lm.device)).logits[0, -1].float()
+    probs = torch.softmax(logits, dim=-1)
+    best = torch.topk(probs, k)
+    rank = int((probs > probs[target_token]).sum()) + 1
+    return {"p_first": float(probs[target_token]), "target_rank": rank,
+            "top_k": [{"token": lm.tokenizer.decode([int(i)]), "prob": float(p)}
+                      for p, i in zip(best.values, best.indices)]}
 
 
 def attribute_next_token(lm: LanguageModel, prompt: str, method: str = "ig", steps: int = 20, *,
@@ -91,7 +117,7 @@ def attribute_next_token(lm: LanguageModel, prompt: str, method: str = "ig", ste
     return Attribution(scores=scores, method=method, steps=config.effective_steps,
                        baseline=config.describe_baseline(), prompt=prompt.rstrip(),
                        target=lm.tokenizer.decode([token]), objective=objective, prob=prob,
-                       extra={"token_id": token})
+                       extra={"token_id": token}, **next_token_view(lm, enc.prompt_ids, token))
 
 
 def attribute_many(lm: LanguageModel, queries: Iterable, method: str = "ig", steps: int = 20, *,
