@@ -147,3 +147,22 @@ def test_localize_prints_the_models_prediction(capsys):
     payload = json.loads(out)
     assert len(payload["top_k"]) == 5 and set(payload["top_k"][0]) == {"token", "prob"}
     assert payload["target_rank"] > 1 and payload["warning"] and 0 <= payload["p_first"] <= 1
+
+
+def test_probe_facts_lists_every_paraphrase_with_the_models_prediction(capsys, tmp_path):
+    facts = tmp_path / "f.jsonl"
+    facts.write_text("\n".join(json.dumps({"id": f"f{k}", "relation": "P1", "subject": s, "object": "yen",
+                                           "templates": ["The currency of [X] is [Y].", "[X] pays in [Y]."]})
+                               for k, s in enumerate(["Japan", "Italy"])) + "\n")
+    code, out, _ = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--facts", "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert [f["fact_id"] for f in payload["facts"]] == ["f0", "f1"]
+    for fact in payload["facts"]:
+        assert len(fact["queries"]) == 2 and fact["answered"] == sum(q["answered"] for q in fact["queries"])
+        for q in fact["queries"]:
+            assert q["gold_token"] and " yen".startswith(q["gold_token"])  # the scored first token
+            assert len(q["top_k"]) == 3 and q["top_k"][0]["prob"] >= q["top_k"][-1]["prob"]
+            assert q["answered"] == (q["rank"] == 1)
+    code, out, _ = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--facts")
+    assert code == 0 and "f0  Japan -[P1]-> yen" in out and "top-3" in out and "gold '" in out

@@ -78,21 +78,41 @@ def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "
           min_known: int = typer.Option(2, help="a fact is usable when at least this many queries are answered",
                                         min=1),
           candidates: bool = typer.Option(False, help="restrict the argmax to the relation's objects (LAMA)"),
+          facts: bool = typer.Option(False, "--facts", help="list every fact's paraphrases: the scored gold token, "
+                                     "the model's top-3 next tokens and whether it answered"),
           as_json: bool = typer.Option(False, "--json"), device: Optional[str] = DeviceOpt,
           dtype: Optional[str] = DtypeOpt) -> None:
-    """Per relation: facts, queries, top-1/top-5 accuracy and facts usable for a study."""
+    """Per relation: facts, queries, top-1/top-5 accuracy and facts usable for a study (--facts: per fact)."""
     dataset = load_facts(data, relations=_split(relations), limit=limit)
     lm = load_model(model, device=device, dtype=dtype)
     probes = probe_facts(lm, list(dataset), candidates=candidates)
+    if facts:
+        rows = [{"fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject,
+                 "object": p.fact.object, "answered": p.n_known, "usable": p.n_known >= min_known,
+                 "queries": [{"prompt": q.query.text, "gold_token": q.gold_token, "gold_prob": q.prob,
+                              "rank": q.rank + 1, "answered": q.top1,
+                              "top_k": [{"token": t, "prob": pr} for t, pr in q.predictions[:3]]}
+                             for q in p.queries]} for p in probes]
+        if as_json:
+            typer.echo(json.dumps({"model": model, "data": data, "min_known": min_known, "facts": rows}, indent=2))
+            return
+        for r in rows:
+            typer.echo(f"{r['fact_id']}  {r['subject']} -[{r['relation']}]-> {r['object']}  answered "
+                       f"{r['answered']}/{len(r['queries'])}{'' if r['usable'] else '  (not usable)'}")
+            for q in r["queries"]:
+                top = ", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in q["top_k"])
+                typer.echo(f"  {'yes' if q['answered'] else 'no ':<4}{q['prompt']!r}: gold {q['gold_token']!r} "
+                           f"P={q['gold_prob']:.3f} rank {q['rank']}; top-3 {top}")
+        return
     rows = []
     for relation in dataset.relations:
-        facts = [p for p in probes if p.fact.relation == relation]
-        queries = [q for p in facts for q in p.queries]
+        rel_facts = [p for p in probes if p.fact.relation == relation]
+        queries = [q for p in rel_facts for q in p.queries]
         rows.append({
-            "relation": relation, "facts": len(facts), "queries": len(queries),
+            "relation": relation, "facts": len(rel_facts), "queries": len(queries),
             "top1": sum(q.top1 for q in queries) / max(len(queries), 1),
             "top5": sum(q.top5 for q in queries) / max(len(queries), 1),
-            "usable_facts": sum(p.n_known >= min_known for p in facts),
+            "usable_facts": sum(p.n_known >= min_known for p in rel_facts),
         })
     if as_json:
         typer.echo(json.dumps({"model": model, "data": data, "min_known": min_known, "relations": rows}, indent=2))

@@ -128,6 +128,7 @@ def test_drill_down_lists_every_studied_fact(study, report):
         assert f'ig: <span class="g-{expected[fact.fact_id]}">' in block.split("</summary>")[0]
         for prompt in fact.prompts:
             assert html.escape(prompt) in block
+        assert "model&#x27;s top-3" in block and block.count("&#x27;") >= 6  # top-3 tokens of every paraphrase
         first = used[fact.fact_id][0][:3]
         assert ", ".join(f"L{l}#{i}" for l, i in first) in block
 

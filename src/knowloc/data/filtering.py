@@ -19,11 +19,20 @@ from knowloc.models.scoring import next_token_distributions
 
 @dataclass
 class QueryProbe:
+    """One query's probe: the gold first token's rank and probability, and what the model predicts instead.
+
+    rank: 0-based rank of the gold first token (among all tokens, or among the relation's candidates);
+    prob: its probability; gold_token: the scored token (the first token of " " + object, e.g. ' y' for "yen");
+    predictions: the model's top next tokens over the whole vocabulary, ``[(token text, prob), ...]``.
+    """
+
     query: Query
-    rank: int  # 0-based rank of the gold first token
+    rank: int
     prob: float
     top1: bool
     top5: bool
+    gold_token: str = ""
+    predictions: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -60,7 +69,10 @@ def probe_facts(lm: LanguageModel, items: list[tuple[Fact, list[Query]]], *, can
                 probs = masked
             target = gold[query.fact.object]
             rank = int((probs > probs[target]).sum())
-            results.append(QueryProbe(query, rank, float(dist.probs[target]), rank == 0, rank < 5))
+            results.append(QueryProbe(query, rank, float(dist.probs[target]), rank == 0, rank < 5,
+                                      gold_token=lm.tokenizer.decode([target]),
+                                      predictions=[(lm.tokenizer.decode([i]), float(dist.probs[i]))
+                                                   for i in dist.top_ids]))
     by_fact: dict[str, FactProbe] = {}
     for fact, _ in items:
         by_fact[fact.id] = FactProbe(fact)

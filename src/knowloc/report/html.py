@@ -397,12 +397,15 @@ def _fact_html(store, model: str, methods: list[str], fact, probe: dict | None, 
             answered += 1
         else:
             label = DASH
+        top = ", ".join(f"{t!r} {pr:.2f}" for t, pr in query.get("predictions") or [])
         rows.append({"q": label, "prompt": query.get("text", ""), "answered": bool(query.get("top1")),
-                     "prob": query.get("prob")})
+                     "gold": repr(query["gold_token"]) if query.get("gold_token") else DASH, "prob": query.get("prob"),
+                     "top": top or DASH})
     body = [f"<p><b>Subject</b> {esc(fact.subject)} &nbsp; <b>Relation</b> {esc(fact.relation)} &nbsp; "
             f"<b>Object</b> {esc(fact.object)}</p>",
             render_table(rows, [Column("query", "q"), Column("prompt", "prompt", wrap=True),
-                                Column("answered (top-1)", "answered", "yesno"), Column("P(object)", "prob", "sig")])]
+                                Column("answered (top-1)", "answered", "yesno"), Column("scored token", "gold"),
+                                Column("P(token)", "prob", "sig"), Column("model's top-3", "top", wrap=True)])]
     for method in methods:
         view = per_method[method].get(fact.fact_id, {})
         kn = view.get("kn", {})

@@ -83,7 +83,8 @@ def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
                              progress=ctx.config.progress)
         ctx.store.save_probe(model, [{
             "fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject, "object": p.fact.object,
-            "queries": [{"template": q.query.template, "text": q.query.text, "top1": q.top1, "prob": q.prob}
+            "queries": [{"template": q.query.template, "text": q.query.text, "top1": q.top1, "prob": q.prob,
+                         "gold_token": q.gold_token, "predictions": [[t, pr] for t, pr in q.predictions[:3]]}
                         for q in p.queries]} for p in probes])
     ctx.load_facts(model)
 

@@ -72,7 +72,8 @@ def reference_row(ctx: StudyContext, model: str, method: str, ridx: int) -> dict
         attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=ctx.config.steps)
         token = attr.extra["token_id"]
     else:
-        attr = attribution.attribute(lm, item["prompt"], item["target"], method=method, steps=ctx.config.steps)
+        attr = attribution.attribute(lm, item["prompt"], item["target"], method=method, steps=ctx.config.steps,
+                                     warn=False)
         token = lm.first_target_token(item["target"])
     scores = attr.scores.to(torch.float16).float()  # the same fp16 rounding as the stored fact attributions
     return {"prompt": item["prompt"], "relation": item["relation"], "token": token, "token_text": attr.target,

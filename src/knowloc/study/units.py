@@ -64,8 +64,9 @@ def execute(ctx: StudyContext, unit: Unit):
         return reference_row(ctx, unit.model, unit.method, unit.qidx)
     fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
     if unit.kind == "attribution":
-        result = attribution.attribute(ctx.model(unit.model), fact.prompts[unit.qidx], fact.object, method=unit.method,
-                           steps=ctx.config.steps)
+        # a studied query is answered by the study's rule (which --candidates may restrict): no warning
+        result = attribution.attribute(ctx.model(unit.model), fact.prompts[unit.qidx], fact.object,
+                                       method=unit.method, steps=ctx.config.steps, warn=False)
         # KN sets come from the fp16-rounded scores that the store keeps, so every experiment (and CAS, which
         # reads the stored tensors) sees one and the same attribution
         scores = result.scores.to(torch.float16)
