@@ -23,9 +23,11 @@ def ray_cluster():
 
 
 def _attributions(db_path) -> int:
+    """Stored attribution units: the specificity profile's reference items come first, then the queries."""
     try:
         with sqlite3.connect(db_path, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM attributions").fetchone()[0]
+            return sum(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                       for table in ("reference", "attributions"))
     except sqlite3.Error:
         return 0
 

@@ -28,9 +28,12 @@ from knowloc.analysis.editing_metrics import (
 )
 from knowloc.analysis.neurons import relative_mask, select_neurons
 from knowloc.analysis.specificity import activation_ratio, kn_frequency, mask_scores, nonspecific_neurons
-from knowloc.analysis.stats import bootstrap_ci, paired_bootstrap_diff, permutation_test_diff, welch_t
+from knowloc.analysis.stats import (MIN_N, bootstrap_ci, paired_bootstrap_diff, permutation_test_diff,
+                                   unpaired_bootstrap_diff, welch_t)
 
 __all__ = [
+    "MIN_N",
+    "unpaired_bootstrap_diff",
     "activation_ratio",
     "kn_frequency",
     "mask_scores",

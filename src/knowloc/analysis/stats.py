@@ -10,6 +10,10 @@ reproducible from the seed.
   replacement ``B`` times, compute the statistic ``T*_b`` each time, and report
   ``(T(x), q_{alpha/2}(T*), q_{1-alpha/2}(T*))``.
 * Paired bootstrap: the percentile bootstrap of the mean of ``d_i = a_i - b_i``.
+* Unpaired bootstrap: ``mean(a) - mean(b)`` for two independent groups (e.g. K_C vs K_I facts), each resampled
+  within itself (``scipy.stats.bootstrap``, percentile method).
+* Small samples: an interval, a test or a "beyond the interval" star needs at least :data:`MIN_N` facts
+  (per group); below that knowloc reports the estimate without an interval and says why.
 * Welch's t-test (Welch 1947): two-sided p-value from ``scipy.stats.ttest_ind(equal_var=False)``.
 * Permutation test for a difference of means: ``D = mean(real) - mean(null)``; the pooled values
   are relabelled at random ``M`` times and ``p = (1 + #{D*_m ⪰ D}) / (M + 1)`` (Phipson & Smyth
@@ -31,7 +35,10 @@ from knowloc.errors import KnowlocError
 
 Alternative = Literal["greater", "less", "two-sided"]
 
-__all__ = ["Alternative", "bootstrap_ci", "paired_bootstrap_diff", "welch_t", "permutation_test_diff"]
+__all__ = ["MIN_N", "Alternative", "bootstrap_ci", "paired_bootstrap_diff", "permutation_test_diff",
+           "unpaired_bootstrap_diff", "welch_t"]
+
+MIN_N = 5  # facts (per group) an interval, a test or a star needs
 
 
 def _as_samples(values: Any, name: str) -> np.ndarray:
@@ -113,6 +120,31 @@ def paired_bootstrap_diff(
         raise KnowlocError(f"paired values need equal lengths, got {x.shape[0]} and {y.shape[0]}")
     est, low, high = bootstrap_ci(x - y, np.mean, n_boot=n_boot, alpha=alpha, seed=seed)
     return float(est), float(low), float(high)
+
+
+def unpaired_bootstrap_diff(
+    a: np.ndarray | torch.Tensor | Any,
+    b: np.ndarray | torch.Tensor | Any,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), low, high)``: percentile bootstrap with each group resampled within itself
+    (``scipy.stats.bootstrap``); nan interval when a group has fewer than 2 values, nan everything when one
+    is empty."""
+    x = _as_1d(a, "a")
+    y = _as_1d(b, "b")
+    n_boot = check_count(n_boot, "n_boot", 1)
+    level = 1.0 - _check_alpha(alpha)
+    if x.size == 0 or y.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return diff, float("nan"), float("nan")
+    res = _scipy_stats.bootstrap((x, y), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis),
+                                 n_resamples=n_boot, confidence_level=level, method="percentile",
+                                 random_state=np.random.default_rng(seed), vectorized=True)
+    return diff, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def welch_t(a: np.ndarray | torch.Tensor | Any, b: np.ndarray | torch.Tensor | Any) -> float:

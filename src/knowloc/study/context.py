@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from knowloc.analysis import bootstrap_ci
+from knowloc.analysis import MIN_N, bootstrap_ci, paired_bootstrap_diff
 from knowloc.data import load_neutral_texts
 from knowloc.editing.session import EditSession, choose_new_object, locality_sample
 from knowloc.models import load_model
@@ -33,7 +33,7 @@ def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed:
                   **match: object) -> tuple[int, float, float, float]:
     """(n facts, estimate, CI low, CI high) of a metric: each fact's trials matching `match` are averaged
     (nan left out), then `stat` (default: the mean) over facts with a bootstrap interval that resamples facts
-    (facts, not trials, are the independent units)."""
+    (facts, not trials, are the independent units). Below MIN_N facts the interval is withheld (nan)."""
     stat = np.mean if stat is None else stat
 
     per_fact = []
@@ -44,7 +44,36 @@ def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed:
         if values:
             per_fact.append(float(np.mean(values)))
     estimate, low, high = bootstrap_ci(np.array(per_fact), stat=stat, n_boot=n_boot, seed=seed)
+    if len(per_fact) < MIN_N:  # too few facts for an interval: the estimate alone
+        low = high = float("nan")
     return len(per_fact), float(estimate), float(low), float(high)
+
+
+def fact_means(fact_trials: list[list[dict]], metric: str, **match: object) -> np.ndarray:
+    """Each fact's mean of `metric` over its trials matching `match` (nan where it has none), aligned with
+    `fact_trials` so that two metrics or two matches of the same facts can be paired."""
+    out = []
+    for rows in fact_trials:
+        values = [r.get(metric, np.nan) for r in rows if all(r.get(k) == v for k, v in match.items())
+                  and not r.get("skipped")]
+        values = [v for v in values if v is not None and not np.isnan(v)]
+        out.append(float(np.mean(values)) if values else np.nan)
+    return np.array(out, dtype=float)
+
+
+def paired_contrast(fact_trials: list[list[dict]], metric: str, first: dict, second: dict, n_boot: int,
+                    seed: int) -> dict:
+    """{n, diff, ci_low, ci_high, beyond_ci} of mean over facts of (metric under `first` - under `second`),
+    paired within facts, with a paired bootstrap interval (none below MIN_N facts; beyond_ci needs one)."""
+    a, b = fact_means(fact_trials, metric, **first), fact_means(fact_trials, metric, **second)
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    n = int(ok.sum())
+    if n == 0:
+        return {"n": 0, "diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "beyond_ci": False}
+    diff, lo, hi = paired_bootstrap_diff(a[ok], b[ok], n_boot=n_boot, seed=seed)
+    if n < MIN_N:
+        lo = hi = float("nan")
+    return {"n": n, "diff": diff, "ci_low": lo, "ci_high": hi, "beyond_ci": bool(n >= MIN_N and (lo > 0 or hi < 0))}
 
 
 def dlogppl_stats(fact_trials: list[list[dict]], cfg: StudyConfig, **match) -> dict:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from knowloc.analysis import MIN_N
+
 DASH = "\u2013"  # shown for nan / missing values
 WRECKED_LOG = math.log(1000.0)  # a perplexity ratio above 1000x is shown as "> 1000x", never as a float
 
@@ -38,6 +40,7 @@ class Column:
     hi: str | None = None
     value: Callable[[dict], Any] | None = None
     wrap: bool = False
+    n_key: str = "n"  # the row's number of facts: an interval withheld below MIN_N says so
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -124,6 +127,9 @@ def cell_parts(column: Column, row: dict) -> tuple[str, str | None]:
         show = fmt_dlogppl if kind == "dlogppl" else (lambda v: fmt_num(v, column.digits, column.signed))
         lo, hi = row.get(column.low_key), row.get(column.high_key)
         interval = None if missing(lo) and missing(hi) else f"[{show(lo)}, {show(hi)}]"
+        n = row.get(column.n_key)
+        if interval is None and not missing(x) and isinstance(n, int) and n < MIN_N:
+            interval = f"(n={n} < {MIN_N}: no CI)"
         return show(x), interval
     if kind == "num":
         return fmt_num(x, column.digits, column.signed), None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from knowloc.analysis import bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
+from knowloc.analysis import MIN_N, bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
 from knowloc.editing import OPERATIONS
 from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
@@ -71,6 +71,12 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     return rows
 
 
+def _ci(result: tuple, n: int) -> tuple[float, float, float]:
+    """(estimate, low, high) with the interval withheld below MIN_N facts."""
+    est, lo, hi = result
+    return (float(est), float("nan"), float("nan")) if n < MIN_N else (float(est), float(lo), float(hi))
+
+
 def _fact_mean(rows: list[dict], metric: str, **match) -> float:
     values = [r.get(metric, np.nan) for r in rows if not r["skipped"] and all(r[k] == v for k, v in match.items())]
     values = [v for v in values if not np.isnan(v)]
@@ -106,13 +112,14 @@ def summarize(ctx: StudyContext) -> Section:
                                 row["n_neurons"] = float(np.nanmean(table["n_neurons"])) if avg.size else float("nan")
                                 for metric in METRICS:
                                     values = table[metric][~np.isnan(table[metric])]
-                                    est, lo, hi = bootstrap_ci(values, n_boot=cfg.n_boot, seed=cfg.seed)
+                                    est, lo, hi = _ci(bootstrap_ci(values, n_boot=cfg.n_boot, seed=cfg.seed),
+                                                      values.size)
                                     name = "dlogppl_mean" if metric == "dlogppl" else metric
                                     row.update({name: float(est), f"{name}_ci_low": float(lo),
                                                 f"{name}_ci_high": float(hi)})
                                     if metric == "dlogppl":
-                                        est, lo, hi = bootstrap_ci(values, stat=np.median, n_boot=cfg.n_boot,
-                                                                   seed=cfg.seed)
+                                        est, lo, hi = _ci(bootstrap_ci(values, stat=np.median, n_boot=cfg.n_boot,
+                                                                       seed=cfg.seed), values.size)
                                         row.update({"dlogppl_median": float(est),
                                                     "dlogppl_median_ci_low": float(lo),
                                                     "dlogppl_median_ci_high": float(hi)})
@@ -122,12 +129,13 @@ def summarize(ctx: StudyContext) -> Section:
                                 ok = ~np.isnan(a) & ~np.isnan(b)
                                 if ok.sum() == 0:
                                     continue
-                                diff, lo, hi = paired_bootstrap_diff(a[ok], b[ok], n_boot=cfg.n_boot, seed=cfg.seed)
+                                diff, lo, hi = _ci(paired_bootstrap_diff(a[ok], b[ok], n_boot=cfg.n_boot,
+                                                                         seed=cfg.seed), int(ok.sum()))
                                 comparisons.append({
                                     "model": model, "method": method, "operation": operation, "group": group,
                                     "protocol": protocol, "budget": budget, "baseline": baseline, "n": int(ok.sum()),
                                     "avg_diff": float(diff), "ci_low": float(lo), "ci_high": float(hi),
-                                    "beyond_ci": bool(lo > 0 or hi < 0)})
+                                    "beyond_ci": bool(ok.sum() >= MIN_N and (lo > 0 or hi < 0))})
     section = Section(summary={"cas": rows, "cas_comparison": comparisons},
                       tables={"cas": rows, "cas_comparison": comparisons})
     for model in cfg.models:
@@ -153,7 +161,8 @@ EXPERIMENT = register(Experiment(
           "(CAS from all neighbor queries) and held-out (one paraphrase left out and used for Gen). Budgets: free, "
           "or matched (baselines cut to |CAS| neurons). Updates use the study's update rule.",
     tables=(
-        Table("cas_comparison", title="CAS vs. baselines", note="* the paired-bootstrap interval excludes 0.",
+        Table("cas_comparison", title="CAS vs. baselines",
+              note="* the paired-bootstrap interval excludes 0 (stars and intervals need at least 5 facts).",
               columns=(
                   Column("model", "model"), Column("method", "method"), Column("operation", "operation"),
                   Column("group", "group", "group"), Column("protocol", "protocol"), Column("budget", "budget"),

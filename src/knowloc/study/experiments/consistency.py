@@ -13,7 +13,7 @@ import random
 
 import numpy as np
 
-from knowloc.analysis import (bootstrap_ci, consistency_scores, permutation_test_diff, split_groups,
+from knowloc.analysis import (MIN_N, bootstrap_ci, consistency_scores, permutation_test_diff, split_groups,
                               welch_t)
 from knowloc.plots import activation_heatmaps, violin_cs
 from knowloc.study import specificity as spec
@@ -60,18 +60,31 @@ def summarize(ctx: StudyContext) -> Section:
             values = np.array([scores[f] for f in ids])
             null = null_scores(ctx, model, method, filtered)
             null_gap, null_p = permutation_test_diff(values, null, seed=cfg.seed) if len(null) else (np.nan, np.nan)
+            notes = []
+            if not null:
+                notes.append("no null baseline: no relation has two studied facts to swap templates between")
+            elif len(values) < MIN_N or len(null) < MIN_N:
+                null_p = np.nan
+                notes.append(f"no null-baseline test: fewer than {MIN_N} facts or pseudo-facts")
             relation_of = {f.fact_id: f.relation for f in ctx.facts[model]}
             for kind, tau in thresholds(ctx, list(values)).items():
                 k_c = split_groups(values, tau)
                 k_i = (~k_c).astype(float)
                 estimate, low, high = bootstrap_ci(k_i, n_boot=cfg.n_boot, seed=cfg.seed)
+                if len(values) < MIN_N:
+                    low = high = np.nan
+                row_notes = list(notes)
+                welch = welch_t(values[k_c], values[~k_c])
+                if min(int(k_c.sum()), int((~k_c).sum())) < MIN_N:
+                    welch = np.nan
+                    row_notes.append(f"no Welch test: K_C or K_I has fewer than {MIN_N} facts")
                 section.summary["consistency"].append({
                     "model": model, "method": method, "n_facts": len(ids), "threshold_kind": kind,
                     "threshold": float(tau), "k_i_fraction": float(estimate), "k_i_ci_low": float(low),
-                    "k_i_ci_high": float(high), "welch_p": float(welch_t(values[k_c], values[~k_c])),
+                    "k_i_ci_high": float(high), "welch_p": float(welch),
                     "cs_mean": float(values.mean()), "null_mean": float(np.mean(null)) if null else float("nan"),
                     "null_gap": float(null_gap), "null_p": float(null_p), "n_null": len(null),
-                    "score": cfg.cs_score, "specificity": view})
+                    "score": cfg.cs_score, "specificity": view, "note": "; ".join(row_notes)})
                 if view != "on" and cfg.filtered:
                     continue  # the relation and all-method views follow the study's setting
                 for fid, flag in zip(ids, k_i):
@@ -79,6 +92,8 @@ def summarize(ctx: StudyContext) -> Section:
                 for relation in sorted({relation_of[f] for f in ids}):
                     mask = np.array([relation_of[f] == relation for f in ids])
                     est, lo, hi = bootstrap_ci(k_i[mask], n_boot=cfg.n_boot, seed=cfg.seed)
+                    if mask.sum() < MIN_N:
+                        lo = hi = np.nan
                     section.summary["consistency_relations"].append({
                         "model": model, "method": method, "relation": relation, "threshold_kind": kind,
                         "n": int(mask.sum()), "k_i_fraction": float(est), "ci_low": float(lo), "ci_high": float(hi)})
@@ -159,10 +174,11 @@ EXPERIMENT = register(Experiment(
             Column("model", "model"), Column("method", "method"), Column("specificity filter", "specificity"),
             Column("facts", "n_facts", "int"), Column("threshold", "threshold_kind"),
             Column("tau", "threshold", "num", 3),
-            Column("K_I fraction [95% CI]", "k_i_fraction", "ci", lo="k_i_ci_low", hi="k_i_ci_high"),
+            Column("K_I fraction [95% CI]", "k_i_fraction", "ci", lo="k_i_ci_low", hi="k_i_ci_high", n_key="n_facts"),
             Column("Welch p", "welch_p", "p"), Column("CS mean", "cs_mean", "num", 3),
             Column("null mean", "null_mean", "num", 3), Column("null gap", "null_gap", "num", 3, signed=True),
-            Column("null p", "null_p", "p"), Column("null facts", "n_null", "int"), Column("score", "score"))),
+            Column("null p", "null_p", "p"), Column("null facts", "n_null", "int"), Column("score", "score"),
+            Column("note", "note", wrap=True))),
         Table("consistency_all_methods", title="Facts in K_I under every method", columns=(
             Column("model", "model"), Column("threshold", "threshold_kind"), Column("facts", "n_facts", "int"),
             Column("K_I under all methods", "k_i_fraction_all_methods", "num"))),
