@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--rules", default="dai,signed,calibrated")
     parser.add_argument("--lambda2", default="0.25,0.5,1,2,4,8,16")
     parser.add_argument("--rule-specificity", type=float, default=0.1)
+    parser.add_argument("--lambda1", type=float, default=1.0)
     parser.add_argument("--queries", type=int, default=2)
+    parser.add_argument("--skip-erase", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,7 +72,8 @@ def main() -> None:
     model = base["models"][0]
 
     def context(specificity: float) -> StudyContext:
-        cfg = StudyConfig(**{**base, "specificity": specificity, "out": str(args.study), "progress": False})
+        cfg = StudyConfig(**{**base, "specificity": specificity, "lambda1": args.lambda1, "out": str(args.study),
+                             "progress": False})
         ctx = StudyContext(config=cfg, store=store, out=args.study, echo=lambda _: None)
         ctx.load_facts(model)
         return ctx
@@ -86,7 +89,7 @@ def main() -> None:
     print("\n## Erase N_i at each specificity threshold F\n")
     print("| method, F | n | mean N_i | Rel | Gen | Loc | dlogPPL median | dprob_self |")
     print("|---|---|---|---|---|---|---|---|")
-    for method in args.methods.split(","):
+    for method in args.methods.split(",") if not args.skip_erase else []:
         for level in levels:
             ctx = context(level)
             ctx._models = ctx0._models

@@ -230,7 +230,8 @@ def test_attention_rows_render_with_their_intervals(tmp_path):
     assert "not run" not in section and "attention_old.png" in section
     assert '-0.250 <span class="ci">[-0.500, -0.125]</span>' in section
     assert '-0.062 <span class="ci">[-0.125, +0.000]</span>' in section
-    assert '<td class="num">+0.500</td>' in section and '<td class="num">+0.250</td>' in section  # no CI given
+    # no interval given for n = 3 facts: the cell says why
+    assert '<td class="num">+0.500 <span class="ci">(n=3 &lt; 5: no CI)</span></td>' in section
     assert '<span class="g-K_C">K_C</span>' in section
 
 

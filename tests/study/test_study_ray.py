@@ -36,14 +36,15 @@ def _kill_one_worker_after(db_path, rows: int, killed: list, timeout: float = 12
     import psutil
 
     deadline = time.time() + timeout
-    while time.time() < deadline and _attributions(db_path) < rows:
-        time.sleep(0.05)
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "StudyWorker" in cmdline:
-            os.kill(proc.info["pid"], signal.SIGKILL)
-            killed.append(proc.info["pid"])
-            return
+    while time.time() < deadline:
+        if _attributions(db_path) >= rows:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                if "StudyWorker" in cmdline:
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+        time.sleep(0.02)
 
 
 def test_ray_matches_local_and_survives_a_killed_worker(tmp_path, study_args, ray_cluster):

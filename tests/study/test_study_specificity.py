@@ -2,6 +2,7 @@
 that measures knowledge, not damage)."""
 
 import json
+from functools import partial
 import math
 import sqlite3
 from pathlib import Path
@@ -14,6 +15,7 @@ from knowloc.errors import KnowlocError
 from knowloc.study import specificity as spec
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
+from knowloc.study.experiments.cas import selections
 from knowloc.study.runner import run_study
 from knowloc.study.store import Store
 
@@ -118,8 +120,11 @@ def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args
         for q in used:
             assert not set(used[q]) & dropped
             raw_total += len(set(raw[q]) & dropped)
-        _, stack = spec.score_stack(ctx, "tiny-llama", "ig", fact.fact_id)
-        assert all(float(stack[:, l, i].abs().max()) == 0 for l, i in dropped)
+            assert used[q] == [n for n in raw[q] if n not in dropped]  # the paper's set minus the non-specific
+        queries, stack = spec.score_stack(ctx, "tiny-llama", "ig", fact.fact_id)
+        keep = partial(spec.remove_nonspecific, ctx, "tiny-llama", "ig", fact.fact_id)
+        for chosen in selections(ctx, stack, 0, list(range(len(queries))), keep).values():
+            assert all(not set(neurons) & dropped for neurons in chosen.values())
     assert raw_total > 0  # the unfiltered sets did hold non-specific neurons
     views = {(r["method"], r["threshold_kind"]): set() for r in summary["consistency"]}
     for r in summary["consistency"]:

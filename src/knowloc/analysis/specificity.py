@@ -14,9 +14,11 @@ absolute activations ``|a_r(u)|`` at the last position:
     activation_ratio(u) = median_r ( |a_r(u)| / median_{u' in layer(u)} |a_r(u')| )
     non-specific at F   = {u : ref_frequency(u) > F}           (F = 1 removes nothing: the paper's behaviour)
 
-Filtering a query's attribution map ``A`` zeroes the non-specific neurons before any selection, so the
-relative rule ``A(u) > t * max A`` (Dai et al. 2022) is taken relative to the strongest *specific* neuron,
-and CAS normalises each query by its strongest specific neuron likewise (:func:`mask_scores`).
+Filtering removes the non-specific neurons from a neuron set after it is selected by its usual rule
+(e.g. N_i = {u : A(u) > t * max A}, Dai et al. 2022), so the set keeps the paper's definition minus the
+neurons that are KNs of anything. (:func:`mask_scores` zeroes neurons in an attribution map instead, which
+re-selects relative to the strongest remaining neuron; on SmolLM2-135M that roughly quadrupled N_i and cost
+locality, docs/editing.md.)
 """
 
 from __future__ import annotations

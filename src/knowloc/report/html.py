@@ -27,11 +27,12 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable
 
-from knowloc.analysis import consistency_scores, otsu_threshold
+from knowloc.analysis import MIN_N, consistency_scores, otsu_threshold
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.study.experiments import REGISTRY
 from knowloc.study.facts import select_facts
+from knowloc.study.findings import findings
 from knowloc.study.registry import Experiment
 from knowloc.study.store import Store
 from knowloc.study.tables import DASH, Column, Table, cell_parts, fmt_num, missing
@@ -57,16 +58,24 @@ a{color:var(--accent)}
 .notrun{color:var(--muted);font-style:italic;padding:8px 12px;background:#f6f7f9;border-left:3px solid var(--line)}
 nav.toc{background:#f6f7f9;border:1px solid var(--line);border-radius:6px;padding:10px 18px;margin:16px 0}
 nav.toc ol{margin:4px 0;padding-left:22px}
-.tablewrap{overflow-x:auto;margin:8px 0 14px}
-table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid var(--line);padding:2px 5px;text-align:left;vertical-align:top;white-space:nowrap}
-td.wrap{white-space:normal;min-width:16em}
+.tablewrap{overflow-x:auto;margin:8px 0 14px;max-width:100%}
+table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums;max-width:100%}
+th,td{border:1px solid var(--line);padding:2px 5px;text-align:left;vertical-align:top;white-space:normal;
+  overflow-wrap:anywhere}
+td.num{white-space:nowrap}
+td.num .ci{display:block}
+td.wrap{min-width:12em}
 .ci{color:var(--muted);font-size:11px}
-th{background:var(--head);font-weight:600;white-space:nowrap}
+th{background:var(--head);font-weight:600}
 td.num{text-align:right}
 tbody tr:nth-child(even){background:#fafbfc}
 table.kv td.k{font-weight:600;white-space:nowrap;background:#f6f7f9}
 .star{color:var(--accent);font-weight:700}
+ol.findings li{margin:8px 0}
+.verdict{font-weight:700;padding:0 4px;border-radius:3px}
+.v-yes{color:#fff;background:var(--kc)}
+.v-no{color:#fff;background:var(--ki)}
+.v-open{color:var(--fg);background:#e6e8ec}
 .figs{display:flex;flex-wrap:wrap;gap:14px;margin:10px 0}
 figure{margin:0;flex:0 1 auto;min-width:0;max-width:100%;border:1px solid var(--line);border-radius:4px;padding:6px;
   break-inside:avoid;page-break-inside:avoid}
@@ -252,6 +261,25 @@ def assign_figures(figures_dir: Path, experiments: list[Experiment]) -> dict[str
 
 
 # --------------------------------------------------------------------------- sections
+
+
+VERDICT_CLASS = {"supports": "v-yes", "contradicts": "v-no"}
+
+
+def findings_section(summary: dict) -> str:
+    """The study's findings (summary.json `findings`; computed here for a summary written before them)."""
+    items = summary.get("findings")
+    if items is None:
+        items = findings(summary)
+    parts = [f'<p class="muted">Each question of the paper, answered from this study (95% bootstrap intervals over '
+             f"facts; none below {MIN_N} facts). The verdict is about the paper's claim.</p>", "<ol class=\"findings\">"]
+    for f in items:
+        why = (f' <span class="muted">({esc(f["reason"])})</span>'
+               if f["reason"] and f["verdict"] not in VERDICT_CLASS else "")
+        parts.append(f'<li><b>{esc(f["question"])}</b> <span class="muted">Paper: {esc(f["claim"])}.</span> '
+                     f'Verdict: <span class="verdict {VERDICT_CLASS.get(f["verdict"], "v-open")}">'
+                     f'{esc(f["verdict"])}</span>{why}<br>{esc(f["text"])}</li>')
+    return "\n".join(parts + ["</ol>"])
 
 
 def experiment_section(experiment: Experiment, summary: dict) -> str:
@@ -451,11 +479,11 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
     models = ", ".join(map(str, cfg.get("models", []))) or DASH
     title = f"knowloc study report — {models}"
 
-    toc = [("config", "Configuration &amp; environment")]
+    toc = [("findings", "Findings")]
     toc += [(e.name, esc(e.heading)) for e in experiments]
     if figures["other"]:
         toc.append(("other-figures", "Other figures"))
-    toc.append(("facts", "Per-fact drill-down"))
+    toc += [("facts", "Per-fact drill-down"), ("config", "Configuration &amp; environment")]
 
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="muted">Data {esc(cfg.get("data", DASH))} · methods '
@@ -464,8 +492,7 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
             f'{esc(cfg.get("seed", DASH))}</p>',
             '<nav class="toc"><b>Contents</b><ol>'
             + "".join(f'<li><a href="#{sid}">{label}</a></li>' for sid, label in toc) + "</ol></nav>",
-            '<section id="config"><h2>Configuration &amp; environment</h2>', config_section(summary, env),
-            "</section>"]
+            '<section id="findings"><h2>Findings</h2>', findings_section(summary), "</section>"]
     for experiment in experiments:
         sid = experiment.name
         body.append(f'<section id="{esc(sid)}"><h2>{esc(experiment.heading)}</h2>')
@@ -480,7 +507,9 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
         body.append("</section>")
     if figures["other"]:
         body += ['<section id="other-figures"><h2>Other figures</h2>', _figures_html(figures["other"]), "</section>"]
-    body += ['<section id="facts"><h2>Per-fact drill-down</h2>', facts_section(out_dir, summary), "</section>"]
+    body += ['<section id="facts"><h2>Per-fact drill-down</h2>', facts_section(out_dir, summary), "</section>",
+             '<section id="config"><h2>Configuration &amp; environment</h2>', config_section(summary, env),
+             "</section>"]
 
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'

@@ -23,6 +23,8 @@ from knowloc.fileio import atomic_write
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.executors import make_executor
+from knowloc.study.findings import findings
+from knowloc.study.findings import markdown as findings_markdown
 from knowloc.study.groups import save_groups
 from knowloc.study.registry import Experiment, run_order
 from knowloc.study.store import Store
@@ -207,14 +209,16 @@ def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]],
                 f"Methods {', '.join(cfg.methods)}; steps {cfg.steps}; KN threshold {cfg.threshold} x max; "
                 f"seed {cfg.seed}. Facts known in >= {cfg.min_known} paraphrases: "
                 + ", ".join(f"{m}: {n}" for m, n in summary["facts"].items()), ""]
+    body: list[str] = []
     for experiment, section in sections:
         summary.update(section.summary)
         for name, rows in section.tables.items():
             if rows:
                 atomic_write(ctx.out / "tables" / f"{name}.csv", _csv(rows))
-        markdown += section_markdown(experiment, section.summary)
-        markdown += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
-    text = "\n".join(markdown)
+        body += section_markdown(experiment, section.summary)
+        body += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
+    summary["findings"] = findings(strict_json(summary))
+    text = "\n".join(markdown + findings_markdown(summary["findings"]) + body)
     atomic_write(ctx.out / "summary.md", text)
     path = ctx.out / "summary.json"
     atomic_write(path, json.dumps(strict_json(summary), indent=2, sort_keys=True, allow_nan=False))

@@ -11,12 +11,12 @@ method, steps and KN threshold (:mod:`knowloc.analysis.specificity` has the form
 For a fact of relation R, a neuron is *non-specific* when its KN frequency exceeds `--specificity F` on the
 neutral prompts or on the reference queries of the relations other than R (never R's own, so never the fact's
 own queries): it is a "knowledge neuron" of anything, or of every query format, not of this fact. Non-specific
-neurons are zeroed in every attribution map before any neuron set is selected from it (N_i, N_g, N_cap, CAS,
-the query-mapping sets, the attention experiment's KNs). `--specificity off` (F = 1) keeps the stored,
-unfiltered KN sets: the paper's behaviour.
+neurons are removed from every neuron set the study uses, after it is selected by its usual rule (N_i, N_g,
+N_cap, CAS, the query-mapping sets, the attention experiment's KNs). `--specificity off` (F = 1) removes
+nothing: the paper's behaviour.
 
-Every experiment reads its neuron sets through :func:`kn_lists`, :func:`kn_sets` and :func:`score_stack`, so
-the filter is applied in one place.
+Every experiment reads its neuron sets through :func:`kn_lists` / :func:`kn_sets`, or filters a selection it
+makes from :func:`score_stack` with :func:`remove_nonspecific`, so the filter is decided in one place.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from knowloc import attribution
-from knowloc.analysis import activation_ratio, kn_frequency, mask_scores, nonspecific_neurons, select_neurons
+from knowloc.analysis import activation_ratio, kn_frequency, nonspecific_neurons, select_neurons
 from knowloc.data import load_specificity_prompts
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import specificity_scatter
@@ -147,13 +147,20 @@ def _use_filter(ctx: StudyContext, filtered: bool | None) -> bool:
 
 def kn_lists(ctx: StudyContext, model: str, method: str, fact_id: str,
              filtered: bool | None = None) -> dict[int, list[tuple[int, int]]]:
-    """A fact's KN list per query in score order: the stored lists, or re-selected from the stored scores with
-    the non-specific neurons zeroed (``filtered``: default the study's setting; False: unfiltered)."""
+    """A fact's KN list per query in score order, as stored, with the non-specific neurons removed
+    (``filtered``: default the study's setting; False: the unfiltered lists)."""
+    lists = ctx.store.kn_lists(model, method, fact_id)
     if not _use_filter(ctx, filtered):
-        return ctx.store.kn_lists(model, method, fact_id)
+        return lists
+    return {q: remove_nonspecific(ctx, model, method, fact_id, kn) for q, kn in lists.items()}
+
+
+def remove_nonspecific(ctx: StudyContext, model: str, method: str, fact_id: str,
+                       neurons: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """A neuron set of a fact (any selection: N_i, N_g, CAS, ...) without the neurons that are non-specific for
+    the fact's relation, order kept; unchanged with --specificity off."""
     drop = excluded(ctx, model, method, _relation(ctx, model, fact_id))
-    return {q: select_neurons(mask_scores(scores, drop), threshold=ctx.config.threshold)
-            for q, scores in ctx.store.scores(model, method, fact_id).items()}
+    return [n for n in neurons if tuple(n) not in drop] if drop else list(neurons)
 
 
 def kn_sets(ctx: StudyContext, model: str, method: str,
@@ -169,11 +176,11 @@ def kn_sets(ctx: StudyContext, model: str, method: str,
 
 
 def score_stack(ctx: StudyContext, model: str, method: str, fact_id: str) -> tuple[list[int], torch.Tensor]:
-    """(query indices, attribution maps [n, L, N]) of a fact, non-specific neurons zeroed when filtering."""
+    """(query indices, the stored attribution maps [n, L, N]) of a fact; selections made from them go through
+    :func:`remove_nonspecific`."""
     tensors = ctx.store.scores(model, method, fact_id)
     queries = sorted(tensors)
-    stack = torch.stack([tensors[q] for q in queries])
-    return queries, mask_scores(stack, excluded(ctx, model, method, _relation(ctx, model, fact_id)))
+    return queries, torch.stack([tensors[q] for q in queries])
 
 
 def fact_frequency(ctx: StudyContext, model: str, method: str, shape: tuple[int, int]

@@ -18,7 +18,7 @@ from knowloc.attention import (attention_rows, knowledge_synapses, related_and_i
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import activation_heatmaps, grouped_bars
 from knowloc.study import specificity as spec
-from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
+from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
 from knowloc.study.registry import Cost, Experiment, register
 from knowloc.study.groups import fact_scores, grouped_trials, groups
 from knowloc.study.tables import Column, Table
@@ -101,7 +101,13 @@ def summarize(ctx: StudyContext) -> Section:
                                                    synapses=synapses, alpha=alpha)
                     row.update({"n": n, metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
                 rows.append(row)
-    section = Section(summary={"attention": rows}, tables={"attention": rows})
+    contrasts = [{"model": model, "method": method, "group": group, "alpha": alpha, "metric": metric,
+                  **paired_contrast(fact_trials, metric, {"synapses": "related", "alpha": alpha},
+                                    {"synapses": "irrelevant", "alpha": alpha}, cfg.n_boot, cfg.seed)}
+                 for model, method, group, fact_trials in grouped_trials(ctx, "attention")
+                 for alpha in ALPHAS for metric in ("dkn_activation", "dprob")]
+    section = Section(summary={"attention": rows, "attention_contrasts": contrasts},
+                      tables={"attention": rows, "attention_contrasts": contrasts})
     for model in cfg.models:
         for method in cfg.methods:
             for alpha in ALPHAS:
@@ -171,12 +177,17 @@ def heatmaps(ctx: StudyContext) -> list:
 EXPERIMENT = register(Experiment(
     name="attention", question="does attention to the subject (knowledge synapses) select the KNs?",
     heading="Attention (knowledge synapses)", summarize=summarize, fact_work=fact_work, finalize=finalize,
-    summary_keys=("attention",), settings=("attention_k", "attention_layers", "attention_renormalize"),
+    summary_keys=("attention", "attention_contrasts"), settings=("attention_k", "attention_layers", "attention_renormalize"),
     intro="Knowledge synapses (high-attention entries at the last prompt position) whose key position is the "
           "subject (related) or a matched random control (irrelevant) are scaled by alpha; measured are the change "
           "of the query's KN activations and of P(gold) (mean over facts, 95% CI).",
     tables=(Table("attention", columns=(
         Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
         Column("synapses", "synapses"), Column("alpha", "alpha", "num", 2), Column("n", "n", "int"),
-        Column("d KN activation", "dkn_activation", "ci", 3, True), Column("dP(gold)", "dprob", "ci", 3, True))),),
+        Column("d KN activation", "dkn_activation", "ci", 3, True), Column("dP(gold)", "dprob", "ci", 3, True))),
+        Table("attention_contrasts", title="Subject-related minus irrelevant synapses (paired within facts)", columns=(
+            Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
+            Column("alpha", "alpha", "num", 2), Column("measure", "metric"), Column("n", "n", "int"),
+            Column("related - irrelevant [95% CI]", "diff", "ci", 3, True, "ci_low", "ci_high"),
+            Column("", "beyond_ci", "star")))),
     figures=("attention_",), cost=lambda config, n: Cost(forwards=10 * n)))

@@ -10,6 +10,8 @@ N_g cut to the |CAS| strongest neurons; N_g ranks neurons by their best per-quer
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -32,15 +34,17 @@ def _normalised(stack: torch.Tensor) -> torch.Tensor:
     return stack / peaks.view(-1, 1, 1)
 
 
-def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: list[int]) -> dict[str, dict]:
-    """{budget: {selection: neurons}} for editing query `edited`, with CAS and N_g built from `members`."""
+def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: list[int],
+               keep=lambda neurons: neurons) -> dict[str, dict]:
+    """{budget: {selection: neurons}} for editing query `edited`, with CAS and N_g built from `members`; `keep`
+    filters each selection (the specificity filter) before the matched budget is taken."""
     cfg = ctx.config
     sub = stack[members]
-    cas = cas_select(sub, cfg.cas_threshold, cfg.cas_beta1, cfg.cas_beta2, cfg.cas_top_k)
-    own = select_neurons(stack[edited], cfg.threshold)
+    cas = keep(cas_select(sub, cfg.cas_threshold, cfg.cas_beta1, cfg.cas_beta2, cfg.cas_top_k))
+    own = keep(select_neurons(stack[edited], cfg.threshold))
     union_scores = _normalised(sub).amax(dim=0)
-    union = sorted({n for m in members for n in select_neurons(stack[m], cfg.threshold)},
-                   key=lambda n: (-float(union_scores[n]), n))
+    union = keep(sorted({n for m in members for n in select_neurons(stack[m], cfg.threshold)},
+                        key=lambda n: (-float(union_scores[n]), n)))
     k = len(cas)
     return {"free": {"CAS": cas, "N_i": own, "N_g": union},
             "matched": {"CAS": cas, "N_i": own[:k], "N_g": union[:k]}}
@@ -55,7 +59,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
     rows = []
     for protocol, edited, members, held in plans:
-        for budget, chosen in selections(ctx, stack, edited, members).items():
+        keep = partial(spec.remove_nonspecific, ctx, model, method, fact.fact_id)
+        for budget, chosen in selections(ctx, stack, edited, members, keep).items():
             for selection, neurons in chosen.items():
                 if budget == "matched" and selection == "CAS":
                     continue  # identical to the free CAS trial

@@ -38,7 +38,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     queries, stack = spec.score_stack(ctx, model, method, fact.fact_id)
     rows = []
     for beta1, beta2, t in grid(ctx):
-        neurons = cas_select(stack, t, beta1, beta2, ctx.config.cas_top_k)
+        neurons = spec.remove_nonspecific(ctx, model, method, fact.fact_id,
+                                          cas_select(stack, t, beta1, beta2, ctx.config.cas_top_k))
         for operation in OPERATIONS:
             for q in queries:
                 row = {"beta1": beta1, "beta2": beta2, "t": t, "operation": operation, "edited": q,

@@ -10,10 +10,13 @@ filter applied). Trials are stored per (model, method, fact).
 
 from __future__ import annotations
 
+import numpy as np
+
+from knowloc.analysis import MIN_N, unpaired_bootstrap_diff
 from knowloc.editing import OPERATIONS
 from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
-from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
+from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, slug
 from knowloc.study.context import trial_key as _key
 from knowloc.study.registry import Cost, Experiment, register
 from knowloc.study.groups import groups
@@ -46,7 +49,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     trials = ctx.store.trials("modification")
-    section = Section(summary={"modification": [], "modification_counts": []})
+    section = Section(summary={"modification": [], "modification_counts": [], "modification_contrasts": []})
     for model in cfg.models:
         for method in cfg.methods:
             split = groups(ctx, model, method)
@@ -70,6 +73,11 @@ def summarize(ctx: StudyContext) -> Section:
                                 row["n"] = n
                         row.update(dlogppl_stats(fact_trials, cfg, operation=operation, neurons=neurons))
                         section.summary["modification"].append(row)
+                by_group = {g: [trials[_key(model, method, f.fact_id)] for f in facts if split[f.fact_id] == g]
+                            for g in ("K_C", "K_I")}
+                section.summary["modification_contrasts"].append(
+                    group_contrast(by_group, "gen", cfg, model=model, method=method, operation=operation,
+                                   neurons="N_i"))
     rows = section.summary["modification"]
     section.tables["modification"] = rows
     for model in cfg.models:
@@ -87,6 +95,21 @@ def summarize(ctx: StudyContext) -> Section:
     return section
 
 
+def group_contrast(by_group: dict[str, list[list[dict]]], metric: str, cfg, **match) -> dict:
+    """K_C minus K_I of a metric (each fact: the mean over its matching trials), with an unpaired bootstrap
+    interval over facts (none when a group has fewer than MIN_N facts)."""
+    keys = {k: v for k, v in match.items() if k not in ("model", "method")}
+    kc, ki = (fact_means(by_group[g], metric, **keys) for g in ("K_C", "K_I"))
+    kc, ki = kc[~np.isnan(kc)], ki[~np.isnan(ki)]
+    diff, lo, hi = unpaired_bootstrap_diff(kc, ki, n_boot=cfg.n_boot, seed=cfg.seed)
+    enough = min(kc.size, ki.size) >= MIN_N
+    if not enough:
+        lo = hi = float("nan")
+    return {**match, "metric": metric, "n_k_c": int(kc.size), "n_k_i": int(ki.size),
+            "k_c": float(kc.mean()) if kc.size else float("nan"), "k_i": float(ki.mean()) if ki.size else float("nan"),
+            "diff": diff, "ci_low": lo, "ci_high": hi, "beyond_ci": bool(enough and (lo > 0 or hi < 0))}
+
+
 def _notes(summary: dict) -> list[str]:
     return [f"N_cap empty for {c['n_cap_empty_facts']} of {c['n_facts']} facts ({c['model']}, {c['method']})."
             for c in summary.get("modification_counts", [])]
@@ -95,7 +118,7 @@ def _notes(summary: dict) -> list[str]:
 EXPERIMENT = register(Experiment(
     name="modification", question="erase / update N_i, N_g, N_cap: does editing a query's KNs generalize?",
     heading="Modification", summarize=summarize, fact_work=fact_work,
-    summary_keys=("modification", "modification_counts"),
+    summary_keys=("modification", "modification_counts", "modification_contrasts"),
     settings=("update_rule", "lambda1", "lambda2", "locality", "ppl_texts"),
     intro="Each neighbor query q_i's knowledge neurons are erased or updated with the neuron set N_i (its own "
           "KNs), N_g (union over the neighbors) or N_cap (intersection); Rel is measured on q_i, Gen on the other "
@@ -109,6 +132,12 @@ EXPERIMENT = register(Experiment(
             Column("n", "n", "int"), *edit_columns(),
             Column("dprob self", "dprob_self", "num", 2, signed=True),
             Column("dprob neighbors", "dprob_neighbors", "num", 2, signed=True))),
+        Table("modification_contrasts", title="Does editing a query's own KNs generalize less for K_I? Gen of N_i, "
+              "K_C minus K_I", columns=(
+                  Column("model", "model"), Column("method", "method"), Column("operation", "operation"),
+                  Column("Gen K_C", "k_c", "num", 2), Column("Gen K_I", "k_i", "num", 2),
+                  Column("facts K_C / K_I", "n_k_c", value=lambda r: f"{r['n_k_c']} / {r['n_k_i']}"),
+                  Column("K_C - K_I [95% CI]", "diff", "ci", 2, True, n_key="n_k_i"), Column("", "beyond_ci", "star"))),
         Table("modification_counts", title="Facts with an empty N_cap", columns=(
             Column("model", "model"), Column("method", "method"), Column("facts", "n_facts", "int"),
             Column("N_cap empty", "n_cap_empty_facts", "int")))),

@@ -18,7 +18,7 @@ from knowloc.analysis import relative_change
 from knowloc.models.hooks import hook_sites
 from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
-from knowloc.study.context import Section, StudyContext, fact_level_ci, slug
+from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
 from knowloc.study.registry import Cost, Experiment, register
 from knowloc.study.groups import grouped_trials
 from knowloc.study.tables import Column, Table
@@ -99,7 +99,13 @@ def summarize(ctx: StudyContext) -> Section:
                                                neurons=neurons, intervention=intervention)
                 rows.append({"model": model, "method": method, "group": group, "intervention": intervention,
                              "neurons": neurons, "n": n, "dprob": est, "ci_low": lo, "ci_high": hi})
-    section = Section(summary={"query_mapping": rows}, tables={"query_mapping": rows})
+    contrasts = [{"model": model, "method": method, "group": group, "intervention": intervention,
+                  **paired_contrast(fact_trials, "dprob", {"neurons": "own", "intervention": intervention},
+                                    {"neurons": "neighbor", "intervention": intervention}, cfg.n_boot, cfg.seed)}
+                 for model, method, group, fact_trials in grouped_trials(ctx, "query-mapping")
+                 for intervention in INTERVENTIONS]
+    section = Section(summary={"query_mapping": rows, "query_mapping_contrasts": contrasts},
+                      tables={"query_mapping": rows, "query_mapping_contrasts": contrasts})
     for model in cfg.models:
         for method in cfg.methods:
             for intervention in INTERVENTIONS:
@@ -115,12 +121,19 @@ def summarize(ctx: StudyContext) -> Section:
 
 EXPERIMENT = register(Experiment(
     name="query-mapping", question="do a query's own KNs matter more than a neighbor's (Query-KN mapping)?",
-    heading="Query-KN mapping", summarize=summarize, fact_work=fact_work, summary_keys=("query_mapping",),
+    heading="Query-KN mapping", summarize=summarize, fact_work=fact_work,
+    summary_keys=("query_mapping", "query_mapping_contrasts"),
     intro="Activations at q_i's last position are suppressed (x0) or enhanced (x2) on its own KNs, a neighbor "
           "query's KNs, their intersection, or a random control from the same layers; the value is the relative "
           "change of P(gold) on q_i (mean over facts, 95% CI).",
     tables=(Table("query_mapping", columns=(
         Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
         Column("intervention", "intervention"), Column("neurons", "neurons"), Column("n", "n", "int"),
-        Column("dP(gold) rel. [95% CI]", "dprob", "ci", 3, True, "ci_low", "ci_high"))),),
+        Column("dP(gold) rel. [95% CI]", "dprob", "ci", 3, True, "ci_low", "ci_high"))),
+        Table("query_mapping_contrasts", title="Own KNs minus a neighbor's KNs (paired within facts; negative under "
+              "suppression: the own KNs matter more)", columns=(
+                  Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
+                  Column("intervention", "intervention"), Column("n", "n", "int"),
+                  Column("own - neighbor dP(gold) [95% CI]", "diff", "ci", 3, True, "ci_low", "ci_high"),
+                  Column("", "beyond_ci", "star")))),
     figures=("query_mapping_",), cost=lambda config, n: Cost(forwards=n)))
