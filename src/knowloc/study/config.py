@@ -34,7 +34,7 @@ LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai"}
 # Default lambda2 of each update rule (lambda2 = None in a config means the rule's default). dai / signed add
 # lambda2 * E(o'), as Dai et al. (8); calibrated adds lambda2 * |v_n| in the unit direction of E(o'), chosen by
 # the update-sweep frontier on SmolLM2-135M (docs/editing.md).
-RULE_LAMBDA2 = {"dai": 8.0, "signed": 8.0, "calibrated": 2.0}
+RULE_LAMBDA2 = {"dai": 8.0, "signed": 8.0, "calibrated": 1.0}
 # Default specificity threshold F, chosen by measurement on SmolLM2-135M (docs/editing.md)
 DEFAULT_SPECIFICITY = 0.1
 
@@ -85,7 +85,7 @@ class StudyConfig:
     update_rule: str = setting("calibrated", help=f"update rule: {', '.join(UPDATE_RULES)} (docs/editing.md)")
     lambda1: float = setting(1.0, help="update: weight of the old object's direction")
     lambda2: float | None = setting(None, help="update: weight of the new object's direction (default: the "
-                                    "rule's, dai / signed 8, calibrated 2)")
+                                    "rule's, dai / signed 8, calibrated 1)")
     locality: int = setting(10, help="locality prompts per fact")
     ppl_texts: int = setting(5, help="neutral sentences for dlogPPL")
     attention_k: int = setting(3, help="knowledge synapses: top-k attention weights per (layer, head) row")
