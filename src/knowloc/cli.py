@@ -24,18 +24,20 @@ from knowloc import __version__
 from knowloc.attribution import attribute
 from knowloc.attribution.bench import run_attribution_benchmark
 from knowloc.attribution.methods import MethodConfig
-from knowloc.data import download_pararel, load_facts
+from knowloc.data import download_pararel, load_facts, load_specificity_prompts
 from knowloc.data.filtering import probe_facts
 from knowloc.demo import run_demo
 from knowloc.errors import KnowlocError
 from knowloc.models import REGISTRY as FAMILIES
 from knowloc.models import builtin_names, load_model
+from knowloc.models.neuron import activation_stats, describe_neurons
 from knowloc.process import tune_allocator
 from knowloc.report.html import build_report
 from knowloc.study.config import LIST_FIELDS, StudyConfig
 from knowloc.study.plan import print_plan
 from knowloc.study.registry import REGISTRY as EXPERIMENTS
 from knowloc.study.runner import run_study
+from knowloc.study.store import Store
 
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="built-in name, .gguf path, HF directory or hub id")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -163,6 +165,90 @@ def localize(prompt: str = typer.Option(..., help="the query prompt, without the
         typer.echo(f"  L{l:<3} #{i:<6} {s:.6g}")
 
 
+def _parse_neuron(text: str) -> tuple[int, int]:
+    try:
+        layer, index = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise KnowlocError(f"a neuron is LAYER:INDEX, e.g. 29:1197, got {text!r}") from None
+    return layer, index
+
+
+def _study_neuron(directory: Path, layer: int, index: int) -> dict:
+    """Where a neuron is a knowledge neuron in a finished study: per model and method, the queries whose
+    stored (unfiltered) and used (filtered) KN lists hold it, by relation, with example facts."""
+    if not (directory / "results.sqlite").is_file():
+        raise KnowlocError(f"{directory} is not a study directory (no results.sqlite)")
+    store = Store(directory / "results.sqlite", readonly=True)
+    out: dict = {}
+    try:
+        for model in store.probed_models():
+            relation_of = {row["fact_id"]: (row["relation"], row["subject"], row["object"])
+                           for row in store.probe(model)}
+            for method in sorted({m for (m,) in store.db.execute(
+                    "SELECT DISTINCT method FROM attributions WHERE model = ?", (model,))}):
+                raw = store.kn_lists_all(model, method)
+                used = store.groups(model, method)
+                by_relation: dict[str, dict] = {}
+                facts = []
+                for fid, lists in raw.items():
+                    rel = relation_of.get(fid, ("?", "?", "?"))[0]
+                    entry = by_relation.setdefault(rel, {"queries": 0, "kn_raw": 0, "kn_used": 0})
+                    entry["queries"] += len(lists)
+                    hits = sum((layer, index) in kn for kn in lists.values())
+                    used_hits = sum((layer, index) in kn for kn in used.get(fid, {}).get("kn", {}).values())
+                    entry["kn_raw"] += hits
+                    entry["kn_used"] += used_hits
+                    if hits:
+                        facts.append({"fact_id": fid, "relation": rel, "subject": relation_of[fid][1],
+                                      "object": relation_of[fid][2], "queries": hits, "used": used_hits})
+                out[f"{model} {method}"] = {"by_relation": by_relation, "facts": facts}
+    finally:
+        store.close()
+    return out
+
+
+def neuron(neurons: list[str] = typer.Argument(..., help="one or more LAYER:INDEX, e.g. 29:1197"),
+           model: str = ModelOpt, top: int = typer.Option(10, min=1, help="tokens listed each way"),
+           study: Optional[Path] = typer.Option(None, help="a study directory: where the neuron is a KN"),
+           as_json: bool = typer.Option(False, "--json"), device: Optional[str] = DeviceOpt,
+           dtype: Optional[str] = DtypeOpt) -> None:
+    """What a neuron is: the tokens its value vector promotes and suppresses (through the final norm and the
+    unembedding), its activations on fact-free prompts, and (--study) the facts whose KN sets hold it."""
+    parsed = [_parse_neuron(text) for text in neurons]
+    lm = load_model(model, device=device, dtype=dtype)
+    for layer, index in parsed:
+        if not (0 <= layer < lm.n_layers and 0 <= index < lm.n_neurons):
+            raise KnowlocError(f"neuron {layer}:{index} is outside {model} ({lm.n_layers} layers x "
+                               f"{lm.n_neurons} neurons)")
+    described = describe_neurons(lm, parsed, k=top)
+    prompts = load_specificity_prompts()
+    results = []
+    for item, (layer, index) in zip(described, parsed):
+        item["activation"] = activation_stats(lm, layer, index, prompts)
+        if study is not None:
+            item["study"] = _study_neuron(study, layer, index)
+        results.append(item)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "neurons": results}, indent=2))
+        return
+    for item in results:
+        a = item["activation"]
+        typer.echo(f"L{item['layer']}#{item['index']} ({model})")
+        typer.echo("  promotes:   " + ", ".join(f"{t!r} {v:+.2f}" for t, v in item["promoted"]))
+        typer.echo("  suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in item["suppressed"]))
+        typer.echo(f"  activation at the last position of {a['n_prompts']} fact-free prompts: mean {a['mean']:+.3f}, "
+                   f"std {a['std']:.3f}, range [{a['min']:+.3f}, {a['max']:+.3f}], positive {a['positive']:.0%}, "
+                   f"|a| / layer median {a['ratio_to_layer_median']:.1f}")
+        for key, where in item.get("study", {}).items():
+            parts = ", ".join(f"{rel} {v['kn_raw']}/{v['queries']}" + (f" (used {v['kn_used']})" if v["kn_used"]
+                                                                          != v["kn_raw"] else "")
+                              for rel, v in sorted(where["by_relation"].items()))
+            typer.echo(f"  in {key}: KN of queries per relation {parts}")
+            for fact in where["facts"][:10]:
+                typer.echo(f"    {fact['fact_id']}: {fact['subject']} -[{fact['relation']}]-> {fact['object']} "
+                           f"({fact['queries']} queries)")
+
+
 def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), method: str = typer.Option("ig"),
                       repeats: int = typer.Option(5, min=1, help="timed runs of each engine (median)"),
                       queries: int = typer.Option(1, min=1, help="built-in queries to time"),
@@ -284,6 +370,7 @@ def build_app() -> typer.Typer:
     app.command()(models)
     app.command()(probe)
     app.command()(localize)
+    app.command()(neuron)
     bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.",
                             context_settings=CONTEXT, rich_markup_mode=None)
     bench_app.command("attribution")(bench_attribution)
