@@ -76,6 +76,36 @@ def test_report_has_every_section(study, report):
         assert text in report
 
 
+def test_findings_come_first_and_configuration_last(study, report):
+    """Each question of the paper is answered with its number and a CI or a reason, before any table."""
+    summary = json.loads((study / "summary.json").read_text())
+    assert report.index('<section id="findings"><h2>Findings</h2>') < report.index("<table")
+    assert report.index('<section id="config">') > report.index('<section id="facts">')
+    findings = report.split('<section id="findings">')[1].split("</section>")[0]
+    assert findings.count("<li>") == len(summary["findings"]) == 6
+    for item in summary["findings"]:
+        assert html.escape(item["question"]) in findings
+        assert item["verdict"] in ("supports", "contradicts", "cannot decide", "mixed", "not run")
+        if item["verdict"] == "not run":
+            assert "Not measured" in item["text"]
+        else:  # a number with an interval or n, or the reason it cannot decide
+            assert re.search(r"\d", item["text"]) and ("[" in item["text"] or "n " in item["text"]
+                                                        or "facts" in item["text"] or item["reason"])
+            if item["verdict"] in ("cannot decide", "mixed"):
+                assert item["reason"]
+    md = (study / "summary.md").read_text()
+    assert md.index("## Findings") < md.index("|")
+
+
+def test_heatmap_neurons_are_described(study, report):
+    section = report.split('<section id="figure-neurons">')[1].split("</section>")[0]
+    summary = json.loads((study / "summary.json").read_text())
+    assert summary["kn_heatmap_neurons"]
+    for r in summary["kn_heatmap_neurons"]:
+        assert f"L{r['layer']}#{r['index']}" in section
+    assert section.count("<tr>") >= len(summary["kn_heatmap_neurons"])
+
+
 def test_every_figure_is_embedded(study, report):
     pngs = sorted((study / "figures").glob("*.png"))
     assert len(pngs) >= 5
@@ -129,8 +159,9 @@ def test_drill_down_lists_every_studied_fact(study, report):
         for prompt in fact.prompts:
             assert html.escape(prompt) in block
         assert "model&#x27;s top-3" in block and block.count("&#x27;") >= 6  # top-3 tokens of every paraphrase
+        assert '<span title="promotes ' in block  # every KN says what its value vector writes
         first = used[fact.fact_id][0][:3]
-        assert ", ".join(f"L{l}#{i}" for l, i in first) in block
+        assert all(f"L{l}#{i}</span>" in block for l, i in first)
 
 
 def test_rebuild_is_deterministic(study, report):
@@ -268,3 +299,12 @@ def test_renders_in_headless_chromium(study, report, tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("chromium did not finish within 120 s")
     assert shot.exists() and shot.stat().st_size > 10_000
+    # the findings section as Chromium renders it: every question, with a verdict
+    text_dump = tmp_path / "dump.html"
+    dom = subprocess.run([*cmd[:-3], "--dump-dom", (study / "report.html").resolve().as_uri()],
+                         capture_output=True, timeout=120, check=False, text=True).stdout
+    text_dump.write_text(dom)
+    rendered = html.unescape(dom.split('<section id="findings">')[1].split("</section>")[0])
+    summary = json.loads((study / "summary.json").read_text())
+    for item in summary["findings"]:
+        assert item["question"] in rendered and item["verdict"] in rendered

@@ -324,18 +324,63 @@ def config_section(summary: dict, environment: dict) -> str:
 # --------------------------------------------------------------------------- per-fact drill-down
 
 
-def _kn_table(rows: list[dict]) -> str:
+def _kn_table(rows: list[dict], descriptions: dict) -> str:
     """The drill-down's KN lists: like :func:`render_table`, with the neuron list truncated to KN_SHOWN."""
     head = "".join(f"<th>{h}</th>" for h in ("query", "prompt", "|KN|", "knowledge neurons"))
     body = "".join(f'<tr><td>{esc(r["q"])}</td><td class="wrap">{esc(r["prompt"])}</td><td class="num">{r["n"]}'
-                   f'</td><td class="wrap">{_kn_text(r["neurons"])}</td></tr>' for r in rows)
+                   f'</td><td class="wrap">{_kn_text(r["neurons"], descriptions)}</td></tr>' for r in rows)
     return f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def _kn_text(neurons: list) -> str:
-    shown = ", ".join(f"L{l}#{i}" for l, i in neurons[:KN_SHOWN])
+def _describe(description: dict | None, k: int = 5) -> str:
+    if not description:
+        return ""
+    return ("promotes " + ", ".join(repr(t) for t, _ in description["promoted"][:k]) + "; suppresses "
+            + ", ".join(repr(t) for t, _ in description["suppressed"][:k]))
+
+
+def _kn_text(neurons: list, descriptions: dict | None = None) -> str:
+    """A KN list, each neuron with what its value vector writes as a hover title (when the study stored it)."""
+    descriptions = descriptions or {}
+    spans = []
+    for l, i in neurons[:KN_SHOWN]:
+        title = _describe(descriptions.get((l, i)))
+        spans.append(f'<span title="{esc(title)}">L{l}#{i}</span>' if title else f"L{l}#{i}")
     more = f" &hellip; (+{len(neurons) - KN_SHOWN} more)" if len(neurons) > KN_SHOWN else ""
-    return f'<span class="kn">{esc(shown) if shown else "(empty)"}{more}</span>'
+    return f'<span class="kn">{", ".join(spans) if spans else "(empty)"}{more}</span>'
+
+
+def figure_neurons_section(out_dir: Path, summary: dict) -> str:
+    """The neurons drawn in the heatmaps, with the tokens their value vectors promote and suppress."""
+    db = out_dir / "results.sqlite"
+    if not db.is_file():
+        return ""
+    store = Store(db)
+    rows = []
+    try:
+        described: dict[str, dict] = {}
+        for r in summary.get("kn_heatmap_neurons", []):
+            described.setdefault(r["model"], store.neuron_descriptions(r["model"]))
+            rows.append({"figure": f"kn_heatmap_{r['group']}", "fact": r["fact_id"], **r})
+        for key, examples in store.trials("attention-heatmap").items():
+            described.setdefault(key, store.neuron_descriptions(key))
+            for ex in examples:
+                rows += [{"figure": f"attention_heatmap_{ex['group']}", "fact": ex["subject"], "model": key,
+                          "layer": l, "index": i} for l, i in ex["neurons"]]
+    finally:
+        store.close()
+    if not rows:
+        return ""
+    for r in rows:
+        d = described.get(r["model"], {}).get((r["layer"], r["index"]))
+        r["promoted"] = ", ".join(repr(t) for t, _ in d["promoted"][:6]) if d else DASH
+        r["suppressed"] = ", ".join(repr(t) for t, _ in d["suppressed"][:6]) if d else DASH
+    return ('<p class="muted">What each neuron of the heatmaps writes to the vocabulary: the tokens its value '
+            "vector promotes and suppresses through the final norm and the unembedding (`knowloc neuron` prints "
+            "more).</p>" + render_table(rows, [
+                Column("figure", "figure"), Column("fact", "fact"),
+                Column("neuron", "layer", value=lambda r: f"L{r['layer']}#{r['index']}"),
+                Column("promotes", "promoted", wrap=True), Column("suppresses", "suppressed", wrap=True)]))
 
 
 def _fallback_groups(cs: dict[str, float], cfg: dict) -> dict[str, str]:
@@ -384,6 +429,7 @@ def facts_section(out_dir: Path, summary: dict) -> str:
             probes = store.probe(model)
             facts = select_facts(probes, int(cfg.get("min_known", 2)), cfg.get("facts"), int(cfg.get("seed", 0)))
             probe_of = {row["fact_id"]: row for row in probes}
+            descriptions = store.neuron_descriptions(model)
             per_method = {}
             for method in methods:
                 per_method[method], again = _method_view(store, model, method, facts, cfg, score)
@@ -392,7 +438,8 @@ def facts_section(out_dir: Path, summary: dict) -> str:
             if not facts:
                 parts.append('<p class="muted">No fact is known in enough paraphrases.</p>')
             for fact in facts:
-                parts.append(_fact_html(store, model, methods, fact, probe_of.get(fact.fact_id), per_method, score))
+                parts.append(_fact_html(model, methods, fact, probe_of.get(fact.fact_id), per_method, score,
+                                        descriptions))
     finally:
         store.close()
     intro = (f"<p>Every studied fact: its paraphrases (q<sub>i</sub> numbers the answered ones, the neighbor "
@@ -405,8 +452,8 @@ def facts_section(out_dir: Path, summary: dict) -> str:
     return "\n".join([intro] + parts)
 
 
-def _fact_html(store, model: str, methods: list[str], fact, probe: dict | None, per_method: dict,
-               score: str) -> str:
+def _fact_html(model: str, methods: list[str], fact, probe: dict | None, per_method: dict, score: str,
+               descriptions: dict) -> str:
     badges = []
     for method in methods:
         view = per_method[method].get(fact.fact_id, {})
@@ -450,7 +497,7 @@ def _fact_html(store, model: str, methods: list[str], fact, probe: dict | None, 
             continue
         kn_rows = [{"q": f"q{q}", "prompt": fact.prompts[q] if q < len(fact.prompts) else DASH,
                     "n": len(neurons), "neurons": neurons} for q, neurons in sorted(kn.items())]
-        body.append(_kn_table(kn_rows))
+        body.append(_kn_table(kn_rows, descriptions))
     return f'<details class="fact">{head}\n' + "\n".join(body) + "</details>"
 
 
@@ -483,6 +530,9 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
     toc += [(e.name, esc(e.heading)) for e in experiments]
     if figures["other"]:
         toc.append(("other-figures", "Other figures"))
+    neuron_table = figure_neurons_section(out_dir, summary)
+    if neuron_table:
+        toc.append(("figure-neurons", "Neurons in the heatmaps"))
     toc += [("facts", "Per-fact drill-down"), ("config", "Configuration &amp; environment")]
 
     body = [f"<h1>{esc(title)}</h1>",
@@ -507,6 +557,8 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
         body.append("</section>")
     if figures["other"]:
         body += ['<section id="other-figures"><h2>Other figures</h2>', _figures_html(figures["other"]), "</section>"]
+    if neuron_table:
+        body += ['<section id="figure-neurons"><h2>Neurons in the heatmaps</h2>', neuron_table, "</section>"]
     body += ['<section id="facts"><h2>Per-fact drill-down</h2>', facts_section(out_dir, summary), "</section>",
              '<section id="config"><h2>Configuration &amp; environment</h2>', config_section(summary, env),
              "</section>"]

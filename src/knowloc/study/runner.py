@@ -20,6 +20,7 @@ from knowloc.data import load_facts
 from knowloc.data.filtering import probe_facts
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
+from knowloc.models.neuron import describe_neurons
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.executors import make_executor
@@ -156,6 +157,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
                 if experiment.finalize is not None:
                     experiment.finalize(ctx, model)
         save_groups(ctx)
+        describe_used_neurons(ctx)
         experiments = run_order(config.experiments)
         sections = [(experiment, experiment.summarize(ctx)) for experiment in experiments]
         summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
@@ -200,6 +202,22 @@ def section_markdown(experiment: Experiment, summary: dict) -> list[str]:
     if experiment.notes is not None:
         lines += [*experiment.notes(summary), ""]
     return lines
+
+
+def describe_used_neurons(ctx: StudyContext, k: int = 8) -> None:
+    """Store what every neuron of the studied facts' KN lists (as the experiments used them) and of the
+    attention heatmaps writes to the vocabulary (knowloc.models.neuron), for the report; each neuron once."""
+    for model in ctx.config.models:
+        wanted: set[tuple[int, int]] = set()
+        for method in ctx.config.methods:
+            for row in ctx.store.groups(model, method).values():
+                for kn in row["kn"].values():
+                    wanted.update(tuple(n) for n in kn)
+        for examples in ctx.store.trials("attention-heatmap").values():
+            wanted.update(tuple(n) for ex in examples for n in ex["neurons"])
+        missing = sorted(wanted - ctx.store.described_neurons(model))
+        if missing:
+            ctx.store.save_neuron_descriptions(model, describe_neurons(ctx.model(model), missing, k=k))
 
 
 def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]], wall_s: float) -> Path:

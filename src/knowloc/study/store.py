@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS trials (
 CREATE TABLE IF NOT EXISTS groups (
     model TEXT NOT NULL, method TEXT NOT NULL, fact_id TEXT NOT NULL, cs1 REAL, cs2 REAL, csp REAL, grp TEXT,
     kn TEXT NOT NULL, PRIMARY KEY (model, method, fact_id));
+CREATE TABLE IF NOT EXISTS neurons (
+    model TEXT NOT NULL, layer INTEGER NOT NULL, idx INTEGER NOT NULL, promoted TEXT NOT NULL,
+    suppressed TEXT NOT NULL, PRIMARY KEY (model, layer, idx));
 CREATE TABLE IF NOT EXISTS reference (
     model TEXT NOT NULL, method TEXT NOT NULL, ridx INTEGER NOT NULL, prompt TEXT NOT NULL, relation TEXT,
     token INTEGER NOT NULL, token_text TEXT NOT NULL, prob REAL NOT NULL, kn TEXT NOT NULL, activations BLOB NOT NULL,
@@ -199,6 +202,22 @@ class Store:
         return {f: {"cs1": a, "cs2": b, "csp": c, "group": g,
                     "kn": {int(q): [tuple(n) for n in v] for q, v in json.loads(kn).items()}}
                 for f, a, b, c, g, kn in cur.fetchall()}
+
+    # --- neuron descriptions (knowloc.models.neuron) ----------------------------------------------------------
+    def described_neurons(self, model: str) -> set[tuple[int, int]]:
+        return {(l, i) for l, i in self.db.execute("SELECT layer, idx FROM neurons WHERE model = ?", (model,))}
+
+    def save_neuron_descriptions(self, model: str, rows: list[dict]) -> None:
+        self._write("INSERT OR REPLACE INTO neurons VALUES (?, ?, ?, ?, ?)", [
+            (model, r["layer"], r["index"], json.dumps(r["promoted"]), json.dumps(r["suppressed"])) for r in rows])
+
+    def neuron_descriptions(self, model: str) -> dict[tuple[int, int], dict]:
+        """{(layer, index): {"promoted", "suppressed"}} of the neurons the study described."""
+        try:
+            cur = self.db.execute("SELECT layer, idx, promoted, suppressed FROM neurons WHERE model = ?", (model,))
+        except sqlite3.OperationalError:  # a read-only store written before the table existed
+            return {}
+        return {(l, i): {"promoted": json.loads(p), "suppressed": json.loads(s)} for l, i, p, s in cur.fetchall()}
 
     # --- experiment trials -------------------------------------------------------------------------------------
     def done_trials(self, experiment: str) -> set[str]:

@@ -114,17 +114,20 @@ def summarize(ctx: StudyContext) -> Section:
                     "k_i_fraction_all_methods": float(np.mean(complete))})
     section.tables["consistency"] = section.summary["consistency"]
     section.tables["consistency_relations"] = section.summary["consistency_relations"]
-    section.figures += heatmap_figures(ctx)
+    paths, shown = heatmap_figures(ctx)
+    section.figures += paths
+    section.summary["kn_heatmap_neurons"] = shown
     return section
 
 
-def heatmap_figures(ctx: StudyContext) -> list:
-    """Attribution heatmaps (layers x top neurons) of two neighbor queries of a K_C and of a K_I fact."""
-    paths = []
+def heatmap_figures(ctx: StudyContext) -> tuple[list, list[dict]]:
+    """Attribution heatmaps (layers x top neurons) of two neighbor queries of a K_C and of a K_I fact, and the
+    neurons they show ({model, method, group, fact_id, layer, index})."""
+    paths, shown = [], []
     model, method = ctx.config.models[0], ctx.config.methods[0]
     scores = fact_scores(ctx, model, method)
     if not scores:
-        return paths
+        return paths, shown
     split = groups(ctx, model, method)
     facts = {f.fact_id: f for f in ctx.facts[model]}
     for group in ("K_C", "K_I"):
@@ -138,6 +141,8 @@ def heatmap_figures(ctx: StudyContext) -> list:
         a, b = tensors[first], tensors[second]
         kn = spec.kn_lists(ctx, model, method, fid)
         neurons = list(dict.fromkeys(kn[first][:8] + kn[second][:8]))[:16]
+        shown += [{"model": model, "method": method, "group": group, "fact_id": fid, "layer": l, "index": i}
+                  for l, i in neurons]
         layers = sorted({l for l, _ in neurons})
         cols = [f"L{l}#{i}" for l, i in neurons]
         panels = []
@@ -150,7 +155,7 @@ def heatmap_figures(ctx: StudyContext) -> list:
         paths.append(activation_heatmaps(panels, ctx.figures_dir / f"kn_heatmap_{group}.png",
                                          f"{group} example: {facts[fid].subject} -> {facts[fid].object} "
                                          f"(CS={scores[fid]:.2f}, {method})"))
-    return paths
+    return paths, shown
 
 
 def _notes(summary: dict) -> list[str]:
@@ -161,7 +166,7 @@ def _notes(summary: dict) -> list[str]:
 EXPERIMENT = register(Experiment(
     name="consistency", question="do a fact's neighbor queries share knowledge neurons (K_C / K_I)?",
     heading="Consistency", summarize=summarize,
-    summary_keys=("consistency", "consistency_relations", "consistency_all_methods"),
+    summary_keys=("consistency", "consistency_relations", "consistency_all_methods", "kn_heatmap_neurons"),
     settings=("cs_score", "tau", "p", "split"),
     intro="Consistency score of each fact's knowledge-neuron sets across its neighbor queries (CS1, CS2, CS_p; "
           "docs/analysis.md); facts below the threshold are inconsistent knowledge K_I. The static threshold is "
