@@ -148,3 +148,31 @@ def test_a_study_is_tied_to_the_content_of_its_data(tmp_path, study_args, tiny_f
     with pytest.raises(KnowlocError, match=rf"holds a study of other facts .*fact {row['id']}: object 'Paris' -> 'Tokyo'"):
         run_study(StudyConfig(**{**args, "data": str(copy)}), echo=lambda _: None)
     assert json.loads((out / "summary.json").read_text())["consistency"] == first["consistency"]  # untouched
+
+
+def test_dry_run_counts_only_missing_units_and_writes_nothing(tmp_path, study_args, monkeypatch):
+    """The dry run reuses the stored probe and work (it estimates only what is missing), and --out stays as it
+    was; on a fresh directory it counts the units the real run then computes."""
+    from knowloc.study import plan
+
+    out = tmp_path / "dry"
+    args = study_args(out, experiments=["consistency", "modification"], facts=3, specificity_prompts=4)
+    fresh = plan.print_plan(StudyConfig(**args), echo=lambda _: None)
+    assert not out.exists()
+    counts = fresh["units"]["tiny-llama"]
+    assert counts["attribution"] > 0 and counts["reference"] > 0 and counts["modification"] == 3
+    assert fresh["estimated_s"] > 0
+    run_study(StudyConfig(**args), echo=lambda _: None)
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM attributions").fetchone()[0] == counts["attribution"]
+        assert db.execute("SELECT COUNT(*) FROM reference").fetchone()[0] == counts["reference"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    def no_probe(*_a, **_k):
+        raise AssertionError("probed again")
+    monkeypatch.setattr("knowloc.study.runner.probe_facts", no_probe)
+    again = plan.print_plan(StudyConfig(**args), echo=lambda _: None)
+    assert again["units"]["tiny-llama"] == {"reference": 0, "attribution": 0} and again["estimated_s"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    more = plan.print_plan(StudyConfig(**{**args, "facts": 5}), echo=lambda _: None)["units"]["tiny-llama"]
+    assert more["modification"] == 2 and more["attribution"] > 0  # only the two new facts

@@ -11,7 +11,7 @@ from knowloc.study.config import IDENTITY_KEYS, RUNTIME_KEYS, StudyConfig
 from knowloc.study.context import Section, fact_level_ci
 from knowloc.study.groups import grouped_trials
 from knowloc.study.plan import print_plan
-from knowloc.study.registry import REGISTRY, Cost, Experiment, register, unregister
+from knowloc.study.registry import REGISTRY, Experiment, register, unregister
 from knowloc.study.tables import Column, Table
 
 
@@ -35,8 +35,7 @@ TOY = Experiment(
     tables=(Table("toy_paraphrases", title="Paraphrases per group", columns=(
         Column("model", "model"), Column("group", "group", "group"), Column("n", "n", "int"),
         Column("answered paraphrases", "paraphrases", "ci")),),),
-    notes=lambda summary: [f"{len(summary['toy_paraphrases'])} toy rows."],
-    cost=lambda config, n_queries: Cost(forwards=n_queries))
+    notes=lambda summary: [f"{len(summary['toy_paraphrases'])} toy rows."])
 
 
 def test_a_registered_experiment_appears_everywhere(tmp_path, tiny_facts, capsys):
@@ -51,7 +50,7 @@ def test_a_registered_experiment_appears_everywhere(tmp_path, tiny_facts, capsys
         print_plan(StudyConfig(**{"models": ["tiny-llama"], "data": str(tiny_facts), "methods": ["ig"], "steps": 2,
                                   "candidates": True, "experiments": ["consistency", "toy"], "facts": 4,
                                   "out": str(tmp_path / "plan")}), echo=lines.append)
-        assert any(line.strip().startswith("toy: ~") for line in lines)
+        assert any(line.strip().startswith("toy: ") and "fact units missing" in line for line in lines)
         assert not (tmp_path / "plan").exists()
         out = tmp_path / "study"
         assert main(["study", *args, "--out", str(out)]) == 0

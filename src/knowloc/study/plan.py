@@ -1,86 +1,140 @@
-"""`knowloc study --dry-run`: what a study would do and roughly how long it would take, without running it.
+"""`knowloc study --dry-run`: what a study would do and how long it would take, without writing anything.
 
-The estimate times one attribution per method and one batched forward pass on the real model, then multiplies
-by the number of units each stage needs (facts the model knows come from a quick probe, or from the store of a
-study being resumed). It is a rough guide (+-50%), printed before anything is written.
+The dry run works on a temporary copy of the study's store (or an empty one), so it reuses whatever the real
+run would reuse: the stored probe (no probing when the model was probed before) and the stored attributions,
+reference attributions and trials. It counts the units still missing at each stage and times real units on
+this machine: one reference attribution and one query attribution per method, and one fact of every
+experiment (its `fact_work`, on a fact whose attributions are then in the temporary store). The estimate is
+the missing units times these times; with `--executor ray --workers N` the wall time is about that divided by
+N (one thread each). The copy is deleted at the end; `--out` is never touched.
+
+The timed experiment unit runs with the specificity filter off when the study has no reference attributions
+yet (computing them all would cost as much as the real run); filtered neuron sets start at later layers, so
+editing experiments then tend to be overestimated.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from knowloc.attribution import attribute
-from knowloc.data import load_facts, load_neutral_texts
-from knowloc.data.filtering import known_facts, probe_facts
-from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
-from knowloc.models import load_model
-from knowloc.models.scoring import next_token_distributions
+import torch
+
+from knowloc.data import load_facts
 from knowloc.study.config import StudyConfig
+from knowloc.study.context import StudyContext
 from knowloc.study.registry import run_order
+from knowloc.study.runner import probe_stage
+from knowloc.study.store import Store
+from knowloc.study.units import Unit, attribution_units, execute, experiment_units, reference_units, save
+
+
+def _timed(ctx: StudyContext, unit: Unit) -> float:
+    start = time.perf_counter()
+    save(ctx, unit, execute(ctx, unit))
+    return time.perf_counter() - start
+
+
+class _threads:
+    """Time units with the threads one worker will have (1 for a Ray worker; torch's default otherwise)."""
+
+    def __init__(self, config: StudyConfig):
+        self.n = 1 if config.executor == "ray" else None
+
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
 
 
 def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict:
-    """Print what a study would do and an estimated time (each experiment's registered cost per fact, times
-    one timed attribution, forward pass and edit on this machine); writes nothing. Returns {"estimated_s"}."""
+    """Print the plan and the estimated time (see the module docstring); writes nothing.
+
+    Returns:
+        ``{"estimated_s": CPU seconds of the missing work, "wall_s": the same over the workers, "units": {...}}``.
+    """
+    start_all = time.perf_counter()
     dataset = load_facts(config.data, relations=config.relations)
     echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} queries) from {config.data}, relations "
          f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "
          f"{', '.join(config.experiments)}; out {Path(config.out)}")
-    total = 0.0
-    for model in config.models:
-        start = time.perf_counter()
-        lm = load_model(model, device=config.device, dtype=config.dtype)
-        load_s = time.perf_counter() - start
-        start = time.perf_counter()
-        probes = probe_facts(lm, list(dataset), candidates=config.candidates, progress=False)
-        probe_s = time.perf_counter() - start
-        known = [(f, [q for q, p in zip(qs, next(pp for pp in probes if pp.fact.id == f.id).queries) if p.top1])
-                 for f, qs in known_facts(probes, config.min_known)]
-        if config.facts is not None:
-            known = known[: config.facts]
-        n_queries = sum(len(qs) for _, qs in known)
-        estimate = load_s + probe_s
-        lines = [f"{model}: load {load_s:.0f} s, probe {probe_s:.0f} s; {len(known)} facts known, {n_queries} queries"]
-        if known:
-            fact, queries = known[0]
-            for method in config.methods:
+    total, units_count = 0.0, {}
+    with tempfile.TemporaryDirectory(prefix="knowloc-plan-") as tmp, _threads(config):
+        stored = Path(config.out) / "results.sqlite"
+        if stored.is_file():
+            source = sqlite3.connect(f"file:{stored}?mode=ro", uri=True)
+            target = sqlite3.connect(Path(tmp) / "results.sqlite")
+            source.backup(target)  # a consistent copy, WAL included
+            source.close()
+            target.close()
+        cfg = replace(config, out=tmp, progress=False)
+        ctx = StudyContext(config=cfg, store=Store(Path(tmp) / "results.sqlite"), out=Path(tmp), echo=lambda _: None)
+        try:
+            for model in cfg.models:
                 start = time.perf_counter()
-                attribute(lm, queries[0], method=method, steps=config.steps)
-                per_query = time.perf_counter() - start
-                n_attr = n_queries + config.specificity_prompts  # the facts' queries and the reference prompts
-                estimate += per_query * n_attr
-                lines.append(f"  attribution {method}: {per_query:.2f} s/query x ({n_queries} queries + "
-                             f"{config.specificity_prompts} reference prompts) = {per_query * n_attr:.0f} s")
-            start = time.perf_counter()
-            next_token_distributions(lm, [q.text for q in queries] * 3)
-            forward = time.perf_counter() - start
-            edit = _edit_seconds(lm, config, [q.text for q in queries])
-            avg_q = round(n_queries / len(known))
-            for experiment in run_order(config.experiments):
-                if experiment.cost is None:
-                    continue
-                cost = experiment.cost(config, avg_q)
-                seconds = len(known) * len(config.methods) * (cost.forwards * forward + cost.edits * edit)
-                estimate += seconds
-                lines.append(f"  {experiment.name}: ~{seconds:.0f} s")
-        lines.append(f"  estimated total for {model}: ~{estimate / 60:.1f} min")
-        total += estimate
-        for line in lines:
-            echo(line)
-    echo(f"estimated total: ~{total / 60:.1f} min on {config.device or 'the default device'} "
-         f"(executor {config.executor}); nothing was written")
-    return {"estimated_s": total}
-
-
-def _edit_seconds(lm, config: StudyConfig, prompts: list[str]) -> float:
-    """Time of one editing trial (an erase in the middle layer: trials re-run the blocks from the lowest edited
-    layer up, so this is about the average cost)."""
-    texts = load_neutral_texts()[: config.ppl_texts]
-    locality = (prompts * config.locality)[: config.locality]
-    baseline = compute_baseline(lm, prompts, locality, texts)
-    trial = EditTrial(prompts, 0, "x", [(lm.n_layers // 2, 0)], "erase")
-    start = time.perf_counter()
-    evaluate_trial(lm, trial, baseline, locality, None, texts)
-    return time.perf_counter() - start
+                was_probed = ctx.store.has_probe(model)
+                probe_stage(ctx, model, dataset)
+                probe_s = time.perf_counter() - start
+                facts = ctx.facts[model]
+                lines = [f"{model}: {len(facts)} facts studied; "
+                         + ("probe stored" if was_probed else f"probe and model load {probe_s:.0f} s")]
+                if not was_probed:
+                    total += probe_s
+                estimate = 0.0
+                references = reference_units(ctx, model)
+                attributions = attribution_units(ctx, model)
+                for kind, pending in (("reference attributions", references), ("attributions", attributions)):
+                    for method in cfg.methods:
+                        mine = [u for u in pending if u.method == method]
+                        if not mine:
+                            continue
+                        per_unit = _timed(ctx, mine[0])
+                        estimate += per_unit * len(mine)
+                        lines.append(f"  {kind} {method}: {len(mine)} missing x {per_unit:.1f} s = "
+                                     f"{per_unit * len(mine):.0f} s")
+                units_count[model] = {"reference": len(references), "attribution": len(attributions)}
+                pending = experiment_units(ctx, model)
+                if pending and facts:
+                    fact = facts[0]
+                    # the timed fact needs its attributions (the first method's) in the temporary store
+                    for unit in attribution_units(ctx, model):
+                        if unit.fact_id == fact.fact_id:
+                            save(ctx, unit, execute(ctx, unit))
+                    timing_ctx = ctx
+                    if cfg.filtered and reference_units(ctx, model):
+                        timing_ctx = StudyContext(config=replace(cfg, specificity=1.0), store=ctx.store, out=ctx.out,
+                                                  echo=lambda _: None)
+                        timing_ctx.load_facts(model)
+                        timing_ctx._models = ctx._models
+                    for experiment in run_order(cfg.experiments):
+                        mine = [u for u in pending if u.kind == experiment.name]
+                        if not mine:
+                            continue
+                        unit = Unit(experiment.name, model, cfg.methods[0], fact.fact_id)
+                        begin = time.perf_counter()
+                        execute(timing_ctx, unit)
+                        per_unit = time.perf_counter() - begin
+                        estimate += per_unit * len(mine)
+                        units_count[model][experiment.name] = len(mine)
+                        lines.append(f"  {experiment.name}: {len(mine)} fact units missing x {per_unit:.1f} s = "
+                                     f"{per_unit * len(mine):.0f} s")
+                lines.append(f"  estimated for {model}: ~{estimate / 60:.1f} min of CPU")
+                total += estimate
+                for line in lines:
+                    echo(line)
+        finally:
+            ctx.store.close()
+    workers = config.workers if config.executor == "ray" else 1
+    wall = total / workers
+    echo(f"estimated total: ~{total / 60:.1f} min"
+         + (f" (about {wall / 60:.1f} min on {workers} Ray workers)" if workers > 1 else "")
+         + f" on {config.device or 'the default device'}; the dry run took {time.perf_counter() - start_all:.0f} s "
+         f"and wrote nothing")
+    return {"estimated_s": total, "wall_s": wall, "units": units_count}

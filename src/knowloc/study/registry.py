@@ -1,7 +1,7 @@
 """The experiment registry: one :class:`Experiment` spec per experiment, registered in one place.
 
 Everything that lists experiments is derived from here: the names `--experiments` accepts and its help text,
-the work units, the dry run's estimate, the sections and tables of summary.md and report.html. Adding an
+the work units, the dry run (which times one real unit of each experiment), the sections and tables of summary.md and report.html. Adding an
 experiment is one module that builds an :class:`Experiment` and calls :func:`register` (docs/extending.md).
 """
 
@@ -11,15 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from knowloc.study.tables import Table
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Per studied fact and method: batched forward passes and distinct weight edits (the dry run times one of
-    each on the real model and multiplies)."""
-
-    forwards: float = 0.0
-    edits: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +27,6 @@ class Experiment:
     summary_keys: the summary.json keys it writes (the first one marks it as run).
     tables: its results tables (rendered to summary.md and report.html); notes(summary) -> extra sentences.
     figures: file-name prefixes of its figures; heading / intro: its report section.
-    cost(config, n_queries) -> Cost: per fact and method, for the dry run.
     always: run in every study (not chosen by `--experiments`).
     """
 
@@ -52,7 +42,6 @@ class Experiment:
     notes: Callable[[dict], list[str]] | None = None
     figures: tuple[str, ...] = ()
     intro: str = ""
-    cost: Callable | None = None
     always: bool = False
 
 

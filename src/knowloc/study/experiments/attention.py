@@ -19,7 +19,7 @@ from knowloc.models.hooks import trace_activations
 from knowloc.plots import activation_heatmaps, grouped_bars
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
-from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import fact_scores, grouped_trials, groups
 from knowloc.study.tables import Column, Table
 
@@ -190,4 +190,4 @@ EXPERIMENT = register(Experiment(
             Column("alpha", "alpha", "num", 2), Column("measure", "metric"), Column("n", "n", "int"),
             Column("related - irrelevant [95% CI]", "diff", "ci", 3, True, "ci_low", "ci_high"),
             Column("", "beyond_ci", "star")))),
-    figures=("attention_",), cost=lambda config, n: Cost(forwards=10 * n)))
+    figures=("attention_",)))

@@ -21,7 +21,7 @@ from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key
-from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import groups
 from knowloc.study.tables import Column, Table, edit_columns
 
@@ -179,5 +179,4 @@ EXPERIMENT = register(Experiment(
             Column("group", "group", "group"), Column("selection", "selection"), Column("protocol", "protocol"),
             Column("budget", "budget"), Column("n", "n", "int"), Column("|S|", "n_neurons", "num", 1),
             *edit_columns()))),
-    figures=("cas_erase", "cas_update"),
-    cost=lambda config, n: Cost(edits=2 * (7 * n + 3))))
+    figures=("cas_erase", "cas_update")))

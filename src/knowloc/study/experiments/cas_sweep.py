@@ -20,7 +20,7 @@ from knowloc.editing import OPERATIONS
 from knowloc.plots import heatmap_grid
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
-from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import grouped_trials
 from knowloc.study.tables import Column, Table, edit_columns
 
@@ -121,6 +121,4 @@ EXPERIMENT = register(Experiment(
         Column("group", "group", "group"), Column("beta1", "beta1", "num", 2), Column("beta2", "beta2", "num", 2),
         Column("t", "t", "num", 2), Column("n", "n", "int"), Column("n_empty", "n_empty", "int"),
         Column("|S|", "n_neurons", "ci", 1), *edit_columns())),),
-    notes=_notes, figures=("cas_sweep_",),
-    cost=lambda config, n: Cost(edits=2 * len(config.cas_sweep_beta1) * len(config.cas_sweep_beta2)
-                                * len(config.cas_sweep_thresholds))))
+    notes=_notes, figures=("cas_sweep_",)))

@@ -18,7 +18,7 @@ from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, slug
 from knowloc.study.context import trial_key as _key
-from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import groups
 from knowloc.study.tables import Column, Table, edit_columns
 
@@ -141,5 +141,4 @@ EXPERIMENT = register(Experiment(
         Table("modification_counts", title="Facts with an empty N_cap", columns=(
             Column("model", "model"), Column("method", "method"), Column("facts", "n_facts", "int"),
             Column("N_cap empty", "n_cap_empty_facts", "int")))),
-    notes=_notes, figures=("modification_",),
-    cost=lambda config, n: Cost(edits=2 * (n + 2))))
+    notes=_notes, figures=("modification_",)))

@@ -19,7 +19,7 @@ from knowloc.models.hooks import hook_sites
 from knowloc.plots import grouped_bars
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
-from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import grouped_trials
 from knowloc.study.tables import Column, Table
 
@@ -136,4 +136,4 @@ EXPERIMENT = register(Experiment(
                   Column("intervention", "intervention"), Column("n", "n", "int"),
                   Column("own - neighbor dP(gold) [95% CI]", "diff", "ci", 3, True, "ci_low", "ci_high"),
                   Column("", "beyond_ci", "star")))),
-    figures=("query_mapping_",), cost=lambda config, n: Cost(forwards=n)))
+    figures=("query_mapping_",)))

@@ -19,7 +19,7 @@ import random
 from knowloc.plots import frontier_plot
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
-from knowloc.study.registry import Cost, Experiment, register
+from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import grouped_trials
 from knowloc.study.tables import Column, Table, edit_columns, missing
 
@@ -133,6 +133,4 @@ EXPERIMENT = register(Experiment(
             Column("model", "model"), Column("method", "method"), Column("rule", "rule"),
             Column("lambda2", "lambda2", "num", 2), Column("group", "group", "group"), Column("n", "n", "int"),
             *edit_columns()))),
-    figures=("update_frontier_",),
-    cost=lambda config, n: Cost(edits=len(config.update_sweep_rules) * len(config.update_sweep_lambda2)
-                                * min(config.update_sweep_queries, n))))
+    figures=("update_frontier_",)))
