@@ -80,6 +80,7 @@ def summarize(ctx: StudyContext) -> Section:
                     row_notes.append(f"no Welch test: K_C or K_I has fewer than {MIN_N} facts")
                 section.summary["consistency"].append({
                     "model": model, "method": method, "n_facts": len(ids), "threshold_kind": kind,
+                    "n_two_queries": sum(len(f.prompts) == 2 for f in ctx.facts[model] if f.fact_id in scores),
                     "threshold": float(tau), "k_i_fraction": float(estimate), "k_i_ci_low": float(low),
                     "k_i_ci_high": float(high), "welch_p": float(welch),
                     "cs_mean": float(values.mean()), "null_mean": float(np.mean(null)) if null else float("nan"),
@@ -159,8 +160,17 @@ def heatmap_figures(ctx: StudyContext) -> tuple[list, list[dict]]:
 
 
 def _notes(summary: dict) -> list[str]:
-    return [f"Facts every method puts in K_I ({r['model']}, {r['threshold_kind']}): "
-            f"{r['k_i_fraction_all_methods']:.2f} of {r['n_facts']}." for r in summary.get("consistency_all_methods", [])]
+    notes = [f"Facts every method puts in K_I ({r['model']}, {r['threshold_kind']}): "
+             f"{r['k_i_fraction_all_methods']:.2f} of {r['n_facts']}." for r in summary.get("consistency_all_methods", [])]
+    p = (summary.get("config") or {}).get("p", 0.5)
+    views = {r.get("specificity") for r in summary.get("consistency", [])}
+    view = "on" if "on" in views else "off"
+    for r in summary.get("consistency", []):
+        if r.get("n_two_queries") and r["threshold_kind"] == "static" and r.get("specificity") == view and p <= 0.5:
+            notes.append(f"{r['n_two_queries']} of {r['n_facts']} facts ({r['model']}, {r['method']}) have only two "
+                         f"neighbor queries: their CS_p is 1 by construction (with p = {p}, a neuron in either set "
+                         "is in p x 2 sets), so CS_p cannot tell them apart; CS1 and CS2 can.")
+    return notes
 
 
 EXPERIMENT = register(Experiment(
