@@ -1,8 +1,10 @@
 """`make demo`: the whole study on the embedded default model, then the HTML report.
 
-Sized to finish within about 20 minutes on 2 CPU cores: every experiment, methods IG and AMIG, on a seeded
-sample of 10 of the built-in facts SmolLM2-135M knows, with 5 locality prompts and 3 neutral sentences per edit.
-Rerunning resumes; `knowloc study` runs the same pipeline at any size.
+Sized to finish within 20 minutes on 2 CPU cores: every experiment, methods IG and AMIG, on a seeded sample of
+10 of the built-in facts SmolLM2-135M-Instruct knows, with 5 locality prompts and 3 neutral sentences per edit,
+a specificity profile from 24 neutral prompts and 4 queries per relation, and the update frontier on one edited
+query per fact. The consistency section shows the filtered and unfiltered views side by side. Rerunning
+resumes; `knowloc study` runs the same pipeline at any size.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS, me
     start = time.perf_counter()
     config = StudyConfig(models=[model], data="builtin", methods=methods or DEMO_METHODS,
                          experiments=list(experiment_names()), facts=facts, out=str(out), n_boot=1000, locality=5,
-                         ppl_texts=3)
+                         ppl_texts=3, specificity_prompts=24, specificity_queries=4, update_sweep_queries=1)
     run_study(config, echo=echo)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
