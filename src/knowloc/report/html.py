@@ -549,8 +549,9 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
         if experiment.summary_keys[0] in summary:
             body.append(experiment_section(experiment, summary))
         else:
-            body.append(f'<p class="notrun">Experiment <code>{esc(sid)}</code> not run (no "'
-                        f'{esc(experiment.summary_keys[0])}" in summary.json).</p>')
+            body.append(f'<p class="notrun">This study did not run the <code>{esc(sid)}</code> experiment '
+                        f"({esc(experiment.question)}). Add it with <code>knowloc study --experiments {esc(sid)} "
+                        f"--out DIR</code> and the study's other settings: everything already stored is reused.</p>")
             if figures[sid]:
                 body.append('<p class="muted">Figures left in figures/ by an earlier run:</p>')
         body.append(_figures_html(figures[sid]))
