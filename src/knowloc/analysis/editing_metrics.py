@@ -119,22 +119,22 @@ def perplexity(nll_sum: ArrayLike, n_tokens: ArrayLike) -> float | np.ndarray:
     Raises:
         KnowlocError: ``n_tokens <= 0``.
     """
-    nll = to_numpy_f64(nll_sum, "nll_sum")
-    n = to_numpy_f64(n_tokens, "n_tokens")
-    if np.any(~(n > 0)):
-        raise KnowlocError("n_tokens must be > 0")
     with np.errstate(over="ignore"):  # a wrecked model's PPL is inf; use log_perplexity to compare such
-        return _out(np.exp(nll / n))
+        return _out(np.exp(log_perplexity(nll_sum, n_tokens)))
 
 
-def delta_ppl(before: ArrayLike, after: ArrayLike) -> float | np.ndarray:
-    """``ΔPPL = PPL_after - PPL_before`` (absolute change; positive = the edit hurt fluency)."""
-    b = to_numpy_f64(before, "before")
-    a = to_numpy_f64(after, "after")
+def _after_minus_before(before: ArrayLike, after: ArrayLike, name: str) -> float | np.ndarray:
+    b = to_numpy_f64(before, f"{name}before")
+    a = to_numpy_f64(after, f"{name}after")
     try:
         return _out(np.asarray(a - b))
     except ValueError as exc:
         raise KnowlocError("before and after shapes differ") from exc
+
+
+def delta_ppl(before: ArrayLike, after: ArrayLike) -> float | np.ndarray:
+    """``ΔPPL = PPL_after - PPL_before`` (absolute change; positive = the edit hurt fluency)."""
+    return _after_minus_before(before, after, "")
 
 
 def log_perplexity(nll_sum: ArrayLike, n_tokens: ArrayLike) -> float | np.ndarray:
@@ -156,9 +156,4 @@ def delta_log_ppl(log_before: ArrayLike, log_after: ArrayLike) -> float | np.nda
     Exactly 0 when before and after are equal; > 0 means the edit hurt fluency
     (``log(1000) ≈ 6.91`` is a 1000-fold perplexity).
     """
-    b = to_numpy_f64(log_before, "log_before")
-    a = to_numpy_f64(log_after, "log_after")
-    try:
-        return _out(np.asarray(a - b))
-    except ValueError as exc:
-        raise KnowlocError("before and after shapes differ") from exc
+    return _after_minus_before(log_before, log_after, "log_")
