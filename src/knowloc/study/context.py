@@ -35,23 +35,17 @@ def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed:
     (nan left out), then `stat` (default: the mean) over facts with a bootstrap interval that resamples facts
     (facts, not trials, are the independent units). Below MIN_N facts the interval is withheld (nan)."""
     stat = np.mean if stat is None else stat
-
-    per_fact = []
-    for rows in fact_trials:
-        values = [r.get(metric, np.nan) for r in rows if all(r.get(k) == v for k, v in match.items())
-                  and not r.get("skipped")]  # a metric a store predates counts as missing
-        values = [v for v in values if not np.isnan(v)]
-        if values:
-            per_fact.append(float(np.mean(values)))
-    estimate, low, high = bootstrap_ci(np.array(per_fact), stat=stat, n_boot=n_boot, seed=seed)
+    per_fact = fact_means(fact_trials, metric, **match)
+    per_fact = per_fact[~np.isnan(per_fact)]
+    estimate, low, high = bootstrap_ci(per_fact, stat=stat, n_boot=n_boot, seed=seed)
     if len(per_fact) < MIN_N:  # too few facts for an interval: the estimate alone
         low = high = float("nan")
     return len(per_fact), float(estimate), float(low), float(high)
 
 
 def fact_means(fact_trials: list[list[dict]], metric: str, **match: object) -> np.ndarray:
-    """Each fact's mean of `metric` over its trials matching `match` (nan where it has none), aligned with
-    `fact_trials` so that two metrics or two matches of the same facts can be paired."""
+    """Each fact's mean of `metric` over its trials matching `match` (nan where it has none, e.g. a metric a
+    store predates), aligned with `fact_trials` so that two metrics or matches of the same facts can be paired."""
     out = []
     for rows in fact_trials:
         values = [r.get(metric, np.nan) for r in rows if all(r.get(k) == v for k, v in match.items())
