@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from knowloc.errors import KnowlocError  # noqa: E402
 from knowloc.fileio import atomic_write  # noqa: E402
@@ -669,6 +670,8 @@ def specificity_scatter(ref_frequency: Any, activation_ratio: Any, fact_frequenc
         points = ax.scatter(x, y, c=c, cmap="viridis", vmin=0, vmax=max(float(c.max()) if c.size else 1.0, 1e-6),
                             s=14, alpha=0.8, edgecolors="none")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))  # plain text: mathtext is off
+        ax.yaxis.set_minor_formatter(NullFormatter())
         if threshold < 1:
             ax.axvline(threshold, color="0.3", linestyle="--", linewidth=1)
             ax.text(threshold, 1.0, f" F = {threshold:g}", transform=ax.get_xaxis_transform(), va="top",

@@ -60,8 +60,8 @@ nav.toc{background:#f6f7f9;border:1px solid var(--line);border-radius:6px;paddin
 nav.toc ol{margin:4px 0;padding-left:22px}
 .tablewrap{overflow-x:auto;margin:8px 0 14px;max-width:100%}
 table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums;max-width:100%}
-th,td{border:1px solid var(--line);padding:2px 5px;text-align:left;vertical-align:top;white-space:normal;
-  overflow-wrap:anywhere}
+th,td{border:1px solid var(--line);padding:2px 5px;text-align:left;vertical-align:top;white-space:normal}
+td.wrap{overflow-wrap:anywhere}
 td.num{white-space:nowrap}
 td.num .ci{display:block}
 td.wrap{min-width:12em}
