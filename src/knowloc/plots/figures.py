@@ -680,7 +680,7 @@ def specificity_scatter(ref_frequency: Any, activation_ratio: Any, fact_frequenc
             ax.annotate(f"L{layers[k]}#{indices[k]}", (x[k], y[k]), fontsize=7, xytext=(3, 2),
                         textcoords="offset points")
         ax.set_xlim(-0.02, 1.02)
-        ax.set_xlabel("KN frequency on fact-free reference prompts")
+        ax.set_xlabel("reference KN frequency (neutral prompts or other relations' queries, the larger)")
         ax.set_ylabel("|activation| / layer median (reference prompts)")
         ax.grid(True, color="0.9", linewidth=0.8)
         ax.set_axisbelow(True)
