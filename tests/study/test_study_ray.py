@@ -32,7 +32,7 @@ def _attributions(db_path) -> int:
         return 0
 
 
-def _kill_one_worker_after(db_path, rows: int, killed: list, timeout: float = 120) -> None:
+def _kill_one_worker_after(db_path, rows: int, killed: list, timeout: float = 600) -> None:
     import psutil
 
     deadline = time.time() + timeout
