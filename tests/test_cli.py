@@ -166,3 +166,19 @@ def test_probe_facts_lists_every_paraphrase_with_the_models_prediction(capsys, t
             assert q["answered"] == (q["rank"] == 1)
     code, out, _ = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--facts")
     assert code == 0 and "f0  Japan -[P1]-> yen" in out and "top-3" in out and "gold '" in out
+
+
+def test_an_edited_fact_file_is_one_line_and_exit_2(capsys, tmp_path, tiny_facts):
+    data = tmp_path / "facts.jsonl"
+    data.write_text(tiny_facts.read_text())
+    args = ["study", "--model", "tiny-llama", "--data", str(data), "--methods", "ig", "--steps", "2", "--candidates",
+            "--experiments", "consistency", "--facts", "2", "--specificity-prompts", "2", "--specificity-queries", "1",
+            "--n-boot", "20", "--no-progress", "--out", str(tmp_path / "s")]
+    code, _, _ = run(capsys, *args)
+    assert code == 0 and (tmp_path / "s" / "report.html").is_file()
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[1]["object"] = "Lisbon"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"fact {rows[1]['id']}: object" in err and "'Lisbon'" in err

@@ -116,3 +116,16 @@ def test_permutation_test_bad_arguments():
         permutation_test_diff([1.0], [1.0], alternative="bigger")
     with pytest.raises(KnowlocError):
         permutation_test_diff([1.0], [1.0], n_perm=0)
+
+
+def test_unpaired_bootstrap_difference_of_two_groups():
+    from knowloc.analysis import unpaired_bootstrap_diff
+
+    a, b = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([0.0, 0.5, 1.0, 1.5])
+    diff, lo, hi = unpaired_bootstrap_diff(a, b, n_boot=500, seed=0)
+    assert diff == pytest.approx(3.0 - 0.75) and lo < diff < hi
+    assert unpaired_bootstrap_diff(a, b, n_boot=500, seed=0) == (diff, lo, hi)  # seeded
+    one = unpaired_bootstrap_diff(a, np.array([2.0]))
+    assert one[0] == pytest.approx(1.0) and np.isnan(one[1]) and np.isnan(one[2])
+    assert all(np.isnan(unpaired_bootstrap_diff(a, np.array([]))))
+

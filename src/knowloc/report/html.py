@@ -30,6 +30,7 @@ from typing import Any, Iterable
 from knowloc.analysis import MIN_N, consistency_scores, otsu_threshold
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
+from knowloc.models.loading import EMBEDDED
 from knowloc.study.experiments import REGISTRY
 from knowloc.study.facts import select_facts
 from knowloc.study.findings import findings
@@ -540,6 +541,8 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
             f'{esc(", ".join(map(str, cfg.get("methods", []))) or DASH)} · {esc(cfg.get("steps", DASH))} '
             f'integration steps · KN threshold {esc(cfg.get("threshold", DASH))} &times; max · seed '
             f'{esc(cfg.get("seed", DASH))}</p>',
+            *(f'<p class="muted">Model {esc(m)}: {esc(EMBEDDED[m])}</p>' for m in cfg.get("models", [])
+              if m in EMBEDDED),
             '<nav class="toc"><b>Contents</b><ol>'
             + "".join(f'<li><a href="#{sid}">{label}</a></li>' for sid, label in toc) + "</ol></nav>",
             '<section id="findings"><h2>Findings</h2>', findings_section(summary), "</section>"]
