@@ -26,7 +26,7 @@ from knowloc.attribution.bench import run_attribution_benchmark
 from knowloc.attribution.methods import MethodConfig
 from knowloc.data import download_pararel, load_facts, load_specificity_prompts
 from knowloc.data.filtering import probe_facts
-from knowloc.demo import run_demo
+from knowloc.demo import DEMO_FACTS, demo_config, run_demo
 from knowloc.errors import KnowlocError
 from knowloc.models import REGISTRY as FAMILIES
 from knowloc.models import builtin_names, load_model
@@ -348,8 +348,12 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
 
 
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), model: str = ModelOpt,
-         facts: int = typer.Option(10, min=1, help="facts in the demo study")) -> None:
+         facts: int = typer.Option(DEMO_FACTS, min=1, help="facts in the demo study"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and estimated time; run nothing")) -> None:
     """The main job: the whole study on the embedded default, then the HTML report (see README)."""
+    if dry_run:
+        print_plan(demo_config(out, model=model, facts=facts), echo=typer.echo)
+        return
     path = run_demo(out, model=model, facts=facts, echo=typer.echo)
     typer.echo(f"report: {path}")
 

@@ -1,9 +1,9 @@
 """`make demo`: the whole study on the embedded default model, then the HTML report.
 
 Sized to finish within 20 minutes on 2 CPU cores: every experiment, methods IG and AMIG, on a seeded sample of
-10 of the built-in facts SmolLM2-135M-Instruct knows, with 5 locality prompts and 3 neutral sentences per edit,
-a specificity profile from 24 neutral prompts and 4 queries per relation, and the update frontier on one edited
-query per fact. The consistency section shows the filtered and unfiltered views side by side. Rerunning
+8 of the built-in facts SmolLM2-135M-Instruct knows, with 5 locality prompts and 3 neutral sentences per edit,
+a specificity profile from 16 neutral prompts and 2 queries per relation, a 2 x 2 CAS sweep (thresholds 0.1, 0.3;
+beta2 0, 1) and the update frontier (all three rules, 7 values of lambda2) on one edited query per fact. The consistency section shows the filtered and unfiltered views side by side. Rerunning
 resumes; `knowloc study` runs the same pipeline at any size.
 """
 
@@ -19,17 +19,24 @@ from knowloc.study.config import StudyConfig
 from knowloc.study.registry import names as experiment_names
 from knowloc.study.runner import run_study
 
-DEMO_FACTS = 10
+DEMO_FACTS = 8
+DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
+                     cas_sweep_thresholds=[0.1, 0.3], cas_sweep_beta2=[0.0, 1.0], update_sweep_queries=1)
 DEMO_METHODS = ["ig", "amig"]
+
+
+def demo_config(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS,
+                methods: list[str] | None = None) -> StudyConfig:
+    """The demo's study settings (``knowloc demo --dry-run`` prints their plan and estimated time)."""
+    return StudyConfig(models=[model], data="builtin", methods=methods or DEMO_METHODS,
+                       experiments=list(experiment_names()), facts=facts, out=str(out), **DEMO_SETTINGS)
 
 
 def run_demo(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS, methods: list[str] | None = None,
              echo: Callable[[str], None] = print) -> Path:
+    """Run the demo study into ``out`` (resuming), then write ``out/report.html``; returns the report's path."""
     start = time.perf_counter()
-    config = StudyConfig(models=[model], data="builtin", methods=methods or DEMO_METHODS,
-                         experiments=list(experiment_names()), facts=facts, out=str(out), n_boot=1000, locality=5,
-                         ppl_texts=3, specificity_prompts=24, specificity_queries=4, update_sweep_queries=1)
-    run_study(config, echo=echo)
+    run_study(demo_config(out, model, facts, methods), echo=echo)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = build_report(Path(out), environment_info(device="cpu", wall_s=wall, peak_rss_mb=peak_mb))
