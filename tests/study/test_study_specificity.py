@@ -212,3 +212,27 @@ def test_filtered_study_matches_the_fixture(tmp_path, study_args):
                       update_rule="calibrated", lambda2=2.0, update_sweep_lambda2=[0.5, 4.0], update_sweep_queries=1)
     summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
     _same(json.loads((LEGACY.parent / "filtered_tiny_summary.json").read_text()), summary)
+
+
+def test_heatmaps_skip_facts_the_filter_left_without_kns(tmp_path, study_args, monkeypatch):
+    """The K_C / K_I heatmap example is the most typical fact that still has a KN to show (the demo once failed
+    when the filter emptied the lowest-CS fact's first two KN sets)."""
+    from knowloc.study.experiments import consistency
+
+    out = tmp_path / "hm"
+    config = StudyConfig(**study_args(out, experiments=["consistency"]))
+    run_study(config, echo=lambda _: None)
+    ctx = _context(out, config)
+    _, shown = consistency.heatmap_figures(ctx)
+    first = {r["group"]: r["fact_id"] for r in shown}
+    assert first
+    real = spec.kn_lists
+    emptied = set(first.values())
+    monkeypatch.setattr(spec, "kn_lists", lambda c, m, meth, fid: (
+        {q: [] for q in real(c, m, meth, fid)} if fid in emptied else real(c, m, meth, fid)))
+    _, shown = consistency.heatmap_figures(ctx)
+    assert shown and not {r["fact_id"] for r in shown} & emptied
+    monkeypatch.setattr(spec, "kn_lists", lambda c, m, meth, fid: {q: [] for q in real(c, m, meth, fid)})
+    paths, shown = consistency.heatmap_figures(ctx)
+    assert paths == [] and shown == []
+    ctx.store.close()

@@ -135,13 +135,18 @@ def heatmap_figures(ctx: StudyContext) -> tuple[list, list[dict]]:
         members = [fid for fid, g in split.items() if g == group]
         if not members:
             continue
-        # the most typical member: highest CS for K_C, lowest for K_I
-        fid = (max if group == "K_C" else min)(members, key=lambda f: scores[f])
-        tensors = ctx.store.scores(model, method, fid)
-        first, second = sorted(tensors)[:2]
+        # the most typical member with a neuron to show: highest CS for K_C, lowest for K_I (the filter can
+        # leave a fact's first two queries without KNs); the sort is stable, so ties keep the facts' order
+        for fid in sorted(members, key=lambda f: -scores[f] if group == "K_C" else scores[f]):
+            tensors = ctx.store.scores(model, method, fid)
+            first, second = sorted(tensors)[:2]
+            kn = spec.kn_lists(ctx, model, method, fid)
+            neurons = list(dict.fromkeys(kn[first][:8] + kn[second][:8]))[:16]
+            if neurons:
+                break
+        else:
+            continue
         a, b = tensors[first], tensors[second]
-        kn = spec.kn_lists(ctx, model, method, fid)
-        neurons = list(dict.fromkeys(kn[first][:8] + kn[second][:8]))[:16]
         shown += [{"model": model, "method": method, "group": group, "fact_id": fid, "layer": l, "index": i}
                   for l, i in neurons]
         layers = sorted({l for l, _ in neurons})
