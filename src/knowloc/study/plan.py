@@ -4,8 +4,9 @@ The dry run works on a temporary copy of the study's store (or an empty one), so
 run would reuse: the stored probe (no probing when the model was probed before) and the stored attributions,
 reference attributions and trials. It counts the units still missing at each stage and times real units on
 this machine: one reference attribution and one query attribution per method, and one fact of every
-experiment (its `fact_work`, on a fact whose attributions are then in the temporary store). The estimate is
-the missing units times these times; with `--executor ray --workers N` the wall time is about that divided by
+experiment (its `fact_work`, on the fact with the median number of neighbor queries, whose attributions are
+then in the temporary store). The estimate is the missing units times these times, an experiment's fact
+units scaled by their number of queries relative to the timed fact's; with `--executor ray --workers N` the wall time is about that divided by
 N (one thread each). The copy is deleted at the end; `--out` is never touched.
 
 When the study has no reference attributions yet (computing them all would cost as much as the real run), the
@@ -108,7 +109,9 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                 units_count[model] = {"reference": len(references), "attribution": len(attributions)}
                 pending = experiment_units(ctx, model)
                 if pending and facts:
-                    fact = facts[0]
+                    # time a fact with the median number of queries; other facts scale by their query count
+                    fact = sorted(facts, key=lambda f: len(f.prompts))[(len(facts) - 1) // 2]
+                    sizes = {f.fact_id: len(f.prompts) for f in facts}
                     # the timed fact needs its attributions (the first method's) in the temporary store
                     for unit in attribution_units(ctx, model):
                         if unit.fact_id == fact.fact_id:
@@ -137,10 +140,11 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                         begin = time.perf_counter()
                         execute(timing_ctx, unit)
                         per_unit = time.perf_counter() - begin
-                        estimate += per_unit * len(mine)
+                        cost = per_unit * sum(sizes[u.fact_id] for u in mine) / sizes[fact.fact_id]
+                        estimate += cost
                         units_count[model][experiment.name] = len(mine)
-                        lines.append(f"  {experiment.name}: {len(mine)} fact units missing x {per_unit:.1f} s = "
-                                     f"{per_unit * len(mine):.0f} s")
+                        lines.append(f"  {experiment.name}: {len(mine)} fact units missing, {per_unit:.1f} s for a "
+                                     f"{sizes[fact.fact_id]}-query fact, scaled by query count = {cost:.0f} s")
                 lines.append(f"  estimated for {model}: ~{estimate / 60:.1f} min of CPU")
                 total += estimate
                 for line in lines:
