@@ -180,8 +180,8 @@ def test_dry_run_counts_only_missing_units_and_writes_nothing(tmp_path, study_ar
 
 def test_dry_run_times_editing_on_filtered_sets(tmp_path, study_args, monkeypatch):
     """Without stored reference attributions the timed experiment unit uses an approximate specificity profile
-    (the first neutral prompts), so it edits filtered neuron sets as the real run does (an unfiltered unit
-    overestimated the demo's editing experiments about twofold)."""
+    (a few neutral prompts and one query of each other relation), so it edits filtered neuron sets as the real
+    run does (an unfiltered unit overestimated the demo's editing experiments about twofold)."""
     from knowloc.study import plan
     from knowloc.study import specificity as spec
 
@@ -191,15 +191,18 @@ def test_dry_run_times_editing_on_filtered_sets(tmp_path, study_args, monkeypatc
     def spy(ctx, unit):
         if unit.kind == "modification":
             fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
-            neutral = [r for r in ctx.store.reference(unit.model, unit.method) if r["relation"] is None]
+            rows = ctx.store.reference(unit.model, unit.method)
+            neutral = [r for r in rows if r["relation"] is None]
+            queries = sorted(r["relation"] for r in rows if r["relation"] is not None)
             seen.append((ctx.config.filtered, ctx.config.specificity, len(neutral),
-                         spec.excluded(ctx, unit.model, unit.method, fact.relation)))
+                         spec.excluded(ctx, unit.model, unit.method, fact.relation), queries, fact.relation))
         return real_execute(ctx, unit)
     monkeypatch.setattr(plan, "execute", spy)
     args = study_args(tmp_path / "dry", experiments=["modification"], facts=2, specificity_prompts=12)
     plan.print_plan(StudyConfig(**args), echo=lambda _: None)
     assert len(seen) == 1
-    filtered, threshold, n_neutral, excluded = seen[0]
-    assert filtered and n_neutral == plan.PROFILE_SAMPLE
-    assert threshold == max(StudyConfig(**args).specificity, 1 / plan.PROFILE_SAMPLE)
+    filtered, threshold, n_neutral, excluded, queries, relation = seen[0]
+    assert queries == sorted({"R1", "R2"} - {relation})  # one query of each other relation, never its own
+    assert filtered and n_neutral == plan.PROFILE_NEUTRAL
+    assert threshold == max(StudyConfig(**args).specificity, 1 / plan.PROFILE_NEUTRAL)
     assert excluded  # tiny-llama has neurons that are KNs of most neutral prompts

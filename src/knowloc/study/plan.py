@@ -10,11 +10,12 @@ units scaled by their number of queries relative to the timed fact's; with `--ex
 N (one thread each). The copy is deleted at the end; `--out` is never touched.
 
 When the study has no reference attributions yet (computing them all would cost as much as the real run), the
-timed experiment unit uses an approximate specificity profile: the first PROFILE_SAMPLE neutral prompts of the
-first method, a neuron counting as non-specific when it is a KN of more than max(F, 1 / PROFILE_SAMPLE) of them.
-The filter matters for the cost: unfiltered neuron sets usually include a layer-0 neuron, and an edit re-runs
-every block from its lowest edited layer, so timing an unfiltered unit overestimated the demo's editing
-experiments by about 2x.
+timed experiment unit uses an approximate specificity profile of the first method: PROFILE_NEUTRAL neutral
+prompts and one reference query of each other relation, a neuron counting as non-specific when it is a KN of
+more than max(--specificity, 1 / PROFILE_NEUTRAL) of the neutral prompts or of the queries. The filter
+matters for the cost: unfiltered neuron sets usually include a layer-0 neuron, and an edit re-runs every
+block from its lowest edited layer, so timing an unfiltered unit overestimated the demo's editing experiments
+about twofold.
 """
 
 from __future__ import annotations
@@ -37,7 +38,28 @@ from knowloc.study.specificity import reference_items
 from knowloc.study.store import Store
 from knowloc.study.units import Unit, attribution_units, execute, experiment_units, reference_units, save
 
-PROFILE_SAMPLE = 8  # neutral prompts of the dry run's approximate specificity profile
+PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity profile
+
+
+def _approximate_profile(ctx: StudyContext, model: str, method: str, relation: str, missing: list[Unit]) -> float:
+    """Attribute up to PROFILE_NEUTRAL neutral prompts and one reference query of each relation other than
+    ``relation`` into the (temporary) store; return the threshold max(--specificity, 1 / neutral prompts): a
+    neuron is then non-specific when it is a KN of more than that share of the neutral prompts or of the
+    queries (two of four neutral prompts; two of six queries)."""
+    items = reference_items(ctx, model)
+    stored = ctx.store.reference(model, method)
+    n_neutral = sum(r["relation"] is None for r in stored)
+    relations = {r["relation"] for r in stored if r["relation"] not in (None, relation)}
+    for unit in missing:
+        other = items[unit.qidx]["relation"]
+        if other is None and n_neutral < PROFILE_NEUTRAL:
+            n_neutral += 1
+        elif other is not None and other != relation and other not in relations:
+            relations.add(other)
+        else:
+            continue
+        save(ctx, unit, execute(ctx, unit))
+    return max(float(ctx.config.specificity), 1 / max(n_neutral, 1))
 
 
 def _timed(ctx: StudyContext, unit: Unit) -> float:
@@ -119,15 +141,9 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                     timing_ctx = ctx
                     missing = [u for u in reference_units(ctx, model) if u.method == cfg.methods[0]]
                     if cfg.filtered and missing:
-                        # an approximate profile from a few neutral prompts, so that the timed units edit
-                        # filtered neuron sets, as the real run will (see the module docstring)
-                        items = reference_items(ctx, model)
-                        stored = sum(r["relation"] is None for r in ctx.store.reference(model, cfg.methods[0]))
-                        sample = [u for u in missing if items[u.qidx]["target"] is None]
-                        for unit in sample[: max(PROFILE_SAMPLE - stored, 0)]:
-                            save(ctx, unit, execute(ctx, unit))
-                        n_neutral = sum(r["relation"] is None for r in ctx.store.reference(model, cfg.methods[0]))
-                        approx = max(float(cfg.specificity), 1 / max(n_neutral, 1))
+                        # an approximate profile, so that the timed units edit filtered neuron sets as the real
+                        # run will (see the module docstring)
+                        approx = _approximate_profile(ctx, model, cfg.methods[0], fact.relation, missing)
                         timing_ctx = StudyContext(config=replace(cfg, specificity=approx), store=ctx.store,
                                                   out=ctx.out, echo=lambda _: None)
                         timing_ctx.load_facts(model)
