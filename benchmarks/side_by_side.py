@@ -62,8 +62,12 @@ def main() -> None:
                 for view in ("on", "off"):
                     row = _find(runs[view]["consistency"], method=method, threshold_kind=kind, score="cs2",
                                 specificity=view)
-                    if value == "K_I":
-                        cells.append(f"{_cell(row, 'k_i_fraction')} (n={row['n_facts']})" if row else "-")
+                    if value == "K_I" and row is not None:
+                        ci = ("" if row.get("k_i_ci_low") is None
+                              else f" [{row['k_i_ci_low']:.2f}, {row['k_i_ci_high']:.2f}]")
+                        cells.append(f"{row['k_i_fraction']:.2f}{ci} (n={row['n_facts']})")
+                    elif value == "K_I":
+                        cells.append("-")
                     else:
                         cells.append("-" if row is None or row.get("null_gap") is None else
                                      f"{row['null_gap']:+.3f} (p={row['null_p']:.4f})")
