@@ -349,7 +349,8 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
 
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), model: str = ModelOpt,
          facts: int = typer.Option(DEMO_FACTS, min=1, help="facts in the demo study"),
-         dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and estimated time; run nothing")) -> None:
+         dry_run: bool = typer.Option(False, "--dry-run",
+                                      help="print the plan and estimated time; run nothing")) -> None:
     """The main job: the whole study on the embedded default, then the HTML report (see README)."""
     if dry_run:
         print_plan(demo_config(out, model=model, facts=facts), echo=typer.echo)

@@ -1,10 +1,11 @@
 """`make demo`: the whole study on the embedded default model, then the HTML report.
 
-Sized to finish within 20 minutes on 2 CPU cores: every experiment, methods IG and AMIG, on a seeded sample of
-8 of the built-in facts SmolLM2-135M-Instruct knows, with 5 locality prompts and 3 neutral sentences per edit,
-a specificity profile from 16 neutral prompts and 2 queries per relation, a 2 x 2 CAS sweep (thresholds 0.1, 0.3;
-beta2 0, 1) and the update frontier (all three rules, 7 values of lambda2) on one edited query per fact. The consistency section shows the filtered and unfiltered views side by side. Rerunning
-resumes; `knowloc study` runs the same pipeline at any size.
+Sized to finish within 20 minutes on 2 CPU cores: every experiment, methods IG and AMIG, on a seeded sample of 8 of
+the built-in facts SmolLM2-135M-Instruct knows, with 5 locality prompts and 3 neutral sentences per edit, a
+specificity profile from 16 neutral prompts and 2 queries per relation, a 2 x 2 CAS sweep (thresholds 0.1, 0.3;
+beta2 0, 1) and the update frontier (all three rules, 7 values of lambda2) on one edited query per fact. The
+consistency section shows the filtered and unfiltered views side by side. Rerunning resumes; `knowloc study` runs
+the same pipeline at any size.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """`knowloc study --dry-run`: what a study would do and how long it would take, without writing anything.
 
-The dry run works on a temporary copy of the study's store (or an empty one), so it reuses whatever the real
-run would reuse: the stored probe (no probing when the model was probed before) and the stored attributions,
-reference attributions and trials. It counts the units still missing at each stage and times real units on
-this machine: one reference attribution and one query attribution per method, and one fact of every
-experiment (its `fact_work`, on the fact with the median number of neighbor queries, whose attributions are
-then in the temporary store). The estimate is the missing units times these times, an experiment's fact
-units scaled by their number of queries relative to the timed fact's; with `--executor ray --workers N` the wall time is about that divided by
-N (one thread each). The copy is deleted at the end; `--out` is never touched.
+The dry run works on a temporary copy of the study's store (or an empty one), so it reuses whatever the real run
+would reuse: the stored probe (no probing when the model was probed before) and the stored attributions, reference
+attributions and trials. It counts the units still missing at each stage and times real units on this machine: one
+reference attribution and one query attribution per method, and one fact of every experiment (its `fact_work`, on
+the fact with the median number of neighbor queries, whose attributions are then in the temporary store). The
+estimate is the missing units times these times, an experiment's fact units scaled by their number of queries
+relative to the timed fact's; with `--executor ray --workers N` the wall time is about that divided by N (one thread
+each). The copy is deleted at the end; `--out` is never touched.
 
 When the study has no reference attributions yet (computing them all would cost as much as the real run), the
 timed experiment unit uses an approximate specificity profile of the first method: PROFILE_NEUTRAL neutral
