@@ -182,3 +182,16 @@ def test_an_edited_fact_file_is_one_line_and_exit_2(capsys, tmp_path, tiny_facts
     code, _, err = run(capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"fact {rows[1]['id']}: object" in err and "'Lisbon'" in err
+
+
+def test_demo_dry_run_prints_the_demos_plan_and_writes_nothing(capsys, tmp_path):
+    from knowloc.demo import DEMO_SETTINGS
+    from knowloc.study.registry import names
+
+    out = tmp_path / "demo"
+    code, text, _ = run(capsys, "demo", "--dry-run", "--model", "tiny-llama", "--facts", "2", "--out", str(out))
+    assert code == 0
+    assert f"experiments {', '.join(names())};" in text and "methods ig, amig;" in text
+    assert f"reference attributions ig: {DEMO_SETTINGS['specificity_prompts']}" in text
+    assert "estimated total: ~" in text
+    assert not out.exists()
