@@ -21,7 +21,9 @@ The claims (Chen et al., ICLR 2025) and the rules (95% bootstrap intervals over 
    transductive, free budget. Supports when the interval lies above 0; contradicts when it lies below 0.
 
 Anything else (an interval that includes the boundary, too few facts, an experiment not run) cannot decide,
-and the sentence says why.
+and the sentence says why. A question answered per method (and group) gets one verdict: the common one when all
+agree, "mixed" when some comparisons support and others contradict, and "partly supports" / "partly
+contradicts" when the rest cannot decide; the reason counts each kind.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from knowloc.analysis import MIN_N
 
 SUPPORTS, CONTRADICTS, UNDECIDED = "supports", "contradicts", "cannot decide"
+MIXED, PARTLY_SUPPORTS, PARTLY_CONTRADICTS = "mixed", "partly supports", "partly contradicts"
 
 
 def _ok(x: Any) -> bool:
@@ -63,10 +66,18 @@ def _verdict(lo: Any, hi: Any, n: int, support_above: float | None = None, suppo
 
 
 def _combine(parts: list[tuple[str, str]]) -> tuple[str, str]:
-    verdicts = {v for v, _ in parts}
-    if len(verdicts) == 1:
+    """One verdict from the (verdict, reason) of each method / group: the common verdict when they agree;
+    "mixed" when some support and some contradict; "partly supports" / "partly contradicts" when the others
+    cannot decide. The reason counts the comparisons of each kind."""
+    verdicts = [v for v, _ in parts]
+    if len(set(verdicts)) == 1:
         return parts[0][0], "; ".join(sorted({r for _, r in parts if r}))
-    return "mixed", "the methods or groups disagree"
+    n_yes, n_no, n_open = (verdicts.count(v) for v in (SUPPORTS, CONTRADICTS, UNDECIDED))
+    counts = ", ".join(f"{k} {word}" for k, word in ((n_yes, "support"), (n_no, "contradict"),
+                                                     (n_open, "cannot decide")) if k)
+    if n_yes and n_no:
+        return MIXED, f"the methods or groups disagree: {counts} of {len(parts)}"
+    return (PARTLY_SUPPORTS if n_yes else PARTLY_CONTRADICTS), f"{counts} of {len(parts)}"
 
 
 def _pairs(rows: list[dict]) -> list[tuple[str, str]]:
@@ -76,7 +87,7 @@ def _pairs(rows: list[dict]) -> list[tuple[str, str]]:
 def findings(summary: dict) -> list[dict]:
     """The findings of a study summary (summary.json's content), in the paper's order; each
     ``{"question", "claim", "verdict", "text", "reason"}`` with verdict supports / contradicts / cannot decide /
-    mixed (methods or groups disagree) / not run."""
+    mixed / partly supports / partly contradicts (see :func:`_combine`) / not run."""
     cfg = summary.get("config", {})
     view = "on" if float(cfg.get("specificity", 1.0) or 1.0) < 1 else "off"
     out = []
