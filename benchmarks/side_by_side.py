@@ -12,7 +12,8 @@ adjacent rows (column "filter"):
 2. erase N_i and erase N_cap: Rel, Gen, Loc and median dlogPPL per K_C / K_I group;
 3. update: each rule at its best frontier point of `update-sweep` (all facts): the largest Rel with Loc >= 0.8
    (the experiment's own `best_points`), or the largest Avg, marked, where no lambda2 keeps Loc >= 0.8;
-4. CAS - N_i and CAS - N_g: the paired difference of Avg (transductive protocol, free budget).
+4. CAS - N_i and CAS - N_g: the paired difference of Avg (transductive protocol), with the free budget (each
+   selection as it comes) and the matched one (N_i and N_g cut to the |CAS| strongest neurons).
 """
 
 from __future__ import annotations
@@ -75,11 +76,12 @@ def main() -> None:
     tables.append((Table("update_sweep", title="Update N_i: each rule at its best frontier point (all facts)",
                          columns=(METHOD, Column("rule", "rule"), FILTER, Column("lambda2", "lambda2", "num", 2), N,
                                   *edit_columns(), Column("point", "note"))), _best(runs)))
-    tables.append((Table("cas_comparison", title="CAS minus baselines: paired difference of Avg (transductive, "
-                         "free budget)", columns=(
-        METHOD, Column("operation", "operation"), GROUP, Column("baseline", "baseline"), FILTER, N,
-        Column("Avg(CAS) - Avg(baseline) [95% CI]", "avg_diff", "ci", 3, True, "ci_low", "ci_high"))),
-        _rows(runs, "cas_comparison", protocol="transductive", budget="free")))
+    for budget in ("free", "matched"):
+        tables.append((Table("cas_comparison", title=f"CAS minus baselines: paired difference of Avg (transductive, "
+                             f"{budget} budget)", columns=(
+            METHOD, Column("operation", "operation"), GROUP, Column("baseline", "baseline"), FILTER, N,
+            Column("Avg(CAS) - Avg(baseline) [95% CI]", "avg_diff", "ci", 3, True, "ci_low", "ci_high"))),
+            _rows(runs, "cas_comparison", protocol="transductive", budget=budget)))
     for table, rows in tables:
         print("\n".join(markdown_table(table, rows)))
 
