@@ -29,14 +29,17 @@ def main() -> None:
     out, names = Path(sys.argv[1]), sys.argv[2].split(",")
     settings = {"models": ["smollm2-135m"], "methods": ["ig", "amig"],
                 **(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})}
-    tmp = Path(tempfile.mkdtemp())
-    cfg = StudyConfig(experiments=["consistency"], out=str(tmp), progress=False, **settings)
-    ctx = StudyContext(config=cfg, store=Store(out / "results.sqlite", readonly=True), out=tmp, echo=lambda _: None)
     summary: dict = {}
-    for model in cfg.models:
-        ctx.load_facts(model)
-    for name in names:
-        summary.update(get(name).summarize(ctx).summary)
+    with tempfile.TemporaryDirectory() as scratch:  # the figures summarize draws are not kept
+        tmp = Path(scratch)
+        cfg = StudyConfig(experiments=["consistency"], out=str(tmp), progress=False, **settings)
+        store = Store(out / "results.sqlite", readonly=True)
+        ctx = StudyContext(config=cfg, store=store, out=tmp, echo=lambda _: None)
+        for model in cfg.models:
+            ctx.load_facts(model)
+        for name in names:
+            summary.update(get(name).summarize(ctx).summary)
+        store.close()
     print(json.dumps(strict_json(summary)))
 
 if __name__ == "__main__":
