@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/editing_defaults.py STUDY_DIR [--facts 30] [--methods ig,amig]
         [--specificity 0.02,0.05,0.1,0.2,0.3,1] [--rules dai,signed,calibrated] [--lambda2 0.25,...,16]
-        [--rule-specificity 0.1] [--queries 2] [--threads 2]
+        [--rule-specificity 0.1] [--lambda1 1 | --tied] [--queries 2] [--threads 2]
 
 STUDY_DIR is a finished `knowloc study` directory of the model whose reference attributions are stored (any
 study run by this version stores them). On a seeded sample of its facts the script
@@ -12,7 +12,8 @@ study run by this version stores them). On a seeded sample of its facts the scri
    |N_i|, Rel, Gen, Loc, the median over facts of dlogPPL and the mean dprob_self (the same trials, metrics
    and fact-level aggregation as the `modification` experiment, 95% bootstrap CIs over facts);
 2. updates N_i (filtered at --rule-specificity) with every rule at every lambda2 and prints Rel, Gen, Loc and
-   median dlogPPL (as the `update-sweep` experiment: a seeded --queries of each fact's neighbor queries).
+   median dlogPPL (as the `update-sweep` experiment: a seeded --queries of each fact's neighbor queries), with
+   lambda1 = --lambda1, or lambda1 = lambda2 at every point with --tied (as `--sweep-tied`).
 
 Nothing is written to STUDY_DIR (its store is opened read-only).
 """
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--lambda2", default="0.25,0.5,1,2,4,8,16")
     parser.add_argument("--rule-specificity", type=float, default=0.1)
     parser.add_argument("--lambda1", type=float, default=1.0)
+    parser.add_argument("--tied", action="store_true", help="lambda1 = lambda2 at every point")
     parser.add_argument("--queries", type=int, default=2)
     parser.add_argument("--skip-erase", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
@@ -103,7 +105,8 @@ def main() -> None:
                 fact_trials.append(rows)
             n_drop = np.mean([len(spec.excluded(ctx, model, method, r)) for r in {f.relation for f in facts}])
             print(_row(f"{method}, F={level:g} ({n_drop:.0f} removed)", fact_trials), flush=True)
-    print(f"\n## Update N_i (F = {args.rule_specificity:g}) with each rule and lambda2\n")
+    lambda1 = "lambda2" if args.tied else f"{args.lambda1:g}"
+    print(f"\n## Update N_i (F = {args.rule_specificity:g}) with each rule and lambda2, lambda1 = {lambda1}\n")
     print("| method, rule, lambda2 | n | mean N_i | Rel | Gen | Loc | dlogPPL median | dprob_self |")
     print("|---|---|---|---|---|---|---|---|")
     ctx = context(args.rule_specificity)
@@ -119,7 +122,8 @@ def main() -> None:
                         sorted(kns[fact.fact_id]), min(args.queries, len(kns[fact.fact_id])))
                     for q in sorted(edited):
                         neurons = kns[fact.fact_id][q]
-                        scores = sessions[fact.fact_id].measure("update", neurons, q, rule=rule, lambda2=lambda2)
+                        scores = sessions[fact.fact_id].measure("update", neurons, q, rule=rule, lambda2=lambda2,
+                                                                lambda1=lambda2 if args.tied else None)
                         rows.append({"n_neurons": len(neurons), **(scores or {}), "skipped": scores is None})
                     fact_trials.append(rows)
                 print(_row(f"{method}, {rule}, {lambda2:g}", fact_trials), flush=True)

@@ -298,8 +298,7 @@ def _flag_parameter(f, name: str | None = None, decls: tuple[str, ...] | None = 
     if f.name in LIST_FIELDS:
         annotation = Optional[list[str]]
     elif f.type in ("bool",):
-        stem = flag[2:] if decls[0] == flag else decls[0][2:]
-        decls = (f"--{stem}/--no-{stem}",)
+        decls = tuple(f"{d}/--no-{d[2:]}" for d in decls)
         annotation, metavar = Optional[bool], None
     elif f.type in ("int", "int | None"):
         annotation, metavar = Optional[int], "N"

@@ -49,6 +49,20 @@ def test_calibrated_scales_with_the_value_vector_norm():
     assert torch.allclose(rule_deltas(values, 5 * e_old, 0.1 * e_new, acts, 1.0, 2.0, "calibrated"), delta, atol=1e-5)
 
 
+def test_calibrated_with_tied_lambdas_has_no_shared_component():
+    """lambda2 e' - lambda1 e = (l1 + l2)/2 (e' - e) + (l2 - l1)/2 (e' + e) for unit e, e': with lambda1 = lambda2
+    the change is orthogonal to e + e' (the direction two tokens' rows share); otherwise it has a component
+    (lambda2 - lambda1)/2 |e + e'|^2 / |e + e'| along it, per unit of |v_n|."""
+    values, e_old, e_new = _vectors(3)
+    acts = torch.ones(5)
+    shared = e_old / e_old.norm() + e_new / e_new.norm()
+    tied = rule_deltas(values, e_old, e_new, acts, 2.0, 2.0, "calibrated")
+    assert torch.allclose(tied @ shared, torch.zeros(5), atol=1e-5)
+    untied = rule_deltas(values, e_old, e_new, acts, 1.0, 2.0, "calibrated")
+    expected = values.norm(dim=1) * 0.5 * shared.norm() ** 2
+    assert torch.allclose(untied @ shared, expected, rtol=1e-5)
+
+
 def test_sign_aware_rules_need_activations():
     values, e_old, e_new = _vectors()
     with pytest.raises(KnowlocError, match="activation"):

@@ -171,6 +171,27 @@ def test_update_sweep_contract_and_frontier_figures(tmp_path, study_args):
     assert dai[4.0]["rel"] >= dai[0.5]["rel"]
 
 
+def test_tied_sweep_sets_lambda1_to_lambda2(tmp_path, study_args):
+    """--sweep-tied edits with lambda1 = lambda2 at each grid point: its lambda = 1 point is the untied sweep's
+    lambda2 = 1 point (lambda1 = 1 there too), its lambda = 2 point is a study with --lambda1 2."""
+    common = dict(experiments=["consistency", "update-sweep"], update_sweep_queries=1, facts=4,
+                  update_sweep_rules=["calibrated"])
+
+    def sweep(name, **kwargs):
+        out = run_study(StudyConfig(**study_args(tmp_path / name, **common, **kwargs)), echo=lambda _: None)
+        return {(r["lambda2"], r["group"]): r for r in json.loads(out.read_text())["update_sweep"]}
+
+    tied = sweep("tied", update_sweep_lambda2=[1.0, 2.0], update_sweep_tied=True)
+    one = sweep("one", update_sweep_lambda2=[1.0])
+    two = sweep("two", update_sweep_lambda2=[2.0], lambda1=2.0)
+    assert {k: r["lambda1"] for k, r in tied.items()} == {k: k[0] for k in tied}
+    assert {r["lambda1"] for r in one.values()} == {1.0} and {r["lambda1"] for r in two.values()} == {2.0}
+    for other in (one, two):
+        for key, row in other.items():
+            _same(row, tied[key], str(key))
+    assert any(tied[(1.0, "all")][m] != tied[(2.0, "all")][m] for m in ("rel", "loc", "dlogppl_median"))
+
+
 def test_older_stores_count_as_unfiltered_dai(tmp_path, study_args):
     """A store written before the filter and the rules existed holds unfiltered sets edited by Dai et al.'s rule:
     it resumes with --specificity off --update-rule dai and is refused under the new defaults."""
@@ -179,7 +200,7 @@ def test_older_stores_count_as_unfiltered_dai(tmp_path, study_args):
     run_study(StudyConfig(**args), echo=lambda _: None)
     with sqlite3.connect(out / "results.sqlite") as db:
         db.execute("DELETE FROM config WHERE key IN ('specificity', 'update_rule', 'specificity_prompts', "
-                   "'update_sweep_lambda2', 'update_sweep_rules', 'update_sweep_queries')")
+                   "'update_sweep_lambda2', 'update_sweep_rules', 'update_sweep_queries', 'update_sweep_tied')")
     run_study(StudyConfig(**args), echo=lambda _: None)
     defaults = study_args(out, experiments=["consistency"])
     with pytest.raises(KnowlocError, match="specificity: stored 1.0 vs now 0.1.*update_rule"):

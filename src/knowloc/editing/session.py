@@ -63,10 +63,10 @@ class EditSession:
         self._results: dict = {}
 
     def measure(self, operation: str, neurons: list, index: int, generalize_on: list[int] | None = None,
-                rule: str | None = None, lambda2: float | None = None) -> dict | None:
+                rule: str | None = None, lambda2: float | None = None, lambda1: float | None = None) -> dict | None:
         """Scores of editing ``neurons`` for query ``index``; None when the edit cannot be made (empty set, or no
         new object to update to). Gen is measured on ``generalize_on`` (default: every other query). Updates use
-        ``rule`` and ``lambda2`` (default: the session's).
+        ``rule``, ``lambda1`` and ``lambda2`` (default: the session's).
 
         Returns:
             ``{rel, gen, loc, avg, dppl, dlogppl, dprob_self, dprob_neighbors}``.
@@ -75,15 +75,16 @@ class EditSession:
             return None
         rule = rule or self.rule
         lambda2 = self.lambda2 if lambda2 is None else lambda2
+        lambda1 = self.lambda1 if lambda1 is None else lambda1
         pairs = tuple(sorted(map(tuple, neurons)))
         key: tuple = (operation, pairs)
         if operation == "update":
             acts = self.baseline.activations[index]
             signs = tuple(bool(acts[l, i] >= 0) for l, i in pairs) if rule != "dai" else None
-            key += (rule, self.lambda1, lambda2, signs)
+            key += (rule, lambda1, lambda2, signs)
         if key not in self._results:
             trial = EditTrial(prompts=self.prompts, index=index, gold=self.gold, neurons=neurons,
-                              operation=operation, new_object=self.target, lambda1=self.lambda1, lambda2=lambda2,
+                              operation=operation, new_object=self.target, lambda1=lambda1, lambda2=lambda2,
                               update_rule=rule)
             self._results[key] = evaluate_trial(self.lm, trial, self.baseline, self.loc_prompts, self.loc_gold,
                                                 self.texts)

@@ -109,6 +109,10 @@ class StudyConfig:
                                             help="update-sweep rules")
     update_sweep_queries: int = setting(2, aliases=("--sweep-queries",),
                                         help="update-sweep: neighbor queries edited per fact (seeded)")
+    update_sweep_tied: bool = setting(False, aliases=("--sweep-tied",),
+                                      help="update-sweep: lambda1 = lambda2 at every grid point (the edit is then "
+                                      "lambda2 (E(o') - E(o)), with no component along the direction all tokens' "
+                                      "unembeddings share; docs/editing.md)")
     n_boot: int = setting(1000, kind="view", help="bootstrap resamples of every confidence interval")
     out: str = setting("runs/study", kind="runtime", aliases=("-o",), help="study directory (resumable)")
     executor: str = setting("local", kind="runtime", help="local or ray")

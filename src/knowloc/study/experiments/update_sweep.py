@@ -3,12 +3,17 @@
 For each studied fact, a seeded sample of `--sweep-queries` of its neighbor queries q_i, each update rule of
 `--sweep-rules` (dai, signed, calibrated; docs/editing.md) and each lambda2 of `--sweep-lambda2`, the query's own
 KNs N_i (specificity filter applied) are updated from the gold object o to another object o' of the relation
-with lambda1 = `--lambda1`, and Rel (P(o') > P(o) on q_i), Gen (on the other neighbor queries), Loc (other
+with lambda1 = `--lambda1` (or lambda1 = lambda2 with `--sweep-tied`), and Rel (P(o') > P(o) on q_i), Gen (on the other neighbor queries), Loc (other
 relations' answers unchanged), Avg and dlogPPL = log(PPL_after / PPL_before) on neutral text are measured.
 Summaries per model x method x rule x lambda2 x group (K_C, K_I, all) carry n facts and bootstrap CIs over
 facts; a frontier figure per model x method x rule draws Rel against Loc as lambda2 grows.
 
 The best frontier point of a rule is its highest Rel among the lambda2 with Loc >= 0.8 (LOC_FLOOR).
+
+With a fixed lambda1, Loc peaks near lambda2 = lambda1: ``lambda2 e' - lambda1 e = (lambda1 + lambda2) / 2
+(e' - e) + (lambda2 - lambda1) / 2 (e' + e)``, and the unembedding rows of different tokens share a large common
+direction, which ``e' - e`` cancels and ``e' + e`` does not (benchmarks/unembedding_geometry.py). `--sweep-tied`
+sweeps the edit's size alone (docs/editing.md, "Why locality peaks at lambda2 = lambda1").
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, que
     return sorted(rng.sample(sorted(queries), k))
 
 
+def sweep_lambda1(cfg, lambda2: float) -> float:
+    """lambda1 at a grid point: lambda2 itself with --sweep-tied, else --lambda1."""
+    return lambda2 if cfg.update_sweep_tied else cfg.lambda1
+
+
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (rule, lambda2, edited query) update of one fact's N_i."""
     session = ctx.edit_session(model, fact)
@@ -42,9 +52,10 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     rows = []
     for rule in ctx.config.update_sweep_rules:
         for lambda2 in ctx.config.update_sweep_lambda2:
+            lambda1 = sweep_lambda1(ctx.config, lambda2)
             for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
-                row = {"rule": rule, "lambda2": lambda2, "edited": q, "n_neurons": len(kn[q])}
-                scores = session.measure("update", kn[q], q, rule=rule, lambda2=lambda2)
+                row = {"rule": rule, "lambda1": lambda1, "lambda2": lambda2, "edited": q, "n_neurons": len(kn[q])}
+                scores = session.measure("update", kn[q], q, rule=rule, lambda2=lambda2, lambda1=lambda1)
                 rows.append({**row, "skipped": scores is None, **(scores or {})})
     return rows
 
@@ -65,7 +76,8 @@ def summarize(ctx: StudyContext) -> Section:
         for rule in cfg.update_sweep_rules:
             for lambda2 in cfg.update_sweep_lambda2:
                 match = {"rule": rule, "lambda2": lambda2}
-                row = {"model": model, "method": method, "rule": rule, "lambda2": lambda2, "group": group}
+                row = {"model": model, "method": method, "rule": rule, "lambda1": sweep_lambda1(cfg, lambda2),
+                       "lambda2": lambda2, "group": group}
                 for metric in METRICS:
                     n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
                     row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
@@ -74,6 +86,7 @@ def summarize(ctx: StudyContext) -> Section:
                 row.update(dlogppl_stats(fact_trials, cfg, **match))
                 rows.append(row)
     section = Section(summary={"update_sweep": rows}, tables={"update_sweep": rows})
+    grown = "lambda1 = lambda2" if cfg.update_sweep_tied else f"lambda2 (lambda1 = {cfg.lambda1:g})"
     for model in cfg.models:
         for method in cfg.methods:
             for rule in cfg.update_sweep_rules:
@@ -87,7 +100,7 @@ def summarize(ctx: StudyContext) -> Section:
                 if series:
                     section.figures.append(frontier_plot(
                         series, ctx.figures_dir / f"update_frontier_{slug(model)}_{method}_{rule}.png",
-                        f"update rule {rule}: Rel vs Loc as lambda2 grows (labels) — {model}, {method}",
+                        f"update rule {rule}: Rel vs Loc as {grown} grows (labels) — {model}, {method}",
                         guide=(LOC_FLOOR, 0.5)))
     return section
 
@@ -118,19 +131,21 @@ def best_rows(rows: list[dict]) -> list[dict]:
 EXPERIMENT = register(Experiment(
     name="update-sweep", question="which update rule changes the answer without damage (Rel vs Loc frontier)?",
     heading="Update frontier", summarize=summarize, fact_work=fact_work, summary_keys=("update_sweep",),
-    settings=("update_sweep_lambda2", "update_sweep_rules", "update_sweep_queries"),
+    settings=("update_sweep_lambda2", "update_sweep_rules", "update_sweep_queries", "update_sweep_tied"),
     intro="Each fact's own KNs N_i are updated to another object with each update rule over a grid of lambda2 "
-          "(dai: Dai et al.'s raw rule; signed: the same change times the sign of the neuron's activation; "
+          "(lambda1 fixed, or equal to lambda2 in a --sweep-tied study) (dai: Dai et al.'s raw rule; signed: the same change times the sign of the neuron's activation; "
           "calibrated: sign-aware unit directions scaled by |v_n|; docs/editing.md). Rel: the new object beats the "
           "old on the edited query; Loc: unrelated answers kept. Means over facts with 95% CIs.",
     tables=(
         Table("update_sweep", title=f"Best frontier point per rule (all facts; highest Rel with Loc >= {LOC_FLOOR})",
               rows=best_rows, columns=(
                   Column("model", "model"), Column("method", "method"), Column("rule", "rule"),
-                  Column("lambda2", "lambda2", "num", 2), Column("n", "n", "int"), *edit_columns(),
+                  Column("lambda1", "lambda1", "num", 2), Column("lambda2", "lambda2", "num", 2),
+                  Column("n", "n", "int"), *edit_columns(),
                   Column("", "note"))),
         Table("update_sweep", title="All points", columns=(
             Column("model", "model"), Column("method", "method"), Column("rule", "rule"),
-            Column("lambda2", "lambda2", "num", 2), Column("group", "group", "group"), Column("n", "n", "int"),
+            Column("lambda1", "lambda1", "num", 2), Column("lambda2", "lambda2", "num", 2),
+            Column("group", "group", "group"), Column("n", "n", "int"),
             *edit_columns()))),
     figures=("update_frontier_",)))
