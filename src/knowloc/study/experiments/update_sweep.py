@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 
-
 from knowloc.plots import frontier_plot
 from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
