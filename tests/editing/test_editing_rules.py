@@ -51,8 +51,8 @@ def test_calibrated_scales_with_the_value_vector_norm():
 
 def test_calibrated_with_tied_lambdas_has_no_shared_component():
     """lambda2 e' - lambda1 e = (l1 + l2)/2 (e' - e) + (l2 - l1)/2 (e' + e) for unit e, e': with lambda1 = lambda2
-    the change is orthogonal to e + e' (the direction two tokens' rows share); otherwise it has a component
-    (lambda2 - lambda1)/2 |e + e'|^2 / |e + e'| along it, per unit of |v_n|."""
+    the change is orthogonal to e + e' (the direction two tokens' rows share); otherwise its dot product with
+    e + e' is (lambda2 - lambda1)/2 |e + e'|^2 per unit of |v_n|."""
     values, e_old, e_new = _vectors(3)
     acts = torch.ones(5)
     shared = e_old / e_old.norm() + e_new / e_new.norm()

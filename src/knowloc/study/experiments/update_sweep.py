@@ -3,8 +3,9 @@
 For each studied fact, a seeded sample of `--sweep-queries` of its neighbor queries q_i, each update rule of
 `--sweep-rules` (dai, signed, calibrated; docs/editing.md) and each lambda2 of `--sweep-lambda2`, the query's own
 KNs N_i (specificity filter applied) are updated from the gold object o to another object o' of the relation
-with lambda1 = `--lambda1` (or lambda1 = lambda2 with `--sweep-tied`), and Rel (P(o') > P(o) on q_i), Gen (on the other neighbor queries), Loc (other
-relations' answers unchanged), Avg and dlogPPL = log(PPL_after / PPL_before) on neutral text are measured.
+with lambda1 = `--lambda1` (or lambda1 = lambda2 with `--sweep-tied`), and Rel (P(o') > P(o) on q_i), Gen (on
+the other neighbor queries), Loc (other relations' answers unchanged), Avg and dlogPPL = log(PPL_after /
+PPL_before) on neutral text are measured.
 Summaries per model x method x rule x lambda2 x group (K_C, K_I, all) carry n facts and bootstrap CIs over
 facts; a frontier figure per model x method x rule draws Rel against Loc as lambda2 grows.
 
@@ -22,6 +23,7 @@ import random
 
 from knowloc.plots import frontier_plot
 from knowloc.study import specificity as spec
+from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
 from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import grouped_trials
@@ -39,7 +41,7 @@ def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, que
     return sorted(rng.sample(sorted(queries), k))
 
 
-def sweep_lambda1(cfg, lambda2: float) -> float:
+def sweep_lambda1(cfg: StudyConfig, lambda2: float) -> float:
     """lambda1 at a grid point: lambda2 itself with --sweep-tied, else --lambda1."""
     return lambda2 if cfg.update_sweep_tied else cfg.lambda1
 
@@ -132,9 +134,10 @@ EXPERIMENT = register(Experiment(
     heading="Update frontier", summarize=summarize, fact_work=fact_work, summary_keys=("update_sweep",),
     settings=("update_sweep_lambda2", "update_sweep_rules", "update_sweep_queries", "update_sweep_tied"),
     intro="Each fact's own KNs N_i are updated to another object with each update rule over a grid of lambda2 "
-          "(lambda1 fixed, or equal to lambda2 in a --sweep-tied study) (dai: Dai et al.'s raw rule; signed: the same change times the sign of the neuron's activation; "
-          "calibrated: sign-aware unit directions scaled by |v_n|; docs/editing.md). Rel: the new object beats the "
-          "old on the edited query; Loc: unrelated answers kept. Means over facts with 95% CIs.",
+          "(lambda1 fixed, or equal to lambda2 in a --sweep-tied study; dai: Dai et al.'s raw rule; signed: the "
+          "same change times the sign of the neuron's activation; calibrated: sign-aware unit directions scaled "
+          "by |v_n|; docs/editing.md). Rel: the new object beats the old on the edited query; Loc: unrelated "
+          "answers kept. Means over facts with 95% CIs.",
     tables=(
         Table("update_sweep", title=f"Best frontier point per rule (all facts; highest Rel with Loc >= {LOC_FLOOR})",
               rows=best_rows, columns=(
