@@ -184,6 +184,18 @@ def test_an_edited_fact_file_is_one_line_and_exit_2(capsys, tmp_path, tiny_facts
     assert f"fact {rows[1]['id']}: object" in err and "'Lisbon'" in err
 
 
+def test_boolean_study_flags_take_their_aliases(capsys, tmp_path, tiny_facts):
+    """A boolean setting's alias works in both forms: --sweep-tied / --no-sweep-tied (= --update-sweep-tied)."""
+    base = ["study", "--model", "tiny-llama", "--data", str(tiny_facts), "--methods", "ig", "--steps", "2",
+            "--experiments", "consistency", "--facts", "2", "--specificity-prompts", "2", "--specificity-queries",
+            "1", "--n-boot", "20", "--no-progress"]
+    for flag, expected in (("--sweep-tied", True), ("--no-sweep-tied", False), ("--update-sweep-tied", True)):
+        out = tmp_path / flag.strip("-")
+        code, _, err = run(capsys, *base, flag, "--out", str(out))
+        assert code == 0, err
+        assert json.loads((out / "summary.json").read_text())["config"]["update_sweep_tied"] is expected
+
+
 def test_demo_dry_run_prints_the_demos_plan_and_writes_nothing(capsys, tmp_path):
     from knowloc.demo import DEMO_SETTINGS
     from knowloc.study.registry import names
