@@ -10,6 +10,8 @@ the Rel/Gen/Loc metrics of Yao et al. 2023, "Editing Large Language Models"):
 * relative change ``(after - before) / before`` (nan where ``before == 0``);
 * locality is kept when an unrelated query's prediction is unchanged;
 * the average score is the mean of the available (non-nan) parts of Rel, Gen and Loc;
+* an edit's Rel is its success on the edited query, its Gen the mean success on the other queries
+  (:func:`edit_scores`, the one place both are computed);
 * perplexity ``PPL = exp(NLL_sum / n_tokens)`` (natural log) and ``ΔPPL = PPL_after - PPL_before``;
 * fluency change ``ΔlogPPL = log(PPL_after / PPL_before) = log PPL_after - log PPL_before``, the change of
   the mean token NLL: exactly 0 for an unchanged model, finite where PPL itself overflows, and symmetric
@@ -18,6 +20,7 @@ the Rel/Gen/Loc metrics of Yao et al. 2023, "Editing Large Language Models"):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,7 @@ __all__ = [
     "relative_change",
     "locality_kept",
     "avg_score",
+    "edit_scores",
     "perplexity",
     "log_perplexity",
     "delta_ppl",
@@ -111,6 +115,37 @@ def avg_score(rel: ArrayLike | None, gen: ArrayLike | None, loc: ArrayLike | Non
     out = np.full(count.shape, np.nan)
     np.divide(total, count, out=out, where=count > 0)
     return _out(out)
+
+
+def edit_scores(success: Sequence[bool], index: int, loc: float,
+                generalize_on: Sequence[int] | None = None) -> tuple[float, float, float]:
+    """Rel, Gen and Avg of one edit from the rule's verdict on each of the fact's queries.
+
+    Args:
+        success: the success rule's verdict on each query of the fact, with the edit applied.
+        index: the edited query ``q_i``.
+        loc: the edit's Loc (nan when there were no locality prompts).
+        generalize_on: the queries Gen is measured on (default: every query but ``index``).
+
+    Returns:
+        ``(rel, gen, avg)``: ``rel = success[index]`` (0 or 1); ``gen`` the mean success over
+        ``generalize_on`` (nan when it is empty); ``avg = avg_score(rel, gen, loc)``.
+
+    Raises:
+        KnowlocError: an index outside ``success``.
+
+    Example:
+        >>> edit_scores([True, False, True, True], 0, loc=0.5)
+        (1.0, 0.6666666666666666, 0.7222222222222222)
+    """
+    n = len(success)
+    others = [j for j in range(n) if j != index] if generalize_on is None else list(generalize_on)
+    for j in (index, *others):
+        if isinstance(j, bool) or not hasattr(j, "__index__") or not 0 <= int(j) < n:
+            raise KnowlocError(f"query index {j!r} out of range for {n} queries")
+    rel = float(success[index])
+    gen = float(np.mean([success[j] for j in others])) if others else float("nan")
+    return rel, gen, float(avg_score(rel, gen, loc))
 
 
 def perplexity(nll_sum: ArrayLike, n_tokens: ArrayLike) -> float | np.ndarray:

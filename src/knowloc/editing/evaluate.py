@@ -6,7 +6,8 @@ A trial edits a neuron set (erase or update, see :mod:`knowloc.editing.operation
 * ``rel``  -- success on ``q_i`` itself (0 or 1);
 * ``gen``  -- mean success over the fact's other neighbor queries ``q_j, j != i`` (nan if none);
 * ``loc``  -- share of locality (unrelated) prompts whose argmax next token is unchanged (nan if none);
-* ``avg``  -- mean of the available parts of rel, gen, loc (:func:`knowloc.analysis.avg_score`);
+* ``avg``  -- mean of the available parts of rel, gen, loc (:func:`knowloc.analysis.avg_score`; rel, gen and
+  avg all come from :func:`knowloc.analysis.editing_metrics.edit_scores`);
 * ``dlogppl`` -- ``log(PPL_after / PPL_before)`` on the neutral texts (nan if none): the change of the mean
   token NLL, exactly 0 for an unchanged model and finite even when PPL itself overflows;
 * ``dppl`` -- perplexity after minus before (raw; heavy-tailed, kept for the CSV tables only);
@@ -33,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from knowloc.analysis.editing_metrics import (
-    avg_score,
     delta_log_ppl,
     delta_ppl,
+    edit_scores,
     erase_success,
     locality_kept,
     log_perplexity,
@@ -396,10 +397,9 @@ def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
 
     i = trial.index
     others = [j for j in range(len(trial.prompts)) if j != i]
-    rel = float(success[i])
-    gen = float(np.mean([success[j] for j in others])) if others else math.nan
     loc = (float(np.mean([locality_kept(b, a) for b, a in zip(baseline.locality_top1, loc_top1)]))
            if locality_prompts else math.nan)
+    rel, gen, avg = edit_scores(success, i, loc)
     dprob_locality = math.nan
     if locality_gold_tokens:
         idx = torch.arange(len(locality_prompts))
@@ -409,7 +409,7 @@ def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
     dppl = float(delta_ppl(baseline.ppl, ppl_after)) if neutral_texts else math.nan
     dlogppl = float(delta_log_ppl(baseline.logppl, logppl_after)) if neutral_texts else math.nan
     return TrialResult(
-        rel=rel, gen=gen, loc=loc, avg=float(avg_score(rel, gen, loc)), dppl=dppl, dlogppl=dlogppl,
+        rel=rel, gen=gen, loc=loc, avg=avg, dppl=dppl, dlogppl=dlogppl,
         dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
         operation=trial.operation, n_neurons=len(neurons), success=tuple(success), dprob=tuple(dprob),
         dprob_locality=dprob_locality, ppl_before=baseline.ppl, ppl_after=ppl_after,

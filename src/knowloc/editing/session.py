@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from knowloc.analysis.editing_metrics import edit_scores
 from knowloc.editing.evaluate import EditTrial, compute_baseline, evaluate_trial
 from knowloc.models.lm import LanguageModel
 
@@ -90,11 +91,9 @@ class EditSession:
                                                 self.texts)
         result = self._results[key]
         others = [j for j in range(len(self.prompts)) if j != index] if generalize_on is None else generalize_on
-        rel = float(result.success[index])
-        gen = float(np.mean([result.success[j] for j in others])) if others else float("nan")
         loc = float(result.loc)
-        parts = [v for v in (rel, gen, loc) if not np.isnan(v)]
+        rel, gen, avg = edit_scores(result.success, index, loc, others)
         neighbors = [result.dprob[j] for j in others if not np.isnan(result.dprob[j])]
-        return {"rel": rel, "gen": gen, "loc": loc, "avg": float(np.mean(parts)), "dppl": float(result.dppl),
+        return {"rel": rel, "gen": gen, "loc": loc, "avg": avg, "dppl": float(result.dppl),
                 "dlogppl": float(result.dlogppl), "dprob_self": float(result.dprob[index]),
                 "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
