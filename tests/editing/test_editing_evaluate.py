@@ -1,5 +1,6 @@
-"""evaluate_trial, baselines and padded perplexity on tiny random models."""
+"""Baselines, their trials (Baseline.evaluate) and padded perplexity on tiny random models."""
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,6 @@ from knowloc.data.texts import load_neutral_texts
 from knowloc.editing import (
     EditTrial,
     compute_baseline,
-    evaluate_trial,
     perplexity_of_texts,
     text_nll,
 )
@@ -43,7 +43,8 @@ def setup(tiny_models):
 
 
 def _evaluate(lm, trial, baseline, gold_tokens=None):
-    return evaluate_trial(lm, trial, baseline, LOCALITY, gold_tokens, TEXTS)
+    assert baseline.lm is lm and baseline.locality_prompts == tuple(LOCALITY) and baseline.neutral_texts == tuple(TEXTS)
+    return baseline.evaluate(trial, gold_tokens)
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
@@ -120,7 +121,7 @@ def test_gen_is_nan_with_a_single_prompt_and_loc_dppl_nan_without_data(tiny_mode
     lm = tiny_models("tiny-llama")
     baseline = compute_baseline(lm, PROMPTS[:1])
     assert math.isnan(baseline.ppl)
-    result = evaluate_trial(lm, EditTrial(PROMPTS[:1], 0, "Paris", _all_neurons(lm)), baseline)
+    result = baseline.evaluate(EditTrial(PROMPTS[:1], 0, "Paris", _all_neurons(lm)))
     assert math.isnan(result.gen) and math.isnan(result.dprob_neighbors)
     assert math.isnan(result.loc) and math.isnan(result.dppl)
     assert result.avg == result.rel
@@ -186,15 +187,27 @@ def test_mismatched_baseline_and_arguments(setup):
     lm, baseline = setup("tiny-gpt2")
     trial = EditTrial(PROMPTS, 0, "Paris", [])
     with pytest.raises(KnowlocError, match="other prompts"):
-        evaluate_trial(lm, EditTrial(PROMPTS[:2], 0, "Paris", []), baseline, LOCALITY, None, TEXTS)
-    with pytest.raises(KnowlocError, match="locality prompts"):
-        evaluate_trial(lm, trial, baseline, LOCALITY[:1], None, TEXTS)
-    with pytest.raises(KnowlocError, match="neutral texts"):
-        evaluate_trial(lm, trial, baseline, LOCALITY, None, TEXTS[:2])
-    with pytest.raises(KnowlocError, match="locality gold tokens"):
-        evaluate_trial(lm, trial, baseline, LOCALITY, [1], TEXTS)
+        baseline.evaluate(EditTrial(PROMPTS[:2], 0, "Paris", []))
+    with pytest.raises(KnowlocError, match="3 locality prompts"):
+        baseline.evaluate(trial, [1])
+    with pytest.raises(KnowlocError, match="not a token id"):
+        baseline.evaluate(trial, [1, 2, 10**9])
     with pytest.raises(KnowlocError, match="same token"):
-        evaluate_trial(lm, EditTrial(PROMPTS, 0, "Paris", [], "update", "Paris"), baseline, LOCALITY, None, TEXTS)
-    llama, _ = setup("tiny-llama")
-    with pytest.raises(KnowlocError, match="computed on"):
-        evaluate_trial(llama, trial, baseline, LOCALITY, None, TEXTS)
+        baseline.evaluate(EditTrial(PROMPTS, 0, "Paris", [], "update", "Paris"))
+    with pytest.raises(KnowlocError, match="holds no model"):
+        dataclasses.replace(baseline, lm=None).evaluate(trial)
+
+
+def test_a_trial_is_measured_on_the_baselines_own_locality_prompts_and_texts(setup):
+    """The baseline is the single holder of a fact's locality prompts and neutral texts: a baseline computed
+    without them measures no Loc and no dlogPPL, one with them measures both (on the same model)."""
+    lm, baseline = setup("tiny-gpt2")
+    trial = EditTrial(PROMPTS, 0, "Paris", _all_neurons(lm))
+    bare = compute_baseline(lm, PROMPTS)
+    assert bare.lm is lm and bare.locality_prompts == () and bare.neutral_texts == ()
+    without, full = bare.evaluate(trial), baseline.evaluate(trial)
+    assert math.isnan(without.loc) and math.isnan(without.dlogppl) and math.isnan(without.dppl)
+    assert 0.0 <= full.loc <= 1.0 and full.dlogppl != 0.0 and math.isfinite(full.dlogppl)
+    assert without.success == full.success and without.rel == full.rel and without.gen == full.gen
+    only_texts = compute_baseline(lm, PROMPTS, (), TEXTS).evaluate(trial)
+    assert math.isnan(only_texts.loc) and only_texts.dlogppl == pytest.approx(full.dlogppl, rel=1e-5)

@@ -7,7 +7,7 @@ import pytest
 
 from knowloc.analysis.editing_metrics import avg_score, edit_scores
 from knowloc.data.texts import load_neutral_texts
-from knowloc.editing import EditSession, EditTrial, evaluate_trial
+from knowloc.editing import EditSession, EditTrial
 from knowloc.errors import KnowlocError
 
 PROMPTS = ["The capital of France is", "Paris is the capital city of", "France's capital is"]
@@ -51,8 +51,7 @@ def test_session_and_trial_agree_on_rel_gen_avg(tiny_models, name):
     neurons = [(layer, i) for layer in range(lm.n_layers) for i in range(0, lm.n_neurons, 2)]
     for index in range(len(PROMPTS)):
         scores = session.measure("erase", neurons, index)
-        result = evaluate_trial(lm, EditTrial(PROMPTS, index, "Paris", neurons), session.baseline, LOCALITY,
-                                session.loc_gold, TEXTS)
+        result = session.baseline.evaluate(EditTrial(PROMPTS, index, "Paris", neurons), session.loc_gold)
         assert (scores["rel"], scores["gen"], scores["avg"]) == (result.rel, result.gen, result.avg)
         assert (result.rel, result.gen, result.avg) == edit_scores(result.success, index, result.loc)
         held_out = session.measure("erase", neurons, index, generalize_on=[index])

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from knowloc.editing import EditTrial, compute_baseline, evaluate_trial
+from knowloc.editing import EditTrial, compute_baseline
 from knowloc.editing.operations import modified
 from knowloc.models.replay import RecordedBatch
 from knowloc.models.tiny import TINY
@@ -45,8 +45,8 @@ def test_recorded_trials_equal_full_forward_trials(tiny_models, operation):
     plain = dataclasses.replace(baseline, recorded=None)
     neurons = [(1, 3), (1, 7), (2, 5), (2, 11)]
     trial = EditTrial(PROMPTS, 0, "Paris", neurons, operation, new_object="Rome", lambda2=50.0)
-    fast = evaluate_trial(lm, trial, baseline, locality, None, texts)
-    slow = evaluate_trial(lm, trial, plain, locality, None, texts)
+    fast = baseline.evaluate(trial)
+    slow = plain.evaluate(trial)
     assert fast.success == slow.success and fast.loc == slow.loc
     assert fast.dprob == pytest.approx(slow.dprob, rel=1e-4, abs=1e-6)
     assert fast.ppl_after == pytest.approx(slow.ppl_after, rel=1e-5)

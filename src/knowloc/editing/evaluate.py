@@ -19,8 +19,9 @@ token is no longer the argmax AND its probability fell by at least 50% relative;
 new object's first token ``o'`` is strictly more probable than the gold one ``o``.
 
 Everything that does not depend on the edit is computed once per fact in a :class:`Baseline`, which also
-records the fact's batches block by block: a trial re-runs only the blocks from its lowest edited layer up
-(:mod:`knowloc.models.replay`), for the fact and locality prompts in one batch and the neutral texts in another.
+records the fact's batches block by block and measures each trial (:meth:`Baseline.evaluate`): a trial re-runs
+only the blocks from its lowest edited layer up (:mod:`knowloc.models.replay`), for the fact and locality prompts
+in one batch and the neutral texts in another.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ __all__ = [
     "Baseline",
     "TrialResult",
     "compute_baseline",
-    "evaluate_trial",
     "text_nll",
     "perplexity_of_texts",
 ]
@@ -178,7 +178,8 @@ class Baseline:
     locality_probs / locality_top1: distributions ``[n_locality, vocab]`` and argmax tokens of the locality
     prompts; ppl / logppl: perplexity of the neutral texts and its log (nan when there are none);
     activations: neuron activations ``[n_prompts, n_layers, n_neurons]`` at each fact prompt's last position
-    (what the sign-aware update rules read).
+    (what the sign-aware update rules read); recorded: the fact's batches block by block; lm: the model, which
+    :meth:`evaluate` edits and measures.
     """
 
     model_name: str
@@ -193,6 +194,108 @@ class Baseline:
     logppl: float = math.nan
     activations: torch.Tensor | None = field(default=None, repr=False, compare=False)
     recorded: FactBatches | None = field(default=None, repr=False, compare=False)
+    lm: LanguageModel | None = field(default=None, repr=False, compare=False)
+
+    def evaluate(self, trial: EditTrial, locality_gold_tokens: Sequence[int] | None = None) -> TrialResult:
+        """Apply the trial's edit to the baseline's model, measure, restore the model (bit-exactly, also on an
+        exception).
+
+        The edited model is measured on the baseline's own prompts, locality prompts and neutral texts; a trial
+        re-runs only the blocks from its lowest edited layer up (:class:`FactBatches`).
+
+        Args:
+            trial: prompts (the baseline's), the edited query's index, gold object, neurons, operation and, for
+                an update, the new object, lambdas and update rule (:class:`EditTrial`).
+            locality_gold_tokens: optional, one token id per locality prompt of the baseline; only feeds
+                ``dprob_locality``.
+
+        Returns:
+            :class:`TrialResult`: rel, gen, loc, avg, dlogppl, dppl, dprob_self, dprob_neighbors, and per prompt
+            ``success`` and ``dprob`` (the module docstring defines each).
+
+        Raises:
+            KnowlocError: a baseline without its model (not from :func:`compute_baseline`) or of other prompts
+                than the trial's, bad neurons or tokens.
+
+        Example:
+            >>> base = compute_baseline(lm, prompts, loc_prompts, texts)
+            >>> trial = EditTrial(prompts, 0, "Paris", [(12, 345)], "update", "Rome", lambda2=2.0,
+            ...                   update_rule="calibrated")
+            >>> base.evaluate(trial).rel
+        """
+        lm = self.lm
+        if lm is None:
+            raise KnowlocError("this baseline holds no model to edit: compute it with compute_baseline")
+        if self.prompts != trial.prompts:
+            raise KnowlocError("the baseline was computed on other prompts than the trial's")
+        locality_prompts, neutral_texts = self.locality_prompts, self.neutral_texts
+        vocab = self.probs.shape[1]
+        if locality_gold_tokens is not None:
+            locality_gold_tokens = tuple(locality_gold_tokens)
+            if len(locality_gold_tokens) != len(locality_prompts):
+                raise KnowlocError(f"{len(locality_gold_tokens)} locality gold tokens for "
+                                   f"{len(locality_prompts)} locality prompts")
+            for t in locality_gold_tokens:
+                if isinstance(t, bool) or not hasattr(t, "__index__") or not 0 <= int(t) < vocab:
+                    raise KnowlocError(f"locality gold token {t!r} is not a token id of the vocabulary")
+
+        gold = lm.first_target_token(trial.gold)
+        new = None
+        if trial.operation == "update":
+            new = lm.first_target_token(trial.new_object)  # type: ignore[arg-type]
+            if new == gold:
+                raise KnowlocError(f"new object {trial.new_object!r} starts with the same token as {trial.gold!r}")
+        neurons = normalize_neurons(lm, trial.neurons)
+        activations = None
+        if trial.operation == "update" and trial.update_rule != "dai":
+            if self.activations is None:
+                raise KnowlocError(f"the {trial.update_rule!r} rule needs a baseline from compute_baseline")
+            acts = self.activations[trial.index]
+            activations = {(layer, index): float(acts[layer, index]) for layer, index in neurons}
+
+        with modified(lm, trial.operation, neurons, old_token=gold, new_token=new, lambda1=trial.lambda1,
+                      lambda2=trial.lambda2, rule=trial.update_rule, activations=activations):
+            if self.recorded is not None and self.recorded.lm is lm:
+                # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
+                start = min(layer for layer, _ in neurons) if neurons else None
+                probs, top1, loc_probs, loc_top1, logppl_after = self.recorded.measure(start)
+            else:
+                probs, top1 = _distributions(lm, trial.prompts)
+                loc_probs, loc_top1 = _distributions(lm, locality_prompts)
+                logppl_after = log_perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
+        ppl_after = _exp(logppl_after)
+
+        success: list[bool] = []
+        dprob: list[float] = []
+        for j in range(len(trial.prompts)):
+            p_before = _prob(self.probs[j, gold])
+            p_after = _prob(probs[j, gold])
+            if trial.operation == "erase":
+                ok = erase_success(p_before, p_after, top1[j] == gold)
+            else:
+                ok = update_success(_prob(probs[j, new]), p_after)
+            success.append(bool(ok))
+            dprob.append(float(relative_change(float(self.probs[j, gold]), float(probs[j, gold]))))
+
+        i = trial.index
+        others = [j for j in range(len(trial.prompts)) if j != i]
+        loc = (float(np.mean([locality_kept(b, a) for b, a in zip(self.locality_top1, loc_top1)]))
+               if locality_prompts else math.nan)
+        rel, gen, avg = edit_scores(success, i, loc)
+        dprob_locality = math.nan
+        if locality_gold_tokens:
+            idx = torch.arange(len(locality_prompts))
+            toks = torch.tensor([int(t) for t in locality_gold_tokens])
+            dprob_locality = _nanmean(np.atleast_1d(relative_change(self.locality_probs[idx, toks],
+                                                                    loc_probs[idx, toks])).tolist())
+        dppl = float(delta_ppl(self.ppl, ppl_after)) if neutral_texts else math.nan
+        dlogppl = float(delta_log_ppl(self.logppl, logppl_after)) if neutral_texts else math.nan
+        return TrialResult(
+            rel=rel, gen=gen, loc=loc, avg=avg, dppl=dppl, dlogppl=dlogppl,
+            dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
+            operation=trial.operation, n_neurons=len(neurons), success=tuple(success), dprob=tuple(dprob),
+            dprob_locality=dprob_locality, ppl_before=self.ppl, ppl_after=ppl_after,
+        )
 
 
 class FactBatches:
@@ -290,7 +393,7 @@ def compute_baseline(lm: LanguageModel, prompts: Sequence[str], locality_prompts
     return Baseline(model_name=lm.name, prompts=prompts, probs=probs, top1=top1,
                     locality_prompts=locality_prompts, locality_probs=loc_probs, locality_top1=loc_top1,
                     neutral_texts=neutral_texts, ppl=_exp(logppl), logppl=logppl,
-                    activations=recorded.activations, recorded=recorded)
+                    activations=recorded.activations, recorded=recorded, lm=lm)
 
 
 def _exp(x: float) -> float:
@@ -307,110 +410,3 @@ def _nanmean(values: Sequence[float]) -> float:
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[~np.isnan(arr)]
     return float(arr.mean()) if arr.size else math.nan
-
-
-def evaluate_trial(lm: LanguageModel, trial: EditTrial, baseline: Baseline,
-                   locality_prompts: Sequence[str] = (), locality_gold_tokens: Sequence[int] | None = None,
-                   neutral_texts: Sequence[str] = ()) -> TrialResult:
-    """Apply the trial's edit, measure, restore the model (bit-exactly, also on an exception).
-
-    Args:
-        lm: the model the baseline was computed on.
-        trial: prompts, the edited query's index, gold object, neurons, operation and, for an update, the new
-            object, lambdas and update rule (:class:`EditTrial`).
-        baseline: :func:`compute_baseline` of ``lm`` on the trial's prompts, ``locality_prompts`` and
-            ``neutral_texts``; a trial re-runs only the blocks from its lowest edited layer up from it.
-        locality_prompts: unrelated prompts for Loc (argmax unchanged).
-        locality_gold_tokens: optional, one token id per locality prompt; only feeds ``dprob_locality``.
-        neutral_texts: sentences for dlogPPL (and raw dPPL).
-
-    Returns:
-        :class:`TrialResult`: rel, gen, loc, avg, dlogppl, dppl, dprob_self, dprob_neighbors, and per prompt
-        ``success`` and ``dprob`` (the module docstring defines each).
-
-    Raises:
-        KnowlocError: a baseline of another model or other prompts, bad neurons or tokens.
-
-    Example:
-        >>> base = compute_baseline(lm, prompts, loc_prompts, texts)
-        >>> trial = EditTrial(prompts, 0, "Paris", [(12, 345)], "update", "Rome", lambda2=2.0,
-        ...                   update_rule="calibrated")
-        >>> evaluate_trial(lm, trial, base, loc_prompts, None, texts).rel
-    """
-    locality_prompts = _as_prompts(locality_prompts, "locality_prompts")
-    neutral_texts = _as_prompts(neutral_texts, "neutral_texts")
-    if baseline.model_name != lm.name:
-        raise KnowlocError(f"the baseline was computed on {baseline.model_name!r}, not {lm.name!r}")
-    if baseline.prompts != trial.prompts:
-        raise KnowlocError("the baseline was computed on other prompts than the trial's")
-    if baseline.locality_prompts != locality_prompts:
-        raise KnowlocError("the baseline was computed on other locality prompts")
-    if baseline.neutral_texts != neutral_texts:
-        raise KnowlocError("the baseline was computed on other neutral texts")
-    vocab = baseline.probs.shape[1]
-    if locality_gold_tokens is not None:
-        locality_gold_tokens = tuple(locality_gold_tokens)
-        if len(locality_gold_tokens) != len(locality_prompts):
-            raise KnowlocError(f"{len(locality_gold_tokens)} locality gold tokens for "
-                               f"{len(locality_prompts)} locality prompts")
-        for t in locality_gold_tokens:
-            if isinstance(t, bool) or not hasattr(t, "__index__") or not 0 <= int(t) < vocab:
-                raise KnowlocError(f"locality gold token {t!r} is not a token id of the vocabulary")
-
-    gold = lm.first_target_token(trial.gold)
-    new = None
-    if trial.operation == "update":
-        new = lm.first_target_token(trial.new_object)  # type: ignore[arg-type]
-        if new == gold:
-            raise KnowlocError(f"new object {trial.new_object!r} starts with the same token as {trial.gold!r}")
-    neurons = normalize_neurons(lm, trial.neurons)
-    activations = None
-    if trial.operation == "update" and trial.update_rule != "dai":
-        if baseline.activations is None:
-            raise KnowlocError(f"the {trial.update_rule!r} rule needs a baseline from compute_baseline")
-        acts = baseline.activations[trial.index]
-        activations = {(layer, index): float(acts[layer, index]) for layer, index in neurons}
-
-    with modified(lm, trial.operation, neurons, old_token=gold, new_token=new, lambda1=trial.lambda1,
-                  lambda2=trial.lambda2, rule=trial.update_rule, activations=activations):
-        if baseline.recorded is not None and baseline.recorded.lm is lm:
-            # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
-            start = min(layer for layer, _ in neurons) if neurons else None
-            probs, top1, loc_probs, loc_top1, logppl_after = baseline.recorded.measure(start)
-        else:
-            probs, top1 = _distributions(lm, trial.prompts)
-            loc_probs, loc_top1 = _distributions(lm, locality_prompts)
-            logppl_after = log_perplexity_of_texts(lm, neutral_texts) if neutral_texts else math.nan
-    ppl_after = _exp(logppl_after)
-
-    success: list[bool] = []
-    dprob: list[float] = []
-    for j in range(len(trial.prompts)):
-        p_before = _prob(baseline.probs[j, gold])
-        p_after = _prob(probs[j, gold])
-        if trial.operation == "erase":
-            ok = erase_success(p_before, p_after, top1[j] == gold)
-        else:
-            ok = update_success(_prob(probs[j, new]), p_after)
-        success.append(bool(ok))
-        dprob.append(float(relative_change(float(baseline.probs[j, gold]), float(probs[j, gold]))))
-
-    i = trial.index
-    others = [j for j in range(len(trial.prompts)) if j != i]
-    loc = (float(np.mean([locality_kept(b, a) for b, a in zip(baseline.locality_top1, loc_top1)]))
-           if locality_prompts else math.nan)
-    rel, gen, avg = edit_scores(success, i, loc)
-    dprob_locality = math.nan
-    if locality_gold_tokens:
-        idx = torch.arange(len(locality_prompts))
-        toks = torch.tensor([int(t) for t in locality_gold_tokens])
-        dprob_locality = _nanmean(np.atleast_1d(relative_change(baseline.locality_probs[idx, toks],
-                                                                loc_probs[idx, toks])).tolist())
-    dppl = float(delta_ppl(baseline.ppl, ppl_after)) if neutral_texts else math.nan
-    dlogppl = float(delta_log_ppl(baseline.logppl, logppl_after)) if neutral_texts else math.nan
-    return TrialResult(
-        rel=rel, gen=gen, loc=loc, avg=avg, dppl=dppl, dlogppl=dlogppl,
-        dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
-        operation=trial.operation, n_neurons=len(neurons), success=tuple(success), dprob=tuple(dprob),
-        dprob_locality=dprob_locality, ppl_before=baseline.ppl, ppl_after=ppl_after,
-    )

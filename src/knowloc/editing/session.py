@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from knowloc.analysis.editing_metrics import edit_scores
-from knowloc.editing.evaluate import EditTrial, compute_baseline, evaluate_trial
+from knowloc.editing.evaluate import EditTrial, compute_baseline
 from knowloc.models.lm import LanguageModel
 
 __all__ = ["EditSession", "choose_new_object", "locality_sample"]
@@ -87,8 +87,7 @@ class EditSession:
             trial = EditTrial(prompts=self.prompts, index=index, gold=self.gold, neurons=neurons,
                               operation=operation, new_object=self.target, lambda1=lambda1, lambda2=lambda2,
                               update_rule=rule)
-            self._results[key] = evaluate_trial(self.lm, trial, self.baseline, self.loc_prompts, self.loc_gold,
-                                                self.texts)
+            self._results[key] = self.baseline.evaluate(trial, self.loc_gold)
         result = self._results[key]
         others = [j for j in range(len(self.prompts)) if j != index] if generalize_on is None else generalize_on
         loc = float(result.loc)
