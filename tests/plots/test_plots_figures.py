@@ -19,7 +19,6 @@ from knowloc.plots import (  # noqa: E402
     figures,
     grouped_bars,
     heatmap_grid,
-    line_plot,
     violin_cs,
 )
 
@@ -104,14 +103,20 @@ def grid() -> tuple[np.ndarray, list[str], list[str]]:
     return m, ["0.1", "0.2", "0.3"], ["1", "5", "10", "20"]
 
 
+def small_plot(path):
+    """The smallest figure, for what every figure shares (path checks, atomic save)."""
+    return heatmap_grid(np.eye(2), ["a", "b"], ["c", "d"], path, "t", "x", "y")
+
+
 # --------------------------------------------------------------------------- package surface
 
 
 def test_reexports():
-    assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars", "line_plot",
+    assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars",
                                   "heatmap_grid", "frontier_plot", "specificity_scatter"}
     for name in plots.__all__:
         assert getattr(plots, name) is getattr(figures, name)
+    assert not hasattr(figures, "line_plot")  # removed: no figure of the study drew it
     assert matplotlib.get_backend().lower() == "agg"
 
 
@@ -295,34 +300,6 @@ def test_grouped_bars_bad_input(tmp_path, rows, needle):
     assert list(tmp_path.iterdir()) == []
 
 
-# --------------------------------------------------------------------------- line_plot
-
-
-def test_line_plot(tmp_path, captured):
-    xs = [0.1, 0.2, 0.3, 0.4]
-    series = {"K_C": (xs, [0.2, 0.4, 0.5, 0.6]), "K_I": (xs, [0.1, NAN, 0.3, 0.35]), "one": ([0.25], [0.3])}
-    check_png(line_plot(series, tmp_path / "l.png", "sweep", "threshold τ", "share"))
-    only_file(tmp_path, "l.png")
-    for needle in ("K_C", "K_I", "one", "threshold τ", "share", "sweep"):
-        assert needle in captured[0]
-
-
-@pytest.mark.parametrize(
-    ("series", "needle"),
-    [
-        ({}, "non-empty"),
-        ({"a": ([1, 2, 3], [1, 2])}, "3 x values and 2 y values"),
-        ({"a": ([], [])}, "0 x values"),
-        ({"a": ([1, NAN], [1, 2])}, "x values"),
-        ({"a": [1, 2, 3]}, "pair"),
-    ],
-)
-def test_line_plot_bad_input(tmp_path, series, needle):
-    with pytest.raises(KnowlocError) as err:
-        line_plot(series, tmp_path / "l.png", "t", "x", "y")
-    assert needle in str(err.value) and "\n" not in str(err.value)
-
-
 # --------------------------------------------------------------------------- heatmap_grid
 
 
@@ -374,7 +351,6 @@ def render_all(directory: Path) -> list[Path]:
         activation_heatmaps([panel("a"), panel("b", shift=1)], directory / "a.png", "a"),
         grouped_bars(bar_rows(), directory / "b.png", "b", x="metric", hue="set", value="mean",
                      low="lo", high="hi", facet="group"),
-        line_plot({"s": ([1, 2, 3], [3, 1, 2])}, directory / "l.png", "l", "x", "y"),
         heatmap_grid(m, rows, cols, directory / "g.png", "g", "x", "y"),
     ]
 
@@ -389,21 +365,21 @@ def test_overwrite_creates_parents_and_leaves_no_temp(tmp_path):
     target = tmp_path / "nested" / "dir" / "fig.png"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"old")
-    line_plot({"s": ([1, 2], [1, 2])}, target, "t", "x", "y")
+    small_plot(target)
     check_png(target)
     only_file(target.parent, "fig.png")
     fresh = tmp_path / "made" / "fig.png"  # missing parent folders are created
-    check_png(line_plot({"s": ([1, 2], [1, 2])}, str(fresh), "t", "x", "y"))
+    check_png(small_plot(str(fresh)))
 
 
 def test_unwritable_target_is_a_knowloc_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(KnowlocError) as err:
-        line_plot({"s": ([1, 2], [1, 2])}, blocker / "fig.png", "t", "x", "y")
+        small_plot(blocker / "fig.png")
     assert "cannot write figure" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(KnowlocError, match="directory"):
-        line_plot({"s": ([1, 2], [1, 2])}, tmp_path, "t", "x", "y")
+        small_plot(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -413,10 +389,12 @@ def test_failed_save_removes_temp_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", boom)
     with pytest.raises(KnowlocError, match="No space left"):
-        line_plot({"s": ([1, 2], [1, 2])}, tmp_path / "l.png", "t", "x", "y")
+        small_plot(tmp_path / "l.png")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_pixel_size_follows_fixed_dpi(tmp_path):
-    image = mpimg.imread(line_plot({"s": ([1, 2], [1, 2])}, tmp_path / "l.png", "t", "x", "y"))
-    assert image.shape[:2] == (math.floor(4.6 * 120), math.floor(7.6 * 120))
+    # a 6 x 8 annotated grid: 2.6 + 0.75 * 8 = 8.6 by 1.8 + 0.5 * 6 = 4.8 inches
+    m = np.arange(48, dtype=float).reshape(6, 8)
+    image = mpimg.imread(heatmap_grid(m, list("abcdef"), list("01234567"), tmp_path / "g.png", "t", "x", "y"))
+    assert image.shape[:2] == (math.floor(4.8 * 120), math.floor(8.6 * 120))

@@ -117,38 +117,14 @@ def baselines(lm: LanguageModel, enc: Encoding, config: MethodConfig) -> torch.T
     return last_position_activations(lm, seqs)
 
 
-class _GoldObjective(torch.autograd.Function):
-    """mean_t P(o_t) (or mean_t log P(o_t)) of gold tokens from logits, with a hand-written backward.
-
-    d P_o / d logits = P_o (e_o - p) and d log P_o / d logits = e_o - p: one pass over the vocabulary,
-    cheaper than autograd's softmax + gather backward on a 50k vocabulary with hundreds of rows.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, target_ids: torch.Tensor, log: bool) -> torch.Tensor:
-        logits32 = logits.float()
-        probs = torch.softmax(logits32, dim=-1)
-        index = target_ids.view(1, -1, 1).expand(logits.shape[0], -1, 1)
-        gold = probs.gather(-1, index).squeeze(-1)  # [rows, n_target]
-        ctx.save_for_backward(probs, gold, index)
-        ctx.log, ctx.dtype = log, logits.dtype
-        if log:  # log_softmax at the gold ids without underflow
-            return (logits32.gather(-1, index).squeeze(-1) - torch.logsumexp(logits32, dim=-1)).mean(dim=-1)
-        return gold.mean(dim=-1)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        probs, gold, index = ctx.saved_tensors
-        coef = grad_out.unsqueeze(-1) / gold.shape[-1]  # [rows, 1] -> per target token
-        if not ctx.log:
-            coef = coef * gold
-        coef = coef.unsqueeze(-1)  # [rows, n_target, 1]
-        grad = probs * -coef
-        grad.scatter_add_(-1, index, coef)
-        return grad.to(ctx.dtype), None, None
-
-
 def objective(logits: torch.Tensor, target_ids: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-row objective from logits [rows, n_target, vocab] and gold ids [n_target]: the mean over target
-    tokens (teacher-forced) of P(token) (kind="prob") or of log P(token) (kind="logprob")."""
-    return _GoldObjective.apply(logits, target_ids, kind == "logprob")
+    tokens (teacher-forced) of P(token) (kind="prob") or of log P(token) (kind="logprob"), in float32.
+
+    Used forward only (the completeness check, under ``torch.no_grad()``); the engine differentiates its own
+    objective (:mod:`knowloc.attribution.engine`)."""
+    logits32 = logits.float()
+    index = target_ids.view(1, -1, 1).expand(logits.shape[0], -1, 1)
+    if kind == "logprob":  # log_softmax at the gold ids without underflow
+        return (logits32.gather(-1, index).squeeze(-1) - torch.logsumexp(logits32, dim=-1)).mean(dim=-1)
+    return torch.softmax(logits32, dim=-1).gather(-1, index).squeeze(-1).mean(dim=-1)  # [rows]

@@ -4,8 +4,7 @@ Headless (matplotlib Agg backend), deterministic and written atomically; drawn b
 embedded by the report. See :mod:`knowloc.plots.figures`.
 """
 
-from knowloc.plots.figures import (activation_heatmaps, frontier_plot, grouped_bars, heatmap_grid, line_plot,
+from knowloc.plots.figures import (activation_heatmaps, frontier_plot, grouped_bars, heatmap_grid,
                                    specificity_scatter, violin_cs)
 
-__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "line_plot", "specificity_scatter",
-           "violin_cs"]
+__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter", "violin_cs"]

@@ -32,8 +32,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from knowloc.errors import KnowlocError  # noqa: E402
 from knowloc.fileio import atomic_write  # noqa: E402
 
-__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "line_plot", "specificity_scatter",
-           "violin_cs"]
+__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter", "violin_cs"]
 
 DPI = 120
 PathLike = str | os.PathLike[str]
@@ -489,68 +488,7 @@ def grouped_bars(
     return _save(fig, out)
 
 
-# --------------------------------------------------------------------------- 4. line_plot
-
-
-def line_plot(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    path: PathLike,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-) -> Path:
-    """Multi-series line plot with markers, e.g. a metric against a swept parameter.
-
-    Args:
-        series: name -> ``(xs, ys)`` of equal, non-zero length; drawn in the mapping's order.
-            nan in ``ys`` leaves a gap.
-        path: where to write the PNG.
-        title: figure title.
-        xlabel: x-axis label.
-        ylabel: y-axis label.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        KnowlocError: no series, a series that is not an (xs, ys) pair of equal non-zero
-            lengths, or non-numeric / non-finite x values.
-    """
-    out = _check_path(path)
-    if not isinstance(series, Mapping) or not series:
-        raise KnowlocError("line_plot needs a non-empty mapping name -> (xs, ys)")
-    parsed = []
-    for name, pair in series.items():
-        if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
-            raise KnowlocError(f"series {str(name)!r} must be a pair (xs, ys)")
-        try:
-            xs = np.asarray(pair[0], dtype=float).ravel()
-            ys = np.asarray(pair[1], dtype=float).ravel()
-        except (TypeError, ValueError):
-            raise KnowlocError(f"series {str(name)!r} must hold numbers") from None
-        if xs.size == 0 or xs.size != ys.size:
-            raise KnowlocError(f"series {str(name)!r} has {xs.size} x values and {ys.size} y values")
-        if not np.isfinite(xs).all():
-            raise KnowlocError(f"series {str(name)!r} has nan or inf x values")
-        if np.isinf(ys).any():
-            raise KnowlocError(f"series {str(name)!r} has infinite y values")
-        parsed.append((str(name), xs, ys))
-    markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
-    with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(7.6, 4.6), layout="constrained")
-        for k, (name, xs, ys) in enumerate(parsed):
-            ax.plot(xs, ys, marker=markers[k % len(markers)], markersize=5, linewidth=1.6,
-                    color=_PALETTE[k % len(_PALETTE)], label=name)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, color="0.9", linewidth=0.8)
-        ax.set_axisbelow(True)
-        ax.set_title(_wrap(title, _TITLE_WIDTH))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
-    return _save(fig, out)
-
-
-# --------------------------------------------------------------------------- 5. heatmap_grid
+# --------------------------------------------------------------------------- 4. heatmap_grid
 
 
 def heatmap_grid(
@@ -633,7 +571,7 @@ def heatmap_grid(
     return _save(fig, out)
 
 
-# --------------------------------------------------------------------------- 6. specificity_scatter
+# --------------------------------------------------------------------------- 5. specificity_scatter
 
 
 def specificity_scatter(ref_frequency: Any, activation_ratio: Any, fact_frequency: Any, threshold: float,
@@ -689,7 +627,7 @@ def specificity_scatter(ref_frequency: Any, activation_ratio: Any, fact_frequenc
     return _save(fig, out)
 
 
-# --------------------------------------------------------------------------- 7. frontier_plot
+# --------------------------------------------------------------------------- 6. frontier_plot
 
 
 def frontier_plot(series: Mapping[str, Sequence[tuple[float, float, str]]], path: PathLike, title: str,
