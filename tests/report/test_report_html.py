@@ -1,4 +1,4 @@
-"""The HTML study report (knowloc.report.html): self-contained, complete, escaped, deterministic."""
+"""The HTML study report (knowloc.report): self-contained, complete, escaped, deterministic."""
 
 import base64
 import html
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from knowloc.errors import KnowlocError
-from knowloc.report.html import build_report, environment_info
+from knowloc.report import build_report, environment_info
 
 SUBJECTS = ["France", "Germany", "Italy", "Spain", "Japan", "Egypt", "Brazil", "Canada"]
 TEMPLATES = {
@@ -280,6 +280,39 @@ def test_drill_down_groups_of_a_store_without_stored_groups(tmp_path):
         group = "K_C" if consistency_scores(sets)["cs2"] >= summary["config"]["tau"] else "K_I"
         block = text.split(f"<code>f{k}&lt;i&gt;</code>")[1].split("</summary>")[0]
         assert f'ig: <span class="g-{group}">{group}</span>' in block
+
+
+def test_report_of_a_summary_whose_config_lacks_settings(tmp_path):
+    """An old summary.json without the split settings: the report takes them from StudyConfig's defaults."""
+    from knowloc.analysis import consistency_scores
+    from knowloc.study.config import StudyConfig
+
+    out = _hand_made_study(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("tau", "p", "cs_score", "split", "min_known", "specificity", "update_rule", "lambda2"):
+        del summary["config"][key]
+    (out / "summary.json").write_text(json.dumps(summary))
+    text = build_report(out).read_text(encoding="utf-8")
+    default = StudyConfig(models=["m"])
+    assert f"Facts a model answers in at least {default.min_known} paraphrases" in text
+    assert f"<b>{default.split}</b> split of {default.cs_score.upper()}" in text
+    for k in range(3):
+        sets = [{(0, 1), (1, 2 + k + q)} | {(2, i) for i in range(40 if k == 0 else 3)} for q in range(2)]
+        group = "K_C" if consistency_scores(sets, p=default.p)[default.cs_score] >= default.tau else "K_I"
+        block = text.split(f"<code>f{k}&lt;i&gt;</code>")[1].split("</summary>")[0]
+        assert f'ig: <span class="g-{group}">{group}</span>' in block
+    # the configuration table shows what summary.json holds, not the defaults filled in
+    config_table = text.split("<h3>Study configuration</h3>")[1].split("</table>")[0]
+    assert '<td class="k">tau</td>' not in config_table and '<td class="k">seed</td>' in config_table
+
+
+def test_invalid_stored_config_is_an_error(tmp_path):
+    out = _hand_made_study(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "config": {**summary["config"], "tau": 2.0}}))
+    with pytest.raises(KnowlocError, match="stored configuration.*tau"):
+        build_report(out)
+    assert not (out / "report.html").exists()
 
 
 def test_missing_summary_is_an_error(tmp_path):
