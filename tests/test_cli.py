@@ -207,3 +207,85 @@ def test_demo_dry_run_prints_the_demos_plan_and_writes_nothing(capsys, tmp_path)
     assert f"reference attributions ig: {DEMO_SETTINGS['specificity_prompts']}" in text
     assert "estimated total: ~" in text
     assert not out.exists()
+
+
+def _study_params(command="study"):
+    import typer
+
+    from knowloc.cli import build_app
+
+    return {p.name: p for p in typer.main.get_command(build_app()).commands[command].params}
+
+
+def test_value_type_of_a_field_follows_its_type():
+    from typing import Optional
+
+    from knowloc.cli import _value_type
+
+    assert _value_type(bool) is bool and _value_type(int) is int and _value_type(float) is float
+    assert _value_type(int | None) is int and _value_type(Optional[float]) is float
+    assert _value_type(list[str] | None) is list and _value_type(list[float]) is list
+    assert _value_type(str) is str and _value_type(str | None) is str
+    assert _value_type(float | str) is str  # a union of two values: StudyConfig parses the text itself
+
+
+def test_study_flags_are_typed_after_the_fields_defaults():
+    """Each StudyConfig field's flag parses what its default is: a bool gets --X/--no-X, an int N, a float X,
+    a list LIST (the LIST_FIELDS repeatable); fields defaulting to None are typed after their annotation."""
+    from dataclasses import MISSING, fields
+
+    from knowloc.study.config import LIST_FIELDS, StudyConfig
+
+    params = _study_params()
+    for f in fields(StudyConfig):
+        p = params[f.name]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        assert p.opts[0] == "--" + f.name.replace("_", "-") and p.opts[1:] == list(f.metadata["aliases"])
+        if f.name == "specificity":
+            continue  # float | str, below
+        if isinstance(default, bool):
+            assert p.is_flag and p.secondary_opts == ["--no-" + d[2:] for d in p.opts], f.name
+        elif isinstance(default, int):
+            assert p.metavar == "N" and p.type_descriptor.annotation is int, f.name
+        elif isinstance(default, float):
+            assert p.metavar == "X" and p.type_descriptor.annotation is float, f.name
+        elif isinstance(default, list):
+            assert p.metavar == "LIST" and p.multiple == (f.name in LIST_FIELDS), f.name
+        elif isinstance(default, str):
+            assert p.metavar == "TEXT" and p.type_descriptor.annotation is str, f.name
+    none_defaults = {"facts": "N", "lambda2": "X", "cas_top_k": "N", "relations": "LIST", "attention_layers": "TEXT",
+                     "ray_address": "TEXT", "device": "TEXT", "dtype": "TEXT"}
+    assert {n: params[n].metavar for n in none_defaults} == none_defaults
+    assert params["specificity"].metavar == "TEXT"  # float | str: StudyConfig parses the text
+    assert params["update_sweep_tied"].opts == ["--update-sweep-tied", "--sweep-tied"]
+    assert params["update_sweep_tied"].secondary_opts == ["--no-update-sweep-tied", "--no-sweep-tied"]
+    sweep = _study_params("cas-sweep")
+    assert sweep["cas_sweep_beta2"].opts == ["--beta2", "--sweep-beta2"] and sweep["cas_sweep_beta2"].metavar == "LIST"
+    assert "experiments" not in sweep
+
+
+def test_store_lists_a_models_attribution_methods_and_the_neuron_command_uses_it(tmp_path):
+    import torch
+
+    from knowloc.cli import _study_neuron
+    from knowloc.study.store import Store
+
+    store = Store(tmp_path / "results.sqlite")
+    store.save_probe("m1", [{"fact_id": "f1", "relation": "P1", "subject": "France", "object": "Paris",
+                             "queries": []}])
+    store.save_probe("m2", [{"fact_id": "f1", "relation": "P1", "subject": "France", "object": "Paris",
+                             "queries": []}])
+    scores = torch.zeros(2, 4)
+    for method, kn in (("sig", [(1, 2)]), ("amig", [(1, 2), (0, 3)])):
+        for qidx in (0, 1):
+            store.save_attribution("m1", method, "f1", qidx, 0.5, kn, scores)
+    store.save_attribution("m1", "ig", "f1", 0, 0.5, [(0, 1)], scores)
+    assert store.attributed_methods("m1") == ["amig", "ig", "sig"]  # distinct, sorted
+    assert store.attributed_methods("m2") == [] and store.attributed_methods("nobody") == []
+    store.close()
+    where = _study_neuron(tmp_path, 1, 2)
+    assert list(where) == ["m1 amig", "m1 ig", "m1 sig"]
+    assert where["m1 amig"]["by_relation"]["P1"] == {"queries": 2, "kn_raw": 2, "kn_used": 0}
+    assert where["m1 ig"]["by_relation"]["P1"]["kn_raw"] == 0 and where["m1 ig"]["facts"] == []
+    assert where["m1 sig"]["facts"] == [{"fact_id": "f1", "relation": "P1", "subject": "France",
+                                         "object": "Paris", "queries": 2, "used": 0}]

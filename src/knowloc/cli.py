@@ -14,9 +14,11 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import types
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import typer
 
@@ -184,8 +186,7 @@ def _study_neuron(directory: Path, layer: int, index: int) -> dict:
         for model in store.probed_models():
             relation_of = {row["fact_id"]: (row["relation"], row["subject"], row["object"])
                            for row in store.probe(model)}
-            for method in sorted({m for (m,) in store.db.execute(
-                    "SELECT DISTINCT method FROM attributions WHERE model = ?", (model,))}):
+            for method in store.attributed_methods(model):
                 raw = store.kn_lists_all(model, method)
                 used = store.groups(model, method)
                 by_relation: dict[str, dict] = {}
@@ -280,10 +281,22 @@ def _default_text(f) -> str:
     return f"{default:g}" if isinstance(default, float) else str(default)
 
 
+def _value_type(annotation: object) -> type:
+    """What a flag of a field with this (resolved) type parses: ``list`` for a list, ``bool`` / ``int`` / ``float``
+    for those (``X | None`` counts as ``X``), ``str`` for anything else (``str``, or a union such as
+    ``float | str``, which StudyConfig parses itself)."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        parts = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = parts[0] if len(parts) == 1 else str
+    if typing.get_origin(annotation) is list or annotation is list:
+        return list
+    return annotation if annotation in (bool, int, float) else str
+
+
 def _flag_parameter(f, name: str | None = None, decls: tuple[str, ...] | None = None) -> inspect.Parameter:
-    """A typer option for one StudyConfig field: `--field-name` (plus its aliases), typed after the field;
-    lists take comma-separated values (names may also be repeated); the default is shown, not passed, so that
-    an unset flag leaves a TOML value alone."""
+    """A typer option for one StudyConfig field: `--field-name` (plus its aliases), typed after the field's
+    type; lists take comma-separated values (names may also be repeated); the default is shown, not passed, so
+    that an unset flag leaves a TOML value alone."""
     flag = "--" + f.name.replace("_", "-")
     decls = decls if decls is not None else (flag, *f.metadata["aliases"])
     help_text = f.metadata["help"]
@@ -293,16 +306,17 @@ def _flag_parameter(f, name: str | None = None, decls: tuple[str, ...] | None = 
     default = _default_text(f)
     if default:
         help_text += f" [default: {default}]"
+    kind = _value_type(typing.get_type_hints(StudyConfig)[f.name])
     annotation: object = Optional[str]
-    metavar = "LIST" if f.type.startswith("list") else "TEXT"
+    metavar = "LIST" if kind is list else "TEXT"
     if f.name in LIST_FIELDS:
         annotation = Optional[list[str]]
-    elif f.type in ("bool",):
+    elif kind is bool:
         decls = tuple(f"{d}/--no-{d[2:]}" for d in decls)
         annotation, metavar = Optional[bool], None
-    elif f.type in ("int", "int | None"):
+    elif kind is int:
         annotation, metavar = Optional[int], "N"
-    elif f.type in ("float", "float | None"):
+    elif kind is float:
         annotation, metavar = Optional[float], "X"
     option = typer.Option(None, *decls, help=help_text, show_default=False, metavar=metavar)
     return inspect.Parameter(name or f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)

@@ -157,6 +157,22 @@ class Store:
                               "fact_id = ?", (model, method, fact_id))
         return {q: st_load(blob)["scores"].float() for q, blob in cur.fetchall()}
 
+    def attributed_methods(self, model: str) -> list[str]:
+        """The attribution methods with at least one stored attribution of ``model``, sorted by name.
+
+        Args:
+            model: a model name as the study stored it (see :meth:`probed_models`).
+
+        Returns:
+            Distinct method names, e.g. ``["amig", "ig"]``; empty when the model has no attribution yet.
+
+        Example:
+            >>> store = Store(Path("runs/study/results.sqlite"), readonly=True)
+            >>> {model: store.attributed_methods(model) for model in store.probed_models()}
+        """
+        cur = self.db.execute("SELECT DISTINCT method FROM attributions WHERE model = ? ORDER BY method", (model,))
+        return [m for (m,) in cur.fetchall()]
+
     # --- reference attributions (neuron specificity profile) ------------------------------------------------
     def done_reference(self, model: str, method: str) -> set[int]:
         cur = self.db.execute("SELECT ridx FROM reference WHERE model = ? AND method = ?", (model, method))
