@@ -289,3 +289,35 @@ def test_store_lists_a_models_attribution_methods_and_the_neuron_command_uses_it
     assert where["m1 ig"]["by_relation"]["P1"]["kn_raw"] == 0 and where["m1 ig"]["facts"] == []
     assert where["m1 sig"]["facts"] == [{"fact_id": "f1", "relation": "P1", "subject": "France",
                                          "object": "Paris", "queries": 2, "used": 0}]
+
+
+def test_demo_records_the_device_its_models_ran_on(tmp_path, monkeypatch):
+    """Not always "cpu": the demo's config sets no device, so the models load on cuda when it is available."""
+    import torch
+
+    import knowloc.demo as demo
+    from knowloc.models.loading import resolve_device
+
+    seen = []
+    monkeypatch.setattr(demo, "run_study", lambda cfg, echo: seen.append(cfg))
+    monkeypatch.setattr(demo, "build_report", lambda out, env: seen.append(env) or out / "report.html")
+    for available, expected in ((False, "cpu"), (True, "cuda")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        seen.clear()
+        assert demo.run_demo(tmp_path, model="tiny-llama", facts=2, echo=lambda _: None) == tmp_path / "report.html"
+        config, env = seen
+        assert config.device is None and env["device"] == expected == str(resolve_device(config.device))
+        assert env["wall_s"] >= 0 and env["peak_rss_mb"] > 0
+
+
+def test_demo_device_is_the_loaded_models_device(tmp_path, monkeypatch):
+    """What the demo records is where load_model puts the study's models (with the config's device)."""
+    import knowloc.demo as demo
+    from knowloc.models import load_model
+
+    seen = []
+    monkeypatch.setattr(demo, "run_study", lambda cfg, echo: seen.append(cfg))
+    monkeypatch.setattr(demo, "build_report", lambda out, env: seen.append(env) or out / "report.html")
+    demo.run_demo(tmp_path, model="tiny-llama", facts=2, echo=lambda _: None)
+    config, env = seen
+    assert env["device"] == load_model(config.models[0], device=config.device).device.type

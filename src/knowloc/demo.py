@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from knowloc.models.loading import resolve_device
 from knowloc.report.html import build_report, environment_info
 from knowloc.study.config import StudyConfig
 from knowloc.study.registry import names as experiment_names
@@ -35,11 +36,17 @@ def demo_config(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS,
 
 def run_demo(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS, methods: list[str] | None = None,
              echo: Callable[[str], None] = print) -> Path:
-    """Run the demo study into ``out`` (resuming), then write ``out/report.html``; returns the report's path."""
+    """Run the demo study into ``out`` (resuming), then write ``out/report.html``; returns the report's path.
+
+    The report's environment records the device the study's models ran on: the config's device as
+    :func:`knowloc.models.load_model` resolves it (the demo sets none, so cuda when available, else cpu).
+    """
+    config = demo_config(out, model, facts, methods)
+    device = str(resolve_device(config.device))
     start = time.perf_counter()
-    run_study(demo_config(out, model, facts, methods), echo=echo)
+    run_study(config, echo=echo)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = build_report(Path(out), environment_info(device="cpu", wall_s=wall, peak_rss_mb=peak_mb))
+    report = build_report(Path(out), environment_info(device=device, wall_s=wall, peak_rss_mb=peak_mb))
     echo(f"demo finished in {wall / 60:.1f} min, peak memory {peak_mb:.0f} MB")
     return report
