@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from knowloc.study import specificity as spec
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext, fact_level_ci
 from knowloc.study.tables import fmt_dlogppl
@@ -43,11 +42,12 @@ def _floats(text: str) -> list[float]:
 def _row(label: str, fact_trials: list[list[dict]], n_boot: int = 1000) -> str:
     cells = []
     for metric in ("rel", "gen", "loc"):
-        _, est, lo, hi = fact_level_ci(fact_trials, metric, n_boot, 0)
-        cells.append(f"{est:.2f} [{lo:.2f}, {hi:.2f}]")
-    _, med, lo, hi = fact_level_ci(fact_trials, "dlogppl", n_boot, 0, stat=np.median)
-    cells.append(f"{fmt_dlogppl(med)} [{fmt_dlogppl(lo)}, {fmt_dlogppl(hi)}]")
-    n, dp, _, _ = fact_level_ci(fact_trials, "dprob_self", n_boot, 0)
+        e = fact_level_ci(fact_trials, metric, n_boot, 0)
+        cells.append(f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}]")
+    med = fact_level_ci(fact_trials, "dlogppl", n_boot, 0, stat=np.median)
+    cells.append(f"{fmt_dlogppl(med.value)} [{fmt_dlogppl(med.low)}, {fmt_dlogppl(med.high)}]")
+    dprob = fact_level_ci(fact_trials, "dprob_self", n_boot, 0)
+    n, dp = dprob.n, dprob.value
     size = np.mean([np.mean([r["n_neurons"] for r in rows]) for rows in fact_trials if rows])
     return f"| {label} | {n} | {size:.1f} | " + " | ".join(cells) + f" | {dp:+.2f} |"
 
@@ -73,10 +73,14 @@ def main() -> None:
     store = Store(args.study / "results.sqlite", readonly=True)
     model = base["models"][0]
 
+    models = None  # one loaded model shared by every context
+
     def context(specificity: float) -> StudyContext:
+        nonlocal models
         cfg = StudyConfig(**{**base, "specificity": specificity, "lambda1": args.lambda1, "out": str(args.study),
                              "progress": False})
-        ctx = StudyContext(config=cfg, store=store, out=args.study, echo=lambda _: None)
+        ctx = StudyContext(config=cfg, store=store, out=args.study, echo=lambda _: None, models=models)
+        models = ctx.models
         ctx.load_facts(model)
         return ctx
 
@@ -94,25 +98,23 @@ def main() -> None:
     for method in args.methods.split(",") if not args.skip_erase else []:
         for level in levels:
             ctx = context(level)
-            ctx._models = ctx0._models
             fact_trials = []
             for fact in facts:
-                kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+                kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
                 rows = []
                 for q, neurons in sorted(kn.items()):
                     scores = sessions[fact.fact_id].measure("erase", neurons, q)
                     rows.append({"n_neurons": len(neurons), **(scores or {}), "skipped": scores is None})
                 fact_trials.append(rows)
-            n_drop = np.mean([len(spec.excluded(ctx, model, method, r)) for r in {f.relation for f in facts}])
+            n_drop = np.mean([len(ctx.neurons.excluded(model, method, r)) for r in {f.relation for f in facts}])
             print(_row(f"{method}, F={level:g} ({n_drop:.0f} removed)", fact_trials), flush=True)
     lambda1 = "lambda2" if args.tied else f"{args.lambda1:g}"
     print(f"\n## Update N_i (F = {args.rule_specificity:g}) with each rule and lambda2, lambda1 = {lambda1}\n")
     print("| method, rule, lambda2 | n | mean N_i | Rel | Gen | Loc | dlogPPL median | dprob_self |")
     print("|---|---|---|---|---|---|---|---|")
     ctx = context(args.rule_specificity)
-    ctx._models = ctx0._models
     for method in args.methods.split(","):
-        kns = {f.fact_id: spec.kn_lists(ctx, model, method, f.fact_id) for f in facts}
+        kns = {f.fact_id: ctx.neurons.kn_lists(model, method, f.fact_id) for f in facts}
         for rule in args.rules.split(","):
             for lambda2 in _floats(args.lambda2):
                 fact_trials = []

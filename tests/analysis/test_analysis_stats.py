@@ -129,3 +129,30 @@ def test_unpaired_bootstrap_difference_of_two_groups():
     assert one[0] == pytest.approx(1.0) and np.isnan(one[1]) and np.isnan(one[2])
     assert all(np.isnan(unpaired_bootstrap_diff(a, np.array([]))))
 
+
+
+def test_estimate_withholds_the_interval_below_min_n_whatever_it_is_given():
+    from knowloc.analysis import MIN_N, Estimate
+
+    small = Estimate(MIN_N - 1, 0.5, 0.1, 0.9)
+    assert small.withheld and np.isnan(small.low) and np.isnan(small.high) and not small.excludes(0.0)
+    big = Estimate(MIN_N, 0.5, 0.1, 0.9)
+    assert not big.withheld and (big.low, big.high) == (0.1, 0.9)
+    assert big.excludes(0.0) and not big.excludes(0.5) and big.above(0.05) and big.below(1.0) and not big.below(0.9)
+    assert Estimate(MIN_N, None, None, None).has_interval is False  # JSON nulls read as nan
+
+
+def test_estimate_constructors_equal_the_plain_functions():
+    from knowloc.analysis import MIN_N, Estimate
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=12), rng.normal(size=12)
+    assert Estimate.bootstrap(a, n_boot=300, seed=1) == Estimate(12, *bootstrap_ci(a, n_boot=300, seed=1))
+    assert Estimate.bootstrap(a, stat=np.median, n_boot=300).value == pytest.approx(np.median(a))
+    assert Estimate.paired(a, b, n_boot=300, seed=2) == Estimate(12, *paired_bootstrap_diff(a, b, 300, 2))
+    gap = Estimate.unpaired(a, b[:MIN_N - 1], n_boot=300)
+    assert gap.n == MIN_N - 1 and gap.value == pytest.approx(a.mean() - b[:MIN_N - 1].mean()) and gap.withheld
+    assert Estimate.paired([], []).n == 0
+    row = Estimate(7, 0.2, 0.1, 0.3).contrast("avg_diff")
+    assert row == {"n": 7, "avg_diff": 0.2, "ci_low": 0.1, "ci_high": 0.3, "beyond_ci": True}
+    assert Estimate.from_row({"d": 0.2, "ci_low": None, "ci_high": 0.4, "n": 9}, "d").has_interval is False

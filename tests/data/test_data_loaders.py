@@ -149,7 +149,7 @@ def test_nonexistent_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spec", ["", "   "])
 def test_empty_spec(spec: str) -> None:
-    with pytest.raises(KnowlocError, match="empty fact-set spec"):
+    with pytest.raises(KnowlocError, match="empty fact-set source"):
         load_facts(spec)
 
 

@@ -138,10 +138,8 @@ def test_drill_down_lists_every_studied_fact(study, report):
     assert re.search(r"L\d+#\d+", drill)
     assert "recomputed here" not in drill
     # the groups and KN lists shown are the ones the study used (recomputed here from the store)
-    from knowloc.study import specificity as spec
     from knowloc.study.config import StudyConfig
     from knowloc.study.context import StudyContext
-    from knowloc.study.groups import groups
     from knowloc.study.store import Store
 
     cfg = StudyConfig(**summary["config"])
@@ -149,9 +147,9 @@ def test_drill_down_lists_every_studied_fact(study, report):
     try:
         ctx = StudyContext(config=cfg, store=store, out=study)
         ctx.load_facts("tiny-llama")
-        expected = groups(ctx, "tiny-llama", "ig")
+        expected = ctx.neurons.groups("tiny-llama", "ig")
         facts = ctx.facts["tiny-llama"]
-        used = {f.fact_id: spec.kn_lists(ctx, "tiny-llama", "ig", f.fact_id) for f in facts}
+        used = {f.fact_id: ctx.neurons.kn_lists("tiny-llama", "ig", f.fact_id) for f in facts}
     finally:
         store.close()
     for fact in facts:
@@ -242,18 +240,25 @@ def test_data_text_is_escaped(tmp_path):
     # KN lists are truncated with a count
     assert "(+12 more)" in text  # 42 neurons, 30 shown
     assert text.count('<details class="fact">') == 3
-    # sections not run, figures still shown: stale attention figure under attention, the rest under "Other"
+    # sections not run; figures summary.json does not record for an experiment are still shown, under "Other"
     for sid in ("modification", "query-mapping", "attention", "cas"):
         assert "not run" in text.split(f'<section id="{sid}">')[1].split("</section>")[0]
-    assert "attention_old.png" in text.split('<section id="attention">')[1].split("</section>")[0]
-    assert "custom_plot.png" in text.split('<section id="other-figures">')[1].split("</section>")[0]
+    other = text.split('<section id="other-figures">')[1].split("</section>")[0]
+    assert "attention_old.png" in other and "custom_plot.png" in other
+    # a figure is shown in the section of the experiment that recorded it, whatever its name
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "figures": {"attention": ["custom_plot.png"]}}))
+    text = build_report(out).read_text(encoding="utf-8")
+    assert "custom_plot.png" in text.split('<section id="attention">')[1].split("</section>")[0]
+    assert "attention_old.png" in text.split('<section id="other-figures">')[1].split("</section>")[0]
 
 
 def test_attention_rows_render_with_their_intervals(tmp_path):
     out = _hand_made_study(tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     base = {"model": "m", "method": "ig", "group": "K_C", "synapses": "related", "alpha": 0.0, "n": 3}
-    (out / "summary.json").write_text(json.dumps({**summary, "attention": [
+    (out / "summary.json").write_text(json.dumps({**summary, "figures": {"attention": ["attention_old.png"]},
+                                                  "attention": [
         {**base, "dkn_activation": -0.25, "dkn_activation_ci_low": -0.5, "dkn_activation_ci_high": -0.125,
          "dprob": -0.0625, "dprob_ci_low": -0.125, "dprob_ci_high": 0.0},
         {**base, "synapses": "irrelevant", "alpha": 2.0, "dkn_activation": 0.5, "dprob": 0.25}]}))

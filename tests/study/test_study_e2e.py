@@ -183,8 +183,7 @@ def test_dry_run_times_editing_on_filtered_sets(tmp_path, study_args, monkeypatc
     (a few neutral prompts and one query of each other relation), so it edits filtered neuron sets as the real
     run does (an unfiltered unit overestimated the demo's editing experiments about twofold)."""
     from knowloc.study import plan
-    from knowloc.study import specificity as spec
-
+    
     seen = []
     real_execute = plan.execute
 
@@ -195,7 +194,7 @@ def test_dry_run_times_editing_on_filtered_sets(tmp_path, study_args, monkeypatc
             neutral = [r for r in rows if r["relation"] is None]
             queries = sorted(r["relation"] for r in rows if r["relation"] is not None)
             seen.append((ctx.config.filtered, ctx.config.specificity, len(neutral),
-                         spec.excluded(ctx, unit.model, unit.method, fact.relation), queries, fact.relation))
+                         ctx.neurons.excluded(unit.model, unit.method, fact.relation), queries, fact.relation))
         return real_execute(ctx, unit)
     monkeypatch.setattr(plan, "execute", spy)
     args = study_args(tmp_path / "dry", experiments=["modification"], facts=2, specificity_prompts=12)

@@ -1,6 +1,14 @@
 """One verdict per question from the per-method / per-group comparisons (knowloc.study.findings)."""
 
-from knowloc.study.findings import findings
+import pytest
+
+from knowloc.study.experiments import BUILTIN
+from knowloc.study.findings import filter_view
+from knowloc.study.findings import findings as _findings
+
+
+def findings(summary: dict) -> list[dict]:
+    return _findings(summary, BUILTIN)
 
 
 def _cas_row(method: str, group: str, baseline: str, lo: float, hi: float, n: int = 20) -> dict:
@@ -36,3 +44,40 @@ def test_support_and_contradiction_are_mixed():
                          _cas_row("amig", "K_I", "N_i", -0.2, 0.05)])
     assert item["verdict"] == "mixed"
     assert item["reason"] == "the methods or groups disagree: 1 support, 1 contradict, 1 cannot decide of 3"
+
+
+def _consistency_row(view: str, lo: float, hi: float) -> dict:
+    return {"model": "m", "method": "ig", "threshold_kind": "static", "specificity": view, "n_facts": 20,
+            "threshold": 0.3, "k_i_fraction": (lo + hi) / 2, "k_i_ci_low": lo, "k_i_ci_high": hi,
+            "null_gap": 0.1, "null_p": 0.001, "n_null": 20, "note": ""}
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_specificity_zero_is_a_filtered_study(stored):
+    """`--specificity 0` removes every neuron any reference prompt uses: a filtered study, whose findings read
+    the filtered ("on") rows, from summary.json's specificity_filter or, for an older summary, its config."""
+    summary = {"config": {"specificity": 0.0},
+               "consistency": [_consistency_row("on", 0.5, 0.7), _consistency_row("off", 0.01, 0.05)]}
+    if stored:
+        summary["specificity_filter"] = "on"
+    assert filter_view(summary) == "on"
+    share = next(f for f in findings(summary) if f["id"] == "k-i-share")
+    assert share["verdict"] == "supports" and "0.60 [0.50, 0.70] of 20 facts" in share["text"]
+    unfiltered = {"config": {"specificity": 1.0}, "consistency": summary["consistency"]}
+    assert next(f for f in findings(unfiltered) if f["id"] == "k-i-share")["verdict"] == "contradicts"
+
+
+def test_every_finding_has_a_stable_id_and_unrun_experiments_say_so():
+    items = findings({"config": {}})
+    assert [f["id"] for f in items] == ["paraphrases-share-kns", "k-i-share", "kc-ki-generalization",
+                                        "query-kn-mapping", "knowledge-synapses", "cas-beats-baselines"]
+    assert {f["verdict"] for f in items} == {"not run"}
+    assert items[2]["text"] == "Not measured: the study has no modification results."
+
+
+def test_too_few_facts_cannot_decide():
+    row = {"model": "m", "method": "ig", "operation": "erase", "metric": "gen", "n_k_c": 3, "n_k_i": 30,
+           "k_c": 0.9, "k_i": 0.4, "diff": 0.5, "ci_low": 0.3, "ci_high": 0.7}
+    item = next(f for f in findings({"modification_contrasts": [row]}) if f["id"] == "kc-ki-generalization")
+    assert item["verdict"] == "cannot decide" and item["reason"] == "fewer than 5 facts (n = 3)"
+    assert "(no interval)" in item["text"]  # the interval a row holds below MIN_N is never shown

@@ -1,17 +1,21 @@
-"""One spec per experiment: a toy experiment registered in a test shows up in the plan, the CLI help,
-summary.json, summary.md and report.html without touching any other file; every setting is a flag."""
+"""One spec per experiment: a toy experiment registered in a test shows up in the plan, the CLI help, the
+settings validation, summary.json (its rows, CSV, figures and finding), summary.md and report.html without
+touching any other file; every setting is a flag."""
 
 import json
 from dataclasses import fields
 
 import numpy as np
+import pytest
 
 from knowloc.cli import build_app, main
 from knowloc.study.config import IDENTITY_KEYS, RUNTIME_KEYS, StudyConfig
+from knowloc.errors import KnowlocError
 from knowloc.study.context import Section, fact_level_ci
+from knowloc.study.findings import SUPPORTS, UNDECIDED, verdict
 from knowloc.study.groups import grouped_trials
 from knowloc.study.plan import print_plan
-from knowloc.study.registry import REGISTRY, Experiment, register, unregister
+from knowloc.study.registry import REGISTRY, Experiment, Finding, register, unregister
 from knowloc.study.tables import Column, Table
 
 
@@ -22,16 +26,31 @@ def _toy_fact_work(ctx, model, method, fact):
 def _toy_summarize(ctx):
     rows = []
     for model, method, group, fact_trials in grouped_trials(ctx, "toy"):
-        n, mean, lo, hi = fact_level_ci(fact_trials, "paraphrases", ctx.config.n_boot, ctx.config.seed)
-        rows.append({"model": model, "method": method, "group": group, "n": n, "paraphrases": mean,
-                     "paraphrases_ci_low": lo, "paraphrases_ci_high": hi})
-    return Section(summary={"toy_paraphrases": rows}, tables={"toy_paraphrases": rows})
+        estimate = fact_level_ci(fact_trials, "paraphrases", ctx.config.n_boot, ctx.config.seed)
+        rows.append({"model": model, "method": method, "group": group, "n": estimate.n,
+                     **estimate.fields("paraphrases")})
+    return Section(summary={"toy_paraphrases": rows})
+
+
+def _toy_judge(summary):
+    from knowloc.analysis import Estimate
+
+    return [(f"{r['group']}: {r['paraphrases']}", verdict(Estimate.from_row(r, "paraphrases", "paraphrases_ci_low",
+                                                                             "paraphrases_ci_high"), support_above=1))
+            for r in summary["toy_paraphrases"]]
+
+
+def _toy_validate(cfg):
+    if cfg.steps > 1000:
+        raise KnowlocError("the toy experiment takes --steps <= 1000")
 
 
 TOY = Experiment(
     name="toy", question="how many answered paraphrases does a fact have?", heading="Toy paraphrase count",
     summarize=_toy_summarize, fact_work=_toy_fact_work, summary_keys=("toy_paraphrases",),
-    intro="A toy experiment registered by a test.",
+    intro="A toy experiment registered by a test.", validate=_toy_validate,
+    findings=(Finding("toy-two-paraphrases", "Do studied facts answer more than one paraphrase?",
+                      "studied facts answer > 1 paraphrase", "supports: the interval lies above 1", _toy_judge),),
     tables=(Table("toy_paraphrases", title="Paraphrases per group", columns=(
         Column("model", "model"), Column("group", "group", "group"), Column("n", "n", "int"),
         Column("answered paraphrases", "paraphrases", "ci")),),),
@@ -41,6 +60,9 @@ TOY = Experiment(
 def test_a_registered_experiment_appears_everywhere(tmp_path, tiny_facts, capsys):
     register(TOY)
     try:
+        with pytest.raises(KnowlocError, match="toy experiment takes --steps"):
+            StudyConfig(steps=5000)  # the toy's own validation runs for every StudyConfig
+        assert main(["study", "--steps", "5000", "--out", str(tmp_path / "bad")]) == 2
         assert main(["study", "--help"]) == 0
         assert "toy (how many answered paraphrases does a fact have?)" in " ".join(capsys.readouterr().out.split())
         args = ["--model", "tiny-llama", "--data", str(tiny_facts), "--methods", "ig", "--steps", "2",
@@ -64,12 +86,36 @@ def test_a_registered_experiment_appears_everywhere(tmp_path, tiny_facts, capsys
         assert "## Toy paraphrase count" in md and "### Paraphrases per group" in md
         assert "| model | group | n | answered paraphrases |" in md and f"{len(rows)} toy rows." in md
         assert (out / "tables" / "toy_paraphrases.csv").read_text().startswith("model,")
+        assert summary["figures"]["toy"] == []  # figures are recorded per experiment
+        toy = next(f for f in summary["findings"] if f["id"] == "toy-two-paraphrases")
+        assert toy["verdict"] in (SUPPORTS, UNDECIDED) and toy["question"].startswith("Do studied facts")
+        assert [f["id"] for f in summary["findings"]][-1] == "toy-two-paraphrases"  # in registration order
+        assert "Do studied facts answer more than one paraphrase?" in md
         report = (out / "report.html").read_text()  # `knowloc study` writes the report at the end
         assert '<section id="toy"><h2>Toy paraphrase count</h2>' in report and 'href="#toy"' in report
         assert "<th>answered paraphrases</th>" in report
     finally:
         unregister("toy")
     assert "toy" not in REGISTRY
+
+
+def test_register_refuses_tables_of_undeclared_keys_and_shared_finding_ids():
+    with pytest.raises(ValueError, match="undeclared summary keys other"):
+        register(Experiment(name="bad", question="?", heading="Bad", summarize=_toy_summarize, summary_keys=("a",),
+                            tables=(Table("other", columns=(Column("n", "n"),)),)))
+    taken = next(f for e in REGISTRY.values() for f in e.findings)
+    with pytest.raises(ValueError, match="finding ids must be unique"):
+        register(Experiment(name="bad", question="?", heading="Bad", summarize=_toy_summarize, summary_keys=("a",),
+                            findings=(taken,)))
+    assert "bad" not in REGISTRY
+
+
+def test_a_section_with_undeclared_keys_is_refused():
+    from knowloc.study.runner import _check_section
+
+    with pytest.raises(KnowlocError, match="returned summary keys"):
+        _check_section(TOY, Section(summary={"toy_paraphrases": [], "extra": []}))
+    _check_section(TOY, Section(summary={"toy_paraphrases": []}))
 
 
 def test_every_setting_is_a_study_flag_and_a_toml_key(tmp_path):

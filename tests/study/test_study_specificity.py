@@ -12,7 +12,6 @@ import pytest
 from knowloc.analysis import MIN_N
 from knowloc.data import load_specificity_prompts
 from knowloc.errors import KnowlocError
-from knowloc.study import specificity as spec
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.experiments.cas import selections
@@ -34,8 +33,11 @@ WITHHELD = ("ci_low", "ci_high", "welch_p", "null_p")  # withheld below MIN_N fa
 
 
 def _same(old, new, path=""):
-    """Every value of `old` is in `new` and equal (floats within 1e-9 relative, nan == null), except intervals,
-    tests and stars that the minimum-n rule (analysis.stats.MIN_N) now withholds for small groups."""
+    """Every value of `old` is in `new` and equal (floats within 1e-5 relative or 1e-4 absolute, nan == null),
+    except intervals, tests and stars that the minimum-n rule (analysis.stats.MIN_N) withholds for small groups.
+    The float tolerance is fp32's across CPUs: on another processor's kernels the same code gives probabilities
+    that differ by ~1e-7 relative and, through the tiny random model's large perplexities, dPPL by up to 1.4e-5
+    (measured on an AMD EPYC against the fixture); every discrete value (KN sets, counts, verdicts) is exact."""
     if isinstance(old, dict):
         for key, value in old.items():
             assert key in new, f"{path}/{key} missing"
@@ -51,7 +53,7 @@ def _same(old, new, path=""):
     elif isinstance(old, float) and math.isnan(old):
         assert new is None, f"{path}: nan vs {new!r}"  # summary.json is strict JSON: nan is written as null
     elif isinstance(old, float):
-        assert math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12), f"{path}: {old} vs {new}"
+        assert math.isclose(old, new, rel_tol=1e-5, abs_tol=1e-4), f"{path}: {old} vs {new}"
     else:
         assert old == new, f"{path}: {old!r} vs {new!r}"
 
@@ -87,12 +89,12 @@ def test_profile_never_uses_a_facts_own_queries(tmp_path, study_args, tiny_facts
     for relation in ("R1", "R2"):
         # F = 0: exactly the KNs of the neutral prompts and of the other relation's reference queries
         expected = {n for r in rows if r["relation"] in (None, *({"R1", "R2"} - {relation})) for n in r["kn"]}
-        assert spec.excluded(ctx, "tiny-llama", "ig", relation) == expected
+        assert ctx.neurons.excluded("tiny-llama", "ig", relation) == expected
         own = {n for r in queries if r["relation"] == relation for n in r["kn"]}
         assert own - expected  # the relation's own reference queries are never used for its facts
     for fact in ctx.facts["tiny-llama"]:
-        drop = spec.excluded(ctx, "tiny-llama", "ig", fact.relation)
-        for q, kn in spec.kn_lists(ctx, "tiny-llama", "ig", fact.fact_id).items():
+        drop = ctx.neurons.excluded("tiny-llama", "ig", fact.relation)
+        for q, kn in ctx.neurons.kn_lists("tiny-llama", "ig", fact.fact_id).items():
             assert not set(kn) & drop
     ctx.store.close()
     # the same facts give the same reference set whichever facts are studied (--facts is a view)
@@ -112,17 +114,17 @@ def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args
     ctx = _context(out, config)
     raw_total = 0
     for fact in ctx.facts["tiny-llama"]:
-        dropped = spec.excluded(ctx, "tiny-llama", "ig", fact.relation)
+        dropped = ctx.neurons.excluded("tiny-llama", "ig", fact.relation)
         assert dropped
         raw = ctx.store.kn_lists("tiny-llama", "ig", fact.fact_id)
-        used = spec.kn_lists(ctx, "tiny-llama", "ig", fact.fact_id)
+        used = ctx.neurons.kn_lists("tiny-llama", "ig", fact.fact_id)
         assert used.keys() == raw.keys()
         for q in used:
             assert not set(used[q]) & dropped
             raw_total += len(set(raw[q]) & dropped)
             assert used[q] == [n for n in raw[q] if n not in dropped]  # the paper's set minus the non-specific
-        queries, stack = spec.score_stack(ctx, "tiny-llama", "ig", fact.fact_id)
-        keep = partial(spec.remove_nonspecific, ctx, "tiny-llama", "ig", fact.fact_id)
+        queries, stack = ctx.neurons.score_stack("tiny-llama", "ig", fact.fact_id)
+        keep = partial(ctx.neurons.remove_nonspecific, "tiny-llama", "ig", fact.fact_id)
         for chosen in selections(ctx, stack, 0, list(range(len(queries))), keep).values():
             assert all(not set(neurons) & dropped for neurons in chosen.values())
     assert raw_total > 0  # the unfiltered sets did hold non-specific neurons
@@ -131,18 +133,18 @@ def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args
         views[(r["method"], r["threshold_kind"])].add(r["specificity"])
     assert all(v == {"on", "off"} for v in views.values())
     assert summary["config"]["specificity"] == 0.0
-    union = spec.excluded(ctx, "tiny-llama", "ig", "R1") | spec.excluded(ctx, "tiny-llama", "ig", "R2")
+    union = ctx.neurons.excluded("tiny-llama", "ig", "R1") | ctx.neurons.excluded("tiny-llama", "ig", "R2")
     assert {(r["layer"], r["index"]) for r in summary["specificity"] if r["non_specific"]} == union
     for r in summary["specificity"]:
         assert {"model", "method", "layer", "index", "ref_frequency", "fact_frequency", "activation_ratio"} <= set(r)
         assert r["ref_frequency"] == max(r["ref_frequency_neutral"], r["ref_frequency_queries"])
         assert set(r["removed_for"]) == {rel for rel in ("R1", "R2")
-                                         if (r["layer"], r["index"]) in spec.excluded(ctx, "tiny-llama", "ig", rel)}
+                                         if (r["layer"], r["index"]) in ctx.neurons.excluded("tiny-llama", "ig", rel)}
     # modification trials edit the filtered sets: N_i sizes match the filtered lists
     with sqlite3.connect(out / "results.sqlite") as db:
         for key, rows in db.execute("SELECT key, rows FROM trials WHERE experiment = 'modification'"):
             fact_id = key.split("\t")[2]
-            used = spec.kn_lists(ctx, "tiny-llama", "ig", fact_id)
+            used = ctx.neurons.kn_lists("tiny-llama", "ig", fact_id)
             for row in json.loads(rows):
                 if row["neurons"] == "N_i":
                     assert row["n_neurons"] == len(used[row["qidx"]])
@@ -247,13 +249,13 @@ def test_heatmaps_skip_facts_the_filter_left_without_kns(tmp_path, study_args, m
     _, shown = consistency.heatmap_figures(ctx)
     first = {r["group"]: r["fact_id"] for r in shown}
     assert first
-    real = spec.kn_lists
+    real = ctx.neurons.kn_lists
     emptied = set(first.values())
-    monkeypatch.setattr(spec, "kn_lists", lambda c, m, meth, fid: (
-        {q: [] for q in real(c, m, meth, fid)} if fid in emptied else real(c, m, meth, fid)))
+    monkeypatch.setattr(ctx.neurons, "kn_lists", lambda m, meth, fid: (
+        {q: [] for q in real(m, meth, fid)} if fid in emptied else real(m, meth, fid)))
     _, shown = consistency.heatmap_figures(ctx)
     assert shown and not {r["fact_id"] for r in shown} & emptied
-    monkeypatch.setattr(spec, "kn_lists", lambda c, m, meth, fid: {q: [] for q in real(c, m, meth, fid)})
+    monkeypatch.setattr(ctx.neurons, "kn_lists", lambda m, meth, fid: {q: [] for q in real(m, meth, fid)})
     paths, shown = consistency.heatmap_figures(ctx)
     assert paths == [] and shown == []
     ctx.store.close()

@@ -7,6 +7,9 @@ Python sets; no model is loaded. See ``docs/analysis.md`` for the formulas.
 
 from knowloc.analysis.cas import cas_components, cas_scores, cas_select
 from knowloc.analysis.consistency import (
+    GROUPS,
+    K_C,
+    K_I,
     consistency_scores,
     cs_pairwise,
     cs_share,
@@ -28,11 +31,15 @@ from knowloc.analysis.editing_metrics import (
 )
 from knowloc.analysis.neurons import relative_mask, select_neurons
 from knowloc.analysis.specificity import activation_ratio, kn_frequency, mask_scores, nonspecific_neurons
-from knowloc.analysis.stats import (MIN_N, bootstrap_ci, paired_bootstrap_diff, permutation_test_diff,
+from knowloc.analysis.stats import (MIN_N, Estimate, bootstrap_ci, paired_bootstrap_diff, permutation_test_diff,
                                    unpaired_bootstrap_diff, welch_t)
 
 __all__ = [
     "MIN_N",
+    "Estimate",
+    "GROUPS",
+    "K_C",
+    "K_I",
     "unpaired_bootstrap_diff",
     "activation_ratio",
     "kn_frequency",

@@ -28,7 +28,13 @@ import numpy as np
 from knowloc.analysis._arrays import check_count, check_finite, check_unit_interval, to_numpy_f64
 from knowloc.errors import KnowlocError
 
+K_C, K_I = "K_C", "K_I"  # consistent / inconsistent knowledge: the group names everywhere in knowloc
+GROUPS = (K_C, K_I)
+
 __all__ = [
+    "GROUPS",
+    "K_C",
+    "K_I",
     "cs_strict",
     "cs_pairwise",
     "cs_share",

@@ -13,7 +13,9 @@ reproducible from the seed.
 * Unpaired bootstrap: ``mean(a) - mean(b)`` for two independent groups (e.g. K_C vs K_I facts), each resampled
   within itself (``scipy.stats.bootstrap``, percentile method).
 * Small samples: an interval, a test or a "beyond the interval" star needs at least :data:`MIN_N` facts
-  (per group); below that knowloc reports the estimate without an interval and says why.
+  (per group); below that knowloc reports the estimate without an interval and says why. :class:`Estimate`
+  ``(n, value, low, high)`` applies the rule itself: every interval of a study is one, built by
+  :meth:`Estimate.bootstrap`, :meth:`Estimate.paired` or :meth:`Estimate.unpaired`.
 * Welch's t-test (Welch 1947): two-sided p-value from ``scipy.stats.ttest_ind(equal_var=False)``.
 * Permutation test for a difference of means: ``D = mean(real) - mean(null)``; the pooled values
   are relabelled at random ``M`` times and ``p = (1 + #{D*_m ⪰ D}) / (M + 1)`` (Phipson & Smyth
@@ -23,7 +25,9 @@ reproducible from the seed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +39,7 @@ from knowloc.errors import KnowlocError
 
 Alternative = Literal["greater", "less", "two-sided"]
 
-__all__ = ["MIN_N", "Alternative", "bootstrap_ci", "paired_bootstrap_diff", "permutation_test_diff",
+__all__ = ["MIN_N", "Alternative", "Estimate", "bootstrap_ci", "paired_bootstrap_diff", "permutation_test_diff",
            "unpaired_bootstrap_diff", "welch_t"]
 
 MIN_N = 5  # facts (per group) an interval, a test or a star needs
@@ -199,3 +203,100 @@ def permutation_test_diff(
             hits += int(np.count_nonzero(np.abs(diffs) >= abs(observed) - tol))
         done += rows
     return observed, (1.0 + hits) / (n_perm + 1.0)
+
+
+def _nan_if_none(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic over ``n`` facts with its 95% interval ``[low, high]``; the one type of every interval.
+
+    The small-sample rule is applied here, once: with ``n < MIN_N`` the interval is withheld (``low`` and
+    ``high`` are nan whatever was passed), so no caller can show or test an interval it should not.
+
+    Args:
+        n: the number of independent units (facts; for a two-group contrast the smaller group).
+        value: the estimate (nan when there is nothing to estimate).
+        low, high: the interval's bounds (nan: none).
+
+    Example:
+        >>> e = Estimate.bootstrap([0.1, 0.3, 0.2, 0.4, 0.5, 0.3], n_boot=200)
+        >>> e.n, round(e.value, 3), e.excludes(0.0)
+        (6, 0.3, True)
+        >>> Estimate(3, 0.5, 0.1, 0.9).withheld, Estimate(3, 0.5, 0.1, 0.9).low
+        (True, nan)
+    """
+
+    n: int
+    value: float
+    low: float = float("nan")
+    high: float = float("nan")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", int(self.n))
+        object.__setattr__(self, "value", _nan_if_none(self.value))
+        withheld = self.n < MIN_N
+        object.__setattr__(self, "low", float("nan") if withheld else _nan_if_none(self.low))
+        object.__setattr__(self, "high", float("nan") if withheld else _nan_if_none(self.high))
+
+    @property
+    def withheld(self) -> bool:
+        """True when ``n < MIN_N``: the estimate stands alone, without an interval."""
+        return self.n < MIN_N
+
+    @property
+    def has_interval(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+    def above(self, x: float) -> bool:
+        """The interval lies entirely above ``x`` (False without an interval)."""
+        return self.has_interval and self.low > x
+
+    def below(self, x: float) -> bool:
+        """The interval lies entirely below ``x`` (False without an interval)."""
+        return self.has_interval and self.high < x
+
+    def excludes(self, x: float = 0.0) -> bool:
+        """The interval exists and does not contain ``x`` (the tables' "beyond the interval" star)."""
+        return self.above(x) or self.below(x)
+
+    def fields(self, key: str, low: str | None = None, high: str | None = None) -> dict[str, float]:
+        """``{key: value, low: low, high: high}`` for a summary row (bounds default to ``key_ci_low`` /
+        ``key_ci_high``)."""
+        return {key: self.value, low or f"{key}_ci_low": self.low, high or f"{key}_ci_high": self.high}
+
+    def contrast(self, key: str = "diff") -> dict:
+        """A contrast row's fields: ``n``, ``key``, ``ci_low``, ``ci_high`` and ``beyond_ci`` (excludes 0)."""
+        return {"n": self.n, **self.fields(key, "ci_low", "ci_high"), "beyond_ci": self.excludes(0.0)}
+
+    @classmethod
+    def from_row(cls, row: dict, key: str, low: str = "ci_low", high: str = "ci_high", n: str | int = "n"
+                 ) -> "Estimate":
+        """The estimate a summary row holds (JSON null read as nan); ``n`` names the row's count or is one."""
+        count = n if isinstance(n, int) else int(row.get(n) or 0)
+        return cls(count, row.get(key), row.get(low), row.get(high))
+
+    @classmethod
+    def bootstrap(cls, values: Any, stat: Callable[[np.ndarray], Any] = np.mean, n_boot: int = 1000,
+                  seed: int = 0, alpha: float = 0.05) -> "Estimate":
+        """``stat`` over the values (one per fact) with a percentile bootstrap interval (:func:`bootstrap_ci`)."""
+        arr = _as_1d(values, "values")
+        est, low, high = bootstrap_ci(arr, stat=stat, n_boot=n_boot, alpha=alpha, seed=seed)
+        return cls(arr.size, float(est), float(low), float(high))
+
+    @classmethod
+    def paired(cls, a: Any, b: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> "Estimate":
+        """``mean(a - b)`` over facts with a paired bootstrap interval (:func:`paired_bootstrap_diff`)."""
+        x = _as_1d(a, "a")
+        if x.size == 0:
+            return cls(0, float("nan"))
+        return cls(x.size, *paired_bootstrap_diff(x, b, n_boot=n_boot, seed=seed, alpha=alpha))
+
+    @classmethod
+    def unpaired(cls, a: Any, b: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> "Estimate":
+        """``mean(a) - mean(b)`` of two independent groups (:func:`unpaired_bootstrap_diff`); ``n`` is the
+        smaller group's size."""
+        x, y = _as_1d(a, "a"), _as_1d(b, "b")
+        return cls(min(x.size, y.size), *unpaired_bootstrap_diff(x, y, n_boot=n_boot, seed=seed, alpha=alpha))

@@ -1,6 +1,6 @@
 """Fact-set loaders: one entry point, :func:`load_facts`.
 
-``load_facts(spec, relations=None, limit=None)`` returns a :class:`Dataset`; ``spec`` is one of
+``load_facts(source, relations=None, limit=None)`` returns a :class:`Dataset`; ``source`` is one of
 
 ``builtin``
     The built-in fact set shipped with knowloc (``knowloc/resources/builtin_facts.jsonl``, in the
@@ -133,14 +133,14 @@ class Dataset:
 # entry point
 
 
-def load_facts(spec: str, relations: Sequence[str] | None = None, limit: int | None = None) -> Dataset:
-    """Load a fact set; see the module docstring for ``spec`` and the JSONL format.
+def load_facts(source: str, relations: Sequence[str] | None = None, limit: int | None = None) -> Dataset:
+    """Load a fact set; see the module docstring for ``source`` and the JSONL format.
 
     ``relations``: keep only these relations (in the dataset's own order); ``limit``: at most this
     many facts per relation (the first ones in file order).
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise KnowlocError("empty fact-set spec; use 'builtin', 'pararel:DIR' or a path to a .jsonl file")
+    if not isinstance(source, str) or not source.strip():
+        raise KnowlocError("empty fact-set source; use 'builtin', 'pararel:DIR' or a path to a .jsonl file")
     if relations is not None:
         if isinstance(relations, str):
             relations = [relations]
@@ -150,22 +150,22 @@ def load_facts(spec: str, relations: Sequence[str] | None = None, limit: int | N
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise KnowlocError(f"limit must be a positive integer or None, got {limit!r}")
 
-    spec = spec.strip()
-    if spec == BUILTIN_SPEC:
+    source = source.strip()
+    if source == BUILTIN_SPEC:
         text = (resources.files("knowloc") / "resources" / BUILTIN_RESOURCE).read_text(encoding="utf-8")
-        return _load_jsonl_text(text, BUILTIN_RESOURCE, relations, limit, source=spec)
-    if spec.startswith(PARAREL_PREFIX):
-        directory = spec[len(PARAREL_PREFIX) :].strip()
+        return _load_jsonl_text(text, BUILTIN_RESOURCE, relations, limit, source=source)
+    if source.startswith(PARAREL_PREFIX):
+        directory = source[len(PARAREL_PREFIX) :].strip()
         if not directory:
             raise KnowlocError("'pararel:' needs a directory, e.g. pararel:../shared/data/pararel")
-        return _load_pararel(Path(directory).expanduser(), relations, limit, source=spec)
+        return _load_pararel(Path(directory).expanduser(), relations, limit, source=source)
 
-    path = Path(spec).expanduser()
+    path = Path(source).expanduser()
     if not path.exists():
-        raise KnowlocError(f"fact set {spec!r} not found: not 'builtin', 'pararel:DIR' or an existing file")
+        raise KnowlocError(f"fact set {source!r} not found: not 'builtin', 'pararel:DIR' or an existing file")
     if path.is_dir():
-        return _load_pararel(path, relations, limit, source=spec)
-    return _load_jsonl_text(_read_text(path), str(path), relations, limit, source=spec)
+        return _load_pararel(path, relations, limit, source=source)
+    return _load_jsonl_text(_read_text(path), str(path), relations, limit, source=source)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`load_model(spec)`: hub id / local directory / .gguf file / built-in short name -> `LanguageModel`."""
+"""`load_model(name)`: hub id / local directory / .gguf file / built-in short name -> `LanguageModel`."""
 
 from __future__ import annotations
 
@@ -134,39 +134,39 @@ def _from_gguf(path: Path, dtype: torch.dtype, attn: str):
     return model.to(dtype), tok
 
 
-def _from_pretrained(spec: str, dtype: torch.dtype, attn: str, allow_pickle: bool, trust_remote_code: bool):
-    path = Path(spec)
-    looks_local = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
+def _from_pretrained(name: str, dtype: torch.dtype, attn: str, allow_pickle: bool, trust_remote_code: bool):
+    path = Path(name)
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local and not path.exists():
-        raise KnowlocError(f"model path {spec} does not exist")
+        raise KnowlocError(f"model path {name} does not exist")
     if path.is_dir():
         has_safetensors = any(path.glob("*.safetensors"))
         has_pickle = any(path.glob("*.bin"))
         if not has_safetensors and has_pickle and not allow_pickle:
-            raise KnowlocError(f"{spec} holds only pickle .bin weights; pass --allow-pickle if you trust them")
+            raise KnowlocError(f"{name} holds only pickle .bin weights; pass --allow-pickle if you trust them")
         if not has_safetensors and not has_pickle:
-            raise KnowlocError(f"{spec} holds no model weights (*.safetensors)")
+            raise KnowlocError(f"{name} holds no model weights (*.safetensors)")
     try:
-        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            spec, dtype=dtype, attn_implementation=attn, use_safetensors=None if allow_pickle else True,
+            name, dtype=dtype, attn_implementation=attn, use_safetensors=None if allow_pickle else True,
             trust_remote_code=trust_remote_code)
     except KnowlocError:
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KnowlocError(f"could not load model {spec} (not a built-in name: {', '.join(EMBEDDED)}, tiny-*; "
+        raise KnowlocError(f"could not load model {name} (not a built-in name: {', '.join(EMBEDDED)}, tiny-*; "
                            f"not a local directory; as a hub id: {first})") from None
     return model, tok
 
 
-def load_model(spec: str, device: str | None = None, dtype: str | torch.dtype | None = None, *,
+def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | None = None, *,
                allow_pickle: bool = False, trust_remote_code: bool = False, site: str = "neuron",
                attn_implementation: str = "eager", seed: int = 0) -> LanguageModel:
     """Load a model for knowloc, frozen (no parameter needs a gradient) and in eval mode.
 
     Args:
-        spec: a built-in name (``smollm2-135m``: SmolLM2-135M-Instruct from the embedded Q4_1 GGUF, dequantized;
+        name: a built-in name (``smollm2-135m``: SmolLM2-135M-Instruct from the embedded Q4_1 GGUF, dequantized;
             ``gemma3-270m``; ``tiny-*`` random models for tests), a ``.gguf`` path, a local Hugging Face
             directory (safetensors) or a hub id.
         device: ``cpu``, ``cuda``, ``cuda:1`` (default: cuda if available). dtype: fp32 (default), bf16, fp16.
@@ -192,22 +192,22 @@ def load_model(spec: str, device: str | None = None, dtype: str | torch.dtype | 
         raise KnowlocError(f"unknown hook site {site!r}; choose one of {', '.join(SITES)}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
-    if spec in TINY:
-        model, tok = build_tiny(spec, seed=seed, attn_implementation=attn_implementation)
+    if name in TINY:
+        model, tok = build_tiny(name, seed=seed, attn_implementation=attn_implementation)
         model = model.to(torch_dtype)
-    elif spec == "smollm2-135m":
+    elif name == "smollm2-135m":
         model, tok = _from_gguf(_smollm2_gguf(), torch_dtype, attn_implementation)
-    elif spec == "gemma3-270m":
+    elif name == "gemma3-270m":
         model, tok = _from_gguf(_gemma3_gguf(), torch_dtype, attn_implementation)
-    elif spec.endswith(".gguf"):
-        model, tok = _from_gguf(Path(spec).expanduser(), torch_dtype, attn_implementation)
+    elif name.endswith(".gguf"):
+        model, tok = _from_gguf(Path(name).expanduser(), torch_dtype, attn_implementation)
     else:
-        near = difflib.get_close_matches(spec, builtin_names(), n=1, cutoff=0.75)
-        if near and not Path(spec).expanduser().exists():
-            raise KnowlocError(f"{spec!r} is not a built-in model (did you mean {near[0]!r}?); built-ins are "
+        near = difflib.get_close_matches(name, builtin_names(), n=1, cutoff=0.75)
+        if near and not Path(name).expanduser().exists():
+            raise KnowlocError(f"{name!r} is not a built-in model (did you mean {near[0]!r}?); built-ins are "
                                f"{', '.join(builtin_names())}")
-        model, tok = _from_pretrained(spec, torch_dtype, attn_implementation, allow_pickle, trust_remote_code)
+        model, tok = _from_pretrained(name, torch_dtype, attn_implementation, allow_pickle, trust_remote_code)
     arch = resolve(model)
     model = model.to(torch_device).eval()
     model.requires_grad_(False)
-    return LanguageModel(model=model, tokenizer=tok, arch=arch, name=spec, site=site)
+    return LanguageModel(model=model, tokenizer=tok, arch=arch, name=name, site=site)

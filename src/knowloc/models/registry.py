@@ -57,14 +57,14 @@ class ArchSpec:
 REGISTRY: dict[str, ArchSpec] = {}
 
 
-def register(spec: ArchSpec) -> ArchSpec:
-    for model_type in spec.model_types:
-        REGISTRY[model_type] = spec
-    return spec
+def register(arch: ArchSpec) -> ArchSpec:
+    for model_type in arch.model_types:
+        REGISTRY[model_type] = arch
+    return arch
 
 
 def families() -> list[str]:
-    return sorted({spec.family for spec in REGISTRY.values()})
+    return sorted({arch.family for arch in REGISTRY.values()})
 
 
 def resolve(model: nn.Module) -> ArchSpec:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from knowloc.analysis import consistency_scores, otsu_threshold
+from knowloc.analysis import K_C, K_I, consistency_scores, otsu_threshold
 from knowloc.report.tables import esc, render_table
 from knowloc.study.config import StudyConfig
 from knowloc.study.facts import select_facts
+from knowloc.study.registry import experiments
 from knowloc.study.store import Store
 from knowloc.study.tables import DASH, Column, fmt_num, missing
 
@@ -61,14 +62,10 @@ def figure_neurons_section(out_dir: Path, summary: dict) -> str:
     rows = []
     try:
         described: dict[str, dict] = {}
-        for r in summary.get("kn_heatmap_neurons", []):
-            described.setdefault(r["model"], store.neuron_descriptions(r["model"]))
-            rows.append({"figure": f"kn_heatmap_{r['group']}", "fact": r["fact_id"], **r})
-        for key, examples in store.trials("attention-heatmap").items():
-            described.setdefault(key, store.neuron_descriptions(key))
-            for ex in examples:
-                rows += [{"figure": f"attention_heatmap_{ex['group']}", "fact": ex["subject"], "model": key,
-                          "layer": l, "index": i} for l, i in ex["neurons"]]
+        for experiment in experiments():
+            for r in summary.get(experiment.shown_neurons, []) if experiment.shown_neurons else []:
+                described.setdefault(r["model"], store.neuron_descriptions(r["model"]))
+                rows.append({"figure": f"kn_heatmap_{r['group']}", "fact": r.get("fact_id"), **r})
     finally:
         store.close()
     if not rows:
@@ -94,7 +91,7 @@ def _fallback_groups(cs: dict[str, float], config: StudyConfig) -> dict[str, str
     if not values:
         return {}
     tau = otsu_threshold(values) if config.split == "otsu" else float(config.tau)
-    return {fid: ("K_C" if v >= tau else "K_I") for fid, v in cs.items()}
+    return {fid: (K_C if v >= tau else K_I) for fid, v in cs.items()}
 
 
 def _method_view(store: Store, model: str, method: str, facts: list, config: StudyConfig) -> tuple[dict, bool]:

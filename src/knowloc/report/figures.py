@@ -36,15 +36,16 @@ def figures_html(paths: list[Path]) -> str:
     return '<div class="figs">' + "".join(_figure_html(p) for p in paths) + "</div>"
 
 
-def assign_figures(figures_dir: Path, experiments: list[Experiment]) -> dict[str, list[Path]]:
-    """PNG figures by experiment (by the file-name prefixes of its spec); unmatched ones under "other"."""
+def assign_figures(figures_dir: Path, summary: dict, experiments: list[Experiment]) -> dict[str, list[Path]]:
+    """PNG figures by experiment, as summary.json ``figures`` records them; any other PNG in the directory (left
+    by an earlier run, or a summary that predates the record) under "other"."""
     out: dict[str, list[Path]] = {e.name: [] for e in experiments}
     out["other"] = []
     if not figures_dir.is_dir():
         return out
+    owner = {name: experiment for experiment, names in (summary.get("figures") or {}).items() for name in names
+             if experiment in out}
     for path in sorted(figures_dir.glob("*.png"), key=lambda p: p.name):
-        if not path.is_file():
-            continue
-        sid = next((e.name for e in experiments if e.figures and path.name.startswith(e.figures)), "other")
-        out[sid].append(path)
+        if path.is_file():
+            out[owner.get(path.name, "other")].append(path)
     return out

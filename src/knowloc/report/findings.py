@@ -5,6 +5,7 @@ from __future__ import annotations
 from knowloc.analysis import MIN_N
 from knowloc.report.tables import esc
 from knowloc.study.findings import findings
+from knowloc.study.registry import experiments
 
 VERDICT_CLASS = {"supports": "v-yes", "contradicts": "v-no"}  # any other verdict is shown as open ("v-open")
 
@@ -13,7 +14,7 @@ def findings_section(summary: dict) -> str:
     """The study's findings (summary.json `findings`; computed here for a summary written before them)."""
     items = summary.get("findings")
     if items is None:
-        items = findings(summary)
+        items = findings(summary, experiments())
     parts = [f'<p class="muted">Each question of the paper, answered from this study (95% bootstrap intervals over '
              f"facts; none below {MIN_N} facts). The verdict is about the paper's claim.</p>",
              '<ol class="findings">']

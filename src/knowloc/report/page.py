@@ -29,7 +29,7 @@ from knowloc.report.drilldown import facts_section, figure_neurons_section
 from knowloc.report.figures import assign_figures, figures_html
 from knowloc.report.findings import findings_section
 from knowloc.report.tables import esc, spec_table
-from knowloc.study.experiments import REGISTRY
+from knowloc.study.registry import experiments as registered
 from knowloc.study.registry import Experiment
 from knowloc.study.tables import DASH
 
@@ -66,8 +66,8 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
     config = stored_config(summary)
     env = dict(environment) if environment else {}
     env.setdefault("versions", versions())
-    experiments = list(REGISTRY.values())
-    figures = assign_figures(out_dir / "figures", experiments)
+    experiments = list(registered())
+    figures = assign_figures(out_dir / "figures", summary, experiments)
     title = f"knowloc study report — {', '.join(config.models) or DASH}"
 
     toc = [("findings", "Findings")]
@@ -90,7 +90,7 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
     for experiment in experiments:
         sid = experiment.name
         body.append(f'<section id="{esc(sid)}"><h2>{esc(experiment.heading)}</h2>')
-        if experiment.summary_keys[0] in summary:
+        if experiment.ran(summary):
             body.append(experiment_section(experiment, summary))
         else:
             body.append(f'<p class="notrun">This study did not run the <code>{esc(sid)}</code> experiment '

@@ -23,7 +23,7 @@ from typing import Any
 from knowloc.attribution.methods import METHODS
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
-from knowloc.study.registry import names as experiment_names
+from knowloc.study import registry
 
 CS_SCORES = ("cs1", "cs2", "csp")
 KINDS = ("identity", "view", "runtime")
@@ -139,15 +139,13 @@ class StudyConfig:
             if method not in METHODS:
                 raise KnowlocError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         for experiment in self.experiments:
-            if experiment not in experiment_names():
-                raise KnowlocError(f"unknown experiment {experiment!r}; choose from {', '.join(experiment_names())}")
+            if experiment not in registry.names():
+                raise KnowlocError(f"unknown experiment {experiment!r}; choose from {', '.join(registry.names())}")
         if not self.methods:
             raise KnowlocError("at least one method is required")
         if self.steps < 1:
             raise KnowlocError(f"--steps must be >= 1, got {self.steps}")
-        if self.cas_beta1 < 0 or self.cas_beta2 < 0:
-            raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
-        for name in ("threshold", "tau", "p", "cas_threshold"):
+        for name in ("threshold", "tau", "p"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise KnowlocError(f"--{name} must be in [0, 1], got {value}")
@@ -173,44 +171,15 @@ class StudyConfig:
                     or abs(value) == float("inf"):
                 raise KnowlocError(f"--{name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
-        self.update_sweep_lambda2 = _float_list(self.update_sweep_lambda2, "sweep_lambda2")
-        if any(v <= 0 for v in self.update_sweep_lambda2):
-            raise KnowlocError("--sweep-lambda2 values must be > 0")
-        rules = self.update_sweep_rules
-        rules = [r.strip() for r in rules.split(",")] if isinstance(rules, str) else list(rules)
-        if not rules or any(r not in UPDATE_RULES for r in rules) or len(set(rules)) != len(rules):
-            raise KnowlocError(f"--sweep-rules must be distinct rules from {', '.join(UPDATE_RULES)}, got {rules!r}")
-        self.update_sweep_rules = rules
-        if self.update_sweep_queries < 1:
-            raise KnowlocError(f"--sweep-queries must be >= 1, got {self.update_sweep_queries}")
-        for name in ("cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds"):
-            setattr(self, name, _float_list(getattr(self, name), name))
-        if any(b < 0 for b in self.cas_sweep_beta1 + self.cas_sweep_beta2):
-            raise KnowlocError("--sweep-beta1 and --sweep-beta2 values must be >= 0")
-        if any(not 0 <= t <= 1 for t in self.cas_sweep_thresholds):
-            raise KnowlocError("--sweep-thresholds values must be in [0, 1]")
-        if self.attention_k < 1:
-            raise KnowlocError(f"--attention-k must be >= 1, got {self.attention_k}")
-        if self.attention_layers is not None:
-            self.layer_range()
+        for experiment in registry.experiments():  # each experiment checks the settings it owns
+            if experiment.validate is not None:
+                experiment.validate(self)
         if self.executor not in ("local", "ray"):
             raise KnowlocError(f"--executor must be local or ray, got {self.executor!r}")
         if self.workers < 1 or self.gpus_per_worker < 0:
             raise KnowlocError("--workers must be >= 1 and --gpus-per-worker >= 0")
         if self.locality < 1 or self.n_boot < 10 or self.ppl_texts < 1:
             raise KnowlocError("--locality and --ppl-texts must be >= 1 and --n-boot >= 10")
-
-    def layer_range(self) -> tuple[int, int] | None:
-        """(first, last) layer of --attention-layers "a-b", inclusive; None for all layers."""
-        if self.attention_layers is None:
-            return None
-        try:
-            first, last = (int(part) for part in str(self.attention_layers).split("-"))
-        except ValueError:
-            raise KnowlocError(f"--attention-layers must look like 10-20, got {self.attention_layers!r}") from None
-        if not 0 <= first <= last:
-            raise KnowlocError(f"--attention-layers must satisfy 0 <= first <= last, got {self.attention_layers!r}")
-        return first, last
 
     def identity(self) -> dict:
         """The settings that determine stored results; a resume must match them exactly."""
@@ -283,7 +252,7 @@ def _specificity(value) -> float:
     return float(value)
 
 
-def _float_list(value, name: str) -> list[float]:
+def float_list(value, name: str) -> list[float]:
     """A non-empty list of distinct numbers, from a list or a comma-separated string ("0,0.5,1")."""
     flag = "--" + name.replace("cas_", "").replace("_", "-")
     items = value.split(",") if isinstance(value, str) else value

@@ -1,4 +1,5 @@
-"""What experiments share during a study: config, store, selected facts, lazily loaded models, outputs."""
+"""What experiments share during a study: config, store, selected facts, the loaded model, the derived neuron
+sets (:class:`knowloc.study.neuron_sets.NeuronSets`), outputs; and the fact-level statistics every summary uses."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Callable
 
 import numpy as np
 
-from knowloc.analysis import MIN_N, bootstrap_ci, paired_bootstrap_diff
+from knowloc.analysis import Estimate
 from knowloc.data import load_neutral_texts
 from knowloc.editing.session import EditSession, choose_new_object, locality_sample
 from knowloc.models import load_model
 from knowloc.models.lm import LanguageModel
 from knowloc.study.config import StudyConfig
 from knowloc.study.facts import StudyFact, select_facts
+from knowloc.study.neuron_sets import NeuronSets
 from knowloc.study.store import Store
 
 
@@ -30,17 +32,13 @@ def trial_key(model: str, method: str, fact_id: str) -> str:
 
 
 def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed: int, stat=None,
-                  **match: object) -> tuple[int, float, float, float]:
-    """(n facts, estimate, CI low, CI high) of a metric: each fact's trials matching `match` are averaged
-    (nan left out), then `stat` (default: the mean) over facts with a bootstrap interval that resamples facts
-    (facts, not trials, are the independent units). Below MIN_N facts the interval is withheld (nan)."""
-    stat = np.mean if stat is None else stat
+                  **match: object) -> Estimate:
+    """The :class:`Estimate` of a metric over facts: each fact's trials matching `match` are averaged (nan left
+    out, :func:`fact_means`), then `stat` (default: the mean) over the facts that have a value, with a bootstrap
+    interval that resamples facts (facts, not trials, are the independent units; none below MIN_N facts)."""
     per_fact = fact_means(fact_trials, metric, **match)
-    per_fact = per_fact[~np.isnan(per_fact)]
-    estimate, low, high = bootstrap_ci(per_fact, stat=stat, n_boot=n_boot, seed=seed)
-    if len(per_fact) < MIN_N:  # too few facts for an interval: the estimate alone
-        low = high = float("nan")
-    return len(per_fact), float(estimate), float(low), float(high)
+    return Estimate.bootstrap(per_fact[~np.isnan(per_fact)], stat=np.mean if stat is None else stat,
+                              n_boot=n_boot, seed=seed)
 
 
 def fact_means(fact_trials: list[list[dict]], metric: str, **match: object) -> np.ndarray:
@@ -56,18 +54,12 @@ def fact_means(fact_trials: list[list[dict]], metric: str, **match: object) -> n
 
 
 def paired_contrast(fact_trials: list[list[dict]], metric: str, first: dict, second: dict, n_boot: int,
-                    seed: int) -> dict:
-    """{n, diff, ci_low, ci_high, beyond_ci} of mean over facts of (metric under `first` - under `second`),
-    paired within facts, with a paired bootstrap interval (none below MIN_N facts; beyond_ci needs one)."""
+                    seed: int) -> Estimate:
+    """The :class:`Estimate` of the mean over facts of (metric under `first` - under `second`), paired within
+    facts (facts with both), with a paired bootstrap interval (none below MIN_N facts)."""
     a, b = fact_means(fact_trials, metric, **first), fact_means(fact_trials, metric, **second)
-    ok = ~np.isnan(a) & ~np.isnan(b)
-    n = int(ok.sum())
-    if n == 0:
-        return {"n": 0, "diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "beyond_ci": False}
-    diff, lo, hi = paired_bootstrap_diff(a[ok], b[ok], n_boot=n_boot, seed=seed)
-    if n < MIN_N:
-        lo = hi = float("nan")
-    return {"n": n, "diff": diff, "ci_low": lo, "ci_high": hi, "beyond_ci": bool(n >= MIN_N and (lo > 0 or hi < 0))}
+    both = ~np.isnan(a) & ~np.isnan(b)
+    return Estimate.paired(a[both], b[both], n_boot=n_boot, seed=seed)
 
 
 def dlogppl_stats(fact_trials: list[list[dict]], cfg: StudyConfig, **match) -> dict:
@@ -75,37 +67,84 @@ def dlogppl_stats(fact_trials: list[list[dict]], cfg: StudyConfig, **match) -> d
     trials' dlogPPL = log(PPL_after / PPL_before))."""
     out = {}
     for name, stat in (("mean", np.mean), ("median", np.median)):
-        _, est, lo, hi = fact_level_ci(fact_trials, "dlogppl", cfg.n_boot, cfg.seed, stat=stat, **match)
-        out.update({f"dlogppl_{name}": est, f"dlogppl_{name}_ci_low": lo, f"dlogppl_{name}_ci_high": hi})
+        out.update(fact_level_ci(fact_trials, "dlogppl", cfg.n_boot, cfg.seed, stat=stat, **match)
+                   .fields(f"dlogppl_{name}"))
     return out
 
 
 @dataclass
 class Section:
-    """An experiment's outputs: summary.json keys, CSV tables (by file name) and figures."""
+    """An experiment's outputs: its summary.json keys (each also written as ``tables/<key>.csv``), the CSV rows
+    of a key where they differ from its summary rows (e.g. flattened lists), and its figures."""
 
     summary: dict[str, list[dict]] = field(default_factory=dict)
-    tables: dict[str, list[dict]] = field(default_factory=dict)
+    csv: dict[str, list[dict]] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
+
+
+class ModelPool:
+    """The study's models: loaded lazily, one in memory at a time. Moving to another model is explicit
+    (:meth:`switch`), so nothing evicts a model behind its user's back.
+
+    Args:
+        device, dtype: what :func:`knowloc.models.load_model` loads them with.
+    """
+
+    def __init__(self, device: str | None = None, dtype: str | None = None):
+        self.device, self.dtype = device, dtype
+        self.focus: str | None = None
+        self._loaded: dict[str, LanguageModel] = {}
+
+    def switch(self, name: str) -> None:
+        """Make `name` the model in use, releasing any other loaded model (it is loaded on first :meth:`get`)."""
+        if self.focus != name:
+            self._loaded = {k: v for k, v in self._loaded.items() if k == name}
+            self.focus = name
+
+    def get(self, name: str) -> LanguageModel:
+        """The model in use, loaded once; another model needs :meth:`switch` first."""
+        if self.focus is None:
+            self.focus = name
+        if name != self.focus:
+            raise RuntimeError(f"model {name!r} requested while {self.focus!r} is in use; switch to it first")
+        if name not in self._loaded:
+            self._loaded[name] = load_model(name, device=self.device, dtype=self.dtype)
+        return self._loaded[name]
+
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
 
 
 @dataclass
 class StudyContext:
+    """What the experiments of one study share.
+
+    ``neurons`` (:class:`~knowloc.study.neuron_sets.NeuronSets`) owns every derived view of the store (the
+    specificity profile, the filtered KN sets, the groups); ``models`` the loaded model (shared with another
+    context by passing it, as the dry run does).
+    """
+
     config: StudyConfig
     store: Store
     out: Path
     echo: Callable[[str], None] = print
     facts: dict[str, list[StudyFact]] = field(default_factory=dict)
     probes: dict[str, list[dict]] = field(default_factory=dict)
-    cache: dict = field(default_factory=dict)  # derived views of the store (specificity profile, filtered KN sets)
-    _models: dict = field(default_factory=dict)
+    models: ModelPool | None = None
+    neurons: NeuronSets = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = ModelPool(self.config.device, self.config.dtype)
+        self.neurons = NeuronSets(self)
 
     def model(self, name: str) -> LanguageModel:
-        """Load a model once (and only if some work needs it)."""
-        if name not in self._models:
-            self._models.clear()  # one model in memory at a time
-            self._models[name] = load_model(name, device=self.config.device, dtype=self.config.dtype)
-        return self._models[name]
+        """The model `name`, loaded once (and only if some work needs it); see :meth:`switch_model`."""
+        return self.models.get(name)
+
+    def switch_model(self, name: str) -> None:
+        """Move to model `name` (one model in memory at a time: the previous one is released)."""
+        self.models.switch(name)
 
     def edit_session(self, model: str, fact: StudyFact) -> EditSession:
         """A fact's editing trials under the study's settings: a seeded sample of --locality answered queries of

@@ -34,7 +34,6 @@ from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.registry import run_order
 from knowloc.study.runner import probe_stage
-from knowloc.study.specificity import reference_items
 from knowloc.study.store import Store
 from knowloc.study.units import Unit, attribution_units, execute, experiment_units, reference_units, save
 
@@ -46,7 +45,7 @@ def _approximate_profile(ctx: StudyContext, model: str, method: str, relation: s
     ``relation`` into the (temporary) store; return the threshold max(--specificity, 1 / neutral prompts): a
     neuron is then non-specific when it is a KN of more than that share of the neutral prompts or of the
     queries (two of four neutral prompts; two of six queries)."""
-    items = reference_items(ctx, model)
+    items = ctx.neurons.reference_items(model)
     stored = ctx.store.reference(model, method)
     n_neutral = sum(r["relation"] is None for r in stored)
     relations = {r["relation"] for r in stored if r["relation"] not in (None, relation)}
@@ -145,9 +144,8 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                         # run will (see the module docstring)
                         approx = _approximate_profile(ctx, model, cfg.methods[0], fact.relation, missing)
                         timing_ctx = StudyContext(config=replace(cfg, specificity=approx), store=ctx.store,
-                                                  out=ctx.out, echo=lambda _: None)
+                                                  out=ctx.out, echo=lambda _: None, models=ctx.models)
                         timing_ctx.load_facts(model)
-                        timing_ctx._models = ctx._models
                     for experiment in run_order(cfg.experiments):
                         mine = [u for u in pending if u.kind == experiment.name]
                         if not mine:

@@ -1,16 +1,39 @@
-"""The experiment registry: one :class:`Experiment` spec per experiment, registered in one place.
+"""The experiment registry: one :class:`Experiment` spec per experiment, the single source of what it adds.
 
 Everything that lists experiments is derived from here: the names `--experiments` accepts and its help text,
-the work units, the dry run (which times one real unit of each experiment), the sections and tables of summary.md and report.html. Adding an
-experiment is one module that builds an :class:`Experiment` and calls :func:`register` (docs/extending.md).
+the validation of their settings, the work units, the dry run (which times one real unit of each experiment),
+the sections and tables of summary.md and report.html, the CSV files, the figures of each section and the
+findings. The built-in experiments are one module each and one entry of the ordered list in
+:mod:`knowloc.study.experiments` (its order is the report's); a plug-in calls :func:`register` (docs/extending.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from knowloc.study.tables import Table
+
+# (text, (verdict, reason)) of one comparison of a finding; see knowloc.study.findings
+Part = tuple[str, tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One question of the paper, answered from a study's summary (:mod:`knowloc.study.findings`).
+
+    id: stable identifier (summary.json ``findings[].id``; never reused for another question).
+    question: the question, one line. claim: the paper's answer to it.
+    rule: when the data support or contradict the claim (one sentence; docs/study.md lists them).
+    judge(summary) -> [Part] | None: one (text, (verdict, reason)) per comparison (model x method x group),
+        from summary.json's content; None when the experiment ran but measured nothing for this question.
+    """
+
+    id: str
+    question: str
+    claim: str
+    rule: str
+    judge: Callable[[dict], list[Part] | None]
 
 
 @dataclass(frozen=True)
@@ -19,15 +42,21 @@ class Experiment:
 
     name: the `--experiments` name (also the store's trial key and the report section id).
     question: one line, shown in `knowloc study --help` and the report.
-    summarize(ctx) -> Section: pure aggregation from the store into summary.json keys, CSV tables and figures.
+    summarize(ctx) -> Section: pure aggregation from the store into its summary.json keys (each also written as
+        ``tables/<key>.csv``) and figures (recorded under its name in summary.json ``figures``).
+    summary_keys: the summary.json keys its Section holds (any of them marks it as run); the runner refuses a
+        Section with other keys, and :func:`register` tables of other keys.
     fact_work(ctx, model, method, fact) -> rows: the per-fact work that needs the model, stored per fact (None:
         the experiment only reads stored attributions).
     finalize(ctx, model): optional work once per model after every fact (e.g. examples that need the groups).
-    settings: the StudyConfig fields it owns (shown with its section).
-    summary_keys: the summary.json keys it writes (the first one marks it as run).
+    validate(config): optional check (and normalization) of the settings it owns; raises KnowlocError with one
+        line. Runs for every registered experiment whenever a StudyConfig is made.
+    shown_neurons: optional, the summary key whose rows ({model, layer, index, group, ...; "figure" and "fact"
+        where the figure's name is not ``kn_heatmap_<group>`` and the fact not ``fact_id``}) list the neurons its
+        figures show: the study describes them and the report lists what they write.
     tables: its results tables (rendered to summary.md and report.html); notes(summary) -> extra sentences.
-    figures: file-name prefixes of its figures; heading / intro: its report section.
-    always: run in every study (not chosen by `--experiments`).
+    findings: the questions of the paper it answers, in the report's order.
+    heading / intro: its report section. always: run in every study (not chosen by `--experiments`).
     """
 
     name: str
@@ -37,23 +66,43 @@ class Experiment:
     summary_keys: tuple[str, ...]
     fact_work: Callable | None = None
     finalize: Callable | None = None
-    settings: tuple[str, ...] = ()
+    validate: Callable | None = None
+    shown_neurons: str | None = None
     tables: tuple[Table, ...] = ()
     notes: Callable[[dict], list[str]] | None = None
-    figures: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
     intro: str = ""
     always: bool = False
+
+    def ran(self, summary: dict) -> bool:
+        """Whether a study summary holds this experiment's results (any of its keys)."""
+        return any(key in summary for key in self.summary_keys)
 
 
 REGISTRY: dict[str, Experiment] = {}
 
 
 def register(experiment: Experiment) -> Experiment:
-    """Add an experiment (replacing one of the same name) and return it."""
+    """Add an experiment (replacing one of the same name) and return it; refuses a spec whose tables show keys
+    it does not declare, or whose finding ids another experiment uses."""
     if not experiment.summary_keys:
         raise ValueError(f"experiment {experiment.name!r} declares no summary key")
+    undeclared = sorted(({t.key for t in experiment.tables} | ({experiment.shown_neurons} - {None}))
+                        - set(experiment.summary_keys))
+    if undeclared:
+        raise ValueError(f"experiment {experiment.name!r}: tables of undeclared summary keys {', '.join(undeclared)}")
+    ids = [f.id for f in experiment.findings]
+    taken = {f.id for e in REGISTRY.values() if e.name != experiment.name for f in e.findings}
+    if len(set(ids)) != len(ids) or taken & set(ids):
+        raise ValueError(f"experiment {experiment.name!r}: finding ids must be unique, got {ids}")
     REGISTRY[experiment.name] = experiment
     return experiment
+
+
+def register_all(experiments: Iterable[Experiment]) -> None:
+    """Register experiments in the given order (the built-in list of knowloc.study.experiments)."""
+    for experiment in experiments:
+        register(experiment)
 
 
 def unregister(name: str) -> None:
@@ -63,6 +112,11 @@ def unregister(name: str) -> None:
 def names() -> tuple[str, ...]:
     """The experiments `--experiments` accepts, in registration order."""
     return tuple(name for name, e in REGISTRY.items() if not e.always)
+
+
+def experiments() -> tuple[Experiment, ...]:
+    """Every registered experiment, in registration order (the report's)."""
+    return tuple(REGISTRY.values())
 
 
 def get(name: str) -> Experiment:

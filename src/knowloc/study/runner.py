@@ -27,7 +27,7 @@ from knowloc.study.executors import make_executor
 from knowloc.study.findings import findings
 from knowloc.study.findings import markdown as findings_markdown
 from knowloc.study.groups import save_groups
-from knowloc.study.registry import Experiment, run_order
+from knowloc.study.registry import Experiment, experiments, run_order
 from knowloc.study.store import Store
 from knowloc.study.tables import markdown_table
 from knowloc.study.units import Unit, attribution_units, experiment_units, reference_units, save
@@ -81,6 +81,7 @@ def check_data(store: Store, dataset, out: Path) -> None:
 
 def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
     """Probe every fact once per model and store which paraphrases the model answers."""
+    ctx.switch_model(model)
     if not ctx.store.has_probe(model):
         probes = probe_facts(ctx.model(model), list(dataset), candidates=ctx.config.candidates,
                              progress=ctx.config.progress)
@@ -157,9 +158,8 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
                 if experiment.finalize is not None:
                     experiment.finalize(ctx, model)
         save_groups(ctx)
-        describe_used_neurons(ctx)
-        experiments = run_order(config.experiments)
-        sections = [(experiment, experiment.summarize(ctx)) for experiment in experiments]
+        sections = [(experiment, experiment.summarize(ctx)) for experiment in run_order(config.experiments)]
+        describe_used_neurons(ctx, sections)
         summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
     finally:
         if executor is not None:
@@ -204,38 +204,55 @@ def section_markdown(experiment: Experiment, summary: dict) -> list[str]:
     return lines
 
 
-def describe_used_neurons(ctx: StudyContext, k: int = 8) -> None:
+def describe_used_neurons(ctx: StudyContext, sections: list[tuple[Experiment, Section]], k: int = 8) -> None:
     """Store what every neuron of the studied facts' KN lists (as the experiments used them) and of the
-    attention heatmaps writes to the vocabulary (knowloc.models.neuron), for the report; each neuron once."""
+    experiments' figures (their ``shown_neurons`` rows) writes to the vocabulary (knowloc.models.neuron), for the
+    report; each neuron once."""
+    shown = [row for experiment, section in sections if experiment.shown_neurons
+             for row in section.summary.get(experiment.shown_neurons, [])]
     for model in ctx.config.models:
         wanted: set[tuple[int, int]] = set()
         for method in ctx.config.methods:
             for row in ctx.store.groups(model, method).values():
                 for kn in row["kn"].values():
                     wanted.update(tuple(n) for n in kn)
-        for examples in ctx.store.trials("attention-heatmap").values():
-            wanted.update(tuple(n) for ex in examples for n in ex["neurons"])
+        wanted.update((r["layer"], r["index"]) for r in shown if r["model"] == model)
         missing = sorted(wanted - ctx.store.described_neurons(model))
         if missing:
+            ctx.switch_model(model)
             ctx.store.save_neuron_descriptions(model, describe_neurons(ctx.model(model), missing, k=k))
 
 
+def _check_section(experiment: Experiment, section: Section) -> None:
+    """An experiment's Section holds exactly the summary keys its spec declares (CSV overrides among them)."""
+    keys, declared = set(section.summary), set(experiment.summary_keys)
+    if keys != declared or not set(section.csv) <= declared:
+        raise KnowlocError(f"experiment {experiment.name!r} returned summary keys {sorted(keys | set(section.csv))}, "
+                           f"declared {sorted(declared)}")
+
+
 def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]], wall_s: float) -> Path:
+    """Write summary.json (each experiment's keys, its figures under ``figures``, the filter state under
+    ``specificity_filter``, the findings), one CSV per summary key and summary.md."""
     cfg = ctx.config
-    summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()}}
+    summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()},
+                     "specificity_filter": "on" if cfg.filtered else "off", "figures": {}}
     markdown = [f"# knowloc study — {', '.join(cfg.models)} on {cfg.data}", "",
                 f"Methods {', '.join(cfg.methods)}; steps {cfg.steps}; KN threshold {cfg.threshold} x max; "
                 f"seed {cfg.seed}. Facts known in >= {cfg.min_known} paraphrases: "
                 + ", ".join(f"{m}: {n}" for m, n in summary["facts"].items()), ""]
     body: list[str] = []
     for experiment, section in sections:
+        _check_section(experiment, section)
         summary.update(section.summary)
-        for name, rows in section.tables.items():
+        summary["figures"][experiment.name] = [p.name for p in section.figures]
+        for key, rows in section.summary.items():
+            rows = section.csv.get(key, rows)
             if rows:
-                atomic_write(ctx.out / "tables" / f"{name}.csv", _csv(rows))
+                atomic_write(ctx.out / "tables" / f"{key}.csv", _csv(rows))
         body += section_markdown(experiment, section.summary)
         body += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
-    summary["findings"] = findings(strict_json(summary))
+    summary["findings"] = findings(strict_json(summary), experiments())
     text = "\n".join(markdown + findings_markdown(summary["findings"]) + body)
     atomic_write(ctx.out / "summary.md", text)
     path = ctx.out / "summary.json"

@@ -15,7 +15,6 @@ from knowloc.analysis import select_neurons
 from knowloc import attribution
 from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.registry import get as experiment
-from knowloc.study.specificity import reference_items, reference_row
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Unit:
 
 
 def reference_units(ctx: StudyContext, model: str) -> list[Unit]:
-    n = len(reference_items(ctx, model))
+    n = len(ctx.neurons.reference_items(model))
     units = []
     for method in ctx.config.methods:
         done = ctx.store.done_reference(model, method)
@@ -60,8 +59,10 @@ def experiment_units(ctx: StudyContext, model: str) -> list[Unit]:
 
 
 def execute(ctx: StudyContext, unit: Unit):
+    """Run one unit (on any executor) and return what :func:`save` stores."""
+    ctx.switch_model(unit.model)
     if unit.kind == "reference":
-        return reference_row(ctx, unit.model, unit.method, unit.qidx)
+        return ctx.neurons.reference_row(unit.model, unit.method, unit.qidx)
     fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
     if unit.kind == "attribution":
         # a studied query is answered by the study's rule (which --candidates may restrict): no warning
@@ -75,6 +76,7 @@ def execute(ctx: StudyContext, unit: Unit):
 
 
 def save(ctx: StudyContext, unit: Unit, result) -> None:
+    """Store a unit's result (in the driver, one transaction)."""
     if unit.kind == "attribution":
         prob, kn, scores = result
         ctx.store.save_attribution(unit.model, unit.method, unit.fact_id, unit.qidx, prob, kn, scores)

@@ -1,16 +1,24 @@
-"""The built-in study experiments. Each module declares one :class:`knowloc.study.registry.Experiment` and
-registers it on import; importing this package registers them all. Registration order is the order of the
-report and summary.md, so the imports below are in the paper's order, not alphabetical (docs/extending.md)."""
+"""The built-in study experiments: one module each, registered here in one explicit ordered list.
 
-# isort: skip_file
-from knowloc.study import specificity  # noqa: F401  (always on: the neuron specificity profile)
-from knowloc.study.experiments import consistency  # noqa: F401
-from knowloc.study.experiments import modification  # noqa: F401
-from knowloc.study.experiments import query_mapping  # noqa: F401
-from knowloc.study.experiments import attention  # noqa: F401
-from knowloc.study.experiments import cas  # noqa: F401
-from knowloc.study.experiments import cas_sweep  # noqa: F401
-from knowloc.study.experiments import update_sweep  # noqa: F401
-from knowloc.study.registry import REGISTRY, names
+The order of :data:`BUILTIN` is the order of the report, summary.md and the findings (the paper's order). Adding
+a built-in experiment is one module that defines its :class:`knowloc.study.registry.Experiment` spec and one
+entry in this list (docs/extending.md).
+"""
 
-__all__ = ["REGISTRY", "names"]
+from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, modification, query_mapping,
+                                       specificity, update_sweep)
+from knowloc.study.registry import REGISTRY, names, register_all
+
+BUILTIN = (
+    specificity.EXPERIMENT,  # always on: the neuron specificity profile
+    consistency.EXPERIMENT,
+    modification.EXPERIMENT,
+    query_mapping.EXPERIMENT,
+    attention.EXPERIMENT,
+    cas.EXPERIMENT,
+    cas_sweep.EXPERIMENT,
+    update_sweep.EXPERIMENT,
+)
+register_all(BUILTIN)
+
+__all__ = ["BUILTIN", "REGISTRY", "names"]

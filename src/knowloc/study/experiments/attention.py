@@ -12,23 +12,44 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from knowloc.analysis import relative_change
+from knowloc.analysis import GROUPS, K_C, Estimate, relative_change
 from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
                                subject_token_positions)
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import activation_heatmaps, grouped_bars
-from knowloc.study import specificity as spec
+from knowloc.errors import KnowlocError
 from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
-from knowloc.study.registry import Experiment, register
-from knowloc.study.groups import fact_scores, grouped_trials, groups
+from knowloc.study.findings import interval, num, verdict
+from knowloc.study.groups import grouped_trials
+from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
 
 ALPHAS = (0.0, 2.0)
+HEATMAP_TRIALS = "attention-heatmap"  # the store key of the per-model before / after examples
+
+
+def layer_range(cfg) -> tuple[int, int] | None:
+    """(first, last) layer of --attention-layers "a-b", inclusive; None for all layers."""
+    if cfg.attention_layers is None:
+        return None
+    try:
+        first, last = (int(part) for part in str(cfg.attention_layers).split("-"))
+    except ValueError:
+        raise KnowlocError(f"--attention-layers must look like 10-20, got {cfg.attention_layers!r}") from None
+    if not 0 <= first <= last:
+        raise KnowlocError(f"--attention-layers must satisfy 0 <= first <= last, got {cfg.attention_layers!r}")
+    return first, last
+
+
+def validate(cfg) -> None:
+    if cfg.attention_k < 1:
+        raise KnowlocError(f"--attention-k must be >= 1, got {cfg.attention_k}")
+    layer_range(cfg)
 
 
 def in_layer_range(ctx: StudyContext, synapses: list) -> list:
     """The synapses inside --attention-layers (all of them by default)."""
-    span = ctx.config.layer_range()
+    span = layer_range(ctx.config)
     return synapses if span is None else [s for s in synapses if span[0] <= s[0] <= span[1]]
 
 
@@ -79,14 +100,22 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """KS manipulations of every neighbor query of one fact."""
     lm = ctx.model(model)
-    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+    kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
     return [r for q in sorted(kn) if kn[q] for r in query_rows(ctx, model, method, fact, q, kn[q], lm)]
 
 
 def finalize(ctx: StudyContext, model: str) -> None:
     """Once per model, after every fact: the before/after heatmap examples (need the K_C/K_I split)."""
-    if model not in ctx.store.done_trials("attention-heatmap"):
-        ctx.store.save_trials("attention-heatmap", model, heatmap_data(ctx, model))
+    if model not in ctx.store.done_trials(HEATMAP_TRIALS):
+        ctx.store.save_trials(HEATMAP_TRIALS, model, heatmap_data(ctx, model))
+
+
+def heatmap_neurons(ctx: StudyContext) -> list[dict]:
+    """The neurons of every before / after heatmap, one row each (the study describes them for the report)."""
+    return [{"figure": f"attention_heatmap_{ex['group']}", "fact": ex["subject"], "model": model,
+             "method": ex["method"], "group": ex["group"], "layer": l, "index": i}
+            for model, examples in ctx.store.trials(HEATMAP_TRIALS).items() for ex in examples
+            for l, i in ex["neurons"]]
 
 
 def summarize(ctx: StudyContext) -> Section:
@@ -97,17 +126,16 @@ def summarize(ctx: StudyContext) -> Section:
             for alpha in ALPHAS:
                 row = {"model": model, "method": method, "group": group, "synapses": synapses, "alpha": alpha}
                 for metric in ("dkn_activation", "dprob"):
-                    n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
-                                                   synapses=synapses, alpha=alpha)
-                    row.update({"n": n, metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                    estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, synapses=synapses, alpha=alpha)
+                    row.update({"n": estimate.n, **estimate.fields(metric)})
                 rows.append(row)
     contrasts = [{"model": model, "method": method, "group": group, "alpha": alpha, "metric": metric,
                   **paired_contrast(fact_trials, metric, {"synapses": "related", "alpha": alpha},
-                                    {"synapses": "irrelevant", "alpha": alpha}, cfg.n_boot, cfg.seed)}
+                                    {"synapses": "irrelevant", "alpha": alpha}, cfg.n_boot, cfg.seed).contrast()}
                  for model, method, group, fact_trials in grouped_trials(ctx, "attention")
                  for alpha in ALPHAS for metric in ("dkn_activation", "dprob")]
-    section = Section(summary={"attention": rows, "attention_contrasts": contrasts},
-                      tables={"attention": rows, "attention_contrasts": contrasts})
+    section = Section(summary={"attention": rows, "attention_contrasts": contrasts,
+                               "attention_heatmap_neurons": heatmap_neurons(ctx)})
     for model in cfg.models:
         for method in cfg.methods:
             for alpha in ALPHAS:
@@ -125,15 +153,15 @@ def summarize(ctx: StudyContext) -> Section:
 def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
     """KN activations before / after suppressing query-related KS for a K_C and a K_I example (first method)."""
     method = ctx.config.methods[0]
-    scores = fact_scores(ctx, model, method)
-    split = groups(ctx, model, method)
+    scores = ctx.neurons.fact_scores(model, method)
+    split = ctx.neurons.groups(model, method)
     out = []
-    for group in ("K_C", "K_I"):
+    for group in GROUPS:
         members = [f for f in ctx.facts[model] if split.get(f.fact_id) == group]
         if not members:
             continue
-        fact = (max if group == "K_C" else min)(members, key=lambda f: scores[f.fact_id])
-        kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+        fact = (max if group == K_C else min)(members, key=lambda f: scores[f.fact_id])
+        kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
         q = min(kn)
         neurons = kn[q][:16]
         if not neurons:
@@ -157,7 +185,7 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
 
 def heatmaps(ctx: StudyContext) -> list:
     paths = []
-    for key, examples in ctx.store.trials("attention-heatmap").items():
+    for key, examples in ctx.store.trials(HEATMAP_TRIALS).items():
         for ex in examples:
             neurons = [tuple(n) for n in ex["neurons"]]
             layers = sorted({l for l, _ in neurons})
@@ -174,10 +202,30 @@ def heatmaps(ctx: StudyContext) -> list:
     return paths
 
 
-EXPERIMENT = register(Experiment(
+def judge_synapses(summary: dict) -> list[Part]:
+    parts = []
+    for r in summary.get("attention_contrasts", []):
+        if r.get("alpha") != 0.0 or r.get("metric") != "dkn_activation":
+            continue
+        diff = Estimate.from_row(r, "diff")
+        parts.append((f"{r['method']} {r['group']}: suppressing subject-related synapses changes the KN activations "
+                      f"by {num(diff.value, 3)} {interval(diff, 3)} relative to irrelevant ones (n {diff.n}).",
+                      verdict(diff, support_below=0.0, contradict_above=0.0)))
+    return parts
+
+
+FINDINGS = (Finding(
+    "knowledge-synapses", "Does attention to the subject select the KNs?", "knowledge synapses select the KNs",
+    "suppressing subject-related synapses minus as many irrelevant ones (KN activation change, paired within "
+    "facts): supports when the interval lies below 0; contradicts when it lies above 0", judge_synapses),)
+
+
+EXPERIMENT = Experiment(
     name="attention", question="does attention to the subject (knowledge synapses) select the KNs?",
     heading="Attention (knowledge synapses)", summarize=summarize, fact_work=fact_work, finalize=finalize,
-    summary_keys=("attention", "attention_contrasts"), settings=("attention_k", "attention_layers", "attention_renormalize"),
+    summary_keys=("attention", "attention_contrasts", "attention_heatmap_neurons"), validate=validate,
+    shown_neurons="attention_heatmap_neurons",
+    findings=FINDINGS,
     intro="Knowledge synapses (high-attention entries at the last prompt position) whose key position is the "
           "subject (related) or a matched random control (irrelevant) are scaled by alpha; measured are the change "
           "of the query's KN activations and of P(gold) (mean over facts, 95% CI).",
@@ -189,5 +237,4 @@ EXPERIMENT = register(Experiment(
             Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
             Column("alpha", "alpha", "num", 2), Column("measure", "metric"), Column("n", "n", "int"),
             Column("related - irrelevant [95% CI]", "diff", "ci", 3, True, "ci_low", "ci_high"),
-            Column("", "beyond_ci", "star")))),
-    figures=("attention_",)))
+            Column("", "beyond_ci", "star")))))

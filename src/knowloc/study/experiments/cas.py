@@ -10,22 +10,25 @@ N_g cut to the |CAS| strongest neurons; N_g ranks neurons by their best per-quer
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import numpy as np
 import torch
 
-from knowloc.analysis import MIN_N, bootstrap_ci, cas_select, paired_bootstrap_diff, select_neurons
+from knowloc.analysis import GROUPS, Estimate, cas_select, select_neurons
 from knowloc.editing import OPERATIONS
+from knowloc.errors import KnowlocError
 from knowloc.plots import grouped_bars
-from knowloc.study import specificity as spec
-from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, paired_contrast, slug
 from knowloc.study.context import trial_key as _key
-from knowloc.study.registry import Experiment, register
-from knowloc.study.groups import groups
+from knowloc.study.findings import interval, num, verdict
+from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
 SELECTIONS = ("CAS", "N_i", "N_g")
+PROTOCOLS = ("transductive", "held_out")
+BUDGETS = ("free", "matched")
 METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl")
 
 
@@ -53,13 +56,13 @@ def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: lis
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (protocol, edited query, budget, selection, operation) trial of one fact."""
     session = ctx.edit_session(model, fact)
-    queries, stack = spec.score_stack(ctx, model, method, fact.fact_id)
+    queries, stack = ctx.neurons.score_stack(model, method, fact.fact_id)
     n = len(queries)
     plans = [("transductive", i, list(range(n)), None) for i in range(n)]
     plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
     rows = []
     for protocol, edited, members, held in plans:
-        keep = partial(spec.remove_nonspecific, ctx, model, method, fact.fact_id)
+        keep = partial(ctx.neurons.remove_nonspecific, model, method, fact.fact_id)
         for budget, chosen in selections(ctx, stack, edited, members, keep).items():
             for selection, neurons in chosen.items():
                 if budget == "matched" and selection == "CAS":
@@ -76,73 +79,40 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     return rows
 
 
-def _ci(result: tuple, n: int) -> tuple[float, float, float]:
-    """(estimate, low, high) with the interval withheld below MIN_N facts."""
-    est, lo, hi = result
-    return (float(est), float("nan"), float("nan")) if n < MIN_N else (float(est), float(lo), float(hi))
-
-
-def _fact_mean(rows: list[dict], metric: str, **match) -> float:
-    values = [r.get(metric, np.nan) for r in rows if not r["skipped"] and all(r[k] == v for k, v in match.items())]
-    values = [v for v in values if not np.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+def _selection_row(fact_trials: list[list[dict]], cfg, match: dict) -> dict:
+    """A selection's metrics over facts (each fact: the mean over its matching trials) with bootstrap CIs; n is
+    the number of facts with an Avg, |S| the mean over those facts of their mean selection size."""
+    row = {"n": fact_level_ci(fact_trials, "avg", cfg.n_boot, cfg.seed, **match).n}
+    sizes = fact_means(fact_trials, "n_neurons", **match)
+    row["n_neurons"] = float(np.nanmean(sizes)) if row["n"] else float("nan")
+    for metric in METRICS:
+        if metric != "dlogppl":
+            row.update(fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match).fields(metric))
+    row.update(dlogppl_stats(fact_trials, cfg, **match))
+    return row
 
 
 def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     trials = ctx.store.trials("cas")
     rows, comparisons = [], []
-    for model in cfg.models:
-        for method in cfg.methods:
-            split = groups(ctx, model, method)
-            for operation in OPERATIONS:
-                for group in ("K_C", "K_I"):
-                    facts = [f for f in ctx.facts[model] if split.get(f.fact_id) == group
-                             and _key(model, method, f.fact_id) in trials]
-                    for protocol in ("transductive", "held_out"):
-                        for budget in ("free", "matched"):
-                            per_sel = {}
-                            for selection in SELECTIONS:
-                                match = {"operation": operation, "protocol": protocol, "selection": selection}
-                                if selection != "CAS":
-                                    match["budget"] = budget
-                                fact_rows_ = [trials[_key(model, method, f.fact_id)] for f in facts]
-                                table = {m: np.array([_fact_mean(fr, m, **match) for fr in fact_rows_]) for m in
-                                         METRICS + ("n_neurons",)}
-                                per_sel[selection] = table
-                                row = {"model": model, "method": method, "operation": operation, "group": group,
-                                       "selection": selection, "protocol": protocol, "budget": budget}
-                                avg = table["avg"][~np.isnan(table["avg"])]
-                                row["n"] = int(avg.size)
-                                row["n_neurons"] = float(np.nanmean(table["n_neurons"])) if avg.size else float("nan")
-                                for metric in METRICS:
-                                    values = table[metric][~np.isnan(table[metric])]
-                                    est, lo, hi = _ci(bootstrap_ci(values, n_boot=cfg.n_boot, seed=cfg.seed),
-                                                      values.size)
-                                    name = "dlogppl_mean" if metric == "dlogppl" else metric
-                                    row.update({name: float(est), f"{name}_ci_low": float(lo),
-                                                f"{name}_ci_high": float(hi)})
-                                    if metric == "dlogppl":
-                                        est, lo, hi = _ci(bootstrap_ci(values, stat=np.median, n_boot=cfg.n_boot,
-                                                                       seed=cfg.seed), values.size)
-                                        row.update({"dlogppl_median": float(est),
-                                                    "dlogppl_median_ci_low": float(lo),
-                                                    "dlogppl_median_ci_high": float(hi)})
-                                rows.append(row)
-                            for baseline in ("N_i", "N_g"):
-                                a, b = per_sel["CAS"]["avg"], per_sel[baseline]["avg"]
-                                ok = ~np.isnan(a) & ~np.isnan(b)
-                                if ok.sum() == 0:
-                                    continue
-                                diff, lo, hi = _ci(paired_bootstrap_diff(a[ok], b[ok], n_boot=cfg.n_boot,
-                                                                         seed=cfg.seed), int(ok.sum()))
-                                comparisons.append({
-                                    "model": model, "method": method, "operation": operation, "group": group,
-                                    "protocol": protocol, "budget": budget, "baseline": baseline, "n": int(ok.sum()),
-                                    "avg_diff": float(diff), "ci_low": float(lo), "ci_high": float(hi),
-                                    "beyond_ci": bool(ok.sum() >= MIN_N and (lo > 0 or hi < 0))})
-    section = Section(summary={"cas": rows, "cas_comparison": comparisons},
-                      tables={"cas": rows, "cas_comparison": comparisons})
+    for model, method, operation, group, protocol, budget in itertools.product(
+            cfg.models, cfg.methods, OPERATIONS, GROUPS, PROTOCOLS, BUDGETS):
+        split = ctx.neurons.groups(model, method)
+        fact_trials = [trials[_key(model, method, f.fact_id)] for f in ctx.facts[model]
+                       if split.get(f.fact_id) == group and _key(model, method, f.fact_id) in trials]
+        where = {"model": model, "method": method, "operation": operation, "group": group}
+        matches = {selection: {"operation": operation, "protocol": protocol, "selection": selection,
+                               **({} if selection == "CAS" else {"budget": budget})} for selection in SELECTIONS}
+        for selection, match in matches.items():
+            rows.append({**where, "selection": selection, "protocol": protocol, "budget": budget,
+                         **_selection_row(fact_trials, cfg, match)})
+        for baseline in ("N_i", "N_g"):
+            diff = paired_contrast(fact_trials, "avg", matches["CAS"], matches[baseline], cfg.n_boot, cfg.seed)
+            if diff.n:
+                comparisons.append({**where, "protocol": protocol, "budget": budget, "baseline": baseline,
+                                    **diff.contrast("avg_diff")})
+    section = Section(summary={"cas": rows, "cas_comparison": comparisons})
     for model in cfg.models:
         for method in cfg.methods:
             for operation in OPERATIONS:
@@ -157,10 +127,34 @@ def summarize(ctx: StudyContext) -> Section:
     return section
 
 
-EXPERIMENT = register(Experiment(
+def judge_cas(summary: dict) -> list[Part]:
+    parts = []
+    for r in summary.get("cas_comparison", []):
+        if (r.get("operation"), r.get("protocol"), r.get("budget")) != ("erase", "transductive", "free"):
+            continue
+        diff = Estimate.from_row(r, "avg_diff")
+        parts.append((f"{r['method']} {r['group']}: Avg of CAS minus {r['baseline']} is {num(diff.value, 3)} "
+                      f"{interval(diff, 3)} (n {diff.n}).", verdict(diff, support_above=0.0, contradict_below=0.0)))
+    return parts
+
+
+def validate(cfg) -> None:
+    if cfg.cas_beta1 < 0 or cfg.cas_beta2 < 0:
+        raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
+    if not 0 <= cfg.cas_threshold <= 1:
+        raise KnowlocError(f"--cas-threshold must be in [0, 1], got {cfg.cas_threshold}")
+
+
+FINDINGS = (Finding(
+    "cas-beats-baselines", "Does CAS beat N_i and N_g?", "CAS edits better (about +8% over N_i, +9% over N_g Avg)",
+    "Avg of CAS minus each baseline (erase, transductive, free budget, paired over facts): supports when the "
+    "interval lies above 0; contradicts when it lies below 0", judge_cas),)
+
+
+EXPERIMENT = Experiment(
     name="cas", question="do strong-and-consistent neurons (CAS) edit better than N_i and N_g?",
     heading="CAS", summarize=summarize, fact_work=fact_work, summary_keys=("cas", "cas_comparison"),
-    settings=("cas_beta1", "cas_beta2", "cas_threshold", "cas_top_k"),
+    validate=validate, findings=FINDINGS,
     intro="Consistency-aware KN modification: CAS selects neurons that are strong and consistent across neighbor "
           "queries; it is compared with each query's own KNs (N_i) and the union (N_g). Protocols: transductive "
           "(CAS from all neighbor queries) and held-out (one paraphrase left out and used for Gen). Budgets: free, "
@@ -178,5 +172,4 @@ EXPERIMENT = register(Experiment(
             Column("model", "model"), Column("method", "method"), Column("operation", "operation"),
             Column("group", "group", "group"), Column("selection", "selection"), Column("protocol", "protocol"),
             Column("budget", "budget"), Column("n", "n", "int"), Column("|S|", "n_neurons", "num", 1),
-            *edit_columns()))),
-    figures=("cas_erase", "cas_update")))
+            *edit_columns()))))

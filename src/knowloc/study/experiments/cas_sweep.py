@@ -15,13 +15,14 @@ import itertools
 
 import numpy as np
 
-from knowloc.analysis import cas_select
+from knowloc.analysis import GROUPS, cas_select
 from knowloc.editing import OPERATIONS
+from knowloc.errors import KnowlocError
 from knowloc.plots import heatmap_grid
-from knowloc.study import specificity as spec
+from knowloc.study.config import float_list
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
-from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import grouped_trials
+from knowloc.study.registry import Experiment
 from knowloc.study.tables import Column, Table, edit_columns
 
 METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl", "n_neurons")
@@ -35,11 +36,11 @@ def grid(ctx: StudyContext) -> list[tuple[float, float, float]]:
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (grid point, operation, edited query) trial of one fact."""
     session = ctx.edit_session(model, fact)
-    queries, stack = spec.score_stack(ctx, model, method, fact.fact_id)
+    queries, stack = ctx.neurons.score_stack(model, method, fact.fact_id)
     rows = []
     for beta1, beta2, t in grid(ctx):
-        neurons = spec.remove_nonspecific(ctx, model, method, fact.fact_id,
-                                          cas_select(stack, t, beta1, beta2, ctx.config.cas_top_k))
+        neurons = ctx.neurons.remove_nonspecific(model, method, fact.fact_id,
+                                                 cas_select(stack, t, beta1, beta2, ctx.config.cas_top_k))
         for operation in OPERATIONS:
             for q in queries:
                 row = {"beta1": beta1, "beta2": beta2, "t": t, "operation": operation, "edited": q,
@@ -60,20 +61,20 @@ def summarize(ctx: StudyContext) -> Section:
                 row = {"model": model, "method": method, "operation": operation, "group": group,
                        "beta1": beta1, "beta2": beta2, "t": t}
                 for metric in METRICS:
-                    n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
-                    row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                    estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
+                    row.update(estimate.fields(metric))
                     if metric == "avg":
-                        row["n"] = n
+                        row["n"] = estimate.n
                 row.update(dlogppl_stats(fact_trials, cfg, **match))
                 # facts where this point selects nothing are skipped: say how many
                 row["n_empty"] = sum(all(r["skipped"] for r in trials if _matches(r, match)) for trials in fact_trials)
                 rows.append(row)
-    section = Section(summary={"cas_sweep": rows}, tables={"cas_sweep": rows})
+    section = Section(summary={"cas_sweep": rows})
     betas = [(b1, b2) for b1 in cfg.cas_sweep_beta1 for b2 in cfg.cas_sweep_beta2]
     for model in cfg.models:
         for method in cfg.methods:
             for operation in OPERATIONS:
-                for group in ("K_C", "K_I"):
+                for group in GROUPS:
                     cells = {(r["beta1"], r["beta2"], r["t"]): r["avg"] for r in rows
                              if (r["model"], r["method"], r["operation"], r["group"]) == (model, method, operation, group)}
                     matrix = np.array([[cells.get((b1, b2, t), np.nan) for t in cfg.cas_sweep_thresholds]
@@ -109,10 +110,18 @@ def _best(rows: list[dict]) -> list[str]:
     return out
 
 
-EXPERIMENT = register(Experiment(
+def validate(cfg) -> None:
+    for name in ("cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds"):
+        setattr(cfg, name, float_list(getattr(cfg, name), name))
+    if any(b < 0 for b in cfg.cas_sweep_beta1 + cfg.cas_sweep_beta2):
+        raise KnowlocError("--sweep-beta1 and --sweep-beta2 values must be >= 0")
+    if any(not 0 <= t <= 1 for t in cfg.cas_sweep_thresholds):
+        raise KnowlocError("--sweep-thresholds values must be in [0, 1]")
+
+
+EXPERIMENT = Experiment(
     name="cas-sweep", question="how does CAS editing depend on beta1, beta2 and t?",
-    heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",),
-    settings=("cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds"),
+    heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",), validate=validate,
     intro="Avg of erase / update with the CAS selection over a grid of beta1, beta2 and t (transductive: CAS from "
           "all neighbor queries, each query edited in turn). Only beta2/beta1 and t change the selection. n: facts "
           "where the point selects at least one neuron; n_empty: facts where it selects none.",
@@ -121,4 +130,4 @@ EXPERIMENT = register(Experiment(
         Column("group", "group", "group"), Column("beta1", "beta1", "num", 2), Column("beta2", "beta2", "num", 2),
         Column("t", "t", "num", 2), Column("n", "n", "int"), Column("n_empty", "n_empty", "int"),
         Column("|S|", "n_neurons", "ci", 1), *edit_columns())),),
-    notes=_notes, figures=("cas_sweep_",)))
+    notes=_notes)

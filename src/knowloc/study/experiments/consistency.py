@@ -13,20 +13,19 @@ import random
 
 import numpy as np
 
-from knowloc.analysis import (MIN_N, bootstrap_ci, consistency_scores, permutation_test_diff, split_groups,
-                              welch_t)
+from knowloc.analysis import (GROUPS, K_C, MIN_N, Estimate, consistency_scores, permutation_test_diff,
+                              split_groups, welch_t)
 from knowloc.plots import activation_heatmaps, violin_cs
-from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, slug
-from knowloc.study.registry import Experiment, register
-from knowloc.study.groups import fact_scores, groups, thresholds
+from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, filter_view, interval, num, ok, verdict
+from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
 
 
 def null_scores(ctx: StudyContext, model: str, method: str, filtered: bool | None = None) -> list[float]:
     """CS of pseudo-facts: for each real fact, each of its templates is filled by another fact of the same
     relation (seeded), so template words are shared but the fact is not."""
-    kn = spec.kn_sets(ctx, model, method, filtered)
+    kn = ctx.neurons.kn_sets(model, method, filtered)
     by_template: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for fact in ctx.facts[model]:
         for q, template in enumerate(fact.templates):
@@ -53,7 +52,7 @@ def summarize(ctx: StudyContext) -> Section:
         in_k_i: dict[str, dict[str, list[bool]]] = {"static": {}, "otsu": {}}
         views = [("on", True), ("off", False)] if cfg.filtered else [("off", False)]
         for method, (view, filtered) in ((m, v) for m in cfg.methods for v in views):
-            scores = fact_scores(ctx, model, method, filtered)
+            scores = ctx.neurons.fact_scores(model, method, filtered)
             if not scores:
                 continue
             ids = list(scores)
@@ -67,12 +66,10 @@ def summarize(ctx: StudyContext) -> Section:
                 null_p = np.nan
                 notes.append(f"no null-baseline test: fewer than {MIN_N} facts or pseudo-facts")
             relation_of = {f.fact_id: f.relation for f in ctx.facts[model]}
-            for kind, tau in thresholds(ctx, list(values)).items():
+            for kind, tau in ctx.neurons.thresholds(list(values)).items():
                 k_c = split_groups(values, tau)
                 k_i = (~k_c).astype(float)
-                estimate, low, high = bootstrap_ci(k_i, n_boot=cfg.n_boot, seed=cfg.seed)
-                if len(values) < MIN_N:
-                    low = high = np.nan
+                k_i_share = Estimate.bootstrap(k_i, n_boot=cfg.n_boot, seed=cfg.seed)
                 row_notes = list(notes)
                 welch = welch_t(values[k_c], values[~k_c])
                 if min(int(k_c.sum()), int((~k_c).sum())) < MIN_N:
@@ -81,8 +78,8 @@ def summarize(ctx: StudyContext) -> Section:
                 section.summary["consistency"].append({
                     "model": model, "method": method, "n_facts": len(ids), "threshold_kind": kind,
                     "n_two_queries": sum(len(f.prompts) == 2 for f in ctx.facts[model] if f.fact_id in scores),
-                    "threshold": float(tau), "k_i_fraction": float(estimate), "k_i_ci_low": float(low),
-                    "k_i_ci_high": float(high), "welch_p": float(welch),
+                    "threshold": float(tau), **k_i_share.fields("k_i_fraction", "k_i_ci_low", "k_i_ci_high"),
+                    "welch_p": float(welch),
                     "cs_mean": float(values.mean()), "null_mean": float(np.mean(null)) if null else float("nan"),
                     "null_gap": float(null_gap), "null_p": float(null_p), "n_null": len(null),
                     "score": cfg.cs_score, "specificity": view, "note": "; ".join(row_notes)})
@@ -92,18 +89,16 @@ def summarize(ctx: StudyContext) -> Section:
                     in_k_i[kind].setdefault(fid, []).append(bool(flag))
                 for relation in sorted({relation_of[f] for f in ids}):
                     mask = np.array([relation_of[f] == relation for f in ids])
-                    est, lo, hi = bootstrap_ci(k_i[mask], n_boot=cfg.n_boot, seed=cfg.seed)
-                    if mask.sum() < MIN_N:
-                        lo = hi = np.nan
+                    share = Estimate.bootstrap(k_i[mask], n_boot=cfg.n_boot, seed=cfg.seed)
                     section.summary["consistency_relations"].append({
                         "model": model, "method": method, "relation": relation, "threshold_kind": kind,
-                        "n": int(mask.sum()), "k_i_fraction": float(est), "ci_low": float(lo), "ci_high": float(hi)})
+                        "n": share.n, **share.fields("k_i_fraction", "ci_low", "ci_high")})
             if view != "on" and cfg.filtered:
                 continue
             by_relation: dict[str, list[float]] = {}
             for fid in ids:
                 by_relation.setdefault(relation_of[fid], []).append(scores[fid])
-            tau_otsu = thresholds(ctx, list(values))["otsu"]
+            tau_otsu = ctx.neurons.thresholds(list(values))["otsu"]
             section.figures.append(violin_cs(
                 by_relation, cfg.tau, tau_otsu, ctx.figures_dir / f"cs_violin_{slug(model)}_{method}.png",
                 f"{cfg.cs_score.upper()} per relation — {model}, {method}"))
@@ -113,8 +108,6 @@ def summarize(ctx: StudyContext) -> Section:
                 section.summary["consistency_all_methods"].append({
                     "model": model, "threshold_kind": kind, "n_facts": len(complete),
                     "k_i_fraction_all_methods": float(np.mean(complete))})
-    section.tables["consistency"] = section.summary["consistency"]
-    section.tables["consistency_relations"] = section.summary["consistency_relations"]
     paths, shown = heatmap_figures(ctx)
     section.figures += paths
     section.summary["kn_heatmap_neurons"] = shown
@@ -126,21 +119,21 @@ def heatmap_figures(ctx: StudyContext) -> tuple[list, list[dict]]:
     neurons they show ({model, method, group, fact_id, layer, index})."""
     paths, shown = [], []
     model, method = ctx.config.models[0], ctx.config.methods[0]
-    scores = fact_scores(ctx, model, method)
+    scores = ctx.neurons.fact_scores(model, method)
     if not scores:
         return paths, shown
-    split = groups(ctx, model, method)
+    split = ctx.neurons.groups(model, method)
     facts = {f.fact_id: f for f in ctx.facts[model]}
-    for group in ("K_C", "K_I"):
+    for group in GROUPS:
         members = [fid for fid, g in split.items() if g == group]
         if not members:
             continue
         # the most typical member with a neuron to show: highest CS for K_C, lowest for K_I (the filter can
         # leave a fact's first two queries without KNs); the sort is stable, so ties keep the facts' order
-        for fid in sorted(members, key=lambda f: -scores[f] if group == "K_C" else scores[f]):
+        for fid in sorted(members, key=lambda f: -scores[f] if group == K_C else scores[f]):
             tensors = ctx.store.scores(model, method, fid)
             first, second = sorted(tensors)[:2]
-            kn = spec.kn_lists(ctx, model, method, fid)
+            kn = ctx.neurons.kn_lists(model, method, fid)
             neurons = list(dict.fromkeys(kn[first][:8] + kn[second][:8]))[:16]
             if neurons:
                 break
@@ -168,8 +161,7 @@ def _notes(summary: dict) -> list[str]:
     notes = [f"Facts every method puts in K_I ({r['model']}, {r['threshold_kind']}): "
              f"{r['k_i_fraction_all_methods']:.2f} of {r['n_facts']}." for r in summary.get("consistency_all_methods", [])]
     p = (summary.get("config") or {}).get("p", 0.5)
-    views = {r.get("specificity") for r in summary.get("consistency", [])}
-    view = "on" if "on" in views else "off"
+    view = filter_view(summary)
     for r in summary.get("consistency", []):
         if r.get("n_two_queries") and r["threshold_kind"] == "static" and r.get("specificity") == view and p <= 0.5:
             notes.append(f"{r['n_two_queries']} of {r['n_facts']} facts ({r['model']}, {r['method']}) have only two "
@@ -178,11 +170,62 @@ def _notes(summary: dict) -> list[str]:
     return notes
 
 
-EXPERIMENT = register(Experiment(
+def _static_rows(summary: dict) -> list[dict]:
+    """The consistency rows the findings read: the static threshold, in the study's filter view."""
+    view = filter_view(summary)
+    return [r for r in summary.get("consistency", []) if r.get("threshold_kind") == "static"
+            and r.get("specificity", "off") == view]
+
+
+def judge_sharing(summary: dict) -> list[Part] | None:
+    rows = _static_rows(summary)
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        if not ok(r.get("null_gap")):
+            parts.append((f"{r['method']}: no null baseline ({r.get('note') or 'no pseudo-fact'}).",
+                          (UNDECIDED, r.get("note") or "no null baseline")))
+            continue
+        p = r.get("null_p")
+        decided = (UNDECIDED, r.get("note") or "no test") if not ok(p) else \
+            (SUPPORTS, "") if r["null_gap"] > 0 and p < 0.05 else \
+            (CONTRADICTS, "") if r["null_gap"] <= 0 and p >= 0.05 else (UNDECIDED, "gap and test disagree")
+        parts.append((f"{r['method']}: mean CS exceeds the template-matched null by {num(r['null_gap'], 3)} "
+                      f"(permutation p = {p:.2g}, {r['n_facts']} facts, {r['n_null']} pseudo-facts)."
+                      if ok(p) else f"{r['method']}: gap {num(r['null_gap'], 3)}, no test.", decided))
+    return parts
+
+
+def judge_k_i_share(summary: dict) -> list[Part] | None:
+    rows = _static_rows(summary)
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        share = Estimate.from_row(r, "k_i_fraction", "k_i_ci_low", "k_i_ci_high", n="n_facts")
+        parts.append((f"{r['method']}: {num(share.value, 2, False)} {interval(share, 2, False)} of {share.n} facts "
+                      f"are K_I (static tau {r['threshold']:.2f}).",
+                      verdict(share, support_above=0.2, contradict_below=0.1)))
+    return parts
+
+
+FINDINGS = (
+    Finding("paraphrases-share-kns", "Do a fact's paraphrases share knowledge neurons beyond chance?",
+            "paraphrases share KNs (the premise of knowledge localization)",
+            "supports: real facts' CS exceeds the template-matched null (gap > 0, permutation p < 0.05); "
+            "contradicts: gap <= 0 with p >= 0.05 (the null baseline is knowloc's addition to the paper)",
+            judge_sharing),
+    Finding("k-i-share", "What share of facts is inconsistent (K_I)?", "K_I is a substantial share of facts (> 20%)",
+            "supports: the K_I fraction's interval (static tau) lies above 0.2; contradicts: below 0.1",
+            judge_k_i_share),
+)
+
+
+EXPERIMENT = Experiment(
     name="consistency", question="do a fact's neighbor queries share knowledge neurons (K_C / K_I)?",
     heading="Consistency", summarize=summarize,
     summary_keys=("consistency", "consistency_relations", "consistency_all_methods", "kn_heatmap_neurons"),
-    settings=("cs_score", "tau", "p", "split"),
     intro="Consistency score of each fact's knowledge-neuron sets across its neighbor queries (CS1, CS2, CS_p; "
           "docs/analysis.md); facts below the threshold are inconsistent knowledge K_I. The static threshold is "
           "--tau; Otsu's threshold is fitted per model and method. Welch's t-test compares the CS of K_C and K_I; "
@@ -206,4 +249,4 @@ EXPERIMENT = register(Experiment(
             Column("model", "model"), Column("method", "method"), Column("relation", "relation"),
             Column("threshold", "threshold_kind"), Column("facts", "n", "int"),
             Column("K_I fraction [95% CI]", "k_i_fraction", "ci", lo="ci_low", hi="ci_high")))),
-    notes=_notes, figures=("cs_violin", "kn_heatmap")))
+    notes=_notes, findings=FINDINGS, shown_neurons="kn_heatmap_neurons")

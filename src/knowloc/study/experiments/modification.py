@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from knowloc.analysis import MIN_N, unpaired_bootstrap_diff
+from knowloc.analysis import GROUPS, K_C, K_I, Estimate
 from knowloc.editing import OPERATIONS
 from knowloc.plots import grouped_bars
-from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, slug
 from knowloc.study.context import trial_key as _key
-from knowloc.study.registry import Experiment, register
-from knowloc.study.groups import groups
+from knowloc.study.findings import interval, num, verdict
+from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
 NEURON_SETS = ("N_i", "N_g", "N_cap")
@@ -35,7 +34,7 @@ def neuron_sets(kn: dict[int, list[tuple[int, int]]], i: int) -> dict[str, list[
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """All trials of one fact: every query x neuron set x operation."""
     session = ctx.edit_session(model, fact)
-    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+    kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
     rows = []
     for i in sorted(kn):
         for name, neurons in neuron_sets(kn, i).items():
@@ -52,34 +51,33 @@ def summarize(ctx: StudyContext) -> Section:
     section = Section(summary={"modification": [], "modification_counts": [], "modification_contrasts": []})
     for model in cfg.models:
         for method in cfg.methods:
-            split = groups(ctx, model, method)
+            split = ctx.neurons.groups(model, method)
             facts = [f for f in ctx.facts[model] if _key(model, method, f.fact_id) in trials and f.fact_id in split]
             empty_cap = sum(all(r["skipped"] for r in trials[_key(model, method, f.fact_id)]
                                 if r["neurons"] == "N_cap") for f in facts)
             section.summary["modification_counts"].append({"model": model, "method": method, "n_facts": len(facts),
                                                            "n_cap_empty_facts": empty_cap})
             for operation in OPERATIONS:
-                for group in ("K_C", "K_I"):
+                for group in GROUPS:
                     for neurons in NEURON_SETS:
                         fact_trials = [trials[_key(model, method, f.fact_id)] for f in facts
                                        if split[f.fact_id] == group]
                         row = {"model": model, "method": method, "operation": operation, "group": group,
                                "neurons": neurons, "update_rule": cfg.update_rule if operation == "update" else None}
                         for metric in METRICS:
-                            n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
-                                                           operation=operation, neurons=neurons)
-                            row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                            estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
+                                                     operation=operation, neurons=neurons)
+                            row.update(estimate.fields(metric))
                             if metric == "rel":  # Rel is defined for every trial that ran: n = facts with trials
-                                row["n"] = n
+                                row["n"] = estimate.n
                         row.update(dlogppl_stats(fact_trials, cfg, operation=operation, neurons=neurons))
                         section.summary["modification"].append(row)
                 by_group = {g: [trials[_key(model, method, f.fact_id)] for f in facts if split[f.fact_id] == g]
-                            for g in ("K_C", "K_I")}
+                            for g in GROUPS}
                 section.summary["modification_contrasts"].append(
                     group_contrast(by_group, "gen", cfg, model=model, method=method, operation=operation,
                                    neurons="N_i"))
     rows = section.summary["modification"]
-    section.tables["modification"] = rows
     for model in cfg.models:
         for method in cfg.methods:
             for operation in OPERATIONS:
@@ -99,15 +97,14 @@ def group_contrast(by_group: dict[str, list[list[dict]]], metric: str, cfg, **ma
     """K_C minus K_I of a metric (each fact: the mean over its matching trials), with an unpaired bootstrap
     interval over facts (none when a group has fewer than MIN_N facts)."""
     keys = {k: v for k, v in match.items() if k not in ("model", "method")}
-    kc, ki = (fact_means(by_group[g], metric, **keys) for g in ("K_C", "K_I"))
+    kc, ki = (fact_means(by_group[g], metric, **keys) for g in (K_C, K_I))
     kc, ki = kc[~np.isnan(kc)], ki[~np.isnan(ki)]
-    diff, lo, hi = unpaired_bootstrap_diff(kc, ki, n_boot=cfg.n_boot, seed=cfg.seed)
-    enough = min(kc.size, ki.size) >= MIN_N
-    if not enough:
-        lo = hi = float("nan")
+    gap = Estimate.unpaired(kc, ki, n_boot=cfg.n_boot, seed=cfg.seed)
+    contrast = gap.contrast("diff")
+    del contrast["n"]  # the row counts each group
     return {**match, "metric": metric, "n_k_c": int(kc.size), "n_k_i": int(ki.size),
             "k_c": float(kc.mean()) if kc.size else float("nan"), "k_i": float(ki.mean()) if ki.size else float("nan"),
-            "diff": diff, "ci_low": lo, "ci_high": hi, "beyond_ci": bool(enough and (lo > 0 or hi < 0))}
+            **contrast}
 
 
 def _notes(summary: dict) -> list[str]:
@@ -115,11 +112,30 @@ def _notes(summary: dict) -> list[str]:
             for c in summary.get("modification_counts", [])]
 
 
-EXPERIMENT = register(Experiment(
+def judge_generalization(summary: dict) -> list[Part]:
+    parts = []
+    for r in summary.get("modification_contrasts", []):
+        if r.get("operation") != "erase":
+            continue
+        gap = Estimate.from_row(r, "diff", n=min(r["n_k_c"], r["n_k_i"]))
+        parts.append((f"{r['method']}: Gen after erasing N_i is {num(r['k_c'], 2, False)} for K_C and "
+                      f"{num(r['k_i'], 2, False)} for K_I, a difference of {num(gap.value)} {interval(gap)} "
+                      f"({r['n_k_c']} / {r['n_k_i']} facts).",
+                      verdict(gap, support_above=0.0, contradict_below=0.05)))
+    return parts
+
+
+FINDINGS = (Finding(
+    "kc-ki-generalization", "Do edits of one query's KNs generalize to its paraphrases, K_C vs K_I?",
+    "K_C generalizes, K_I does not (Gen K_C > Gen K_I)",
+    "Gen of erasing N_i, K_C minus K_I: supports when the interval lies above 0; contradicts when it lies below "
+    "0.05 (it rules out a gap of 5 points or more)", judge_generalization),)
+
+
+EXPERIMENT = Experiment(
     name="modification", question="erase / update N_i, N_g, N_cap: does editing a query's KNs generalize?",
     heading="Modification", summarize=summarize, fact_work=fact_work,
     summary_keys=("modification", "modification_counts", "modification_contrasts"),
-    settings=("update_rule", "lambda1", "lambda2", "locality", "ppl_texts"),
     intro="Each neighbor query q_i's knowledge neurons are erased or updated with the neuron set N_i (its own "
           "KNs), N_g (union over the neighbors) or N_cap (intersection); Rel is measured on q_i, Gen on the other "
           "neighbor queries, Loc on other relations' facts, Avg is their mean, dlogPPL = log(PPL after / PPL "
@@ -141,4 +157,4 @@ EXPERIMENT = register(Experiment(
         Table("modification_counts", title="Facts with an empty N_cap", columns=(
             Column("model", "model"), Column("method", "method"), Column("facts", "n_facts", "int"),
             Column("N_cap empty", "n_cap_empty_facts", "int")))),
-    notes=_notes, figures=("modification_",)))
+    notes=_notes, findings=FINDINGS)

@@ -14,13 +14,13 @@ import random
 import numpy as np
 import torch
 
-from knowloc.analysis import relative_change
+from knowloc.analysis import Estimate, relative_change
 from knowloc.models.hooks import hook_sites
 from knowloc.plots import grouped_bars
-from knowloc.study import specificity as spec
 from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
-from knowloc.study.registry import Experiment, register
+from knowloc.study.findings import interval, num, verdict
 from knowloc.study.groups import grouped_trials
+from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
 
 INTERVENTIONS = {"suppress": 0.0, "enhance": 2.0}
@@ -66,7 +66,7 @@ def scaled_gold_probs(lm, prompt: str, gold: int, variants: list[tuple[list[tupl
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every intervention of every neighbor query of one fact."""
     lm = ctx.model(model)
-    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+    kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
     cap = sorted(set.intersection(*map(set, kn.values())))
     gold = lm.first_target_token(fact.object)
     rows = []
@@ -95,17 +95,17 @@ def summarize(ctx: StudyContext) -> Section:
     for model, method, group, fact_trials in grouped_trials(ctx, "query-mapping"):
         for intervention in INTERVENTIONS:
             for neurons in SETS:
-                n, est, lo, hi = fact_level_ci(fact_trials, "dprob", cfg.n_boot, cfg.seed,
-                                               neurons=neurons, intervention=intervention)
+                estimate = fact_level_ci(fact_trials, "dprob", cfg.n_boot, cfg.seed, neurons=neurons,
+                                         intervention=intervention)
                 rows.append({"model": model, "method": method, "group": group, "intervention": intervention,
-                             "neurons": neurons, "n": n, "dprob": est, "ci_low": lo, "ci_high": hi})
+                             "neurons": neurons, "n": estimate.n, **estimate.fields("dprob", "ci_low", "ci_high")})
     contrasts = [{"model": model, "method": method, "group": group, "intervention": intervention,
                   **paired_contrast(fact_trials, "dprob", {"neurons": "own", "intervention": intervention},
-                                    {"neurons": "neighbor", "intervention": intervention}, cfg.n_boot, cfg.seed)}
+                                    {"neurons": "neighbor", "intervention": intervention}, cfg.n_boot,
+                                    cfg.seed).contrast()}
                  for model, method, group, fact_trials in grouped_trials(ctx, "query-mapping")
                  for intervention in INTERVENTIONS]
-    section = Section(summary={"query_mapping": rows, "query_mapping_contrasts": contrasts},
-                      tables={"query_mapping": rows, "query_mapping_contrasts": contrasts})
+    section = Section(summary={"query_mapping": rows, "query_mapping_contrasts": contrasts})
     for model in cfg.models:
         for method in cfg.methods:
             for intervention in INTERVENTIONS:
@@ -119,10 +119,29 @@ def summarize(ctx: StudyContext) -> Section:
     return section
 
 
-EXPERIMENT = register(Experiment(
+def judge_mapping(summary: dict) -> list[Part]:
+    parts = []
+    for r in summary.get("query_mapping_contrasts", []):
+        if r.get("intervention") != "suppress":
+            continue
+        diff = Estimate.from_row(r, "diff")
+        parts.append((f"{r['method']} {r['group']}: suppressing the own KNs changes P(gold) by {num(diff.value, 3)} "
+                      f"{interval(diff, 3)} relative to a neighbor's KNs (n {diff.n}).",
+                      verdict(diff, support_below=0.0, contradict_above=0.0)))
+    return parts
+
+
+FINDINGS = (Finding(
+    "query-kn-mapping", "Do a query's own KNs matter more than its neighbors'?",
+    "KNs belong to the query (Query-KN mapping)",
+    "suppressing a query's own KNs minus a neighbor query's (P(gold) change, paired within facts): supports when "
+    "the interval lies below 0; contradicts when it lies above 0", judge_mapping),)
+
+
+EXPERIMENT = Experiment(
     name="query-mapping", question="do a query's own KNs matter more than a neighbor's (Query-KN mapping)?",
     heading="Query-KN mapping", summarize=summarize, fact_work=fact_work,
-    summary_keys=("query_mapping", "query_mapping_contrasts"),
+    summary_keys=("query_mapping", "query_mapping_contrasts"), findings=FINDINGS,
     intro="Activations at q_i's last position are suppressed (x0) or enhanced (x2) on its own KNs, a neighbor "
           "query's KNs, their intersection, or a random control from the same layers; the value is the relative "
           "change of P(gold) on q_i (mean over facts, 95% CI).",
@@ -135,5 +154,4 @@ EXPERIMENT = register(Experiment(
                   Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
                   Column("intervention", "intervention"), Column("n", "n", "int"),
                   Column("own - neighbor dP(gold) [95% CI]", "diff", "ci", 3, True, "ci_low", "ci_high"),
-                  Column("", "beyond_ci", "star")))),
-    figures=("query_mapping_",)))
+                  Column("", "beyond_ci", "star")))))

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import random
 
+from knowloc.analysis import GROUPS
+from knowloc.editing.operations import UPDATE_RULES
+from knowloc.errors import KnowlocError
 from knowloc.plots import frontier_plot
-from knowloc.study import specificity as spec
-from knowloc.study.config import StudyConfig
+from knowloc.study.config import StudyConfig, float_list
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
-from knowloc.study.registry import Experiment, register
 from knowloc.study.groups import grouped_trials
+from knowloc.study.registry import Experiment
 from knowloc.study.tables import Column, Table, edit_columns, missing
 
 METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "n_neurons")
 LOC_FLOOR = 0.8
-GROUPS = ("K_C", "K_I", "all")
+ALL = "all"  # the group of every studied fact, beside K_C and K_I
+SWEEP_GROUPS = (*GROUPS, ALL)
 
 
 def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, queries: list[int]) -> list[int]:
@@ -49,7 +52,7 @@ def sweep_lambda1(cfg: StudyConfig, lambda2: float) -> float:
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (rule, lambda2, edited query) update of one fact's N_i."""
     session = ctx.edit_session(model, fact)
-    kn = spec.kn_lists(ctx, model, method, fact.fact_id)
+    kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
     rows = []
     for rule in ctx.config.update_sweep_rules:
         for lambda2 in ctx.config.update_sweep_lambda2:
@@ -67,7 +70,7 @@ def _grouped(ctx: StudyContext):
         pending.setdefault((model, method), []).extend(fact_trials)
         yield model, method, group, fact_trials
     for (model, method), fact_trials in pending.items():
-        yield model, method, "all", fact_trials
+        yield model, method, ALL, fact_trials
 
 
 def summarize(ctx: StudyContext) -> Section:
@@ -80,19 +83,19 @@ def summarize(ctx: StudyContext) -> Section:
                 row = {"model": model, "method": method, "rule": rule, "lambda1": sweep_lambda1(cfg, lambda2),
                        "lambda2": lambda2, "group": group}
                 for metric in METRICS:
-                    n, est, lo, hi = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
-                    row.update({metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                    estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
+                    row.update(estimate.fields(metric))
                     if metric == "rel":
-                        row["n"] = n
+                        row["n"] = estimate.n
                 row.update(dlogppl_stats(fact_trials, cfg, **match))
                 rows.append(row)
-    section = Section(summary={"update_sweep": rows}, tables={"update_sweep": rows})
+    section = Section(summary={"update_sweep": rows})
     grown = "lambda1 = lambda2" if cfg.update_sweep_tied else f"lambda2 (lambda1 = {cfg.lambda1:g})"
     for model in cfg.models:
         for method in cfg.methods:
             for rule in cfg.update_sweep_rules:
                 series = {}
-                for group in GROUPS:
+                for group in SWEEP_GROUPS:
                     points = sorted((r for r in rows if (r["model"], r["method"], r["rule"], r["group"])
                                      == (model, method, rule, group) and r["n"]), key=lambda r: r["lambda2"])
                     if points:
@@ -106,7 +109,7 @@ def summarize(ctx: StudyContext) -> Section:
     return section
 
 
-def best_points(rows: list[dict], group: str = "all") -> list[dict]:
+def best_points(rows: list[dict], group: str = ALL) -> list[dict]:
     """Per model x method x rule: the lambda2 with the highest Rel among those with Loc >= LOC_FLOOR (None
     when no lambda2 keeps Loc that high)."""
     out = []
@@ -129,10 +132,23 @@ def best_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-EXPERIMENT = register(Experiment(
+def validate(cfg: StudyConfig) -> None:
+    cfg.update_sweep_lambda2 = float_list(cfg.update_sweep_lambda2, "sweep_lambda2")
+    if any(v <= 0 for v in cfg.update_sweep_lambda2):
+        raise KnowlocError("--sweep-lambda2 values must be > 0")
+    rules = cfg.update_sweep_rules
+    rules = [r.strip() for r in rules.split(",")] if isinstance(rules, str) else list(rules)
+    if not rules or any(r not in UPDATE_RULES for r in rules) or len(set(rules)) != len(rules):
+        raise KnowlocError(f"--sweep-rules must be distinct rules from {', '.join(UPDATE_RULES)}, got {rules!r}")
+    cfg.update_sweep_rules = rules
+    if cfg.update_sweep_queries < 1:
+        raise KnowlocError(f"--sweep-queries must be >= 1, got {cfg.update_sweep_queries}")
+
+
+EXPERIMENT = Experiment(
     name="update-sweep", question="which update rule changes the answer without damage (Rel vs Loc frontier)?",
     heading="Update frontier", summarize=summarize, fact_work=fact_work, summary_keys=("update_sweep",),
-    settings=("update_sweep_lambda2", "update_sweep_rules", "update_sweep_queries", "update_sweep_tied"),
+    validate=validate,
     intro="Each fact's own KNs N_i are updated to another object with each update rule over a grid of lambda2 "
           "(lambda1 fixed, or equal to lambda2 in a --sweep-tied study; dai: Dai et al.'s raw rule; signed: the "
           "same change times the sign of the neuron's activation; calibrated: sign-aware unit directions scaled "
@@ -149,5 +165,4 @@ EXPERIMENT = register(Experiment(
             Column("model", "model"), Column("method", "method"), Column("rule", "rule"),
             Column("lambda1", "lambda1", "num", 2), Column("lambda2", "lambda2", "num", 2),
             Column("group", "group", "group"), Column("n", "n", "int"),
-            *edit_columns()))),
-    figures=("update_frontier_",)))
+            *edit_columns()))))

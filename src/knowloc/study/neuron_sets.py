@@ -1,0 +1,238 @@
+"""The neuron sets every experiment reads: the specificity profile, the filtered KN sets, the K_C / K_I groups.
+
+One :class:`NeuronSets` per study context (``ctx.neurons``) owns these derived views of the store and caches
+them; nothing else keeps a copy, so the filter and the split are decided in one place.
+
+**Specificity profile.** Two reference sets, both independent of any studied fact's own queries, are attributed
+with the study's method, steps and KN threshold (:mod:`knowloc.analysis.specificity` has the formulas):
+
+* **neutral prompts**: the model's own top-1 next token after each of `--specificity-prompts` fact-free
+  prompts (``knowloc/resources/specificity_prompts.txt``);
+* **other relations' queries**: per relation, `--specificity-queries` known facts (seeded), one answered
+  paraphrase each, attributed for their gold object like any study query.
+
+For a fact of relation R, a neuron is *non-specific* when its KN frequency exceeds `--specificity F` on the
+neutral prompts or on the reference queries of the relations other than R (never R's own, so never the fact's
+own queries): it is a "knowledge neuron" of anything, or of every query format, not of this fact. Non-specific
+neurons are removed from every neuron set the study uses, after it is selected by its usual rule (N_i, N_g,
+N_cap, CAS, the query-mapping sets, the attention experiment's KNs). `--specificity off` (F = 1) removes
+nothing: the paper's behaviour.
+
+Every experiment reads its neuron sets through :meth:`NeuronSets.kn_lists` / :meth:`NeuronSets.kn_sets`, or
+filters a selection it makes from :meth:`NeuronSets.score_stack` with :meth:`NeuronSets.remove_nonspecific`.
+
+**Groups.** A fact's CS1, CS2 and CS_p come from the KN sets of its neighbor queries (the sets the study uses,
+i.e. with the filter applied; docs/analysis.md). Its group is K_C when the selected score (`--cs-score`) is at
+least the study's `--split` threshold (static `--tau`, or Otsu's threshold over the model's and method's facts),
+else K_I.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+from knowloc import attribution
+from knowloc.analysis import (K_C, K_I, activation_ratio, consistency_scores, kn_frequency, nonspecific_neurons,
+                              otsu_threshold, select_neurons)
+from knowloc.data import load_specificity_prompts
+from knowloc.models.hooks import trace_activations
+
+if TYPE_CHECKING:
+    from knowloc.study.context import StudyContext
+
+Neuron = tuple[int, int]
+
+
+def _cached(method: Callable) -> Callable:
+    """Cache a method's result per argument tuple on its instance (not on the class: a context and its models
+    are released with it)."""
+    @functools.wraps(method)
+    def wrapper(self: "NeuronSets", *args: Any) -> Any:
+        key = (method.__name__, *args)
+        if key not in self._cache:
+            self._cache[key] = method(self, *args)
+        return self._cache[key]
+    return wrapper
+
+
+class NeuronSets:
+    """The derived views of one study context (see the module docstring), each computed once.
+
+    Args:
+        ctx: the study context whose config, store, facts and probes the views are computed from.
+
+    Example:
+        >>> kn = ctx.neurons.kn_lists("smollm2-135m", "ig", "P36-0")   # {query: [(layer, index), ...]}
+        >>> ctx.neurons.groups("smollm2-135m", "ig")["P36-0"]
+        'K_I'
+    """
+
+    def __init__(self, ctx: "StudyContext"):
+        self.ctx = ctx
+        self._cache: dict[tuple, Any] = {}
+
+    # --- the specificity profile -------------------------------------------------------------------------------
+
+    @_cached
+    def reference_items(self, model: str) -> list[dict]:
+        """The reference set of a model: the neutral prompts, then per relation (sorted) `--specificity-queries`
+        seeded known facts with one seeded answered paraphrase each. Deterministic from the probe and the seed."""
+        ctx = self.ctx
+        items = [{"prompt": p, "target": None, "relation": None}
+                 for p in load_specificity_prompts()[: ctx.config.specificity_prompts]]
+        by_relation: dict[str, list[dict]] = {}
+        for row in ctx.probes[model]:
+            if sum(q["top1"] for q in row["queries"]) >= ctx.config.min_known:
+                by_relation.setdefault(row["relation"], []).append(row)
+        for relation in sorted(by_relation):
+            rng = random.Random(ctx.seed_for("specificity", model, relation))
+            rows = by_relation[relation]
+            for row in rng.sample(rows, min(ctx.config.specificity_queries, len(rows))):
+                query = rng.choice([q for q in row["queries"] if q["top1"]])
+                items.append({"prompt": query["text"], "target": row["object"], "relation": relation})
+        return items
+
+    def reference_row(self, model: str, method: str, ridx: int) -> dict:
+        """One reference item's attribution (a study unit; stored as is): the model's own next token after a
+        neutral prompt, or a reference query's gold object; its KN list and |activations| at the last position."""
+        ctx = self.ctx
+        lm = ctx.model(model)
+        item = self.reference_items(model)[ridx]
+        with torch.no_grad(), trace_activations(lm) as acts:
+            lm.model(input_ids=torch.tensor([lm.encode(item["prompt"]).prompt_ids], device=lm.device))
+        activations = torch.stack([acts[layer][0, -1].float().abs().cpu() for layer in range(lm.n_layers)])  # [L, N]
+        if item["target"] is None:
+            attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=ctx.config.steps)
+            token = attr.extra["token_id"]
+        else:
+            attr = attribution.attribute(lm, item["prompt"], item["target"], method=method, steps=ctx.config.steps,
+                                         warn=False)
+            token = lm.first_target_token(item["target"])
+        scores = attr.scores.to(torch.float16).float()  # [L, N], the same fp16 rounding as the fact attributions
+        return {"prompt": item["prompt"], "relation": item["relation"], "token": token, "token_text": attr.target,
+                "prob": attr.prob, "kn": select_neurons(scores, threshold=ctx.config.threshold),
+                "activations": activations}
+
+    @_cached
+    def profile(self, model: str, method: str) -> dict:
+        """The stored reference attributions of a model and method, summarized (None arrays when none is stored):
+
+        neutral_frequency [L, N] (KN frequency over the neutral prompts), counts / sizes of the reference queries
+        per relation (KN counts [L, N] and number of queries), query_frequency [L, N] (over every reference
+        query), activation_ratio [L, N] (over the neutral prompts), n_neutral, n_queries."""
+        rows = self.ctx.store.reference(model, method)
+        if not rows:
+            return {"neutral_frequency": None, "n_neutral": 0, "n_queries": 0}
+        shape = tuple(rows[0]["activations"].shape)
+        neutral = [r for r in rows if r["relation"] is None]
+        counts: dict[str, np.ndarray] = {}
+        sizes: dict[str, int] = {}
+        for r in rows:
+            if r["relation"] is not None:
+                counts[r["relation"]] = counts.get(r["relation"], np.zeros(shape)) + kn_frequency([r["kn"]], shape)
+                sizes[r["relation"]] = sizes.get(r["relation"], 0) + 1
+        n_queries = sum(sizes.values())
+        return {
+            "neutral_frequency": kn_frequency([r["kn"] for r in neutral], shape),
+            "query_counts": counts, "query_sizes": sizes,
+            "query_frequency": sum(counts.values()) / n_queries if n_queries else np.zeros(shape),
+            "activation_ratio": activation_ratio(torch.stack([r["activations"] for r in neutral or rows])),
+            "n_neutral": len(neutral), "n_queries": n_queries}
+
+    def reference_frequency(self, model: str, method: str, relation: str | None) -> np.ndarray | None:
+        """max(KN frequency on the neutral prompts, KN frequency on the reference queries of relations other than
+        `relation`) per neuron, [L, N] (`relation` None: of every relation)."""
+        prof = self.profile(model, method)
+        if prof["neutral_frequency"] is None:
+            return None
+        others = [r for r in prof["query_counts"] if r != relation]
+        n = sum(prof["query_sizes"][r] for r in others)
+        queries = sum(prof["query_counts"][r] for r in others) / n if n else np.zeros_like(prof["neutral_frequency"])
+        return np.maximum(prof["neutral_frequency"], queries)
+
+    def excluded(self, model: str, method: str, relation: str | None) -> set[Neuron]:
+        """The non-specific neurons the study removes for facts of `relation` (empty with --specificity off)."""
+        if not self.ctx.config.filtered:
+            return set()
+        return self._excluded(model, method, relation)
+
+    @_cached
+    def _excluded(self, model: str, method: str, relation: str | None) -> set[Neuron]:
+        freq = self.reference_frequency(model, method, relation)
+        return set() if freq is None else nonspecific_neurons(freq, float(self.ctx.config.specificity))
+
+    @_cached
+    def relations(self, model: str) -> dict[str, str]:
+        """{fact_id: relation} of every probed fact of a model."""
+        return {row["fact_id"]: row["relation"] for row in self.ctx.probes.get(model, [])}
+
+    # --- the neuron sets ---------------------------------------------------------------------------------------
+
+    def _use_filter(self, filtered: bool | None) -> bool:
+        return self.ctx.config.filtered if filtered is None else filtered and self.ctx.config.filtered
+
+    def kn_lists(self, model: str, method: str, fact_id: str,
+                 filtered: bool | None = None) -> dict[int, list[Neuron]]:
+        """A fact's KN list per query in score order, as stored, with the non-specific neurons removed
+        (``filtered``: default the study's setting; False: the unfiltered lists)."""
+        lists = self.ctx.store.kn_lists(model, method, fact_id)
+        if not self._use_filter(filtered):
+            return lists
+        return {q: self.remove_nonspecific(model, method, fact_id, kn) for q, kn in lists.items()}
+
+    def remove_nonspecific(self, model: str, method: str, fact_id: str, neurons: list[Neuron]) -> list[Neuron]:
+        """A neuron set of a fact (any selection: N_i, N_g, CAS, ...) without the neurons that are non-specific
+        for the fact's relation, order kept; unchanged with --specificity off."""
+        drop = self.excluded(model, method, self.relations(model).get(fact_id))
+        return [n for n in neurons if tuple(n) not in drop] if drop else list(neurons)
+
+    def kn_sets(self, model: str, method: str, filtered: bool | None = None) -> dict[str, dict[int, set[Neuron]]]:
+        """Every studied fact's KN sets by query (as :meth:`kn_lists`); the filtered view is cached."""
+        if not self._use_filter(filtered):
+            return self.ctx.store.kn_sets(model, method)
+        return self._filtered_kn_sets(model, method)
+
+    @_cached
+    def _filtered_kn_sets(self, model: str, method: str) -> dict[str, dict[int, set[Neuron]]]:
+        return {f.fact_id: {q: set(kn) for q, kn in self.kn_lists(model, method, f.fact_id, True).items()}
+                for f in self.ctx.facts[model]}
+
+    def score_stack(self, model: str, method: str, fact_id: str) -> tuple[list[int], torch.Tensor]:
+        """(query indices, the stored attribution maps [n_queries, L, N]) of a fact; selections made from them
+        go through :meth:`remove_nonspecific`."""
+        tensors = self.ctx.store.scores(model, method, fact_id)
+        queries = sorted(tensors)
+        return queries, torch.stack([tensors[q] for q in queries])
+
+    # --- consistency scores and groups -------------------------------------------------------------------------
+
+    def cs_scores(self, model: str, method: str, filtered: bool | None = None) -> dict[str, dict]:
+        """{fact_id: {"cs1", "cs2", "csp"}} of the studied facts with >= 2 attributed queries."""
+        kn = self.kn_sets(model, method, filtered)
+        out = {}
+        for fact in self.ctx.facts[model]:
+            sets = [kn[fact.fact_id][q] for q in sorted(kn.get(fact.fact_id, {}))]
+            if len(sets) >= 2:
+                out[fact.fact_id] = consistency_scores(sets, p=self.ctx.config.p)
+        return out
+
+    def fact_scores(self, model: str, method: str, filtered: bool | None = None) -> dict[str, float]:
+        """The selected CS (`--cs-score`) of each studied fact with >= 2 attributed queries, from the KN sets the
+        study uses (``filtered=False``: the unfiltered ones)."""
+        return {fid: s[self.ctx.config.cs_score] for fid, s in self.cs_scores(model, method, filtered).items()}
+
+    def thresholds(self, values: list[float]) -> dict[str, float]:
+        """The static threshold tau and Otsu's threshold of `values` (nan without values)."""
+        return {"static": self.ctx.config.tau, "otsu": otsu_threshold(values) if values else float("nan")}
+
+    @_cached
+    def groups(self, model: str, method: str) -> dict[str, str]:
+        """K_C / K_I of each fact under the study's `split` threshold (used by the later experiments)."""
+        scores = self.fact_scores(model, method)
+        tau = self.thresholds(list(scores.values()))[self.ctx.config.split]
+        return {fid: (K_C if cs >= tau else K_I) for fid, cs in scores.items()}
