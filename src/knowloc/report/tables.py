@@ -10,6 +10,7 @@ import html
 import math
 from typing import Any, Iterable
 
+from knowloc.analysis import GROUPS
 from knowloc.study.tables import DASH, Column, Table, cell_parts, missing
 
 NUMERIC_KINDS = ("num", "int", "ci", "p", "sig", "dlogppl", "yesno")  # right-aligned, not wrapped
@@ -24,7 +25,7 @@ def cell_html(column: Column, row: dict) -> str:
     """One cell of a spec column (:mod:`knowloc.study.tables`) as escaped HTML."""
     if column.kind == "group":
         g = column.raw(row)
-        return f'<span class="g-{esc(g)}">{esc(g)}</span>' if g in ("K_C", "K_I") else esc(DASH if missing(g) else g)
+        return f'<span class="g-{esc(g)}">{esc(g)}</span>' if g in GROUPS else esc(DASH if missing(g) else g)
     main, interval = cell_parts(column, row)
     if column.kind == "star":
         return '<span class="star">*</span>' if main else ""
