@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
 import sys
+import threading
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -29,7 +31,7 @@ from knowloc.attribution.methods import MethodConfig
 from knowloc.data import download_pararel, load_facts, load_specificity_prompts
 from knowloc.data.filtering import probe_facts
 from knowloc.demo import DEMO_FACTS, demo_config, run_demo
-from knowloc.errors import KnowlocError
+from knowloc.errors import Interrupted, KnowlocError
 from knowloc.models import REGISTRY as FAMILIES
 from knowloc.models import builtin_names, load_model
 from knowloc.models.neuron import activation_stats, describe_neurons
@@ -38,7 +40,7 @@ from knowloc.report.html import build_report
 from knowloc.study.config import LIST_FIELDS, StudyConfig
 from knowloc.study.plan import print_plan
 from knowloc.study.registry import REGISTRY as EXPERIMENTS
-from knowloc.study.runner import run_study
+from knowloc.study.runner import check_out_dir, run_study
 from knowloc.study.store import Store
 
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="built-in name, .gguf path, HF directory or hub id")
@@ -47,7 +49,7 @@ DtypeOpt = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16")
 CONTEXT = {"max_content_width": 120, "help_option_names": ["-h", "--help"]}
 # cas-sweep: the study flags it takes (the grid under its own short names, --beta1 / --beta2 / --thresholds)
 SWEEP_FLAGS = ("models", "data", "methods", "relations", "facts", "seed", "cas_sweep_beta1", "cas_sweep_beta2",
-               "cas_sweep_thresholds", "specificity", "out", "device", "dtype", "progress")
+               "cas_sweep_thresholds", "specificity", "out", "force", "device", "dtype", "progress")
 
 
 def _version(value: bool) -> None:
@@ -353,7 +355,10 @@ def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: 
 
 def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
     cfg = StudyConfig.from_toml(config, overrides) if config is not None else StudyConfig(**overrides)
-    if dry_run:
+    if dry_run:  # the directory and store rules of the real run, without its lock (the dry run copies the store)
+        check_out_dir(Path(cfg.out), force=cfg.force)
+        if (Path(cfg.out) / "results.sqlite").is_file():
+            Store(Path(cfg.out) / "results.sqlite", readonly=True).close()
         print_plan(cfg, echo=typer.echo)
         return
     run_study(cfg, echo=typer.echo)
@@ -410,12 +415,44 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def _interrupt_handlers() -> dict:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (see :func:`main`); returns the handlers
+    they replace (none off the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, _raise_interrupted)
+    return previous
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line; returns the exit code: 0, 2 for bad input (one line on stderr), 130 / 143 when
+    SIGINT / SIGTERM ended the command (one line: "interrupted", for a study with the units it stored and
+    planned; nothing half-written, a rerun resumes). The signal handlers are installed only while it runs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     tune_allocator()
+    previous = _interrupt_handlers()
     try:
-        build_app()(args=argv, prog_name="knowloc", standalone_mode=False)
+        return _main(argv, debug)
+    except Interrupted as exc:  # also one raised while an error was being reported
+        if debug:
+            raise
+        typer.echo(f"knowloc: {exc}", err=True)
+        return exc.exit_code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str], debug: bool) -> int:
+    try:
+        code = build_app()(args=argv, prog_name="knowloc", standalone_mode=False)
     except KnowlocError as exc:
         if debug:
             raise
@@ -433,7 +470,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         typer.echo(f"knowloc: error: {message.splitlines()[0] if message else type(exc).__name__}", err=True)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0  # typer's exit code (130 for a KeyboardInterrupt) or success
 
 
 if __name__ == "__main__":

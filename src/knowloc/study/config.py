@@ -115,6 +115,8 @@ class StudyConfig:
                                       "unembeddings share; docs/editing.md)")
     n_boot: int = setting(1000, kind="view", help="bootstrap resamples of every confidence interval")
     out: str = setting("runs/study", kind="runtime", aliases=("-o",), help="study directory (resumable)")
+    force: bool = setting(False, kind="runtime", help="write into an --out directory that holds files but no "
+                          "knowloc study (refused otherwise)")
     executor: str = setting("local", kind="runtime", help="local or ray")
     ray_address: str | None = setting(None, kind="runtime", help="Ray cluster address (default: start a local one)")
     workers: int = setting(2, kind="runtime", help="Ray workers (actors)")

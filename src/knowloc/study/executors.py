@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
+import threading
 from typing import Iterable, Iterator
 
 from pathlib import Path
@@ -39,8 +41,8 @@ class LocalExecutor:
 def worker_context(config: StudyConfig) -> StudyContext:
     """A read-only view of a study for a parallel worker."""
     out = Path(config.out)
-    ctx = StudyContext(config=config, store=Store(out / "results.sqlite", readonly=True), out=out,
-                       echo=lambda _: None)
+    store = Store(out / "results.sqlite", readonly=True, verify=False)  # the driver has checked it
+    ctx = StudyContext(config=config, store=store, out=out, echo=lambda _: None)
     ctx.refresh()
     return ctx
 
@@ -68,18 +70,29 @@ class RayExecutor:
         except ImportError:
             raise KnowlocError("--executor ray needs Ray: pip install 'knowloc[ray]'") from None
         self.ray = ray
+        self.actors: list = []
+        self.owns_ray = False
         if not ray.is_initialized():
+            sigterm = _sigterm_handler()
             try:
                 ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
+                self.owns_ray = address is None
             except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
                 raise KnowlocError(f"cannot start or reach Ray ({address or 'local'}): {exc}") from None
-        self.owns_ray = address is None
-        self.actor_class = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=0)(StudyWorker)
-        self.config = ctx.config.as_dict()
-        self.threads = threads
-        self.per_actor = inflight
-        self.actors = [self._spawn() for _ in range(workers)]
+            finally:  # ray.init installs its own SIGTERM handler (sys.exit); keep the caller's (the CLI's)
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
+        try:
+            self.actor_class = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=0)(StudyWorker)
+            self.config = ctx.config.as_dict()
+            self.threads = threads
+            self.per_actor = inflight
+            for _ in range(workers):
+                self.actors.append(self._spawn())
+        except BaseException:  # an interrupt or a failure while starting: leave no Ray behind
+            self.close()
+            raise
 
     def _spawn(self):
         return self.actor_class.remote(self.config, self.threads)
@@ -117,10 +130,25 @@ class RayExecutor:
             yield unit, result
 
     def close(self) -> None:
-        for actor in self.actors:
-            self.ray.kill(actor)
-        if self.owns_ray:
-            self.ray.shutdown()
+        """Kill the actors and shut down the Ray this executor started (also on the way out of an interrupt)."""
+        try:
+            for actor in self.actors:
+                try:
+                    self.ray.kill(actor)
+                except Exception:  # noqa: BLE001 - an actor that is already gone
+                    pass
+            self.actors = []
+        finally:
+            if self.owns_ray:
+                self.owns_ray = False
+                self.ray.shutdown()
+
+
+def _sigterm_handler():
+    """The current SIGTERM handler (None off the main thread, where it cannot be set back)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.getsignal(signal.SIGTERM)
 
 
 def make_executor(ctx: StudyContext):

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from knowloc.data import load_facts
 from knowloc.data.filtering import probe_facts
-from knowloc.errors import KnowlocError
+from knowloc.errors import Interrupted, KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.models.neuron import describe_neurons
 from knowloc.study.config import StudyConfig
@@ -28,12 +29,14 @@ from knowloc.study.findings import findings
 from knowloc.study.findings import markdown as findings_markdown
 from knowloc.study.groups import save_groups
 from knowloc.study.registry import Experiment, experiments, run_order
-from knowloc.study.store import Store
+from knowloc.study.store import Store, StudyLock, is_study_dir
 from knowloc.study.tables import markdown_table
 from knowloc.study.units import Unit, attribution_units, experiment_units, reference_units, save
 
 
-def _check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path, force: bool = False) -> None:
+    """A study writes only into a new or empty directory or one holding a knowloc study (its marker, or a
+    results.sqlite of a study from before the marker); anything else is refused unless ``force``."""
     if out.exists() and not out.is_dir():
         raise KnowlocError(f"--out {out} exists and is not a directory")
     probe = out if out.exists() else out.parent
@@ -41,6 +44,33 @@ def _check_out_dir(out: Path) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK):
         raise KnowlocError(f"--out {out} is not writable")
+    if out.is_dir() and not force and not is_study_dir(out):
+        names = sorted(p.name for p in out.iterdir())
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise KnowlocError(f"--out {out} holds files that are not a knowloc study ({shown}); use a new or empty "
+                               "directory, or --force to write into it")
+
+
+@dataclass
+class UnitProgress:
+    """The units a study run has planned so far (per model, once it is probed) and those it has stored."""
+
+    planned: int = 0
+    stored: int = 0
+
+
+def _discard(out: Path, created: Path | None, store_created: bool, lock: StudyLock) -> None:
+    """Remove what a run that stored nothing made: the directories it made (``created``: the topmost), else its
+    store and marker."""
+    if created is not None:
+        lock.release(remove=True)
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    if store_created:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (out / f"results.sqlite{suffix}").unlink(missing_ok=True)
+    lock.release(remove=lock.created)
 
 
 def data_changes(store: Store, dataset) -> list[str]:
@@ -93,13 +123,17 @@ def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
     ctx.load_facts(model)
 
 
-def run_units(ctx: StudyContext, executor, units: list[Unit], desc: str) -> None:
-    """Run units on the executor; the driver stores each result as it arrives (one transaction per unit)."""
+def run_units(ctx: StudyContext, executor, units: list[Unit], desc: str,
+              progress: UnitProgress | None = None) -> None:
+    """Run units on the executor; the driver stores each result as it arrives (one transaction per unit) and
+    counts it in ``progress``."""
     if not units:
         return
     with tqdm(total=len(units), desc=desc, unit="unit", disable=not ctx.config.progress) as bar:
         for unit, result in executor.map(units):
             save(ctx, unit, result)
+            if progress is not None:
+                progress.stored += 1
             bar.update(1)
 
 
@@ -116,8 +150,15 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
         ``tables/*.csv``, ``figures/*.png`` and ``summary.md``; ``knowloc study`` then writes ``report.html``.
 
     Raises:
-        KnowlocError: bad data, an unusable directory, a conflicting stored configuration or a failed write
+        KnowlocError: bad data, an unusable directory (a file, unwritable, holding files but no study without
+            ``config.force``, a damaged results store), a directory another process is running a study in (its
+            lock, :class:`~knowloc.study.store.StudyLock`), a conflicting stored configuration or a failed write
             (one line; nothing half-written is left).
+        Interrupted: SIGINT / SIGTERM (the CLI's handlers); its ``units`` are (stored, planned) of this run. The
+            transaction in flight is rolled back and no summary is written; a rerun resumes.
+
+    A run that stores nothing (a bad model, an interrupt during the probe) removes what it made, so nothing
+    blocks the next run; the Ray executor is shut down on every way out.
 
     Example:
         >>> run_study(StudyConfig(models=["smollm2-135m"], data="builtin", facts=10, out="runs/s1"))
@@ -125,35 +166,37 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
     """
     start = time.perf_counter()
     out = Path(config.out)
-    _check_out_dir(out)
+    check_out_dir(out, force=config.force)
     dataset = load_facts(config.data, relations=config.relations)  # bad data fails before anything is written
-    created = not out.exists()
+    created = None if out.exists() else out  # the topmost directory this run creates (removed if it stores nothing)
+    while created is not None and not created.parent.exists():
+        created = created.parent
+    store_created = not (out / "results.sqlite").exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KnowlocError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    lock = StudyLock(out).acquire()  # refuses a second process; released when this one ends, however it ends
+    progress = UnitProgress()
+    store: Store | None = None
+    executor = None
     try:
         store = Store(out / "results.sqlite")
         check_data(store, dataset, out)
-        store.check_config({**config.identity(), "data_hash": dataset.content_hash()}, defaults=StudyConfig.defaults())
-    except KnowlocError:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    ctx = StudyContext(config=config, store=store, out=out, echo=echo)
-    executor = None
-    try:
+        store.check_config({**config.identity(), "data_hash": dataset.content_hash()},
+                           defaults=StudyConfig.defaults())  # recorded with the first stored unit
+        ctx = StudyContext(config=config, store=store, out=out, echo=echo)
         for model in config.models:
-            try:
-                probe_stage(ctx, model, dataset)
-            except KnowlocError:
-                if created and model == config.models[0]:  # nothing of value stored yet
-                    store.close()
-                    shutil.rmtree(out, ignore_errors=True)
-                raise
+            probe_stage(ctx, model, dataset)
             known = sum(sum(q["top1"] for q in row["queries"]) >= config.min_known for row in ctx.probes[model])
             echo(f"{model}: {known} of {len(ctx.probes[model])} facts known in >= {config.min_known} paraphrases; "
                  f"studying {len(ctx.facts[model])}")
+            attributions = reference_units(ctx, model) + attribution_units(ctx, model)
+            trials = experiment_units(ctx, model)  # the facts' trials still missing (attributions don't change it)
+            progress.planned += len(attributions) + len(trials)
             executor = executor or make_executor(ctx)
-            run_units(ctx, executor, reference_units(ctx, model) + attribution_units(ctx, model),
-                      f"attribution {model}")
-            run_units(ctx, executor, experiment_units(ctx, model), f"experiments {model}")
+            run_units(ctx, executor, attributions, f"attribution {model}", progress)
+            run_units(ctx, executor, trials, f"experiments {model}", progress)
             for experiment in run_order(config.experiments):
                 if experiment.finalize is not None:
                     experiment.finalize(ctx, model)
@@ -161,10 +204,29 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
         sections = [(experiment, experiment.summarize(ctx)) for experiment in run_order(config.experiments)]
         describe_used_neurons(ctx, sections)
         summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
-    finally:
+    except BaseException as exc:
+        if isinstance(exc, Interrupted):
+            exc.units = (progress.stored, progress.planned)
+        try:
+            if executor is not None:
+                executor.close()
+        finally:
+            try:
+                empty = store is None or store.is_empty()
+            except KnowlocError:  # a damaged store: leave it as it is
+                empty = False
+            if store is not None:
+                store.close()
+            if empty:  # nothing stored: nothing may block the next run (another setting, another model)
+                _discard(out, created, store_created and store is not None, lock)
+            lock.release()
+        raise
+    try:
         if executor is not None:
             executor.close()
+    finally:
         store.close()
+        lock.release()
     return summary_path
 
 

@@ -1,24 +1,48 @@
-"""The results store: one SQLite database (WAL) per study directory.
+"""The results store: one SQLite database (WAL) per study directory, and the directory's marker and lock.
 
 Every unit of work (a model's probe, one query's attribution, one fact's experiment trials) is written in one
-transaction, so a kill -9 loses at most the unit in flight and a rerun resumes where it stopped. Experiments
-always read attributions back from the store (never from memory), so a resumed run computes exactly what an
-uninterrupted run computes. Full attribution tensors are kept as fp16 safetensors blobs in the same row as
-their knowledge-neuron set, so the two can never disagree.
+transaction, so a kill -9 or an interrupt loses at most the unit in flight (its transaction is rolled back) and
+a rerun resumes where it stopped. Experiments always read attributions back from the store (never from memory),
+so a resumed run computes exactly what an uninterrupted run computes. Full attribution tensors are kept as fp16
+safetensors blobs in the same row as their knowledge-neuron set, so the two can never disagree.
+
+A store is checked when it is opened (:class:`Store`): an SQLite header, ``PRAGMA quick_check``, knowloc's
+tables and a schema version this knowloc reads (``PRAGMA user_version``; a store written before the version was
+recorded has 0 and counts as the current version). Any failure, and any row that cannot be decoded later, is one
+:class:`~knowloc.errors.KnowlocError` naming the file and what to do, never a traceback. SQLite keeps no checksum
+of row contents, so a flipped bit inside a stored number or tensor is not detected.
+
+The study's identity (its result-determining settings) is recorded in the same transaction as the first unit, so
+a run that stores nothing (a bad model, an interrupt during the probe) leaves a store any other study may use.
+
+:class:`StudyLock` marks a study directory (``DIR/.knowloc-study``) and holds an exclusive ``flock`` on that file
+while a study runs in it; the kernel releases it when the process ends, however it ends (also on kill -9).
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
+import os
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from knowloc.errors import KnowlocError
+
+SCHEMA_VERSION = 1  # PRAGMA user_version of the stores this knowloc writes (0: written before it was recorded)
+MARKER = ".knowloc-study"  # in a study directory: marks it as a knowloc study; its flock is the study's lock
+KNOWLOC_TABLES = {"config", "probes"}  # the first tables every knowloc store has (the others came later)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MARKER_TEXT = "knowloc study directory\n"
+_MOVE_AWAY = "move it away (or delete it) to start the study over"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,34 +68,183 @@ CREATE TABLE IF NOT EXISTS reference (
 """
 
 
-class Store:
-    def __init__(self, path: Path, readonly: bool = False):
-        self.path = Path(path)
+def is_study_dir(directory: Path) -> bool:
+    """Whether ``directory`` holds a knowloc study: its marker, or a results store of a study run before the
+    marker existed."""
+    return (directory / MARKER).is_file() or (directory / "results.sqlite").is_file()
+
+
+class StudyLock:
+    """The exclusive lock of a study directory: an ``flock`` on ``DIR/.knowloc-study`` (created, and so marking
+    the directory as a study, on first use), which holds the holder's pid for the message of a refused process.
+
+    Example:
+        >>> with StudyLock(Path("runs/s1")):
+        ...     ...  # no other knowloc process runs a study in runs/s1 meanwhile
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / MARKER
+        self.fd: int | None = None
+        self.created = False
+
+    def acquire(self) -> "StudyLock":
+        """Take the lock, or raise KnowlocError naming the process that holds it (never waits)."""
+        while True:
+            existed = self.path.exists()
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise KnowlocError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise KnowlocError(f"another knowloc process{f' (pid {holder})' if holder else ''} is running the "
+                                   f"study in {self.directory}; wait for it or use another --out") from None
+            try:  # the file may have been removed (and another made) between open and flock: lock the current one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd, self.created = fd, not existed
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{_MARKER_TEXT.strip()}; lock held by pid {os.getpid()}\n".encode(), 0)
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> int | None:
         try:
+            text = os.pread(fd, 200, 0).decode(errors="replace")
+            return int(text.rsplit("pid", 1)[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def release(self, remove: bool = False) -> None:
+        """Release the lock (``remove``: delete the marker first, for a directory this run leaves empty)."""
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        else:  # the marker stays; the pid goes with the lock
+            try:
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, _MARKER_TEXT.encode(), 0)
+            except OSError:
+                pass
+        os.close(self.fd)  # closing the descriptor releases the flock
+        self.fd = None
+
+    def __enter__(self) -> "StudyLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Store:
+    """A study's results store. Opening checks it (see the module docstring); ``verify=False`` skips the
+    checks (a parallel worker opening a store its driver has just checked)."""
+
+    def __init__(self, path: Path, readonly: bool = False, verify: bool = True):
+        self.path = Path(path)
+        self._identity: dict[str, str] | None = None  # recorded with the first write (check_config)
+        self.db: Any = None
+        try:
+            existing = self.path.is_file() and self.path.stat().st_size > 0
+            if existing and verify:
+                with open(self.path, "rb") as handle:
+                    if handle.read(16) != _SQLITE_MAGIC:
+                        raise KnowlocError(f"{self.path} is not a knowloc results store (not an SQLite database); "
+                                           f"{_MOVE_AWAY}")
             if readonly:  # workers of a parallel executor only read; the driver is the single writer
                 self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=60)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=60)
+            if existing and verify:
+                self._verify()
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(SCHEMA)
+                if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except KnowlocError:
+            self.close()
+            raise
+        except sqlite3.OperationalError as exc:
+            self.close()
             raise KnowlocError(f"cannot open results store {self.path}: {exc}") from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            self.close()
+            raise self._damaged(exc) from None
+        except OSError as exc:
+            self.close()
+            raise KnowlocError(f"cannot open results store {self.path}: {exc.strerror or exc}") from None
+
+    def _verify(self) -> None:
+        """quick_check, knowloc's tables and a schema version this knowloc reads; KnowlocError otherwise."""
+        self.db.text_factory = lambda raw: raw.decode("utf-8", errors="replace")
+        try:
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)").fetchall()]
+            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            self.db.text_factory = str
+        if problems != ["ok"]:
+            raise self._damaged(problems[0])
+        if tables and not KNOWLOC_TABLES <= tables:
+            shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+            raise KnowlocError(f"{self.path} is another program's SQLite database (tables {shown}), not a knowloc "
+                               f"results store; {_MOVE_AWAY}")
+        if version > SCHEMA_VERSION:
+            raise KnowlocError(f"{self.path} was written by a newer knowloc (store schema version {version}; this "
+                               f"one reads up to {SCHEMA_VERSION}); upgrade knowloc, or {_MOVE_AWAY}")
+
+    def _damaged(self, reason: object) -> KnowlocError:
+        text = " ".join(str(reason).split())
+        if isinstance(reason, UnicodeDecodeError):
+            text = "undecodable text"
+        elif isinstance(reason, (SafetensorError, ValueError, KeyError)) and not isinstance(reason, sqlite3.Error):
+            text = f"a stored row cannot be decoded: {type(reason).__name__}"
+        return KnowlocError(f"results store {self.path} is damaged ({text[:120]}); {_MOVE_AWAY}, or restore a copy")
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
-    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """One transaction, with the study's identity when it is not recorded yet; an exception (an interrupt
+        included) rolls it back."""
         try:
-            with self.db:  # one transaction
-                self.db.executemany(sql, rows)
+            with self.db:
+                if self._identity:
+                    self.db.executemany("INSERT OR REPLACE INTO config VALUES (?, ?)", self._identity.items())
+                yield self.db
+            self._identity = None
         except sqlite3.OperationalError as exc:
             raise KnowlocError(f"cannot write results store {self.path}: {exc}") from None
 
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        with self._transaction() as db:  # one transaction
+            db.executemany(sql, rows)
+
+    def is_empty(self) -> bool:
+        """Whether nothing is recorded: no identity (written with the first unit) and no stored row."""
+        tables = [name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return not any(
+            self.db.execute(f'SELECT 1 FROM "{name}" LIMIT 1').fetchone() for name in tables)
+
     # --- config ---------------------------------------------------------------------------------------------
     def check_config(self, identity: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
-        """Record the study's identity on first use; refuse a different one later.
+        """Refuse a study whose identity differs from the stored one; a store with none records this one with its
+        first stored unit (so a run that stores nothing leaves the store free for any study).
 
         A setting the stored study predates counts as its legacy value or default (`defaults`), so stores of
         older versions stay usable; a key with no default that the store lacks (the data's content hash of a
@@ -80,7 +253,7 @@ class Store:
         stored = dict(self.db.execute("SELECT key, value FROM config").fetchall())
         wanted = {k: json.dumps(v, sort_keys=True) for k, v in identity.items()}
         if not stored:
-            self._write("INSERT INTO config VALUES (?, ?)", wanted.items())
+            self._identity = wanted
             return
         for key, value in (defaults or {}).items():
             stored.setdefault(key, json.dumps(value, sort_keys=True))
@@ -198,14 +371,11 @@ class Store:
     def save_groups(self, model: str, method: str, rows: list[dict]) -> None:
         """Replace a model's and method's stored facts (scores, group and the KN lists the experiments used,
         {qidx: [(layer, index), ...]}) in one transaction."""
-        try:
-            with self.db:
-                self.db.execute("DELETE FROM groups WHERE model = ? AND method = ?", (model, method))
-                self.db.executemany("INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
-                    (model, method, r["fact_id"], r.get("cs1"), r.get("cs2"), r.get("csp"), r.get("group"),
-                     json.dumps({str(q): [list(n) for n in kn] for q, kn in r["kn"].items()})) for r in rows])
-        except sqlite3.OperationalError as exc:
-            raise KnowlocError(f"cannot write results store {self.path}: {exc}") from None
+        with self._transaction() as db:
+            db.execute("DELETE FROM groups WHERE model = ? AND method = ?", (model, method))
+            db.executemany("INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                (model, method, r["fact_id"], r.get("cs1"), r.get("cs2"), r.get("csp"), r.get("group"),
+                 json.dumps({str(q): [list(n) for n in kn] for q, kn in r["kn"].items()})) for r in rows])
 
     def groups(self, model: str, method: str) -> dict[str, dict]:
         """{fact_id: {"cs1", "cs2", "csp", "group", "kn": {qidx: [(layer, index), ...]}}} as the last run
@@ -245,3 +415,22 @@ class Store:
     def trials(self, experiment: str) -> dict[str, list[dict]]:
         cur = self.db.execute("SELECT key, rows FROM trials WHERE experiment = ? ORDER BY key", (experiment,))
         return {k: json.loads(r) for k, r in cur.fetchall()}
+
+
+def _guarded(method):
+    """A Store method whose damaged-store failures (SQLite's "malformed" errors, undecodable rows) are one
+    KnowlocError naming the store; OperationalError (a missing table, a locked or full disk) passes through."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (KnowlocError, sqlite3.OperationalError):
+            raise
+        except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError, KeyError, SafetensorError) as exc:
+            raise self._damaged(exc) from None
+    return guarded
+
+
+for _name, _method in list(vars(Store).items()):
+    if callable(_method) and not _name.startswith("_") and _name != "close":
+        setattr(Store, _name, _guarded(_method))
