@@ -321,3 +321,31 @@ def test_demo_device_is_the_loaded_models_device(tmp_path, monkeypatch):
     demo.run_demo(tmp_path, model="tiny-llama", facts=2, echo=lambda _: None)
     config, env = seen
     assert env["device"] == load_model(config.models[0], device=config.device).device.type
+
+
+# ----------------------------------------------------------------- degenerate data and small items (issue 24)
+
+
+def _cli(*argv):
+    """The console script in a subprocess: what a user sees on stdout / stderr (logging unconfigured)."""
+    return subprocess.run([sys.executable, "-m", "knowloc.cli", *argv], capture_output=True, text=True)
+
+
+def test_a_fact_file_with_a_bom_is_read(capsys, tmp_path):
+    facts = tmp_path / "bom.jsonl"
+    facts.write_bytes(b"\xef\xbb\xbf" + (json.dumps({"relation": "P1", "subject": "France", "object": "Paris",
+                                                     "templates": ["The capital of [X] is [Y]."]}) + "\n").encode())
+    code, out, err = run(capsys, "probe", "--model", "tiny-gpt2", "--data", str(facts), "--json")
+    assert code == 0 and "error" not in err and json.loads(out)["relations"][0]["facts"] == 1
+
+
+def test_duplicate_facts_are_merged_with_one_warning_line(tmp_path):
+    facts = tmp_path / "dup.jsonl"
+    rows = [{"id": i, "relation": "P1", "subject": s, "object": "Paris", "templates": ["The capital of [X] is [Y]."]}
+            for i, s in (("a", "France"), ("b", "Italy"), ("a-again", "France"))]
+    facts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = _cli("probe", "--model", "tiny-gpt2", "--data", str(facts), "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "probing" not in line and line.strip()]  # not tqdm's
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "'a-again' into 'a'" in lines[0], proc.stderr
+    assert json.loads(proc.stdout)["relations"][0]["facts"] == 2  # the fact is probed (and studied) once

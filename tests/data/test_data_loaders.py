@@ -184,7 +184,8 @@ def test_pararel_real_directory_p36(pararel_dir: Path) -> None:
     assert "The capital city of [X] is [Y]." in templates
     assert len({t.replace(" .", ".") for t in templates}) == len(templates)
     lines = (pararel_dir / "facts" / "P36.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(data) == len(lines)
+    # one line repeats an earlier fact (England -> London under two uuids): merged into the first
+    assert len(data) == len(lines) - 1 and len(data.merged) == 1
     fact, queries = data[0]
     first = json.loads(lines[0])
     assert fact == Fact(id=f"P36:{first['uuid']}", relation="P36", subject=first["sub_label"], object=first["obj_label"])
@@ -291,3 +292,58 @@ def test_pararel_nonexistent_and_not_a_directory(tmp_path: Path) -> None:
         load_facts(f"pararel:{a_file}")
     with pytest.raises(KnowlocError, match="needs a directory"):
         load_facts("pararel:")
+
+
+# ------------------------------------------------------------------------- BOM and duplicate facts (issue 24)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    """A UTF-8 file saved with a BOM (Windows editors) loads like one without: the BOM is not content."""
+    plain = write_jsonl(tmp_path / "plain.jsonl", [row("France", "Paris", id="cap-fr"), row("Peru", "Lima")])
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_facts(str(bom)).items == load_facts(str(plain)).items
+    root = make_pararel(tmp_path / "pr", {"P1": [pattern("[X] lives in [Y].")]}, {"P1": [trex("Ann", "Oslo", "u1")]})
+    for name in ("patterns", "facts"):
+        path = root / name / "P1.jsonl"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [f.id for f in load_facts(f"pararel:{root}").facts] == ["P1:u1"]
+
+
+def test_duplicate_facts_are_merged_into_the_first_with_one_warning(tmp_path: Path, caplog) -> None:
+    """The same (relation, subject, object) under two ids is one fact: studied once, under its first id, with
+    the templates of both; one warning line names the merge; the limit counts distinct facts."""
+    path = write_jsonl(tmp_path / "dup.jsonl", [
+        row("France", "Paris", id="a", templates=CAPITAL_TEMPLATES[:1]),
+        row("Peru", "Lima", id="b"),
+        row("France", "Paris", id="a2", templates=["In [X], the capital is [Y]."]),
+        row("France", "Paris", relation="P1376", id="other-relation"),  # another relation: another fact
+        row("Chile", "Santiago", id="c"),
+    ])
+    with caplog.at_level("WARNING", logger="knowloc.data"):
+        data = load_facts(str(path))
+    assert [f.id for f in data.facts] == ["a", "b", "c", "other-relation"]
+    assert data.merged == [("a2", "a")]
+    assert [q.text for q in data.queries_of("a")] == ["The capital of France is", "In France, the capital is"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "knowloc.data"]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith(f"warning: {path}: 1 duplicate fact") and "'a2' into 'a'" in lines[0]
+    assert [f.id for f in load_facts(str(path), limit=2).facts] == ["a", "b", "other-relation"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="knowloc.data"):
+        assert load_facts(str(path), relations=["P1376"]).merged == []  # nothing merged among the kept facts
+    assert not caplog.records
+
+
+def test_pararel_duplicates_are_merged(tmp_path: Path, caplog) -> None:
+    root = make_pararel(tmp_path / "pr", {"P1": [pattern("[X] lives in [Y]."), pattern("[X] is from [Y].")]},
+                        {"P1": [trex("Ann", "Oslo", "u1"), trex("Bob", "Rome", "u2"), trex("Ann", "Oslo", "u3"),
+                                trex("Cy", "Lima", "u4")]})
+    with caplog.at_level("WARNING", logger="knowloc.data"):
+        data = load_facts(f"pararel:{root}", limit=3)
+    assert [f.id for f in data.facts] == ["P1:u1", "P1:u2", "P1:u4"] and data.merged == [("P1:u3", "P1:u1")]
+    assert len([r for r in caplog.records if r.name == "knowloc.data"]) == 1
+
+
+def test_the_builtin_set_has_no_duplicate_fact() -> None:
+    assert load_facts("builtin").merged == []

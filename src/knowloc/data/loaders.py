@@ -27,7 +27,13 @@ a path to a ``.jsonl`` file (our own format)
       (object), and ``[Y]`` ending the sentence (only ``"."`` or ``" ."`` may follow it): the
       model must predict the object right after the prompt.  Duplicated prompts are kept once.
     - ``id``: optional, unique in the file; default ``"<relation>:<line number>"``.
-    - Other keys are ignored; blank lines are skipped.
+    - Other keys are ignored; blank lines are skipped. A UTF-8 byte-order mark is accepted.
+
+Duplicate facts (the same relation, subject and object under two ids, as ParaRel's fact files hold a few) are
+studied once: the later ones are merged into the first (its id is kept; a JSONL duplicate's templates are added
+to the first's), ``Dataset.merged`` lists ``(dropped id, kept id)`` and one warning line names them (logger
+``knowloc.data``; on stderr when logging is not configured, as on the command line). A finding never counts
+the same fact twice.
 
 Filtering: ``relations`` keeps only the listed relations (an unknown one is an error listing
 the available ones); ``limit`` keeps at most that many facts per relation, the first ones in file
@@ -42,8 +48,8 @@ file and, where it applies, the line number.
 from __future__ import annotations
 
 import hashlib
-
 import json
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +73,9 @@ PARAREL_PREFIX = "pararel:"
 BUILTIN_RESOURCE = "builtin_facts.jsonl"
 
 Item = tuple[Fact, list[Query]]
+MERGED_SHOWN = 3  # duplicate pairs the warning names (the rest are counted)
+
+log = logging.getLogger("knowloc.data")
 
 
 @dataclass
@@ -80,13 +89,15 @@ class Dataset:
 
     ``relations`` lists the relations present in ``items``; ``templates`` maps each of them to
     its kept templates (for JSONL input: every template used by some fact, first-seen order);
-    ``source`` is the spec it was loaded from.
+    ``source`` is the spec it was loaded from; ``merged`` lists the duplicate facts merged into an
+    earlier one with the same relation, subject and object, as ``(dropped id, kept id)``.
     """
 
     items: list[Item]
     relations: list[str]
     templates: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""
+    merged: list[tuple[str, str]] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
@@ -174,7 +185,7 @@ def load_facts(source: str, relations: Sequence[str] | None = None, limit: int |
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
     except UnicodeDecodeError as exc:
         raise KnowlocError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -213,6 +224,17 @@ def _string(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _warn_merged(merged: list[tuple[str, str]], name: str) -> None:
+    """One warning line for the duplicate facts merged while loading `name`."""
+    if not merged:
+        return
+    shown = ", ".join(f"{dropped!r} into {kept!r}" for dropped, kept in merged[:MERGED_SHOWN])
+    more = f" (+{len(merged) - MERGED_SHOWN} more)" if len(merged) > MERGED_SHOWN else ""
+    count = "1 duplicate fact" if len(merged) == 1 else f"{len(merged)} duplicate facts"
+    log.warning(f"warning: {name}: {count} (same relation, subject and object as an earlier fact) merged, "
+                f"keeping the first id: {shown}{more}")
+
+
 def _relation_key(relation: str) -> tuple[Any, ...]:
     """Natural order: P17 < P36 < P101."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", relation))
@@ -240,6 +262,8 @@ def _load_jsonl_text(
 ) -> Dataset:
     parsed: list[tuple[Fact, list[Query]]] = []
     first_line_of_id: dict[str, int] = {}
+    index_of_triple: dict[tuple[str, str, str], int] = {}
+    merged: list[tuple[str, str]] = []
     for lineno, obj in _json_lines(text, name):
         where = f"{name}:{lineno}"
         _require(obj, ("relation", "subject", "object", "templates"), where)
@@ -261,6 +285,14 @@ def _load_jsonl_text(
             queries = queries_for(fact, templates)
         except KnowlocError as exc:
             raise KnowlocError(f"{where}: {exc}") from None
+        triple = (relation, subject, obj_label)
+        if triple in index_of_triple:  # the same fact again: studied once, under its first id
+            k = index_of_triple[triple]
+            first, first_queries = parsed[k]
+            parsed[k] = (first, queries_for(first, [q.template for q in first_queries] + templates))
+            merged.append((fact_id, first.id))
+            continue
+        index_of_triple[triple] = len(parsed)
         parsed.append((fact, queries))
     if not parsed:
         raise KnowlocError(f"{name}: no facts")
@@ -275,7 +307,10 @@ def _load_jsonl_text(
             group = group[:limit]
         items.extend(group)
         templates_of[relation] = list(dict.fromkeys(q.template for _, qs in group for q in qs))
-    return Dataset(items=items, relations=selected, templates=templates_of, source=source)
+    kept = {fact.id for fact, _ in items}
+    merged = [(dropped, first) for dropped, first in merged if first in kept]
+    _warn_merged(merged, name)
+    return Dataset(items=items, relations=selected, templates=templates_of, source=source, merged=merged)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,9 +366,11 @@ def _load_pararel(directory: Path, relations: Sequence[str] | None, limit: int |
     selected = _select_relations(available, relations, str(directory))
 
     items: list[Item] = []
+    merged: list[tuple[str, str]] = []
     for relation in selected:
         path = fact_files[relation]
         count = 0
+        first_id: dict[tuple[str, str], str] = {}
         for lineno, obj in _json_lines(_read_text(path), str(path)):
             if limit is not None and count >= limit:
                 break
@@ -344,11 +381,17 @@ def _load_pararel(directory: Path, relations: Sequence[str] | None, limit: int |
             uuid = obj.get("uuid")
             suffix = str(uuid).strip() if uuid is not None and str(uuid).strip() else str(lineno)
             fact = Fact(id=f"{relation}:{suffix}", relation=relation, subject=subject, object=obj_label)
+            if (subject, obj_label) in first_id:  # the same fact again (ParaRel has a few): studied once
+                merged.append((fact.id, first_id[(subject, obj_label)]))
+                continue
+            first_id[(subject, obj_label)] = fact.id
             items.append((fact, queries_for(fact, templates_of[relation])))
             count += 1
+    _warn_merged(merged, str(directory))
     return Dataset(
         items=items,
         relations=selected,
         templates={rel: templates_of[rel] for rel in selected},
         source=source,
+        merged=merged,
     )
