@@ -81,3 +81,33 @@ def test_too_few_facts_cannot_decide():
     item = next(f for f in findings({"modification_contrasts": [row]}) if f["id"] == "kc-ki-generalization")
     assert item["verdict"] == "cannot decide" and item["reason"] == "fewer than 5 facts (n = 3)"
     assert "(no interval)" in item["text"]  # the interval a row holds below MIN_N is never shown
+
+
+def test_a_verdict_is_not_repeated_as_its_reason():
+    """"Verdict: not run (not run)" said the same thing twice: a reason is shown only when it adds something."""
+    from knowloc.report.findings import findings_section
+    from knowloc.study.findings import markdown
+
+    items = findings({"config": {}})
+    lines = markdown(items)
+    assert not any("(not run)" in line for line in lines)
+    assert any("Verdict: **not run**. Not measured: the study has no modification results." in line for line in lines)
+    assert "(not run)" not in findings_section({"config": {}, "findings": items})
+    undecided = next(f for f in findings({"modification_contrasts": [
+        {"model": "m", "method": "ig", "operation": "erase", "metric": "gen", "n_k_c": 3, "n_k_i": 30, "k_c": 0.9,
+         "k_i": 0.4, "diff": 0.5, "ci_low": 0.3, "ci_high": 0.7}]}) if f["id"] == "kc-ki-generalization")
+    assert "Verdict: **cannot decide** (fewer than 5 facts (n = 3))." in markdown([undecided])[-2]
+
+
+def test_an_experiment_that_ran_with_nothing_to_measure_cannot_decide_and_says_why():
+    """An experiment whose rows hold no comparison (here CAS: no fact had a K_C / K_I group) ran: its finding is
+    "cannot decide" with the reason, not "not run"."""
+    unscored = [{"model": "m", "method": "ig", "specificity": "off", "n_studied": 4, "n_scored": 0, "n_empty_kn": 4,
+                 "n_one_query": 0}]
+    item = next(f for f in findings({"cas": [], "cas_comparison": [], "consistency": [],
+                                     "consistency_unscored": unscored}) if f["id"] == "cas-beats-baselines")
+    assert item["verdict"] == "cannot decide"
+    assert item["reason"] == "no studied fact has a consistency score, so none has a K_C / K_I group"
+    assert item["text"] == "Nothing measured: no studied fact has a consistency score, so none has a K_C / K_I group."
+    item = next(f for f in findings({"cas": [], "cas_comparison": []}) if f["id"] == "cas-beats-baselines")
+    assert item["verdict"] == "cannot decide" and item["reason"] == "no comparison had facts to measure"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from knowloc.analysis import MIN_N
 from knowloc.report.tables import esc
-from knowloc.study.findings import findings
+from knowloc.study.findings import findings, shown_reason
 from knowloc.study.registry import experiments
 
 VERDICT_CLASS = {"supports": "v-yes", "contradicts": "v-no"}  # any other verdict is shown as open ("v-open")
@@ -19,8 +19,7 @@ def findings_section(summary: dict) -> str:
              f"facts; none below {MIN_N} facts). The verdict is about the paper's claim.</p>",
              '<ol class="findings">']
     for f in items:
-        why = (f' <span class="muted">({esc(f["reason"])})</span>'
-               if f["reason"] and f["verdict"] not in VERDICT_CLASS else "")
+        why = f' <span class="muted">({esc(shown_reason(f))})</span>' if shown_reason(f) else ""
         parts.append(f'<li><b>{esc(f["question"])}</b> <span class="muted">Paper: {esc(f["claim"])}.</span> '
                      f'Verdict: <span class="verdict {VERDICT_CLASS.get(f["verdict"], "v-open")}">'
                      f'{esc(f["verdict"])}</span>{why}<br>{esc(f["text"])}</li>')

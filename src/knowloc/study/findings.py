@@ -9,7 +9,9 @@ the findings read (:func:`filter_view`), the number formats, and the assembly of
 the registry's order. docs/study.md lists every finding's rule.
 
 Anything else (an interval that includes the boundary, too few facts, an experiment not run) cannot decide,
-and the sentence says why. A question answered per method (and group) gets one verdict: the common one when all
+and the sentence says why. An experiment that ran but had nothing to measure (every studied fact without a
+consistency score, so without a K_C / K_I group; no update target; ...) cannot decide either, with that reason:
+"not run" is only for an experiment the study did not run. A question answered per method (and group) gets one verdict: the common one when all
 agree, "mixed" when some comparisons support and others contradict, and "partly supports" / "partly
 contradicts" when the rest cannot decide; the reason counts each kind.
 """
@@ -85,10 +87,22 @@ def filter_view(summary: dict) -> str:
     return "on" if value is not None and float(value) < 1 else "off"
 
 
+def nothing_measured(summary: dict) -> str:
+    """Why an experiment that ran measured nothing for a question: no studied fact has a consistency score
+    (so none has a K_C / K_I group) when the consistency experiment says so, else no comparison had facts."""
+    rows = [r for r in summary.get("consistency_unscored", []) if r.get("specificity", "off") == filter_view(summary)]
+    if rows and not any(r.get("n_scored") for r in rows):
+        if not any(r.get("n_studied") for r in rows):
+            return "no fact was studied"
+        return "no studied fact has a consistency score, so none has a K_C / K_I group"
+    return "no comparison had facts to measure"
+
+
 def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
     """The findings of a study summary (summary.json's content), in the experiments' order; each
     ``{"id", "question", "claim", "verdict", "text", "reason"}`` with verdict supports / contradicts / cannot
-    decide / mixed / partly supports / partly contradicts (see :func:`combine`) / not run."""
+    decide / mixed / partly supports / partly contradicts (see :func:`combine`) / not run (the experiment is not
+    in the study; one that ran with nothing to measure cannot decide, and the reason says why)."""
     out = []
     for experiment in experiments:
         for finding in experiment.findings:
@@ -98,9 +112,20 @@ def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
                 out.append({**item, "verdict": NOT_RUN, "reason": NOT_RUN,
                             "text": f"Not measured: the study has no {experiment.name} results."})
                 continue
-            chosen, reason = combine([v for _, v in parts]) if parts else (NOT_RUN, "no rows")
+            if not parts:
+                why = nothing_measured(summary)
+                out.append({**item, "verdict": UNDECIDED, "reason": why, "text": f"Nothing measured: {why}."})
+                continue
+            chosen, reason = combine([v for _, v in parts])
             out.append({**item, "verdict": chosen, "reason": reason, "text": " ".join(text for text, _ in parts)})
     return out
+
+
+def shown_reason(item: dict) -> str:
+    """A finding's reason as its verdict is shown with it: none for supports / contradicts, nor when it only
+    repeats the verdict ("not run")."""
+    reason = item.get("reason") or ""
+    return "" if item["verdict"] in (SUPPORTS, CONTRADICTS) or reason == item["verdict"] else reason
 
 
 def markdown(items: list[dict]) -> list[str]:
@@ -108,6 +133,6 @@ def markdown(items: list[dict]) -> list[str]:
     lines = ["## Findings", "", "Each question of the paper, answered from this study (95% bootstrap intervals "
              f"over facts; none below {MIN_N} facts); the verdict is about the paper's claim.", ""]
     for k, f in enumerate(items, start=1):
-        why = f" ({f['reason']})" if f["reason"] and f["verdict"] not in (SUPPORTS, CONTRADICTS) else ""
+        why = f" ({shown_reason(f)})" if shown_reason(f) else ""
         lines.append(f"{k}. **{f['question']}** Paper: {f['claim']}. Verdict: **{f['verdict']}**{why}. {f['text']}")
     return lines + [""]

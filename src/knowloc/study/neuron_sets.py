@@ -16,7 +16,7 @@ neutral prompts or on the reference queries of the relations other than R (never
 own queries): it is a "knowledge neuron" of anything, or of every query format, not of this fact. Non-specific
 neurons are removed from every neuron set the study uses, after it is selected by its usual rule (N_i, N_g,
 N_cap, CAS, the query-mapping sets, the attention experiment's KNs). `--specificity off` (F = 1) removes
-nothing: the paper's behaviour.
+nothing: the paper's behaviour; the profile is then not computed (no reference attribution is a study unit).
 
 Every experiment reads its neuron sets through :meth:`NeuronSets.kn_lists` / :meth:`NeuronSets.kn_sets`, or
 filters a selection it makes from :meth:`NeuronSets.score_stack` with :meth:`NeuronSets.remove_nonspecific`.
@@ -24,7 +24,10 @@ filters a selection it makes from :meth:`NeuronSets.score_stack` with :meth:`Neu
 **Groups.** A fact's CS1, CS2 and CS_p come from the KN sets of its neighbor queries (the sets the study uses,
 i.e. with the filter applied; docs/analysis.md). Its group is K_C when the selected score (`--cs-score`) is at
 least the study's `--split` threshold (static `--tau`, or Otsu's threshold over the model's and method's facts),
-else K_I.
+else K_I. A fact has no score, and so no group, when it has fewer than two attributed queries, or when every one
+of its KN sets is empty (e.g. `--threshold 1`, or the filter removed them all): the CS of empty sets is 0 by
+definition, which would count the fact as K_I without any neuron to disagree on. :meth:`NeuronSets.unscored`
+names these facts; the summaries count them instead of counting them as evidence.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from knowloc.study.context import StudyContext
 
 Neuron = tuple[int, int]
+ONE_QUERY, EMPTY_KN = "one_query", "empty_kn"  # why a studied fact has no consistency score (NeuronSets.unscored)
 
 
 def _cached(method: Callable) -> Callable:
@@ -212,18 +216,33 @@ class NeuronSets:
     # --- consistency scores and groups -------------------------------------------------------------------------
 
     def cs_scores(self, model: str, method: str, filtered: bool | None = None) -> dict[str, dict]:
-        """{fact_id: {"cs1", "cs2", "csp"}} of the studied facts with >= 2 attributed queries."""
+        """{fact_id: {"cs1", "cs2", "csp"}} of the studied facts with >= 2 attributed queries and at least one
+        non-empty KN set (:meth:`unscored` names the others)."""
         kn = self.kn_sets(model, method, filtered)
         out = {}
         for fact in self.ctx.facts[model]:
             sets = [kn[fact.fact_id][q] for q in sorted(kn.get(fact.fact_id, {}))]
-            if len(sets) >= 2:
+            if len(sets) >= 2 and any(sets):
                 out[fact.fact_id] = consistency_scores(sets, p=self.ctx.config.p)
         return out
 
+    def unscored(self, model: str, method: str, filtered: bool | None = None) -> dict[str, str]:
+        """{fact_id: why} of the studied facts without a consistency score (so without a group): ONE_QUERY
+        (fewer than 2 attributed queries: nothing to compare) or EMPTY_KN (every KN set empty: no neuron to
+        compare; their CS would be 0 by definition and count them as K_I)."""
+        kn = self.kn_sets(model, method, filtered)
+        out = {}
+        for fact in self.ctx.facts[model]:
+            sets = list(kn.get(fact.fact_id, {}).values())
+            if len(sets) < 2:
+                out[fact.fact_id] = ONE_QUERY
+            elif not any(sets):
+                out[fact.fact_id] = EMPTY_KN
+        return out
+
     def fact_scores(self, model: str, method: str, filtered: bool | None = None) -> dict[str, float]:
-        """The selected CS (`--cs-score`) of each studied fact with >= 2 attributed queries, from the KN sets the
-        study uses (``filtered=False``: the unfiltered ones)."""
+        """The selected CS (`--cs-score`) of each studied fact with a score (:meth:`cs_scores`), from the KN sets
+        the study uses (``filtered=False``: the unfiltered ones)."""
         return {fid: s[self.ctx.config.cs_score] for fid, s in self.cs_scores(model, method, filtered).items()}
 
     def thresholds(self, values: list[float]) -> dict[str, float]:

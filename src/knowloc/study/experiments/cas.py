@@ -22,6 +22,7 @@ from knowloc.errors import KnowlocError
 from knowloc.plots import grouped_bars
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, paired_contrast, slug
 from knowloc.study.context import trial_key as _key
+from knowloc.study.experiments.skips import skip_counts, trials as n_trials
 from knowloc.study.findings import interval, num, verdict
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
@@ -89,7 +90,24 @@ def _selection_row(fact_trials: list[list[dict]], cfg, match: dict) -> dict:
         if metric != "dlogppl":
             row.update(fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match).fields(metric))
     row.update(dlogppl_stats(fact_trials, cfg, **match))
+    row.update(skip_counts(fact_trials, **match))
     return row
+
+
+def _notes(summary: dict) -> list[str]:
+    """The trials that could not be made, per model and method (each trial once: the matched budget's CAS rows
+    repeat the free ones)."""
+    notes = []
+    rows = [r for r in summary.get("cas", []) if r["budget"] == "free" or r["selection"] != "CAS"]
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["method"]) == (model, method)]
+        skipped, no_target = (sum(r.get(k, 0) for r in mine) for k in ("n_skipped", "n_no_target"))
+        if skipped:
+            why = [f"{skipped - no_target} with an empty selection"] if skipped > no_target else []
+            why += [f"{no_target} updates of facts whose relation has no other object to update to"] if no_target else []
+            notes.append(f"{n_trials(skipped)} skipped ({model}, {method}): {', '.join(why)}; each row's n counts "
+                         "only facts with a measured trial.")
+    return notes
 
 
 def summarize(ctx: StudyContext) -> Section:
@@ -154,7 +172,7 @@ FINDINGS = (Finding(
 EXPERIMENT = Experiment(
     name="cas", question="do strong-and-consistent neurons (CAS) edit better than N_i and N_g?",
     heading="CAS", summarize=summarize, fact_work=fact_work, summary_keys=("cas", "cas_comparison"),
-    validate=validate, findings=FINDINGS,
+    validate=validate, findings=FINDINGS, notes=_notes,
     intro="Consistency-aware KN modification: CAS selects neurons that are strong and consistent across neighbor "
           "queries; it is compared with each query's own KNs (N_i) and the union (N_g). Protocols: transductive "
           "(CAS from all neighbor queries) and held-out (one paraphrase left out and used for Gen). Budgets: free, "

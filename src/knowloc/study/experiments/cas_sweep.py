@@ -21,6 +21,7 @@ from knowloc.errors import KnowlocError
 from knowloc.plots import heatmap_grid
 from knowloc.study.config import float_list
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
+from knowloc.study.experiments.skips import NO_TARGET, skip_counts
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment
 from knowloc.study.tables import Column, Table, edit_columns
@@ -68,6 +69,7 @@ def summarize(ctx: StudyContext) -> Section:
                 row.update(dlogppl_stats(fact_trials, cfg, **match))
                 # facts where this point selects nothing are skipped: say how many
                 row["n_empty"] = sum(all(r["skipped"] for r in trials if _matches(r, match)) for trials in fact_trials)
+                row.update(skip_counts(fact_trials, **match))
                 rows.append(row)
     section = Section(summary={"cas_sweep": rows})
     betas = [(b1, b2) for b1 in cfg.cas_sweep_beta1 for b2 in cfg.cas_sweep_beta2]
@@ -96,7 +98,18 @@ def _matches(row: dict, match: dict) -> bool:
 
 def _notes(summary: dict) -> list[str]:
     best = _best(summary.get("cas_sweep", []))
-    return ["Best point by Avg per model, method, operation and group: " + "; ".join(best) + "."] if best else []
+    notes = ["Best point by Avg per model, method, operation and group: " + "; ".join(best) + "."] if best else []
+    rows = summary.get("cas_sweep", [])
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        no_target: dict[str, int] = {}
+        for r in rows:
+            if (r["model"], r["method"], r["operation"]) == (model, method, "update"):
+                no_target[r["group"]] = max(no_target.get(r["group"], 0), r.get("n_no_target_facts", 0))
+        if any(no_target.values()):
+            counts = ", ".join(f"{g} {n}" for g, n in no_target.items() if n)
+            notes.append(f"Updates skipped for facts ({model}, {method}; {counts}): {NO_TARGET}; n_empty counts them "
+                         "with the facts where the point selects nothing.")
+    return notes
 
 
 def _best(rows: list[dict]) -> list[str]:

@@ -18,50 +18,85 @@ from knowloc.analysis import (GROUPS, K_C, MIN_N, Estimate, consistency_scores, 
 from knowloc.plots import activation_heatmaps, violin_cs
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, filter_view, interval, num, ok, verdict
+from knowloc.study.neuron_sets import EMPTY_KN, ONE_QUERY
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
+
+
+NO_NULL_BY_CONSTRUCTION = "no null baseline"
 
 
 def null_scores(ctx: StudyContext, model: str, method: str, filtered: bool | None = None) -> list[float]:
     """CS of pseudo-facts: for each real fact, each of its templates is filled by another fact of the same
     relation (seeded), so template words are shared but the fact is not."""
+    return null_baseline(ctx, model, method, filtered)[0]
+
+
+def null_baseline(ctx: StudyContext, model: str, method: str, filtered: bool | None = None
+                  ) -> tuple[list[float], bool]:
+    """(:func:`null_scores`, whether the null is real facts again by construction): True when every
+    pseudo-fact's queries come from one single other fact, as with two studied facts per relation, where the
+    pseudo-facts of A and B are B's and A's own KN sets, so the null repeats the real scores and the gap is 0 by
+    construction. A pseudo-fact whose KN sets are all empty has no score, like a real one (NeuronSets.unscored)."""
     kn = ctx.neurons.kn_sets(model, method, filtered)
     by_template: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for fact in ctx.facts[model]:
         for q, template in enumerate(fact.templates):
             if q in kn.get(fact.fact_id, {}):
                 by_template.setdefault((fact.relation, template), []).append((fact.fact_id, q))
-    values = []
+    values, single_source = [], True
     for fact in ctx.facts[model]:
         rng = random.Random(ctx.seed_for("null", model, method, fact.fact_id))
-        sets = []
+        sets, sources = [], set()
         for template in fact.templates:
             others = [item for item in by_template.get((fact.relation, template), []) if item[0] != fact.fact_id]
             if others:
                 fid, q = rng.choice(others)
                 sets.append(kn[fid][q])
-        if len(sets) >= 2:
+                sources.add(fid)
+        if len(sets) >= 2 and any(sets):
             values.append(consistency_scores(sets, p=ctx.config.p)[ctx.config.cs_score])
-    return values
+            single_source = single_source and len(sources) == 1
+    return values, bool(values) and single_source
+
+
+def unscored_note(n_empty: int, n_one: int) -> str:
+    """The row note naming the studied facts left out of the split ("" when none)."""
+    parts = [f"{n} {'fact' if n == 1 else 'facts'} {why}" for n, why in (
+        (n_empty, "with every KN set empty"), (n_one, "with fewer than 2 attributed queries")) if n]
+    return f"left out (no consistency score): {' and '.join(parts)}" if parts else ""
 
 
 def summarize(ctx: StudyContext) -> Section:
-    section = Section(summary={"consistency": [], "consistency_relations": [], "consistency_all_methods": []})
+    section = Section(summary={"consistency": [], "consistency_relations": [], "consistency_all_methods": [],
+                               "consistency_unscored": []})
     cfg = ctx.config
     for model in cfg.models:
         in_k_i: dict[str, dict[str, list[bool]]] = {"static": {}, "otsu": {}}
         views = [("on", True), ("off", False)] if cfg.filtered else [("off", False)]
         for method, (view, filtered) in ((m, v) for m in cfg.methods for v in views):
             scores = ctx.neurons.fact_scores(model, method, filtered)
+            unscored = list(ctx.neurons.unscored(model, method, filtered).values())
+            n_empty, n_one = unscored.count(EMPTY_KN), unscored.count(ONE_QUERY)
+            if unscored or not scores:  # facts that are not evidence, named (and counted) instead
+                section.summary["consistency_unscored"].append({
+                    "model": model, "method": method, "specificity": view, "n_studied": len(ctx.facts[model]),
+                    "n_scored": len(scores), "n_empty_kn": n_empty, "n_one_query": n_one})
             if not scores:
                 continue
             ids = list(scores)
             values = np.array([scores[f] for f in ids])
-            null = null_scores(ctx, model, method, filtered)
+            null, by_construction = null_baseline(ctx, model, method, filtered)
             null_gap, null_p = permutation_test_diff(values, null, seed=cfg.seed) if len(null) else (np.nan, np.nan)
-            notes = []
+            null_mean = float(np.mean(null)) if null else float("nan")
+            notes = [unscored_note(n_empty, n_one)] if unscored else []
             if not null:
                 notes.append("no null baseline: no relation has two studied facts to swap templates between")
+            elif by_construction:
+                null_gap = null_p = null_mean = np.nan
+                notes.append(f"{NO_NULL_BY_CONSTRUCTION}: every pseudo-fact's queries come from one other studied "
+                             "fact (two per relation), so the null repeats the real scores and the gap is 0 by "
+                             "construction")
             elif len(values) < MIN_N or len(null) < MIN_N:
                 null_p = np.nan
                 notes.append(f"no null-baseline test: fewer than {MIN_N} facts or pseudo-facts")
@@ -80,9 +115,10 @@ def summarize(ctx: StudyContext) -> Section:
                     "n_two_queries": sum(len(f.prompts) == 2 for f in ctx.facts[model] if f.fact_id in scores),
                     "threshold": float(tau), **k_i_share.fields("k_i_fraction", "k_i_ci_low", "k_i_ci_high"),
                     "welch_p": float(welch),
-                    "cs_mean": float(values.mean()), "null_mean": float(np.mean(null)) if null else float("nan"),
+                    "cs_mean": float(values.mean()), "null_mean": null_mean,
                     "null_gap": float(null_gap), "null_p": float(null_p), "n_null": len(null),
-                    "score": cfg.cs_score, "specificity": view, "note": "; ".join(row_notes)})
+                    "score": cfg.cs_score, "specificity": view, "n_empty_kn": n_empty, "n_one_query": n_one,
+                    "note": "; ".join(row_notes)})
                 if view != "on" and cfg.filtered:
                     continue  # the relation and all-method views follow the study's setting
                 for fid, flag in zip(ids, k_i):
@@ -157,9 +193,41 @@ def heatmap_figures(ctx: StudyContext) -> tuple[list, list[dict]]:
     return paths, shown
 
 
+def unscored_reason(row: dict, summary: dict) -> str:
+    """Why a model and method have facts without a consistency score (a consistency_unscored row), one phrase."""
+    n, n_scored, n_empty, n_one = row["n_studied"], row["n_scored"], row["n_empty_kn"], row["n_one_query"]
+    if not n:
+        min_known = (summary.get("config") or {}).get("min_known", 2)
+        return f"no fact was studied: none is answered in >= {min_known} paraphrases"
+    if n_one == n:
+        return "every studied fact has fewer than 2 answered paraphrases: no CS to compute"
+    if n_empty == n:
+        return ("every studied fact's KN sets are empty (no neuron above --threshold x max, or the specificity "
+                "filter removed them all): no CS to compute")
+    left = f"{n - n_scored} of {n} studied facts have no CS ({n_empty} with only empty KN sets, {n_one} with fewer " \
+           "than 2 answered paraphrases)"
+    return left if n_scored else f"{left}: none is left"
+
+
+def _unscored_rows(summary: dict) -> list[dict]:
+    view = filter_view(summary)
+    return [r for r in summary.get("consistency_unscored", []) if r.get("specificity", "off") == view]
+
+
+def _nothing_scored(summary: dict) -> list[Part]:
+    """One undecided part per model and method whose studied facts have no consistency score at all."""
+    return [(f"{r['method']}: nothing to measure: {unscored_reason(r, summary)}.",
+             (UNDECIDED, unscored_reason(r, summary))) for r in _unscored_rows(summary) if not r["n_scored"]]
+
+
 def _notes(summary: dict) -> list[str]:
     notes = [f"Facts every method puts in K_I ({r['model']}, {r['threshold_kind']}): "
              f"{r['k_i_fraction_all_methods']:.2f} of {r['n_facts']}." for r in summary.get("consistency_all_methods", [])]
+    for r in _unscored_rows(summary):
+        notes.append(f"Not counted ({r['model']}, {r['method']}): {unscored_reason(r, summary)}. A fact without a "
+                     "consistency score has no K_C / K_I group: it is left out of these tables and of every later "
+                     "table that splits by group (the CS of empty KN sets would be 0 by definition, counting the "
+                     "fact as K_I without any neuron to disagree on).")
     p = (summary.get("config") or {}).get("p", 0.5)
     view = filter_view(summary)
     for r in summary.get("consistency", []):
@@ -177,18 +245,25 @@ def _static_rows(summary: dict) -> list[dict]:
             and r.get("specificity", "off") == view]
 
 
+def _null_note(row: dict) -> str:
+    """The part of a row's note that says why it has no null gap or test."""
+    notes = (row.get("note") or "").split("; ")
+    return next((n for n in notes if n.startswith("no null")), row.get("note") or "")
+
+
 def judge_sharing(summary: dict) -> list[Part] | None:
     rows = _static_rows(summary)
     if not rows:
-        return None
+        return _nothing_scored(summary) or None
     parts = []
     for r in rows:
         if not ok(r.get("null_gap")):
-            parts.append((f"{r['method']}: no null baseline ({r.get('note') or 'no pseudo-fact'}).",
-                          (UNDECIDED, r.get("note") or "no null baseline")))
+            why = _null_note(r)
+            parts.append((f"{r['method']}: no null baseline ({why or 'no pseudo-fact'}).",
+                          (UNDECIDED, why or "no null baseline")))
             continue
         p = r.get("null_p")
-        decided = (UNDECIDED, r.get("note") or "no test") if not ok(p) else \
+        decided = (UNDECIDED, _null_note(r) or "no test") if not ok(p) else \
             (SUPPORTS, "") if r["null_gap"] > 0 and p < 0.05 else \
             (CONTRADICTS, "") if r["null_gap"] <= 0 and p >= 0.05 else (UNDECIDED, "gap and test disagree")
         parts.append((f"{r['method']}: mean CS exceeds the template-matched null by {num(r['null_gap'], 3)} "
@@ -200,12 +275,13 @@ def judge_sharing(summary: dict) -> list[Part] | None:
 def judge_k_i_share(summary: dict) -> list[Part] | None:
     rows = _static_rows(summary)
     if not rows:
-        return None
+        return _nothing_scored(summary) or None
     parts = []
     for r in rows:
         share = Estimate.from_row(r, "k_i_fraction", "k_i_ci_low", "k_i_ci_high", n="n_facts")
+        left = unscored_note(r.get("n_empty_kn", 0), r.get("n_one_query", 0))
         parts.append((f"{r['method']}: {num(share.value, 2, False)} {interval(share, 2, False)} of {share.n} facts "
-                      f"are K_I (static tau {r['threshold']:.2f}).",
+                      f"are K_I (static tau {r['threshold']:.2f}{'; ' + left if left else ''}).",
                       verdict(share, support_above=0.2, contradict_below=0.1)))
     return parts
 
@@ -225,7 +301,8 @@ FINDINGS = (
 EXPERIMENT = Experiment(
     name="consistency", question="do a fact's neighbor queries share knowledge neurons (K_C / K_I)?",
     heading="Consistency", summarize=summarize,
-    summary_keys=("consistency", "consistency_relations", "consistency_all_methods", "kn_heatmap_neurons"),
+    summary_keys=("consistency", "consistency_relations", "consistency_all_methods", "kn_heatmap_neurons",
+                  "consistency_unscored"),
     intro="Consistency score of each fact's knowledge-neuron sets across its neighbor queries (CS1, CS2, CS_p; "
           "docs/analysis.md); facts below the threshold are inconsistent knowledge K_I. The static threshold is "
           "--tau; Otsu's threshold is fitted per model and method. Welch's t-test compares the CS of K_C and K_I; "

@@ -17,6 +17,7 @@ from knowloc.editing import OPERATIONS
 from knowloc.plots import grouped_bars
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, slug
 from knowloc.study.context import trial_key as _key
+from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts, trials as n_trials
 from knowloc.study.findings import interval, num, verdict
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
@@ -71,6 +72,7 @@ def summarize(ctx: StudyContext) -> Section:
                             if metric == "rel":  # Rel is defined for every trial that ran: n = facts with trials
                                 row["n"] = estimate.n
                         row.update(dlogppl_stats(fact_trials, cfg, operation=operation, neurons=neurons))
+                        row.update(skip_counts(fact_trials, operation=operation, neurons=neurons))
                         section.summary["modification"].append(row)
                 by_group = {g: [trials[_key(model, method, f.fact_id)] for f in facts if split[f.fact_id] == g]
                             for g in GROUPS}
@@ -108,8 +110,24 @@ def group_contrast(by_group: dict[str, list[list[dict]]], metric: str, cfg, **ma
 
 
 def _notes(summary: dict) -> list[str]:
-    return [f"N_cap empty for {c['n_cap_empty_facts']} of {c['n_facts']} facts ({c['model']}, {c['method']})."
-            for c in summary.get("modification_counts", [])]
+    notes = [f"N_cap empty for {c['n_cap_empty_facts']} of {c['n_facts']} facts ({c['model']}, {c['method']})."
+             for c in summary.get("modification_counts", [])]
+    for c in summary.get("modification_counts", []):
+        mine = [r for r in summary.get("modification", []) if (r["model"], r["method"]) == (c["model"], c["method"])]
+        # facts of each group whose updates found no new object (the most over the neuron sets: an empty set
+        # skips a trial before the missing object shows)
+        no_target = sum(max((r.get("n_no_target_facts", 0) for r in mine if r["operation"] == "update"
+                             and r["group"] == group), default=0) for group in GROUPS)
+        if no_target:
+            notes.append(f"Updates skipped for {no_target} of {facts(c['n_facts'])} ({c['model']}, {c['method']}): "
+                         f"{NO_TARGET}; the update rows' n counts only the other facts.")
+        empty = sum(r.get("n_skipped", 0) - r.get("n_no_target", 0) for r in summary.get("modification", [])
+                    if (r["model"], r["method"], r["operation"]) == (c["model"], c["method"], "erase")
+                    and r["neurons"] in ("N_i", "N_g"))
+        if empty:
+            notes.append(f"{n_trials(empty)} of N_i / N_g skipped ({c['model']}, {c['method']}): the query's KN set "
+                         "is empty (no neuron above --threshold x max, or the specificity filter removed them all).")
+    return notes
 
 
 def judge_generalization(summary: dict) -> list[Part]:

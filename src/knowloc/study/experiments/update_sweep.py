@@ -27,6 +27,7 @@ from knowloc.errors import KnowlocError
 from knowloc.plots import frontier_plot
 from knowloc.study.config import StudyConfig, float_list
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
+from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment
 from knowloc.study.tables import Column, Table, edit_columns, missing
@@ -88,6 +89,7 @@ def summarize(ctx: StudyContext) -> Section:
                     if metric == "rel":
                         row["n"] = estimate.n
                 row.update(dlogppl_stats(fact_trials, cfg, **match))
+                row.update(skip_counts(fact_trials, **match))
                 rows.append(row)
     section = Section(summary={"update_sweep": rows})
     grown = "lambda1 = lambda2" if cfg.update_sweep_tied else f"lambda2 (lambda1 = {cfg.lambda1:g})"
@@ -132,6 +134,25 @@ def best_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _notes(summary: dict) -> list[str]:
+    """The facts whose sweep updates were skipped, per model and method (all facts; the same at every point)."""
+    notes = []
+    rows = [r for r in summary.get("update_sweep", []) if r.get("group") == ALL]
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["method"]) == (model, method)]
+        skipped = max(r.get("n_skipped_facts", 0) for r in mine)
+        if not skipped:
+            continue
+        no_target = max(r.get("n_no_target_facts", 0) for r in mine)
+        total = max(r["n"] + r.get("n_skipped_facts", 0) for r in mine)
+        why = [f"{facts(no_target)}: {NO_TARGET}"] if no_target else []
+        if skipped > no_target:
+            why.append(f"{facts(skipped - no_target)}: every edited query's N_i is empty")
+        notes.append(f"No update made for {skipped} of {facts(total)} ({model}, {method}; "
+                     f"{'; '.join(why)}): n counts only the other facts.")
+    return notes
+
+
 def validate(cfg: StudyConfig) -> None:
     cfg.update_sweep_lambda2 = float_list(cfg.update_sweep_lambda2, "sweep_lambda2")
     if any(v <= 0 for v in cfg.update_sweep_lambda2):
@@ -165,4 +186,5 @@ EXPERIMENT = Experiment(
             Column("model", "model"), Column("method", "method"), Column("rule", "rule"),
             Column("lambda1", "lambda1", "num", 2), Column("lambda2", "lambda2", "num", 2),
             Column("group", "group", "group"), Column("n", "n", "int"),
-            *edit_columns()))))
+            *edit_columns()))),
+    notes=_notes)
