@@ -60,14 +60,20 @@ def _same(old, new, path=""):
 
 def test_specificity_off_reproduces_the_previous_release(tmp_path, study_args):
     """`--specificity off --update-rule dai` gives every summary value of knowloc before the filter existed
-    (tests/study/data/legacy_tiny_summary.json: this study's summary.json written by commit 9e700d1)."""
-    args = study_args(tmp_path / "off", experiments=ALL_PAPER, specificity="off", update_rule="dai")
+    (tests/study/data/legacy_tiny_summary.json: this study's summary.json written by commit 9e700d1), and computes
+    no specificity profile: a filter that removes nothing needs no reference attributions (issue 24; the profile
+    used to be computed and reported anyway), so the always-on specificity experiment says that none was made."""
+    out = tmp_path / "off"
+    args = study_args(out, experiments=ALL_PAPER, specificity="off", update_rule="dai")
     summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
     legacy = json.loads(LEGACY.read_text())
     _same(legacy, summary)
     assert summary["config"]["specificity"] == 1.0
     assert {r["specificity"] for r in summary["consistency"]} == {"off"}
-    assert summary["specificity"]  # the profile is reported even when it removes nothing
+    assert summary["specificity"] == [] and summary["specificity_counts"] == []
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM reference").fetchone()[0] == 0
+    assert "No specificity profile was computed: with --specificity off" in (out / "summary.md").read_text()
 
 
 def test_profile_never_uses_a_facts_own_queries(tmp_path, study_args, tiny_facts):

@@ -30,6 +30,10 @@ class Unit:
 
 
 def reference_units(ctx: StudyContext, model: str) -> list[Unit]:
+    """The specificity profile's missing reference attributions; none with `--specificity off`, whose filter
+    removes nothing (the profile is not computed, and the specificity experiment says so)."""
+    if not ctx.config.filtered:
+        return []
     n = len(ctx.neurons.reference_items(model))
     units = []
     for method in ctx.config.methods:

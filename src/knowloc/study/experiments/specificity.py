@@ -12,6 +12,7 @@ import numpy as np
 from knowloc.analysis import kn_frequency, nonspecific_neurons
 from knowloc.plots import specificity_scatter
 from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.findings import filter_view
 from knowloc.study.registry import Experiment
 from knowloc.study.tables import Column, Table
 
@@ -36,7 +37,7 @@ def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     threshold = float(cfg.specificity)
     rows, counts, figures = [], [], []
-    for model in cfg.models:
+    for model in cfg.models if cfg.filtered else ():  # --specificity off: no profile (reference_units)
         relations = sorted({f.relation for f in ctx.facts.get(model, [])})
         for method in cfg.methods:
             prof = ctx.neurons.profile(model, method)
@@ -91,6 +92,16 @@ def first_rows(rows: list[dict]) -> list[dict]:
     return shown
 
 
+def _notes(summary: dict) -> list[str]:
+    if summary.get("specificity_counts"):
+        return []
+    if filter_view(summary) == "off":
+        return ["No specificity profile was computed: with --specificity off the filter removes nothing, so the "
+                "study skips the reference attributions (set --specificity F < 1 to compute the profile and "
+                "apply it)."]
+    return ["No specificity profile: no reference attribution is stored."]
+
+
 def _by_relation(row: dict) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in (row.get("fact_frequency_by_relation") or {}).items() if v > 0)
 
@@ -98,7 +109,7 @@ def _by_relation(row: dict) -> str:
 EXPERIMENT = Experiment(
     name="specificity", question="which neurons are knowledge neurons of anything (non-specific)?",
     heading="Neuron specificity", summarize=summarize, summary_keys=("specificity", "specificity_counts"),
-    always=True,
+    always=True, notes=_notes,
     intro="Two reference sets are attributed with the study's method: the model's own next token after fact-free "
           "prompts, and per relation a few known facts' queries. For a fact of relation R, a neuron is non-specific "
           "when it is a knowledge neuron of more than --specificity of the neutral prompts or of the other "
