@@ -154,7 +154,7 @@ def test_probe_facts_lists_every_paraphrase_with_the_models_prediction(capsys, t
     facts.write_text("\n".join(json.dumps({"id": f"f{k}", "relation": "P1", "subject": s, "object": "yen",
                                            "templates": ["The currency of [X] is [Y].", "[X] pays in [Y]."]})
                                for k, s in enumerate(["Japan", "Italy"])) + "\n")
-    code, out, _ = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--facts", "--json")
+    code, out, _ = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--per-query", "--json")
     assert code == 0
     payload = json.loads(out)
     assert [f["fact_id"] for f in payload["facts"]] == ["f0", "f1"]
@@ -164,8 +164,13 @@ def test_probe_facts_lists_every_paraphrase_with_the_models_prediction(capsys, t
             assert q["gold_token"] and " yen".startswith(q["gold_token"])  # the scored first token
             assert len(q["top_k"]) == 3 and q["top_k"][0]["prob"] >= q["top_k"][-1]["prob"]
             assert q["answered"] == (q["rank"] == 1)
-    code, out, _ = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--facts")
+    code, out, err = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--per-query")
     assert code == 0 and "f0  Japan -[P1]-> yen" in out and "top-3" in out and "gold '" in out
+    # the old name (a flag, where study --facts is a number) still works, hidden, and says it is deprecated
+    code, old_out, err = run(capsys, "probe", "--model", "tiny-llama", "--data", str(facts), "--facts")
+    assert code == 0 and old_out == out
+    assert "warning: probe --facts is deprecated, use --per-query" in err
+    assert "--per-query" in _help(capsys, "probe") and "--facts" not in _help(capsys, "probe")
 
 
 def test_an_edited_fact_file_is_one_line_and_exit_2(capsys, tmp_path, tiny_facts):
@@ -349,3 +354,68 @@ def test_duplicate_facts_are_merged_with_one_warning_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if "probing" not in line and line.strip()]  # not tqdm's
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "'a-again' into 'a'" in lines[0], proc.stderr
     assert json.loads(proc.stdout)["relations"][0]["facts"] == 2  # the fact is probed (and studied) once
+
+
+def _help(capsys, command: str) -> str:
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    return out
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--top", "-3"], r"'--top'.*greater than or equal to 1"),
+    (["--top", "0"], r"--top"),
+    (["--steps", "100000"], r"--steps 100000 is more than 1000"),
+])
+def test_localize_refuses_a_negative_top_and_an_endless_attribution(capsys, argv, pattern):
+    code, out, err = run(capsys, "localize", "--model", "tiny-llama", "--prompt", "The capital of France is",
+                         "--target", "Paris", *argv)
+    assert_one_line_error(code, err, pattern)
+    assert out == ""
+
+
+def test_localize_explains_the_activation_ratio_of_each_neuron(capsys):
+    code, out, _ = run(capsys, "localize", "--model", "tiny-llama", "--prompt", "The capital of France is",
+                       "--target", "Paris", "--steps", "2", "--top", "3")
+    assert code == 0
+    assert "|a| / layer median: its |activation| over its layer's median on" in out
+    assert "fact-free prompts (>= 100: a massive activation, which fires on any input)" in out
+    rows = [line for line in out.splitlines() if line.startswith("  L")]
+    assert len(rows) == 3 and all("|a| / layer median " in r for r in rows)
+    code, out, _ = run(capsys, "localize", "--model", "tiny-llama", "--prompt", "The capital of France is",
+                       "--target", "Paris", "--steps", "2", "--top", "3", "--json")
+    neurons = json.loads(out)["neurons"]
+    assert len(neurons) == 3 and all(n["activation_ratio"] > 0 and n["massive"] == (n["activation_ratio"] >= 100)
+                                     for n in neurons)
+
+
+def test_neuron_says_whether_the_studys_profile_marks_it_non_specific(capsys, tmp_path, tiny_facts):
+    """`knowloc neuron --study DIR` reads the study's specificity profile: non-specific (for which relations, its
+    reference frequency against F, its activation ratio in words) or specific; a study run with --specificity off
+    has no profile, and says so."""
+    base = ["study", "--model", "tiny-llama", "--data", str(tiny_facts), "--methods", "ig", "--steps", "2",
+            "--candidates", "--experiments", "consistency", "--facts", "3", "--specificity-prompts", "3",
+            "--specificity-queries", "1", "--n-boot", "20", "--no-progress"]
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert run(capsys, *base, "--specificity", "0", "--out", str(on))[0] == 0
+    assert run(capsys, *base, "--specificity", "off", "--out", str(off))[0] == 0
+    rows = json.loads((on / "summary.json").read_text())["specificity"]
+    flagged = next(r for r in rows if r["non_specific"])
+    kept = next((r for r in rows if not r["non_specific"]), None)
+    name = f"{flagged['layer']}:{flagged['index']}"
+    code, out, _ = run(capsys, "neuron", "--model", "tiny-llama", name, "--study", str(on))
+    assert code == 0
+    line = next(x for x in out.splitlines() if "specificity in tiny-llama ig" in x)
+    assert f"NON-SPECIFIC for {', '.join(flagged['removed_for'])}" in line and "> 0 of the reference" in line
+    assert f"|activation| is {flagged['activation_ratio']:.1f} x its layer's median on the study's neutral" in line
+    assert "x its layer's median on these " in out  # the ratio printed for the model's own prompts, in words
+    assert "(1 queries)" not in out
+    if kept is not None:
+        code, out, _ = run(capsys, "neuron", "--model", "tiny-llama", f"{kept['layer']}:{kept['index']}",
+                           "--study", str(on))
+        assert "specificity in tiny-llama ig: specific (reference KN frequency" in out
+    code, out, _ = run(capsys, "neuron", "--model", "tiny-llama", name, "--study", str(off))
+    assert code == 0 and "specificity in tiny-llama ig: the study computed no profile (--specificity off" in out
+    code, out, _ = run(capsys, "neuron", "--model", "tiny-llama", name, "--study", str(on), "--json")
+    spec = json.loads(out)["neurons"][0]["specificity"]["tiny-llama ig"]
+    assert spec["non_specific"] is True and spec["removed_for"] == flagged["removed_for"]

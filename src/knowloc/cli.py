@@ -34,7 +34,7 @@ from knowloc.demo import DEMO_FACTS, demo_config, run_demo
 from knowloc.errors import Interrupted, KnowlocError
 from knowloc.models import REGISTRY as FAMILIES
 from knowloc.models import builtin_names, load_model
-from knowloc.models.neuron import activation_stats, describe_neurons
+from knowloc.models.neuron import MASSIVE_RATIO, activation_ratios, activation_stats, describe_neurons, explain_ratio
 from knowloc.process import tune_allocator
 from knowloc.report.html import build_report
 from knowloc.study.config import LIST_FIELDS, StudyConfig
@@ -84,15 +84,22 @@ def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "
           min_known: int = typer.Option(2, help="a fact is usable when at least this many queries are answered",
                                         min=1),
           candidates: bool = typer.Option(False, help="restrict the argmax to the relation's objects (LAMA)"),
-          facts: bool = typer.Option(False, "--facts", help="list every fact's paraphrases: the scored gold token, "
-                                     "the model's top-3 next tokens and whether it answered"),
+          per_query: bool = typer.Option(False, "--per-query", help="list every fact's paraphrases: the scored gold "
+                                         "token, the model's top-3 next tokens and whether it answered"),
+          facts_alias: bool = typer.Option(False, "--facts", hidden=True,
+                                           help="deprecated name of --per-query (study --facts N is a number)"),
           as_json: bool = typer.Option(False, "--json"), device: Optional[str] = DeviceOpt,
           dtype: Optional[str] = DtypeOpt) -> None:
-    """Per relation: facts, queries, top-1/top-5 accuracy and facts usable for a study (--facts: per fact)."""
+    """Per relation: facts, queries, top-1/top-5 accuracy and facts usable for a study (--per-query: every
+    paraphrase of every fact)."""
+    if facts_alias:
+        typer.echo("warning: probe --facts is deprecated, use --per-query (study --facts N is a number of facts)",
+                   err=True)
+        per_query = True
     dataset = load_facts(data, relations=_split(relations), limit=limit)
     lm = load_model(model, device=device, dtype=dtype)
     probes = probe_facts(lm, list(dataset), candidates=candidates)
-    if facts:
+    if per_query:
         rows = [{"fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject,
                  "object": p.fact.object, "answered": p.n_known, "usable": p.n_known >= min_known,
                  "queries": [{"prompt": q.query.text, "gold_token": q.gold_token, "gold_prob": q.prob,
@@ -134,39 +141,52 @@ def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "
                f"{sum(r['usable_facts'] for r in rows):>8}")
 
 
+MAX_STEPS = 1000  # localize --steps: above it one attribution runs for long without a progress line
+
+
 def localize(prompt: str = typer.Option(..., help="the query prompt, without the answer"),
              target: str = typer.Option(..., help="the gold object, scored as ' ' + target"),
              model: str = ModelOpt, method: str = typer.Option("ig", help="ig, sig, amig or grad_x_act"),
-             steps: int = typer.Option(20, help="integration steps m"),
+             steps: int = typer.Option(20, help=f"integration steps m (1 to {MAX_STEPS})"),
              threshold: float = typer.Option(0.2, help="keep neurons with score > threshold x max"),
-             top: int = typer.Option(20, help="print at most this many neurons"),
+             top: int = typer.Option(20, min=1, help="print at most this many neurons"),
              objective: str = typer.Option("prob", help="prob or logprob"),
              as_json: bool = typer.Option(False, "--json"), device: Optional[str] = DeviceOpt,
              dtype: Optional[str] = DtypeOpt) -> None:
-    """Attribute a prompt's target to neurons and print the knowledge neurons."""
+    """Attribute a prompt's target to neurons and print the knowledge neurons, each with its activation ratio on
+    fact-free prompts (|activation| over its layer's median: a massive activation fires on any input)."""
     MethodConfig(method, steps, objective)  # validate before the model loads
+    if steps > MAX_STEPS:
+        raise KnowlocError(f"--steps {steps} is more than {MAX_STEPS}: one attribution would run for a long time "
+                           "without a progress line, and the integral has converged long before (default 20)")
     if not 0 <= threshold <= 1:
         raise KnowlocError(f"--threshold must be in [0, 1], got {threshold}")
     lm = load_model(model, device=device, dtype=dtype)
     result = attribute(lm, prompt, target, method=method, steps=steps, objective=objective, warn=False)
     neurons = result.neurons(threshold)
-    shown = [(l, i, float(result.scores[l, i])) for l, i in neurons[:top]]
+    prompts = load_specificity_prompts()
+    ratios = activation_ratios(lm, neurons[:top], prompts)
+    shown = [(l, i, float(result.scores[l, i]), r) for (l, i), r in zip(neurons[:top], ratios)]
     if as_json:
         typer.echo(json.dumps({"model": model, "prompt": result.prompt, "target": target, "method": method,
                                "steps": result.steps, "baseline": result.baseline, "objective": result.objective,
                                "prob": result.prob, "p_first": result.p_first,
                                "target_rank": result.target_rank, "top_k": result.top_k, "warning": result.warning,
                                "threshold": threshold, "n_neurons": len(neurons),
-                               "neurons": [{"layer": l, "index": i, "score": s} for l, i, s in shown]}, indent=2))
+                               "neurons": [{"layer": l, "index": i, "score": s, "activation_ratio": r,
+                                            "massive": r >= MASSIVE_RATIO} for l, i, s, r in shown]}, indent=2))
         return
     typer.echo(f"{result.prompt!r} -> {target!r}  P(first token)={result.p_first:.4f} (rank {result.target_rank})  "
                f"objective {result.objective}={result.prob:.4f}  method={method} steps={result.steps}")
     typer.echo("model's top-5 next tokens: " + ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in result.top_k))
     if result.warning:
         typer.echo(f"warning: {result.warning}", err=True)
-    typer.echo(f"{len(neurons)} knowledge neurons (score > {threshold} x max); top {len(shown)}:")
-    for l, i, s in shown:
-        typer.echo(f"  L{l:<3} #{i:<6} {s:.6g}")
+    typer.echo(f"{len(neurons)} knowledge neurons (score > {threshold} x max); top {len(shown)}, each with "
+               f"|a| / layer median: its |activation| over its layer's median on {len(prompts)} fact-free prompts "
+               f"(>= {MASSIVE_RATIO:g}: a massive activation, which fires on any input):")
+    for l, i, s, r in shown:
+        typer.echo(f"  L{l:<3} #{i:<6} {s:<11.6g} |a| / layer median {r:.1f}"
+                   + ("  massive: a KN of anything, not of this fact" if r >= MASSIVE_RATIO else ""))
 
 
 def _parse_neuron(text: str) -> tuple[int, int]:
@@ -210,13 +230,62 @@ def _study_neuron(directory: Path, layer: int, index: int) -> dict:
     return out
 
 
+def _study_specificity(directory: Path, layer: int, index: int) -> dict:
+    """What a finished study's specificity profile says of a neuron, per "model method": {"profiled": False} when
+    the study computed none (--specificity off), else whether it is non-specific, for which relations (the filter
+    removes it from their facts' neuron sets), its reference KN frequency against the threshold F and its
+    activation ratio on the study's neutral prompts. Empty when the study has no summary.json (not finished)."""
+    path = directory / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise KnowlocError(f"{path}: cannot read the study's summary ({exc})") from None
+    threshold = (summary.get("config") or {}).get("specificity")
+    profiled = {(r["model"], r["method"]): r for r in summary.get("specificity_counts") or []}
+    out: dict = {}
+    for model in (summary.get("config") or {}).get("models", []):
+        for method in (summary.get("config") or {}).get("methods", []):
+            if (model, method) not in profiled:
+                out[f"{model} {method}"] = {"profiled": False}
+                continue
+            row = next((r for r in summary.get("specificity") or [] if (r["model"], r["method"], r["layer"],
+                                                                        r["index"]) == (model, method, layer, index)),
+                       None)  # every non-specific neuron has a row (and the most frequent fact KNs)
+            out[f"{model} {method}"] = {
+                "profiled": True, "threshold": threshold, "non_specific": bool(row and row["non_specific"]),
+                "removed_for": list(row["removed_for"]) if row else [],
+                "ref_frequency": row["ref_frequency"] if row else None,
+                "activation_ratio": row["activation_ratio"] if row else None,
+                "n_reference_prompts": profiled[(model, method)]["n_reference_prompts"]}
+    return out
+
+
+def _specificity_line(key: str, spec: dict) -> str:
+    if not spec["profiled"]:
+        return f"  specificity in {key}: the study computed no profile (--specificity off: nothing is removed)"
+    if not spec["non_specific"]:
+        freq = "" if spec["ref_frequency"] is None else f" (reference KN frequency {spec['ref_frequency']:.2f})"
+        return (f"  specificity in {key}: specific{freq}: a KN of at most {spec['threshold']:g} of the neutral prompts "
+                "and of the other relations' reference queries, so the filter keeps it")
+    ratio = spec["activation_ratio"]
+    why = "; " + explain_ratio(ratio, "the study's neutral prompts") if ratio is not None else ""
+    return (f"  specificity in {key}: NON-SPECIFIC for {', '.join(spec['removed_for']) or 'every relation'}: a KN of "
+            f"{spec['ref_frequency']:.2f} > {spec['threshold']:g} of the reference prompts or queries, so the "
+            f"filter removes it from those relations' neuron sets{why}")
+
+
 def neuron(neurons: list[str] = typer.Argument(..., help="one or more LAYER:INDEX, e.g. 29:1197"),
            model: str = ModelOpt, top: int = typer.Option(10, min=1, help="tokens listed each way"),
-           study: Optional[Path] = typer.Option(None, help="a study directory: where the neuron is a KN"),
+           study: Optional[Path] = typer.Option(None, help="a study directory: where the neuron is a KN, and "
+                                                "whether its specificity profile marks it non-specific"),
            as_json: bool = typer.Option(False, "--json"), device: Optional[str] = DeviceOpt,
            dtype: Optional[str] = DtypeOpt) -> None:
     """What a neuron is: the tokens its value vector promotes and suppresses (through the final norm and the
-    unembedding), its activations on fact-free prompts, and (--study) the facts whose KN sets hold it."""
+    unembedding), its activations on fact-free prompts (|a| over its layer's median, in words: massive or not),
+    and (--study) the facts whose KN sets hold it and whether the study's specificity profile marks it
+    non-specific."""
     parsed = [_parse_neuron(text) for text in neurons]
     lm = load_model(model, device=device, dtype=dtype)
     for layer, index in parsed:
@@ -230,6 +299,7 @@ def neuron(neurons: list[str] = typer.Argument(..., help="one or more LAYER:INDE
         item["activation"] = activation_stats(lm, layer, index, prompts)
         if study is not None:
             item["study"] = _study_neuron(study, layer, index)
+            item["specificity"] = _study_specificity(study, layer, index)
         results.append(item)
     if as_json:
         typer.echo(json.dumps({"model": model, "neurons": results}, indent=2))
@@ -242,6 +312,9 @@ def neuron(neurons: list[str] = typer.Argument(..., help="one or more LAYER:INDE
         typer.echo(f"  activation at the last position of {a['n_prompts']} fact-free prompts: mean {a['mean']:+.3f}, "
                    f"std {a['std']:.3f}, range [{a['min']:+.3f}, {a['max']:+.3f}], positive {a['positive']:.0%}, "
                    f"|a| / layer median {a['ratio_to_layer_median']:.1f}")
+        typer.echo("  " + explain_ratio(a["ratio_to_layer_median"], f"these {a['n_prompts']} prompts"))
+        for key, spec in item.get("specificity", {}).items():
+            typer.echo(_specificity_line(key, spec))
         for key, where in item.get("study", {}).items():
             parts = ", ".join(f"{rel} {v['kn_raw']}/{v['queries']}" + (f" (used {v['kn_used']})" if v["kn_used"]
                                                                           != v["kn_raw"] else "")
@@ -249,7 +322,7 @@ def neuron(neurons: list[str] = typer.Argument(..., help="one or more LAYER:INDE
             typer.echo(f"  in {key}: KN of queries per relation {parts}")
             for fact in where["facts"][:10]:
                 typer.echo(f"    {fact['fact_id']}: {fact['subject']} -[{fact['relation']}]-> {fact['object']} "
-                           f"({fact['queries']} queries)")
+                           f"({fact['queries']} {'query' if fact['queries'] == 1 else 'queries'})")
 
 
 def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), method: str = typer.Option("ig"),

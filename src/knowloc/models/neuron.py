@@ -6,6 +6,13 @@ state (final norm, then the LM head; the logit lens of nostalgebraist 2020 appli
 et al. 2022 read FFN value vectors), ``logits_n = E final_norm(tail(v_n))``: the tokens with the largest logits are
 the ones the neuron *promotes* when it fires positively, the smallest the ones it *suppresses* (their roles
 swap when ``a_n < 0``).
+
+How a neuron fires is read on fact-free prompts: its *activation ratio* is the median over prompts of
+``|a_n| / median_{n' in its layer} |a_n'|`` (the same number as the specificity profile's,
+:func:`knowloc.analysis.specificity.activation_ratio`). A ratio of MASSIVE_RATIO or more is a *massive
+activation* (Sun et al. 2024, "Massive activations in large language models": a few neurons fire orders of
+magnitude above the rest on every input): such a neuron is large on any prompt, so a large attribution to it says
+little about a fact. :func:`explain_ratio` says this in words.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from knowloc.models.hooks import trace_activations
 from knowloc.models.lm import LanguageModel
 from knowloc.models.scoring import pad_right
 
-__all__ = ["value_logits", "describe_neurons", "activation_stats"]
+__all__ = ["MASSIVE_RATIO", "value_logits", "describe_neurons", "activation_stats", "activation_ratios",
+           "explain_ratio"]
+
+MASSIVE_RATIO = 100.0  # |a| / layer median from which an activation is "massive" (two orders of magnitude)
 
 
 @torch.no_grad()
@@ -76,3 +86,35 @@ def activation_stats(lm: LanguageModel, layer: int, index: int, prompts: Sequenc
     return {"n_prompts": len(seqs), "mean": float(values.mean()), "std": float(values.std(unbiased=False)),
             "min": float(values.min()), "max": float(values.max()), "positive": float((values > 0).float().mean()),
             "ratio_to_layer_median": float(ratio.median())}
+
+
+@torch.no_grad()
+def activation_ratios(lm: LanguageModel, neurons: Sequence[tuple[int, int]], prompts: Sequence[str]) -> list[float]:
+    """The activation ratio of each neuron (the module docstring; as ``activation_stats(...)["ratio_to_layer_median"]``)
+    from one batched pass over ``prompts``, in the order of ``neurons``."""
+    layers = sorted({int(layer) for layer, _ in neurons})
+    if not layers:
+        return []
+    seqs = [list(lm.encode(p).prompt_ids) for p in prompts]
+    ids, mask = pad_right(lm, seqs)
+    with trace_activations(lm, layers) as acts:
+        lm.model(input_ids=ids, attention_mask=mask)
+    rows = torch.arange(len(seqs))
+    last = torch.tensor([len(s) - 1 for s in seqs])
+    out = []
+    for layer, index in neurons:
+        layer_acts = acts[layer][rows, last].float().cpu()  # [prompts, n_neurons]
+        ratio = layer_acts[:, index].abs() / layer_acts.abs().median(dim=1).values.clamp_min(1e-12)
+        out.append(float(ratio.median()))
+    return out
+
+
+def explain_ratio(ratio: float, where: str = "fact-free prompts") -> str:
+    """An activation ratio in words, e.g. "|activation| is 211.7 x its layer's median on fact-free prompts: a
+    massive activation (it fires on any input)"."""
+    text = f"|activation| is {ratio:.1f} x its layer's median on {where}"
+    if ratio >= MASSIVE_RATIO:
+        return text + ": a massive activation (it fires on any input, so a large attribution says little about a fact)"
+    if ratio >= 10:
+        return text + ": well above its layer's typical neuron"
+    return text + ": typical of its layer"
