@@ -430,9 +430,15 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
     cfg = StudyConfig.from_toml(config, overrides) if config is not None else StudyConfig(**overrides)
     if dry_run:  # the directory and store rules of the real run, without its lock (the dry run copies the store)
         check_out_dir(Path(cfg.out), force=cfg.force)
-        if (Path(cfg.out) / "results.sqlite").is_file():
-            Store(Path(cfg.out) / "results.sqlite", readonly=True).close()
-        print_plan(cfg, echo=typer.echo)
+        stored = Path(cfg.out) / "results.sqlite"
+        # checked, and held open while the plan copies it: the last connection to close removes the -wal / -shm
+        # files that the copy's read-only connection would leave behind
+        store = Store(stored, readonly=True) if stored.is_file() else None
+        try:
+            print_plan(cfg, echo=typer.echo)
+        finally:
+            if store is not None:
+                store.close()
         return
     run_study(cfg, echo=typer.echo)
     typer.echo(f"report: {build_report(Path(cfg.out))}")
@@ -543,7 +549,9 @@ def _main(argv: list[str], debug: bool) -> int:
             return 0
         typer.echo(f"knowloc: error: {message.splitlines()[0] if message else type(exc).__name__}", err=True)
         return 2
-    return code if isinstance(code, int) else 0  # typer's exit code (130 for a KeyboardInterrupt) or success
+    if code == 130:  # typer's exit code for a KeyboardInterrupt raised without the handlers (off the main thread)
+        typer.echo("knowloc: interrupted", err=True)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ MARKER = ".knowloc-study"  # in a study directory: marks it as a knowloc study; 
 KNOWLOC_TABLES = {"config", "probes"}  # the first tables every knowloc store has (the others came later)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _MARKER_TEXT = "knowloc study directory\n"
-_MOVE_AWAY = "move it away (or delete it) to start the study over"
+_MOVE_AWAY = "move it away to start the study over"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -162,7 +162,12 @@ class Store:
                         raise KnowlocError(f"{self.path} is not a knowloc results store (not an SQLite database); "
                                            f"{_MOVE_AWAY}")
             if readonly:  # workers of a parallel executor only read; the driver is the single writer
-                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
+                if not self.path.is_file():
+                    raise KnowlocError(f"cannot open results store {self.path}: no such file")
+                # not mode=ro: a read-only connection leaves -wal / -shm files behind; query_only refuses writes,
+                # and the last connection to close cleans up as a writer's does
+                self.db = sqlite3.connect(self.path, timeout=60)
+                self.db.execute("PRAGMA query_only = 1")
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=60)
@@ -207,12 +212,12 @@ class Store:
                                f"one reads up to {SCHEMA_VERSION}); upgrade knowloc, or {_MOVE_AWAY}")
 
     def _damaged(self, reason: object) -> KnowlocError:
-        text = " ".join(str(reason).split())
+        text = " ".join(str(reason).replace("*** in database main ***", "").split())
         if isinstance(reason, UnicodeDecodeError):
             text = "undecodable text"
         elif isinstance(reason, (SafetensorError, ValueError, KeyError)) and not isinstance(reason, sqlite3.Error):
             text = f"a stored row cannot be decoded: {type(reason).__name__}"
-        return KnowlocError(f"results store {self.path} is damaged ({text[:120]}); {_MOVE_AWAY}, or restore a copy")
+        return KnowlocError(f"results store {self.path} is damaged ({text[:100]}); {_MOVE_AWAY} (or restore a copy)")
 
     def close(self) -> None:
         if self.db is not None:
@@ -225,6 +230,7 @@ class Store:
         try:
             with self.db:
                 if self._identity:
+                    self.db.execute("DELETE FROM config")
                     self.db.executemany("INSERT OR REPLACE INTO config VALUES (?, ?)", self._identity.items())
                 yield self.db
             self._identity = None
@@ -237,9 +243,12 @@ class Store:
 
     def is_empty(self) -> bool:
         """Whether nothing is recorded: no identity (written with the first unit) and no stored row."""
+        return not self._holds_units() and self.db.execute("SELECT 1 FROM config LIMIT 1").fetchone() is None
+
+    def _holds_units(self) -> bool:
         tables = [name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return not any(
-            self.db.execute(f'SELECT 1 FROM "{name}" LIMIT 1').fetchone() for name in tables)
+        return any(self.db.execute(f'SELECT 1 FROM "{name}" LIMIT 1').fetchone() for name in tables
+                   if name != "config")
 
     # --- config ---------------------------------------------------------------------------------------------
     def check_config(self, identity: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
@@ -252,7 +261,7 @@ class Store:
         longer part of the identity (e.g. the data path) are ignored."""
         stored = dict(self.db.execute("SELECT key, value FROM config").fetchall())
         wanted = {k: json.dumps(v, sort_keys=True) for k, v in identity.items()}
-        if not stored:
+        if not stored or not self._holds_units():  # (an older knowloc recorded the identity of a failed run)
             self._identity = wanted
             return
         for key, value in (defaults or {}).items():
@@ -418,14 +427,20 @@ class Store:
 
 
 def _guarded(method):
-    """A Store method whose damaged-store failures (SQLite's "malformed" errors, undecodable rows) are one
-    KnowlocError naming the store; OperationalError (a missing table, a locked or full disk) passes through."""
+    """A Store method whose failures are one KnowlocError naming the store: a damaged store (SQLite's "malformed"
+    errors, text that is not UTF-8, rows that do not decode) says so; any other SQLite error (e.g. a store
+    locked for longer than the timeout) is "cannot read". (Methods that expect an OperationalError, a table an
+    older store lacks, catch it themselves.)"""
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except (KnowlocError, sqlite3.OperationalError):
+        except KnowlocError:
             raise
+        except sqlite3.OperationalError as exc:
+            if "decode" in str(exc):  # "Could not decode to UTF-8 column ..."
+                raise self._damaged("text that is not UTF-8") from None
+            raise KnowlocError(f"cannot read results store {self.path}: {exc}") from None
         except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError, KeyError, SafetensorError) as exc:
             raise self._damaged(exc) from None
     return guarded
