@@ -105,7 +105,9 @@ def test_threshold_1_leaves_no_fact_to_count_and_the_findings_say_why(tmp_path, 
         assert items[fid]["verdict"] == "cannot decide"
         assert items[fid]["reason"].startswith("every studied fact's KN sets are empty")
     assert "are K_I" not in items["k-i-share"]["text"]
-    assert items["kc-ki-generalization"]["verdict"] == "cannot decide"  # no group: n = 0, never "not run"
+    assert items["kc-ki-generalization"]["verdict"] == "cannot decide"  # no group to compare, never "not run"
+    assert items["kc-ki-generalization"]["reason"] == ("no studied fact has a consistency score, so none has a "
+                                                       "K_C / K_I group")
     assert summary["modification_counts"][0]["n_facts"] == 0
     md = (out / "summary.md").read_text()
     assert "Verdict: **cannot decide** (every studied fact's KN sets are empty" in md

@@ -203,6 +203,8 @@ def heatmaps(ctx: StudyContext) -> list:
 
 
 def judge_synapses(summary: dict) -> list[Part]:
+    if not any(r.get("n") for r in summary.get("attention_contrasts", [])):
+        return []  # no fact in any group: nothing measured (the finding says why)
     parts = []
     for r in summary.get("attention_contrasts", []):
         if r.get("alpha") != 0.0 or r.get("metric") != "dkn_activation":

@@ -131,10 +131,11 @@ def _notes(summary: dict) -> list[str]:
 
 
 def judge_generalization(summary: dict) -> list[Part]:
+    rows = [r for r in summary.get("modification_contrasts", []) if r.get("operation") == "erase"]
+    if not any(r["n_k_c"] + r["n_k_i"] for r in rows):
+        return []  # no fact in either group: nothing measured (the finding says why)
     parts = []
-    for r in summary.get("modification_contrasts", []):
-        if r.get("operation") != "erase":
-            continue
+    for r in rows:
         gap = Estimate.from_row(r, "diff", n=min(r["n_k_c"], r["n_k_i"]))
         parts.append((f"{r['method']}: Gen after erasing N_i is {num(r['k_c'], 2, False)} for K_C and "
                       f"{num(r['k_i'], 2, False)} for K_I, a difference of {num(gap.value)} {interval(gap)} "

@@ -120,6 +120,8 @@ def summarize(ctx: StudyContext) -> Section:
 
 
 def judge_mapping(summary: dict) -> list[Part]:
+    if not any(r.get("n") for r in summary.get("query_mapping_contrasts", [])):
+        return []  # no fact in any group: nothing measured (the finding says why)
     parts = []
     for r in summary.get("query_mapping_contrasts", []):
         if r.get("intervention") != "suppress":
