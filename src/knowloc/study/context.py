@@ -62,6 +62,19 @@ def paired_contrast(fact_trials: list[list[dict]], metric: str, first: dict, sec
     return Estimate.paired(a[both], b[both], n_boot=n_boot, seed=seed)
 
 
+def metric_stats(fact_trials: list[list[dict]], metrics: tuple[str, ...], cfg: StudyConfig, n_from: str,
+                 **match) -> dict:
+    """A summary row's metrics over facts: each metric's estimate with its CI (:func:`fact_level_ci`), ``n`` =
+    the facts with a value of ``n_from``, and the dlogPPL mean / median (:func:`dlogppl_stats`)."""
+    row: dict = {}
+    for metric in metrics:
+        estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
+        row.update(estimate.fields(metric))
+        if metric == n_from:
+            row["n"] = estimate.n
+    return {**row, **dlogppl_stats(fact_trials, cfg, **match)}
+
+
 def dlogppl_stats(fact_trials: list[list[dict]], cfg: StudyConfig, **match) -> dict:
     """dlogppl_mean / dlogppl_median with bootstrap CIs over facts (each fact: the mean over its matching
     trials' dlogPPL = log(PPL_after / PPL_before))."""

@@ -19,11 +19,11 @@ contradicts" when the rest cannot decide; the reason counts each kind.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from knowloc.analysis import MIN_N, Estimate
-from knowloc.study.registry import Experiment
+from knowloc.study.registry import Experiment, Part
 
 SUPPORTS, CONTRADICTS, UNDECIDED = "supports", "contradicts", "cannot decide"
 MIXED, PARTLY_SUPPORTS, PARTLY_CONTRADICTS = "mixed", "partly supports", "partly contradicts"
@@ -59,6 +59,19 @@ def verdict(e: Estimate, support_above: float | None = None, support_below: floa
             or contradict_below is not None and e.below(contradict_below):
         return CONTRADICTS, ""
     return UNDECIDED, "the interval is too wide for either rule"
+
+
+def judge_rows(rows: Iterable[dict], where: dict, describe: Callable[[dict, Estimate], str], key: str = "diff",
+               n: str | Callable[[dict], int] = "n", **rule: float) -> list[Part]:
+    """One comparison per summary row matching ``where``: the row's :class:`Estimate` (``key`` with its
+    ``ci_low`` / ``ci_high`` and ``n``, a row key or a function of the row), the sentence ``describe(row,
+    estimate)`` and :func:`verdict` under ``rule`` (``support_above=0.0`` etc.)."""
+    parts = []
+    for r in rows:
+        if all(r.get(k) == v for k, v in where.items()):
+            e = Estimate.from_row(r, key, n=n(r) if callable(n) else n)
+            parts.append((describe(r, e), verdict(e, **rule)))
+    return parts
 
 
 def combine(parts: list[tuple[str, str]]) -> tuple[str, str]:

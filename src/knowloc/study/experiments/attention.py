@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from knowloc.analysis import GROUPS, K_C, Estimate, relative_change
+from knowloc.analysis import GROUPS, K_C, relative_change
 from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
                                subject_token_positions)
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import activation_heatmaps, grouped_bars
 from knowloc.errors import KnowlocError
 from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
-from knowloc.study.findings import interval, num, verdict
+from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
@@ -205,15 +205,10 @@ def heatmaps(ctx: StudyContext) -> list:
 def judge_synapses(summary: dict) -> list[Part]:
     if not any(r.get("n") for r in summary.get("attention_contrasts", [])):
         return []  # no fact in any group: nothing measured (the finding says why)
-    parts = []
-    for r in summary.get("attention_contrasts", []):
-        if r.get("alpha") != 0.0 or r.get("metric") != "dkn_activation":
-            continue
-        diff = Estimate.from_row(r, "diff")
-        parts.append((f"{r['method']} {r['group']}: suppressing subject-related synapses changes the KN activations "
-                      f"by {num(diff.value, 3)} {interval(diff, 3)} relative to irrelevant ones (n {diff.n}).",
-                      verdict(diff, support_below=0.0, contradict_above=0.0)))
-    return parts
+    return judge_rows(summary["attention_contrasts"], {"alpha": 0.0, "metric": "dkn_activation"}, lambda r, diff: (
+        f"{r['method']} {r['group']}: suppressing subject-related synapses changes the KN activations by "
+        f"{num(diff.value, 3)} {interval(diff, 3)} relative to irrelevant ones (n {diff.n})."),
+        support_below=0.0, contradict_above=0.0)
 
 
 FINDINGS = (Finding(

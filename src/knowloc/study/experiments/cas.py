@@ -16,14 +16,14 @@ from functools import partial
 import numpy as np
 import torch
 
-from knowloc.analysis import GROUPS, Estimate, cas_select, select_neurons
+from knowloc.analysis import GROUPS, cas_select, select_neurons
 from knowloc.editing import OPERATIONS
 from knowloc.errors import KnowlocError
 from knowloc.plots import grouped_bars
 from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, paired_contrast, slug
 from knowloc.study.context import trial_key as _key
 from knowloc.study.experiments.skips import skip_counts, trials as n_trials
-from knowloc.study.findings import interval, num, verdict
+from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
@@ -146,14 +146,11 @@ def summarize(ctx: StudyContext) -> Section:
 
 
 def judge_cas(summary: dict) -> list[Part]:
-    parts = []
-    for r in summary.get("cas_comparison", []):
-        if (r.get("operation"), r.get("protocol"), r.get("budget")) != ("erase", "transductive", "free"):
-            continue
-        diff = Estimate.from_row(r, "avg_diff")
-        parts.append((f"{r['method']} {r['group']}: Avg of CAS minus {r['baseline']} is {num(diff.value, 3)} "
-                      f"{interval(diff, 3)} (n {diff.n}).", verdict(diff, support_above=0.0, contradict_below=0.0)))
-    return parts
+    return judge_rows(summary.get("cas_comparison", []),
+                      {"operation": "erase", "protocol": "transductive", "budget": "free"}, lambda r, diff: (
+                          f"{r['method']} {r['group']}: Avg of CAS minus {r['baseline']} is {num(diff.value, 3)} "
+                          f"{interval(diff, 3)} (n {diff.n})."), key="avg_diff", support_above=0.0,
+                      contradict_below=0.0)
 
 
 def validate(cfg) -> None:

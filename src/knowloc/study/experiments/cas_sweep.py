@@ -20,7 +20,7 @@ from knowloc.editing import OPERATIONS
 from knowloc.errors import KnowlocError
 from knowloc.plots import heatmap_grid
 from knowloc.study.config import float_list
-from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
+from knowloc.study.context import Section, StudyContext, metric_stats, slug
 from knowloc.study.experiments.skips import NO_TARGET, skip_counts
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment
@@ -61,12 +61,7 @@ def summarize(ctx: StudyContext) -> Section:
                 match = {"operation": operation, "beta1": beta1, "beta2": beta2, "t": t}
                 row = {"model": model, "method": method, "operation": operation, "group": group,
                        "beta1": beta1, "beta2": beta2, "t": t}
-                for metric in METRICS:
-                    estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
-                    row.update(estimate.fields(metric))
-                    if metric == "avg":
-                        row["n"] = estimate.n
-                row.update(dlogppl_stats(fact_trials, cfg, **match))
+                row.update(metric_stats(fact_trials, METRICS, cfg, "avg", **match))
                 # facts where this point selects nothing are skipped: say how many
                 row["n_empty"] = sum(all(r["skipped"] for r in trials if _matches(r, match)) for trials in fact_trials)
                 row.update(skip_counts(fact_trials, **match))

@@ -15,10 +15,10 @@ import numpy as np
 from knowloc.analysis import GROUPS, K_C, K_I, Estimate
 from knowloc.editing import OPERATIONS
 from knowloc.plots import grouped_bars
-from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, slug
+from knowloc.study.context import Section, StudyContext, fact_means, metric_stats, slug
 from knowloc.study.context import trial_key as _key
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts, trials as n_trials
-from knowloc.study.findings import interval, num, verdict
+from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
@@ -65,13 +65,9 @@ def summarize(ctx: StudyContext) -> Section:
                                        if split[f.fact_id] == group]
                         row = {"model": model, "method": method, "operation": operation, "group": group,
                                "neurons": neurons, "update_rule": cfg.update_rule if operation == "update" else None}
-                        for metric in METRICS:
-                            estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed,
-                                                     operation=operation, neurons=neurons)
-                            row.update(estimate.fields(metric))
-                            if metric == "rel":  # Rel is defined for every trial that ran: n = facts with trials
-                                row["n"] = estimate.n
-                        row.update(dlogppl_stats(fact_trials, cfg, operation=operation, neurons=neurons))
+                        # Rel is defined for every trial that ran: n = facts with trials
+                        row.update(metric_stats(fact_trials, METRICS, cfg, "rel", operation=operation,
+                                                neurons=neurons))
                         row.update(skip_counts(fact_trials, operation=operation, neurons=neurons))
                         section.summary["modification"].append(row)
                 by_group = {g: [trials[_key(model, method, f.fact_id)] for f in facts if split[f.fact_id] == g]
@@ -134,14 +130,10 @@ def judge_generalization(summary: dict) -> list[Part]:
     rows = [r for r in summary.get("modification_contrasts", []) if r.get("operation") == "erase"]
     if not any(r["n_k_c"] + r["n_k_i"] for r in rows):
         return []  # no fact in either group: nothing measured (the finding says why)
-    parts = []
-    for r in rows:
-        gap = Estimate.from_row(r, "diff", n=min(r["n_k_c"], r["n_k_i"]))
-        parts.append((f"{r['method']}: Gen after erasing N_i is {num(r['k_c'], 2, False)} for K_C and "
-                      f"{num(r['k_i'], 2, False)} for K_I, a difference of {num(gap.value)} {interval(gap)} "
-                      f"({r['n_k_c']} / {r['n_k_i']} facts).",
-                      verdict(gap, support_above=0.0, contradict_below=0.05)))
-    return parts
+    return judge_rows(rows, {}, lambda r, gap: (
+        f"{r['method']}: Gen after erasing N_i is {num(r['k_c'], 2, False)} for K_C and {num(r['k_i'], 2, False)} "
+        f"for K_I, a difference of {num(gap.value)} {interval(gap)} ({r['n_k_c']} / {r['n_k_i']} facts)."),
+        n=lambda r: min(r["n_k_c"], r["n_k_i"]), support_above=0.0, contradict_below=0.05)
 
 
 FINDINGS = (Finding(

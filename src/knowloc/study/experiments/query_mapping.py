@@ -14,11 +14,11 @@ import random
 import numpy as np
 import torch
 
-from knowloc.analysis import Estimate, relative_change
+from knowloc.analysis import relative_change
 from knowloc.models.hooks import hook_sites
 from knowloc.plots import grouped_bars
 from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
-from knowloc.study.findings import interval, num, verdict
+from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
@@ -122,15 +122,9 @@ def summarize(ctx: StudyContext) -> Section:
 def judge_mapping(summary: dict) -> list[Part]:
     if not any(r.get("n") for r in summary.get("query_mapping_contrasts", [])):
         return []  # no fact in any group: nothing measured (the finding says why)
-    parts = []
-    for r in summary.get("query_mapping_contrasts", []):
-        if r.get("intervention") != "suppress":
-            continue
-        diff = Estimate.from_row(r, "diff")
-        parts.append((f"{r['method']} {r['group']}: suppressing the own KNs changes P(gold) by {num(diff.value, 3)} "
-                      f"{interval(diff, 3)} relative to a neighbor's KNs (n {diff.n}).",
-                      verdict(diff, support_below=0.0, contradict_above=0.0)))
-    return parts
+    return judge_rows(summary["query_mapping_contrasts"], {"intervention": "suppress"}, lambda r, diff: (
+        f"{r['method']} {r['group']}: suppressing the own KNs changes P(gold) by {num(diff.value, 3)} "
+        f"{interval(diff, 3)} relative to a neighbor's KNs (n {diff.n})."), support_below=0.0, contradict_above=0.0)
 
 
 FINDINGS = (Finding(

@@ -26,7 +26,7 @@ from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 from knowloc.plots import frontier_plot
 from knowloc.study.config import StudyConfig, float_list
-from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, slug
+from knowloc.study.context import Section, StudyContext, metric_stats, slug
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment
@@ -83,12 +83,7 @@ def summarize(ctx: StudyContext) -> Section:
                 match = {"rule": rule, "lambda2": lambda2}
                 row = {"model": model, "method": method, "rule": rule, "lambda1": sweep_lambda1(cfg, lambda2),
                        "lambda2": lambda2, "group": group}
-                for metric in METRICS:
-                    estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
-                    row.update(estimate.fields(metric))
-                    if metric == "rel":
-                        row["n"] = estimate.n
-                row.update(dlogppl_stats(fact_trials, cfg, **match))
+                row.update(metric_stats(fact_trials, METRICS, cfg, "rel", **match))
                 row.update(skip_counts(fact_trials, **match))
                 rows.append(row)
     section = Section(summary={"update_sweep": rows})
