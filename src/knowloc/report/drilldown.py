@@ -191,6 +191,8 @@ def _fact_html(model: str, methods: list[str], fact, probe: dict | None, per_met
             line = (f"CS1 {fmt_num(view['cs1'], 3)} · CS2 {fmt_num(view['cs2'], 3)} · "
                     f"CS<sub>p</sub> {fmt_num(view['csp'], 3)} · group "
                     f'<span class="g-{esc(g)}">{esc(g or DASH)}</span>')
+        elif len(kn) >= 2 and not any(kn.values()):
+            line = f"CS {DASH} (every KN set is empty: no consistency score, so no group)"
         else:
             line = f"CS {DASH} (fewer than two attributed queries)"
         body.append(f"<h4>{esc(method)}</h4><p>{line}</p>")
