@@ -90,7 +90,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
     """
     start_all = time.perf_counter()
     dataset = load_facts(config.data, relations=config.relations)
-    echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} quer{"y" if len(dataset.queries) == 1 else "ies"}) from {config.data}, relations "
+    echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} quer{'y' if len(dataset.queries) == 1 else 'ies'}) from {config.data}, relations "
          f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "
          f"{', '.join(config.experiments)}; out {Path(config.out)}")
     total, units_count = 0.0, {}
