@@ -123,9 +123,9 @@ def test_recorded_block_arguments_serve_other_queries_of_the_same_shape(tiny_mod
         "The language of Brazil is")) if len(enc.input_ids) == len(first.input_ids) and enc != first)
     other_shape = lm.encode("Paris is the capital of the country called", "France")
     attribute_fast(lm, first, config)
-    recorded = len(ENGINE_CACHE.model(lm.model).block_args)
+    recorded = len(ENGINE_CACHE.model(lm.model).block_calls)
     fast, _ = attribute_fast(lm, same_shape, config)
-    assert len(ENGINE_CACHE.model(lm.model).block_args) == recorded  # reused, not recorded again
+    assert len(ENGINE_CACHE.model(lm.model).block_calls) == recorded  # reused, not recorded again
     assert_equivalent(fast, attribute_reference(lm, same_shape, config))
     fast, _ = attribute_fast(lm, other_shape, config)
     assert_equivalent(fast, attribute_reference(lm, other_shape, config))
@@ -199,10 +199,10 @@ def test_engine_state_has_one_owner_and_clears(tiny_models):
     config = MethodConfig("amig", steps=3, reference_prompts=REFS)
     before, _ = attribute_fast(lm, enc, config)
     cache = ENGINE_CACHE.model(lm.model)
-    assert cache.block_args and cache.baselines and ENGINE_CACHE._scratch
+    assert cache.block_calls and cache.baselines and ENGINE_CACHE._scratch
     assert not any(k.startswith("_") for k in vars(lm))  # LanguageModel carries no engine state
     ENGINE_CACHE.clear()
-    assert not ENGINE_CACHE.model(lm.model).block_args and not ENGINE_CACHE._scratch
+    assert not ENGINE_CACHE.model(lm.model).block_calls and not ENGINE_CACHE._scratch
     again, _ = attribute_fast(lm, enc, config)
     assert torch.equal(before, again)
 

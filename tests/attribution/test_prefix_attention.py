@@ -1,5 +1,8 @@
 """The engine's prefix attention (prefix keys/values kept at batch 1) equals sdpa on the concatenated keys."""
 
+import subprocess
+import sys
+import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -7,7 +10,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from knowloc.attribution import engine
+from knowloc.attribution.engine import attribute_fast, prefix_attention
+from knowloc.attribution.engine.prepare import Prepared
 from knowloc.attribution.methods import MethodConfig
 from knowloc.models.tiny import TINY
 
@@ -25,13 +29,13 @@ def _inputs(rows: int, heads: int, groups: int, n_q: int, n_pre: int, dim: int =
 
 
 def _replayed(module, query, key, value, prefix, mask, **kwargs):
-    replay = engine._PrefixCache({LAYER: prefix})
+    replay = prefix_attention.PrefixCache({LAYER: prefix})
     replay.split = True
-    token = engine._ACTIVE_PREFIX.set(replay)
+    token = prefix_attention._ACTIVE_PREFIX.set(replay)
     try:
-        out, _ = engine._prefix_attention(module, query, key, value, mask, **kwargs)
+        out, _ = prefix_attention.prefix_attention(module, query, key, value, mask, **kwargs)
     finally:
-        engine._ACTIVE_PREFIX.reset(token)
+        prefix_attention._ACTIVE_PREFIX.reset(token)
     assert replay.served == 1
     return out
 
@@ -88,25 +92,26 @@ def test_attention_that_bypasses_the_interface_is_an_error(monkeypatch):
     from knowloc.models import load_model
 
     lm = load_model("tiny-llama")
-    monkeypatch.setitem(AttentionInterface._global_mapping, engine._PREFIX_ATTENTION, sdpa_attention_forward)
+    prefix_attention.register_prefix_attention()  # registered, then shadowed by plain sdpa for this test
+    monkeypatch.setitem(AttentionInterface._global_mapping, prefix_attention.PREFIX_ATTENTION, sdpa_attention_forward)
     enc = lm.encode("The capital of France is", "Paris")
     with pytest.raises(RuntimeError, match="attention interface"):
-        engine.attribute_fast(lm, enc, MethodConfig("ig", 2))
+        attribute_fast(lm, enc, MethodConfig("ig", 2))
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_every_sdpa_family_runs_the_staircase_through_the_prefix_attention(tiny_models, name, monkeypatch):
     lm = tiny_models(name)
     served = []
-    original = engine._call_block
+    original = Prepared.call_block
 
-    def spy(lm_, prep, b, hidden):
-        out = original(lm_, prep, b, hidden)
+    def spy(prep, lm_, b, hidden):
+        out = original(prep, lm_, b, hidden)
         served.append(prep.prefix_cache.served)
         return out
 
-    monkeypatch.setattr(engine, "_call_block", spy)
-    engine.attribute_fast(lm, lm.encode("The capital of France is", "Paris"), MethodConfig("ig", 2))
+    monkeypatch.setattr(Prepared, "call_block", spy)
+    attribute_fast(lm, lm.encode("The capital of France is", "Paris"), MethodConfig("ig", 2))
     if name == "tiny-gemma2":  # soft-capped attention stays eager: prefix copies, no prefix attention
         assert served and max(served) == 0
     else:
@@ -119,3 +124,44 @@ def test_a_per_head_mask_falls_back_to_sdpa_with_the_same_result():
     mask[0, 1, 0, 2] = False  # one head masks one prefix position
     got = _replayed(module, query, key, value, prefix, mask)
     torch.testing.assert_close(got, _concatenated(module, query, key, value, prefix, mask), rtol=1e-5, atol=1e-6)
+
+
+REGISTRATION = textwrap.dedent("""
+    import torch
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    import knowloc.attribution
+    from knowloc.attribution.engine import attribute_fast, prefix_attention
+    from knowloc.attribution.methods import MethodConfig
+    from knowloc.models import load_model
+
+    torch.set_num_threads(1)
+    name = prefix_attention.PREFIX_ATTENTION
+    assert name not in AttentionInterface() and name not in AttentionMaskInterface(), "registered at import"
+    registered = []
+    for interface in (AttentionInterface, AttentionMaskInterface):
+        def spy(cls, key, value, original=interface.register.__func__):
+            registered.append((cls.__name__, key))
+            original(cls, key, value)
+        interface.register = classmethod(spy)
+    lm = load_model("tiny-llama")
+    enc = lm.encode("The capital of France is", "Paris")
+    assert lm.attention_implementation != "knowloc_prefix"
+    attribute_fast(lm, enc, MethodConfig("ig", 2))
+    assert AttentionInterface()[name] is prefix_attention.prefix_attention
+    assert sorted(registered) == [("AttentionInterface", name), ("AttentionMaskInterface", name)], registered
+    attribute_fast(lm, enc, MethodConfig("ig", 2))
+    assert prefix_attention.register_prefix_attention() is False
+    assert len(registered) == 2, registered
+    print("ok")
+""")
+
+
+def test_the_attention_function_is_registered_lazily_and_once():
+    """Importing knowloc leaves transformers' attention registries as they were; the first staircase registers
+    the prefix attention (and its mask layout), later ones do not register it again. A fresh interpreter,
+    since this session's earlier tests have registered it already."""
+    done = subprocess.run([sys.executable, "-c", REGISTRATION], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")

@@ -1,4 +1,5 @@
-"""RecordedBatch: re-running blocks >= L from the recorded input equals the full forward pass under an edit."""
+"""RecordedBatch: re-running blocks >= L from the recorded input equals the full forward pass under an edit;
+the block-call capture it shares with the attribution engine."""
 
 import dataclasses
 
@@ -7,6 +8,7 @@ import torch
 
 from knowloc.editing import EditTrial, compute_baseline
 from knowloc.editing.operations import modified
+from knowloc.models.block_calls import capture_block_calls
 from knowloc.models.replay import RecordedBatch
 from knowloc.models.tiny import TINY
 
@@ -51,3 +53,28 @@ def test_recorded_trials_equal_full_forward_trials(tiny_models, operation):
     assert fast.dprob == pytest.approx(slow.dprob, rel=1e-4, abs=1e-6)
     assert fast.ppl_after == pytest.approx(slow.ppl_after, rel=1e-5)
     assert fast.ppl_after != baseline.ppl
+
+
+def _hooks(lm) -> int:
+    return sum(len(b._forward_pre_hooks) + len(b._forward_hooks) for b in lm.blocks)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_block_call_capture_records_every_call_and_stops_when_asked(tiny_models, name):
+    lm = tiny_models(name)
+    ids = torch.tensor([lm.encode(PROMPTS[0]).prompt_ids])
+    hooks = _hooks(lm)
+    with torch.no_grad():
+        with capture_block_calls(lm.blocks) as full:
+            lm.model.base_model(input_ids=ids, use_cache=False)
+        assert not full.stopped and all(call is not None for call in full.calls) and _hooks(lm) == hooks
+        for b in range(lm.n_layers):  # a recorded call re-run on its recorded input gives the next block's input
+            out = full.calls[b].run(lm.blocks[b], full.inputs[b])
+            assert torch.equal(out, full.inputs[b + 1] if b + 1 < lm.n_layers else full.output)
+        with capture_block_calls(lm.blocks, stop_at=0) as early:
+            lm.model.base_model(input_ids=ids, use_cache=False)
+    assert early.stopped and early.calls == [None] * lm.n_layers and early.output is None
+    assert torch.equal(early.inputs[0], full.inputs[0]) and _hooks(lm) == hooks
+    with pytest.raises(ZeroDivisionError), capture_block_calls(lm.blocks):
+        1 / 0
+    assert _hooks(lm) == hooks

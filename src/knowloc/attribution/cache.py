@@ -1,7 +1,7 @@
 """What the fast engine keeps between queries, in one owned object: :data:`ENGINE_CACHE`.
 
-* per model: the block arguments recorded for each query shape (prefix length, target length, attention
-  implementation; at most :data:`BLOCK_ARGS_KEPT`, oldest dropped first) and AMIG's baselines per set of
+* per model: the block calls recorded for each query shape (prefix length, target length, attention
+  implementation; at most :data:`BLOCK_CALLS_KEPT`, oldest dropped first) and AMIG's baselines per set of
   reference prompts;
 * one reusable float32 logits buffer per device (a fresh 100 MB tensor per query costs page faults on every
   call; it is replaced when a larger one is needed).
@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-BLOCK_ARGS_KEPT = 64
+BLOCK_CALLS_KEPT = 64
 
 
 @dataclass
 class ModelCache:
-    block_args: OrderedDict = field(default_factory=OrderedDict)  # (cut, n_target, attention) -> block arguments
+    # (cut, n_target, attention implementation) -> each block's recorded call (list[models.block_calls.BlockCall])
+    block_calls: OrderedDict = field(default_factory=OrderedDict)
     baselines: dict = field(default_factory=dict)  # ("amig", site, prompts) -> [1, L, N] mean activation
 
 
@@ -41,11 +42,11 @@ class EngineCache:
             self._models[module] = ModelCache()
         return self._models[module]
 
-    def remember_block_args(self, module: nn.Module, key: tuple, block_args: list) -> None:
-        cache = self.model(module).block_args
-        if len(cache) >= BLOCK_ARGS_KEPT:
+    def remember_block_calls(self, module: nn.Module, key: tuple, block_calls: list) -> None:
+        cache = self.model(module).block_calls
+        if len(cache) >= BLOCK_CALLS_KEPT:
             cache.popitem(last=False)
-        cache[key] = block_args
+        cache[key] = block_calls
 
     def scratch(self, rows: int, vocab: int, device: torch.device) -> torch.Tensor:
         """A float32 ``[rows, vocab]`` view of the device's reused logits buffer."""
