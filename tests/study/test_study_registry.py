@@ -153,3 +153,12 @@ def test_flags_reach_the_config(tmp_path, monkeypatch):
     assert (cfg.lambda2, cfg.update_rule, cfg.specificity, cfg.locality, cfg.ppl_texts) == (3.0, "signed", 1.0, 7, 2)
     assert cfg.update_sweep_lambda2 == [1.0, 2.0] and cfg.candidates is False and cfg.attention_renormalize is True
     assert np.isclose(cfg.lambda1, 1.0)
+
+
+def test_a_name_given_twice_is_studied_once():
+    """Repeated list flags append: `--methods ig --methods ig,amig` must not study ig twice (its rows would be
+    duplicated and every per-method count doubled)."""
+    cfg = StudyConfig(methods=["ig", "ig,amig"], models=["tiny-llama", "tiny-llama"],
+                      experiments="consistency,modification,consistency")
+    assert cfg.methods == ["ig", "amig"] and cfg.models == ["tiny-llama"]
+    assert cfg.experiments == ["consistency", "modification"]

@@ -235,9 +235,10 @@ RUNTIME_KEYS = {f.name for f in fields(StudyConfig) if f.metadata["kind"] == "ru
 
 
 def _str_list(value) -> list[str]:
-    """A list of names from a list or a comma-separated string; list items may hold commas too."""
+    """A list of distinct names, in first-seen order, from a list or a comma-separated string; list items may hold
+    commas too (``--methods ig --methods ig,amig`` is ig, amig: a name given twice is studied once)."""
     items = [value] if isinstance(value, str) else list(value)
-    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    return list(dict.fromkeys(part.strip() for item in items for part in str(item).split(",") if part.strip()))
 
 
 def _specificity(value) -> float:
