@@ -111,3 +111,12 @@ def test_an_experiment_that_ran_with_nothing_to_measure_cannot_decide_and_says_w
     assert item["text"] == "Nothing measured: no studied fact has a consistency score, so none has a K_C / K_I group."
     item = next(f for f in findings({"cas": [], "cas_comparison": []}) if f["id"] == "cas-beats-baselines")
     assert item["verdict"] == "cannot decide" and item["reason"] == "no comparison had facts to measure"
+
+
+def test_a_missing_null_baseline_is_said_once():
+    row = {**_consistency_row("off", 0.5, 0.7), "null_gap": None, "null_p": None,
+           "note": "no null baseline: no relation has two studied facts to swap templates between"}
+    item = next(f for f in findings({"config": {"specificity": 1.0}, "consistency": [row]})
+                if f["id"] == "paraphrases-share-kns")
+    assert item["verdict"] == "cannot decide"
+    assert item["text"] == "ig: no null baseline: no relation has two studied facts to swap templates between."

@@ -259,7 +259,8 @@ def judge_sharing(summary: dict) -> list[Part] | None:
     for r in rows:
         if not ok(r.get("null_gap")):
             why = _null_note(r)
-            parts.append((f"{r['method']}: no null baseline ({why or 'no pseudo-fact'}).",
+            said = why if why.startswith("no null baseline") else f"no null baseline ({why or 'no pseudo-fact'})"
+            parts.append((f"{r['method']}: {said}.",
                           (UNDECIDED, why or "no null baseline")))
             continue
         p = r.get("null_p")
