@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from failing_store import FailingWrites
+
 from knowloc.cli import main
 from knowloc.study.config import StudyConfig
 from knowloc.study.runner import run_study
@@ -69,34 +71,13 @@ def test_kill_9_at_a_random_point_then_resume_equals_clean_run(tmp_path, tiny_fa
     assert run_study(StudyConfig(**_args(tiny_facts, out)), echo=lambda _: None).read_text() == clean
 
 
-class _FullDisk:
-    """A sqlite connection whose writes fail like a full disk after `ok` successful ones."""
-
-    def __init__(self, real, ok: int):
-        self.real, self.ok = real, ok
-
-    def executemany(self, *args):
-        self.ok -= 1
-        if self.ok < 0:
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.real.executemany(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    def __enter__(self):
-        return self.real.__enter__()
-
-    def __exit__(self, *exc):
-        return self.real.__exit__(*exc)
-
-
 def test_full_disk_gives_one_line_error_and_the_study_resumes(tmp_path, tiny_facts, clean_run, monkeypatch, capsys):
     import knowloc.study.store as store_module
 
     real_connect = sqlite3.connect
     monkeypatch.setattr(store_module.sqlite3, "connect",
-                        lambda *a, **k: _FullDisk(real_connect(*a, **k), ok=6))
+                        lambda *a, **k: FailingWrites(real_connect(*a, **k), ok=6,
+                                                  error=lambda: sqlite3.OperationalError("database or disk is full")))
     out = tmp_path / "full"
     config = tmp_path / "study.toml"
     config.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in _args(tiny_facts, out).items()))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from failing_store import FailingWrites
+
 from knowloc.cli import main
 from knowloc.errors import Interrupted
 from knowloc.study.store import MARKER, SCHEMA_VERSION, StudyLock
@@ -109,29 +111,8 @@ def test_the_transaction_in_flight_is_rolled_back(tmp_path, tiny_facts, monkeypa
     import knowloc.study.store as store_module
 
     real_connect = sqlite3.connect
-    calls = {"n": 0}
-
-    class Interrupting:
-        def __init__(self, real):
-            self.real = real
-
-        def executemany(self, *args):
-            result = self.real.executemany(*args)
-            calls["n"] += 1
-            if calls["n"] == 12:
-                raise Interrupted(signal.SIGTERM)
-            return result
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-        def __enter__(self):
-            return self.real.__enter__()
-
-        def __exit__(self, *exc):
-            return self.real.__exit__(*exc)
-
-    monkeypatch.setattr(store_module.sqlite3, "connect", lambda *a, **k: Interrupting(real_connect(*a, **k)))
+    monkeypatch.setattr(store_module.sqlite3, "connect", lambda *a, **k: FailingWrites(
+        real_connect(*a, **k), ok=11, error=lambda: Interrupted(signal.SIGTERM), after=True))
     out = tmp_path / "study"
     code, err = _run(capsys, _argv(tiny_facts, out))
     monkeypatch.setattr(store_module.sqlite3, "connect", real_connect)
