@@ -17,6 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 PARAREL = REPO.parent / "shared" / "data" / "pararel"
 
 
+@pytest.fixture(autouse=True)
+def _own_attribution_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty attribution cache (never the user's ~/.cache): a study test then computes
+    what it checks, and one test's entries cannot change what another one runs."""
+    monkeypatch.setenv("KNOWLOC_CACHE_DIR", str(tmp_path_factory.mktemp("attribution-cache")))
+
+
 @pytest.fixture(scope="session")
 def pararel_dir() -> Path:
     if not (PARAREL / "patterns").is_dir():

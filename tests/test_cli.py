@@ -259,7 +259,7 @@ def test_study_flags_are_typed_after_the_fields_defaults():
         elif isinstance(default, str):
             assert p.metavar == "TEXT" and p.type_descriptor.annotation is str, f.name
     none_defaults = {"facts": "N", "lambda2": "X", "cas_top_k": "N", "relations": "LIST", "attention_layers": "TEXT",
-                     "ray_address": "TEXT", "device": "TEXT", "dtype": "TEXT"}
+                     "ray_address": "TEXT", "device": "TEXT"}
     assert {n: params[n].metavar for n in none_defaults} == none_defaults
     assert params["specificity"].metavar == "TEXT"  # float | str: StudyConfig parses the text
     assert params["update_sweep_tied"].opts == ["--update-sweep-tied", "--sweep-tied"]

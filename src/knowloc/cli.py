@@ -49,7 +49,8 @@ DtypeOpt = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16")
 CONTEXT = {"max_content_width": 120, "help_option_names": ["-h", "--help"]}
 # cas-sweep: the study flags it takes (the grid under its own short names, --beta1 / --beta2 / --thresholds)
 SWEEP_FLAGS = ("models", "data", "methods", "relations", "facts", "seed", "cas_sweep_beta1", "cas_sweep_beta2",
-               "cas_sweep_thresholds", "specificity", "out", "force", "device", "dtype", "progress")
+               "cas_sweep_thresholds", "specificity", "out", "force", "device", "compute_dtype", "attribution_cache",
+               "attribution_cache_gb", "progress")
 
 
 def _version(value: bool) -> None:

@@ -103,14 +103,14 @@ def test_attention_options_and_older_stores(tmp_path, study_args):
 
 
 def test_bf16_study_end_to_end_and_cuda_without_gpu(tmp_path, study_args, capsys):
-    """--dtype bf16 runs the whole pipeline (here on CPU; the same code path as on a GPU); --gpu on a machine
+    """--compute-dtype bf16 runs the whole pipeline (here on CPU; the same code path as on a GPU); --gpu on a machine
     without one is a one-line error."""
     import torch
 
     from knowloc.cli import main
 
     out = tmp_path / "bf16"
-    summary = json.loads(run_study(StudyConfig(**study_args(out, dtype="bf16")), echo=lambda _: None).read_text())
+    summary = json.loads(run_study(StudyConfig(**study_args(out, compute_dtype="bf16")), echo=lambda _: None).read_text())
     assert summary["facts"]["tiny-llama"] >= 3 and summary["modification"]
     erase = [r for r in summary["modification"] if r["operation"] == "erase" and r["neurons"] == "N_i" and r["n"]]
     assert erase and all(r["dprob_self"] < 0 for r in erase)
@@ -172,7 +172,7 @@ def test_dry_run_counts_only_missing_units_and_writes_nothing(tmp_path, study_ar
         raise AssertionError("probed again")
     monkeypatch.setattr("knowloc.study.runner.probe_facts", no_probe)
     again = plan.print_plan(StudyConfig(**args), echo=lambda _: None)
-    assert again["units"]["tiny-llama"] == {"reference": 0, "attribution": 0} and again["estimated_s"] == 0
+    assert again["units"]["tiny-llama"] == {"reference": 0, "attribution": 0, "cached": 0} and again["estimated_s"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     more = plan.print_plan(StudyConfig(**{**args, "facts": 5}), echo=lambda _: None)["units"]["tiny-llama"]
     assert more["modification"] == 2 and more["attribution"] > 0  # only the two new facts

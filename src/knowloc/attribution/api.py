@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from knowloc.attribution.completeness import convergence_delta
+from knowloc.attribution.disk_cache import AttributionCache, attribution_key
 from knowloc.attribution.engine import attribute_fast
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.result import Attribution
@@ -30,7 +31,8 @@ def _prompt_and_target(query_or_prompt, target: str | None) -> tuple[str, str]:
 def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, method: str = "ig", steps: int = 20,
               *, objective: str = "prob", baseline_token: str = "eos", reference_prompts=None,
               layers: list[int] | None = None, max_rows: int | None = None, memory_gb: float = 4.0,
-              return_convergence_delta: bool = False, top_k: int = 5, warn: bool = True) -> Attribution:
+              return_convergence_delta: bool = False, top_k: int = 5, warn: bool = True,
+              cache: AttributionCache | None = None) -> Attribution:
     """Attribute the gold target of one query to every neuron (fast exact engine, docs/methods.md).
 
     Args:
@@ -47,6 +49,9 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
         top_k: how many of the model's next tokens ``Attribution.top_k`` lists.
         warn: warn (:class:`TargetNotPredicted`, on stderr) when the target's first token is not the model's
             top-1; ``Attribution.warning`` says so either way.
+        cache: an :class:`~knowloc.attribution.disk_cache.AttributionCache`: an attribution computed before with
+            the same weights, settings, prompt and target is read from it (bit-exact), a new one stored in it
+            (not used with ``return_convergence_delta``, or with ``top_k`` other than 5).
 
     Returns:
         :class:`Attribution` with ``scores[n_layers, n_neurons]`` (float32, CPU), the objective ``prob``, and
@@ -60,13 +65,19 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
     config = MethodConfig(method, steps, objective, baseline_token,
                           tuple(reference_prompts) if reference_prompts else None)
     prompt, target = _prompt_and_target(query_or_prompt, target)
-    enc = lm.encode(prompt, target)
-    scores, prob = attribute_fast(lm, enc, config, layers=layers, max_rows=max_rows, memory_gb=memory_gb)
-    delta = convergence_delta(lm, enc, config, scores, prob) if return_convergence_delta else None
-    result = Attribution(scores=scores, method=method, steps=config.effective_steps,
-                         baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
-                         objective=objective, prob=prob, convergence_delta=delta,
-                         **next_token_view(lm, enc.prompt_ids, enc.target_ids[0], top_k))
+    cache = cache if not return_convergence_delta and top_k == 5 else None
+    key = attribution_key(lm, config, prompt, target, layers) if cache is not None else None
+    result = cache.get(key) if cache is not None else None
+    if result is None:
+        enc = lm.encode(prompt, target)
+        scores, prob = attribute_fast(lm, enc, config, layers=layers, max_rows=max_rows, memory_gb=memory_gb)
+        delta = convergence_delta(lm, enc, config, scores, prob) if return_convergence_delta else None
+        result = Attribution(scores=scores, method=method, steps=config.effective_steps,
+                             baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
+                             objective=objective, prob=prob, convergence_delta=delta,
+                             **next_token_view(lm, enc.prompt_ids, enc.target_ids[0], top_k))
+        if cache is not None:
+            cache.put(key, result)
     if result.warning and warn:
         warnings.warn(result.warning, TargetNotPredicted, stacklevel=2)
     return result
@@ -91,7 +102,7 @@ def next_token_view(lm: LanguageModel, prompt_ids, target_token: int, k: int = 5
 def attribute_next_token(lm: LanguageModel, prompt: str, method: str = "ig", steps: int = 20, *,
                          objective: str = "prob", baseline_token: str = "eos", reference_prompts=None,
                          layers: list[int] | None = None, max_rows: int | None = None,
-                         memory_gb: float = 4.0) -> Attribution:
+                         memory_gb: float = 4.0, cache: AttributionCache | None = None) -> Attribution:
     """Attribute the model's own top-1 next token after `prompt` (whatever it is, with or without a leading
     space) to every neuron: what the model uses to continue a prompt that holds no fact.
 
@@ -108,16 +119,23 @@ def attribute_next_token(lm: LanguageModel, prompt: str, method: str = "ig", ste
     """
     config = MethodConfig(method, steps, objective, baseline_token,
                           tuple(reference_prompts) if reference_prompts else None)
+    key = attribution_key(lm, config, prompt, None, layers) if cache is not None else None
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached
     enc = lm.encode(prompt)
     with torch.no_grad():
         logits = lm.model(input_ids=torch.tensor([enc.prompt_ids], device=lm.device)).logits[0, -1]
     token = int(torch.argmax(logits.float()))
     scores, prob = attribute_fast(lm, Encoding(enc.prompt_ids, (token,)), config, layers=layers,
                                   max_rows=max_rows, memory_gb=memory_gb)
-    return Attribution(scores=scores, method=method, steps=config.effective_steps,
-                       baseline=config.describe_baseline(), prompt=prompt.rstrip(),
-                       target=lm.tokenizer.decode([token]), objective=objective, prob=prob,
-                       extra={"token_id": token}, **next_token_view(lm, enc.prompt_ids, token))
+    result = Attribution(scores=scores, method=method, steps=config.effective_steps,
+                         baseline=config.describe_baseline(), prompt=prompt.rstrip(),
+                         target=lm.tokenizer.decode([token]), objective=objective, prob=prob,
+                         extra={"token_id": token}, **next_token_view(lm, enc.prompt_ids, token))
+    if cache is not None:
+        cache.put(key, result)
+    return result
 
 
 def attribute_many(lm: LanguageModel, queries: Iterable, method: str = "ig", steps: int = 20, *,

@@ -20,12 +20,14 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from knowloc.attribution.disk_cache import default_cache_dir
 from knowloc.attribution.methods import METHODS
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 from knowloc.study import registry
 
 CS_SCORES = ("cs1", "cs2", "csp")
+DTYPES = ("fp32", "bf16", "fp16")
 KINDS = ("identity", "view", "runtime")
 LIST_FIELDS = ("models", "methods", "experiments", "relations")  # comma-separated or repeated on the command line
 # What a store that predates an identity setting was computed with, where that differs from today's default
@@ -113,6 +115,9 @@ class StudyConfig:
                                       help="update-sweep: lambda1 = lambda2 at every grid point (the edit is then "
                                       "lambda2 (E(o') - E(o)), with no component along the direction all tokens' "
                                       "unembeddings share; docs/editing.md)")
+    compute_dtype: str = setting("fp32", aliases=("--dtype",), help="precision of attribution and editing "
+                                 "measurement (the model is loaded in it): fp32 (the reference), bf16 or fp16; "
+                                 "bf16 agreement with fp32 and speed in docs/performance.md")
     n_boot: int = setting(1000, kind="view", help="bootstrap resamples of every confidence interval")
     out: str = setting("runs/study", kind="runtime", aliases=("-o",), help="study directory (resumable)")
     force: bool = setting(False, kind="runtime", help="write into an --out directory that holds files but no "
@@ -122,7 +127,12 @@ class StudyConfig:
     workers: int = setting(2, kind="runtime", help="Ray workers (actors)")
     gpus_per_worker: float = setting(0.0, kind="runtime", help="GPUs per Ray worker")
     device: str | None = setting(None, kind="runtime", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    dtype: str | None = setting(None, kind="runtime", help="fp32 (default), bf16 or fp16")
+    attribution_cache: str = setting("default", kind="runtime", help="directory of the attribution cache that "
+                                     "studies share (content-addressed by weights, settings, prompt and target): "
+                                     "'default' ($KNOWLOC_CACHE_DIR, else ~/.cache/knowloc/attributions), a path, "
+                                     "or 'off'")
+    attribution_cache_gb: float = setting(4.0, kind="runtime", help="size bound of the attribution cache in GiB "
+                                          "(least recently used entries are removed beyond it)")
     progress: bool = setting(True, kind="runtime", help="progress bars")
 
     def __post_init__(self) -> None:
@@ -180,8 +190,19 @@ class StudyConfig:
             raise KnowlocError(f"--executor must be local or ray, got {self.executor!r}")
         if self.workers < 1 or self.gpus_per_worker < 0:
             raise KnowlocError("--workers must be >= 1 and --gpus-per-worker >= 0")
+        if self.compute_dtype not in DTYPES:
+            raise KnowlocError(f"--compute-dtype must be one of {', '.join(DTYPES)}, got {self.compute_dtype!r}")
+        if not self.attribution_cache or not self.attribution_cache_gb > 0:
+            raise KnowlocError("--attribution-cache must be a directory, 'default' or 'off', and "
+                               "--attribution-cache-gb > 0")
         if self.locality < 1 or self.n_boot < 10 or self.ppl_texts < 1:
             raise KnowlocError("--locality and --ppl-texts must be >= 1 and --n-boot >= 10")
+
+    def attribution_cache_dir(self) -> Path | None:
+        """The attribution cache's directory (None with ``off``)."""
+        if self.attribution_cache.strip().lower() == "off":
+            return None
+        return default_cache_dir() if self.attribution_cache == "default" else Path(self.attribution_cache).expanduser()
 
     def identity(self) -> dict:
         """The settings that determine stored results; a resume must match them exactly."""

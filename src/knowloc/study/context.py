@@ -3,6 +3,7 @@ sets (:class:`knowloc.study.neuron_sets.NeuronSets`), outputs; and the fact-leve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from knowloc.analysis import Estimate
+from knowloc.attribution.disk_cache import AttributionCache
 from knowloc.data import load_neutral_texts
 from knowloc.editing.session import EditSession, choose_new_object, locality_sample
 from knowloc.models import load_model
@@ -148,8 +150,16 @@ class StudyContext:
 
     def __post_init__(self) -> None:
         if self.models is None:
-            self.models = ModelPool(self.config.device, self.config.dtype)
+            self.models = ModelPool(self.config.device, self.config.compute_dtype)
         self.neurons = NeuronSets(self)
+
+    @functools.cached_property
+    def attribution_cache(self) -> AttributionCache | None:
+        """The attribution cache studies share (``--attribution-cache``; None when off)."""
+        directory = self.config.attribution_cache_dir()
+        if directory is None:
+            return None
+        return AttributionCache(directory, max_bytes=int(self.config.attribution_cache_gb * 2**30))
 
     def model(self, name: str) -> LanguageModel:
         """The model `name`, loaded once (and only if some work needs it); see :meth:`switch_model`."""

@@ -111,11 +111,12 @@ class NeuronSets:
             lm.model(input_ids=torch.tensor([lm.encode(item["prompt"]).prompt_ids], device=lm.device))
         activations = torch.stack([acts[layer][0, -1].float().abs().cpu() for layer in range(lm.n_layers)])  # [L, N]
         if item["target"] is None:
-            attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=ctx.config.steps)
+            attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=ctx.config.steps,
+                                                    cache=ctx.attribution_cache)
             token = attr.extra["token_id"]
         else:
             attr = attribution.attribute(lm, item["prompt"], item["target"], method=method, steps=ctx.config.steps,
-                                         warn=False)
+                                         warn=False, cache=ctx.attribution_cache)
             token = lm.first_target_token(item["target"])
         scores = attr.scores.to(torch.float16).float()  # [L, N], the same fp16 rounding as the fact attributions
         return {"prompt": item["prompt"], "relation": item["relation"], "token": token, "token_text": attr.target,

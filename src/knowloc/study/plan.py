@@ -29,13 +29,15 @@ from typing import Callable
 
 import torch
 
+from knowloc.attribution.disk_cache import AttributionCache
 from knowloc.data import load_facts
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.registry import run_order
 from knowloc.study.runner import probe_stage
 from knowloc.study.store import Store
-from knowloc.study.units import Unit, attribution_units, execute, experiment_units, reference_units, save
+from knowloc.study.units import (Unit, attribution_units, execute, experiment_units, reference_units, save,
+                                take_cached)
 
 PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity profile
 
@@ -102,7 +104,10 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
             source.backup(target)  # a consistent copy, WAL included
             source.close()
             target.close()
-        cfg = replace(config, out=tmp, progress=False)
+        # units are timed without the cache (a hit would time a read); the cache is only looked up
+        directory = config.attribution_cache_dir()
+        cache = AttributionCache(directory) if directory is not None else None
+        cfg = replace(config, out=tmp, progress=False, attribution_cache="off")
         ctx = StudyContext(config=cfg, store=Store(Path(tmp) / "results.sqlite"), out=Path(tmp), echo=lambda _: None)
         try:
             for model in cfg.models:
@@ -116,18 +121,30 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                 if not was_probed:
                     total += probe_s
                 estimate = 0.0
-                references = reference_units(ctx, model)
-                attributions = attribution_units(ctx, model)
-                for kind, pending in (("reference attributions", references), ("attributions", attributions)):
+                ref_cached, references = take_cached(ctx, reference_units(ctx, model), cache)
+                attr_cached, attributions = take_cached(ctx, attribution_units(ctx, model), cache)
+                for kind, pending, cached in (("reference attributions", references, ref_cached),
+                                              ("attributions", attributions, attr_cached)):
                     for method in cfg.methods:
                         mine = [u for u in pending if u.method == method]
+                        hits = sum(u.method == method for u in cached)
+                        from_cache = f" ({hits} more from the attribution cache)" if hits else ""
                         if not mine:
+                            if hits:
+                                lines.append(f"  {kind} {method}: 0 to compute{from_cache}")
                             continue
                         per_unit = _timed(ctx, mine[0])
                         estimate += per_unit * len(mine)
                         lines.append(f"  {kind} {method}: {len(mine)} missing x {per_unit:.1f} s = "
-                                     f"{per_unit * len(mine):.0f} s")
-                units_count[model] = {"reference": len(references), "attribution": len(attributions)}
+                                     f"{per_unit * len(mine):.0f} s{from_cache}")
+                units_count[model] = {"reference": len(references), "attribution": len(attributions),
+                                      "cached": len(ref_cached) + len(attr_cached)}
+                if ref_cached or attr_cached:  # read into the temporary store, as the run will (no compute)
+                    lookup = StudyContext(config=replace(cfg, attribution_cache=config.attribution_cache),
+                                          store=ctx.store, out=ctx.out, echo=lambda _: None, models=ctx.models)
+                    lookup.load_facts(model)
+                    for unit in ref_cached + attr_cached:
+                        save(ctx, unit, execute(lookup, unit))
                 pending = experiment_units(ctx, model)
                 if pending and facts:
                     # time a fact with the median number of queries; other facts scale by their query count

@@ -24,14 +24,14 @@ from knowloc.fileio import atomic_write
 from knowloc.models.neuron import describe_neurons
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
-from knowloc.study.executors import make_executor
+from knowloc.study.executors import LocalExecutor, make_executor
 from knowloc.study.findings import findings
 from knowloc.study.findings import markdown as findings_markdown
 from knowloc.study.groups import save_groups
 from knowloc.study.registry import Experiment, experiments, run_order
 from knowloc.study.store import Store, StudyLock, is_study_dir
 from knowloc.study.tables import markdown_table
-from knowloc.study.units import Unit, attribution_units, experiment_units, reference_units, save
+from knowloc.study.units import Unit, attribution_units, experiment_units, reference_units, save, take_cached
 
 
 def check_out_dir(out: Path, force: bool = False) -> None:
@@ -191,9 +191,13 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
             known = sum(sum(q["top1"] for q in row["queries"]) >= config.min_known for row in ctx.probes[model])
             echo(f"{model}: {known} of {len(ctx.probes[model])} facts known in >= {config.min_known} paraphrases; "
                  f"studying {len(ctx.facts[model])}")
-            attributions = reference_units(ctx, model) + attribution_units(ctx, model)
+            cached, attributions = take_cached(ctx, reference_units(ctx, model) + attribution_units(ctx, model))
             trials = experiment_units(ctx, model)  # the facts' trials still missing (attributions don't change it)
-            progress.planned += len(attributions) + len(trials)
+            progress.planned += len(cached) + len(attributions) + len(trials)
+            if cached:
+                echo(f"{model}: {len(cached)} attributions from the attribution cache "
+                     f"({ctx.attribution_cache.directory})")
+                run_units(ctx, LocalExecutor(ctx), cached, f"cached attribution {model}", progress)
             executor = executor or make_executor(ctx)
             run_units(ctx, executor, attributions, f"attribution {model}", progress)
             run_units(ctx, executor, trials, f"experiments {model}", progress)

@@ -13,6 +13,7 @@ import torch
 
 from knowloc.analysis import select_neurons
 from knowloc import attribution
+from knowloc.attribution.disk_cache import AttributionCache, attribution_key
 from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.registry import get as experiment
 
@@ -71,12 +72,42 @@ def execute(ctx: StudyContext, unit: Unit):
     if unit.kind == "attribution":
         # a studied query is answered by the study's rule (which --candidates may restrict): no warning
         result = attribution.attribute(ctx.model(unit.model), fact.prompts[unit.qidx], fact.object,
-                                       method=unit.method, steps=ctx.config.steps, warn=False)
+                                       method=unit.method, steps=ctx.config.steps, warn=False,
+                                       cache=ctx.attribution_cache)
         # KN sets come from the fp16-rounded scores that the store keeps, so every experiment (and CAS, which
         # reads the stored tensors) sees one and the same attribution
         scores = result.scores.to(torch.float16)
         return result.prob, select_neurons(scores.float(), threshold=ctx.config.threshold), scores
     return experiment(unit.kind).fact_work(ctx, unit.model, unit.method, fact)
+
+
+def _prompt_target(ctx: StudyContext, unit: Unit) -> tuple[str, str | None]:
+    if unit.kind == "reference":
+        item = ctx.neurons.reference_items(unit.model)[unit.qidx]
+        return item["prompt"], item["target"]
+    fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
+    return fact.prompts[unit.qidx], fact.object
+
+
+def in_cache(ctx: StudyContext, unit: Unit, cache: AttributionCache | None) -> bool:
+    """Whether ``cache`` holds an attribution or reference unit's attribution (executing it then costs a read and,
+    for a reference item, one forward pass)."""
+    if cache is None or unit.kind not in ("attribution", "reference"):
+        return False
+    ctx.switch_model(unit.model)
+    prompt, target = _prompt_target(ctx, unit)
+    config = attribution.MethodConfig(unit.method, ctx.config.steps)
+    return attribution_key(ctx.model(unit.model), config, prompt, target) in cache
+
+
+def take_cached(ctx: StudyContext, units: list[Unit],
+                cache: AttributionCache | None = None) -> tuple[list[Unit], list[Unit]]:
+    """Split attribution / reference units into (those the attribution cache holds, the others); ``cache``
+    defaults to the study's."""
+    cache = ctx.attribution_cache if cache is None else cache
+    hits = [u for u in units if in_cache(ctx, u, cache)]
+    chosen = set(hits)
+    return hits, [u for u in units if u not in chosen]
 
 
 def save(ctx: StudyContext, unit: Unit, result) -> None:
