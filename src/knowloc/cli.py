@@ -335,6 +335,23 @@ def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), meth
                               device=device, dtype=dtype, echo=typer.echo)
 
 
+def reference_build(model: str = ModelOpt,
+                    out: Optional[Path] = typer.Option(None, help="pack file (default: the packaged "
+                                                       "knowloc/resources/reference/MODEL.json.gz)"),
+                    methods: str = typer.Option("ig,amig", help="attribution methods, comma-separated")) -> None:
+    """Regenerate a model's shipped specificity reference: the reference items of `knowloc study`'s defaults and
+    of `make demo` on the builtin facts, attributed in full precision (docs/performance.md)."""
+    from importlib import resources
+
+    from knowloc.demo import demo_config
+    from knowloc.study.reference_pack import build_reference_pack
+
+    if out is None:
+        out = Path(str(resources.files("knowloc.resources"))) / "reference" / f"{model}.json.gz"
+    configs = [StudyConfig(models=[model], progress=False), demo_config(Path("unused"), model)]
+    build_reference_pack(model, out, configs, _split(methods) or [], echo=typer.echo)
+
+
 def data_pararel(download: Path = typer.Option(..., "--download", help="directory to write patterns/ and facts/"),
                  base_url: Optional[str] = typer.Option(None, help="mirror of raw GitHub content")) -> None:
     """Fetch the official ParaRel files from a pinned commit, verifying sha256."""
@@ -479,7 +496,11 @@ def build_app() -> typer.Typer:
     bench_app.command("attribution")(bench_attribution)
     data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)
     data_app.command("pararel")(data_pararel)
+    reference_app = typer.Typer(no_args_is_help=True, help="The shipped specificity reference.",
+                                context_settings=CONTEXT, rich_markup_mode=None)
+    reference_app.command("build")(reference_build)
     app.add_typer(bench_app, name="bench")
+    app.add_typer(reference_app, name="reference")
     app.add_typer(data_app, name="data")
     app.command("study")(_study_command(
         None, {}, "Run (or resume) a study: probe, attribute, experiments; summary, tables, figures and "

@@ -1,5 +1,6 @@
 """Studies share attributions through the attribution cache: a second study that differs only in editing or
-analysis settings computes none (its dry run shows 0 attribution units), and `off` disables the cache."""
+analysis settings computes none (its dry run shows 0 attribution units), and `off` disables the cache; a
+shipped reference pack serves the specificity reference."""
 
 import json
 import sqlite3
@@ -7,8 +8,10 @@ import sqlite3
 import pytest
 
 from knowloc.attribution import api as attribution_api
+from knowloc.attribution import shipped
 from knowloc.study import plan
 from knowloc.study.config import StudyConfig
+from knowloc.study.reference_pack import build_reference_pack
 from knowloc.study.runner import run_study
 
 
@@ -61,3 +64,31 @@ def test_cache_directory_option(tmp_path, study_args):
     args = study_args(tmp_path / "a", facts=2, specificity="off", attribution_cache=str(tmp_path / "mine"))
     run_study(StudyConfig(**args), echo=lambda _: None)
     assert list((tmp_path / "mine").glob("??/*.attr"))
+
+
+def _reference_rows(out):
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return sorted(db.execute("SELECT method, ridx, kn FROM reference").fetchall())
+
+
+def test_a_study_reads_its_reference_from_a_pack(tmp_path, study_args, monkeypatch, engine_calls):
+    args = study_args(tmp_path / "plain", facts=2, specificity_prompts=4, attribution_cache="off")
+    monkeypatch.setenv("KNOWLOC_REFERENCE_DIR", str(tmp_path / "no-packs"))
+    run_study(StudyConfig(**args), echo=lambda _: None)
+    plain_calls = len(engine_calls)
+    packs = tmp_path / "packs"
+    build_reference_pack("tiny-llama", packs / "tiny-llama.json.gz", [StudyConfig(**args)], ["ig"],
+                         echo=lambda _: None)
+    monkeypatch.setenv("KNOWLOC_REFERENCE_DIR", str(packs))
+    engine_calls.clear()
+    lines = []
+    run_study(StudyConfig(**{**args, "out": str(tmp_path / "packed")}), echo=lines.append)
+    n_reference = len(_reference_rows(tmp_path / "plain"))
+    assert n_reference > 0 and len(engine_calls) == plain_calls - n_reference  # only the facts' attributions
+    assert _reference_rows(tmp_path / "packed") == _reference_rows(tmp_path / "plain")
+    assert any("from the attribution cache" in line for line in lines)
+    # below the floor the pack cannot give the KN sets: the reference is computed
+    engine_calls.clear()
+    low = {**args, "out": str(tmp_path / "low"), "threshold": shipped.FLOOR / 2}
+    run_study(StudyConfig(**low), echo=lambda _: None)
+    assert len(engine_calls) == plain_calls

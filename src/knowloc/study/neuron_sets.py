@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from knowloc import attribution
+from knowloc.attribution.shipped import shipped_entry
 from knowloc.analysis import (K_C, K_I, activation_ratio, consistency_scores, kn_frequency, nonspecific_neurons,
                               otsu_threshold, select_neurons)
 from knowloc.data import load_specificity_prompts
@@ -110,6 +111,12 @@ class NeuronSets:
         with torch.no_grad(), trace_activations(lm) as acts:
             lm.model(input_ids=torch.tensor([lm.encode(item["prompt"]).prompt_ids], device=lm.device))
         activations = torch.stack([acts[layer][0, -1].float().abs().cpu() for layer in range(lm.n_layers)])  # [L, N]
+        shipped = shipped_entry(lm, method, ctx.config.steps, item["prompt"], item["target"], ctx.config.threshold)
+        if shipped is not None:  # the built-in model's packaged reference (knowloc.attribution.shipped)
+            return {"prompt": item["prompt"], "relation": item["relation"], "token": shipped["token"],
+                    "token_text": shipped["token_text"], "prob": shipped["prob"],
+                    "kn": select_neurons(shipped.scores(), threshold=ctx.config.threshold),
+                    "activations": activations}
         if item["target"] is None:
             attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=ctx.config.steps,
                                                     cache=ctx.attribution_cache)

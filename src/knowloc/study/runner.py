@@ -195,8 +195,9 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
             trials = experiment_units(ctx, model)  # the facts' trials still missing (attributions don't change it)
             progress.planned += len(cached) + len(attributions) + len(trials)
             if cached:
-                echo(f"{model}: {len(cached)} attributions from the attribution cache "
-                     f"({ctx.attribution_cache.directory})")
+                where = f" ({ctx.attribution_cache.directory})" if ctx.attribution_cache is not None else ""
+                echo(f"{model}: {len(cached)} attributions from the attribution cache{where} or the shipped "
+                     "reference; none computed")
                 run_units(ctx, LocalExecutor(ctx), cached, f"cached attribution {model}", progress)
             executor = executor or make_executor(ctx)
             run_units(ctx, executor, attributions, f"attribution {model}", progress)

@@ -14,6 +14,7 @@ import torch
 from knowloc.analysis import select_neurons
 from knowloc import attribution
 from knowloc.attribution.disk_cache import AttributionCache, attribution_key
+from knowloc.attribution.shipped import shipped_entry
 from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.registry import get as experiment
 
@@ -90,14 +91,18 @@ def _prompt_target(ctx: StudyContext, unit: Unit) -> tuple[str, str | None]:
 
 
 def in_cache(ctx: StudyContext, unit: Unit, cache: AttributionCache | None) -> bool:
-    """Whether ``cache`` holds an attribution or reference unit's attribution (executing it then costs a read and,
-    for a reference item, one forward pass)."""
-    if cache is None or unit.kind not in ("attribution", "reference"):
+    """Whether ``cache`` holds an attribution or reference unit's attribution, or a reference unit's is shipped
+    (knowloc.attribution.shipped); executing it then costs a read and, for a reference item, one forward pass."""
+    if unit.kind not in ("attribution", "reference"):
         return False
     ctx.switch_model(unit.model)
+    lm = ctx.model(unit.model)
     prompt, target = _prompt_target(ctx, unit)
+    if unit.kind == "reference" and shipped_entry(lm, unit.method, ctx.config.steps, prompt, target,
+                                                  ctx.config.threshold) is not None:
+        return True
     config = attribution.MethodConfig(unit.method, ctx.config.steps)
-    return attribution_key(ctx.model(unit.model), config, prompt, target) in cache
+    return cache is not None and attribution_key(lm, config, prompt, target) in cache
 
 
 def take_cached(ctx: StudyContext, units: list[Unit],

@@ -1,0 +1,63 @@
+"""Shipped reference attributions: exact KN sets above the floor, used by a study instead of computing, and the
+packaged SmolLM2 pack checked against a recomputed sample."""
+
+import gzip
+import json
+import random
+
+import pytest
+import torch
+
+from knowloc.analysis import select_neurons
+from knowloc.attribution import attribute, attribute_next_token
+from knowloc.attribution import shipped
+from knowloc.attribution.disk_cache import attribution_key
+from knowloc.attribution.methods import MethodConfig
+
+
+def test_kept_map_gives_the_full_maps_kn_sets_at_every_threshold_above_the_floor():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        scores = torch.randn(4, 64, generator=gen) ** 3
+        entry = shipped.ShippedEntry(shipped.encode_entry(scores, 0.5, 1, "x", method="ig", steps=3, prompt="p",
+                                                          target=None))
+        full = scores.to(torch.float16).float()
+        for t in (shipped.FLOOR, 0.15, 0.2, 0.5, 0.99):
+            assert select_neurons(entry.scores(), t) == select_neurons(full, t)
+        assert len(entry["neurons"]) < full.numel()
+    negative = shipped.encode_entry(-torch.rand(2, 8), 0.1, 1, "x", method="ig", steps=3, prompt="p", target=None)
+    assert negative["neurons"] == []  # no positive score: no KN at any threshold
+
+
+def test_damaged_pack_is_one_line_error(tmp_path, monkeypatch, tiny_models):
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    monkeypatch.setenv("KNOWLOC_REFERENCE_DIR", str(tmp_path))
+    with pytest.raises(Exception, match="damaged"):
+        shipped.shipped_entry(tiny_models("tiny-llama"), "ig", 3, "p", None, 0.2)
+
+
+def test_packaged_smollm2_reference_matches_a_recomputed_sample(smollm2, monkeypatch):
+    """The shipped pack was computed on these weights (its keys hold their fingerprint) and two seeded entries,
+    a neutral prompt and a reference query, recompute to the same KN sets and objective."""
+    monkeypatch.delenv("KNOWLOC_REFERENCE_DIR", raising=False)
+    path = shipped.pack_folder() / "smollm2-135m.json.gz"
+    entries = json.loads(gzip.decompress(path.read_bytes()))["entries"]
+    rng = random.Random(0)
+    neutral = [k for k, e in entries.items() if e["target"] is None]
+    queries = [k for k, e in entries.items() if e["target"] is not None]
+    assert len(neutral) >= 16 and len(queries) >= 14
+    for key in (rng.choice(neutral), rng.choice(queries)):
+        entry = entries[key]
+        assert attribution_key(smollm2, MethodConfig(entry["method"], entry["steps"]), entry["prompt"],
+                               entry["target"]) == key
+        if entry["target"] is None:
+            attr = attribute_next_token(smollm2, entry["prompt"], method=entry["method"], steps=entry["steps"])
+        else:
+            attr = attribute(smollm2, entry["prompt"], entry["target"], method=entry["method"],
+                             steps=entry["steps"], warn=False)
+        kept = shipped.ShippedEntry(entry).scores()
+        recomputed = attr.scores.to(torch.float16).float()
+        assert select_neurons(kept, 0.2) == select_neurons(recomputed, 0.2)
+        assert attr.prob == pytest.approx(entry["prob"], rel=1e-4)
+        assert shipped.shipped_entry(smollm2, entry["method"], entry["steps"], entry["prompt"], entry["target"],
+                                     0.2) is not None
