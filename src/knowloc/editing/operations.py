@@ -20,18 +20,29 @@ GPT-2 ``c_proj`` weight or a column of a LLaMA-style ``down_proj`` weight, see t
 
 Every change goes through :func:`knowloc.models.hooks.edit_weights`, which restores the weights
 bit-exactly when its context exits (also on an exception). Nothing else is touched.
+
+The same edits in activation space (:class:`RowEdit`, :func:`rows_edited`), for measuring several edits in one
+batch, each on its own rows. The MLP output at a position is ``sum_n a_n v_n (+ bias)``, ``a_n`` the
+neuron's activation there (the input of the down-projection), so
+
+* ``v_n <- 0`` (erase) is ``a_n <- 0`` in the down-projection's input, and
+* ``v_n <- v_n + dv_n`` (update) is ``+ sum_n a_n dv_n`` added to its output, ``a_n`` the row's own
+  activation at that position,
+
+exactly, at every position; only the order of the float sums differs (agreement up to float rounding).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from knowloc.errors import KnowlocError
-from knowloc.models.hooks import WeightEditor, edit_weights
+from knowloc.models.hooks import WeightEditor, edit_weights, hook_input_output, hook_module
 from knowloc.models.lm import LanguageModel
 
 OPERATIONS = ("erase", "update")
@@ -178,6 +189,17 @@ def update(editor: WeightEditor, lm: LanguageModel, neurons: Neurons, old_token:
     pairs = normalize_neurons(lm, neurons)
     if not pairs:
         return pairs
+    deltas = _pair_deltas(lm, pairs, e_old, e_new, lambda1, lambda2, rule, activations)
+    for (layer, index), delta in zip(pairs, deltas):
+        editor.add_value(layer, index, delta)
+    return pairs
+
+
+def _pair_deltas(lm: LanguageModel, pairs: list[tuple[int, int]], e_old: torch.Tensor, e_new: torch.Tensor,
+                 lambda1: float, lambda2: float, rule: str,
+                 activations: Mapping[tuple[int, int], float] | None) -> torch.Tensor:
+    """``dv_n`` [len(pairs), d] of the (normalized, non-empty) neurons under ``rule``, from the current value
+    vectors (one computation for the weight edit and the activation-space edit, so both add the same deltas)."""
     values = torch.stack([lm.value_vector(layer, index) for layer, index in pairs])
     acts = None
     if rule != "dai":
@@ -186,10 +208,7 @@ def update(editor: WeightEditor, lm: LanguageModel, neurons: Neurons, old_token:
             raise KnowlocError(f"the {rule!r} update rule needs the activations of the edited neurons "
                                f"(missing for {missing[0]})")
         acts = torch.tensor([float(activations[n]) for n in pairs])  # type: ignore[index]
-    deltas = rule_deltas(values, e_old, e_new, acts, lambda1, lambda2, rule)
-    for (layer, index), delta in zip(pairs, deltas):
-        editor.add_value(layer, index, delta)
-    return pairs
+    return rule_deltas(values, e_old, e_new, acts, lambda1, lambda2, rule)
 
 
 @contextmanager
@@ -214,3 +233,111 @@ def modified(lm: LanguageModel, operation: str, neurons: Neurons, old_token: int
         else:
             update(editor, lm, neurons, old_token, new_token, lambda1, lambda2, rule, activations)
         yield editor
+
+
+# --------------------------------------------------------------------------------------------------------
+# the same edits in activation space, one edit per group of rows
+
+
+@dataclass(frozen=True)
+class RowEdit:
+    """One edit as an activation-space edit (module docstring), for :func:`rows_edited`.
+
+    erase: ``{layer: neuron indices}`` whose activation is set to 0 (their value vectors zeroed);
+    update: ``{layer: (neuron indices [k], deltas [k, d_model])}``: ``a_n * dv_n`` added to the layer's MLP
+    output for each neuron (its value vector plus ``dv_n``). Tensors on the model's device, deltas in its dtype.
+    """
+
+    erase: Mapping[int, torch.Tensor]
+    update: Mapping[int, tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({*self.erase, *self.update})
+
+    @property
+    def start(self) -> int | None:
+        """The lowest edited layer (None: the edit changes nothing)."""
+        layers = self.layers
+        return layers[0] if layers else None
+
+
+def row_edit(lm: LanguageModel, operation: str, neurons: Neurons, old_token: int | None = None,
+             new_token: int | None = None, lambda1: float = 1.0, lambda2: float = 8.0, rule: str = "dai",
+             activations: Mapping[tuple[int, int], float] | None = None) -> RowEdit:
+    """The edit :func:`modified` makes with these arguments, as a :class:`RowEdit` (same validation; the update
+    deltas are computed exactly as :func:`update` computes them, from the current value vectors)."""
+    if operation not in OPERATIONS:
+        raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {operation!r}")
+    device = lm.device
+    if operation == "erase":
+        by_layer: dict[int, list[int]] = {}
+        for layer, index in normalize_neurons(lm, neurons):
+            by_layer.setdefault(layer, []).append(index)
+        return RowEdit({layer: torch.tensor(idx, dtype=torch.long, device=device)
+                        for layer, idx in by_layer.items()}, {})
+    old_token = _check_token(lm, old_token, "old_token")
+    new_token = _check_token(lm, new_token, "new_token")
+    check_rule(rule)
+    e_old, e_new = _unembedding_pair(lm, old_token, new_token)
+    pairs = normalize_neurons(lm, neurons)
+    if not pairs:
+        return RowEdit({}, {})
+    deltas = _pair_deltas(lm, pairs, e_old, e_new, lambda1, lambda2, rule, activations).to(lm.dtype)  # [k, d]
+    rows: dict[int, list[int]] = {}
+    for k, (layer, _) in enumerate(pairs):
+        rows.setdefault(layer, []).append(k)
+    update = {}
+    for layer, ks in rows.items():
+        idx = torch.tensor([pairs[k][1] for k in ks], dtype=torch.long, device=device)  # [k_l]
+        update[layer] = (idx, deltas[ks].to(device))  # [k_l], [k_l, d]
+    return RowEdit({}, update)
+
+
+@contextmanager
+def rows_edited(lm: LanguageModel, edits: Sequence[RowEdit], batch: int) -> Iterator[None]:
+    """Run the body with ``edits[c]`` applied to rows ``[c * batch, (c + 1) * batch)`` of every forward pass
+    through an edited layer's MLP output projection (rows past the tensor's end: that copy is not running), as
+    activation-space edits (module docstring); the weights are never touched and the hooks are removed on exit,
+    also on an exception.
+
+    Per edited layer: a pre-hook on the down-projection zeroes the erased neurons' activations in their copy's
+    rows, and a forward hook adds ``x[rows][..., idx] @ deltas`` (``x`` the projection's input) to the output of
+    the updated copies' rows.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise KnowlocError(f"batch must be an integer >= 1, got {batch!r}")
+    layers = sorted({layer for edit in edits for layer in edit.layers})
+    with ExitStack() as stack:
+        for layer in layers:
+            erased = [(c, e.erase[layer]) for c, e in enumerate(edits) if layer in e.erase]
+            updated = [(c, *e.update[layer]) for c, e in enumerate(edits) if layer in e.update]
+            module = lm.mlp_out(layer)
+            if erased:
+                stack.enter_context(hook_module(module, "input", _eraser(erased, batch)))
+            if updated:
+                stack.enter_context(hook_input_output(module, _updater(updated, batch)))
+        yield
+
+
+def _eraser(erased: list[tuple[int, torch.Tensor]], batch: int):
+    def erase_rows(x: torch.Tensor) -> torch.Tensor | None:  # x [n_active * batch, seq, n_neurons]
+        targets = [(c, idx) for c, idx in erased if c * batch < x.shape[0]]
+        if not targets:
+            return None
+        x = x.clone()
+        for c, idx in targets:
+            x[c * batch:(c + 1) * batch].index_fill_(-1, idx, 0)
+        return x
+    return erase_rows
+
+
+def _updater(updated: list[tuple[int, torch.Tensor, torch.Tensor]], batch: int):
+    def update_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # x [.., n_neurons], out [.., d_model]
+        for c, idx, deltas in updated:
+            if c * batch >= x.shape[0]:
+                continue
+            rows = slice(c * batch, (c + 1) * batch)
+            out[rows] += x[rows].index_select(-1, idx) @ deltas  # [batch, seq, k] @ [k, d] -> [batch, seq, d]
+        return out
+    return update_rows

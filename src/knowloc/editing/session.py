@@ -8,7 +8,7 @@ neutral texts, the new object of an update and the unedited baseline) and caches
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -72,6 +72,53 @@ class EditSession:
         Returns:
             ``{rel, gen, loc, avg, dppl, dlogppl, dprob_self, dprob_neighbors}``.
         """
+        edit = self._edit(operation, neurons, index, rule, lambda2, lambda1)
+        if edit is None:
+            return None
+        key, trial = edit
+        if key not in self._results:
+            self._results[key] = self.baseline.evaluate(trial(), self.loc_gold)
+        result = self._results[key]
+        others = [j for j in range(len(self.prompts)) if j != index] if generalize_on is None else generalize_on
+        loc = float(result.loc)
+        rel, gen, avg = edit_scores(result.success, index, loc, others)
+        neighbors = [result.dprob[j] for j in others if not np.isnan(result.dprob[j])]
+        return {"rel": rel, "gen": gen, "loc": loc, "avg": avg, "dppl": float(result.dppl),
+                "dlogppl": float(result.dlogppl), "dprob_self": float(result.dprob[index]),
+                "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
+
+    def prefetch(self, requests: Iterable[Mapping]) -> int:
+        """Measure the distinct edits of ``requests`` that are not cached yet in batched replays
+        (:meth:`Baseline.evaluate_many`), so that ``measure(**request)`` for each of them is a cache hit.
+
+        Each request holds :meth:`measure`'s keyword arguments (``operation``, ``neurons``, ``index`` and
+        optionally ``rule``, ``lambda2``, ``lambda1``; ``generalize_on`` is accepted and does not matter here).
+        Requests :meth:`measure` would answer with None are skipped. ``measure`` is unchanged: it reads the
+        cached result, which equals the one-trial measurement up to float rounding (see ``evaluate_many``).
+        Returns the number of edits measured.
+
+        Example:
+            >>> requests = [{"operation": op, "neurons": kn[i], "index": i} for i in kn for op in OPERATIONS]
+            >>> session.prefetch(requests)
+            >>> rows = [session.measure(**r) for r in requests]  # cache hits
+        """
+        missing: dict = {}
+        for request in requests:
+            args = {k: v for k, v in request.items() if k != "generalize_on"}
+            edit = self._edit(**args)
+            if edit is not None and edit[0] not in self._results and edit[0] not in missing:
+                missing[edit[0]] = edit[1]()
+        if missing:
+            results = self.baseline.evaluate_many(list(missing.values()), self.loc_gold)
+            self._results.update(zip(missing, results))
+        return len(missing)
+
+    def _edit(self, operation: str, neurons: list, index: int, rule: str | None = None,
+              lambda2: float | None = None, lambda1: float | None = None
+              ) -> tuple[tuple, Callable[[], EditTrial]] | None:
+        """(cache key, the trial's constructor) of a measure request; None when the edit cannot be made. The key
+        identifies the edited model: the operation and neurons, and for an update the rule, lambdas and (for the
+        sign-aware rules) the activation signs on the edited query."""
         if not neurons or (operation == "update" and self.target is None):
             return None
         rule = rule or self.rule
@@ -83,16 +130,9 @@ class EditSession:
             acts = self.baseline.activations[index]
             signs = tuple(bool(acts[l, i] >= 0) for l, i in pairs) if rule != "dai" else None
             key += (rule, lambda1, lambda2, signs)
-        if key not in self._results:
-            trial = EditTrial(prompts=self.prompts, index=index, gold=self.gold, neurons=neurons,
-                              operation=operation, new_object=self.target, lambda1=lambda1, lambda2=lambda2,
-                              update_rule=rule)
-            self._results[key] = self.baseline.evaluate(trial, self.loc_gold)
-        result = self._results[key]
-        others = [j for j in range(len(self.prompts)) if j != index] if generalize_on is None else generalize_on
-        loc = float(result.loc)
-        rel, gen, avg = edit_scores(result.success, index, loc, others)
-        neighbors = [result.dprob[j] for j in others if not np.isnan(result.dprob[j])]
-        return {"rel": rel, "gen": gen, "loc": loc, "avg": avg, "dppl": float(result.dppl),
-                "dlogppl": float(result.dlogppl), "dprob_self": float(result.dprob[index]),
-                "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
+
+        def trial() -> EditTrial:
+            return EditTrial(prompts=self.prompts, index=index, gold=self.gold, neurons=neurons,
+                             operation=operation, new_object=self.target, lambda1=lambda1, lambda2=lambda2,
+                             update_rule=rule)
+        return key, trial

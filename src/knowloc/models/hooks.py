@@ -43,6 +43,20 @@ def hook_module(module: nn.Module, where: str, fn: TensorFn) -> Iterator[None]:
 
 
 @contextmanager
+def hook_input_output(module: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
+                      ) -> Iterator[None]:
+    """Call `fn(input, output)` after the module ran (`input`: its first input, as any pre-hook left it); a
+    returned tensor replaces the output. The hook is removed on exit, also on an exception."""
+    def post_hook(_module, args, output):
+        return fn(args[0], output)
+    handle = module.register_forward_hook(post_hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
 def hook_sites(lm: LanguageModel, fns: Mapping[int, TensorFn]) -> Iterator[None]:
     """Hook the neuron activation site of each layer in `fns` (see `LanguageModel.site_module`)."""
     with ExitStack() as stack:

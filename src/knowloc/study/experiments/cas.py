@@ -61,7 +61,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     n = len(queries)
     plans = [("transductive", i, list(range(n)), None) for i in range(n)]
     plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
-    rows = []
+    trials = []
     for protocol, edited, members, held in plans:
         keep = partial(ctx.neurons.remove_nonspecific, model, method, fact.fact_id)
         for budget, chosen in selections(ctx, stack, edited, members, keep).items():
@@ -71,12 +71,16 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
                 for operation in OPERATIONS:
                     row = {"protocol": protocol, "edited": edited, "held_out": held, "budget": budget,
                            "selection": selection, "operation": operation, "n_neurons": len(neurons)}
-                    scores = session.measure(operation, neurons, queries[edited],
-                                             generalize_on=None if held is None else [queries[held]])
-                    if scores is None:
-                        rows.append({**row, "skipped": True})
-                    else:
-                        rows.append({**row, "skipped": False, **{m: scores[m] for m in METRICS}})
+                    trials.append((row, {"operation": operation, "neurons": neurons, "index": queries[edited],
+                                         "generalize_on": None if held is None else [queries[held]]}))
+    session.prefetch([request for _, request in trials])  # the distinct edits in batched replays
+    rows = []
+    for row, request in trials:
+        scores = session.measure(**request)
+        if scores is None:
+            rows.append({**row, "skipped": True})
+        else:
+            rows.append({**row, "skipped": False, **{m: scores[m] for m in METRICS}})
     return rows
 
 

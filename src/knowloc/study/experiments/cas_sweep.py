@@ -38,7 +38,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (grid point, operation, edited query) trial of one fact."""
     session = ctx.edit_session(model, fact)
     queries, stack = ctx.neurons.score_stack(model, method, fact.fact_id)
-    rows = []
+    trials = []
     for beta1, beta2, t in grid(ctx):
         neurons = ctx.neurons.remove_nonspecific(model, method, fact.fact_id,
                                                  cas_select(stack, t, beta1, beta2, ctx.config.cas_top_k))
@@ -46,9 +46,13 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
             for q in queries:
                 row = {"beta1": beta1, "beta2": beta2, "t": t, "operation": operation, "edited": q,
                        "n_neurons": len(neurons)}
-                scores = session.measure(operation, neurons, q)
-                rows.append({**row, "skipped": scores is None,
-                             **({m: scores[m] for m in METRICS if m in scores} if scores else {})})
+                trials.append((row, {"operation": operation, "neurons": neurons, "index": q}))
+    session.prefetch([request for _, request in trials])  # the distinct edits in batched replays
+    rows = []
+    for row, request in trials:
+        scores = session.measure(**request)
+        rows.append({**row, "skipped": scores is None,
+                     **({m: scores[m] for m in METRICS if m in scores} if scores else {})})
     return rows
 
 

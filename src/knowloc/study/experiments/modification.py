@@ -36,13 +36,14 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """All trials of one fact: every query x neuron set x operation."""
     session = ctx.edit_session(model, fact)
     kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
+    plan = [({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons)},
+             {"operation": operation, "neurons": neurons, "index": i})
+            for i in sorted(kn) for name, neurons in neuron_sets(kn, i).items() for operation in OPERATIONS]
+    session.prefetch([request for _, request in plan])  # the distinct edits in batched replays
     rows = []
-    for i in sorted(kn):
-        for name, neurons in neuron_sets(kn, i).items():
-            for operation in OPERATIONS:
-                row = {"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons)}
-                scores = session.measure(operation, neurons, i)
-                rows.append({**row, "skipped": scores is None, **(scores or {})})
+    for row, request in plan:
+        scores = session.measure(**request)
+        rows.append({**row, "skipped": scores is None, **(scores or {})})
     return rows
 
 

@@ -54,14 +54,19 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (rule, lambda2, edited query) update of one fact's N_i."""
     session = ctx.edit_session(model, fact)
     kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
-    rows = []
+    trials = []
     for rule in ctx.config.update_sweep_rules:
         for lambda2 in ctx.config.update_sweep_lambda2:
             lambda1 = sweep_lambda1(ctx.config, lambda2)
             for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
                 row = {"rule": rule, "lambda1": lambda1, "lambda2": lambda2, "edited": q, "n_neurons": len(kn[q])}
-                scores = session.measure("update", kn[q], q, rule=rule, lambda2=lambda2, lambda1=lambda1)
-                rows.append({**row, "skipped": scores is None, **(scores or {})})
+                trials.append((row, {"operation": "update", "neurons": kn[q], "index": q, "rule": rule,
+                                     "lambda2": lambda2, "lambda1": lambda1}))
+    session.prefetch([request for _, request in trials])  # the distinct edits in batched replays
+    rows = []
+    for row, request in trials:
+        scores = session.measure(**request)
+        rows.append({**row, "skipped": scores is None, **(scores or {})})
     return rows
 
 
