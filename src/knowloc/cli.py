@@ -336,18 +336,17 @@ def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), meth
 
 
 def reference_build(model: str = ModelOpt,
-                    out: Optional[Path] = typer.Option(None, help="pack file (default: the packaged "
-                                                       "knowloc/resources/reference/MODEL.json.gz)"),
+                    out: Optional[Path] = typer.Option(None, help="pack file (default: MODEL.json.gz in "
+                                                       "$KNOWLOC_REFERENCE_DIR or the packaged "
+                                                       "knowloc/resources/reference)"),
                     methods: str = typer.Option("ig,amig", help="attribution methods, comma-separated")) -> None:
     """Regenerate a model's shipped specificity reference: the reference items of `knowloc study`'s defaults and
-    of `make demo` on the builtin facts, attributed in full precision (docs/performance.md)."""
-    from importlib import resources
-
-    from knowloc.demo import demo_config
+    of `make demo` on the builtin facts, attributed in fp32 (docs/performance.md)."""
+    from knowloc.attribution.shipped import pack_folder
     from knowloc.study.reference_pack import build_reference_pack
 
     if out is None:
-        out = Path(str(resources.files("knowloc.resources"))) / "reference" / f"{model}.json.gz"
+        out = pack_folder() / f"{model}.json.gz"
     configs = [StudyConfig(models=[model], progress=False), demo_config(Path("unused"), model)]
     build_reference_pack(model, out, configs, _split(methods) or [], echo=typer.echo)
 

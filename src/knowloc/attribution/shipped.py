@@ -2,10 +2,11 @@
 
 A study's specificity profile (knowloc.study.neuron_sets) attributes about a hundred fact-free prompts and
 reference queries per method before it can filter anything; on 2 CPU cores that is most of a small first
-study. ``knowloc/resources/reference/<model>.json.gz`` (or the packs in ``$KNOWLOC_REFERENCE_DIR``) holds those attributions for the built-in models, each
-under its attribution-cache key (:func:`knowloc.attribution.disk_cache.attribution_key`: the model's weights
-fingerprint, method, steps, baselines, prompt and target), so an entry can only serve the exact attribution it
-was computed as, on bit-identical weights. What is kept per entry:
+study. ``knowloc/resources/reference/<model>.json.gz`` (or the packs in ``$KNOWLOC_REFERENCE_DIR``) holds those
+attributions for the built-in models, each under its attribution-cache key
+(:func:`knowloc.attribution.disk_cache.attribution_key`: the model's weights fingerprint, method, steps,
+baselines, prompt and target), so an entry can only serve the exact attribution it was computed as, on
+bit-identical weights. What is kept per entry:
 
 * the objective ``prob``, the attributed token id and text;
 * the score map (rounded to float16, as a study's store keeps it) at every neuron whose score is at least
@@ -23,7 +24,6 @@ import functools
 import gzip
 import json
 import os
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -37,7 +37,6 @@ from knowloc.models.lm import LanguageModel
 __all__ = ["FLOOR", "ShippedEntry", "shipped_entry", "encode_entry", "write_pack", "pack_folder"]
 
 FLOOR = 0.1
-PACKAGE = "knowloc.resources"
 FOLDER = "reference"
 
 
@@ -56,7 +55,7 @@ def pack_folder() -> Path:
     """Where packs are read from: ``$KNOWLOC_REFERENCE_DIR`` when set, else the packaged
     ``knowloc/resources/reference``."""
     override = os.environ.get("KNOWLOC_REFERENCE_DIR")
-    return Path(override) if override else Path(str(resources.files(PACKAGE))) / FOLDER
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "resources" / FOLDER
 
 
 @functools.lru_cache(maxsize=4)
