@@ -21,7 +21,7 @@ PARAREL = REPO.parent / "shared" / "data" / "pararel"
 def _own_attribution_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own empty attribution cache (never the user's ~/.cache): a study test then computes
     what it checks, and one test's entries cannot change what another one runs."""
-    monkeypatch.setenv("KNOWLOC_CACHE_DIR", str(tmp_path_factory.mktemp("attribution-cache")))
+    monkeypatch.setenv("KNOWLOC_ATTRIBUTION_CACHE", str(tmp_path_factory.mktemp("attribution-cache")))
 
 
 @pytest.fixture(scope="session")

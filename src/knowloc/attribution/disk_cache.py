@@ -22,7 +22,7 @@ Safety:
   takes the cache over its bound removes the least recently used entries until it is at 90% of it.
 
 ``--attribution-cache DIR`` of `knowloc study` chooses the directory (default :func:`default_cache_dir`: the
-``KNOWLOC_CACHE_DIR`` environment variable, else ``$XDG_CACHE_HOME/knowloc/attributions``, else
+``KNOWLOC_ATTRIBUTION_CACHE`` environment variable, else ``$KNOWLOC_CACHE/attributions``, else
 ``~/.cache/knowloc/attributions``); ``off`` disables it.
 """
 
@@ -43,6 +43,7 @@ from knowloc.attribution.result import Attribution
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.models.fingerprint import weights_hash
+from knowloc.models.loading import cache_dir
 from knowloc.models.lm import LanguageModel
 
 __all__ = ["AttributionCache", "attribution_key", "default_cache_dir", "DEFAULT_MAX_GB"]
@@ -55,11 +56,11 @@ _FIELDS = ("method", "steps", "baseline", "prompt", "target", "objective", "prob
 
 
 def default_cache_dir() -> Path:
-    """``$KNOWLOC_CACHE_DIR``, else ``$XDG_CACHE_HOME/knowloc/attributions``, else ``~/.cache/knowloc/attributions``."""
-    if os.environ.get("KNOWLOC_CACHE_DIR"):
-        return Path(os.environ["KNOWLOC_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "knowloc" / "attributions"
+    """``$KNOWLOC_ATTRIBUTION_CACHE``, else ``attributions`` in knowloc's cache directory (``$KNOWLOC_CACHE``, else
+    ``~/.cache/knowloc``, where the dequantized models live too)."""
+    if os.environ.get("KNOWLOC_ATTRIBUTION_CACHE"):
+        return Path(os.environ["KNOWLOC_ATTRIBUTION_CACHE"]).expanduser()
+    return cache_dir() / "attributions"
 
 
 def attribution_key(lm: LanguageModel, config: MethodConfig, prompt: str, target: str | None,

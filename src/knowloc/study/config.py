@@ -129,8 +129,8 @@ class StudyConfig:
     device: str | None = setting(None, kind="runtime", help="cpu, cuda, cuda:1 (default: cuda if available)")
     attribution_cache: str = setting("default", kind="runtime", help="directory of the attribution cache that "
                                      "studies share (content-addressed by weights, settings, prompt and target): "
-                                     "'default' ($KNOWLOC_CACHE_DIR, else ~/.cache/knowloc/attributions), a path, "
-                                     "or 'off'")
+                                     "'default' ($KNOWLOC_ATTRIBUTION_CACHE, else ~/.cache/knowloc/attributions), a "
+                                     "path, or 'off'")
     attribution_cache_gb: float = setting(4.0, kind="runtime", help="size bound of the attribution cache in GiB "
                                           "(least recently used entries are removed beyond it)")
     progress: bool = setting(True, kind="runtime", help="progress bars")
