@@ -419,3 +419,16 @@ def test_neuron_says_whether_the_studys_profile_marks_it_non_specific(capsys, tm
     code, out, _ = run(capsys, "neuron", "--model", "tiny-llama", name, "--study", str(on), "--json")
     spec = json.loads(out)["neurons"][0]["specificity"]["tiny-llama ig"]
     assert spec["non_specific"] is True and spec["removed_for"] == flagged["removed_for"]
+
+
+def test_demo_runs_on_two_ray_workers_when_ray_is_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    import knowloc.demo as demo
+
+    real = importlib.util.find_spec
+    config = demo.demo_config(tmp_path, model="tiny-llama", facts=2)
+    assert (config.executor, config.workers) == (("ray", 2) if real("ray") is not None else ("local", 2))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert demo.demo_config(tmp_path, model="tiny-llama", facts=2).executor == "local"
+    assert demo.demo_config(tmp_path, facts=2, executor={"executor": "local"}).executor == "local"

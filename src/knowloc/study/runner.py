@@ -196,8 +196,8 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
             progress.planned += len(cached) + len(attributions) + len(trials)
             if cached:
                 where = f" ({ctx.attribution_cache.directory})" if ctx.attribution_cache is not None else ""
-                echo(f"{model}: {len(cached)} attributions from the attribution cache{where} or the shipped "
-                     "reference; none computed")
+                echo(f"{model}: {len(cached)} attributions read from the attribution cache{where} or the shipped "
+                     "reference (not computed)")
                 run_units(ctx, LocalExecutor(ctx), cached, f"cached attribution {model}", progress)
             executor = executor or make_executor(ctx)
             run_units(ctx, executor, attributions, f"attribution {model}", progress)
