@@ -9,6 +9,7 @@ import pytest
 
 from knowloc.attribution import api as attribution_api
 from knowloc.attribution import shipped
+from knowloc.errors import KnowlocError
 from knowloc.study import plan
 from knowloc.study.config import StudyConfig
 from knowloc.study.reference_pack import build_reference_pack
@@ -64,6 +65,11 @@ def test_cache_directory_option(tmp_path, study_args):
     args = study_args(tmp_path / "a", facts=2, specificity="off", attribution_cache=str(tmp_path / "mine"))
     run_study(StudyConfig(**args), echo=lambda _: None)
     assert list((tmp_path / "mine").glob("??/*.attr"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KnowlocError, match="not a directory"):
+        StudyConfig(**{**args, "attribution_cache": str(tmp_path / "file")})
+    with pytest.raises(KnowlocError, match="attribution-cache-gb"):
+        StudyConfig(**{**args, "attribution_cache_gb": 0})
 
 
 def _reference_rows(out):

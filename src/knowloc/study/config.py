@@ -195,6 +195,9 @@ class StudyConfig:
         if not self.attribution_cache or not self.attribution_cache_gb > 0:
             raise KnowlocError("--attribution-cache must be a directory, 'default' or 'off', and "
                                "--attribution-cache-gb > 0")
+        cache = self.attribution_cache_dir()
+        if cache is not None and cache.exists() and not cache.is_dir():
+            raise KnowlocError(f"--attribution-cache {cache} exists and is not a directory")
         if self.locality < 1 or self.n_boot < 10 or self.ppl_texts < 1:
             raise KnowlocError("--locality and --ppl-texts must be >= 1 and --n-boot >= 10")
 

@@ -128,7 +128,8 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                     for method in cfg.methods:
                         mine = [u for u in pending if u.method == method]
                         hits = sum(u.method == method for u in cached)
-                        from_cache = f" ({hits} more from the attribution cache)" if hits else ""
+                        from_cache = (f" ({hits} more from the attribution cache or the shipped reference)"
+                                      if hits else "")
                         if not mine:
                             if hits:
                                 lines.append(f"  {kind} {method}: 0 to compute{from_cache}")
