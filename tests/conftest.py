@@ -24,6 +24,21 @@ def _own_attribution_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KNOWLOC_ATTRIBUTION_CACHE", str(tmp_path_factory.mktemp("attribution-cache")))
 
 
+@pytest.fixture()
+def engine_calls(monkeypatch):
+    """A list that grows by one at every call of the fast attribution engine behind ``attribute()``."""
+    from knowloc.attribution import api as attribution_api
+
+    calls = []
+    real = attribution_api.attribute_fast
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(attribution_api, "attribute_fast", spy)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def pararel_dir() -> Path:
     if not (PARAREL / "patterns").is_dir():

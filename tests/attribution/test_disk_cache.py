@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from knowloc.attribution import MethodConfig, attribute, attribute_next_token
-from knowloc.attribution import api as attribution_api
 from knowloc.attribution.disk_cache import AttributionCache, attribution_key
 from knowloc.errors import KnowlocError
 from knowloc.models.fingerprint import weights_hash
@@ -21,24 +20,11 @@ def lm(tiny_models):
     return tiny_models("tiny-llama")
 
 
-@pytest.fixture()
-def counting(monkeypatch):
-    """Counts calls of the engine behind attribute()."""
-    calls = []
-    real = attribution_api.attribute_fast
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(attribution_api, "attribute_fast", spy)
-    return calls
-
-
-def test_hit_returns_exactly_the_stored_attribution(lm, tmp_path, counting):
+def test_hit_returns_exactly_the_stored_attribution(lm, tmp_path, engine_calls):
     cache = AttributionCache(tmp_path / "c")
     first = attribute(lm, PROMPT, TARGET, method="ig", steps=3, warn=False, cache=cache)
     again = attribute(lm, PROMPT, TARGET, method="ig", steps=3, warn=False, cache=AttributionCache(tmp_path / "c"))
-    assert len(counting) == 1 and len(cache.entries()) == 1
+    assert len(engine_calls) == 1 and len(cache.entries()) == 1
     assert torch.equal(first.scores, again.scores) and again.scores.dtype == torch.float32
     for name in ("prob", "p_first", "top_k", "target_rank", "method", "steps", "baseline", "prompt", "target"):
         assert getattr(first, name) == getattr(again, name), name
@@ -46,16 +32,16 @@ def test_hit_returns_exactly_the_stored_attribution(lm, tmp_path, counting):
     assert torch.equal(plain.scores, first.scores)  # the cache changes nothing
 
 
-def test_next_token_attributions_are_cached_too(lm, tmp_path, counting):
+def test_next_token_attributions_are_cached_too(lm, tmp_path, engine_calls):
     cache = AttributionCache(tmp_path / "c")
     first = attribute_next_token(lm, "My favourite colour is", method="amig", steps=2, cache=cache)
     again = attribute_next_token(lm, "My favourite colour is", method="amig", steps=2, cache=cache)
-    assert len(counting) == 1 and torch.equal(first.scores, again.scores)
+    assert len(engine_calls) == 1 and torch.equal(first.scores, again.scores)
     assert again.extra == first.extra and again.target == first.target
 
 
 @pytest.mark.parametrize("change", ["steps", "method", "prompt", "target", "weight", "baseline_token", "layers"])
-def test_any_change_is_another_key(lm, tmp_path, counting, change):
+def test_any_change_is_another_key(lm, tmp_path, engine_calls, change):
     cache = AttributionCache(tmp_path / "c")
     base = dict(method="sig", steps=3)
     attribute(lm, PROMPT, TARGET, warn=False, cache=cache, **base)
@@ -82,9 +68,9 @@ def test_any_change_is_another_key(lm, tmp_path, counting, change):
     finally:
         with torch.no_grad():
             weight.copy_(saved)
-    assert len(counting) == 2 and len(cache.entries()) == 2
+    assert len(engine_calls) == 2 and len(cache.entries()) == 2
     attribute(lm, PROMPT, TARGET, warn=False, cache=cache, **base)  # restored weights: the first key again
-    assert len(counting) == 2
+    assert len(engine_calls) == 2
 
 
 def test_weights_hash_follows_in_place_edits(lm):
@@ -98,7 +84,7 @@ def test_weights_hash_follows_in_place_edits(lm):
     assert edited != before and weights_hash(lm.model) == before
 
 
-def test_torn_or_damaged_entry_is_a_miss_and_removed(lm, tmp_path, counting):
+def test_torn_or_damaged_entry_is_a_miss_and_removed(lm, tmp_path, engine_calls):
     cache = AttributionCache(tmp_path / "c")
     first = attribute(lm, PROMPT, TARGET, method="ig", steps=3, warn=False, cache=cache)
     (path,) = cache.entries()
@@ -109,7 +95,7 @@ def test_torn_or_damaged_entry_is_a_miss_and_removed(lm, tmp_path, counting):
         assert cache.get(key) is None and not path.exists()
         attribute(lm, PROMPT, TARGET, method="ig", steps=3, warn=False, cache=cache)  # recomputed and stored
         assert torch.equal(cache.get(key).scores, first.scores)
-    assert len(counting) == 5
+    assert len(engine_calls) == 5
 
 
 def test_lru_eviction_keeps_the_bound_and_the_recently_used(lm, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from knowloc.data.texts import load_neutral_texts
-from knowloc.editing import EditSession, EditTrial, compute_baseline
+from knowloc.editing import EditSession, EditTrial
 from knowloc.editing.operations import row_edit, rows_edited
 from knowloc.errors import KnowlocError
 
@@ -19,18 +19,6 @@ TEXTS = load_neutral_texts()[:5]
 GOLD_TOKENS = [5, 6, 7, 8]
 THRESHOLDED = ("rel", "gen", "loc", "avg", "success", "operation", "n_neurons")
 FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-gemma2"]  # Conv1D rows with bias, Linear columns, post-MLP norm
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_models):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            lm = tiny_models(name)
-            cache[name] = (lm, compute_baseline(lm, PROMPTS, LOCALITY, TEXTS))
-        return cache[name]
-    return get
 
 
 def _state(lm):

@@ -30,18 +30,6 @@ def _all_neurons(lm):
     return {layer: list(range(lm.n_neurons)) for layer in range(lm.n_layers)}
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_models):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            lm = tiny_models(name)
-            cache[name] = (lm, compute_baseline(lm, PROMPTS, LOCALITY, TEXTS))
-        return cache[name]
-    return get
-
-
 def _evaluate(lm, trial, baseline, gold_tokens=None):
     assert baseline.lm is lm and baseline.locality_prompts == tuple(LOCALITY) and baseline.neutral_texts == tuple(TEXTS)
     return baseline.evaluate(trial, gold_tokens)

@@ -7,25 +7,12 @@ import sqlite3
 
 import pytest
 
-from knowloc.attribution import api as attribution_api
 from knowloc.attribution import shipped
 from knowloc.errors import KnowlocError
 from knowloc.study import plan
 from knowloc.study.config import StudyConfig
 from knowloc.study.reference_pack import build_reference_pack
 from knowloc.study.runner import run_study
-
-
-@pytest.fixture()
-def engine_calls(monkeypatch):
-    calls = []
-    real = attribution_api.attribute_fast
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(attribution_api, "attribute_fast", spy)
-    return calls
 
 
 def _rows(path, table):
