@@ -120,3 +120,113 @@ def test_a_missing_null_baseline_is_said_once():
                 if f["id"] == "paraphrases-share-kns")
     assert item["verdict"] == "cannot decide"
     assert item["text"] == "ig: no null baseline: no relation has two studied facts to swap templates between."
+
+
+# models side by side (findings_by_model)
+
+@pytest.mark.parametrize("verdicts, expected", [
+    (["supports", "supports"], "agree: supports"),
+    (["contradicts", "contradicts", "contradicts"], "agree: contradicts"),
+    (["supports", "contradicts"], "disagree"),
+    (["supports", "cannot decide", "contradicts"], "disagree"),  # one supports, another contradicts
+    (["mixed", "supports", "contradicts"], "disagree"),
+    (["supports", "cannot decide"], "cannot decide"),
+    (["supports", "partly supports"], "cannot decide"),  # only decided verdicts agree
+    (["contradicts", "mixed"], "cannot decide"),
+    (["not run", "not run"], "cannot decide"),
+    (["cannot decide", "cannot decide"], "cannot decide"),
+    (["partly contradicts", "partly contradicts"], "cannot decide"),
+    ([], "cannot decide"),
+])
+def test_across_models_rule(verdicts, expected):
+    from knowloc.study.findings import across
+
+    assert across(verdicts) == expected
+
+
+def _two_model_summary() -> dict:
+    """Model a supports the CAS claim (two comparisons), b contradicts it; both put a substantial share of facts in
+    K_I; a supports the generalization gap, b has too few K_C facts to decide."""
+    def mod_row(model, lo, hi, n_k_c):
+        return {"model": model, "method": "ig", "operation": "erase", "metric": "gen", "n_k_c": n_k_c, "n_k_i": 30,
+                "k_c": 0.9, "k_i": 0.4, "diff": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
+    return {
+        "config": {"models": ["a", "b"], "specificity": 1.0}, "facts": {"a": 20, "b": 20},
+        "cas_comparison": [{**_cas_row("ig", "K_C", "N_i", 0.05, 0.2), "model": "a"},
+                           {**_cas_row("amig", "K_I", "N_g", 0.01, 0.3, n=12), "model": "a"},
+                           {**_cas_row("ig", "K_C", "N_i", -0.2, -0.05), "model": "b"}],
+        "consistency": [{**_consistency_row("off", 0.3, 0.5), "model": "a"},
+                        {**_consistency_row("off", 0.25, 0.6), "model": "b", "n_facts": 18}],
+        "modification_contrasts": [mod_row("a", 0.1, 0.3, 10), mod_row("b", 0.3, 0.7, 3)],
+    }
+
+
+def test_findings_by_model_judge_each_models_rows_alone():
+    from knowloc.study.findings import findings_by_model
+
+    summary = _two_model_summary()
+    table = findings_by_model(summary, BUILTIN)
+    assert table["models"] == ["a", "b"]
+    rows = {r["id"]: r for r in table["rows"]}
+    assert list(rows) == [f["id"] for f in findings(summary)]
+    cas = rows["cas-beats-baselines"]
+    assert set(cas["per_model"]) == {"a", "b"}
+    assert (cas["per_model"]["a"]["verdict"], cas["per_model"]["b"]["verdict"]) == ("supports", "contradicts")
+    assert cas["across"] == "disagree"
+    assert cas["per_model"]["a"]["estimates"] == [
+        {"label": "ig K_C vs N_i", "value": pytest.approx(0.125), "low": 0.05, "high": 0.2, "n": 20},
+        {"label": "amig K_I vs N_g", "value": pytest.approx(0.155), "low": 0.01, "high": 0.3, "n": 12}]
+    assert cas["per_model"]["b"]["estimates"] == [
+        {"label": "ig K_C vs N_i", "value": pytest.approx(-0.125), "low": -0.2, "high": -0.05, "n": 20}]
+    # the pooled finding mixes both models' comparisons into one verdict
+    assert next(f for f in findings(summary) if f["id"] == "cas-beats-baselines")["verdict"] == "mixed"
+    share = rows["k-i-share"]
+    assert share["across"] == "agree: supports"
+    assert share["per_model"]["b"]["estimates"] == [{"label": "ig", "value": pytest.approx(0.425), "low": 0.25,
+                                                     "high": 0.6, "n": 18}]
+    gen = rows["kc-ki-generalization"]
+    assert gen["per_model"]["a"]["verdict"] == "supports"
+    assert gen["per_model"]["b"] == {"verdict": "cannot decide", "reason": "fewer than 5 facts (n = 3)",
+                                     "text": gen["per_model"]["b"]["text"], "estimates": [
+                                         {"label": "ig", "value": 0.5, "low": None, "high": None, "n": 3}]}
+    assert gen["across"] == "cannot decide"
+    # a judge that builds its (text, (verdict, reason)) tuples by hand carries no estimate: the cell shows its text
+    sharing = rows["paraphrases-share-kns"]
+    assert sharing["across"] == "agree: supports" and sharing["per_model"]["a"]["estimates"] == []
+    assert sharing["per_model"]["a"]["text"].startswith("ig: mean CS exceeds the template-matched null by")
+    assert rows["query-kn-mapping"]["per_model"]["a"]["verdict"] == "not run"
+    assert rows["query-kn-mapping"]["across"] == "cannot decide"
+    # a single-model study has no side-by-side table
+    assert findings_by_model({**summary, "config": {"models": ["a"]}, "facts": {"a": 20}}, BUILTIN) is None
+
+
+def test_model_view_filters_every_list_of_model_rows():
+    from knowloc.study.findings import model_view
+
+    summary = {"config": {"models": ["a", "b"]}, "facts": {"a": 3, "b": 4}, "figures": {"cas": ["x.png"]},
+               "rows": [{"model": "a", "v": 1}, {"model": "b", "v": 2}, {"v": 3}], "empty": [], "flag": "on"}
+    view = model_view(summary, "b")
+    assert view["rows"] == [{"model": "b", "v": 2}, {"v": 3}]
+    assert {k: v for k, v in view.items() if k != "rows"} == {k: v for k, v in summary.items() if k != "rows"}
+    assert summary["rows"][0] == {"model": "a", "v": 1}  # the summary itself is left as it was
+
+
+def test_findings_markdown_shows_the_models_side_by_side():
+    from knowloc.study.findings import findings_by_model, markdown
+
+    summary = _two_model_summary()
+    table = findings_by_model(summary, BUILTIN)
+    lines = markdown(findings(summary), table)
+    header = lines.index("| Question | a | b | Across models |")
+    assert lines[header + 1] == "|---|---|---|---|"
+    rows = lines[header + 2:header + 2 + len(table["rows"])]
+    assert all(row.startswith("| ") and row.count(" | ") == 3 for row in rows)  # one column per model, then across
+    cas = next(row for row in rows if "`cas-beats-baselines`" in row)
+    assert ("| **supports**: ig K_C vs N_i +0.125 [+0.050, +0.200], n 20; amig K_I vs N_g +0.155 [+0.010, +0.300], "
+            "n 12 | **contradicts**: -0.125 [-0.200, -0.050], n 20 | **disagree** |") in cas
+    gen = next(row for row in rows if "`kc-ki-generalization`" in row)
+    assert "| **cannot decide** (fewer than 5 facts (n = 3)): +0.500 (no interval), n 3 | **cannot decide** |" in gen
+    assert "| **agree: supports** |" in next(row for row in rows if "`k-i-share`" in row)
+    # the pooled list follows the table; a single-model section is as it was
+    assert lines.index("### All models together") > header
+    assert not any("Across models" in line or "###" in line for line in markdown(findings(summary)))

@@ -98,7 +98,7 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
                         f"--out DIR</code> and the study's other settings: everything already stored is reused.</p>")
             if figures[sid]:
                 body.append('<p class="muted">Figures left in figures/ by an earlier run:</p>')
-        body.append(figures_html(figures[sid]))
+        body.append(figures_html(figures[sid], config.models))  # per model side by side for 2+ models
         body.append("</section>")
     if figures["other"]:
         body += ['<section id="other-figures"><h2>Other figures</h2>', figures_html(figures["other"]), "</section>"]
@@ -108,9 +108,11 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
              '<section id="config"><h2>Configuration &amp; environment</h2>', config_section(summary, config, env),
              "</section>"]
 
+    # the side-by-side styles only where there are models side by side: a single-model report is unchanged
+    style = asset("report.css") + ("\n" + asset("models.css") if len(config.models) >= 2 else "")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{esc(title)}</title>\n<style>\n{asset('report.css')}\n</style>\n</head>\n<body>\n"
+            f"<title>{esc(title)}</title>\n<style>\n{style}\n</style>\n</head>\n<body>\n"
             + "\n".join(part for part in body if part)
             + f"\n<script>{asset('print.js')}</script>\n</body>\n</html>\n")
 

@@ -14,6 +14,15 @@ consistency score, so without a K_C / K_I group; no update target; ...) cannot d
 "not run" is only for an experiment the study did not run. A question answered per method (and group) gets one verdict: the common one when all
 agree, "mixed" when some comparisons support and others contradict, and "partly supports" / "partly
 contradicts" when the rest cannot decide; the reason counts each kind.
+
+Models side by side (:func:`findings_by_model`, summary.json ``findings_by_model``, only for a study of 2+
+models): each question is answered once per model, by the same judges over that model's rows only
+(:func:`model_view`: every list of summary rows is filtered to the rows whose "model" is that model, everything
+else kept), so a model's verdict follows the rules above; each cell lists the estimates the judge read (number,
+95% interval, n, with the comparison's method / group label). The question's "across models" verdict
+(:func:`across`): "agree: supports" (or "agree: contradicts") when every model has that same decided verdict,
+"disagree" when some model supports and another contradicts, else "cannot decide" (some model cannot decide,
+is mixed or partly decided, or did not run the experiment).
 """
 
 from __future__ import annotations
@@ -61,16 +70,27 @@ def verdict(e: Estimate, support_above: float | None = None, support_below: floa
     return UNDECIDED, "the interval is too wide for either rule"
 
 
+def row_label(row: dict) -> str:
+    """A comparison's short label from its summary row: method and group, and the baseline it is compared
+    with ("ig K_C vs N_i"); "" when the row has none of them."""
+    words = [str(row[k]) for k in ("method", "group") if row.get(k) not in (None, "")]
+    if row.get("baseline") not in (None, ""):
+        words.append(f"vs {row['baseline']}")
+    return " ".join(words)
+
+
 def judge_rows(rows: Iterable[dict], where: dict, describe: Callable[[dict, Estimate], str], key: str = "diff",
-               n: str | Callable[[dict], int] = "n", **rule: float) -> list[Part]:
+               n: str | Callable[[dict], int] = "n", label: Callable[[dict], str] = row_label,
+               **rule: float) -> list[Part]:
     """One comparison per summary row matching ``where``: the row's :class:`Estimate` (``key`` with its
     ``ci_low`` / ``ci_high`` and ``n``, a row key or a function of the row), the sentence ``describe(row,
-    estimate)`` and :func:`verdict` under ``rule`` (``support_above=0.0`` etc.)."""
+    estimate)`` and :func:`verdict` under ``rule`` (``support_above=0.0`` etc.); each :class:`Part` carries
+    its estimate and ``label(row)`` (:func:`row_label`)."""
     parts = []
     for r in rows:
         if all(r.get(k) == v for k, v in where.items()):
             e = Estimate.from_row(r, key, n=n(r) if callable(n) else n)
-            parts.append((describe(r, e), verdict(e, **rule)))
+            parts.append(Part(describe(r, e), verdict(e, **rule), e, label(r)))
     return parts
 
 
@@ -111,27 +131,104 @@ def nothing_measured(summary: dict) -> str:
     return "no comparison had facts to measure"
 
 
-def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
-    """The findings of a study summary (summary.json's content), in the experiments' order; each
-    ``{"id", "question", "claim", "verdict", "text", "reason"}`` with verdict supports / contradicts / cannot
-    decide / mixed / partly supports / partly contradicts (see :func:`combine`) / not run (the experiment is not
-    in the study; one that ran with nothing to measure cannot decide, and the reason says why)."""
-    out = []
+def _judged(summary: dict, experiments: Iterable[Experiment]) -> list[tuple[dict, list]]:
+    """Each finding of :func:`findings` with the parts its judge returned (none when not run or nothing
+    measured)."""
+    out: list[tuple[dict, list]] = []
     for experiment in experiments:
         for finding in experiment.findings:
             item = {"id": finding.id, "question": finding.question, "claim": finding.claim}
             parts = finding.judge(summary) if experiment.ran(summary) else None
             if parts is None:
-                out.append({**item, "verdict": NOT_RUN, "reason": NOT_RUN,
-                            "text": f"Not measured: the study has no {experiment.name} results."})
+                out.append(({**item, "verdict": NOT_RUN, "reason": NOT_RUN,
+                             "text": f"Not measured: the study has no {experiment.name} results."}, []))
                 continue
             if not parts:
                 why = nothing_measured(summary)
-                out.append({**item, "verdict": UNDECIDED, "reason": why, "text": f"Nothing measured: {why}."})
+                out.append(({**item, "verdict": UNDECIDED, "reason": why, "text": f"Nothing measured: {why}."}, []))
                 continue
             chosen, reason = combine([v for _, v in parts])
-            out.append({**item, "verdict": chosen, "reason": reason, "text": " ".join(text for text, _ in parts)})
+            out.append(({**item, "verdict": chosen, "reason": reason,
+                         "text": " ".join(text for text, _ in parts)}, list(parts)))
     return out
+
+
+def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
+    """The findings of a study summary (summary.json's content), in the experiments' order; each
+    ``{"id", "question", "claim", "verdict", "text", "reason"}`` with verdict supports / contradicts / cannot
+    decide / mixed / partly supports / partly contradicts (see :func:`combine`) / not run (the experiment is not
+    in the study; one that ran with nothing to measure cannot decide, and the reason says why)."""
+    return [item for item, _ in _judged(summary, experiments)]
+
+
+AGREE, DISAGREE = "agree", "disagree"
+
+
+def across(verdicts: Iterable[str]) -> str:
+    """The across-models verdict of one question from each model's verdict: "agree: supports" / "agree:
+    contradicts" when every model has that same decided verdict, "disagree" when some model supports and
+    another contradicts, else "cannot decide" (a model undecided, mixed, partly decided or not run; no model)."""
+    verdicts = list(verdicts)
+    if verdicts and verdicts[0] in (SUPPORTS, CONTRADICTS) and all(v == verdicts[0] for v in verdicts):
+        return f"{AGREE}: {verdicts[0]}"
+    if SUPPORTS in verdicts and CONTRADICTS in verdicts:
+        return DISAGREE
+    return UNDECIDED
+
+
+def model_view(summary: dict, model: str) -> dict:
+    """The summary as if the study had only `model`: in every list of rows, the dict rows carrying a "model"
+    key keep only that model's; everything else (rows without a model, config, facts, figures, ...) as is."""
+    def keep(value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [r for r in value if not (isinstance(r, dict) and "model" in r) or r["model"] == model]
+    return {key: keep(value) for key, value in summary.items()}
+
+
+def study_models(summary: dict) -> list[str]:
+    """The models of a study summary: its config's, else those its ``facts`` counts."""
+    models = (summary.get("config") or {}).get("models")
+    return list(models) if models else list(summary.get("facts") or {})
+
+
+def _clean(x: Any) -> float | None:
+    return float(x) if ok(x) else None
+
+
+def _estimates(parts: list) -> list[dict]:
+    """The estimates the parts carry (a hand-built 2-tuple carries none)."""
+    out = []
+    for part in parts:
+        e = getattr(part, "estimate", None)
+        if e is not None:
+            out.append({"label": getattr(part, "label", ""), "value": _clean(e.value), "low": _clean(e.low),
+                        "high": _clean(e.high), "n": e.n})
+    return out
+
+
+def findings_by_model(summary: dict, experiments: Iterable[Experiment],
+                      models: Iterable[str] | None = None) -> dict | None:
+    """The findings per model side by side, for a study of 2+ models (None for fewer): ``{"models": [...],
+    "rows": [{"id", "question", "claim", "per_model": {model: {"verdict", "reason", "text", "estimates":
+    [{"label", "value", "low", "high", "n"}]}}, "across"}]}``, one row per finding in :func:`findings`' order;
+    each model's cell is :func:`findings` of :func:`model_view` (the same judges over that model's rows), its
+    estimates those the judge's parts carry (JSON null for nan); ``across`` is :func:`across` of the verdicts."""
+    models = study_models(summary) if models is None else list(models)
+    if len(models) < 2:
+        return None
+    experiments = list(experiments)
+    judged = {m: _judged(model_view(summary, m), experiments) for m in models}
+    rows = []
+    for k, (item, _) in enumerate(judged[models[0]]):
+        per_model = {}
+        for m in models:
+            cell, parts = judged[m][k]
+            per_model[m] = {"verdict": cell["verdict"], "reason": cell["reason"], "text": cell["text"],
+                            "estimates": _estimates(parts)}
+        rows.append({"id": item["id"], "question": item["question"], "claim": item["claim"], "per_model": per_model,
+                     "across": across(c["verdict"] for c in per_model.values())})
+    return {"models": models, "rows": rows}
 
 
 def shown_reason(item: dict) -> str:
@@ -141,10 +238,56 @@ def shown_reason(item: dict) -> str:
     return "" if item["verdict"] in (SUPPORTS, CONTRADICTS) or reason == item["verdict"] else reason
 
 
-def markdown(items: list[dict]) -> list[str]:
-    """The findings as a Markdown section."""
+BY_MODEL_TITLE = "Models side by side"
+BY_MODEL_INTRO = ("Each model's verdict from its own rows only (number [95% interval], n of each comparison the "
+                  "verdict read); across models: \"agree\" when every model supports the claim (or every model "
+                  "contradicts it), \"disagree\" when one model supports and another contradicts, else \"cannot "
+                  "decide\".")
+POOLED_TITLE = "All models together"
+POOLED_INTRO = "One verdict per question from the comparisons of every model."
+
+
+def estimate_text(e: dict, labelled: bool = True) -> str:
+    """One estimate of a findings_by_model cell, compactly: ``label value [low, high], n N``."""
+    est = Estimate(e.get("n") or 0, e.get("value"), e.get("low"), e.get("high"))
+    label = f"{e['label']} " if labelled and e.get("label") else ""
+    return f"{label}{num(est.value, 3)} {interval(est, 3)}, n {est.n}"
+
+
+def cell_details(cell: dict) -> list[str]:
+    """What a findings_by_model cell shows after its verdict: its estimates (labelled when there are several),
+    else the sentence of a comparison without an estimate; nothing for an experiment not run."""
+    if cell["verdict"] == NOT_RUN:
+        return []
+    estimates = cell.get("estimates") or []
+    if estimates:
+        return [estimate_text(e, labelled=len(estimates) > 1) for e in estimates]
+    return [cell["text"]] if cell.get("text") else []
+
+
+def markdown_by_model(table: dict) -> list[str]:
+    """findings_by_model as a Markdown table: one row per question, one column per model, then across."""
+    def cell(c: dict) -> str:
+        why = f" ({shown_reason(c)})" if shown_reason(c) else ""
+        details = "; ".join(cell_details(c))
+        return (f"**{c['verdict']}**{why}" + (f": {details}" if details else "")).replace("|", "\\|")
+    models = table["models"]
+    lines = [f"### {BY_MODEL_TITLE}", "", BY_MODEL_INTRO, "",
+             "| Question | " + " | ".join(m.replace("|", "\\|") for m in models) + " | Across models |",
+             "|" + "---|" * (len(models) + 2)]
+    for row in table["rows"]:
+        question = f"{row['question']} (`{row['id']}`)".replace("|", "\\|")
+        lines.append(f"| {question} | " + " | ".join(cell(row["per_model"][m]) for m in models)
+                     + f" | **{row['across']}** |")
+    return lines + [""]
+
+
+def markdown(items: list[dict], by_model: dict | None = None) -> list[str]:
+    """The findings as a Markdown section; with `by_model` (findings_by_model) its table first."""
     lines = ["## Findings", "", "Each question of the paper, answered from this study (95% bootstrap intervals "
              f"over facts; none below {MIN_N} facts); the verdict is about the paper's claim.", ""]
+    if by_model is not None:
+        lines += markdown_by_model(by_model) + [f"### {POOLED_TITLE}", "", POOLED_INTRO, ""]
     for k, f in enumerate(items, start=1):
         why = f" ({shown_reason(f)})" if shown_reason(f) else ""
         lines.append(f"{k}. **{f['question']}** Paper: {f['claim']}. Verdict: **{f['verdict']}**{why}. {f['text']}")

@@ -12,10 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from knowloc.analysis import Estimate
 from knowloc.study.tables import Table
 
-# (text, (verdict, reason)) of one comparison of a finding; see knowloc.study.findings
-Part = tuple[str, tuple[str, str]]
+
+class Part(tuple):
+    """(text, (verdict, reason)) of one comparison of a finding (:mod:`knowloc.study.findings`), a 2-tuple that
+    may carry the :class:`~knowloc.analysis.Estimate` its verdict read (``estimate``) and a short label of the
+    comparison (``label``: its method, group, baseline), shown per model in the findings table. A judge may
+    also return plain 2-tuples (text, (verdict, reason)): they carry no estimate."""
+
+    estimate: Estimate | None
+    label: str
+
+    def __new__(cls, text: str, decided: tuple[str, str], estimate: Estimate | None = None, label: str = ""):
+        part = super().__new__(cls, (text, decided))
+        part.estimate, part.label = estimate, label
+        return part
+
+    def __getnewargs__(self):  # type: ignore[override]  # pickling: rebuilt with its estimate and label
+        return (self[0], self[1], self.estimate, self.label)
 
 
 @dataclass(frozen=True)
@@ -26,7 +42,9 @@ class Finding:
     question: the question, one line. claim: the paper's answer to it.
     rule: when the data support or contradict the claim (one sentence; docs/study.md lists them).
     judge(summary) -> [Part] | None: one (text, (verdict, reason)) per comparison (model x method x group),
-        from summary.json's content; None when the experiment ran but measured nothing for this question.
+        from summary.json's content, a :class:`Part` carrying its Estimate where there is one (judge_rows'
+        parts do) or a plain 2-tuple; None when the experiment ran but measured nothing for this question.
+        The findings call it once on the whole summary and once per model on that model's rows only.
     """
 
     id: str

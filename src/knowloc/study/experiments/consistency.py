@@ -281,9 +281,9 @@ def judge_k_i_share(summary: dict) -> list[Part] | None:
     for r in rows:
         share = Estimate.from_row(r, "k_i_fraction", "k_i_ci_low", "k_i_ci_high", n="n_facts")
         left = unscored_note(r.get("n_empty_kn", 0), r.get("n_one_query", 0))
-        parts.append((f"{r['method']}: {num(share.value, 2, False)} {interval(share, 2, False)} of {share.n} facts "
-                      f"are K_I (static tau {r['threshold']:.2f}{'; ' + left if left else ''}).",
-                      verdict(share, support_above=0.2, contradict_below=0.1)))
+        parts.append(Part(f"{r['method']}: {num(share.value, 2, False)} {interval(share, 2, False)} of {share.n} "
+                          f"facts are K_I (static tau {r['threshold']:.2f}{'; ' + left if left else ''}).",
+                          verdict(share, support_above=0.2, contradict_below=0.1), share, r["method"]))
     return parts
 
 
