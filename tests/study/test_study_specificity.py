@@ -10,13 +10,17 @@ from pathlib import Path
 import pytest
 
 from knowloc.analysis import MIN_N
-from knowloc.data import load_specificity_prompts
+from knowloc.analysis import normalized_prompt
+from knowloc.data import load_specificity_prompts, load_specificity_queries
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.experiments.cas import selections
 from knowloc.study.runner import run_study
 from knowloc.study.store import Store
+
+SUBJECTS = ["France", "Germany", "Italy", "Spain", "Japan", "Egypt"]
+TEMPLATES = ["The capital of [X] is [Y].", "[X]'s capital city is [Y].", "The seat of government of [X] is [Y]."]
 
 LEGACY = Path(__file__).parent / "data" / "legacy_tiny_summary.json"
 ALL_PAPER = ["consistency", "modification", "query-mapping", "attention", "cas", "cas-sweep"]
@@ -76,40 +80,98 @@ def test_specificity_off_reproduces_the_previous_release(tmp_path, study_args):
     assert "No specificity profile was computed: with --specificity off" in (out / "summary.md").read_text()
 
 
-def test_profile_never_uses_a_facts_own_queries(tmp_path, study_args, tiny_facts):
-    """The reference set is the neutral prompts plus per relation a few known facts' queries; a fact's filter
-    reads only the other relations' queries, so it never sees the fact's own (or its relation's) queries."""
-    out = tmp_path / "a"
-    config = StudyConfig(**study_args(out, experiments=["consistency"], specificity_prompts=6,
-                                      specificity_queries=3, specificity=0.0))
+def _reference_study(out: Path, study_args, data: Path | None = None, **overrides) -> StudyContext:
+    args = study_args(out, **{"experiments": ["consistency"], "specificity_prompts": 6, "specificity_queries": 2,
+                              "specificity": 0.0, **overrides})
+    if data is not None:
+        args["data"] = str(data)
+    config = StudyConfig(**args)
     run_study(config, echo=lambda _: None)
-    ctx = _context(out, config)
+    return _context(out, config)
+
+
+def _write_facts(path: Path, relations: dict[str, list[str]], extra: tuple = ()) -> Path:
+    """A JSONL fact set: {relation: objects} over SUBJECTS and TEMPLATES, plus `extra` fact lines."""
+    lines = [{"id": f"{relation}-{k}", "relation": relation, "subject": subject, "object": objects[k % len(objects)],
+              "templates": TEMPLATES} for relation, objects in relations.items() for k, subject in enumerate(SUBJECTS)]
+    lines += list(extra)
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_reference_is_the_shipped_set_and_never_a_facts_own_queries(tmp_path, study_args):
+    """The reference is the neutral prompts plus the first --specificity-queries of each shipped reference relation
+    (the model's own next token as target), never a studied query; for a fact of relation R, the reference
+    relations with R's id or with an answer type of R's objects do not count (issue 21)."""
+    shipped = load_specificity_queries()
+    colour = next(q for q in shipped if q["answer_type"] == "color")
+    head, last = colour["prompt"].rsplit(" ", 1)  # a studied query equal to a shipped one: subject = its last word
+    clash = {"id": "tints-clash", "relation": "tints", "subject": last, "object": "red",
+             "templates": [f"{head} [X] [Y].", f"{head}, [X] [Y]."]}
+    data = _write_facts(tmp_path / "facts.jsonl", {
+        "P38": ["Paris", "Rome"],  # the id of a shipped relation (currency), other answers
+        "tints": ["red", "blue"],  # a free label whose answers are colours
+    }, extra=[clash])
+    ctx = _reference_study(tmp_path / "a", study_args, data)
     rows = ctx.store.reference("tiny-llama", "ig")
     neutral = [r for r in rows if r["relation"] is None]
     queries = [r for r in rows if r["relation"] is not None]
     assert [r["prompt"] for r in neutral] == load_specificity_prompts()[:6]
-    assert {r["relation"] for r in queries} == {"R1", "R2"} and len(queries) <= 6
-    fact_prompts = {q["text"] for row in ctx.probes["tiny-llama"] for q in row["queries"]}
-    assert not fact_prompts & {r["prompt"] for r in neutral}
-    assert {r["prompt"] for r in queries} <= fact_prompts  # real queries, of known facts
-    for relation in ("R1", "R2"):
-        # F = 0: exactly the KNs of the neutral prompts and of the other relation's reference queries
-        expected = {n for r in rows if r["relation"] in (None, *({"R1", "R2"} - {relation})) for n in r["kn"]}
-        assert ctx.neurons.excluded("tiny-llama", "ig", relation) == expected
-        own = {n for r in queries if r["relation"] == relation for n in r["kn"]}
-        assert own - expected  # the relation's own reference queries are never used for its facts
+    studied = {normalized_prompt(q["text"]) for row in ctx.probes["tiny-llama"] for q in row["queries"]}
+    assert normalized_prompt(colour["prompt"]) in studied
+    expected = []
+    for q in shipped:
+        if normalized_prompt(q["prompt"]) not in studied and \
+                sum(e["relation"] == q["relation"] for e in expected) < 2:
+            expected.append(q)
+    assert [(r["prompt"], r["relation"]) for r in queries] == [(q["prompt"], q["relation"]) for q in expected]
+    assert not {normalized_prompt(r["prompt"]) for r in rows} & studied  # never a studied query
+    assert all(r["kn"] is not None for r in queries) and len({r["relation"] for r in queries}) >= 15
+    types = {q["relation"]: q["answer_type"] for q in shipped}
+    # by id, and by answer type: its objects are cities
+    assert ctx.neurons.excluded_reference("tiny-llama", "P38") == {"P38"} | {r for r, t in types.items() if t == "city"}
+    assert ctx.neurons.excluded_reference("tiny-llama", "tints") == {r for r, t in types.items() if t == "color"}
+    for relation in ("P38", "tints"):
+        own = ctx.neurons.excluded_reference("tiny-llama", relation)
+        # F = 0: exactly the KNs of the neutral prompts and of the reference queries that are not R's own
+        kept = {n for r in rows if r["relation"] not in own for n in r["kn"]}
+        assert ctx.neurons.excluded("tiny-llama", "ig", relation) == kept
+        assert {n for r in queries if r["relation"] in own for n in r["kn"]} - kept  # R's own would add neurons
     for fact in ctx.facts["tiny-llama"]:
         drop = ctx.neurons.excluded("tiny-llama", "ig", fact.relation)
-        for q, kn in ctx.neurons.kn_lists("tiny-llama", "ig", fact.fact_id).items():
+        for kn in ctx.neurons.kn_lists("tiny-llama", "ig", fact.fact_id).values():
             assert not set(kn) & drop
     ctx.store.close()
-    # the same facts give the same reference set whichever facts are studied (--facts is a view)
-    again = tmp_path / "b"
-    run_study(StudyConfig(**{**study_args(again, experiments=["consistency"], specificity_prompts=6,
-                                          specificity_queries=3, specificity=0.0), "facts": 2}), echo=lambda _: None)
-    with sqlite3.connect(again / "results.sqlite") as db:
-        assert db.execute("SELECT ridx, prompt, kn FROM reference ORDER BY ridx").fetchall() == \
-            [(r["ridx"], r["prompt"], json.dumps([list(n) for n in r["kn"]])) for r in rows]
+
+
+def test_one_relation_study_gets_the_seven_relation_reference(tmp_path, study_args):
+    """The reference set does not depend on what else is studied: a study of one relation stores the same
+    reference attributions, and filters that relation's facts by the same neurons, as a study of seven."""
+    relations = {f"rel{k}": [["Paris", "Rome"], ["Europe", "Africa"], ["red", "blue"]][k % 3] for k in range(7)}
+    seven = _reference_study(tmp_path / "seven", study_args, _write_facts(tmp_path / "seven.jsonl", relations))
+    one = _reference_study(tmp_path / "one", study_args,
+                           _write_facts(tmp_path / "one.jsonl", {"rel1": relations["rel1"]}))
+    a, b = (ctx.store.reference("tiny-llama", "ig") for ctx in (seven, one))
+    assert [(r["prompt"], r["relation"], r["kn"]) for r in a] == [(r["prompt"], r["relation"], r["kn"]) for r in b]
+    assert seven.neurons.excluded("tiny-llama", "ig", "rel1") == one.neurons.excluded("tiny-llama", "ig", "rel1")
+    assert seven.neurons.excluded("tiny-llama", "ig", "rel1")
+    seven.store.close()
+    one.store.close()
+
+
+def test_study_reference_uses_other_relations_known_facts(tmp_path, study_args):
+    """--specificity-reference study (the behaviour of stores made before the shipped set): per relation a few
+    known facts' queries; a fact's filter reads only the other relations' queries."""
+    ctx = _reference_study(tmp_path / "a", study_args, specificity_reference="study", specificity_queries=3)
+    rows = ctx.store.reference("tiny-llama", "ig")
+    queries = [r for r in rows if r["relation"] is not None]
+    assert {r["relation"] for r in queries} == {"R1", "R2"} and len(queries) <= 6
+    fact_prompts = {q["text"] for row in ctx.probes["tiny-llama"] for q in row["queries"]}
+    assert {r["prompt"] for r in queries} <= fact_prompts  # real queries, of known facts
+    for relation in ("R1", "R2"):
+        expected = {n for r in rows if r["relation"] in (None, *({"R1", "R2"} - {relation})) for n in r["kn"]}
+        assert ctx.neurons.excluded("tiny-llama", "ig", relation) == expected
+    ctx.store.close()
 
 
 def test_filter_removes_non_specific_neurons_from_every_set(tmp_path, study_args):
@@ -238,7 +300,8 @@ def test_filtered_study_matches_the_fixture(tmp_path, study_args):
     """Refactoring changes no value: all seven experiments with the filter and the calibrated rule reproduce
     tests/study/data/filtered_tiny_summary.json (see its README)."""
     args = study_args(tmp_path / "on", experiments=ALL_PAPER + ["update-sweep"], specificity=0.1,
-                      update_rule="calibrated", lambda2=2.0, update_sweep_lambda2=[0.5, 4.0], update_sweep_queries=1)
+                      update_rule="calibrated", lambda2=2.0, update_sweep_lambda2=[0.5, 4.0], update_sweep_queries=1,
+                      specificity_reference="study", specificity_queries=8)  # the fixture's reference
     summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
     _same(json.loads((LEGACY.parent / "filtered_tiny_summary.json").read_text()), summary)
 

@@ -30,7 +30,8 @@ from knowloc.analysis.editing_metrics import (
     update_success,
 )
 from knowloc.analysis.neurons import relative_mask, select_neurons
-from knowloc.analysis.specificity import activation_ratio, kn_frequency, mask_scores, nonspecific_neurons
+from knowloc.analysis.specificity import (TYPE_SHARE, activation_ratio, answer_types, excluded_reference_relations,
+                                         kn_frequency, mask_scores, nonspecific_neurons, normalized_prompt)
 from knowloc.analysis.stats import (MIN_N, Estimate, bootstrap_ci, paired_bootstrap_diff, permutation_test_diff,
                                    unpaired_bootstrap_diff, welch_t)
 
@@ -45,6 +46,10 @@ __all__ = [
     "kn_frequency",
     "mask_scores",
     "nonspecific_neurons",
+    "TYPE_SHARE",
+    "answer_types",
+    "excluded_reference_relations",
+    "normalized_prompt",
     "avg_score",
     "bootstrap_ci",
     "cas_components",

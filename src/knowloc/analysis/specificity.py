@@ -19,6 +19,15 @@ Filtering removes the non-specific neurons from a neuron set after it is selecte
 neurons that are KNs of anything. (:func:`mask_scores` zeroes neurons in an attribution map instead, which
 re-selects relative to the strongest remaining neuron; on SmolLM2-135M that roughly quadrupled N_i and cost
 locality, docs/editing.md.)
+
+Reference queries of the fact's own relation never count against it. A user's relation labels are free
+strings, so "own" is decided twice: by id (case-insensitive), and by answer type. For a studied relation R with
+distinct objects O_R and a vocabulary V_T per answer type T (``knowloc/resources/answer_types.json``):
+
+    types(R)    = {T : |{o in O_R : casefold(o) in V_T}| >= TYPE_SHARE * |O_R|}
+    excluded(R) = {reference relation S : id(S) == id(R) or type(S) in types(R)}
+
+so a study of "languages spoken" (P1412) counts no reference query whose answer is a language, whatever its id.
 """
 
 from __future__ import annotations
@@ -31,7 +40,11 @@ import torch
 from knowloc.analysis._arrays import Neuron
 from knowloc.errors import KnowlocError
 
-__all__ = ["kn_frequency", "activation_ratio", "nonspecific_neurons", "mask_scores"]
+__all__ = ["kn_frequency", "activation_ratio", "nonspecific_neurons", "mask_scores", "answer_types",
+           "excluded_reference_relations", "normalized_prompt", "TYPE_SHARE"]
+
+# A studied relation has an answer type when at least this share of its distinct objects is in the type's vocabulary
+TYPE_SHARE = 0.5
 
 
 def kn_frequency(kn_sets: Sequence[Iterable[Neuron]], shape: tuple[int, int]) -> np.ndarray:
@@ -96,3 +109,56 @@ def mask_scores(scores: torch.Tensor, excluded: Iterable[Neuron]) -> torch.Tenso
         indices = torch.tensor([i for _, i in pairs], dtype=torch.long)
         out[..., layers, indices] = 0
     return out
+
+
+def normalized_prompt(text: str) -> str:
+    """A prompt compared across sets: case-folded, whitespace collapsed (``"The  Cat" -> "the cat"``)."""
+    return " ".join(text.split()).casefold()
+
+
+def answer_types(objects: Iterable[str], vocabularies: dict[str, Iterable[str]],
+                 share: float = TYPE_SHARE) -> set[str]:
+    """The answer types of a relation from its objects (see the module docstring).
+
+    Args:
+        objects: the relation's objects (repeats count once, compared case-folded).
+        vocabularies: ``{type: words}`` (words case-folded, as :func:`knowloc.data.load_answer_types` gives).
+        share: the least share of distinct objects a type's vocabulary must hold.
+
+    Returns:
+        ``{T : share of the distinct objects in vocabularies[T] >= share}`` (empty without objects).
+
+    Example:
+        >>> sorted(answer_types(["French", "English", "Paris"], {"language": {"french", "english"}, "city": {"paris"}}))
+        ['language']
+    """
+    if not 0 < share <= 1:
+        raise KnowlocError(f"share must be in (0, 1], got {share}")
+    distinct = {o.strip().casefold() for o in objects if o.strip()}
+    if not distinct:
+        return set()
+    return {t for t, words in vocabularies.items()
+            if len(distinct & set(words)) >= share * len(distinct)}
+
+
+def excluded_reference_relations(relation: str, objects: Iterable[str], reference_types: dict[str, str],
+                                 vocabularies: dict[str, Iterable[str]], share: float = TYPE_SHARE) -> set[str]:
+    """The reference relations whose queries do not count for facts of `relation` (see the module docstring).
+
+    Args:
+        relation: the studied relation's label (any string).
+        objects: its facts' objects.
+        reference_types: ``{reference relation: its answer type}``.
+        vocabularies: ``{type: words}``, case-folded.
+
+    Returns:
+        the reference relations with the same id (case-insensitive) or an answer type of `relation`.
+
+    Example:
+        >>> sorted(excluded_reference_relations("languages", ["French", "German"],
+        ...        {"P37": "language", "P38": "currency", "languages": "word"}, {"language": {"french", "german"}}))
+        ['P37', 'languages']
+    """
+    types = answer_types(objects, vocabularies, share)
+    own = relation.strip().casefold()
+    return {r for r, t in reference_types.items() if r.strip().casefold() == own or t in types}

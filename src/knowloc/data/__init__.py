@@ -18,10 +18,13 @@ Texts (``knowloc.data.texts``):
 
 from knowloc.data.download import DEFAULT_BASE_URL, PINNED_COMMIT, download_pararel
 from knowloc.data.loaders import BUILTIN_SPEC, PARAREL_PREFIX, Dataset, load_facts
-from knowloc.data.texts import load_amig_reference_prompts, load_neutral_texts, load_specificity_prompts
+from knowloc.data.texts import (load_amig_reference_prompts, load_answer_types, load_neutral_texts,
+                                load_specificity_prompts, load_specificity_queries)
 from knowloc.data.types import Fact, Query, is_causal_template, make_prompt, make_query, queries_for
 
 __all__ = [
+    "load_answer_types",
+    "load_specificity_queries",
     "BUILTIN_SPEC",
     "DEFAULT_BASE_URL",
     "PARAREL_PREFIX",

@@ -7,10 +7,17 @@
   inputs for AMIG-style attributions.
 - :func:`load_specificity_prompts`: 48 fact-free prompts, disjoint from both sets above, whose own next tokens
   are attributed to find neurons that are "knowledge neurons" for anything (the specificity profile).
+- :func:`load_specificity_queries`: the specificity profile's reference queries, written for knowloc (29
+  relations, 10-16 cloze queries each, none of the builtin set's relations, subjects or wordings, and no
+  ParaRel template filled with a ParaRel subject), each with its relation id, answer type and expected answer.
+- :func:`load_answer_types`: a vocabulary per answer type (languages, countries, cities, ...), which tells when a
+  studied relation's answers have the type of some reference relation (docs/editing.md).
 """
 
 from __future__ import annotations
 
+import json
+from functools import cache
 from importlib import resources
 
 from knowloc.errors import KnowlocError
@@ -18,6 +25,9 @@ from knowloc.errors import KnowlocError
 NEUTRAL_TEXT_RESOURCE = "neutral_text.txt"
 AMIG_REFERENCE_RESOURCE = "amig_reference_prompts.txt"
 SPECIFICITY_RESOURCE = "specificity_prompts.txt"
+SPECIFICITY_QUERIES_RESOURCE = "specificity_queries.jsonl"
+ANSWER_TYPES_RESOURCE = "answer_types.json"
+REFERENCE_QUERY_FIELDS = ("relation", "name", "answer_type", "prompt", "answer")
 
 
 def resource_text(name: str) -> str:
@@ -47,3 +57,61 @@ def load_amig_reference_prompts() -> list[str]:
 def load_specificity_prompts() -> list[str]:
     """Fact-free reference prompts of the neuron specificity profile; none ends with whitespace."""
     return _lines(SPECIFICITY_RESOURCE)
+
+
+@cache
+def _specificity_queries() -> tuple[dict, ...]:
+    rows = []
+    for k, line in enumerate(resource_text(SPECIFICITY_QUERIES_RESOURCE).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KnowlocError(f"{SPECIFICITY_QUERIES_RESOURCE} line {k}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or any(not isinstance(row.get(f), str) or not row[f].strip()
+                                            for f in REFERENCE_QUERY_FIELDS):
+            raise KnowlocError(f"{SPECIFICITY_QUERIES_RESOURCE} line {k}: needs the string fields "
+                               f"{', '.join(REFERENCE_QUERY_FIELDS)}")
+        rows.append({f: row[f] if f == "prompt" else row[f].strip() for f in REFERENCE_QUERY_FIELDS})
+    return tuple(rows)
+
+
+def load_specificity_queries() -> list[dict]:
+    """The reference queries of the specificity profile, in file order (grouped by relation).
+
+    Returns:
+        ``[{"relation", "name", "answer_type", "prompt", "answer"}, ...]``: ``relation`` a Wikidata id (``P38``)
+        or a kebab-case id (``chemical-symbol``), ``prompt`` a cloze prefix that ends right before the answer
+        (no trailing whitespace). The study attributes the model's *own* next token, so ``answer`` documents the
+        intended one.
+
+    Example:
+        >>> load_specificity_queries()[0]["relation"]
+        'P38'
+    """
+    return [dict(row) for row in _specificity_queries()]
+
+
+@cache
+def _answer_types() -> dict[str, frozenset[str]]:
+    try:
+        raw = json.loads(resource_text(ANSWER_TYPES_RESOURCE))
+        types = raw["types"]
+        vocab = {str(t): frozenset(v.strip().casefold() for v in words) for t, words in types.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise KnowlocError(f"{ANSWER_TYPES_RESOURCE} is not {{'types': {{type: [words]}}}}") from None
+    for row in _specificity_queries():  # a type's vocabulary holds its reference queries' answers
+        vocab[row["answer_type"]] = vocab.get(row["answer_type"], frozenset()) | {row["answer"].casefold()}
+    return vocab
+
+
+def load_answer_types() -> dict[str, frozenset[str]]:
+    """A vocabulary per answer type, case-folded: ``{"language": {"english", ...}, "country": {...}, ...}``
+    (each type's reference query answers included).
+
+    Example:
+        >>> "french" in load_answer_types()["language"]
+        True
+    """
+    return dict(_answer_types())

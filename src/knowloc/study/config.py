@@ -22,6 +22,7 @@ from typing import Any
 
 from knowloc.attribution.disk_cache import default_cache_dir
 from knowloc.attribution.methods import METHODS
+from knowloc.data import Dataset, load_facts
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 from knowloc.models import require_installed
@@ -33,7 +34,10 @@ KINDS = ("identity", "view", "runtime")
 LIST_FIELDS = ("models", "methods", "experiments", "relations")  # comma-separated or repeated on the command line
 # What a store that predates an identity setting was computed with, where that differs from today's default
 # (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
-LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai"}
+LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai", "specificity_reference": "study"}
+# Where the specificity profile's reference queries come from (docs/editing.md): knowloc's own shipped set
+# (independent of the study's facts) or, as before it, other studied relations' known facts
+SPECIFICITY_REFERENCES = ("shipped", "study")
 # Default lambda2 of each update rule (lambda2 = None in a config means the rule's default). dai / signed add
 # lambda2 * E(o'), as Dai et al. (8); calibrated adds lambda2 * |v_n| in the unit direction of E(o'), chosen by
 # the update-sweep frontier on SmolLM2-135M (docs/editing.md).
@@ -62,6 +66,9 @@ class StudyConfig:
     data: str = setting("builtin", kind="view", aliases=("-d",), help="facts: builtin, pararel:DIR or a JSONL path "
                         "(a study is tied to the facts' content, not the path)")
     relations: list[str] | None = setting(None, help="relation ids to keep (default: all)")
+    relation_limit: int | None = setting(None, help="at most N facts per relation are loaded and probed (the first "
+                                         "in file order; default all): bounds the probe of a large set such as "
+                                         "ParaRel")
     facts: int | None = setting(None, kind="view", help="at most N known facts per model (a seeded sample; a larger "
                                 "N studies a superset)")
     seed: int = setting(0, help="seed of every sampled choice (facts, locality prompts, new objects, bootstrap)")
@@ -83,8 +90,12 @@ class StudyConfig:
                                        "keeps them, as the paper")
     specificity_prompts: int = setting(48, help="neutral reference prompts of the specificity profile (48 are "
                                        "shipped)")
-    specificity_queries: int = setting(8, help="specificity profile: reference queries per relation (seeded known "
-                                       "facts, one answered paraphrase each)")
+    specificity_queries: int = setting(8, help="specificity profile: reference queries per reference relation (the "
+                                       "first of each of the shipped set's 29 relations; with --specificity-reference "
+                                       "study, seeded known facts of each studied relation)")
+    specificity_reference: str = setting("shipped", help="specificity profile's reference queries: shipped "
+                                         "(knowloc's own set, whatever the study's facts) or study (other studied "
+                                         "relations' known facts, as studies stored before the shipped set)")
     update_rule: str = setting("calibrated", help=f"update rule: {', '.join(UPDATE_RULES)} (docs/editing.md)")
     lambda1: float = setting(1.0, help="update: weight of the old object's direction")
     lambda2: float | None = setting(None, help="update: weight of the new object's direction (default: the "
@@ -139,6 +150,10 @@ class StudyConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def dataset(self) -> Dataset:
+        """The study's facts: --data read with --relations and --relation-limit (KnowlocError when bad)."""
+        return load_facts(self.data, relations=self.relations, limit=self.relation_limit)
+
     def require_models(self) -> None:
         """Refuse (one line with the install command) a built-in model whose weights are not installed."""
         for model in self.models:
@@ -167,6 +182,11 @@ class StudyConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise KnowlocError(f"--{name} must be in [0, 1], got {value}")
+        if self.relation_limit is not None and self.relation_limit < 1:
+            raise KnowlocError(f"--relation-limit must be >= 1, got {self.relation_limit}")
+        if self.specificity_reference not in SPECIFICITY_REFERENCES:
+            raise KnowlocError(f"--specificity-reference must be one of {', '.join(SPECIFICITY_REFERENCES)}, got "
+                               f"{self.specificity_reference!r}")
         if self.facts is not None and self.facts < 1:
             raise KnowlocError(f"--facts must be >= 1, got {self.facts}")
         if self.min_known < 1:

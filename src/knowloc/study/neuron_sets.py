@@ -8,12 +8,19 @@ with the study's method, steps and KN threshold (:mod:`knowloc.analysis.specific
 
 * **neutral prompts**: the model's own top-1 next token after each of `--specificity-prompts` fact-free
   prompts (``knowloc/resources/specificity_prompts.txt``);
-* **other relations' queries**: per relation, `--specificity-queries` known facts (seeded), one answered
-  paraphrase each, attributed for their gold object like any study query.
+* **reference queries** (`--specificity-reference shipped`, the default): the first `--specificity-queries` of
+  each relation of knowloc's own query set (``knowloc/resources/specificity_queries.jsonl``: 29 relations,
+  written for knowloc, none of the builtin set's), the model's own next token as target. The set is the same
+  whatever the study's facts, so a one-relation study is filtered as a seven-relation one; a reference query
+  whose text equals a studied query is left out. (`--specificity-reference study`, the behaviour of studies
+  stored before the shipped set: per studied relation, `--specificity-queries` seeded known facts, one answered
+  paraphrase each, attributed for their gold object.)
 
 For a fact of relation R, a neuron is *non-specific* when its KN frequency exceeds `--specificity F` on the
-neutral prompts or on the reference queries of the relations other than R (never R's own, so never the fact's
-own queries): it is a "knowledge neuron" of anything, or of every query format, not of this fact. Non-specific
+neutral prompts or on the reference queries that are not R's own: R's own are those of a relation with R's id
+or with an answer type of R (:func:`knowloc.analysis.excluded_reference_relations`: e.g. no query answered by a
+language counts for a relation whose objects are languages). The fact's own queries never count: it is a
+"knowledge neuron" of anything, or of every query format, not of this fact. Non-specific
 neurons are removed from every neuron set the study uses, after it is selected by its usual rule (N_i, N_g,
 N_cap, CAS, the query-mapping sets, the attention experiment's KNs). `--specificity off` (F = 1) removes
 nothing: the paper's behaviour; the profile is then not computed (no reference attribution is a study unit).
@@ -41,9 +48,9 @@ import torch
 
 from knowloc import attribution
 from knowloc.attribution.shipped import shipped_entry
-from knowloc.analysis import (K_C, K_I, activation_ratio, consistency_scores, kn_frequency, nonspecific_neurons,
-                              otsu_threshold, select_neurons)
-from knowloc.data import load_specificity_prompts
+from knowloc.analysis import (K_C, K_I, activation_ratio, consistency_scores, excluded_reference_relations,
+                              kn_frequency, nonspecific_neurons, normalized_prompt, otsu_threshold, select_neurons)
+from knowloc.data import load_answer_types, load_specificity_prompts, load_specificity_queries
 from knowloc.models.hooks import trace_activations
 
 if TYPE_CHECKING:
@@ -85,11 +92,22 @@ class NeuronSets:
 
     @_cached
     def reference_items(self, model: str) -> list[dict]:
-        """The reference set of a model: the neutral prompts, then per relation (sorted) `--specificity-queries`
-        seeded known facts with one seeded answered paraphrase each. Deterministic from the probe and the seed."""
+        """The reference set of a model: the neutral prompts, then the reference queries (see the module
+        docstring); each ``{"prompt", "target" (None: the model's own next token), "relation" (None: neutral)}``.
+        Deterministic from the shipped files (shipped) or from the probe and the seed (study)."""
         ctx = self.ctx
         items = [{"prompt": p, "target": None, "relation": None}
                  for p in load_specificity_prompts()[: ctx.config.specificity_prompts]]
+        if ctx.config.specificity_reference == "shipped":
+            studied = {normalized_prompt(q["text"]) for row in ctx.probes[model] for q in row["queries"]}
+            taken: dict[str, int] = {}
+            for query in load_specificity_queries():
+                if normalized_prompt(query["prompt"]) in studied \
+                        or taken.get(query["relation"], 0) >= ctx.config.specificity_queries:
+                    continue
+                taken[query["relation"]] = taken.get(query["relation"], 0) + 1
+                items.append({"prompt": query["prompt"], "target": None, "relation": query["relation"]})
+            return items
         by_relation: dict[str, list[dict]] = {}
         for row in ctx.probes[model]:
             if sum(q["top1"] for q in row["queries"]) >= ctx.config.min_known:
@@ -101,6 +119,19 @@ class NeuronSets:
                 query = rng.choice([q for q in row["queries"] if q["top1"]])
                 items.append({"prompt": query["text"], "target": row["object"], "relation": relation})
         return items
+
+    @_cached
+    def excluded_reference(self, model: str, relation: str | None) -> set[str]:
+        """The reference relations whose queries do not count for facts of `relation`: its own id, and
+        (shipped reference) the reference relations of an answer type of its objects (all of the model's facts
+        of `relation` in the data, known or not); none for `relation` None."""
+        if relation is None:
+            return set()
+        if self.ctx.config.specificity_reference != "shipped":
+            return {relation}
+        objects = [row["object"] for row in self.ctx.probes.get(model, []) if row["relation"] == relation]
+        types = {q["relation"]: q["answer_type"] for q in load_specificity_queries()}
+        return excluded_reference_relations(relation, objects, types, load_answer_types())
 
     def reference_row(self, model: str, method: str, ridx: int) -> dict:
         """One reference item's attribution (a study unit; stored as is): the model's own next token after a
@@ -157,12 +188,13 @@ class NeuronSets:
             "n_neutral": len(neutral), "n_queries": n_queries}
 
     def reference_frequency(self, model: str, method: str, relation: str | None) -> np.ndarray | None:
-        """max(KN frequency on the neutral prompts, KN frequency on the reference queries of relations other than
-        `relation`) per neuron, [L, N] (`relation` None: of every relation)."""
+        """max(KN frequency on the neutral prompts, KN frequency on the reference queries that are not
+        `relation`'s own, :meth:`excluded_reference`) per neuron, [L, N] (`relation` None: of every relation)."""
         prof = self.profile(model, method)
         if prof["neutral_frequency"] is None:
             return None
-        others = [r for r in prof["query_counts"] if r != relation]
+        own = self.excluded_reference(model, relation)
+        others = [r for r in prof["query_counts"] if r not in own]
         n = sum(prof["query_sizes"][r] for r in others)
         queries = sum(prof["query_counts"][r] for r in others) / n if n else np.zeros_like(prof["neutral_frequency"])
         return np.maximum(prof["neutral_frequency"], queries)

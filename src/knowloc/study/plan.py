@@ -30,7 +30,6 @@ from typing import Callable
 import torch
 
 from knowloc.attribution.disk_cache import AttributionCache
-from knowloc.data import load_facts
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.registry import run_order
@@ -92,7 +91,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
     """
     start_all = time.perf_counter()
     config.require_models()
-    dataset = load_facts(config.data, relations=config.relations)
+    dataset = config.dataset()
     echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} quer{'y' if len(dataset.queries) == 1 else 'ies'}) from {config.data}, relations "
          f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "
          f"{', '.join(config.experiments)}; out {Path(config.out)}")

@@ -19,7 +19,6 @@ from knowloc import attribution
 from knowloc.attribution.disk_cache import attribution_key
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.shipped import encode_entry, write_pack
-from knowloc.data import load_facts
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
@@ -41,7 +40,7 @@ def reference_items(configs: Iterable[StudyConfig], model: str) -> tuple[list[di
                 stores[probe] = Store(Path(tmp) / f"probe-{len(stores)}.sqlite")
             ctx = StudyContext(config=cfg, store=stores[probe], out=Path(tmp), echo=lambda _: None,
                                models=None if ctx is None else ctx.models)
-            probe_stage(ctx, model, load_facts(cfg.data, relations=cfg.relations))
+            probe_stage(ctx, model, cfg.dataset())
             for item in ctx.neurons.reference_items(model):
                 items.setdefault((item["prompt"], item["target"]), item)
         for store in stores.values():

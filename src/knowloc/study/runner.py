@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from knowloc.data import load_facts
 from knowloc.data.filtering import probe_facts
 from knowloc.errors import Interrupted, KnowlocError
 from knowloc.fileio import atomic_write
@@ -168,7 +167,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
     out = Path(config.out)
     check_out_dir(out, force=config.force)
     config.require_models()
-    dataset = load_facts(config.data, relations=config.relations)  # bad data fails before anything is written
+    dataset = config.dataset()  # bad data fails before anything is written
     created = None if out.exists() else out  # the topmost directory this run creates (removed if it stores nothing)
     while created is not None and not created.parent.exists():
         created = created.parent
