@@ -202,6 +202,7 @@ def test_boolean_study_flags_take_their_aliases(capsys, tmp_path, tiny_facts):
 
 
 def test_demo_dry_run_prints_the_demos_plan_and_writes_nothing(capsys, tmp_path):
+    from knowloc.data import load_specificity_queries
     from knowloc.demo import DEMO_SETTINGS
     from knowloc.study.registry import names
 
@@ -209,7 +210,9 @@ def test_demo_dry_run_prints_the_demos_plan_and_writes_nothing(capsys, tmp_path)
     code, text, _ = run(capsys, "demo", "--dry-run", "--model", "tiny-llama", "--facts", "2", "--out", str(out))
     assert code == 0
     assert f"experiments {', '.join(names())};" in text and "methods ig, amig;" in text
-    assert f"reference attributions ig: {DEMO_SETTINGS['specificity_prompts']}" in text
+    reference = {q["relation"] for q in load_specificity_queries()}  # the neutral prompts, then per relation
+    n = DEMO_SETTINGS["specificity_prompts"] + len(reference) * DEMO_SETTINGS["specificity_queries"]
+    assert f"reference attributions ig: {n} missing" in text
     assert "estimated total: ~" in text
     assert not out.exists()
 

@@ -131,6 +131,12 @@ def test_reference_is_the_shipped_set_and_never_a_facts_own_queries(tmp_path, st
     # by id, and by answer type: its objects are cities
     assert ctx.neurons.excluded_reference("tiny-llama", "P38") == {"P38"} | {r for r, t in types.items() if t == "city"}
     assert ctx.neurons.excluded_reference("tiny-llama", "tints") == {r for r, t in types.items() if t == "color"}
+    shown = {r["relation"]: r for r in json.loads((tmp_path / "a" / "summary.json").read_text())
+             ["specificity_exclusions"]}
+    assert shown["tints"]["answer_types"] == ["color"] and shown["P38"]["answer_types"] == ["city"]
+    assert shown["tints"]["not_counted"] == sorted(r for r, t in types.items() if t == "color")
+    assert shown["tints"]["reference_queries_counted"] == sum(r["relation"] not in shown["tints"]["not_counted"]
+                                                               for r in queries)
     for relation in ("P38", "tints"):
         own = ctx.neurons.excluded_reference("tiny-llama", relation)
         # F = 0: exactly the KNs of the neutral prompts and of the reference queries that are not R's own

@@ -129,9 +129,13 @@ class NeuronSets:
             return set()
         if self.ctx.config.specificity_reference != "shipped":
             return {relation}
-        objects = [row["object"] for row in self.ctx.probes.get(model, []) if row["relation"] == relation]
         types = {q["relation"]: q["answer_type"] for q in load_specificity_queries()}
-        return excluded_reference_relations(relation, objects, types, load_answer_types())
+        return excluded_reference_relations(relation, self.relation_objects(model, relation), types,
+                                            load_answer_types())
+
+    def relation_objects(self, model: str, relation: str) -> list[str]:
+        """The objects of every fact of `relation` in the model's probe (known or not), in data order."""
+        return [row["object"] for row in self.ctx.probes.get(model, []) if row["relation"] == relation]
 
     def reference_row(self, model: str, method: str, ridx: int) -> dict:
         """One reference item's attribution (a study unit; stored as is): the model's own next token after a

@@ -39,22 +39,25 @@ from knowloc.study.units import (Unit, attribution_units, execute, experiment_un
                                 take_cached)
 
 PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity profile
+PROFILE_QUERIES = 6  # reference queries (one per reference relation) of the same
 
 
 def _approximate_profile(ctx: StudyContext, model: str, method: str, relation: str, missing: list[Unit]) -> float:
-    """Attribute up to PROFILE_NEUTRAL neutral prompts and one reference query of each relation other than
-    ``relation`` into the (temporary) store; return the threshold max(--specificity, 1 / neutral prompts): a
-    neuron is then non-specific when it is a KN of more than that share of the neutral prompts or of the
-    queries (two of four neutral prompts; two of six queries)."""
+    """Attribute up to PROFILE_NEUTRAL neutral prompts and one reference query of up to PROFILE_QUERIES reference
+    relations that count for ``relation`` into the (temporary) store; return the threshold max(--specificity,
+    1 / neutral prompts): a neuron is then non-specific when it is a KN of more than that share of the neutral
+    prompts or of the queries (two of four neutral prompts; two of six queries)."""
     items = ctx.neurons.reference_items(model)
     stored = ctx.store.reference(model, method)
+    own = ctx.neurons.excluded_reference(model, relation)
     n_neutral = sum(r["relation"] is None for r in stored)
-    relations = {r["relation"] for r in stored if r["relation"] not in (None, relation)}
+    relations = {r["relation"] for r in stored if r["relation"] is not None and r["relation"] not in own}
     for unit in missing:
         other = items[unit.qidx]["relation"]
         if other is None and n_neutral < PROFILE_NEUTRAL:
             n_neutral += 1
-        elif other is not None and other != relation and other not in relations:
+        elif other is not None and other not in own and other not in relations \
+                and len(relations) < PROFILE_QUERIES:
             relations.add(other)
         else:
             continue

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from knowloc.analysis import kn_frequency, nonspecific_neurons
+from knowloc.analysis import answer_types, kn_frequency, nonspecific_neurons
+from knowloc.data import load_answer_types
 from knowloc.plots import specificity_scatter
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.findings import filter_view
@@ -77,8 +78,32 @@ def summarize(ctx: StudyContext) -> Section:
                 f"{prof['n_queries']} reference queries)"))
     table_rows = [{k: (", ".join(v) if isinstance(v, list) else v) for k, v in r.items()
                    if k != "fact_frequency_by_relation"} for r in rows]
-    return Section(summary={"specificity": rows, "specificity_counts": counts},
-                   csv={"specificity": table_rows}, figures=figures)
+    exclusions = exclusion_rows(ctx)
+    return Section(summary={"specificity": rows, "specificity_counts": counts, "specificity_exclusions": exclusions},
+                   csv={"specificity": table_rows,
+                        "specificity_exclusions": [{k: (", ".join(v) if isinstance(v, list) else v)
+                                                    for k, v in r.items()} for r in exclusions]},
+                   figures=figures)
+
+
+def exclusion_rows(ctx: StudyContext) -> list[dict]:
+    """Per model and studied relation: the answer types of its objects, the reference relations that do not
+    count for it (its own, by id and by answer type) and how many reference queries do (of the first method)."""
+    cfg, out = ctx.config, []
+    vocabularies = load_answer_types()
+    for model in cfg.models if cfg.filtered else ():
+        stored = ctx.store.reference(model, cfg.methods[0])
+        if not stored:
+            continue
+        for relation in sorted({f.relation for f in ctx.facts.get(model, [])}):
+            own = ctx.neurons.excluded_reference(model, relation)
+            out.append({"model": model, "relation": relation,
+                        "answer_types": sorted(answer_types(ctx.neurons.relation_objects(model, relation),
+                                                            vocabularies)),
+                        "not_counted": sorted(own),
+                        "reference_queries_counted": sum(r["relation"] is not None and r["relation"] not in own
+                                                         for r in stored)})
+    return out
 
 
 def first_rows(rows: list[dict]) -> list[dict]:
@@ -108,12 +133,15 @@ def _by_relation(row: dict) -> str:
 
 EXPERIMENT = Experiment(
     name="specificity", question="which neurons are knowledge neurons of anything (non-specific)?",
-    heading="Neuron specificity", summarize=summarize, summary_keys=("specificity", "specificity_counts"),
+    heading="Neuron specificity", summarize=summarize,
+    summary_keys=("specificity", "specificity_counts", "specificity_exclusions"),
     always=True, notes=_notes,
-    intro="Two reference sets are attributed with the study's method: the model's own next token after fact-free "
-          "prompts, and per relation a few known facts' queries. For a fact of relation R, a neuron is non-specific "
-          "when it is a knowledge neuron of more than --specificity of the neutral prompts or of the other "
-          "relations' reference queries (never R's own): it fires as a KN for anything, or for every query format. "
+    intro="Two reference sets are attributed with the study's method, both with the model's own next token as "
+          "target: fact-free prompts, and knowloc's shipped reference queries (29 relations, the same whatever the "
+          "study's facts). For a fact of relation R, a neuron is non-specific when it is a knowledge neuron of more "
+          "than --specificity of the neutral prompts or of the reference queries that are not R's own (R's own: a "
+          "reference relation with R's id or whose answers have the type of R's objects): it fires as a KN for "
+          "anything, or for every query format. "
           "Non-specific neurons are removed from every neuron set (docs/editing.md). Reference frequency: the larger "
           "of the two shares (over every relation); fact frequency: the share of the studied queries; activation "
           "ratio: |activation| over its layer's median on the neutral prompts.",
@@ -125,6 +153,12 @@ EXPERIMENT = Experiment(
             Column("non-specific (any relation)", "n_non_specific", "int"),
             Column("non-specific per relation (mean)", "n_non_specific_per_relation", "num", 1),
             Column("share of fact KN memberships removed", "kn_memberships_removed", "num", 2))),
+        Table("specificity_exclusions", title="Reference queries that do not count, per studied relation", columns=(
+            Column("model", "model"), Column("relation", "relation"),
+            Column("answer types", "answer_types", value=lambda r: ", ".join(r["answer_types"]) or "-", wrap=True),
+            Column("reference relations not counted", "not_counted", value=lambda r: ", ".join(r["not_counted"]),
+                   wrap=True),
+            Column("reference queries counted", "reference_queries_counted", "int"))),
         Table("specificity", title="Non-specific neurons and the most frequent fact KNs", rows=first_rows,
               note=f"Sorted by reference frequency; at most {LISTED} rows per model and method (all of them in "
                    "tables/specificity.csv).", columns=(
