@@ -133,7 +133,7 @@ def test_a_missing_null_baseline_is_said_once():
     (["supports", "cannot decide"], "cannot decide"),
     (["supports", "partly supports"], "cannot decide"),  # only decided verdicts agree
     (["contradicts", "mixed"], "cannot decide"),
-    (["not run", "not run"], "cannot decide"),
+    (["not run", "not run"], "not run"), (["not run", "supports"], "cannot decide"),
     (["cannot decide", "cannot decide"], "cannot decide"),
     (["partly contradicts", "partly contradicts"], "cannot decide"),
     ([], "cannot decide"),
@@ -195,7 +195,7 @@ def test_findings_by_model_judge_each_models_rows_alone():
     assert sharing["across"] == "agree: supports" and sharing["per_model"]["a"]["estimates"] == []
     assert sharing["per_model"]["a"]["text"].startswith("ig: mean CS exceeds the template-matched null by")
     assert rows["query-kn-mapping"]["per_model"]["a"]["verdict"] == "not run"
-    assert rows["query-kn-mapping"]["across"] == "cannot decide"
+    assert rows["query-kn-mapping"]["across"] == "not run"
     # a single-model study has no side-by-side table
     assert findings_by_model({**summary, "config": {"models": ["a"]}, "facts": {"a": 20}}, BUILTIN) is None
 

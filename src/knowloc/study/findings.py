@@ -167,8 +167,11 @@ AGREE, DISAGREE = "agree", "disagree"
 def across(verdicts: Iterable[str]) -> str:
     """The across-models verdict of one question from each model's verdict: "agree: supports" / "agree:
     contradicts" when every model has that same decided verdict, "disagree" when some model supports and
-    another contradicts, else "cannot decide" (a model undecided, mixed, partly decided or not run; no model)."""
+    another contradicts, "not run" when the experiment ran for no model, else "cannot decide" (a model undecided,
+    mixed, partly decided or not run; no model)."""
     verdicts = list(verdicts)
+    if verdicts and all(v == NOT_RUN for v in verdicts):
+        return NOT_RUN
     if verdicts and verdicts[0] in (SUPPORTS, CONTRADICTS) and all(v == verdicts[0] for v in verdicts):
         return f"{AGREE}: {verdicts[0]}"
     if SUPPORTS in verdicts and CONTRADICTS in verdicts:
