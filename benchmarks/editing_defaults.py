@@ -1,7 +1,7 @@
 """The measurement behind knowloc's editing defaults: the specificity threshold F and the update rule / lambda2.
 
 Usage:
-    python benchmarks/editing_defaults.py STUDY_DIR [--facts 30] [--methods ig,amig]
+    python benchmarks/editing_defaults.py STUDY_DIR [--model M] [--facts 30] [--methods ig,amig] [--skip-update]
         [--specificity 0.02,0.05,0.1,0.2,0.3,1] [--rules dai,signed,calibrated] [--lambda2 0.25,...,16]
         [--rule-specificity 0.1] [--lambda1 1 | --tied] [--queries 2] [--threads 2]
 
@@ -65,13 +65,17 @@ def main() -> None:
     parser.add_argument("--tied", action="store_true", help="lambda1 = lambda2 at every point")
     parser.add_argument("--queries", type=int, default=2)
     parser.add_argument("--skip-erase", action="store_true")
+    parser.add_argument("--skip-update", action="store_true")
+    parser.add_argument("--model", default=None, help="one of the study's models (default: its first)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     saved = json.loads((args.study / "summary.json").read_text())["config"]
     base = {k: v for k, v in saved.items() if k in {f for f in StudyConfig.__dataclass_fields__}}
     store = Store(args.study / "results.sqlite", readonly=True)
-    model = base["models"][0]
+    model = args.model or base["models"][0]
+    if model not in base["models"]:
+        parser.error(f"--model {model} is not a model of {args.study} ({', '.join(base['models'])})")
 
     models = None  # one loaded model shared by every context
 
@@ -108,6 +112,10 @@ def main() -> None:
                 fact_trials.append(rows)
             n_drop = np.mean([len(ctx.neurons.excluded(model, method, r)) for r in {f.relation for f in facts}])
             print(_row(f"{method}, F={level:g} ({n_drop:.0f} removed)", fact_trials), flush=True)
+    if args.skip_update:
+        print(f"\n{time.perf_counter() - start:.0f} s")
+        store.close()
+        return
     lambda1 = "lambda2" if args.tied else f"{args.lambda1:g}"
     print(f"\n## Update N_i (F = {args.rule_specificity:g}) with each rule and lambda2, lambda1 = {lambda1}\n")
     print("| method, rule, lambda2 | n | mean N_i | Rel | Gen | Loc | dlogPPL median | dprob_self |")
