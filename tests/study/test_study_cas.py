@@ -79,7 +79,7 @@ def test_cas_sweep_grid_rows_figures_and_cli(tmp_path, study_args):
 
 def _toml(tmp_path, args: dict):
     path = tmp_path / "study.toml"
-    keys = ("steps", "candidates", "n_boot", "locality")
+    keys = ("steps", "candidates", "n_boot", "locality", "specificity_queries")
     path.write_text("\n".join(f"{k} = {str(args[k]).lower() if isinstance(args[k], bool) else args[k]}" for k in keys))
     return path
 

@@ -76,9 +76,10 @@ def test_growing_a_study_reuses_stored_work(tmp_path, study_args, monkeypatch):
     grown = len(calls) - first
     with sqlite3.connect(out / "results.sqlite") as db:
         stored = db.execute("SELECT COUNT(*) FROM attributions").fetchone()[0]
-        # the specificity profile's reference queries (computed once, with the first run) are attributed too
+        # the specificity profile's reference queries (computed once, with the first run) are next-token
+        # attributions (attribute_next_token), not counted here
         references = db.execute("SELECT COUNT(*) FROM reference WHERE relation IS NOT NULL").fetchone()[0]
-    assert stored + references == first + grown and grown > 0  # nothing attributed twice
+    assert stored == first + grown and grown > 0 and references > 0  # nothing attributed twice
     run_study(StudyConfig(**study_args(out, experiments=["consistency"], methods=["ig", "amig"])), echo=lambda _: None)
     assert set(calls[first + grown:]) == {"amig"}
     assert full["facts"]["tiny-llama"] > 2
@@ -194,14 +195,16 @@ def test_dry_run_times_editing_on_filtered_sets(tmp_path, study_args, monkeypatc
             neutral = [r for r in rows if r["relation"] is None]
             queries = sorted(r["relation"] for r in rows if r["relation"] is not None)
             seen.append((ctx.config.filtered, ctx.config.specificity, len(neutral),
-                         ctx.neurons.excluded(unit.model, unit.method, fact.relation), queries, fact.relation))
+                         ctx.neurons.excluded(unit.model, unit.method, fact.relation), queries,
+                         ctx.neurons.excluded_reference(unit.model, fact.relation)))
         return real_execute(ctx, unit)
     monkeypatch.setattr(plan, "execute", spy)
     args = study_args(tmp_path / "dry", experiments=["modification"], facts=2, specificity_prompts=12)
     plan.print_plan(StudyConfig(**args), echo=lambda _: None)
     assert len(seen) == 1
-    filtered, threshold, n_neutral, excluded, queries, relation = seen[0]
-    assert queries == sorted({"R1", "R2"} - {relation})  # one query of each other relation, never its own
+    filtered, threshold, n_neutral, excluded, queries, own = seen[0]
+    # one query of each of PROFILE_QUERIES reference relations, never one of the fact's relation's own
+    assert len(queries) == len(set(queries)) == plan.PROFILE_QUERIES and not set(queries) & own
     assert filtered and n_neutral == plan.PROFILE_NEUTRAL
     assert threshold == max(StudyConfig(**args).specificity, 1 / plan.PROFILE_NEUTRAL)
     assert excluded  # tiny-llama has neurons that are KNs of most neutral prompts
