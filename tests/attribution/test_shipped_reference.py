@@ -38,14 +38,19 @@ def test_damaged_pack_is_one_line_error(tmp_path, monkeypatch, tiny_models):
 
 def test_packaged_smollm2_reference_matches_a_recomputed_sample(smollm2, monkeypatch):
     """The shipped pack was computed on these weights (its keys hold their fingerprint) and two seeded entries,
-    a neutral prompt and a reference query, recompute to the same KN sets and objective."""
+    a neutral prompt and a shipped reference query (both for the model's own next token), recompute to the same
+    KN sets and objective."""
+    from knowloc.data import load_specificity_prompts, load_specificity_queries
+
     monkeypatch.delenv("KNOWLOC_REFERENCE_DIR", raising=False)
     path = shipped.pack_folder() / "smollm2-135m.json.gz"
     entries = json.loads(gzip.decompress(path.read_bytes()))["entries"]
     rng = random.Random(0)
-    neutral = [k for k, e in entries.items() if e["target"] is None]
-    queries = [k for k, e in entries.items() if e["target"] is not None]
-    assert len(neutral) >= 16 and len(queries) >= 14
+    prompts = set(load_specificity_prompts())
+    reference = {q["prompt"] for q in load_specificity_queries()}
+    neutral = [k for k, e in entries.items() if e["prompt"] in prompts]
+    queries = [k for k, e in entries.items() if e["prompt"] in reference]
+    assert len(neutral) == 2 * 48 and len(queries) == 2 * 232 and len(entries) == len(neutral) + len(queries)
     for key in (rng.choice(neutral), rng.choice(queries)):
         entry = entries[key]
         assert attribution_key(smollm2, MethodConfig(entry["method"], entry["steps"]), entry["prompt"],
