@@ -313,3 +313,23 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path, tiny_facts, clean, c
         holder.kill()  # SIGKILL: no cleanup runs; the kernel drops the flock
         holder.wait()
     assert _run(capsys, _argv(tiny_facts, out)) == (0, [])
+
+
+def test_an_interrupt_inside_a_ray_call_is_the_interrupt():
+    """SIGINT during ray.wait arrives as SystemError("... returned a result with an exception set") caused by the
+    handler's Interrupted (seen on a 2-worker ParaRel study); the executor re-raises the interrupt itself, so the
+    run ends with the one "interrupted; ..." line, and any other SystemError stays one."""
+    from knowloc.study.executors import unwrap_interrupt
+
+    def ray_call(cause):
+        try:
+            raise cause
+        except BaseException as exc:
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set") from exc
+
+    with pytest.raises(Interrupted) as caught:
+        unwrap_interrupt(ray_call, Interrupted(signal.SIGTERM))
+    assert caught.value.signum == signal.SIGTERM and caught.value.__cause__ is None
+    with pytest.raises(SystemError):
+        unwrap_interrupt(ray_call, ValueError("not an interrupt"))
+    assert unwrap_interrupt(lambda a, b=0: a + b, 1, b=2) == 3

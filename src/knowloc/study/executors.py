@@ -17,13 +17,26 @@ from pathlib import Path
 
 import torch
 
-from knowloc.errors import KnowlocError
+from knowloc.errors import Interrupted, KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.store import Store
 from knowloc.study.units import Unit, execute
 
 MAX_RETRIES = 3
+
+
+def unwrap_interrupt(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, re-raising an :class:`Interrupted` that a signal handler raised inside it as
+    itself: inside a Cython call of Ray (``ray.wait``, ``ray.get``) it arrives as a ``SystemError`` "returned a
+    result with an exception set" whose cause is the interrupt, which would end the run with a traceback."""
+    try:
+        return call(*args, **kwargs)
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, Interrupted):
+            raise cause from None
+        raise
 
 
 class LocalExecutor:
@@ -110,10 +123,10 @@ class RayExecutor:
                 while pending and sum(a is actor for a, _ in inflight.values()) < self.per_actor:
                     unit = pending.popleft()
                     inflight[actor.run.remote(unit)] = (actor, unit)
-            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            (ref,), _ = unwrap_interrupt(ray.wait, list(inflight), num_returns=1)
             actor, unit = inflight.pop(ref)
             try:
-                result = ray.get(ref)
+                result = unwrap_interrupt(ray.get, ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
                 retries[unit] += 1
                 if retries[unit] > MAX_RETRIES:
