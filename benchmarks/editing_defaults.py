@@ -5,8 +5,9 @@ Usage:
         [--specificity 0.02,0.05,0.1,0.2,0.3,1] [--rules dai,signed,calibrated] [--lambda2 0.25,...,16]
         [--rule-specificity 0.1] [--lambda1 1 | --tied] [--queries 2] [--threads 2]
 
-STUDY_DIR is a finished `knowloc study` directory of the model whose reference attributions are stored (any
-study run by this version stores them). On a seeded sample of its facts the script
+STUDY_DIR is a `knowloc study` directory of the model whose attributions, reference attributions and probe are
+stored (any study run by this version stores them): a finished one (its settings are read from summary.json), or
+one still running on another model with `--config FILE.toml` holding the study's settings. On a seeded sample of its facts the script
 
 1. erases each query's own KNs N_i, filtered at every F of --specificity, and prints per method and F: mean
    |N_i|, Rel, Gen, Loc, the median over facts of dlogPPL and the mean dprob_self (the same trials, metrics
@@ -67,10 +68,15 @@ def main() -> None:
     parser.add_argument("--skip-erase", action="store_true")
     parser.add_argument("--skip-update", action="store_true")
     parser.add_argument("--model", default=None, help="one of the study's models (default: its first)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the study's settings as a `knowloc study --config` TOML file (default: summary.json's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    saved = json.loads((args.study / "summary.json").read_text())["config"]
+    if args.config is not None:
+        saved = StudyConfig.from_toml(args.config, {}).as_dict()
+    else:
+        saved = json.loads((args.study / "summary.json").read_text())["config"]
     base = {k: v for k, v in saved.items() if k in {f for f in StudyConfig.__dataclass_fields__}}
     store = Store(args.study / "results.sqlite", readonly=True)
     model = args.model or base["models"][0]

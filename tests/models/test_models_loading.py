@@ -51,21 +51,17 @@ def test_bad_dtype_and_site():
 
 
 @pytest.mark.slow
-def test_embedded_smollm2_knows_paris(smollm2):
-    assert smollm2.arch.family == "llama" and smollm2.n_layers == 30 and smollm2.n_neurons == 1536
-    enc = smollm2.encode("The capital of France is", "Paris")
+@pytest.mark.parametrize("fixture, family, shape, prompt, within", [
+    ("smollm2", "llama", (30, 1536), "The capital of France is", 1),
+    ("gemma3", "gemma3", (18, 2048), "The capital city of France is", 5),  # the base model often says " a" first
+])
+def test_builtin_models_know_paris(request, fixture, family, shape, prompt, within):
+    lm = request.getfixturevalue(fixture)
+    assert lm.arch.family == family and (lm.n_layers, lm.n_neurons) == shape
+    enc = lm.encode(prompt, "Paris")
     with torch.no_grad():
-        logits = smollm2.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1]
-    assert int(logits.argmax()) == enc.target_ids[0]
-
-
-@pytest.mark.slow
-def test_builtin_gemma3_knows_paris(gemma3):
-    assert gemma3.arch.family == "gemma3" and gemma3.n_layers == 18 and gemma3.n_neurons == 2048
-    enc = gemma3.encode("The capital city of France is", "Paris")
-    with torch.no_grad():
-        logits = gemma3.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1]
-    assert enc.target_ids[0] in logits.topk(5).indices.tolist()  # the base model often says " a" / " the" first
+        logits = lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1]
+    assert enc.target_ids[0] in logits.topk(within).indices.tolist()
 
 
 def test_a_mistyped_builtin_name_is_named_not_looked_up(tmp_path, monkeypatch):

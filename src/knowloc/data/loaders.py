@@ -192,7 +192,7 @@ def _read_text(path: Path) -> str:
         raise KnowlocError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _json_lines(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_lines(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line; KnowlocError on a bad line."""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -264,7 +264,7 @@ def _load_jsonl_text(
     first_line_of_id: dict[str, int] = {}
     index_of_triple: dict[tuple[str, str, str], int] = {}
     merged: list[tuple[str, str]] = []
-    for lineno, obj in _json_lines(text, name):
+    for lineno, obj in json_lines(text, name):
         where = f"{name}:{lineno}"
         _require(obj, ("relation", "subject", "object", "templates"), where)
         relation = _string(obj, "relation", where)
@@ -321,7 +321,7 @@ def _pararel_templates(path: Path) -> list[str]:
     """The causal templates of one ParaRel patterns file, one per distinct prompt."""
     kept: list[str] = []
     heads: set[str] = set()
-    for lineno, obj in _json_lines(_read_text(path), str(path)):
+    for lineno, obj in json_lines(_read_text(path), str(path)):
         where = f"{path}:{lineno}"
         _require(obj, ("pattern",), where)
         template = obj["pattern"]
@@ -371,7 +371,7 @@ def _load_pararel(directory: Path, relations: Sequence[str] | None, limit: int |
         path = fact_files[relation]
         count = 0
         first_id: dict[tuple[str, str], str] = {}
-        for lineno, obj in _json_lines(_read_text(path), str(path)):
+        for lineno, obj in json_lines(_read_text(path), str(path)):
             if limit is not None and count >= limit:
                 break
             where = f"{path}:{lineno}"

@@ -20,6 +20,7 @@ import json
 from functools import cache
 from importlib import resources
 
+from knowloc.data.loaders import json_lines
 from knowloc.errors import KnowlocError
 
 NEUTRAL_TEXT_RESOURCE = "neutral_text.txt"
@@ -62,16 +63,9 @@ def load_specificity_prompts() -> list[str]:
 @cache
 def _specificity_queries() -> tuple[dict, ...]:
     rows = []
-    for k, line in enumerate(resource_text(SPECIFICITY_QUERIES_RESOURCE).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KnowlocError(f"{SPECIFICITY_QUERIES_RESOURCE} line {k}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or any(not isinstance(row.get(f), str) or not row[f].strip()
-                                            for f in REFERENCE_QUERY_FIELDS):
-            raise KnowlocError(f"{SPECIFICITY_QUERIES_RESOURCE} line {k}: needs the string fields "
+    for k, row in json_lines(resource_text(SPECIFICITY_QUERIES_RESOURCE), SPECIFICITY_QUERIES_RESOURCE):
+        if any(not isinstance(row.get(f), str) or not row[f].strip() for f in REFERENCE_QUERY_FIELDS):
+            raise KnowlocError(f"{SPECIFICITY_QUERIES_RESOURCE}:{k}: needs the string fields "
                                f"{', '.join(REFERENCE_QUERY_FIELDS)}")
         rows.append({f: row[f] if f == "prompt" else row[f].strip() for f in REFERENCE_QUERY_FIELDS})
     return tuple(rows)
