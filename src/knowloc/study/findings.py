@@ -21,8 +21,8 @@ models): each question is answered once per model, by the same judges over that 
 else kept), so a model's verdict follows the rules above; each cell lists the estimates the judge read (number,
 95% interval, n, with the comparison's method / group label). The question's "across models" verdict
 (:func:`across`): "agree: supports" (or "agree: contradicts") when every model has that same decided verdict,
-"disagree" when some model supports and another contradicts, else "cannot decide" (some model cannot decide,
-is mixed or partly decided, or did not run the experiment).
+"disagree" when some model supports and another contradicts, "not run" when no model ran the experiment, else
+"cannot decide" (some model cannot decide, is mixed or partly decided, or did not run the experiment).
 """
 
 from __future__ import annotations
