@@ -13,7 +13,7 @@ from knowloc.analysis import MIN_N
 from knowloc.analysis import normalized_prompt
 from knowloc.data import load_specificity_prompts, load_specificity_queries
 from knowloc.errors import KnowlocError
-from knowloc.study.config import StudyConfig
+from knowloc.study.config import DEFAULT_SPECIFICITY, StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.experiments.cas import selections
 from knowloc.study.runner import run_study
@@ -279,7 +279,7 @@ def test_older_stores_count_as_unfiltered_dai(tmp_path, study_args):
                    "'update_sweep_lambda2', 'update_sweep_rules', 'update_sweep_queries', 'update_sweep_tied')")
     run_study(StudyConfig(**args), echo=lambda _: None)
     defaults = study_args(out, experiments=["consistency"])
-    with pytest.raises(KnowlocError, match="specificity: stored 1.0 vs now 0.1.*update_rule"):
+    with pytest.raises(KnowlocError, match=f"specificity: stored 1.0 vs now {DEFAULT_SPECIFICITY}.*update_rule"):
         run_study(StudyConfig(**defaults), echo=lambda _: None)
 
 
