@@ -36,33 +36,35 @@ def test_damaged_pack_is_one_line_error(tmp_path, monkeypatch, tiny_models):
         shipped.shipped_entry(tiny_models("tiny-llama"), "ig", 3, "p", None, 0.2)
 
 
-def test_packaged_smollm2_reference_matches_a_recomputed_sample(smollm2, monkeypatch):
+@pytest.mark.parametrize("fixture, name, methods", [("smollm2", "smollm2-135m", 2), ("gemma3", "gemma3-270m", 1)])
+def test_packaged_reference_matches_a_recomputed_sample(request, monkeypatch, fixture, name, methods):
     """The shipped pack was computed on these weights (its keys hold their fingerprint) and two seeded entries,
     a neutral prompt and a shipped reference query (both for the model's own next token), recompute to the same
     KN sets and objective."""
     from knowloc.data import load_specificity_prompts, load_specificity_queries
 
     monkeypatch.delenv("KNOWLOC_REFERENCE_DIR", raising=False)
-    path = shipped.pack_folder() / "smollm2-135m.json.gz"
+    lm = request.getfixturevalue(fixture)
+    path = shipped.pack_folder() / f"{name}.json.gz"
     entries = json.loads(gzip.decompress(path.read_bytes()))["entries"]
     rng = random.Random(0)
     prompts = set(load_specificity_prompts())
     reference = {q["prompt"] for q in load_specificity_queries()}
     neutral = [k for k, e in entries.items() if e["prompt"] in prompts]
     queries = [k for k, e in entries.items() if e["prompt"] in reference]
-    assert len(neutral) == 2 * 48 and len(queries) == 2 * 232 and len(entries) == len(neutral) + len(queries)
+    assert len(neutral) == methods * 48 and len(queries) == methods * 232 and len(entries) == len(neutral) + len(queries)
     for key in (rng.choice(neutral), rng.choice(queries)):
         entry = entries[key]
-        assert attribution_key(smollm2, MethodConfig(entry["method"], entry["steps"]), entry["prompt"],
+        assert attribution_key(lm, MethodConfig(entry["method"], entry["steps"]), entry["prompt"],
                                entry["target"]) == key
         if entry["target"] is None:
-            attr = attribute_next_token(smollm2, entry["prompt"], method=entry["method"], steps=entry["steps"])
+            attr = attribute_next_token(lm, entry["prompt"], method=entry["method"], steps=entry["steps"])
         else:
-            attr = attribute(smollm2, entry["prompt"], entry["target"], method=entry["method"],
+            attr = attribute(lm, entry["prompt"], entry["target"], method=entry["method"],
                              steps=entry["steps"], warn=False)
         kept = shipped.ShippedEntry(entry).scores()
         recomputed = attr.scores.to(torch.float16).float()
         assert select_neurons(kept, 0.2) == select_neurons(recomputed, 0.2)
         assert attr.prob == pytest.approx(entry["prob"], rel=1e-4)
-        assert shipped.shipped_entry(smollm2, entry["method"], entry["steps"], entry["prompt"], entry["target"],
+        assert shipped.shipped_entry(lm, entry["method"], entry["steps"], entry["prompt"], entry["target"],
                                      0.2) is not None
