@@ -244,8 +244,8 @@ def shown_reason(item: dict) -> str:
 BY_MODEL_TITLE = "Models side by side"
 BY_MODEL_INTRO = ("Each model's verdict from its own rows only (number [95% interval], n of each comparison the "
                   "verdict read); across models: \"agree\" when every model supports the claim (or every model "
-                  "contradicts it), \"disagree\" when one model supports and another contradicts, else \"cannot "
-                  "decide\".")
+                  "contradicts it), \"disagree\" when one model supports and another contradicts, \"not run\" "
+                  "when no model ran the experiment, else \"cannot decide\".")
 POOLED_TITLE = "All models together"
 POOLED_INTRO = "One verdict per question from the comparisons of every model."
 

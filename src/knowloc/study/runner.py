@@ -320,8 +320,9 @@ def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]],
                 atomic_write(ctx.out / "tables" / f"{key}.csv", _csv(rows))
         body += section_markdown(experiment, section.summary)
         body += [f"![{p.stem}](figures/{p.name})" for p in section.figures] + [""]
-    summary["findings"] = findings(strict_json(summary), experiments())
-    by_model = findings_by_model(strict_json(summary), experiments())  # None for a single-model study
+    judged = strict_json(summary)  # the findings read the summary as summary.json will hold it
+    summary["findings"] = findings(judged, experiments())
+    by_model = findings_by_model(judged, experiments())  # None for a single-model study
     if by_model is not None:
         summary["findings_by_model"] = by_model
     text = "\n".join(markdown + findings_markdown(summary["findings"], by_model) + body)
