@@ -19,9 +19,10 @@ PARAREL = REPO.parent / "shared" / "data" / "pararel"
 
 @pytest.fixture(autouse=True)
 def _own_attribution_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own empty attribution cache (never the user's ~/.cache): a study test then computes
-    what it checks, and one test's entries cannot change what another one runs."""
+    """Every test gets its own empty attribution cache and covariance store (never the user's ~/.cache): a study
+    test then computes what it checks, and one test's entries cannot change what another one runs."""
     monkeypatch.setenv("KNOWLOC_ATTRIBUTION_CACHE", str(tmp_path_factory.mktemp("attribution-cache")))
+    monkeypatch.setenv("KNOWLOC_COVARIANCE_CACHE", str(tmp_path_factory.mktemp("covariance-cache")))
 
 
 @pytest.fixture()

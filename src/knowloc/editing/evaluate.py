@@ -240,17 +240,33 @@ class Baseline:
         with modified(lm, trial.operation, edit.neurons, old_token=edit.gold, new_token=edit.new,
                       lambda1=trial.lambda1, lambda2=trial.lambda2, rule=trial.update_rule,
                       activations=edit.activations):
-            if self._replayable():
-                # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
-                start = min(layer for layer, _ in edit.neurons) if edit.neurons else None
-                measured = self.recorded.measure(start)  # type: ignore[union-attr]
-            else:
-                probs, top1 = _distributions(lm, trial.prompts)
-                loc_probs, loc_top1 = _distributions(lm, self.locality_prompts)
-                logppl_after = (log_perplexity_of_texts(lm, self.neutral_texts) if self.neutral_texts
-                                else math.nan)
-                measured = (probs, top1, loc_probs, loc_top1, logppl_after)
+            # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
+            measured = self._measure(min(layer for layer, _ in edit.neurons) if edit.neurons else None)
         return self._score(trial, edit, measured, locality_gold_tokens)
+
+    def evaluate_current(self, index: int, gold: str, new_object: str, start: int | None, *, n_neurons: int = 0,
+                         locality_gold_tokens: Sequence[int] | None = None) -> TrialResult:
+        """Measure the model as it is now, with an edit the caller applied to blocks >= ``start`` (None: nothing
+        changed), as an update of query ``index`` from ``gold`` to ``new_object`` (what the editors of
+        :mod:`knowloc.editing.editors` measure): the same measurements and scores as :meth:`evaluate` of an
+        update trial, re-running only the blocks from ``start`` up.
+
+        Args:
+            index: the edited query; gold / new_object: its old and new object; start: the lowest changed layer;
+            n_neurons: reported as the result's ``n_neurons``; locality_gold_tokens: as in :meth:`evaluate`.
+
+        Example:
+            >>> with Rome().apply(lm, request) as applied:
+            ...     base.evaluate_current(0, "Paris", "Rome", applied.start).rel
+        """
+        lm = self._model()
+        locality_gold_tokens = self._locality_tokens(locality_gold_tokens)
+        trial = EditTrial(prompts=self.prompts, index=index, gold=gold, neurons=(), operation="update",
+                          new_object=new_object)
+        edit = self._prepare(trial)
+        if start is not None and not (isinstance(start, int) and 0 <= start < lm.n_layers):
+            raise KnowlocError(f"start layer {start!r} out of range for {lm.n_layers} layers")
+        return self._score(trial, edit, self._measure(start), locality_gold_tokens, n_neurons=n_neurons)
 
     def evaluate_many(self, trials: Sequence[EditTrial], locality_gold_tokens: Sequence[int] | None = None, *,
                       max_rows: int = 256, schedule: str = "join") -> list[TrialResult]:
@@ -338,6 +354,18 @@ class Baseline:
     def _replayable(self) -> bool:
         return self.recorded is not None and self.recorded.lm is self.lm
 
+    def _measure(self, start: int | None) -> tuple:
+        """(probs, top1, locality probs, locality top1, log PPL of the texts) of the model as it is now, whose
+        blocks below ``start`` are unchanged: the recorded batches re-run from ``start`` (None: the recorded
+        outputs), or full forward passes for a baseline without recorded batches."""
+        if self._replayable():
+            return self.recorded.measure(start)  # type: ignore[union-attr]
+        lm = self._model()
+        probs, top1 = _distributions(lm, self.prompts)
+        loc_probs, loc_top1 = _distributions(lm, self.locality_prompts)
+        logppl_after = log_perplexity_of_texts(lm, self.neutral_texts) if self.neutral_texts else math.nan
+        return probs, top1, loc_probs, loc_top1, logppl_after
+
     def _locality_tokens(self, locality_gold_tokens: Sequence[int] | None) -> tuple[int, ...] | None:
         """The locality gold tokens as a tuple, checked against the locality prompts and the vocabulary."""
         if locality_gold_tokens is None:
@@ -373,8 +401,8 @@ class Baseline:
             activations = {(layer, index): float(acts[layer, index]) for layer, index in neurons}
         return _Edit(gold, new, neurons, activations)
 
-    def _score(self, trial: EditTrial, edit: _Edit, measured: tuple, locality_gold_tokens: tuple[int, ...] | None
-               ) -> TrialResult:
+    def _score(self, trial: EditTrial, edit: _Edit, measured: tuple, locality_gold_tokens: tuple[int, ...] | None,
+               n_neurons: int | None = None) -> TrialResult:
         """The trial's scores from the edited model's measurements (probs, top1, locality probs, locality top1,
         log PPL of the texts)."""
         probs, top1, loc_probs, loc_top1, logppl_after = measured
@@ -410,7 +438,8 @@ class Baseline:
         return TrialResult(
             rel=rel, gen=gen, loc=loc, avg=avg, dppl=dppl, dlogppl=dlogppl,
             dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
-            operation=trial.operation, n_neurons=len(neurons), success=tuple(success), dprob=tuple(dprob),
+            operation=trial.operation,
+            n_neurons=len(neurons) if n_neurons is None else n_neurons, success=tuple(success), dprob=tuple(dprob),
             dprob_locality=dprob_locality, ppl_before=self.ppl, ppl_after=ppl_after,
         )
 

@@ -131,6 +131,16 @@ class WeightEditor:
         self.lm.value_vector(layer, index).add_(delta.to(self.lm.dtype))
 
     @torch.no_grad()
+    def add_matrix(self, layer: int, delta: torch.Tensor) -> None:
+        """``W <- W + delta`` for the layer's MLP output projection as a matrix ``W [d_model, n_neurons]``
+        (``output = W a (+ bias)``, ``a`` the neuron activations): added to a Linear weight as it is and to a
+        Conv1D weight ``[n_neurons, d_model]`` transposed."""
+        self._touch(layer)
+        weight = self.lm.mlp_out(layer).weight
+        delta = delta.to(device=weight.device, dtype=weight.dtype)
+        weight.add_(delta if self.lm.arch.value_layout == "col" else delta.T)
+
+    @torch.no_grad()
     def zero_values(self, neurons: list[tuple[int, int]]) -> None:
         for layer, indices in _group(neurons).items():
             self._touch(layer)

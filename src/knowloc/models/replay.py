@@ -38,12 +38,14 @@ class RecordedBatch:
             self.lm.model.base_model(input_ids=self.ids, attention_mask=self.mask, use_cache=False)
         return captured
 
-    @torch.no_grad()
-    def run(self, start: int) -> torch.Tensor:
-        """Output of the last block [batch, width, d_model] with blocks >= `start` re-run on the current weights."""
-        hidden = self._inputs[start]  # [batch, width, d_model]
-        for b in range(start, len(self._inputs)):
-            hidden = self._calls[b].run(self.lm.blocks[b], hidden)
+    def run(self, start: int, *, grad: bool = False) -> torch.Tensor:
+        """Output of the last block [batch, width, d_model] with blocks >= `start` re-run on the current weights;
+        ``grad=True`` records the autograd graph of the re-run blocks (for optimizing an edit of them, e.g. a
+        hook that adds a trainable tensor: :mod:`knowloc.editing.editors`)."""
+        with torch.set_grad_enabled(grad):
+            hidden = self._inputs[start]  # [batch, width, d_model]
+            for b in range(start, len(self._inputs)):
+                hidden = self._calls[b].run(self.lm.blocks[b], hidden)
         return hidden
 
     @torch.no_grad()

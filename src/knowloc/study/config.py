@@ -31,7 +31,7 @@ from knowloc.study import registry
 CS_SCORES = ("cs1", "cs2", "csp")
 DTYPES = ("fp32", "bf16", "fp16")
 KINDS = ("identity", "view", "runtime")
-LIST_FIELDS = ("models", "methods", "experiments", "relations")  # comma-separated or repeated on the command line
+LIST_FIELDS = ("models", "methods", "experiments", "relations", "editors", "edit_layer")  # comma-separated or repeated on the command line
 # What a store that predates an identity setting was computed with, where that differs from today's default
 # (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
 LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai", "specificity_reference": "study"}
@@ -129,6 +129,20 @@ class StudyConfig:
                                       help="update-sweep: lambda1 = lambda2 at every grid point (the edit is then "
                                       "lambda2 (E(o') - E(o)), with no component along the direction all tokens' "
                                       "unembeddings share; docs/editing.md)")
+    editors: list[str] = setting(factory=lambda: ["kn", "kn-ft", "ft", "rome"], help="editors experiment: kn (the "
+                                 "update rule on N_i), kn-ft (fine-tuning of N_i's value vectors), ft (FT+L of one "
+                                 "layer's MLP output projection), rome (ROME's rank-one update of it)")
+    edit_layer: list[str] = setting(factory=lambda: ["mid"], help="editors: the layer(s) ft and rome edit ('mid' = "
+                                    "n_layers // 2; a list sweeps layers)")
+    rome_steps: int = setting(20, help="rome: Adam steps of the value vector v* (ROME: 20)")
+    rome_lr: float = setting(0.5, help="rome: learning rate of v* (ROME: 0.5)")
+    rome_prefixes: int = setting(4, help="rome: seeded context prefixes of the model's own text besides the query "
+                                 "(key k* and v* are fitted over them)")
+    rome_samples: int = setting(128, help="rome: samples of 64 tokens of the model's own seeded text over which the "
+                                "key statistics C = E[k k^T] are computed (once per model and layer, stored)")
+    ft_steps: int = setting(25, help="ft / kn-ft: Adam steps (ROME's FT+L: 25)")
+    ft_lr: float = setting(5e-4, help="ft / kn-ft: learning rate (ROME's FT+L: 5e-4)")
+    ft_bound: float = setting(5e-4, help="ft / kn-ft: L-infinity bound of the weight change (ROME's FT+L: 5e-4)")
     compute_dtype: str = setting("fp32", aliases=("--dtype",), help="precision of attribution and editing "
                                  "measurement (the model is loaded in it): fp32 (the reference), bf16 or fp16; "
                                  "bf16 agreement with fp32 and speed in docs/performance.md")

@@ -171,6 +171,12 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                         mine = [u for u in pending if u.kind == experiment.name]
                         if not mine:
                             continue
+                        if experiment.prepare is not None:
+                            begin = time.perf_counter()
+                            experiment.prepare(timing_ctx, model)
+                            prepared = time.perf_counter() - begin
+                            estimate += prepared
+                            lines.append(f"  {experiment.name}: prepared once per model in {prepared:.1f} s")
                         unit = Unit(experiment.name, model, cfg.methods[0], fact.fact_id)
                         begin = time.perf_counter()
                         execute(timing_ctx, unit)

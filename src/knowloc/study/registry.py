@@ -66,6 +66,8 @@ class Experiment:
         Section with other keys, and :func:`register` tables of other keys.
     fact_work(ctx, model, method, fact) -> rows: the per-fact work that needs the model, stored per fact (None:
         the experiment only reads stored attributions).
+    prepare(ctx, model): optional work once per model in the driver before the facts' units run, when some are
+        missing (e.g. statistics every unit reads, stored once; settings checked against the loaded model).
     finalize(ctx, model): optional work once per model after every fact (e.g. examples that need the groups).
     validate(config): optional check (and normalization) of the settings it owns; raises KnowlocError with one
         line. Runs for every registered experiment whenever a StudyConfig is made.
@@ -83,6 +85,7 @@ class Experiment:
     heading: str
     summary_keys: tuple[str, ...]
     fact_work: Callable | None = None
+    prepare: Callable | None = None
     finalize: Callable | None = None
     validate: Callable | None = None
     shown_neurons: str | None = None

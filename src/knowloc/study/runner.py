@@ -136,6 +136,15 @@ def run_units(ctx: StudyContext, executor, units: list[Unit], desc: str,
             bar.update(1)
 
 
+def prepare_experiments(ctx: StudyContext, model: str, trials: list[Unit]) -> None:
+    """Each experiment's ``prepare`` step for a model, in the driver, when some of its fact units are missing."""
+    kinds = {unit.kind for unit in trials}
+    for experiment in run_order(ctx.config.experiments):
+        if experiment.prepare is not None and experiment.name in kinds:
+            ctx.switch_model(model)
+            experiment.prepare(ctx, model)
+
+
 def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
     """Run (or resume) a study and write its outputs; see the module docstring and docs/study.md.
 
@@ -201,6 +210,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
                 run_units(ctx, LocalExecutor(ctx), cached, f"cached attribution {model}", progress)
             executor = executor or make_executor(ctx)
             run_units(ctx, executor, attributions, f"attribution {model}", progress)
+            prepare_experiments(ctx, model, trials)
             run_units(ctx, executor, trials, f"experiments {model}", progress)
             for experiment in run_order(config.experiments):
                 if experiment.finalize is not None:

@@ -5,8 +5,8 @@ a built-in experiment is one module that defines its :class:`knowloc.study.regis
 entry in this list (docs/extending.md).
 """
 
-from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, modification, query_mapping,
-                                       specificity, update_sweep)
+from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, modification,
+                                       query_mapping, specificity, update_sweep)
 from knowloc.study.registry import REGISTRY, names, register_all
 
 BUILTIN = (
@@ -18,6 +18,7 @@ BUILTIN = (
     cas.EXPERIMENT,
     cas_sweep.EXPERIMENT,
     update_sweep.EXPERIMENT,
+    editors.EXPERIMENT,
 )
 register_all(BUILTIN)
 

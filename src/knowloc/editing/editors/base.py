@@ -1,0 +1,224 @@
+"""What every editor shares: the edit request, the applied edit, and the gradient machinery of the learned edits.
+
+An editor makes the model answer ``new_object`` instead of ``gold`` on one query (:class:`EditRequest`). Its
+:meth:`~Editor.apply` is a context manager: inside, the model's weights carry the edit (through
+:func:`knowloc.models.hooks.edit_weights`, so they are restored bit-exactly on exit, also on an exception); it
+yields an :class:`AppliedEdit` that says from which block on the model changed, which is what
+:meth:`knowloc.editing.evaluate.Baseline.evaluate_current` re-runs to measure it.
+
+The learned edits (ROME's value vector, ``ft``, ``kn-ft``) are optimized without touching the weights: a forward
+hook on the edited layer's MLP output projection adds a trainable tensor's contribution (:class:`Teacher`
+re-runs the blocks from the edited layer up on recorded inputs, :mod:`knowloc.models.replay`, with autograd on),
+and the weights change once, when the result is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from knowloc.errors import KnowlocError
+from knowloc.models.hooks import hook_input_output, trace_activations
+from knowloc.models.lm import LanguageModel
+from knowloc.models.replay import RecordedBatch
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit: ``prompt`` (a query about ``subject``) should be answered ``new_object`` instead of ``gold``.
+
+    layer: the edited layer of ``rome`` / ``ft`` (ignored by the KN editors); neurons: the query's KN set N_i
+    ``[(layer, index), ...]`` (``kn`` / ``kn-ft``); activations: N_i's activations at the query's last position
+    (what ``kn``'s sign-aware update rules read).
+    """
+
+    prompt: str
+    subject: str
+    gold: str
+    new_object: str
+    layer: int | None = None
+    neurons: tuple[tuple[int, int], ...] = ()
+    activations: Mapping[tuple[int, int], float] | None = field(default=None, compare=False)
+
+    def checked(self, lm: LanguageModel, *, needs_layer: bool = False, needs_neurons: bool = False) -> EditRequest:
+        """The request checked against the model (one-line :class:`KnowlocError` naming what is wrong)."""
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise KnowlocError("an edit needs a non-empty prompt")
+        for name in ("gold", "new_object"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise KnowlocError(f"an edit needs a non-empty {name}")
+        if lm.first_target_token(self.gold) == lm.first_target_token(self.new_object):
+            raise KnowlocError(f"new object {self.new_object!r} starts with the same token as {self.gold!r}")
+        if needs_layer:
+            check_layer(lm, self.layer)
+        if needs_neurons and not self.neurons:
+            raise KnowlocError("this editor needs the query's KN set (empty)")
+        return self
+
+
+def check_layer(lm: LanguageModel, layer: object) -> int:
+    """``layer`` as a layer index of the model (one-line error otherwise)."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise KnowlocError(f"the edit layer must be an integer, got {layer!r}")
+    if not 0 <= layer < lm.n_layers:
+        raise KnowlocError(f"edit layer {layer} out of range: the model has {lm.n_layers} layers (0-{lm.n_layers - 1})")
+    return layer
+
+
+def check_steps(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise KnowlocError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def check_positive(value: object, name: str, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise KnowlocError(f"{name} must be a number, got {value!r}") from None
+    if not (v >= 0 if allow_zero else v > 0) or v == float("inf"):
+        raise KnowlocError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class AppliedEdit:
+    """What an editor changed: ``start``, the lowest layer whose weights changed (None: nothing changed), the
+    number of weights changed, and editor-specific figures (e.g. the final loss, the change's norm)."""
+
+    start: int | None
+    n_weights: int
+    info: dict = field(default_factory=dict)
+
+
+class Editor(Protocol):
+    """One editor (``kn``, ``kn-ft``, ``ft``, ``rome``): ``name``, whether it edits a chosen layer
+    (``uses_layer``) or the query's KN set (``uses_neurons``), and ``apply(lm, request)``: a context manager
+    with the edit applied to the weights, restored bit-exactly on exit, yielding an :class:`AppliedEdit`."""
+
+    name: str
+    uses_layer: bool
+    uses_neurons: bool
+
+    def apply(self, lm: LanguageModel, request: EditRequest) -> contextmanager:  # pragma: no cover - protocol
+        ...
+
+
+# --------------------------------------------------------------------------------------------------------
+# teacher-forced batches, re-run from the edited layer with autograd on
+
+
+def subject_last_index(lm: LanguageModel, text: str, subject: str) -> int:
+    """Position of the subject's last token in ``text`` as the model reads it (special tokens included): the
+    length of the tokenized text up to the end of the subject's last occurrence, minus 1 (ROME's rule); the
+    text's last token when the subject does not occur in it."""
+    ids = lm.tokenizer(text.rstrip())["input_ids"]
+    at = text.rfind(subject.strip()) if subject and subject.strip() else -1
+    if at < 0:
+        return len(ids) - 1
+    head = lm.tokenizer(text[:at + len(subject.strip())])["input_ids"]
+    return min(len(head), len(ids)) - 1
+
+
+@dataclass
+class Teacher:
+    """A batch of prompts, each with the target it should predict (teacher-forced: the model reads prompt +
+    target[:-1]), recorded once unedited so that the blocks from ``start`` up can be re-run with autograd on.
+
+    Args:
+        lm: the model; prompts / targets: one target string per prompt (None: the row only carries a
+            distribution, e.g. ROME's KL prompt); start: the first re-run block; trace: also record the neuron
+            activations of these layers (``self.activations[layer]`` ``[rows, width, n_neurons]``).
+    """
+
+    lm: LanguageModel
+    prompts: Sequence[str]
+    targets: Sequence[str | None]
+    start: int
+    trace: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        encodings = [self.lm.encode(p, t) if t is not None else self.lm.encode(p)
+                     for p, t in zip(self.prompts, self.targets)]
+        self.encodings = encodings
+        self.last = [e.last_pos for e in encodings]  # the prompt's last position of each row
+        with trace_activations(self.lm, list(self.trace)) as acts:
+            self.batch = RecordedBatch(self.lm, [e.input_ids for e in encodings])
+        self.activations = dict(acts)
+        rows, positions, tokens = [], [], []
+        for r, e in enumerate(encodings):
+            for t, token in enumerate(e.target_ids):
+                rows.append(r)
+                positions.append(e.last_pos + t)
+                tokens.append(token)
+        device = self.batch.ids.device
+        self._rows = torch.tensor(rows, dtype=torch.long, device=device)
+        self._positions = torch.tensor(positions, dtype=torch.long, device=device)
+        self._tokens = torch.tensor(tokens, dtype=torch.long, device=device)
+
+    def run(self) -> torch.Tensor:
+        """The last block's output ``[rows, width, d_model]``, blocks >= start re-run with autograd on."""
+        return self.batch.run(self.start, grad=True)
+
+    def target_nll(self, hidden: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Mean over ``rows`` of each row's mean NLL of its target tokens (a scalar with its graph)."""
+        wanted = torch.tensor(sorted(set(rows)), dtype=torch.long, device=hidden.device)
+        keep = torch.isin(self._rows, wanted)
+        if not bool(keep.any()):
+            raise KnowlocError("no target token to fit")
+        row_of = self._rows[keep]
+        logits = self.lm.logits(hidden[row_of, self._positions[keep]]).float()  # [k, vocab]
+        nll = F.cross_entropy(logits, self._tokens[keep], reduction="none")  # [k]
+        sums = torch.zeros(len(self.encodings), device=hidden.device).index_add(0, row_of, nll)
+        counts = torch.zeros(len(self.encodings), device=hidden.device).index_add(0, row_of, torch.ones_like(nll))
+        present = counts > 0
+        return (sums[present] / counts[present]).mean()
+
+    def last_log_probs(self, hidden: torch.Tensor, row: int) -> torch.Tensor:
+        """log-softmax of the next-token logits at row ``row``'s last prompt position ``[vocab]``."""
+        return torch.log_softmax(self.lm.logits(hidden[row, self.last[row]][None]).float()[0], dim=-1)
+
+    def unedited(self) -> torch.Tensor:
+        """The recorded (unedited) last block output ``[rows, width, d_model]``."""
+        return self.batch.output
+
+
+@contextmanager
+def added_to_output(lm: LanguageModel, additions: Mapping[int, Callable[[torch.Tensor], torch.Tensor]]
+                    ) -> Iterator[None]:
+    """Run the body with ``additions[layer](a)`` added to the output of that layer's MLP output projection,
+    ``a`` its input (the neuron activations ``[rows, width, n_neurons]``); hooks removed on exit."""
+    def adder(fn):
+        def add(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return out + fn(x).to(out.dtype)
+        return add
+    with ExitStack() as stack:
+        for layer, fn in additions.items():
+            stack.enter_context(hook_input_output(lm.mlp_out(layer), adder(fn)))
+        yield
+
+
+def adam_steps(params: list[torch.Tensor], loss: Callable[[], torch.Tensor], steps: int, lr: float,
+               after_step: Callable[[], None] | None = None) -> float:
+    """``steps`` Adam steps on ``params`` (leaf tensors with ``requires_grad``) minimizing ``loss()``, calling
+    ``after_step`` (e.g. a projection onto the constraint set) after each; returns the last loss (nan: none)."""
+    last = float("nan")
+    if steps == 0:
+        return last
+    optimizer = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            value = loss()
+            value.backward()
+            optimizer.step()
+            last = float(value.detach())
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step()
+    return last

@@ -1,0 +1,123 @@
+"""Constrained fine-tuning: ``ft`` (ROME's FT+L baseline) and ``kn-ft`` (the same, restricted to N_i).
+
+``ft`` (Meng et al. 2022, section 4, "FT+L"; Zhu et al. 2020): fine-tune the MLP output projection ``W`` of one
+layer so that the edited query predicts o': ``steps`` Adam steps (``lr``) on the mean NLL of o''s tokens
+(teacher-forced) on the edited query, the weight change ``dW = W' - W`` projected after every step onto the
+L-infinity ball ``|dW_ij| <= bound``. Deterministic (zero initialisation, full-batch Adam: no sampling).
+
+``kn-ft``: the same loss, steps, learning rate and bound, with only the value vectors of the query's filtered KN
+set N_i trainable (``dv_n`` for each ``n = (layer, index)`` in N_i, across N_i's layers; every other weight fixed):
+does the KN set suffice when the change is learned rather than set by a rule?
+
+Both train a tensor added in activation space (``out += a @ dW^T`` at every position, ``a`` the projection's
+input: exactly what the weight change does), re-running only the blocks from the lowest edited layer up; the
+weights change once, when the result is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Teacher, adam_steps, added_to_output,
+                                          check_positive, check_steps)
+from knowloc.editing.operations import normalize_neurons
+from knowloc.models.hooks import edit_weights
+from knowloc.models.lm import LanguageModel
+
+
+@dataclass
+class FineTune:
+    """``ft`` (``neurons=False``: the whole projection of ``request.layer``) or ``kn-ft`` (``neurons=True``:
+    N_i's value vectors); module docstring.
+
+    Args:
+        steps, lr: Adam steps and learning rate; bound: the L-infinity bound of the weight change.
+
+    Example:
+        >>> request = EditRequest("The capital of France is", "France", "Paris", "Rome", layer=4)
+        >>> with FineTune().apply(lm, request) as applied:
+        ...     applied.info["max_abs_change"] <= 5e-4
+    """
+
+    steps: int = 25
+    lr: float = 5e-4
+    bound: float = 5e-4
+    neurons: bool = False
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps, f"{self.name} steps")
+        check_positive(self.lr, f"{self.name} lr")
+        check_positive(self.bound, f"{self.name} bound")
+
+    @property
+    def uses_neurons(self) -> bool:
+        return self.neurons
+
+    @property
+    def name(self) -> str:
+        return "kn-ft" if self.neurons else "ft"
+
+    @property
+    def uses_layer(self) -> bool:
+        return not self.neurons
+
+    def weight_change(self, lm: LanguageModel, request: EditRequest) -> tuple[dict[int, torch.Tensor], dict]:
+        """``{layer: dW [d_model, n_neurons]}`` of the request (dense; kn-ft's is zero outside N_i's columns)
+        and ``{"loss", "max_abs_change"}``; the model is unchanged."""
+        request = request.checked(lm, needs_layer=not self.neurons, needs_neurons=self.neurons)
+        d_model = lm.value_vector(0, 0).shape[0]
+        if self.neurons:
+            pairs = normalize_neurons(lm, request.neurons)
+            by_layer: dict[int, list[int]] = {}
+            for layer, index in pairs:
+                by_layer.setdefault(layer, []).append(index)
+            idx = {layer: torch.tensor(v, dtype=torch.long, device=lm.device) for layer, v in by_layer.items()}
+            params = {layer: torch.zeros(len(v), d_model, device=lm.device, requires_grad=True)
+                      for layer, v in by_layer.items()}  # dv_n [k_l, d_model]
+
+            def addition(layer):
+                return lambda x: x.index_select(-1, idx[layer]) @ params[layer]
+        else:
+            by_layer = {request.layer: []}  # type: ignore[dict-item]
+            params = {request.layer: torch.zeros(d_model, lm.n_neurons, device=lm.device, requires_grad=True)}
+
+            def addition(layer):
+                return lambda x: x @ params[layer].T
+        start = min(params)
+        teacher = Teacher(lm, [request.prompt], [request.new_object], start=start)
+
+        def loss() -> torch.Tensor:
+            with added_to_output(lm, {layer: addition(layer) for layer in params}):
+                hidden = teacher.run()
+            return teacher.target_nll(hidden, [0])
+
+        def project() -> None:
+            for p in params.values():
+                p.clamp_(-self.bound, self.bound)
+
+        last = adam_steps(list(params.values()), loss, self.steps, self.lr, project)
+        out: dict[int, torch.Tensor] = {}
+        for layer, p in params.items():
+            if self.neurons:
+                dense = torch.zeros(d_model, lm.n_neurons, device=lm.device)
+                dense[:, idx[layer]] = p.detach().T
+                out[layer] = dense
+            else:
+                out[layer] = p.detach().clone()
+        max_change = max((float(d.abs().max()) for d in out.values()), default=0.0)
+        return out, {"loss": last, "max_abs_change": max_change}
+
+    @contextmanager
+    def apply(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:
+        """The model with the learned change applied; restored bit-exactly on exit."""
+        change, info = self.weight_change(lm, request)
+        changed = {layer: d for layer, d in change.items() if bool(d.abs().max() > 0)}
+        with edit_weights(lm) as editor:
+            for layer, delta in changed.items():
+                editor.add_matrix(layer, delta)
+            yield AppliedEdit(start=min(changed) if changed else None,
+                              n_weights=sum(int((d != 0).sum()) for d in changed.values()), info=info)

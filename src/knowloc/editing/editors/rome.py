@@ -1,0 +1,196 @@
+"""ROME: a rank-one update of one layer's MLP output projection (Meng et al. 2022, "Locating and Editing Factual
+Associations in GPT", section 3).
+
+Read the MLP output projection of layer l as a linear associative memory ``v = W k (+ b)``: ``k`` the key (the
+projection's input, knowloc's neuron activations ``[n_neurons]``), ``v`` the value it writes ``[d_model]``.
+
+1. **Key** ``k*``: the mean of ``k`` at the subject's last token over the edited query and ``prefixes`` seeded
+   contexts ``"<prefix>. <query>"``, ``<prefix>`` a short sample of the model's own text
+   (:func:`knowloc.editing.editors.covariance.model_samples`; ROME uses ten-token samples the same way).
+2. **Value** ``v* = out(k*) + delta``, ``out(k*) = W k* (+ b)`` the projection's current output at ``k*``
+   (so a zero-step edit changes nothing). ``delta`` is added to the projection's output at the subject's last
+   token of every context and of the KL prompt ``"<subject> is a"``, and found by ``steps`` Adam steps
+   (``lr``) minimizing
+
+   ``L(delta) = mean_c NLL(o' | context c) + kl_factor * KL(P(. | S is a) || P_delta(. | S is a))
+   + weight_decay * |delta|^2 / |out(k*)|^2``,
+
+   with ``|delta| <= clamp * |out(k*)|`` after every step (ROME's ``clamp_norm_factor``). NLL is over all of
+   o''s tokens, teacher-forced.
+3. **Update** (ROME eq. 2): ``W <- W + (v* - out(k*)) (C^-1 k*)^T / (k*^T C^-1 k*)``, ``C = E[k k^T]`` over
+   a text sample (:class:`~knowloc.editing.editors.covariance.CovarianceStore`), solved in float64 with a ridge
+   of ``ridge x mean(diag C)`` (1e-6 by default; it only matters for a sample with fewer tokens than neurons).
+   Then ``W' k* = v*`` and ``W' k = W k`` for every ``k`` with ``k^T C^-1 k* = 0`` (:func:`rank_one_update`).
+
+Defaults follow ROME's GPT-2 XL settings where they carry over (20 steps, KL factor 0.0625, weight decay 0.5,
+clamp 4, ``"{} is a"``); ``lr`` 0.5 as ROME. docs/editing.md has the measured behaviour on SmolLM2-135M.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Teacher, adam_steps, added_to_output,
+                                          check_positive, check_steps, subject_last_index)
+from knowloc.editing.editors.covariance import CovarianceStore, TextSample, model_samples
+from knowloc.errors import KnowlocError
+from knowloc.models.hooks import edit_weights
+from knowloc.models.lm import LanguageModel
+
+KL_TEMPLATE = "{} is a"
+PREFIX_TOKENS = 10
+_PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(prefixes, seed): texts}
+
+
+def rank_one_update(c: torch.Tensor, k_star: torch.Tensor, residual: torch.Tensor, ridge: float = 0.0
+                    ) -> torch.Tensor:
+    """ROME's update ``dW = residual (C^-1 k*)^T / (k*^T C^-1 k*)`` ``[d_out, d_in]``, float64; pure.
+
+    Args:
+        c: ``C`` ``[d_in, d_in]`` (symmetric positive semi-definite); k_star: ``k*`` ``[d_in]``;
+        residual: ``v* - W k*`` ``[d_out]``; ridge: added to C's diagonal, times its mean diagonal.
+
+    Returns:
+        ``dW`` with ``(W + dW) k* = W k* + residual`` and ``dW k = 0`` for every ``k`` with
+        ``k^T C^-1 k* = 0`` (C with its ridge).
+
+    Example:
+        >>> c = torch.eye(3, dtype=torch.float64); k = torch.tensor([1.0, 0, 0], dtype=torch.float64)
+        >>> rank_one_update(c, k, torch.tensor([0.0, 2.0], dtype=torch.float64))
+        tensor([[0., 0., 0.],
+                [2., 0., 0.]], dtype=torch.float64)
+    """
+    c = c.double()
+    k = k_star.double().reshape(-1)
+    if c.shape != (k.numel(), k.numel()):
+        raise KnowlocError(f"C is {tuple(c.shape)}, keys have {k.numel()} entries")
+    if ridge:
+        c = c + ridge * c.diagonal().mean().clamp_min(1e-30) * torch.eye(k.numel(), dtype=c.dtype)
+    u = torch.linalg.solve(c, k)  # C^-1 k*
+    denom = float(k @ u)
+    if not denom > 0:
+        raise KnowlocError("k*^T C^-1 k* is not positive: C is singular on the key (an empty or degenerate "
+                           "text sample)")
+    return torch.outer(residual.double().reshape(-1), u) / denom
+
+
+@dataclass
+class Rome:
+    """The ``rome`` editor (module docstring); ``apply(lm, request)`` edits ``request.layer``.
+
+    Args:
+        steps, lr: Adam steps and learning rate of ``delta``; kl_factor, weight_decay, clamp: the loss terms and
+            norm bound; prefixes: seeded context prefixes besides the query itself (generated once per model and
+            seed and shared by every edit, as ROME's context templates); sample: the text sample of C;
+        covariance: where C is stored; ridge: C's ridge; seed: the prefixes' seed.
+
+    Example:
+        >>> request = EditRequest("The capital of France is", "France", "Paris", "Rome", layer=4)
+        >>> with Rome().apply(lm, request) as applied:
+        ...     lm.model(...)  # the edited model
+    """
+
+    steps: int = 20
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp: float = 4.0
+    prefixes: int = 5
+    sample: TextSample = field(default_factory=TextSample)
+    covariance: CovarianceStore = field(default_factory=CovarianceStore)
+    ridge: float = 1e-6
+    seed: int = 0
+
+    name = "rome"
+    uses_layer = True
+    uses_neurons = False
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps, "rome steps")
+        check_steps(self.prefixes, "rome prefixes")
+        check_positive(self.lr, "rome lr")
+        for name in ("kl_factor", "weight_decay", "ridge"):
+            check_positive(getattr(self, name), f"rome {name.replace('_', ' ')}", allow_zero=True)
+        check_positive(self.clamp, "rome clamp")
+
+    def prefix_texts(self, lm: LanguageModel) -> list[str]:
+        """The seeded context prefixes: ``prefixes`` samples of PREFIX_TOKENS tokens of the model's own text,
+        generated once per (model, seed)."""
+        memo = _PREFIXES.setdefault(lm.model, {})
+        key = (self.prefixes, self.seed)
+        if key not in memo:
+            seqs = model_samples(lm, self.prefixes, PREFIX_TOKENS, self.seed) if self.prefixes else []
+            memo[key] = [lm.tokenizer.decode(s, skip_special_tokens=True).replace("\n", " ").strip() for s in seqs]
+        return memo[key]
+
+    def contexts(self, lm: LanguageModel, request: EditRequest) -> list[str]:
+        """The edited query and its prefixed versions ``"<prefix>. <query>"``."""
+        query = request.prompt.rstrip()
+        return [query, *(f"{prefix}. {query}" for prefix in self.prefix_texts(lm))]
+
+    def key_and_value(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(k*, v*, info)`` of the request (steps 1 and 2 of the module docstring); the model is unchanged."""
+        request = request.checked(lm, needs_layer=True)
+        layer = request.layer
+        contexts = self.contexts(lm, request)
+        kl_prompt = KL_TEMPLATE.format(request.subject.strip())
+        prompts = [*contexts, kl_prompt]
+        teacher = Teacher(lm, prompts, [request.new_object] * len(contexts) + [None], start=layer, trace=[layer])
+        positions = [subject_last_index(lm, p, request.subject) for p in prompts]
+        rows = torch.arange(len(prompts))
+        keys = teacher.activations[layer][rows, torch.tensor(positions)].double()  # [rows, n_neurons]
+        k_star = keys[: len(contexts)].mean(dim=0)
+        module = lm.mlp_out(layer)
+        with torch.no_grad():
+            out_k = module(k_star.to(lm.dtype).to(lm.device)[None])[0].double().cpu()  # out(k*) [d_model]
+        base_norm = max(float(out_k.norm()), 1e-12)
+        delta = torch.zeros(out_k.numel(), dtype=torch.float32, device=lm.device, requires_grad=True)
+        mask = torch.zeros(len(prompts), teacher.batch.ids.shape[1], 1, device=lm.device)
+        mask[rows, torch.tensor(positions)] = 1.0
+        with torch.no_grad():
+            kl_before = teacher.last_log_probs(teacher.unedited(), len(contexts)).detach()
+        fit_rows = list(range(len(contexts)))
+
+        def loss() -> torch.Tensor:
+            with added_to_output(lm, {layer: lambda x: mask * delta}):
+                hidden = teacher.run()
+            nll = teacher.target_nll(hidden, fit_rows)
+            kl_after = teacher.last_log_probs(hidden, len(contexts))
+            kl = torch.sum(kl_before.exp() * (kl_before - kl_after))
+            return nll + self.kl_factor * kl + self.weight_decay * delta.pow(2).sum() / base_norm ** 2
+
+        def clamp() -> None:
+            limit = self.clamp * base_norm
+            norm = float(delta.norm())
+            if norm > limit:
+                delta.mul_(limit / norm)
+
+        last = adam_steps([delta], loss, self.steps, self.lr, clamp)
+        v_star = out_k + delta.detach().double().cpu()
+        return k_star, v_star, {"loss": last, "delta_norm": float(delta.detach().norm()),
+                                "value_norm": base_norm, "contexts": len(contexts)}
+
+    def weight_change(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, dict]:
+        """``dW`` ``[d_model, n_neurons]`` of the request (step 3) and the info of steps 1-2; model unchanged."""
+        k_star, v_star, info = self.key_and_value(lm, request)
+        c = self.covariance.get(lm, request.layer, self.sample)  # type: ignore[arg-type]
+        module = lm.mlp_out(request.layer)  # type: ignore[arg-type]
+        with torch.no_grad():
+            out_k = module(k_star.to(lm.dtype).to(lm.device)[None])[0].double().cpu()
+        return rank_one_update(c, k_star, v_star - out_k, self.ridge), info
+
+    @contextmanager
+    def apply(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:
+        """The model with the rank-one update of ``request.layer`` applied; restored bit-exactly on exit."""
+        delta_w, info = self.weight_change(lm, request)
+        changed = bool(delta_w.abs().max() > 0)
+        with edit_weights(lm) as editor:
+            if changed:
+                editor.add_matrix(request.layer, delta_w)  # type: ignore[arg-type]
+            yield AppliedEdit(start=request.layer if changed else None,
+                              n_weights=int(delta_w.numel()) if changed else 0, info=info)
