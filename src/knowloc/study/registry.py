@@ -66,6 +66,8 @@ class Experiment:
         Section with other keys, and :func:`register` tables of other keys.
     fact_work(ctx, model, method, fact) -> rows: the per-fact work that needs the model, stored per fact (None:
         the experiment only reads stored attributions).
+    check_model(config, lm): optional check of its settings against a loaded model (e.g. a layer out of range),
+        before the model is probed; raises KnowlocError with one line, so a bad setting writes nothing.
     prepare(ctx, model): optional work once per model in the driver before the facts' units run, when some are
         missing (e.g. statistics every unit reads, stored once; settings checked against the loaded model).
     finalize(ctx, model): optional work once per model after every fact (e.g. examples that need the groups).
@@ -85,6 +87,7 @@ class Experiment:
     heading: str
     summary_keys: tuple[str, ...]
     fact_work: Callable | None = None
+    check_model: Callable | None = None
     prepare: Callable | None = None
     finalize: Callable | None = None
     validate: Callable | None = None

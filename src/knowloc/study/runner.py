@@ -109,8 +109,12 @@ def check_data(store: Store, dataset, out: Path) -> None:
 
 
 def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
-    """Probe every fact once per model and store which paraphrases the model answers."""
+    """Check the experiments' settings against the model, then probe every fact once per model and store which
+    paraphrases the model answers."""
     ctx.switch_model(model)
+    for experiment in run_order(ctx.config.experiments):
+        if experiment.check_model is not None:
+            experiment.check_model(ctx.config, ctx.model(model))
     if not ctx.store.has_probe(model):
         probes = probe_facts(ctx.model(model), list(dataset), candidates=ctx.config.candidates,
                              progress=ctx.config.progress)

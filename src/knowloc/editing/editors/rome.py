@@ -71,9 +71,9 @@ def rank_one_update(c: torch.Tensor, k_star: torch.Tensor, residual: torch.Tenso
         raise KnowlocError(f"C is {tuple(c.shape)}, keys have {k.numel()} entries")
     if ridge:
         c = c + ridge * c.diagonal().mean().clamp_min(1e-30) * torch.eye(k.numel(), dtype=c.dtype)
-    u = torch.linalg.solve(c, k)  # C^-1 k*
+    u, info = torch.linalg.solve_ex(c, k)  # C^-1 k*
     denom = float(k @ u)
-    if not denom > 0:
+    if int(info) != 0 or not denom > 0 or not torch.isfinite(u).all():
         raise KnowlocError("k*^T C^-1 k* is not positive: C is singular on the key (an empty or degenerate "
                            "text sample)")
     return torch.outer(residual.double().reshape(-1), u) / denom

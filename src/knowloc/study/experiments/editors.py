@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from knowloc.analysis import GROUPS, Estimate
 from knowloc.editing.editors import (EDITORS, CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample,
-                                     check_editors, check_layer, measure_edit)
+                                     check_editors, measure_edit)
 from knowloc.errors import KnowlocError
 from knowloc.plots import grouped_bars
 from knowloc.study.config import StudyConfig
@@ -65,9 +65,14 @@ def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None 
                 covariance=covariance or CovarianceStore(), seed=cfg.seed)
 
 
+def check_model(cfg: StudyConfig, lm) -> None:
+    """--edit-layer within the model's layers (one line otherwise)."""
+    layers_of(cfg, lm.n_layers)
+
+
 def prepare(ctx: StudyContext, model: str) -> None:
-    """Check --edit-layer against the model and compute (or read) rome's C of every edit layer once, stored
-    for the facts' units (in the driver, before they run)."""
+    """Compute (or read) rome's C of every edit layer once, stored for the facts' units (in the driver, before
+    they run)."""
     cfg = ctx.config
     lm = ctx.model(model)
     layers = layers_of(cfg, lm.n_layers)
@@ -210,9 +215,10 @@ def _estimate(row: dict) -> Estimate:
 
 
 def _gap_part(method: str, layer: int, kn, others) -> Part:
-    """The verdict of one layer: "the facts" (contradicts the claim that the gap belongs to KN editing) when
-    every other editor's gap interval lies above 0; "the method" (supports) when every other editor's interval
-    includes 0 and lies below the KN gap's estimate; else cannot decide, saying why."""
+    """The verdict of one layer, when the KN gap's interval lies above 0 (else there is no gap to explain): "the
+    facts" (contradicts the claim that the gap belongs to KN editing) when every other editor's gap interval lies
+    above 0 too; "the method" (supports) when every other editor's interval includes 0 and lies below the KN
+    gap's estimate; else cannot decide, saying why."""
     text = (f"{method}, layer {layer}: K_C - K_I Gen gap kn {num(kn.value)} {interval(kn)}; "
             + "; ".join(f"{name} {num(e.value)} {interval(e)}" for name, e in others) + ".")
     lbl = f"{method} L{layer}"
@@ -221,12 +227,12 @@ def _gap_part(method: str, layer: int, kn, others) -> Part:
     if kn.withheld or not kn.has_interval or short:
         who = ", ".join(short) or "kn"
         return Part(text, (UNDECIDED, f"too few facts in a group for {who}"), kn, lbl)
-    if all(e.above(0.0) for _, e in others):
-        return Part(text + " The facts: editors that do not use KNs show the gap too.", (CONTRADICTS, ""), kn, lbl)
-    if all(e.low <= 0.0 <= e.high and e.high < kn.value for _, e in others) and kn.above(0.0):
-        return Part(text + " The method: only the KN edit shows the gap.", (SUPPORTS, ""), kn, lbl)
     if not kn.above(0.0):
         return Part(text, (UNDECIDED, "the KN gap's interval is not above 0, so there is no gap to explain"), kn, lbl)
+    if all(e.above(0.0) for _, e in others):
+        return Part(text + " The facts: editors that do not use KNs show the gap too.", (CONTRADICTS, ""), kn, lbl)
+    if all(e.low <= 0.0 <= e.high and e.high < kn.value for _, e in others):
+        return Part(text + " The method: only the KN edit shows the gap.", (SUPPORTS, ""), kn, lbl)
     return Part(text, (UNDECIDED, "the other editors' gaps are neither all above 0 nor all around 0 and below the "
                        "KN gap"), kn, lbl)
 
@@ -294,7 +300,8 @@ def validate(cfg: StudyConfig) -> None:
 
 EXPERIMENT = Experiment(
     name="editors", question="how do KN edits compare with ROME and fine-tuning, K_C vs K_I?",
-    heading="Editors", summarize=summarize, fact_work=fact_work, prepare=prepare, validate=validate,
+    heading="Editors", summarize=summarize, fact_work=fact_work, check_model=check_model, prepare=prepare,
+    validate=validate,
     summary_keys=("editors", "editors_gap", "editors_contrasts"),
     intro="The same edited queries and new objects as the update frontier, edited by kn (the study's update rule "
           "on N_i), kn-ft (fine-tuning of N_i's value vectors, L-infinity bounded), ft (FT+L: the same fine-tuning "

@@ -1,0 +1,215 @@
+"""The editors (knowloc.editing.editors): ROME's rank-one update, FT+L, kn-ft and kn behind one interface."""
+
+import pytest
+import torch
+
+from knowloc.editing import compute_baseline
+from knowloc.editing.editors import (CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample,
+                                     check_editors, measure_edit, model_samples, rank_one_update)
+from knowloc.errors import KnowlocError
+
+PROMPTS = ["The capital of France is", "France's capital city is", "In France, the capital is"]
+LOCALITY = ["Egypt is located in", "The native language of Victor Hugo is"]
+TEXTS = ["The weather today is mild and the river runs quietly through the old town."]
+FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-gemma"]  # Conv1D with bias; Linear; Linear + post-MLP norm
+
+
+def weights(lm) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in lm.model.named_parameters()}
+
+
+def assert_unchanged(lm, saved) -> None:
+    for name, p in lm.model.named_parameters():
+        assert torch.equal(p, saved[name]), name
+
+
+def projection(lm, layer: int) -> torch.Tensor:
+    """The layer's MLP output projection as W [d_model, n_neurons]."""
+    w = lm.mlp_out(layer).weight.detach()
+    return w.clone() if lm.arch.value_layout == "col" else w.T.clone()
+
+
+def request(lm, layer=1, **kw) -> EditRequest:
+    neurons = kw.pop("neurons", ((layer, 3), (layer, 11), (layer + 1, 5)))
+    return EditRequest(PROMPTS[0], "France", "Paris", "Rome", layer=layer, neurons=neurons,
+                       activations={n: 1.0 for n in neurons}, **kw)
+
+
+def rome(**kw) -> Rome:
+    return Rome(sample=TextSample(n=24, length=16), covariance=CovarianceStore(None), **kw)
+
+
+# --- ROME's update -----------------------------------------------------------------------------------------
+
+
+def test_rank_one_update_writes_v_star_at_k_star_and_nothing_on_the_c_orthogonal_keys():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    c = a @ a.T + 0.1 * torch.eye(12, dtype=torch.float64)
+    w = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    k_star = torch.randn(12, generator=g, dtype=torch.float64)
+    v_star = torch.randn(5, generator=g, dtype=torch.float64)
+    dw = rank_one_update(c, k_star, v_star - w @ k_star)
+    assert torch.allclose((w + dw) @ k_star, v_star, atol=1e-10)
+    u = torch.linalg.solve(c, k_star)
+    for _ in range(5):  # keys with k^T C^-1 k* = 0 keep their values
+        k = torch.randn(12, generator=g, dtype=torch.float64)
+        k = k - (k @ u) / (u @ u) * u
+        assert abs(float(k @ u)) < 1e-10
+        assert torch.allclose((w + dw) @ k, w @ k, atol=1e-10)
+    other = torch.randn(12, generator=g, dtype=torch.float64)  # a generic key does change
+    assert not torch.allclose((w + dw) @ other, w @ other)
+
+
+def test_rank_one_update_refuses_a_singular_c():
+    with pytest.raises(KnowlocError, match="singular"):
+        rank_one_update(torch.zeros(3, 3, dtype=torch.float64), torch.ones(3, dtype=torch.float64),
+                        torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_rome_writes_v_star_at_k_star_in_the_model(tiny_models, name):
+    lm = tiny_models(name)
+    editor = rome(steps=5, lr=0.5)
+    req = request(lm)
+    k_star, v_star, _ = editor.key_and_value(lm, req)
+    saved = weights(lm)
+    module = lm.mlp_out(req.layer)
+    with editor.apply(lm, req) as applied:
+        assert applied.start == req.layer
+        with torch.no_grad():
+            out = module(k_star.float()[None])[0].double()
+        assert torch.allclose(out, v_star, atol=1e-4, rtol=1e-4)
+        changed = [n for n, p in lm.model.named_parameters() if not torch.equal(p, saved[n])]
+        assert changed == [n for n, p in lm.model.named_parameters() if p is module.weight]
+    assert_unchanged(lm, saved)
+
+
+# --- fine-tuning -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_ft_never_exceeds_its_bound_and_changes_only_its_layer(tiny_models, name):
+    lm = tiny_models(name)
+    editor = FineTune(steps=10, lr=1e-2, bound=2e-3)
+    req = request(lm, layer=1)
+    before = projection(lm, 1)
+    saved = weights(lm)
+    with editor.apply(lm, req):
+        change = projection(lm, 1) - before
+        assert 0 < float(change.abs().max()) <= 2e-3 + 1e-7
+        others = [n for n, p in lm.model.named_parameters() if not torch.equal(p, saved[n])]
+        assert len(others) == 1
+    assert_unchanged(lm, saved)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_kn_ft_changes_only_the_value_vectors_of_n_i(tiny_models, name):
+    lm = tiny_models(name)
+    neurons = ((1, 3), (1, 11), (2, 5))
+    editor = FineTune(steps=5, lr=1e-2, bound=1e-2, neurons=True)
+    before = {layer: projection(lm, layer) for layer in range(lm.n_layers)}
+    with editor.apply(lm, request(lm, neurons=neurons)) as applied:
+        assert applied.start == 1
+        for layer in range(lm.n_layers):
+            change = projection(lm, layer) - before[layer]
+            touched = sorted(int(i) for i in torch.nonzero(change.abs().sum(dim=0)).flatten())
+            assert touched == sorted(i for l, i in neurons if l == layer), layer
+            assert float(change.abs().max()) <= 1e-2 + 1e-7
+
+
+# --- every editor ------------------------------------------------------------------------------------------
+
+
+def editors():
+    return {"kn": KnUpdate("calibrated", 1.0, 200.0), "kn-ft": FineTune(steps=40, lr=0.2, bound=1.0, neurons=True),
+            "ft": FineTune(steps=30, lr=0.05, bound=0.5), "rome": rome(steps=30, lr=0.5, clamp=400.0, prefixes=2, weight_decay=0.0)}
+
+
+@pytest.mark.parametrize("which", ["kn", "kn-ft", "ft", "rome"])
+def test_each_editor_reaches_rel_1_on_a_toy_fact_and_restores_the_model(tiny_models, which):
+    lm = tiny_models("tiny-llama")
+    base = compute_baseline(lm, PROMPTS, LOCALITY, TEXTS)
+    saved = weights(lm)
+    req = request(lm)
+    acts = base.activations[0]  # the neurons' own activations on the edited query (kn's sign-aware rule)
+    req = EditRequest(req.prompt, req.subject, req.gold, req.new_object, layer=req.layer, neurons=req.neurons,
+                      activations={(l, i): float(acts[l, i]) for l, i in req.neurons})
+    result, applied, seconds = measure_edit(lm, base, editors()[which], 0, req)
+    assert result.rel == 1.0 and applied.n_weights > 0 and seconds >= 0
+    assert_unchanged(lm, saved)
+    # the unedited model scores as before: the edit left nothing behind
+    again = base.evaluate_current(0, "Paris", "Rome", None)
+    assert again.rel == 0.0 and again.dprob_self == 0.0
+
+
+@pytest.mark.parametrize("which", ["kn", "kn-ft", "ft", "rome"])
+def test_every_editor_restores_the_weights_when_the_measurement_raises(tiny_models, which):
+    lm = tiny_models("tiny-gpt2")
+    saved = weights(lm)
+    with pytest.raises(RuntimeError, match="measurement failed"):
+        with editors()[which].apply(lm, request(lm)):
+            assert any(not torch.equal(p, saved[n]) for n, p in lm.model.named_parameters())
+            raise RuntimeError("measurement failed")
+    assert_unchanged(lm, saved)
+
+
+@pytest.mark.parametrize("editor", [Rome(steps=0, sample=TextSample(n=4, length=8), covariance=CovarianceStore(None)),
+                                    FineTune(steps=0), FineTune(steps=0, neurons=True)], ids=["rome", "ft", "kn-ft"])
+def test_a_zero_step_edit_changes_nothing(tiny_models, editor):
+    lm = tiny_models("tiny-llama")
+    base = compute_baseline(lm, PROMPTS, LOCALITY, TEXTS)
+    saved = weights(lm)
+    with editor.apply(lm, request(lm)) as applied:
+        assert applied.start is None and applied.n_weights == 0
+        assert_unchanged(lm, saved)
+    result, _, _ = measure_edit(lm, base, editor, 0, request(lm))
+    assert result.dprob_self == 0.0 and result.loc == 1.0 and result.dlogppl == 0.0
+
+
+@pytest.mark.parametrize("make,pattern", [
+    (lambda: FineTune(steps=-1), "ft steps must be an integer >= 0"),
+    (lambda: FineTune(bound=0.0), "ft bound must be a finite number > 0"),
+    (lambda: Rome(steps=-2), "rome steps must be an integer >= 0"),
+    (lambda: TextSample(n=0), "empty text sample"),
+    (lambda: KnUpdate("bogus"), "unknown update rule"),
+    (lambda: check_editors("kn,memit"), "unknown editor 'memit'"),
+])
+def test_bad_editor_settings_raise_one_line(make, pattern):
+    with pytest.raises(KnowlocError, match=pattern):
+        make()
+
+
+def test_a_layer_out_of_range_and_a_missing_kn_set_are_refused(tiny_models):
+    lm = tiny_models("tiny-llama")
+    with pytest.raises(KnowlocError, match="out of range"):
+        with FineTune().apply(lm, request(lm, layer=lm.n_layers)):
+            pass
+    with pytest.raises(KnowlocError, match="KN set"):
+        with FineTune(neurons=True).apply(lm, request(lm, neurons=())):
+            pass
+
+
+# --- ROME's text sample and C ------------------------------------------------------------------------------
+
+
+def test_model_samples_are_seeded_and_leave_the_global_rng_alone(tiny_models):
+    lm = tiny_models("tiny-llama")
+    state = torch.random.get_rng_state()
+    a = model_samples(lm, 5, 6, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert a == model_samples(lm, 5, 6, seed=3) and a != model_samples(lm, 5, 6, seed=4)
+    starts = {len(lm.tokenizer(w)["input_ids"]) for w in ("The", "In")}
+    assert all(len(s) - 6 in starts or len(s) > 6 for s in a)
+
+
+def test_c_is_computed_once_and_read_back(tiny_models, tmp_path):
+    lm = tiny_models("tiny-llama")
+    sample = TextSample(n=6, length=8)
+    first = CovarianceStore(tmp_path)
+    c = first.get(lm, 1, sample)
+    assert first.computed == 1 and c.shape == (lm.n_neurons, lm.n_neurons)
+    assert torch.allclose(c, c.T) and float(torch.linalg.eigvalsh(c).min()) > -1e-9
+    second = CovarianceStore(tmp_path)
+    assert torch.equal(second.get(lm, 1, sample), c) and second.computed == 0
+    assert not torch.equal(second.get(lm, 1, TextSample(n=7, length=8)), c) and second.computed == 1

@@ -1,0 +1,42 @@
+"""The editors experiment end to end on a tiny model: rows per editor and layer, C computed once in the driver and
+stored, the two findings, the figure, and a rerun that recomputes nothing."""
+
+import json
+
+from knowloc.editing.editors import covariance as covariance_module
+from knowloc.study.config import StudyConfig
+from knowloc.study.runner import run_study
+
+EDITOR_ARGS = dict(experiments=["consistency", "editors"], rome_samples=4, rome_steps=3, rome_prefixes=1,
+                   ft_steps=3, edit_layer=["0", "mid"])
+
+
+def test_editors_study_end_to_end(tmp_path, study_args, monkeypatch):
+    computed = []
+    real = covariance_module.key_second_moments
+
+    def spy(lm, layers, seqs, *a, **k):
+        computed.append(tuple(layers))
+        return real(lm, layers, seqs, *a, **k)
+    monkeypatch.setattr(covariance_module, "key_second_moments", spy)
+    out = tmp_path / "study"
+    summary = json.loads(run_study(StudyConfig(**study_args(out, **EDITOR_ARGS)), echo=lambda _: None).read_text())
+    assert computed == [(0, 1)]  # C of both edit layers (mid of 3 layers = 1), once, before the facts' units
+    rows = summary["editors"]
+    combos = {(r["editor"], r["layer"]) for r in rows}
+    assert combos == {("kn", None), ("kn-ft", None), ("ft", 0), ("ft", 1), ("rome", 0), ("rome", 1)}
+    n_facts = summary["facts"]["tiny-llama"]
+    for r in rows:
+        if r["group"] == "all" and r["editor"] in ("ft", "rome"):
+            assert r["n"] == n_facts and 0 <= r["rel"] <= 1 and 0 <= r["loc"] <= 1 and r["seconds"] > 0
+    assert {g["editor"] for g in summary["editors_gap"]} == {"kn", "kn-ft", "ft", "rome"}
+    assert {c["baseline"] for c in summary["editors_contrasts"]} == {"ft L0", "ft L1", "rome L0", "rome L1"}
+    ids = {f["id"] for f in summary["findings"]}
+    assert {"kn-vs-editors", "ki-gap-source"} <= ids
+    assert "editors_tiny-llama_ig.png" in summary["figures"]["editors"]
+    assert (out / "tables" / "editors.csv").exists() and "## Editors" in (out / "summary.md").read_text()
+    # a rerun reads everything back: no C, no edit
+    monkeypatch.setattr("knowloc.study.experiments.editors.measure_edit",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("edit recomputed")))
+    again = json.loads(run_study(StudyConfig(**study_args(out, **EDITOR_ARGS)), echo=lambda _: None).read_text())
+    assert again["editors"] == rows and computed == [(0, 1)]
