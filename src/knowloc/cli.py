@@ -337,6 +337,18 @@ def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), meth
                               device=device, dtype=dtype, echo=typer.echo)
 
 
+def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(None, help="edit layer (default: "
+                                                                               "n_layers // 2)"),
+                  queries: int = typer.Option(3, min=1, help="built-in queries to edit"),
+                  samples: int = typer.Option(128, min=1, help="samples of 64 tokens for ROME's C"),
+                  device: Optional[str] = DeviceOpt) -> None:
+    """Seconds of ROME's C for one layer and of one edit per editor (kn, kn-ft, ft, rome), and the weights each
+    keeps to restore."""
+    from knowloc.editing.editors.bench import run_editors_benchmark
+
+    run_editors_benchmark(model, layer=layer, queries=queries, samples=samples, device=device, echo=typer.echo)
+
+
 def reference_build(model: str = ModelOpt,
                     out: Optional[Path] = typer.Option(None, help="pack file (default: MODEL.json.gz in "
                                                        "$KNOWLOC_REFERENCE_DIR or the packaged "
@@ -495,6 +507,7 @@ def build_app() -> typer.Typer:
     bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.",
                             context_settings=CONTEXT, rich_markup_mode=None)
     bench_app.command("attribution")(bench_attribution)
+    bench_app.command("editors")(bench_editors)
     data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)
     data_app.command("pararel")(data_pararel)
     reference_app = typer.Typer(no_args_is_help=True, help="The shipped specificity reference.",

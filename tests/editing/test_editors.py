@@ -213,3 +213,16 @@ def test_c_is_computed_once_and_read_back(tiny_models, tmp_path):
     second = CovarianceStore(tmp_path)
     assert torch.equal(second.get(lm, 1, sample), c) and second.computed == 0
     assert not torch.equal(second.get(lm, 1, TextSample(n=7, length=8)), c) and second.computed == 1
+
+
+def test_bench_editors_prints_each_editors_time_and_what_it_keeps(capsys):
+    from knowloc.cli import main
+
+    assert main(["bench", "editors", "--model", "tiny-llama", "--queries", "2", "--samples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "C of layer 1 over 4 x 64 tokens" in out
+    for name in ("kn", "kn-ft", "ft", "rome"):
+        line = next(l for l in out.splitlines() if l.strip().startswith(name + " "))
+        assert "s per edit (median of 2)" in line and "MiB of weights to restore" in line
+    rome = next(l for l in out.splitlines() if l.strip().startswith("rome "))
+    assert "(50.0% of the model's" not in rome  # one layer's projection, not a copy of the model

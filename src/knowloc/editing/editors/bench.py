@@ -1,0 +1,113 @@
+"""`knowloc bench editors`: what one edit of each editor costs, and what it holds in memory.
+
+On ``queries`` built-in queries (the first of each of the first facts, in file order), each edited to another
+object of its relation: the seconds to compute ROME's key statistics C of the edit layer once (over ``samples``
+samples of 64 tokens of the model's own text), then per editor the median seconds of one edit (computed and
+applied, the weights restored; C already stored for rome), its Rel, and the bytes of weights it keeps to restore
+against the model's size (no editor holds a second copy of the model). ``kn`` and ``kn-ft`` edit a stand-in N_i:
+the 10 neurons of the upper half of the layers with the largest activation on the query (a KN set needs an
+attribution; its size and layers are typical of the filtered sets).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from knowloc.data import load_facts
+from knowloc.editing.editors import CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample, measure_edit
+from knowloc.editing.evaluate import compute_baseline
+from knowloc.editing.session import choose_new_object
+from knowloc.models import load_model
+from knowloc.models.hooks import WeightEditor
+from knowloc.models.loading import resolve_device
+
+
+def _queries(n: int):
+    """(prompt, subject, gold, objects of the relation) of the first query of the first n facts."""
+    dataset = load_facts("builtin")
+    objects: dict[str, list[str]] = {}
+    for fact, _ in dataset:
+        objects.setdefault(fact.relation, []).append(fact.object)
+    out = []
+    for fact, queries in dataset:
+        if len(out) == n:
+            break
+        out.append((queries[0].text, fact.subject, fact.object, objects[fact.relation]))
+    return out
+
+
+def _stand_in_kn(base, index: int, n_layers: int, k: int = 10) -> tuple[tuple[int, int], ...]:
+    acts = base.activations[index][n_layers // 2:]  # [upper layers, n_neurons]
+    top = torch.topk(acts.flatten(), k).indices
+    return tuple((n_layers // 2 + int(i) // acts.shape[1], int(i) % acts.shape[1]) for i in top)
+
+
+def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = None, queries: int = 3,
+                          samples: int = 128, device=None, echo: Callable[[str], None] = print) -> dict:
+    """Print and return the figures of the module docstring.
+
+    Returns:
+        ``{"c_s": seconds of C, "editors": {name: {"median_s", "rel", "restore_bytes"}}, "model_bytes"}``.
+
+    Example:
+        >>> run_editors_benchmark("smollm2-135m", queries=3)["editors"]["rome"]["median_s"]
+    """
+    lm = load_model(model, device=device)
+    layer = lm.n_layers // 2 if layer is None else layer
+    model_bytes = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    echo(f"{model} on {resolve_device(device)} with {torch.get_num_threads()} threads; edit layer {layer}; "
+         f"{queries} built-in queries")
+    covariance = CovarianceStore(None)
+    sample = TextSample(n=samples, length=64)
+    start = time.perf_counter()
+    covariance.get(lm, layer, sample)
+    c_s = time.perf_counter() - start
+    echo(f"C of layer {layer} over {samples} x 64 tokens of the model's own text: {c_s:.1f} s (once per model, "
+         "layer and sample; stored)")
+    editors = {"kn": KnUpdate("calibrated", 1.0, 1.0), "kn-ft": FineTune(neurons=True), "ft": FineTune(),
+               "rome": Rome(sample=sample, covariance=covariance)}
+    restore_bytes: dict[str, int] = {}
+    real_touch = WeightEditor._touch
+
+    def counting_touch(self, layer_index):  # bytes of the originals each editor keeps to restore
+        if layer_index not in self._saved:
+            w = self.lm.mlp_out(layer_index).weight
+            restore_bytes[current] = restore_bytes.get(current, 0) + w.numel() * w.element_size()
+        real_touch(self, layer_index)
+
+    results: dict[str, dict] = {}
+    cases = []
+    for prompt, subject, gold, objects in _queries(queries):
+        base = compute_baseline(lm, [prompt], [], [])
+        new = choose_new_object(lm, gold, objects, seed=0)
+        if new is not None:
+            cases.append((base, EditRequest(prompt, subject, gold, new, layer=layer,
+                                            neurons=_stand_in_kn(base, 0, lm.n_layers),
+                                            activations=None)))
+    WeightEditor._touch = counting_touch
+    try:
+        for name, editor in editors.items():
+            seconds, rels = [], []
+            for base, request in cases:
+                current = name
+                restore_bytes[name] = 0
+                acts = base.activations[0]
+                request = EditRequest(request.prompt, request.subject, request.gold, request.new_object,
+                                      layer=layer, neurons=request.neurons,
+                                      activations={(l, i): float(acts[l, i]) for l, i in request.neurons})
+                result, _, s = measure_edit(lm, base, editor, 0, request)
+                seconds.append(s)
+                rels.append(result.rel)
+            results[name] = {"median_s": statistics.median(seconds), "rel": sum(rels) / len(rels),
+                             "restore_bytes": restore_bytes.get(name, 0)}
+            echo(f"  {name:6s} {results[name]['median_s']:6.2f} s per edit (median of {len(seconds)}), Rel "
+                 f"{results[name]['rel']:.2f}, keeps {results[name]['restore_bytes'] / 2**20:.1f} MiB of weights to "
+                 f"restore ({100 * results[name]['restore_bytes'] / model_bytes:.1f}% of the model's "
+                 f"{model_bytes / 2**20:.0f} MiB)")
+    finally:
+        WeightEditor._touch = real_touch
+    return {"c_s": c_s, "editors": results, "model_bytes": model_bytes}
