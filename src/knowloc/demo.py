@@ -5,8 +5,9 @@ seeded sample of 12 of the built-in facts SmolLM2-135M-Instruct knows, on two 1-
 executor when Ray is missing), with 5 locality prompts and 3 neutral sentences per edit, a specificity profile
 from 16 neutral prompts and 2 queries per relation (shipped for the embedded model,
 knowloc.attribution.shipped), a 2 x 2 CAS sweep (thresholds 0.1, 0.3; beta2 0, 1) and the update frontier (all
-three rules, 7 values of lambda2) on one edited query per fact. The consistency section shows the filtered and
-unfiltered views side by side. Rerunning resumes; `knowloc study` runs the same pipeline at any size.
+three rules, 7 values of lambda2) and the editors (kn, kn-ft, ft and rome at the middle layer, ROME's key
+statistics over 32 samples of the model's own text, 2 context prefixes) on one edited query per fact. The
+consistency section shows the filtered and unfiltered views side by side. Rerunning resumes; `knowloc study` runs the same pipeline at any size.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from knowloc.study.runner import run_study
 
 DEMO_FACTS = 12
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
-                     cas_sweep_thresholds=[0.1, 0.3], cas_sweep_beta2=[0.0, 1.0], update_sweep_queries=1)
+                     cas_sweep_thresholds=[0.1, 0.3], cas_sweep_beta2=[0.0, 1.0], update_sweep_queries=1,
+                     rome_samples=32, rome_prefixes=2)
 DEMO_METHODS = ["ig", "amig"]
 
 

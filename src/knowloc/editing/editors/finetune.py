@@ -40,12 +40,12 @@ class FineTune:
     Example:
         >>> request = EditRequest("The capital of France is", "France", "Paris", "Rome", layer=4)
         >>> with FineTune().apply(lm, request) as applied:
-        ...     applied.info["max_abs_change"] <= 5e-4
+        ...     applied.info["max_abs_change"] <= 1e-2
     """
 
     steps: int = 25
-    lr: float = 5e-4
-    bound: float = 5e-4
+    lr: float = 1e-2
+    bound: float = 1e-2
     neurons: bool = False
 
     def __post_init__(self) -> None:
