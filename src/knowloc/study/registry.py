@@ -69,7 +69,7 @@ class Experiment:
     check_model(config, lm): optional check of its settings against a loaded model (e.g. a layer out of range),
         before the model is probed; raises KnowlocError with one line, so a bad setting writes nothing.
     prepare(ctx, model): optional work once per model in the driver before the facts' units run, when some are
-        missing (e.g. statistics every unit reads, stored once; settings checked against the loaded model).
+        missing (e.g. statistics every unit reads, computed once and stored: the editors experiment's ROME C).
     finalize(ctx, model): optional work once per model after every fact (e.g. examples that need the groups).
     validate(config): optional check (and normalization) of the settings it owns; raises KnowlocError with one
         line. Runs for every registered experiment whenever a StudyConfig is made.
