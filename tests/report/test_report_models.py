@@ -10,6 +10,9 @@ import pytest
 from knowloc.report.figures import figure_model, figures_html
 from knowloc.report.findings import findings_section
 from knowloc.study.findings import across
+from knowloc.study.registry import experiments
+
+N_FINDINGS = sum(len(e.findings) for e in experiments())  # every registered question gets a row, run or not
 
 VERDICTS = {"supports", "contradicts", "cannot decide", "mixed", "partly supports", "partly contradicts", "not run"}
 
@@ -34,7 +37,7 @@ def test_findings_section_of_a_summary_without_the_table_computes_it():
     assert "<th>Question</th><th>m1</th><th>m&lt;b&gt;2&lt;/b&gt;</th><th>Across models</th>" in table
     assert "<b>2</b>" not in html
     rows = table.split("<tbody>")[1].split("<tr>")[1:]
-    assert len(rows) == 6 and all(row.count("<td") == 4 for row in rows)
+    assert len(rows) == N_FINDINGS == 8 and all(row.count("<td") == 4 for row in rows)
     cas = next(row for row in rows if "cas-beats-baselines" in row)
     assert re.search(r'<td><span class="verdict v-yes">supports</span><span class="est">\+0\.125 \[\+0\.050, '
                      r'\+0\.200\], n 20</span></td><td><span class="verdict v-no">contradicts</span>.*'
@@ -46,7 +49,7 @@ def test_findings_section_of_a_summary_without_the_table_computes_it():
 def test_single_model_findings_and_figures_are_unchanged(tmp_path):
     summary = {"config": {"models": ["m1"]}, "cas_comparison": [_cas_row("m1", 0.05, 0.2)]}
     html = findings_section(summary)
-    assert "by-model" not in html and "<h3>" not in html and html.count("<li>") == 6
+    assert "by-model" not in html and "<h3>" not in html and html.count("<li>") == N_FINDINGS
     paths = [_png(tmp_path, "cas_erase_m1_ig.png"), _png(tmp_path, "kn_heatmap_K_C.png")]
     assert figures_html(paths, ["m1"]) == figures_html(paths) == figures_html(paths, None)
     assert figures_html(paths).startswith('<div class="figs">') and "model-figs" not in figures_html(paths)
