@@ -11,16 +11,21 @@ from knowloc.analysis import GROUPS
 from knowloc.study.context import StudyContext, trial_key
 
 
-def grouped_trials(ctx: StudyContext, experiment: str):
-    """(model, method, group, [each K_C or K_I fact's stored trials]) for an experiment's summary."""
+def grouped_trials(ctx: StudyContext, experiment: str, every: str | None = None):
+    """(model, method, group, [each K_C or K_I fact's stored trials]) for an experiment's summary; with
+    ``every``, then (model, method, every, [the trials of both groups]) per model and method."""
     trials = ctx.store.trials(experiment)
     for model in ctx.config.models:
         for method in ctx.config.methods:
             split = ctx.neurons.groups(model, method)
+            pooled = []
             for group in GROUPS:
-                yield model, method, group, [trials[trial_key(model, method, f.fact_id)] for f in ctx.facts[model]
-                                             if split.get(f.fact_id) == group
-                                             and trial_key(model, method, f.fact_id) in trials]
+                mine = [trials[trial_key(model, method, f.fact_id)] for f in ctx.facts[model]
+                        if split.get(f.fact_id) == group and trial_key(model, method, f.fact_id) in trials]
+                pooled.extend(mine)
+                yield model, method, group, mine
+            if every is not None:
+                yield model, method, every, pooled
 
 
 def save_groups(ctx: StudyContext) -> None:

@@ -23,10 +23,9 @@ from knowloc.analysis import GROUPS, Estimate
 from knowloc.editing.editors import (EDITORS, CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample,
                                      check_editors, measure_edit)
 from knowloc.errors import KnowlocError
-from knowloc.plots import grouped_bars
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, metric_stats, paired_contrast, slug
-from knowloc.study.experiments.modification import group_contrast
+from knowloc.study.experiments.modification import group_contrast, rate_figure
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
 from knowloc.study.experiments.update_sweep import ALL, edited_queries
 from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, interval, judge_rows, num, verdict
@@ -119,15 +118,6 @@ def combos(cfg: StudyConfig, trials) -> list[tuple[str, int | None]]:
     return sorted(seen, key=lambda c: (order.get(c[0], len(order)), -1 if c[1] is None else c[1]))
 
 
-def _grouped(ctx: StudyContext):
-    pending: dict[tuple[str, str], list] = {}
-    for model, method, group, fact_trials in grouped_trials(ctx, "editors"):
-        pending.setdefault((model, method), []).extend(fact_trials)
-        yield model, method, group, fact_trials
-    for (model, method), fact_trials in pending.items():
-        yield model, method, ALL, fact_trials
-
-
 def label(editor: str, layer: int | None) -> str:
     return editor if layer is None else f"{editor} L{layer}"
 
@@ -136,7 +126,7 @@ def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     rows, gaps, contrasts = [], [], []
     by_mm: dict[tuple[str, str], dict[str, list]] = {}
-    for model, method, group, fact_trials in _grouped(ctx):
+    for model, method, group, fact_trials in grouped_trials(ctx, "editors", every=ALL):
         by_mm.setdefault((model, method), {})[group] = fact_trials
     for (model, method), groups in by_mm.items():
         every = groups.get(ALL, [])
@@ -161,15 +151,12 @@ def summarize(ctx: StudyContext) -> Section:
     section = Section(summary={"editors": rows, "editors_gap": gaps, "editors_contrasts": contrasts})
     for model in cfg.models:
         for method in cfg.methods:
-            long = [{"metric": metric, "editor": label(r["editor"], r["layer"]), "group": r["group"],
-                     "value": r[metric], "low": r[f"{metric}_ci_low"], "high": r[f"{metric}_ci_high"]}
-                    for r in rows if (r["model"], r["method"]) == (model, method) and r["group"] in GROUPS and r["n"]
-                    for metric in ("rel", "gen", "loc")]
-            if long:
-                section.figures.append(grouped_bars(
-                    long, ctx.figures_dir / f"editors_{slug(model)}_{method}.png",
-                    f"editors: Rel / Gen / Loc, K_C beside K_I — {model}, {method}", x="metric", hue="editor",
-                    value="value", low="low", high="high", facet="group", ylabel="rate (95% CI over facts)"))
+            mine = [r for r in rows if (r["model"], r["method"]) == (model, method) and r["group"] in GROUPS and r["n"]]
+            figure = rate_figure(mine, ("rel", "gen", "loc"), "editor", lambda r: label(r["editor"], r["layer"]),
+                                 ctx.figures_dir / f"editors_{slug(model)}_{method}.png",
+                                 f"editors: Rel / Gen / Loc, K_C beside K_I — {model}, {method}")
+            if figure is not None:
+                section.figures.append(figure)
     return section
 
 

@@ -80,16 +80,24 @@ def summarize(ctx: StudyContext) -> Section:
     for model in cfg.models:
         for method in cfg.methods:
             for operation in OPERATIONS:
-                long = [{"metric": metric, "neurons": r["neurons"], "group": r["group"], "value": r[metric],
-                         "low": r[f"{metric}_ci_low"], "high": r[f"{metric}_ci_high"]}
-                        for r in rows if r["model"] == model and r["method"] == method and r["operation"] == operation
-                        for metric in ("rel", "gen", "loc", "avg")]
-                if long:
-                    section.figures.append(grouped_bars(
-                        long, ctx.figures_dir / f"modification_{operation}_{slug(model)}_{method}.png",
-                        f"{operation}: success rates by neuron set — {model}, {method}", x="metric", hue="neurons",
-                        value="value", low="low", high="high", facet="group", ylabel="rate (95% CI over facts)"))
+                mine = [r for r in rows if (r["model"], r["method"], r["operation"]) == (model, method, operation)]
+                figure = rate_figure(mine, ("rel", "gen", "loc", "avg"), "neurons", lambda r: r["neurons"],
+                                     ctx.figures_dir / f"modification_{operation}_{slug(model)}_{method}.png",
+                                     f"{operation}: success rates by neuron set — {model}, {method}")
+                if figure is not None:
+                    section.figures.append(figure)
     return section
+
+
+def rate_figure(rows: list[dict], metrics: tuple[str, ...], hue: str, hue_of, path, title: str):
+    """Grouped bars of each row's ``metrics`` with their 95% CIs over facts, one bar per ``hue_of(row)`` (legend
+    ``hue``), one panel per group; None when there is no row to draw."""
+    long = [{"metric": metric, hue: hue_of(r), "group": r["group"], "value": r[metric],
+             "low": r[f"{metric}_ci_low"], "high": r[f"{metric}_ci_high"]} for r in rows for metric in metrics]
+    if not long:
+        return None
+    return grouped_bars(long, path, title, x="metric", hue=hue, value="value", low="low", high="high", facet="group",
+                        ylabel="rate (95% CI over facts)")
 
 
 def group_contrast(by_group: dict[str, list[list[dict]]], metric: str, cfg, **match) -> dict:

@@ -70,19 +70,10 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     return rows
 
 
-def _grouped(ctx: StudyContext):
-    pending: dict[tuple[str, str], list] = {}
-    for model, method, group, fact_trials in grouped_trials(ctx, "update-sweep"):
-        pending.setdefault((model, method), []).extend(fact_trials)
-        yield model, method, group, fact_trials
-    for (model, method), fact_trials in pending.items():
-        yield model, method, ALL, fact_trials
-
-
 def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     rows = []
-    for model, method, group, fact_trials in _grouped(ctx):
+    for model, method, group, fact_trials in grouped_trials(ctx, "update-sweep", every=ALL):
         for rule in cfg.update_sweep_rules:
             for lambda2 in cfg.update_sweep_lambda2:
                 match = {"rule": rule, "lambda2": lambda2}
