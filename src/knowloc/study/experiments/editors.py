@@ -25,7 +25,7 @@ from knowloc.editing.editors import (EDITORS, CovarianceStore, EditRequest, Fine
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, metric_stats, paired_contrast, slug
-from knowloc.study.experiments.modification import group_contrast, rate_figure
+from knowloc.study.experiments.modification import gap_columns, group_contrast, rate_figure
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
 from knowloc.study.experiments.update_sweep import ALL, edited_queries
 from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, interval, judge_rows, num, verdict
@@ -302,9 +302,7 @@ EXPERIMENT = Experiment(
         Table("editors_gap", title="Is the K_I gap the facts' or KN editing's? Gen, K_C minus K_I, per editor",
               columns=(
                   Column("model", "model"), Column("method", "method"), Column("editor", "editor"),
-                  Column("layer", "layer"), Column("Gen K_C", "k_c", "num", 2), Column("Gen K_I", "k_i", "num", 2),
-                  Column("facts K_C / K_I", "n_k_c", value=lambda r: f"{r['n_k_c']} / {r['n_k_i']}"),
-                  Column("K_C - K_I [95% CI]", "diff", "ci", 2, True, n_key="n_k_i"), Column("", "beyond_ci", "star"))),
+                  Column("layer", "layer"), *gap_columns())),
         Table("editors_contrasts", title="kn minus rome / ft, paired over facts", columns=(
             Column("model", "model"), Column("method", "method"), Column("vs", "baseline"),
             Column("metric", "metric"), Column("n", "n", "int"),

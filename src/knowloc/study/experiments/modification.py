@@ -114,6 +114,14 @@ def group_contrast(by_group: dict[str, list[list[dict]]], metric: str, cfg, **ma
             **contrast}
 
 
+def gap_columns() -> tuple[Column, ...]:
+    """The columns of a K_C - K_I Gen contrast row (:func:`group_contrast`): each group's Gen, their facts, the
+    difference with its 95% CI and the star."""
+    return (Column("Gen K_C", "k_c", "num", 2), Column("Gen K_I", "k_i", "num", 2),
+            Column("facts K_C / K_I", "n_k_c", value=lambda r: f"{r['n_k_c']} / {r['n_k_i']}"),
+            Column("K_C - K_I [95% CI]", "diff", "ci", 2, True, n_key="n_k_i"), Column("", "beyond_ci", "star"))
+
+
 def _notes(summary: dict) -> list[str]:
     notes = [f"N_cap empty for {c['n_cap_empty_facts']} of {c['n_facts']} facts ({c['model']}, {c['method']})."
              for c in summary.get("modification_counts", [])]
@@ -171,9 +179,7 @@ EXPERIMENT = Experiment(
         Table("modification_contrasts", title="Does editing a query's own KNs generalize less for K_I? Gen of N_i, "
               "K_C minus K_I", columns=(
                   Column("model", "model"), Column("method", "method"), Column("operation", "operation"),
-                  Column("Gen K_C", "k_c", "num", 2), Column("Gen K_I", "k_i", "num", 2),
-                  Column("facts K_C / K_I", "n_k_c", value=lambda r: f"{r['n_k_c']} / {r['n_k_i']}"),
-                  Column("K_C - K_I [95% CI]", "diff", "ci", 2, True, n_key="n_k_i"), Column("", "beyond_ci", "star"))),
+                  *gap_columns())),
         Table("modification_counts", title="Facts with an empty N_cap", columns=(
             Column("model", "model"), Column("method", "method"), Column("facts", "n_facts", "int"),
             Column("N_cap empty", "n_cap_empty_facts", "int")))),
