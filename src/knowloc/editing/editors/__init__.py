@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from knowloc.editing.editors.base import AppliedEdit, Editor, EditRequest, check_layer
-from knowloc.editing.editors.covariance import CovarianceStore, TextSample, model_samples
+from knowloc.editing.editors.covariance import CovarianceStore, TextSample, model_samples, shared_store
 from knowloc.editing.editors.finetune import FineTune
 from knowloc.editing.editors.kn import KnUpdate
 from knowloc.editing.editors.rome import Rome, rank_one_update
@@ -23,7 +23,8 @@ from knowloc.models.lm import LanguageModel
 EDITORS = ("kn", "kn-ft", "ft", "rome")
 
 __all__ = ["EDITORS", "AppliedEdit", "CovarianceStore", "EditRequest", "Editor", "FineTune", "KnUpdate", "Rome",
-           "TextSample", "check_editors", "check_layer", "measure_edit", "model_samples", "rank_one_update"]
+           "TextSample", "check_editors", "check_layer", "measure_edit", "model_samples", "rank_one_update",
+           "shared_store"]
 
 
 def check_editors(names) -> list[str]:

@@ -85,9 +85,10 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
         base = compute_baseline(lm, [prompt], [], [])
         new = choose_new_object(lm, gold, objects, seed=0)
         if new is not None:
-            cases.append((base, EditRequest(prompt, subject, gold, new, layer=layer,
-                                            neurons=_stand_in_kn(base, 0, lm.n_layers),
-                                            activations=None)))
+            neurons = _stand_in_kn(base, 0, lm.n_layers)
+            acts = base.activations[0]  # the neurons' activations on the query (kn's sign-aware rule)
+            cases.append((base, EditRequest(prompt, subject, gold, new, layer=layer, neurons=neurons,
+                                            activations={(l, i): float(acts[l, i]) for l, i in neurons})))
     WeightEditor._touch = counting_touch
     try:
         for name, editor in editors.items():
@@ -95,10 +96,6 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
             for base, request in cases:
                 current = name
                 restore_bytes[name] = 0
-                acts = base.activations[0]
-                request = EditRequest(request.prompt, request.subject, request.gold, request.new_object,
-                                      layer=layer, neurons=request.neurons,
-                                      activations={(l, i): float(acts[l, i]) for l, i in request.neurons})
                 result, _, s = measure_edit(lm, base, editor, 0, request)
                 seconds.append(s)
                 rels.append(result.rel)

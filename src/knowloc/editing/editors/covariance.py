@@ -15,7 +15,6 @@ number of tokens it averages; every key position of every sample counts (the BOS
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import weakref
@@ -186,6 +185,14 @@ class CovarianceStore:
         return out
 
 
-def sample_digest(seqs: list[list[int]]) -> str:
-    """A short digest of token sequences (to show two samples are the same)."""
-    return hashlib.sha256(repr(seqs).encode()).hexdigest()[:12]
+
+_SHARED: dict[Path, CovarianceStore] = {}
+
+
+def shared_store() -> CovarianceStore:
+    """The process's store of the default directory (:func:`default_covariance_dir`, read at each call), so that
+    every edit in a process reads a layer's C from disk once."""
+    directory = default_covariance_dir()
+    if directory not in _SHARED:
+        _SHARED[directory] = CovarianceStore(directory)
+    return _SHARED[directory]

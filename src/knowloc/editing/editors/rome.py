@@ -135,6 +135,11 @@ class Rome:
 
     def key_and_value(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``(k*, v*, info)`` of the request (steps 1 and 2 of the module docstring); the model is unchanged."""
+        k_star, out_k, delta, info = self._fit(lm, request)
+        return k_star, out_k + delta, info
+
+    def _fit(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """``(k*, out(k*), delta, info)``: v* = out(k*) + delta, float64 on the CPU."""
         request = request.checked(lm, needs_layer=True)
         layer = request.layer
         contexts = self.contexts(lm, request)
@@ -171,18 +176,14 @@ class Rome:
                 delta.mul_(limit / norm)
 
         last = adam_steps([delta], loss, self.steps, self.lr, clamp)
-        v_star = out_k + delta.detach().double().cpu()
-        return k_star, v_star, {"loss": last, "delta_norm": float(delta.detach().norm()),
+        return k_star, out_k, delta.detach().double().cpu(), {"loss": last, "delta_norm": float(delta.detach().norm()),
                                 "value_norm": base_norm, "contexts": len(contexts)}
 
     def weight_change(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, dict]:
         """``dW`` ``[d_model, n_neurons]`` of the request (step 3) and the info of steps 1-2; model unchanged."""
-        k_star, v_star, info = self.key_and_value(lm, request)
+        k_star, _, delta, info = self._fit(lm, request)
         c = self.covariance.get(lm, request.layer, self.sample)  # type: ignore[arg-type]
-        module = lm.mlp_out(request.layer)  # type: ignore[arg-type]
-        with torch.no_grad():
-            out_k = module(k_star.to(lm.dtype).to(lm.device)[None])[0].double().cpu()
-        return rank_one_update(c, k_star, v_star - out_k, self.ridge), info
+        return rank_one_update(c, k_star, delta, self.ridge), info  # residual v* - out(k*) = delta
 
     @contextmanager
     def apply(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:

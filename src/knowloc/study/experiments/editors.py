@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from knowloc.analysis import GROUPS, Estimate
 from knowloc.editing.editors import (EDITORS, CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample,
-                                     check_editors, measure_edit)
+                                     check_editors, measure_edit, shared_store)
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, metric_stats, paired_contrast, slug
@@ -61,7 +61,7 @@ def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None 
     if name in ("kn-ft", "ft"):
         return FineTune(steps=cfg.ft_steps, lr=cfg.ft_lr, bound=cfg.ft_bound, neurons=name == "kn-ft")
     return Rome(steps=cfg.rome_steps, lr=cfg.rome_lr, prefixes=cfg.rome_prefixes, sample=sample(cfg),
-                covariance=covariance or CovarianceStore(), seed=cfg.seed)
+                covariance=covariance or shared_store(), seed=cfg.seed)
 
 
 def check_model(cfg: StudyConfig, lm) -> None:
@@ -78,7 +78,7 @@ def prepare(ctx: StudyContext, model: str) -> None:
     if "rome" in cfg.editors:
         ctx.echo(f"{model}: rome key statistics C of layer {', '.join(map(str, layers))} "
                  f"({cfg.rome_samples} x {SAMPLE_LENGTH} tokens of the model's own text; stored once)")
-        CovarianceStore().ensure(lm, layers, sample(cfg))
+        shared_store().ensure(lm, layers, sample(cfg))
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
@@ -88,7 +88,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     lm = session.lm
     kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
     layers = layers_of(cfg, lm.n_layers)
-    covariance = CovarianceStore()
+    covariance = shared_store()  # C read from disk once per process, not once per fact
     rows = []
     for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
         acts = session.baseline.activations[q]
