@@ -32,7 +32,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from knowloc.errors import KnowlocError  # noqa: E402
 from knowloc.fileio import atomic_write  # noqa: E402
 
-__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter", "violin_cs"]
+__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter", "tracing_panels",
+           "violin_cs"]
 
 DPI = 120
 PathLike = str | os.PathLike[str]
@@ -675,4 +676,59 @@ def frontier_plot(series: Mapping[str, Sequence[tuple[float, float, str]]], path
         ax.set_axisbelow(True)
         ax.set_title(_wrap(title, 70))
         ax.legend(loc="lower left", frameon=False)
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- tracing_panels
+
+_TRACE_CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}  # ROME's Figure 1 colours
+
+
+def tracing_panels(panels: Mapping[str, Any], row_labels: Sequence[Any], path: PathLike, title: str,
+                   col_labels: Sequence[Any] | None = None) -> Path:
+    """Causal tracing's familiar three-panel figure (Meng et al. 2022, Fig. 1): one heatmap per kind.
+
+    Args:
+        panels: kind (``hidden``, ``mlp``, ``attn``; others drawn in grey) -> matrix [token rows, layers] of
+            average indirect effects; nan cells blank.
+        row_labels: one label per row (token classes or tokens, top to bottom).
+        path: where to write the PNG. title: figure title.
+        col_labels: one label per layer column (default 0, 1, ...).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> tracing_panels({"hidden": ie_h, "mlp": ie_m, "attn": ie_a}, classes, "tracing.png", "SmolLM2")
+    """
+    out = _check_path(path)
+    if not panels:
+        raise KnowlocError("tracing_panels needs at least one panel")
+    mats = {kind: _matrix(m, f"tracing_panels {kind}") for kind, m in panels.items()}
+    n_r, n_c = next(iter(mats.values())).shape
+    if any(m.shape != (n_r, n_c) for m in mats.values()):
+        raise KnowlocError("tracing_panels: every panel needs the same shape")
+    rows = _labels(row_labels, n_r, "row_labels")
+    cols = _labels(col_labels if col_labels is not None else range(n_c), n_c, "col_labels")
+    names = {"hidden": "restoring the residual stream", "mlp": "restoring MLP outputs (window)",
+             "attn": "restoring attention outputs (window)"}
+    width = float(np.clip(2.5 + len(mats) * (1.2 + 0.12 * n_c), 6.0, 18.0))
+    height = float(np.clip(1.8 + 0.32 * n_r, 3.0, 8.0))
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(1, len(mats), figsize=(width, height), layout="constrained", squeeze=False)
+        for ax, (kind, mat) in zip(axes[0], mats.items()):
+            finite = mat[np.isfinite(mat)]
+            vmax = float(max(finite.max(), 1e-9)) if finite.size else 1.0
+            vmin = float(min(finite.min(), 0.0)) if finite.size else 0.0
+            cmap = matplotlib.colormaps[_TRACE_CMAPS.get(kind, "Greys")].with_extremes(bad="white")
+            image = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+            ax.set_yticks(range(n_r))
+            ax.set_yticklabels(rows if ax is axes[0][0] else [""] * n_r)
+            step = _tick_step(n_c, 10)
+            ax.set_xticks(range(0, n_c, step))
+            ax.set_xticklabels(cols[::step])
+            ax.set_xlabel("layer")
+            ax.set_title(names.get(kind, kind), fontsize=10)
+            fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02, label="IE = P_restored - P_corrupted")
+        fig.suptitle(_wrap(title, int(width * 10)))
     return _save(fig, out)

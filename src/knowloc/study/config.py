@@ -31,7 +31,8 @@ from knowloc.study import registry
 CS_SCORES = ("cs1", "cs2", "csp")
 DTYPES = ("fp32", "bf16", "fp16")
 KINDS = ("identity", "view", "runtime")
-LIST_FIELDS = ("models", "methods", "experiments", "relations", "editors", "edit_layer")  # comma-separated or repeated on the command line
+LIST_FIELDS = ("models", "methods", "experiments", "relations", "editors", "edit_layer",
+               "lve_layers")  # comma-separated or repeated on the command line
 # What a store that predates an identity setting was computed with, where that differs from today's default
 # (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
 LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai", "specificity_reference": "study"}
@@ -145,6 +146,16 @@ class StudyConfig:
     ft_bound: float = setting(1e-2, help="ft / kn-ft: L-infinity bound of the weight change; the smallest of "
                               "5e-4 (ROME's FT+L on GPT-2 XL) .. 1e-2 at which ft reaches Rel >= 0.9 on ParaRel "
                               "(SmolLM2-135M; docs/editing.md)")
+    trace_samples: int = setting(10, help="tracing: seeded noise draws per query (ROME: 10)")
+    trace_noise: float = setting(3.0, help="tracing: noise sigma in standard deviations of the token embeddings "
+                                 "(ROME: 3)")
+    trace_window: int = setting(6, help="tracing: layers restored together around each layer for mlp / attn "
+                                "(ROME: 10 of 48 layers; 6 keeps that share of a 30-layer model)")
+    trace_queries: int = setting(1, help="tracing: queries traced per fact (its first known ones)")
+    lve_facts: int = setting(20, help="localization-vs-editing: facts edited at every --lve-layers layer (a seeded "
+                             "subset of the studied facts)")
+    lve_layers: list[str] = setting(factory=lambda: ["every3"], help="localization-vs-editing: layers rome and ft "
+                                    "edit ('every3' = 0, 3, 6, ...; or layer numbers)")
     compute_dtype: str = setting("fp32", aliases=("--dtype",), help="precision of attribution and editing "
                                  "measurement (the model is loaded in it): fp32 (the reference), bf16 or fp16; "
                                  "bf16 agreement with fp32 and speed in docs/performance.md")

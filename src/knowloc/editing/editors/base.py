@@ -26,6 +26,7 @@ from knowloc.errors import KnowlocError
 from knowloc.models.hooks import hook_input_output, trace_activations
 from knowloc.models.lm import LanguageModel
 from knowloc.models.replay import RecordedBatch
+from knowloc.models.spans import subject_span
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,10 @@ class Editor(Protocol):
 
 
 def subject_last_index(lm: LanguageModel, text: str, subject: str) -> int:
-    """Position of the subject's last token in ``text`` as the model reads it (special tokens included): the
-    length of the tokenized text up to the end of the subject's last occurrence, minus 1 (ROME's rule); the
-    text's last token when the subject does not occur in it."""
-    ids = lm.tokenizer(text.rstrip())["input_ids"]
-    at = text.rfind(subject.strip()) if subject and subject.strip() else -1
-    if at < 0:
-        return len(ids) - 1
-    head = lm.tokenizer(text[:at + len(subject.strip())])["input_ids"]
-    return min(len(head), len(ids)) - 1
+    """Position of the subject's last token in ``text`` as the model reads it (special tokens included; ROME's
+    rule, :func:`knowloc.models.spans.subject_span`); the text's last token when the subject does not occur in it."""
+    span = subject_span(lm, text, subject)
+    return len(lm.tokenizer(text.rstrip())["input_ids"]) - 1 if span is None else span[1]
 
 
 @dataclass

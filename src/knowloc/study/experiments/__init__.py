@@ -6,7 +6,7 @@ entry in this list (docs/extending.md).
 """
 
 from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, modification,
-                                       query_mapping, specificity, update_sweep)
+                                       query_mapping, specificity, tracing, update_sweep)
 from knowloc.study.registry import REGISTRY, names, register_all
 
 BUILTIN = (
@@ -19,6 +19,7 @@ BUILTIN = (
     cas_sweep.EXPERIMENT,
     update_sweep.EXPERIMENT,
     editors.EXPERIMENT,
+    tracing.EXPERIMENT,
 )
 register_all(BUILTIN)
 

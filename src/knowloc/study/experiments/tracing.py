@@ -1,0 +1,229 @@
+"""Experiment `tracing`: causal tracing of each fact (Meng et al. 2022), beside the KN sets' layers.
+
+Per studied fact, its first ``--trace-queries`` known queries are traced (:func:`knowloc.tracing.trace`:
+``--trace-samples`` seeded noise draws of ``--trace-noise`` x the embeddings' standard deviation on the subject's
+tokens; the residual stream, the MLP outputs and the attention outputs restored at each (token, layer), the last
+two in windows of ``--trace-window`` layers); the three token x layer maps of each query are stored. Tracing does
+not depend on the attribution method: a fact is traced once, in its unit of the study's first method.
+
+Summaries (docs/tracing.md):
+
+* ``tracing``: per model, kind and ROME token class, the indirect effect per layer averaged over facts (a fact:
+  the mean over its traced queries), with its 95% bootstrap interval and n;
+* ``tracing_totals``: P_clean, P_corrupted and the total effect TE, averaged over facts;
+* ``tracing_vs_kn``: per model and method, Spearman's rho between a fact's KN layer profile (the share of its
+  filtered KN set's attribution mass per layer, :func:`knowloc.analysis.localization.layer_mass`) and its MLP
+  tracing profile at the last subject token (the IE per layer, ROME's storage site), averaged over facts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from knowloc.analysis import Estimate
+from knowloc.analysis.localization import TOKEN_CLASSES, class_profiles, layer_mass, rank_correlation
+from knowloc.analysis.stats import bootstrap_ci
+from knowloc.errors import KnowlocError
+from knowloc.plots import tracing_panels
+from knowloc.study.config import StudyConfig
+from knowloc.study.context import Section, StudyContext, slug, trial_key
+from knowloc.study.findings import interval, judge_rows, num
+from knowloc.study.registry import Experiment, Finding
+from knowloc.study.tables import Column, Table
+from knowloc.tracing import KINDS, TraceSettings, trace
+
+MLP_SITE = "last subject"  # the token class whose MLP profile is compared with the KN layers
+
+
+def settings(cfg: StudyConfig) -> TraceSettings:
+    return TraceSettings(samples=cfg.trace_samples, noise=cfg.trace_noise, window=cfg.trace_window, seed=cfg.seed)
+
+
+def traced_queries(cfg: StudyConfig, fact) -> list[int]:
+    """The fact's traced queries: its first --trace-queries known ones."""
+    return list(range(min(cfg.trace_queries, len(fact.prompts))))
+
+
+def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
+    """The tracing maps of the fact's traced queries (in the unit of the study's first method; the others note
+    where the maps are)."""
+    cfg = ctx.config
+    queries = traced_queries(cfg, fact)
+    if method != cfg.methods[0]:
+        return [{"query": q, "traced_in": cfg.methods[0]} for q in queries]
+    lm = ctx.model(model)
+    rows = []
+    for q in queries:
+        result = trace(lm, fact.prompts[q], fact.subject, fact.object, settings=settings(cfg))
+        rows.append({"query": q, "trace": result.to_dict()})
+    return rows
+
+
+def fact_traces(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
+    """{fact_id: [stored trace dicts, each with its ``query``]} of the model's studied facts, from whichever method's unit holds them."""
+    trials = ctx.store.trials("tracing")
+    out = {}
+    for fact in ctx.facts.get(model, []):
+        for method in ctx.config.methods:
+            rows = [{**r["trace"], "query": r["query"]} for r in trials.get(trial_key(model, method, fact.fact_id), [])
+                    if "trace" in r]
+            if rows:
+                out[fact.fact_id] = rows
+                break
+    return out
+
+
+def fact_class_profiles(traces: list[dict], kind: str) -> dict[str, np.ndarray]:
+    """A fact's class profiles of one kind: each class's IE per layer, averaged over its traced queries."""
+    per_class: dict[str, list[np.ndarray]] = {}
+    for t in traces:
+        first, last = t["subject"]
+        for name, profile in class_profiles(np.array(t["ie"][kind]), first, last).items():
+            per_class.setdefault(name, []).append(profile)
+    return {name: np.mean(profiles, axis=0) for name, profiles in per_class.items()}
+
+
+def _mean_rows(values: np.ndarray, cfg: StudyConfig) -> list[Estimate]:
+    """Per column of ``values`` [facts, layers], the mean over facts with its 95% bootstrap interval."""
+    mean, low, high = bootstrap_ci(values, stat=lambda a: a.mean(axis=0), n_boot=cfg.n_boot, seed=cfg.seed)
+    mean, low, high = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (mean, low, high))
+    return [Estimate(len(values), m, lo, hi) for m, lo, hi in zip(mean, low, high)]
+
+
+def summarize(ctx: StudyContext) -> Section:
+    cfg = ctx.config
+    rows, totals, versus = [], [], []
+    section = Section()
+    for model in cfg.models:
+        traces = fact_traces(ctx, model)
+        if not traces:
+            continue
+        panels = {}
+        for kind in KINDS:
+            profiles = {fid: fact_class_profiles(t, kind) for fid, t in traces.items()}
+            grid = []
+            for name in TOKEN_CLASSES:
+                values = np.array([p[name] for p in profiles.values() if name in p])
+                if not len(values):
+                    grid.append(None)
+                    continue
+                estimates = _mean_rows(values, cfg)
+                grid.append([e.value for e in estimates])
+                rows.extend({"model": model, "kind": kind, "token_class": name, "layer": layer, "ie_mean": e.value,
+                             "ie_low": e.low, "ie_high": e.high, "n": e.n} for layer, e in enumerate(estimates))
+            width = max(len(g) for g in grid if g is not None)
+            panels[kind] = np.array([g if g is not None else [np.nan] * width for g in grid])
+        totals.append(_totals(model, traces, cfg))
+        for method in cfg.methods:
+            versus.append(_versus_kn(ctx, model, method, traces))
+        figure = tracing_panels(panels, TOKEN_CLASSES, ctx.figures_dir / f"tracing_{slug(model)}.png",
+                                f"causal tracing, average indirect effect over {len(traces)} facts — {model}")
+        section.figures.append(figure)
+    section.summary = {"tracing": rows, "tracing_totals": totals, "tracing_vs_kn": versus}
+    return section
+
+
+def _totals(model: str, traces: dict[str, list[dict]], cfg: StudyConfig) -> dict:
+    row = {"model": model, "n": len(traces)}
+    for key in ("p_clean", "p_corrupted", "te"):
+        e = Estimate.bootstrap([np.mean([t[key] for t in ts]) for ts in traces.values()], n_boot=cfg.n_boot,
+                               seed=cfg.seed)
+        row.update(e.fields(key))
+    row["sigma"] = float(np.mean([t["sigma"] for ts in traces.values() for t in ts]))
+    return row
+
+
+def fact_rank_correlation(ctx: StudyContext, model: str, method: str, fact_id: str, traces: list[dict]) -> float:
+    """Spearman's rho between the fact's KN layer profile and its MLP IE profile at the last subject token,
+    averaged over its traced queries (nan when no traced query has a KN set with mass)."""
+    kn = ctx.neurons.kn_lists(model, method, fact_id)
+    queries, scores = ctx.neurons.score_stack(model, method, fact_id)
+    rhos = []
+    for t in traces:
+        q = t["query"]
+        if q not in kn or q not in queries:
+            continue
+        mass = layer_mass(scores[queries.index(q)].numpy(), kn[q])
+        if mass is None:
+            continue
+        last = t["subject"][1]
+        rhos.append(rank_correlation(mass, np.array(t["ie"]["mlp"])[last]))
+    rhos = [r for r in rhos if not np.isnan(r)]
+    return float(np.mean(rhos)) if rhos else float("nan")
+
+
+def _versus_kn(ctx: StudyContext, model: str, method: str, traces: dict[str, list[dict]]) -> dict:
+    cfg = ctx.config
+    rho = {fid: fact_rank_correlation(ctx, model, method, fid, ts) for fid, ts in traces.items()}
+    values = [v for v in rho.values() if not np.isnan(v)]
+    e = Estimate.bootstrap(values, n_boot=cfg.n_boot, seed=cfg.seed)
+    return {"model": model, "method": method, "rank_corr": e.value, "rank_corr_low": e.low,
+            "rank_corr_high": e.high, "n": e.n, "n_without_kn": len(rho) - len(values)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# findings
+
+
+def judge_agreement(summary: dict):
+    rows = [{**r, "diff": r["rank_corr"], "ci_low": r["rank_corr_low"], "ci_high": r["rank_corr_high"]}
+            for r in summary.get("tracing_vs_kn", [])]
+
+    def describe(r, e):
+        return (f"{r['model']}, {r['method']}: Spearman's rho of the KN layer profile and the MLP tracing profile "
+                f"at the last subject token {num(e.value)} {interval(e)} ({r['n']} facts).")
+    return judge_rows(rows, {}, describe, support_above=0.0, contradict_below=0.0,
+                      label=lambda r: f"{r['model']} {r['method']}")
+
+
+FINDINGS = (
+    Finding("tracing-agrees-with-kns", "Does KN attribution localize facts where causal tracing does?",
+            "the two localizations agree (KNs sit in the layers whose MLPs carry the fact, ROME's mid-layer site)",
+            "mean over facts of Spearman's rho between the KN layer profile and the MLP tracing profile at the last "
+            "subject token: supports when its interval lies above 0; contradicts when below 0", judge_agreement),
+)
+
+
+def validate(cfg: StudyConfig) -> None:
+    for name in ("trace_samples", "trace_window", "trace_queries"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise KnowlocError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+    value = cfg.trace_noise
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise KnowlocError(f"--trace-noise must be a number > 0, got {value!r}")
+
+
+def _notes(summary: dict) -> list[str]:
+    notes = []
+    for r in summary.get("tracing_vs_kn", []):
+        if r.get("n_without_kn"):
+            notes.append(f"tracing vs KNs ({r['model']}, {r['method']}): {r['n_without_kn']} facts have no traced "
+                         "query with a non-empty KN set, or a constant profile; they are left out of rho.")
+    return notes
+
+
+EXPERIMENT = Experiment(
+    name="tracing", question="where does causal tracing localize facts, and do the KN sets sit there?",
+    heading="Causal tracing", summarize=summarize, fact_work=fact_work, validate=validate,
+    summary_keys=("tracing", "tracing_totals", "tracing_vs_kn"),
+    intro="Causal tracing (Meng et al. 2022): the subject's input embeddings are corrupted with seeded Gaussian "
+          "noise, and the clean state of the residual stream, of the MLP outputs or of the attention outputs is "
+          "restored at one token and layer (MLP and attention in windows of layers). The indirect effect IE = "
+          "P_restored(o) - P_corrupted(o) says how much of the answer that state carries. Maps are averaged over "
+          "facts in ROME's token classes; the KN comparison is Spearman's rho between the share of a fact's KN "
+          "attribution mass per layer and its MLP IE per layer at the last subject token. docs/tracing.md.",
+    tables=(
+        Table("tracing_totals", title="Total effect of the noise", columns=(
+            Column("model", "model"), Column("facts", "n", "int"),
+            Column("P clean", "p_clean", "num", 3), Column("P corrupted", "p_corrupted", "num", 3),
+            Column("TE [95% CI]", "te", "ci", 3, lo="te_ci_low", hi="te_ci_high"),
+            Column("sigma", "sigma", "num", 3))),
+        Table("tracing_vs_kn", title="Do KN layers follow the MLP tracing profile? Spearman's rho per fact",
+              columns=(
+                  Column("model", "model"), Column("method", "method"), Column("facts", "n", "int"),
+                  Column("rho [95% CI]", "rank_corr", "ci", 2, True, lo="rank_corr_low", hi="rank_corr_high"),
+                  Column("facts without KN", "n_without_kn", "int")))),
+    notes=_notes, findings=FINDINGS)
+
+__all__ = ["EXPERIMENT", "fact_traces", "settings", "traced_queries"]
