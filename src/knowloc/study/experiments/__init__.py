@@ -5,7 +5,7 @@ a built-in experiment is one module that defines its :class:`knowloc.study.regis
 entry in this list (docs/extending.md).
 """
 
-from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, modification,
+from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, lve, modification,
                                        query_mapping, specificity, tracing, update_sweep)
 from knowloc.study.registry import REGISTRY, names, register_all
 
@@ -20,6 +20,7 @@ BUILTIN = (
     update_sweep.EXPERIMENT,
     editors.EXPERIMENT,
     tracing.EXPERIMENT,
+    lve.EXPERIMENT,
 )
 register_all(BUILTIN)
 

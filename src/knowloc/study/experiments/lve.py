@@ -1,0 +1,244 @@
+"""Experiment `localization-vs-editing` (Hase et al., NeurIPS 2023, "Does Localization Inform Editing?").
+
+For a seeded subset of ``--lve-facts`` studied facts, the fact's first query (the one `tracing` traces) is edited
+to the new object of `update-sweep` / `editors` by rome and ft at each layer of ``--lve-layers`` (default every
+third layer), each edit measured as the editors experiment measures it (Rel, Gen, Loc, Avg). Per (fact, layer)
+two localization signals:
+
+* ``tracing``: the MLP tracing IE at the fact's last subject token at that layer (experiment `tracing`, which this
+  one adds to the study);
+* ``kn``: the share of the query's filtered KN attribution mass at that layer
+  (:func:`knowloc.analysis.localization.layer_mass`).
+
+Summaries (docs/tracing.md): ``localization_vs_editing``, Hase et al.'s regression of edit success (Avg) over
+(fact, layer) pairs on the layer alone and on the layer plus the signal, R^2 of each and delta R^2 with a
+bootstrap interval over facts; ``lve_correlations``, Spearman's rho of the signal and Avg across facts within
+each layer, with its interval. The edits do not depend on the attribution method (they run once, in the unit of
+the study's first method); the ``kn`` signal does, so its rows are per method, the ``tracing`` rows have none.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from knowloc.analysis import Estimate
+from knowloc.analysis.localization import hase_delta_r2_ci, layer_mass, rank_correlation
+from knowloc.editing.editors import EditRequest, measure_edit, shared_store
+from knowloc.errors import KnowlocError
+from knowloc.study.config import StudyConfig
+from knowloc.study.context import Section, StudyContext, trial_key
+from knowloc.study.experiments.editors import make_editor, sample
+from knowloc.study.experiments.tracing import fact_traces
+from knowloc.study.findings import interval, judge_rows, num
+from knowloc.study.registry import Experiment, Finding
+from knowloc.study.tables import Column, Table
+
+NAME = "localization-vs-editing"
+EDITORS = ("rome", "ft")
+SIGNALS = ("tracing", "kn")
+METRICS = ("rel", "gen", "loc", "avg")
+SUCCESS = "avg"  # the edit success regressed on the layer and the signal
+SMALL = 0.05  # Hase et al.: localization adds little beyond the layer (delta R^2 below this)
+
+
+def lve_layers(cfg: StudyConfig, n_layers: int) -> list[int]:
+    """The layers of ``--lve-layers`` for a model of ``n_layers`` layers ('every3': 0, 3, 6, ...)."""
+    out = []
+    for item in cfg.lve_layers:
+        if item.startswith("every"):
+            out.extend(range(0, n_layers, int(item[5:])))
+            continue
+        layer = int(item)
+        if not 0 <= layer < n_layers:
+            raise KnowlocError(f"--lve-layers {item} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+        out.append(layer)
+    return sorted(set(out))
+
+
+def subset(ctx: StudyContext, model: str) -> set[str]:
+    """The seeded subset of --lve-facts studied facts (the same for every method)."""
+    ids = [f.fact_id for f in ctx.facts.get(model, [])]
+    rng = random.Random(ctx.seed_for(NAME, model))
+    return set(rng.sample(ids, min(ctx.config.lve_facts, len(ids))))
+
+
+def check_model(cfg: StudyConfig, lm) -> None:
+    lve_layers(cfg, lm.n_layers)
+
+
+def prepare(ctx: StudyContext, model: str) -> None:
+    """rome's key statistics C of every --lve-layers layer, computed once and stored before the facts' units."""
+    lm = ctx.model(model)
+    layers = lve_layers(ctx.config, lm.n_layers)
+    ctx.echo(f"{model}: rome key statistics C of layers {', '.join(map(str, layers))} for {NAME} (stored once)")
+    shared_store().ensure(lm, layers, sample(ctx.config))
+
+
+def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
+    """rome and ft at each --lve-layers layer on the fact's first query (subset facts, first method's unit)."""
+    cfg = ctx.config
+    if method != cfg.methods[0] or fact.fact_id not in subset(ctx, model):
+        return [{"edited_in": cfg.methods[0], "in_subset": fact.fact_id in subset(ctx, model)}]
+    session = ctx.edit_session(model, fact)
+    lm = session.lm
+    if session.target is None:
+        return [{"skipped": True}]
+    covariance = shared_store()
+    rows = []
+    q = 0
+    for name in EDITORS:
+        editor = make_editor(name, cfg, covariance)
+        for layer in lve_layers(cfg, lm.n_layers):
+            request = EditRequest(fact.prompts[q], fact.subject, fact.object, session.target, layer=layer)
+            result, _, seconds = measure_edit(lm, session.baseline, editor, q, request, session.loc_gold)
+            rows.append({"editor": name, "layer": layer, "edited": q, "skipped": False, "rel": result.rel,
+                         "gen": result.gen, "loc": result.loc, "avg": result.avg, "seconds": seconds})
+    return rows
+
+
+def edit_rows(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
+    """{fact_id: its stored edit rows} of the model's subset facts, from whichever method's unit holds them."""
+    trials = ctx.store.trials(NAME)
+    out = {}
+    for fact in ctx.facts.get(model, []):
+        for method in ctx.config.methods:
+            rows = [r for r in trials.get(trial_key(model, method, fact.fact_id), []) if "editor" in r]
+            if rows:
+                out[fact.fact_id] = rows
+                break
+    return out
+
+
+def kn_signal(ctx: StudyContext, model: str, method: str, fact_id: str, query: int = 0) -> np.ndarray | None:
+    """The query's KN layer profile [n_layers] (None without a KN set with mass)."""
+    kn = ctx.neurons.kn_lists(model, method, fact_id)
+    queries, scores = ctx.neurons.score_stack(model, method, fact_id)
+    if query not in kn or query not in queries:
+        return None
+    return layer_mass(scores[queries.index(query)].numpy(), kn[query])
+
+
+def tracing_signal(traces: list[dict], query: int = 0) -> np.ndarray | None:
+    """The query's MLP IE per layer at its last subject token [n_layers] (None when it was not traced)."""
+    for t in traces:
+        if t["query"] == query:
+            return np.array(t["ie"]["mlp"])[t["subject"][1]]
+    return None
+
+
+def summarize(ctx: StudyContext) -> Section:
+    cfg = ctx.config
+    regressions, correlations = [], []
+    for model in cfg.models:
+        edits = edit_rows(ctx, model)
+        traces = fact_traces(ctx, model)
+        signals: list[tuple[str | None, str, dict[str, np.ndarray]]] = [
+            (None, "tracing", {f: s for f in edits if (s := tracing_signal(traces.get(f, []))) is not None})]
+        for method in cfg.methods:
+            signals.append((method, "kn", {f: s for f in edits
+                                           if (s := kn_signal(ctx, model, method, f)) is not None}))
+        for method, signal, by_fact in signals:
+            for editor in EDITORS:
+                facts = [[(r["layer"], float(by_fact[f][r["layer"]]), float(r[SUCCESS])) for r in rows
+                          if r["editor"] == editor] for f, rows in edits.items() if f in by_fact]
+                facts = [f for f in facts if f]
+                base = {"model": model, "method": method, "editor": editor, "signal": signal, "metric": SUCCESS}
+                r2_layer, r2_both, delta, low, high = hase_delta_r2_ci(facts, n_boot=cfg.n_boot, seed=cfg.seed)
+                e = Estimate(len(facts), delta, low, high)
+                regressions.append({**base, "r2_layer": r2_layer, "r2_layer_signal": r2_both, "delta_r2": e.value,
+                                    "delta_r2_low": e.low, "delta_r2_high": e.high, "n": e.n})
+                for layer in sorted({row[0] for f in facts for row in f}):
+                    pairs = [(s, y) for f in facts for (l, s, y) in f if l == layer]
+                    correlations.append({**base, "layer": layer, **_rho(pairs, cfg)})
+    return Section(summary={"localization_vs_editing": regressions, "lve_correlations": correlations})
+
+
+def _rho(pairs: list[tuple[float, float]], cfg: StudyConfig) -> dict:
+    """Spearman's rho of (signal, success) pairs across facts, with a bootstrap interval over facts."""
+    arr = np.array(pairs, dtype=float).reshape(-1, 2)
+
+    def stat(a):
+        return rank_correlation(a[:, 0], a[:, 1])
+    value = stat(arr) if len(arr) > 1 else float("nan")
+    low = high = float("nan")
+    if len(arr) > 1 and not np.isnan(value):
+        rng = np.random.default_rng(cfg.seed)
+        boots = np.array([stat(arr[i]) for i in rng.integers(0, len(arr), size=(cfg.n_boot, len(arr)))])
+        boots = boots[~np.isnan(boots)]
+        if len(boots):
+            low, high = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
+    e = Estimate(len(arr), value, low, high)
+    return {"rho": e.value, "rho_low": e.low, "rho_high": e.high, "n": e.n}
+
+
+# --------------------------------------------------------------------------------------------------------
+# findings
+
+
+def judge_informs(summary: dict):
+    rows = [{**r, "diff": r["delta_r2"], "ci_low": r["delta_r2_low"], "ci_high": r["delta_r2_high"]}
+            for r in summary.get("localization_vs_editing", [])]
+
+    def describe(r, e):
+        who = r["signal"] if r["method"] is None else f"{r['signal']} ({r['method']})"
+        return (f"{r['model']}, {r['editor']}, {who}: R^2 of {SUCCESS} from the layer {num(r['r2_layer'])}, layer + "
+                f"signal {num(r['r2_layer_signal'])}; delta R^2 {num(e.value)} {interval(e)} ({r['n']} facts).")
+    return judge_rows(rows, {}, describe, support_below=SMALL, contradict_above=SMALL,
+                      label=lambda r: f"{r['model']} {r['editor']} {r['signal']}")
+
+
+FINDINGS = (
+    Finding("localization-informs-editing", "Does localization tell which layer edits a fact best?",
+            "it does not (Hase et al. 2023: tracing adds little beyond the layer, delta R^2 < 0.05)",
+            f"delta R^2 of edit success (Avg) from the layer to the layer plus the signal, bootstrap over facts: "
+            f"supports when its interval lies below {SMALL}; contradicts when above {SMALL}", judge_informs),
+)
+
+
+def validate(cfg: StudyConfig) -> None:
+    value = cfg.lve_facts
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KnowlocError(f"--lve-facts must be an integer >= 1, got {value!r}")
+    layers = []
+    for item in cfg.lve_layers:
+        item = str(item).strip().lower()
+        if item.startswith("every"):
+            step = item[5:]
+            if not step.isdigit() or int(step) < 1:
+                raise KnowlocError(f"--lve-layers: 'everyN' needs a step N >= 1, got {item!r}")
+        elif not item.isdigit():
+            raise KnowlocError(f"--lve-layers must be layer numbers >= 0 or 'everyN', got {item!r}")
+        layers.append(item)
+    if not layers:
+        raise KnowlocError("--lve-layers needs at least one layer (or 'every3')")
+    cfg.lve_layers = list(dict.fromkeys(layers))
+    if NAME in cfg.experiments and "tracing" not in cfg.experiments:
+        cfg.experiments = [*cfg.experiments, "tracing"]  # its tracing signal
+
+
+EXPERIMENT = Experiment(
+    name=NAME, question="does localization (tracing or KNs) tell which layer edits a fact best? (Hase et al.)",
+    heading="Localization vs editing", summarize=summarize, fact_work=fact_work, check_model=check_model,
+    prepare=prepare, validate=validate, summary_keys=("localization_vs_editing", "lve_correlations"),
+    intro="Hase et al. (2023): a seeded subset of facts is edited by rome and ft at every layer of --lve-layers. If "
+          "localization told where to edit, edit success (Avg) would follow the localization signal at a layer, "
+          "beyond what the layer alone explains. R^2 of success from the layer alone and from the layer plus the "
+          "signal (the MLP tracing IE at the last subject token, or the share of the KN attribution mass), delta "
+          "R^2 with a bootstrap interval over facts; beside it the signal's rank correlation with success within "
+          "each layer. docs/tracing.md.",
+    tables=(
+        Table("localization_vs_editing", title="Does the signal explain edit success beyond the layer? (Avg)",
+              columns=(
+                  Column("model", "model"), Column("editor", "editor"), Column("signal", "signal"),
+                  Column("method", "method"), Column("facts", "n", "int"),
+                  Column("R^2 layer", "r2_layer", "num", 3), Column("R^2 layer + signal", "r2_layer_signal", "num", 3),
+                  Column("delta R^2 [95% CI]", "delta_r2", "ci", 3, lo="delta_r2_low", hi="delta_r2_high"))),
+        Table("lve_correlations", title="Signal vs edit success across facts, within a layer (Spearman)", columns=(
+            Column("model", "model"), Column("editor", "editor"), Column("signal", "signal"),
+            Column("method", "method"), Column("layer", "layer"), Column("facts", "n", "int"),
+            Column("rho [95% CI]", "rho", "ci", 2, True, lo="rho_low", hi="rho_high")))),
+    findings=FINDINGS)
+
+__all__ = ["EXPERIMENT", "lve_layers", "subset"]

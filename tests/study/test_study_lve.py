@@ -1,0 +1,61 @@
+"""The localization-vs-editing experiment end to end on a tiny model: rome and ft at every chosen layer on a seeded
+subset, edits once for both methods, tracing added, Hase et al.'s regression rows and the finding; bad settings."""
+
+import json
+
+import pytest
+
+from knowloc.errors import KnowlocError
+from knowloc.study.config import StudyConfig
+from knowloc.study.runner import run_study
+
+LVE_ARGS = dict(experiments=["consistency", "localization-vs-editing"], methods=["ig", "amig"], trace_samples=2,
+                trace_window=2, lve_facts=6, lve_layers=["every1"], rome_samples=4, rome_steps=3, rome_prefixes=1,
+                ft_steps=3)
+
+
+def test_lve_study_end_to_end(tmp_path, study_args, monkeypatch):
+    from knowloc.study.experiments import lve
+
+    edits = []
+    real = lve.measure_edit
+
+    def spy(lm, baseline, editor, q, request, *a, **k):
+        edits.append((request.prompt, type(editor).__name__, request.layer))
+        return real(lm, baseline, editor, q, request, *a, **k)
+    monkeypatch.setattr(lve, "measure_edit", spy)
+    out = tmp_path / "study"
+    config = StudyConfig(**study_args(out, **LVE_ARGS))
+    assert "tracing" in config.experiments  # the tracing signal comes with it
+    summary = json.loads(run_study(config, echo=lambda _: None).read_text())
+    n_subset = min(6, summary["facts"]["tiny-llama"])
+    assert len(edits) <= n_subset * 2 * 3 and len(set(edits)) == len(edits)  # once per fact, not per method
+    assert {layer for _, _, layer in edits} == {0, 1, 2}
+    rows = summary["localization_vs_editing"]
+    assert {(r["signal"], r["method"]) for r in rows} == {("tracing", None), ("kn", "ig"), ("kn", "amig")}
+    for r in rows:
+        assert r["editor"] in ("rome", "ft") and r["n"] <= n_subset
+        if r["n"]:
+            assert r["r2_layer_signal"] >= r["r2_layer"] - 1e-9  # nested models
+    tracing_rows = [r for r in rows if r["signal"] == "tracing"]
+    assert all(r["n"] == n_subset for r in tracing_rows) or not edits
+    assert {c["layer"] for c in summary["lve_correlations"]} <= {0, 1, 2}
+    assert "localization-informs-editing" in {f["id"] for f in summary["findings"]}
+    assert "## Localization vs editing" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(lve_facts=0), "--lve-facts"),
+                                             (dict(lve_layers=["every0"]), "--lve-layers"),
+                                             (dict(lve_layers=["x"]), "--lve-layers"),
+                                             (dict(trace_samples=0), "--trace-samples"),
+                                             (dict(trace_noise=-1.0), "--trace-noise")])
+def test_bad_settings(tmp_path, study_args, kwargs, message):
+    with pytest.raises(KnowlocError, match=message):
+        StudyConfig(**study_args(tmp_path / "s", **kwargs))
+
+
+def test_a_layer_beyond_the_model_writes_nothing(tmp_path, study_args):
+    out = tmp_path / "s"
+    with pytest.raises(KnowlocError, match="--lve-layers 9 out of range"):
+        run_study(StudyConfig(**study_args(out, **{**LVE_ARGS, "lve_layers": ["9"]})), echo=lambda _: None)
+    assert not (out / "summary.json").exists()
