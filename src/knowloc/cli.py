@@ -42,6 +42,7 @@ from knowloc.study.plan import print_plan
 from knowloc.study.registry import REGISTRY as EXPERIMENTS
 from knowloc.study.runner import check_out_dir, run_study
 from knowloc.study.store import Store
+from knowloc.tracing import TraceSettings
 
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="built-in name, .gguf path, HF directory or hub id")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -349,6 +350,17 @@ def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(Non
     run_editors_benchmark(model, layer=layer, queries=queries, samples=samples, device=device, echo=typer.echo)
 
 
+def bench_tracing(model: str = ModelOpt, queries: int = typer.Option(3, min=1, help="built-in queries to trace"),
+                  samples: int = typer.Option(10, min=1, help="noise draws per query"),
+                  window: int = typer.Option(6, min=1, help="layers restored together for mlp / attn"),
+                  device: Optional[str] = DeviceOpt) -> None:
+    """Seconds of causal tracing of one query (3 kinds x every layer x its tokens x the noise draws)."""
+    from knowloc.tracing.bench import run_tracing_benchmark
+
+    run_tracing_benchmark(model, queries=queries, settings=TraceSettings(samples=samples, window=window),
+                          device=device, echo=typer.echo)
+
+
 def reference_build(model: str = ModelOpt,
                     out: Optional[Path] = typer.Option(None, help="pack file (default: MODEL.json.gz in "
                                                        "$KNOWLOC_REFERENCE_DIR or the packaged "
@@ -508,6 +520,7 @@ def build_app() -> typer.Typer:
                             context_settings=CONTEXT, rich_markup_mode=None)
     bench_app.command("attribution")(bench_attribution)
     bench_app.command("editors")(bench_editors)
+    bench_app.command("tracing")(bench_tracing)
     data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)
     data_app.command("pararel")(data_pararel)
     reference_app = typer.Typer(no_args_is_help=True, help="The shipped specificity reference.",

@@ -6,7 +6,9 @@ executor when Ray is missing), with 5 locality prompts and 3 neutral sentences p
 from 16 neutral prompts and 2 queries per relation (shipped for the embedded model,
 knowloc.attribution.shipped), a 2 x 2 CAS sweep (thresholds 0.1, 0.3; beta2 0, 1) and the update frontier (all
 three rules, 7 values of lambda2) and the editors (kn, kn-ft, ft and rome at the middle layer, ROME's key
-statistics over 32 samples of the model's own text, 2 context prefixes) on one edited query per fact. The
+statistics over 32 samples of the model's own text, 2 context prefixes) on one edited query per fact, and causal
+tracing of each fact's first query with 3 noise draws (10 in a study). Not localization-vs-editing: Hase et al.'s
+test edits every third layer of a fact subset, an hour-scale study of its own (docs/tracing.md). The
 consistency section shows the filtered and unfiltered views side by side. Rerunning resumes; `knowloc study` runs the same pipeline at any size.
 """
 
@@ -27,7 +29,8 @@ from knowloc.study.runner import run_study
 DEMO_FACTS = 12
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
                      cas_sweep_thresholds=[0.1, 0.3], cas_sweep_beta2=[0.0, 1.0], update_sweep_queries=1,
-                     rome_samples=32, rome_prefixes=2)
+                     rome_samples=32, rome_prefixes=2, trace_samples=3)
+DEMO_SKIPS = ("localization-vs-editing",)  # an hour-scale layer sweep of its own (docs/tracing.md)
 DEMO_METHODS = ["ig", "amig"]
 
 
@@ -42,7 +45,8 @@ def demo_config(out: Path, model: str = "smollm2-135m", facts: int = DEMO_FACTS,
     """The demo's study settings (``knowloc demo --dry-run`` prints their plan and estimated time); ``executor``:
     StudyConfig's executor settings (default :func:`demo_executor`)."""
     return StudyConfig(models=[model], data="builtin", methods=methods or DEMO_METHODS,
-                       experiments=list(experiment_names()), facts=facts, out=str(out), **DEMO_SETTINGS,
+                       experiments=[e for e in experiment_names() if e not in DEMO_SKIPS], facts=facts, out=str(out),
+                       **DEMO_SETTINGS,
                        **(demo_executor() if executor is None else executor))
 
 

@@ -95,3 +95,14 @@ def test_bad_queries(tiny_models):
         trace(lm, PROMPT, "Dante", TARGET, settings=SETTINGS)
     with pytest.raises(KnowlocError, match="unknown tracing kind"):
         trace(lm, PROMPT, SUBJECT, TARGET, kinds=["resid"], settings=SETTINGS)
+
+
+def test_bench_tracing_prints_seconds_and_restorations(capsys):
+    from knowloc.cli import main
+
+    assert main(["bench", "tracing", "--model", "tiny-llama", "--queries", "2", "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if "restorations" in l]
+    assert len(lines) == 2 and all("P clean" in l for l in lines)
+    assert "s per query (median of 2" in out
+    assert main(["bench", "tracing", "--model", "tiny-llama", "--window", "0"]) == 2
