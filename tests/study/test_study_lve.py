@@ -59,3 +59,19 @@ def test_a_layer_beyond_the_model_writes_nothing(tmp_path, study_args):
     with pytest.raises(KnowlocError, match="--lve-layers 9 out of range"):
         run_study(StudyConfig(**study_args(out, **{**LVE_ARGS, "lve_layers": ["9"]})), echo=lambda _: None)
     assert not (out / "summary.json").exists()
+
+
+def test_dry_run_counts_only_the_units_that_work(tmp_path, study_args):
+    """tracing works in the first method's units, localization-vs-editing on its subset only: the plan times and
+    counts those, once per fact rather than per query."""
+    from knowloc.study import plan
+
+    lines = []
+    config = StudyConfig(**study_args(tmp_path / "dry", **{**LVE_ARGS, "lve_facts": 2}))
+    result = plan.print_plan(config, echo=lines.append)
+    n_facts = result["units"]["tiny-llama"]["tracing"] // 2  # units of both methods
+    tracing = next(l for l in lines if l.strip().startswith("tracing:"))
+    lve_line = next(l for l in lines if l.strip().startswith("localization-vs-editing:") and "units" in l)
+    assert f"{2 * n_facts} fact units missing, {n_facts} doing work x" in tracing
+    assert f"{2 * n_facts} fact units missing, 2 doing work x" in lve_line
+    assert not (tmp_path / "dry").exists()

@@ -76,10 +76,15 @@ def prepare(ctx: StudyContext, model: str) -> None:
     shared_store().ensure(lm, layers, sample(ctx.config))
 
 
+def works(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
+    """A subset fact is edited in its unit of the study's first method."""
+    return method == ctx.config.methods[0] and fact_id in subset(ctx, model)
+
+
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """rome and ft at each --lve-layers layer on the fact's first query (subset facts, first method's unit)."""
     cfg = ctx.config
-    if method != cfg.methods[0] or fact.fact_id not in subset(ctx, model):
+    if not works(ctx, model, method, fact.fact_id):
         return [{"edited_in": cfg.methods[0], "in_subset": fact.fact_id in subset(ctx, model)}]
     session = ctx.edit_session(model, fact)
     lm = session.lm
@@ -221,7 +226,8 @@ def validate(cfg: StudyConfig) -> None:
 EXPERIMENT = Experiment(
     name=NAME, question="does localization (tracing or KNs) tell which layer edits a fact best? (Hase et al.)",
     heading="Localization vs editing", summarize=summarize, fact_work=fact_work, check_model=check_model,
-    prepare=prepare, validate=validate, summary_keys=("localization_vs_editing", "lve_correlations"),
+    prepare=prepare, validate=validate, works=works, per_query=False,
+    summary_keys=("localization_vs_editing", "lve_correlations"),
     intro="Hase et al. (2023): a seeded subset of facts is edited by rome and ft at every layer of --lve-layers. If "
           "localization told where to edit, edit success (Avg) would follow the localization signal at a layer, "
           "beyond what the layer alone explains. R^2 of success from the layer alone and from the layer plus the "

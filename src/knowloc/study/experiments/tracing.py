@@ -44,12 +44,17 @@ def traced_queries(cfg: StudyConfig, fact) -> list[int]:
     return list(range(min(cfg.trace_queries, len(fact.prompts))))
 
 
+def works(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
+    """A fact is traced in its unit of the study's first method."""
+    return method == ctx.config.methods[0]
+
+
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """The tracing maps of the fact's traced queries (in the unit of the study's first method; the others note
     where the maps are)."""
     cfg = ctx.config
     queries = traced_queries(cfg, fact)
-    if method != cfg.methods[0]:
+    if not works(ctx, model, method, fact.fact_id):
         return [{"query": q, "traced_in": cfg.methods[0]} for q in queries]
     lm = ctx.model(model)
     rows = []
@@ -206,6 +211,7 @@ def _notes(summary: dict) -> list[str]:
 EXPERIMENT = Experiment(
     name="tracing", question="where does causal tracing localize facts, and do the KN sets sit there?",
     heading="Causal tracing", summarize=summarize, fact_work=fact_work, validate=validate,
+    works=works, per_query=False,
     summary_keys=("tracing", "tracing_totals", "tracing_vs_kn"),
     intro="Causal tracing (Meng et al. 2022): the subject's input embeddings are corrupted with seeded Gaussian "
           "noise, and the clean state of the residual stream, of the MLP outputs or of the attention outputs is "
