@@ -42,6 +42,10 @@ def test_lve_study_end_to_end(tmp_path, study_args, monkeypatch):
     assert {c["layer"] for c in summary["lve_correlations"]} <= {0, 1, 2}
     assert "localization-informs-editing" in {f["id"] for f in summary["findings"]}
     assert "## Localization vs editing" in (out / "summary.md").read_text()
+    from knowloc.report.html import build_report
+
+    html = build_report(out).read_text()
+    assert "tracing_tiny-llama.png" in html and "Localization vs editing" in html and "R^2 layer + signal" in html
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(lve_facts=0), "--lve-facts"),
