@@ -113,7 +113,7 @@ def small_plot(path):
 
 def test_reexports():
     assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars",
-                                  "heatmap_grid", "frontier_plot", "specificity_scatter"}
+                                  "heatmap_grid", "frontier_plot", "specificity_scatter", "tracing_panels"}
     for name in plots.__all__:
         assert getattr(plots, name) is getattr(figures, name)
     assert not hasattr(figures, "line_plot")  # removed: no figure of the study drew it
@@ -398,3 +398,29 @@ def test_pixel_size_follows_fixed_dpi(tmp_path):
     m = np.arange(48, dtype=float).reshape(6, 8)
     image = mpimg.imread(heatmap_grid(m, list("abcdef"), list("01234567"), tmp_path / "g.png", "t", "x", "y"))
     assert image.shape[:2] == (math.floor(4.8 * 120), math.floor(8.6 * 120))
+
+
+# --------------------------------------------------------------------------- tracing_panels
+
+
+def test_tracing_panels_draw_three_kinds(tmp_path, captured):
+    from knowloc.plots import tracing_panels
+
+    classes = ["first subject", "last subject", "last"]
+    maps = {k: np.linspace(0, 1, 3 * 5).reshape(3, 5) for k in ("hidden", "mlp", "attn")}
+    maps["mlp"][0, 0] = np.nan
+    out = tracing_panels(maps, classes, tmp_path / "trace.png", "causal tracing")
+    check_png(out)
+    only_file(tmp_path, "trace.png")
+    texts = captured[0]
+    assert "restoring MLP outputs (window)" in texts and "causal tracing" in texts and "last subject" in texts
+
+
+@pytest.mark.parametrize("panels, needle", [({}, "at least one panel"),
+                                            ({"hidden": np.zeros((2, 3)), "mlp": np.zeros((3, 3))}, "same shape")])
+def test_tracing_panels_bad_input(tmp_path, panels, needle):
+    from knowloc.plots import tracing_panels
+
+    with pytest.raises(KnowlocError, match=needle):
+        tracing_panels(panels, ["a", "b"], tmp_path / "t.png", "t")
+    assert not list(tmp_path.iterdir())
