@@ -24,13 +24,13 @@ import random
 import numpy as np
 
 from knowloc.analysis import Estimate
-from knowloc.analysis.localization import hase_delta_r2_ci, layer_mass, rank_correlation
+from knowloc.analysis.localization import hase_delta_r2_ci, rank_correlation
 from knowloc.editing.editors import EditRequest, measure_edit, shared_store
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, trial_key
 from knowloc.study.experiments.editors import make_editor, sample
-from knowloc.study.experiments.tracing import fact_traces
+from knowloc.study.experiments.tracing import fact_traces, kn_profile, mlp_profile
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
@@ -116,21 +116,9 @@ def edit_rows(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
     return out
 
 
-def kn_signal(ctx: StudyContext, model: str, method: str, fact_id: str, query: int = 0) -> np.ndarray | None:
-    """The query's KN layer profile [n_layers] (None without a KN set with mass)."""
-    kn = ctx.neurons.kn_lists(model, method, fact_id)
-    queries, scores = ctx.neurons.score_stack(model, method, fact_id)
-    if query not in kn or query not in queries:
-        return None
-    return layer_mass(scores[queries.index(query)].numpy(), kn[query])
-
-
 def tracing_signal(traces: list[dict], query: int = 0) -> np.ndarray | None:
     """The query's MLP IE per layer at its last subject token [n_layers] (None when it was not traced)."""
-    for t in traces:
-        if t["query"] == query:
-            return np.array(t["ie"]["mlp"])[t["subject"][1]]
-    return None
+    return next((mlp_profile(t) for t in traces if t["query"] == query), None)
 
 
 def summarize(ctx: StudyContext) -> Section:
@@ -143,7 +131,7 @@ def summarize(ctx: StudyContext) -> Section:
             (None, "tracing", {f: s for f in edits if (s := tracing_signal(traces.get(f, []))) is not None})]
         for method in cfg.methods:
             signals.append((method, "kn", {f: s for f in edits
-                                           if (s := kn_signal(ctx, model, method, f)) is not None}))
+                                           if (s := kn_profile(ctx, model, method, f, 0)) is not None}))
         for method, signal, by_fact in signals:
             for editor in EDITORS:
                 facts = [[(r["layer"], float(by_fact[f][r["layer"]]), float(r[SUCCESS])) for r in rows

@@ -138,32 +138,45 @@ def _totals(model: str, traces: dict[str, list[dict]], cfg: StudyConfig) -> dict
     return row
 
 
-def fact_rank_correlation(ctx: StudyContext, model: str, method: str, fact_id: str, traces: list[dict]) -> float:
-    """Spearman's rho between the fact's KN layer profile and its MLP IE profile at the last subject token,
-    averaged over its traced queries (nan when no traced query has a KN set with mass)."""
+def kn_profile(ctx: StudyContext, model: str, method: str, fact_id: str, query: int) -> np.ndarray | None:
+    """The query's KN layer profile [n_layers]: the share of its filtered KN set's attribution mass per layer
+    (None without a KN set with mass)."""
     kn = ctx.neurons.kn_lists(model, method, fact_id)
     queries, scores = ctx.neurons.score_stack(model, method, fact_id)
-    rhos = []
+    if query not in kn or query not in queries:
+        return None
+    return layer_mass(scores[queries.index(query)].numpy(), kn[query])
+
+
+def mlp_profile(trace: dict) -> np.ndarray:
+    """A traced query's MLP IE per layer at its last subject token [n_layers] (ROME's storage site)."""
+    return np.array(trace["ie"]["mlp"])[trace["subject"][1]]
+
+
+def fact_agreement(ctx: StudyContext, model: str, method: str, fact_id: str, traces: list[dict]
+                   ) -> tuple[float, float, float]:
+    """(Spearman's rho of the KN and the MLP tracing layer profiles, the KN profile's peak layer, the tracing
+    profile's peak layer), each averaged over the fact's traced queries with a KN set (nan without one)."""
+    found = []
     for t in traces:
-        q = t["query"]
-        if q not in kn or q not in queries:
-            continue
-        mass = layer_mass(scores[queries.index(q)].numpy(), kn[q])
-        if mass is None:
-            continue
-        last = t["subject"][1]
-        rhos.append(rank_correlation(mass, np.array(t["ie"]["mlp"])[last]))
-    rhos = [r for r in rhos if not np.isnan(r)]
-    return float(np.mean(rhos)) if rhos else float("nan")
+        mass = kn_profile(ctx, model, method, fact_id, t["query"])
+        if mass is not None:
+            mlp = mlp_profile(t)
+            found.append((rank_correlation(mass, mlp), float(np.argmax(mass)), float(np.argmax(mlp))))
+    found = [f for f in found if not np.isnan(f[0])]
+    return tuple(float(np.mean(x)) for x in zip(*found)) if found else (float("nan"),) * 3
 
 
 def _versus_kn(ctx: StudyContext, model: str, method: str, traces: dict[str, list[dict]]) -> dict:
     cfg = ctx.config
-    rho = {fid: fact_rank_correlation(ctx, model, method, fid, ts) for fid, ts in traces.items()}
-    values = [v for v in rho.values() if not np.isnan(v)]
-    e = Estimate.bootstrap(values, n_boot=cfg.n_boot, seed=cfg.seed)
+    agreement = [fact_agreement(ctx, model, method, fid, ts) for fid, ts in traces.items()]
+    kept = [a for a in agreement if not np.isnan(a[0])]
+    e = Estimate.bootstrap([a[0] for a in kept], n_boot=cfg.n_boot, seed=cfg.seed)
+    peaks = np.array([a[1:] for a in kept]).reshape(-1, 2)
     return {"model": model, "method": method, "rank_corr": e.value, "rank_corr_low": e.low,
-            "rank_corr_high": e.high, "n": e.n, "n_without_kn": len(rho) - len(values)}
+            "rank_corr_high": e.high, "n": e.n, "n_without_kn": len(agreement) - len(kept),
+            "kn_peak_layer": float(peaks[:, 0].mean()) if len(kept) else float("nan"),
+            "mlp_peak_layer": float(peaks[:, 1].mean()) if len(kept) else float("nan")}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -229,7 +242,9 @@ EXPERIMENT = Experiment(
               columns=(
                   Column("model", "model"), Column("method", "method"), Column("facts", "n", "int"),
                   Column("rho [95% CI]", "rank_corr", "ci", 2, True, lo="rank_corr_low", hi="rank_corr_high"),
+                  Column("KN peak layer", "kn_peak_layer", "num", 1),
+                  Column("MLP IE peak layer", "mlp_peak_layer", "num", 1),
                   Column("facts without KN", "n_without_kn", "int")))),
     notes=_notes, findings=FINDINGS)
 
-__all__ = ["EXPERIMENT", "fact_traces", "settings", "traced_queries"]
+__all__ = ["EXPERIMENT", "fact_traces", "kn_profile", "mlp_profile", "settings", "traced_queries"]
