@@ -7,5 +7,5 @@ embedded by the report. See :mod:`knowloc.plots.figures`.
 from knowloc.plots.figures import (activation_heatmaps, frontier_plot, grouped_bars, heatmap_grid,
                                    specificity_scatter, tracing_panels, violin_cs)
 
-__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter", "tracing_panels",
-           "violin_cs"]
+__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter",
+           "tracing_panels", "violin_cs"]

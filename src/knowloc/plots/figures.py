@@ -32,8 +32,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from knowloc.errors import KnowlocError  # noqa: E402
 from knowloc.fileio import atomic_write  # noqa: E402
 
-__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter", "tracing_panels",
-           "violin_cs"]
+__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter",
+           "tracing_panels", "violin_cs"]
 
 DPI = 120
 PathLike = str | os.PathLike[str]

@@ -201,7 +201,8 @@ class _Runs:
                 start = span.start
                 hidden = self.corrupted_in[start].repeat(len(tokens), 1, 1)
                 for l in span:
-                    stack.enter_context(hook_module(_module(lm, kind, l), "output", self._patcher(kind, l, rows, where)))
+                    patch = self._patcher(kind, l, rows, where)
+                    stack.enter_context(hook_module(_module(lm, kind, l), "output", patch))
             for b in range(start, n):
                 hidden = self.calls[b].run(lm.blocks[b], hidden)
         return self.probs(hidden).reshape(len(tokens), s).mean(dim=1).cpu().numpy()

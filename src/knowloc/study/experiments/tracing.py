@@ -65,7 +65,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
 
 
 def fact_traces(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
-    """{fact_id: [stored trace dicts, each with its ``query``]} of the model's studied facts, from whichever method's unit holds them."""
+    """{fact_id: [stored trace dicts, each with its ``query``]} of the model's studied facts, from whichever
+    method's unit holds them."""
     trials = ctx.store.trials("tracing")
     out = {}
     for fact in ctx.facts.get(model, []):
