@@ -167,7 +167,22 @@ def test_a_zero_step_edit_changes_nothing(tiny_models, editor):
     assert result.dprob_self == 0.0 and result.loc == 1.0 and result.dlogppl == 0.0
 
 
+def test_rome_stops_early_once_its_loss_is_below_stop(tiny_models):
+    lm = tiny_models("tiny-llama")
+    settings = dict(steps=30, lr=0.5, clamp=400.0, prefixes=1, weight_decay=0.0)
+    _, _, every = rome(**settings).key_and_value(lm, request(lm))
+    assert every["steps"] == 30
+    _, _, first = rome(**{**settings, "steps": 1}).key_and_value(lm, request(lm))  # the unedited loss
+    stop = (first["loss"] + every["loss"]) / 2
+    assert every["loss"] < stop < first["loss"]
+    _, _, early = rome(stop=stop, **settings).key_and_value(lm, request(lm))
+    assert 0 < early["steps"] < 30 and early["loss"] < stop
+    _, _, none = rome(stop=1e9, **settings).key_and_value(lm, request(lm))
+    assert none["steps"] == 0  # the unedited loss is already below it: no step, no change
+
+
 @pytest.mark.parametrize("make,pattern", [
+    (lambda: Rome(stop=-1.0), "rome stop"),
     (lambda: FineTune(steps=-1), "ft steps must be an integer >= 0"),
     (lambda: FineTune(bound=0.0), "ft bound must be a finite number > 0"),
     (lambda: Rome(steps=-2), "rome steps must be an integer >= 0"),

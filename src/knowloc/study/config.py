@@ -137,6 +137,8 @@ class StudyConfig:
                                     "n_layers // 2; a list sweeps layers)")
     rome_steps: int = setting(20, help="rome: Adam steps of the value vector v* (ROME: 20)")
     rome_lr: float = setting(0.5, help="rome: learning rate of v* (ROME: 0.5)")
+    rome_stop: float = setting(0.0, help="rome: v*'s steps end once its loss is below this (ROME's code: 5e-2; "
+                               "0, the default the measurements used: every --rome-steps step)")
     rome_prefixes: int = setting(4, help="rome: seeded context prefixes of the model's own text besides the query "
                                  "(key k* and v* are fitted over them)")
     rome_samples: int = setting(128, help="rome: samples of 64 tokens of the model's own seeded text over which the "

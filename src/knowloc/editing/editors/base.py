@@ -200,21 +200,26 @@ def added_to_output(lm: LanguageModel, additions: Mapping[int, Callable[[torch.T
 
 
 def adam_steps(params: list[torch.Tensor], loss: Callable[[], torch.Tensor], steps: int, lr: float,
-               after_step: Callable[[], None] | None = None) -> float:
-    """``steps`` Adam steps on ``params`` (leaf tensors with ``requires_grad``) minimizing ``loss()``, calling
-    ``after_step`` (e.g. a projection onto the constraint set) after each; returns the last loss (nan: none)."""
+               after_step: Callable[[], None] | None = None, stop_below: float = 0.0) -> tuple[float, int]:
+    """At most ``steps`` Adam steps on ``params`` (leaf tensors with ``requires_grad``) minimizing ``loss()``,
+    calling ``after_step`` (e.g. a projection onto the constraint set) after each; they end early once the loss
+    is below ``stop_below`` (ROME's 5e-2; 0: never). Returns (the last loss (nan: none), the steps taken)."""
     last = float("nan")
     if steps == 0:
-        return last
+        return last, 0
     optimizer = torch.optim.Adam(params, lr=lr)
+    taken = 0
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad()
             value = loss()
+            if float(value.detach()) < stop_below:
+                return float(value.detach()), taken
+            taken += 1
             value.backward()
             optimizer.step()
             last = float(value.detach())
             if after_step is not None:
                 with torch.no_grad():
                     after_step()
-    return last
+    return last, taken

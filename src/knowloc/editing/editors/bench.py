@@ -3,7 +3,8 @@
 On ``queries`` built-in queries (the first of each of the first facts, in file order), each edited to another
 object of its relation: the seconds to compute ROME's key statistics C of the edit layer once (over ``samples``
 samples of 64 tokens of the model's own text), then per editor the median seconds of one edit (computed and
-applied, the weights restored; C already stored for rome), its Rel, and the bytes of weights it keeps to restore
+applied, the weights restored; C already stored for rome; ``rome-stop`` is rome with ROME's early stop at a loss
+of 5e-2, ``--rome-stop 0.05``), its Rel, and the bytes of weights it keeps to restore
 against the model's size (no editor holds a second copy of the model). ``kn`` and ``kn-ft`` edit a stand-in N_i:
 the 10 neurons of the upper half of the layers with the largest activation on the query (a KN set needs an
 attribution; its size and layers are typical of the filtered sets).
@@ -69,7 +70,8 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
     echo(f"C of layer {layer} over {samples} x 64 tokens of the model's own text: {c_s:.1f} s (once per model, "
          "layer and sample; stored)")
     editors = {"kn": KnUpdate("calibrated", 1.0, 1.0), "kn-ft": FineTune(neurons=True), "ft": FineTune(),
-               "rome": Rome(sample=sample, covariance=covariance)}
+               "rome": Rome(sample=sample, covariance=covariance),
+               "rome-stop": Rome(sample=sample, covariance=covariance, stop=0.05)}  # ROME's early stop
     restore_bytes: dict[str, int] = {}
     real_touch = WeightEditor._touch
 

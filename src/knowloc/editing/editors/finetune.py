@@ -99,7 +99,7 @@ class FineTune:
             for p in params.values():
                 p.clamp_(-self.bound, self.bound)
 
-        last = adam_steps(list(params.values()), loss, self.steps, self.lr, project)
+        last, _ = adam_steps(list(params.values()), loss, self.steps, self.lr, project)
         out: dict[int, torch.Tensor] = {}
         for layer, p in params.items():
             if self.neurons:

@@ -15,8 +15,8 @@ projection's input, knowloc's neuron activations ``[n_neurons]``), ``v`` the val
    ``L(delta) = mean_c NLL(o' | context c) + kl_factor * KL(P(. | S is a) || P_delta(. | S is a))
    + weight_decay * |delta|^2 / |out(k*)|^2``,
 
-   with ``|delta| <= clamp * |out(k*)|`` after every step (ROME's ``clamp_norm_factor``). NLL is over all of
-   o''s tokens, teacher-forced.
+   with ``|delta| <= clamp * |out(k*)|`` after every step (ROME's ``clamp_norm_factor``), ending early once
+   ``L(delta) < stop`` when ``stop`` > 0 (ROME's code stops at 5e-2; knowloc's default runs every step). NLL is over all of o''s tokens, teacher-forced.
 3. **Update** (ROME eq. 2): ``W <- W + (v* - out(k*)) (C^-1 k*)^T / (k*^T C^-1 k*)``, ``C = E[k k^T]`` over
    a text sample (:class:`~knowloc.editing.editors.covariance.CovarianceStore`), solved in float64 with a ridge
    of ``ridge x mean(diag C)`` (1e-6 by default; it only matters for a sample with fewer tokens than neurons).
@@ -84,7 +84,8 @@ class Rome:
     """The ``rome`` editor (module docstring); ``apply(lm, request)`` edits ``request.layer``.
 
     Args:
-        steps, lr: Adam steps and learning rate of ``delta``; kl_factor, weight_decay, clamp: the loss terms and
+        steps, lr: Adam steps (at most) and learning rate of ``delta``; stop: the steps end once L(delta) is
+            below it (ROME's code: 5e-2; 0, the default: all ``steps``); kl_factor, weight_decay, clamp: the loss terms and
             norm bound; prefixes: seeded context prefixes besides the query itself (generated once per model and
             seed and shared by every edit, as ROME's context templates); sample: the text sample of C;
         covariance: where C is stored; ridge: C's ridge; seed: the prefixes' seed.
@@ -97,6 +98,7 @@ class Rome:
 
     steps: int = 20
     lr: float = 0.5
+    stop: float = 0.0
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     clamp: float = 4.0
@@ -114,6 +116,7 @@ class Rome:
         check_steps(self.steps, "rome steps")
         check_steps(self.prefixes, "rome prefixes")
         check_positive(self.lr, "rome lr")
+        check_positive(self.stop, "rome stop", allow_zero=True)
         for name in ("kl_factor", "weight_decay", "ridge"):
             check_positive(getattr(self, name), f"rome {name.replace('_', ' ')}", allow_zero=True)
         check_positive(self.clamp, "rome clamp")
@@ -175,9 +178,10 @@ class Rome:
             if norm > limit:
                 delta.mul_(limit / norm)
 
-        last = adam_steps([delta], loss, self.steps, self.lr, clamp)
-        return k_star, out_k, delta.detach().double().cpu(), {"loss": last, "delta_norm": float(delta.detach().norm()),
-                                "value_norm": base_norm, "contexts": len(contexts)}
+        last, taken = adam_steps([delta], loss, self.steps, self.lr, clamp, stop_below=self.stop)
+        return k_star, out_k, delta.detach().double().cpu(), {"loss": last, "steps": taken,
+                                                              "delta_norm": float(delta.detach().norm()),
+                                                              "value_norm": base_norm, "contexts": len(contexts)}
 
     def weight_change(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, dict]:
         """``dW`` ``[d_model, n_neurons]`` of the request (step 3) and the info of steps 1-2; model unchanged."""

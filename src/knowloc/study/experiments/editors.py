@@ -60,7 +60,7 @@ def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None 
         return KnUpdate(cfg.update_rule, cfg.lambda1, cfg.lambda2)
     if name in ("kn-ft", "ft"):
         return FineTune(steps=cfg.ft_steps, lr=cfg.ft_lr, bound=cfg.ft_bound, neurons=name == "kn-ft")
-    return Rome(steps=cfg.rome_steps, lr=cfg.rome_lr, prefixes=cfg.rome_prefixes, sample=sample(cfg),
+    return Rome(steps=cfg.rome_steps, lr=cfg.rome_lr, stop=cfg.rome_stop, prefixes=cfg.rome_prefixes, sample=sample(cfg),
                 covariance=covariance or shared_store(), seed=cfg.seed)
 
 
@@ -277,6 +277,8 @@ def validate(cfg: StudyConfig) -> None:
             raise KnowlocError(f"--{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
     if isinstance(cfg.rome_samples, bool) or not isinstance(cfg.rome_samples, int) or cfg.rome_samples < 1:
         raise KnowlocError(f"--rome-samples must be >= 1 (an empty text sample has no keys), got {cfg.rome_samples!r}")
+    if isinstance(cfg.rome_stop, bool) or not isinstance(cfg.rome_stop, (int, float)) or not 0 <= cfg.rome_stop < 1e9:
+        raise KnowlocError(f"--rome-stop must be a number >= 0, got {cfg.rome_stop!r}")
     for name in ("rome_lr", "ft_lr", "ft_bound"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
