@@ -28,9 +28,9 @@ from knowloc.analysis.localization import hase_delta_r2_ci, rank_correlation
 from knowloc.editing.editors import EditRequest, measure_edit, shared_store
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
-from knowloc.study.context import Section, StudyContext, trial_key
+from knowloc.study.context import Section, StudyContext
 from knowloc.study.experiments.editors import make_editor, sample
-from knowloc.study.experiments.tracing import fact_traces, kn_profile, mlp_profile
+from knowloc.study.experiments.tracing import fact_traces, kn_profile, mlp_profile, rows_once_per_fact
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
@@ -103,19 +103,6 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     return rows
 
 
-def edit_rows(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
-    """{fact_id: its stored edit rows} of the model's subset facts, from whichever method's unit holds them."""
-    trials = ctx.store.trials(NAME)
-    out = {}
-    for fact in ctx.facts.get(model, []):
-        for method in ctx.config.methods:
-            rows = [r for r in trials.get(trial_key(model, method, fact.fact_id), []) if "editor" in r]
-            if rows:
-                out[fact.fact_id] = rows
-                break
-    return out
-
-
 def tracing_signal(traces: list[dict], query: int = 0) -> np.ndarray | None:
     """The query's MLP IE per layer at its last subject token [n_layers] (None when it was not traced)."""
     return next((mlp_profile(t) for t in traces if t["query"] == query), None)
@@ -125,7 +112,7 @@ def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     regressions, correlations = [], []
     for model in cfg.models:
-        edits = edit_rows(ctx, model)
+        edits = rows_once_per_fact(ctx, NAME, model, "editor")
         traces = fact_traces(ctx, model)
         signals: list[tuple[str | None, str, dict[str, np.ndarray]]] = [
             (None, "tracing", {f: s for f in edits if (s := tracing_signal(traces.get(f, []))) is not None})]

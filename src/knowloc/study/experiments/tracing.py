@@ -64,19 +64,24 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     return rows
 
 
-def fact_traces(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
-    """{fact_id: [stored trace dicts, each with its ``query``]} of the model's studied facts, from whichever
-    method's unit holds them."""
-    trials = ctx.store.trials("tracing")
+def rows_once_per_fact(ctx: StudyContext, experiment: str, model: str, key: str) -> dict[str, list[dict]]:
+    """{fact_id: its stored rows that hold ``key``} of the model's studied facts, from whichever method's unit
+    holds them (for work done once per fact, in one method's unit: tracing, localization-vs-editing)."""
+    trials = ctx.store.trials(experiment)
     out = {}
     for fact in ctx.facts.get(model, []):
         for method in ctx.config.methods:
-            rows = [{**r["trace"], "query": r["query"]} for r in trials.get(trial_key(model, method, fact.fact_id), [])
-                    if "trace" in r]
+            rows = [r for r in trials.get(trial_key(model, method, fact.fact_id), []) if key in r]
             if rows:
                 out[fact.fact_id] = rows
                 break
     return out
+
+
+def fact_traces(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
+    """{fact_id: [stored trace dicts, each with its ``query``]} of the model's studied facts."""
+    return {fid: [{**r["trace"], "query": r["query"]} for r in rows]
+            for fid, rows in rows_once_per_fact(ctx, "tracing", model, "trace").items()}
 
 
 def fact_class_profiles(traces: list[dict], kind: str) -> dict[str, np.ndarray]:
@@ -248,4 +253,4 @@ EXPERIMENT = Experiment(
                   Column("facts without KN", "n_without_kn", "int")))),
     notes=_notes, findings=FINDINGS)
 
-__all__ = ["EXPERIMENT", "fact_traces", "kn_profile", "mlp_profile", "settings", "traced_queries"]
+__all__ = ["EXPERIMENT", "fact_traces", "rows_once_per_fact", "kn_profile", "mlp_profile", "settings", "traced_queries"]
