@@ -79,3 +79,13 @@ def test_dry_run_counts_only_the_units_that_work(tmp_path, study_args):
     assert f"{2 * n_facts} fact units missing, {n_facts} doing work x" in tracing
     assert f"{2 * n_facts} fact units missing, 2 doing work x" in lve_line
     assert not (tmp_path / "dry").exists()
+
+
+def test_more_facts_keep_the_summary_to_the_subset(tmp_path, study_args):
+    """--facts is a view: a store grown to more facts may hold edits of an earlier subset, which the summary
+    leaves out (n never exceeds --lve-facts)."""
+    out = tmp_path / "s"
+    args = {**LVE_ARGS, "lve_facts": 2, "lve_layers": ["0"], "methods": ["ig"]}
+    run_study(StudyConfig(**study_args(out, facts=3, **args)), echo=lambda _: None)
+    summary = json.loads(run_study(StudyConfig(**study_args(out, **args)), echo=lambda _: None).read_text())
+    assert summary["localization_vs_editing"] and all(r["n"] <= 2 for r in summary["localization_vs_editing"])

@@ -112,7 +112,8 @@ def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     regressions, correlations = [], []
     for model in cfg.models:
-        edits = rows_once_per_fact(ctx, NAME, model, "editor")
+        chosen = subset(ctx, model)  # a store may hold edits of facts an earlier --facts chose
+        edits = {f: rows for f, rows in rows_once_per_fact(ctx, NAME, model, "editor").items() if f in chosen}
         traces = fact_traces(ctx, model)
         signals: list[tuple[str | None, str, dict[str, np.ndarray]]] = [
             (None, "tracing", {f: s for f in edits if (s := tracing_signal(traces.get(f, []))) is not None})]
