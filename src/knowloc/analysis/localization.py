@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -93,6 +93,22 @@ def hase_r2(success: Sequence[float], layers: Sequence[int], signal: Sequence[fl
     return r_squared(success, layer_design(layers)), r_squared(success, layer_design(layers, signal))
 
 
+def resampled_interval(n: int, stat: Callable[[np.ndarray], float], n_boot: int = 1000, seed: int = 0
+                       ) -> tuple[float, float]:
+    """95% percentile bootstrap interval of ``stat(indices)`` over ``n`` units (facts) resampled with
+    replacement; resamples whose statistic is undefined (nan, e.g. a constant profile) are left out. (nan, nan)
+    with fewer than 2 units or no defined resample."""
+    if n < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    boots = np.array([stat(chosen) for chosen in rng.integers(0, n, size=(n_boot, n))], dtype=float)
+    boots = boots[~np.isnan(boots)]
+    if not len(boots):
+        return float("nan"), float("nan")
+    low, high = np.quantile(boots, [0.025, 0.975])
+    return float(low), float(high)
+
+
 def hase_delta_r2_ci(facts: Sequence[Sequence[tuple[int, float, float]]], n_boot: int = 1000, seed: int = 0
                      ) -> tuple[float, float, float, float, float]:
     """(R^2_layer, R^2_layer+signal, delta R^2, its 95% low, high) over facts, each a list of (layer, signal,
@@ -102,16 +118,10 @@ def hase_delta_r2_ci(facts: Sequence[Sequence[tuple[int, float, float]]], n_boot
         layers, signal, success = (np.array(x, dtype=float) for x in zip(*rows)) if rows else ([], [], [])
         return hase_r2(success, layers, signal) if rows else (float("nan"), float("nan"))
 
-    n = len(facts)
-    r2_layer, r2_both = fit(range(n))
-    if n < 2:
-        return r2_layer, r2_both, r2_both - r2_layer, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    boots = []
-    for chosen in rng.integers(0, n, size=(n_boot, n)):
+    def delta(chosen: Sequence[int]) -> float:
         a, b = fit(chosen)
-        boots.append(b - a)
-    boots = np.array(boots)
-    boots = boots[~np.isnan(boots)]
-    low, high = np.quantile(boots, [0.025, 0.975]) if len(boots) else (float("nan"), float("nan"))
-    return r2_layer, r2_both, r2_both - r2_layer, float(low), float(high)
+        return b - a
+
+    r2_layer, r2_both = fit(range(len(facts)))
+    low, high = resampled_interval(len(facts), delta, n_boot, seed)
+    return r2_layer, r2_both, r2_both - r2_layer, low, high

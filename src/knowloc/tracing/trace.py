@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from knowloc.errors import KnowlocError
-from knowloc.models.block_calls import BlockCall, capture_block_calls
+from knowloc.models.block_calls import BlockCall, capture_block_calls, first_output
 from knowloc.models.hooks import hook_module
 from knowloc.models.lm import LanguageModel
 from knowloc.models.spans import subject_span
@@ -119,10 +119,6 @@ def _module(lm: LanguageModel, kind: str, layer: int):
     return lm.arch.mlp_out(block) if kind == "mlp" else lm.arch.attn(block)
 
 
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _with_first(out, new: torch.Tensor):
     return (new, *out[1:]) if isinstance(out, tuple) else new
 
@@ -176,7 +172,7 @@ class _Runs:
 
     def _recorder(self, kind: str, layer: int):
         def record(out):
-            self.clean_out[kind][layer] = _first(out)[0].detach()
+            self.clean_out[kind][layer] = first_output(out)[0].detach()
         return record
 
     def probs(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -211,7 +207,7 @@ class _Runs:
         clean = self.clean_out[kind][layer][where]  # [rows, d_model]
 
         def patch(out):
-            value = _first(out).clone()
+            value = first_output(out).clone()
             value[rows, where] = clean
             return _with_first(out, value)
         return patch
@@ -274,7 +270,7 @@ def restored_probability(lm: LanguageModel, prompt: str, subject: str, target: s
 
     def recorder(key):
         def record(out):
-            clean[key] = _first(out)[0].clone()
+            clean[key] = first_output(out)[0].clone()
         return record
 
     with ExitStack() as stack:
@@ -290,7 +286,7 @@ def restored_probability(lm: LanguageModel, prompt: str, subject: str, target: s
 
     def restorer(key, positions):
         def patch(out):
-            value = _first(out).clone()
+            value = first_output(out).clone()
             value[:, positions] = clean[key][positions]
             return _with_first(out, value)
         return patch

@@ -24,7 +24,7 @@ import random
 import numpy as np
 
 from knowloc.analysis import Estimate
-from knowloc.analysis.localization import hase_delta_r2_ci, rank_correlation
+from knowloc.analysis.localization import hase_delta_r2_ci, rank_correlation, resampled_interval
 from knowloc.editing.editors import EditRequest, measure_edit, shared_store
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
@@ -140,16 +140,10 @@ def _rho(pairs: list[tuple[float, float]], cfg: StudyConfig) -> dict:
     """Spearman's rho of (signal, success) pairs across facts, with a bootstrap interval over facts."""
     arr = np.array(pairs, dtype=float).reshape(-1, 2)
 
-    def stat(a):
-        return rank_correlation(a[:, 0], a[:, 1])
-    value = stat(arr) if len(arr) > 1 else float("nan")
-    low = high = float("nan")
-    if len(arr) > 1 and not np.isnan(value):
-        rng = np.random.default_rng(cfg.seed)
-        boots = np.array([stat(arr[i]) for i in rng.integers(0, len(arr), size=(cfg.n_boot, len(arr)))])
-        boots = boots[~np.isnan(boots)]
-        if len(boots):
-            low, high = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
+    def stat(rows):
+        return rank_correlation(arr[rows, 0], arr[rows, 1])
+    value = stat(np.arange(len(arr))) if len(arr) > 1 else float("nan")
+    low, high = resampled_interval(len(arr), stat, cfg.n_boot, cfg.seed) if not np.isnan(value) else (np.nan,) * 2
     e = Estimate(len(arr), value, low, high)
     return {"rho": e.value, "rho_low": e.low, "rho_high": e.high, "n": e.n}
 
