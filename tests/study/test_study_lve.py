@@ -89,3 +89,24 @@ def test_more_facts_keep_the_summary_to_the_subset(tmp_path, study_args):
     run_study(StudyConfig(**study_args(out, facts=3, **args)), echo=lambda _: None)
     summary = json.loads(run_study(StudyConfig(**study_args(out, **args)), echo=lambda _: None).read_text())
     assert summary["localization_vs_editing"] and all(r["n"] <= 2 for r in summary["localization_vs_editing"])
+
+
+def test_more_facts_keep_the_subset_and_its_edits(tmp_path, study_args, monkeypatch):
+    """The subset is the first --lve-facts studied facts in the study's seeded order: growing --facts keeps it,
+    so the grown study edits nothing new."""
+    from knowloc.study.experiments import lve
+
+    edited = []
+    real = lve.measure_edit
+
+    def spy(lm, baseline, editor, q, request, *a, **k):
+        edited.append(request.prompt)
+        return real(lm, baseline, editor, q, request, *a, **k)
+    monkeypatch.setattr(lve, "measure_edit", spy)
+    out = tmp_path / "s"
+    args = {**LVE_ARGS, "lve_facts": 2, "lve_layers": ["0"], "methods": ["ig"]}
+    small = json.loads(run_study(StudyConfig(**study_args(out, facts=3, **args)), echo=lambda _: None).read_text())
+    first = list(edited)
+    grown = json.loads(run_study(StudyConfig(**study_args(out, **args)), echo=lambda _: None).read_text())
+    assert grown["facts"]["tiny-llama"] > small["facts"]["tiny-llama"] == 3
+    assert first and edited == first  # no new edit: the subset stayed

@@ -18,18 +18,29 @@ class StudyFact:
     templates: tuple[str, ...]
 
 
-def select_facts(probe_rows: list[dict], min_known: int, limit: int | None, seed: int) -> list[StudyFact]:
-    """Facts answered in at least `min_known` paraphrases; a seeded sample of `limit` of them (file order kept)."""
+def known_facts(probe_rows: list[dict], min_known: int) -> list[StudyFact]:
+    """Facts answered (top-1) in at least `min_known` paraphrases, in file order."""
     known = []
     for row in probe_rows:
         answered = [q for q in row["queries"] if q["top1"]]
         if len(answered) >= min_known:
             known.append(StudyFact(row["fact_id"], row["relation"], row["subject"], row["object"],
                                    tuple(q["text"] for q in answered), tuple(q["template"] for q in answered)))
+    return known
+
+
+def seeded_order(facts: list[StudyFact], seed: int) -> list[StudyFact]:
+    """The facts in the study's one seeded permutation: `--facts N` studies its first N."""
+    order = list(range(len(facts)))
+    random.Random(seed).shuffle(order)
+    return [facts[i] for i in order]
+
+
+def select_facts(probe_rows: list[dict], min_known: int, limit: int | None, seed: int) -> list[StudyFact]:
+    """Facts answered in at least `min_known` paraphrases; a seeded sample of `limit` of them (file order kept)."""
+    known = known_facts(probe_rows, min_known)
     if limit is not None and limit < len(known):
         # a prefix of one seeded permutation: a larger limit studies a superset (and reuses stored work)
-        order = list(range(len(known)))
-        random.Random(seed).shuffle(order)
-        keep = set(order[:limit])
-        known = [fact for i, fact in enumerate(known) if i in keep]
+        keep = {f.fact_id for f in seeded_order(known, seed)[:limit]}
+        known = [fact for fact in known if fact.fact_id in keep]
     return known

@@ -19,7 +19,6 @@ the study's first method); the ``kn`` signal does, so its rows are per method, t
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.experiments.editors import make_editor, sample
+from knowloc.study.facts import known_facts, seeded_order
 from knowloc.study.experiments.tracing import fact_traces, kn_profile, mlp_profile, rows_once_per_fact
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
@@ -58,10 +58,12 @@ def lve_layers(cfg: StudyConfig, n_layers: int) -> list[int]:
 
 
 def subset(ctx: StudyContext, model: str) -> set[str]:
-    """The seeded subset of --lve-facts studied facts (the same for every method)."""
-    ids = [f.fact_id for f in ctx.facts.get(model, [])]
-    rng = random.Random(ctx.seed_for(NAME, model))
-    return set(rng.sample(ids, min(ctx.config.lve_facts, len(ids))))
+    """The seeded subset of --lve-facts studied facts (the same for every method): the first of them in the
+    study's seeded order, so a study grown with a larger --facts keeps the subset (and its stored edits)."""
+    studied = {f.fact_id for f in ctx.facts.get(model, [])}
+    known = known_facts(ctx.probes.get(model, []), ctx.config.min_known)
+    ordered = [f.fact_id for f in seeded_order(known, ctx.config.seed) if f.fact_id in studied]
+    return set(ordered[: ctx.config.lve_facts])
 
 
 def check_model(cfg: StudyConfig, lm) -> None:
