@@ -1,7 +1,7 @@
 """`make demo`: the whole study on the embedded default model, then the HTML report.
 
 Sized to finish within 15 minutes on 2 CPU cores from a fresh clone: every experiment, methods IG and AMIG, on a
-seeded sample of 12 of the built-in facts SmolLM2-135M-Instruct knows, on two 1-thread Ray workers (the local
+seeded sample of 8 of the built-in facts SmolLM2-135M-Instruct knows, on two 1-thread Ray workers (the local
 executor when Ray is missing), with 5 locality prompts and 3 neutral sentences per edit, a specificity profile
 from 16 neutral prompts and 2 queries per relation (shipped for the embedded model,
 knowloc.attribution.shipped), a 2 x 2 CAS sweep (thresholds 0.1, 0.3; beta2 0, 1) and the update frontier (all
@@ -26,7 +26,7 @@ from knowloc.study.config import StudyConfig
 from knowloc.study.registry import names as experiment_names
 from knowloc.study.runner import run_study
 
-DEMO_FACTS = 12
+DEMO_FACTS = 8  # 12 before editors and tracing joined: 13.3 min then (docs/performance.md)
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
                      cas_sweep_thresholds=[0.1, 0.3], cas_sweep_beta2=[0.0, 1.0], update_sweep_queries=1,
                      rome_samples=32, rome_prefixes=2, trace_samples=3)
