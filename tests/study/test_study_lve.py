@@ -2,6 +2,7 @@
 subset, edits once for both methods, tracing added, Hase et al.'s regression rows and the finding; bad settings."""
 
 import json
+import re
 
 import pytest
 
@@ -66,18 +67,20 @@ def test_a_layer_beyond_the_model_writes_nothing(tmp_path, study_args):
 
 
 def test_dry_run_counts_only_the_units_that_work(tmp_path, study_args):
-    """tracing works in the first method's units, localization-vs-editing on its subset only: the plan times and
-    counts those, once per fact rather than per query."""
+    """tracing works in the first method's units, localization-vs-editing on its subset only: the plan has units
+    for those alone, and times them once per fact rather than per query."""
     from knowloc.study import plan
 
     lines = []
     config = StudyConfig(**study_args(tmp_path / "dry", **{**LVE_ARGS, "lve_facts": 2}))
     result = plan.print_plan(config, echo=lines.append)
-    n_facts = result["units"]["tiny-llama"]["tracing"] // 2  # units of both methods
+    units = result["units"]["tiny-llama"]
+    n_facts = int(re.search(r"tiny-llama: (\d+) facts studied", "\n".join(lines)).group(1))
     tracing = next(l for l in lines if l.strip().startswith("tracing:"))
     lve_line = next(l for l in lines if l.strip().startswith("localization-vs-editing:") and "units" in l)
-    assert f"{2 * n_facts} fact units missing, {n_facts} doing work x" in tracing
-    assert f"{2 * n_facts} fact units missing, 2 doing work x" in lve_line
+    assert f"{units['tracing']} fact units missing" in tracing and "s each" in tracing
+    assert units["localization-vs-editing"] == 2 and "2 fact units missing" in lve_line and "s each" in lve_line
+    assert units["tracing"] == n_facts  # one unit per fact, not one per method
     assert not (tmp_path / "dry").exists()
 
 
@@ -110,3 +113,25 @@ def test_more_facts_keep_the_subset_and_its_edits(tmp_path, study_args, monkeypa
     grown = json.loads(run_study(StudyConfig(**study_args(out, **args)), echo=lambda _: None).read_text())
     assert grown["facts"]["tiny-llama"] > small["facts"]["tiny-llama"] == 3
     assert first and edited == first  # no new edit: the subset stayed
+
+
+def test_a_larger_lve_facts_edits_only_the_added_facts(tmp_path, study_args, monkeypatch):
+    """--lve-facts is a view on one seeded order: raising it resumes the store and edits just the facts it adds."""
+    from knowloc.study.experiments import lve
+
+    edited = []
+    real = lve.measure_edit
+
+    def spy(lm, baseline, editor, q, request, *a, **k):
+        edited.append(request.prompt)
+        return real(lm, baseline, editor, q, request, *a, **k)
+    monkeypatch.setattr(lve, "measure_edit", spy)
+    out = tmp_path / "s"
+    args = {**LVE_ARGS, "lve_layers": ["0"], "methods": ["ig"]}
+    run_study(StudyConfig(**study_args(out, **{**args, "lve_facts": 1})), echo=lambda _: None)
+    first = set(edited)
+    edited.clear()
+    summary = json.loads(run_study(StudyConfig(**study_args(out, **{**args, "lve_facts": 2})),
+                                   echo=lambda _: None).read_text())
+    assert len(first) == 1 and len(set(edited)) == 1 and not first & set(edited)
+    assert {r["n"] for r in summary["localization_vs_editing"]} == {2}

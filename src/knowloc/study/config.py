@@ -154,8 +154,9 @@ class StudyConfig:
     trace_window: int = setting(6, help="tracing: layers restored together around each layer for mlp / attn "
                                 "(ROME: 10 of 48 layers; 6 keeps that share of a 30-layer model)")
     trace_queries: int = setting(1, help="tracing: queries traced per fact (its first known ones)")
-    lve_facts: int = setting(20, help="localization-vs-editing: facts edited at every --lve-layers layer (a seeded "
-                             "subset of the studied facts)")
+    lve_facts: int = setting(20, kind="view", help="localization-vs-editing: facts edited at every --lve-layers "
+                             "layer (the first of the studied facts in their seeded order: a larger value adds "
+                             "facts and keeps the stored edits)")
     lve_layers: list[str] = setting(factory=lambda: ["every3"], help="localization-vs-editing: layers rome and ft "
                                     "edit ('every3' = 0, 3, 6, ...; or layer numbers)")
     compute_dtype: str = setting("fp32", aliases=("--dtype",), help="precision of attribution and editing "

@@ -177,25 +177,20 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                             prepared = time.perf_counter() - begin
                             estimate += prepared
                             lines.append(f"  {experiment.name}: prepared once per model in {prepared:.1f} s")
-                        working = [u for u in mine if experiment.works is None
-                                   or experiment.works(timing_ctx, u.model, u.method, u.fact_id)]
-                        if not working:
-                            lines.append(f"  {experiment.name}: {len(mine)} fact units missing, none doing work")
-                            continue
-                        # the median fact when it works (else the first that does: an experiment that works on some
-                        # facts only needs no attribution, as tracing and localization-vs-editing)
-                        timed = fact if any(u.fact_id == fact.fact_id for u in working) \
-                            else next(f for f in facts if f.fact_id == working[0].fact_id)
+                        # the median fact when it has a unit (else the first that has: tracing and
+                        # localization-vs-editing work on some facts only, and need no attribution)
+                        timed = fact if any(u.fact_id == fact.fact_id for u in mine) \
+                            else next(f for f in facts if f.fact_id == mine[0].fact_id)
                         unit = Unit(experiment.name, model, cfg.methods[0], timed.fact_id)
                         begin = time.perf_counter()
                         execute(timing_ctx, unit)
                         per_unit = time.perf_counter() - begin
                         if experiment.per_query:
-                            cost = per_unit * sum(sizes[u.fact_id] for u in working) / sizes[timed.fact_id]
+                            cost = per_unit * sum(sizes[u.fact_id] for u in mine) / sizes[timed.fact_id]
                             how = f"{per_unit:.1f} s for a {sizes[timed.fact_id]}-query fact, scaled by query count"
                         else:
-                            cost = per_unit * len(working)
-                            how = f"{len(working)} doing work x {per_unit:.1f} s"
+                            cost = per_unit * len(mine)
+                            how = f"{per_unit:.1f} s each"
                         estimate += cost
                         units_count[model][experiment.name] = len(mine)
                         lines.append(f"  {experiment.name}: {len(mine)} fact units missing, {how} = {cost:.0f} s")

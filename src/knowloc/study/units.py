@@ -59,8 +59,10 @@ def experiment_units(ctx: StudyContext, model: str) -> list[Unit]:
         if experiment(name).fact_work is None:
             continue
         done = ctx.store.done_trials(name)
+        works = experiment(name).works  # a unit that does no work is neither run nor stored
         units += [Unit(name, model, method, f.fact_id) for method in ctx.config.methods for f in ctx.facts[model]
-                  if trial_key(model, method, f.fact_id) not in done]
+                  if trial_key(model, method, f.fact_id) not in done
+                  and (works is None or works(ctx, model, method, f.fact_id))]
     return units
 
 

@@ -86,8 +86,6 @@ def works(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """rome and ft at each --lve-layers layer on the fact's first query (subset facts, first method's unit)."""
     cfg = ctx.config
-    if not works(ctx, model, method, fact.fact_id):
-        return [{"edited_in": cfg.methods[0], "in_subset": fact.fact_id in subset(ctx, model)}]
     session = ctx.edit_session(model, fact)
     lm = session.lm
     if session.target is None:

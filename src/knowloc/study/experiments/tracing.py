@@ -50,12 +50,9 @@ def works(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
-    """The tracing maps of the fact's traced queries (in the unit of the study's first method; the others note
-    where the maps are)."""
+    """The tracing maps of the fact's traced queries (run in the unit of the study's first method only)."""
     cfg = ctx.config
     queries = traced_queries(cfg, fact)
-    if not works(ctx, model, method, fact.fact_id):
-        return [{"query": q, "traced_in": cfg.methods[0]} for q in queries]
     lm = ctx.model(model)
     rows = []
     for q in queries:
