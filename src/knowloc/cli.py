@@ -350,7 +350,9 @@ def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(Non
     run_editors_benchmark(model, layer=layer, queries=queries, samples=samples, device=device, echo=typer.echo)
 
 
-def bench_tracing(model: str = ModelOpt, queries: int = typer.Option(3, min=1, help="built-in queries to trace"),
+def bench_tracing(model: str = ModelOpt,
+                  queries: int = typer.Option(7, min=1, help="built-in queries to trace (a fact of each relation "
+                                              "in turn)"),
                   samples: int = typer.Option(10, min=1, help="noise draws per query"),
                   window: int = typer.Option(6, min=1, help="layers restored together for mlp / attn"),
                   device: Optional[str] = DeviceOpt) -> None:
