@@ -19,7 +19,6 @@ the study's first method); the ``kn`` signal does, so its rows are per method, t
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from knowloc.analysis import Estimate
@@ -29,8 +28,8 @@ from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.experiments.editors import make_editor, sample
-from knowloc.study.facts import known_facts, seeded_order
 from knowloc.study.experiments.tracing import fact_traces, kn_profile, mlp_profile, rows_once_per_fact
+from knowloc.study.facts import known_facts, seeded_order
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
