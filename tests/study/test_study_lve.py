@@ -94,18 +94,24 @@ def test_more_facts_keep_the_summary_to_the_subset(tmp_path, study_args):
     assert summary["localization_vs_editing"] and all(r["n"] <= 2 for r in summary["localization_vs_editing"])
 
 
-def test_more_facts_keep_the_subset_and_its_edits(tmp_path, study_args, monkeypatch):
-    """The subset is the first --lve-facts studied facts in the study's seeded order: growing --facts keeps it,
-    so the grown study edits nothing new."""
+@pytest.fixture
+def edited(monkeypatch) -> list[str]:
+    """The prompts localization-vs-editing edits, in order, as the study runs."""
     from knowloc.study.experiments import lve
 
-    edited = []
+    prompts = []
     real = lve.measure_edit
 
     def spy(lm, baseline, editor, q, request, *a, **k):
-        edited.append(request.prompt)
+        prompts.append(request.prompt)
         return real(lm, baseline, editor, q, request, *a, **k)
     monkeypatch.setattr(lve, "measure_edit", spy)
+    return prompts
+
+
+def test_more_facts_keep_the_subset_and_its_edits(tmp_path, study_args, edited):
+    """The subset is the first --lve-facts studied facts in the study's seeded order: growing --facts keeps it,
+    so the grown study edits nothing new."""
     out = tmp_path / "s"
     args = {**LVE_ARGS, "lve_facts": 2, "lve_layers": ["0"], "methods": ["ig"]}
     small = json.loads(run_study(StudyConfig(**study_args(out, facts=3, **args)), echo=lambda _: None).read_text())
@@ -115,17 +121,8 @@ def test_more_facts_keep_the_subset_and_its_edits(tmp_path, study_args, monkeypa
     assert first and edited == first  # no new edit: the subset stayed
 
 
-def test_a_larger_lve_facts_edits_only_the_added_facts(tmp_path, study_args, monkeypatch):
+def test_a_larger_lve_facts_edits_only_the_added_facts(tmp_path, study_args, edited):
     """--lve-facts is a view on one seeded order: raising it resumes the store and edits just the facts it adds."""
-    from knowloc.study.experiments import lve
-
-    edited = []
-    real = lve.measure_edit
-
-    def spy(lm, baseline, editor, q, request, *a, **k):
-        edited.append(request.prompt)
-        return real(lm, baseline, editor, q, request, *a, **k)
-    monkeypatch.setattr(lve, "measure_edit", spy)
     out = tmp_path / "s"
     args = {**LVE_ARGS, "lve_layers": ["0"], "methods": ["ig"]}
     run_study(StudyConfig(**study_args(out, **{**args, "lve_facts": 1})), echo=lambda _: None)
