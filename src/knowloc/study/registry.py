@@ -71,10 +71,10 @@ class Experiment:
     prepare(ctx, model): optional work once per model in the driver before the facts' units run, when some are
         missing (e.g. statistics every unit reads, computed once and stored: the editors experiment's ROME C).
     works(ctx, model, method, fact_id) -> bool: optional, whether a fact unit does the work at all (tracing and
-        localization-vs-editing work in the unit of the study's first method only, the latter on a subset of
-        facts); a unit that does none is neither run nor stored, so a later setting under which it works (a
-        larger --lve-facts) runs it. ``per_query``: whether that work grows with the fact's number of queries; the dry run's plan
-        counts only the working units, scaled by query count when ``per_query``.
+        localization-vs-editing work in the unit of the study's first method only, the latter on a subset of facts);
+        a unit that does none is neither run nor stored, so a later setting under which it works (a larger
+        --lve-facts) runs it. ``per_query``: whether that work grows with the fact's number of queries; the dry
+        run's plan counts only the working units, scaled by query count when ``per_query``.
     finalize(ctx, model): optional work once per model after every fact (e.g. examples that need the groups).
     validate(config): optional check (and normalization) of the settings it owns; raises KnowlocError with one
         line. Runs for every registered experiment whenever a StudyConfig is made.
