@@ -15,16 +15,22 @@ LVE_ARGS = dict(experiments=["consistency", "localization-vs-editing"], methods=
                 ft_steps=3)
 
 
-def test_lve_study_end_to_end(tmp_path, study_args, monkeypatch):
+@pytest.fixture
+def edits(monkeypatch) -> list[tuple[str, str, int]]:
+    """(prompt, editor class, layer) of every edit localization-vs-editing makes, in order, as the study runs."""
     from knowloc.study.experiments import lve
 
-    edits = []
+    made = []
     real = lve.measure_edit
 
     def spy(lm, baseline, editor, q, request, *a, **k):
-        edits.append((request.prompt, type(editor).__name__, request.layer))
+        made.append((request.prompt, type(editor).__name__, request.layer))
         return real(lm, baseline, editor, q, request, *a, **k)
     monkeypatch.setattr(lve, "measure_edit", spy)
+    return made
+
+
+def test_lve_study_end_to_end(tmp_path, study_args, edits):
     out = tmp_path / "study"
     config = StudyConfig(**study_args(out, **LVE_ARGS))
     assert "tracing" in config.experiments  # the tracing signal comes with it
@@ -94,41 +100,27 @@ def test_more_facts_keep_the_summary_to_the_subset(tmp_path, study_args):
     assert summary["localization_vs_editing"] and all(r["n"] <= 2 for r in summary["localization_vs_editing"])
 
 
-@pytest.fixture
-def edited(monkeypatch) -> list[str]:
-    """The prompts localization-vs-editing edits, in order, as the study runs."""
-    from knowloc.study.experiments import lve
-
-    prompts = []
-    real = lve.measure_edit
-
-    def spy(lm, baseline, editor, q, request, *a, **k):
-        prompts.append(request.prompt)
-        return real(lm, baseline, editor, q, request, *a, **k)
-    monkeypatch.setattr(lve, "measure_edit", spy)
-    return prompts
-
-
-def test_more_facts_keep_the_subset_and_its_edits(tmp_path, study_args, edited):
+def test_more_facts_keep_the_subset_and_its_edits(tmp_path, study_args, edits):
     """The subset is the first --lve-facts studied facts in the study's seeded order: growing --facts keeps it,
     so the grown study edits nothing new."""
     out = tmp_path / "s"
     args = {**LVE_ARGS, "lve_facts": 2, "lve_layers": ["0"], "methods": ["ig"]}
     small = json.loads(run_study(StudyConfig(**study_args(out, facts=3, **args)), echo=lambda _: None).read_text())
-    first = list(edited)
+    first = list(edits)
     grown = json.loads(run_study(StudyConfig(**study_args(out, **args)), echo=lambda _: None).read_text())
     assert grown["facts"]["tiny-llama"] > small["facts"]["tiny-llama"] == 3
-    assert first and edited == first  # no new edit: the subset stayed
+    assert first and edits == first  # no new edit: the subset stayed
 
 
-def test_a_larger_lve_facts_edits_only_the_added_facts(tmp_path, study_args, edited):
+def test_a_larger_lve_facts_edits_only_the_added_facts(tmp_path, study_args, edits):
     """--lve-facts is a view on one seeded order: raising it resumes the store and edits just the facts it adds."""
     out = tmp_path / "s"
     args = {**LVE_ARGS, "lve_layers": ["0"], "methods": ["ig"]}
     run_study(StudyConfig(**study_args(out, **{**args, "lve_facts": 1})), echo=lambda _: None)
-    first = set(edited)
-    edited.clear()
+    first = {prompt for prompt, _, _ in edits}
+    edits.clear()
     summary = json.loads(run_study(StudyConfig(**study_args(out, **{**args, "lve_facts": 2})),
                                    echo=lambda _: None).read_text())
-    assert len(first) == 1 and len(set(edited)) == 1 and not first & set(edited)
+    added = {prompt for prompt, _, _ in edits}
+    assert len(first) == 1 and len(added) == 1 and not first & added
     assert {r["n"] for r in summary["localization_vs_editing"]} == {2}
