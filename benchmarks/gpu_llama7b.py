@@ -11,12 +11,9 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from knowloc.attribution import attribute
-from knowloc.models.lm import LanguageModel
-from knowloc.models.registry import resolve
-from knowloc.models.tiny import tiny_tokenizer
+from knowloc.models import load_model
 
 
 def main() -> None:
@@ -26,15 +23,9 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, default=2.0, help="activation budget of the engine")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this script needs a CUDA GPU"
-    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="eager")
-    model.eval().requires_grad_(False)
-    tokenizer = tiny_tokenizer(False)  # any tokenizer: ids < 512 are valid for a 32k vocabulary
-    lm = LanguageModel(model=model, tokenizer=tokenizer, arch=resolve(model), name="random-llama-7b")
-    weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    # built on the GPU in bf16 (no fp32 or CPU copy), with the tiny models' tokenizer (ids < 512)
+    lm = load_model("random:llama2-7b", device="cuda", dtype="bf16", seed=0)
+    weights_gb = sum(p.numel() * p.element_size() for p in lm.model.parameters()) / 2**30
     prompt = "In which country is the city of Lyon? The answer is"
     attribute(lm, prompt, "France", steps=args.steps, memory_gb=args.memory_gb)  # warm-up
     torch.cuda.reset_peak_memory_stats()

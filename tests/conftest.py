@@ -13,6 +13,14 @@ settings.load_profile("knowloc")
 # Tiny models gain nothing from threads, and OpenMP spin-waits make them crawl when the cores are shared.
 torch.set_num_threads(1)
 
+# One suite for any device: KNOWLOC_TEST_DEVICE (default: cuda where a GPU is available, else cpu) is where every
+# model of the suite lives. It is also put in KNOWLOC_DEVICE, the device every `load_model(device=None)` takes
+# (the CLI's, a study's and a Ray worker's loads too), so a test builds its inputs on the `device` fixture and never
+# assumes the CPU. CI runs on the CPU.
+TEST_DEVICE = os.environ.get("KNOWLOC_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+os.environ["KNOWLOC_DEVICE"] = TEST_DEVICE
+ON_CPU = torch.device(TEST_DEVICE).type == "cpu"
+
 REPO = Path(__file__).resolve().parents[1]
 PARAREL = REPO.parent / "shared" / "data" / "pararel"
 
@@ -23,6 +31,12 @@ def _own_attribution_cache(tmp_path_factory, monkeypatch):
     test then computes what it checks, and one test's entries cannot change what another one runs."""
     monkeypatch.setenv("KNOWLOC_ATTRIBUTION_CACHE", str(tmp_path_factory.mktemp("attribution-cache")))
     monkeypatch.setenv("KNOWLOC_COVARIANCE_CACHE", str(tmp_path_factory.mktemp("covariance-cache")))
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The suite's device (``KNOWLOC_TEST_DEVICE``): every tiny model lives there, every input is built there."""
+    return torch.device(TEST_DEVICE)
 
 
 @pytest.fixture()
@@ -55,7 +69,7 @@ def tiny_models():
 
     def get(name: str):
         if name not in cache:
-            cache[name] = load_model(name)
+            cache[name] = load_model(name, device=TEST_DEVICE)
         return cache[name]
     return get
 

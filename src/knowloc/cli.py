@@ -45,7 +45,8 @@ from knowloc.study.store import Store
 from knowloc.tracing import TraceSettings
 
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="built-in name, .gguf path, HF directory or hub id")
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: $KNOWLOC_DEVICE, else cuda if "
+                         "available)")
 DtypeOpt = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16")
 CONTEXT = {"max_content_width": 120, "help_option_names": ["-h", "--help"]}
 # cas-sweep: the study flags it takes (the grid under its own short names, --beta1 / --beta2 / --thresholds)
@@ -182,7 +183,9 @@ def localize(prompt: str = typer.Option(..., help="the query prompt, without the
         return
     typer.echo(f"{result.prompt!r} -> {target!r}  P(first token)={result.p_first:.4f} (rank {result.target_rank})  "
                f"objective {result.objective}={result.prob:.4f}  method={method} steps={result.steps}")
-    typer.echo("model's top-5 next tokens: " + ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in result.top_k))
+    # a token the tokenizer cannot spell (a random-init shape's ids beyond its small vocabulary) shows its id
+    typer.echo("model's top-5 next tokens: " + ", ".join(f"{t['token'] or '#' + str(t.get('id'))!r} {t['prob']:.3f}"
+                                                          for t in result.top_k))
     if result.warning:
         typer.echo(f"warning: {result.warning}", err=True)
     typer.echo(f"{len(neurons)} knowledge neurons (score > {threshold} x max); top {len(shown)}, each with "

@@ -22,7 +22,7 @@ def _out_proj(lm, layer):
 
 
 def _ids(lm, text=PROMPT):
-    return torch.tensor([lm.encode(text).prompt_ids])
+    return torch.tensor([lm.encode(text).prompt_ids], device=lm.device)  # where the model lives
 
 
 @torch.no_grad()
@@ -118,7 +118,7 @@ def test_scaling_without_and_with_renormalisation(name, tiny_models):
     with scale_attention(lm, [(layer, head, pos)], 2.0, renormalize=True):
         norm = attention_rows(lm, PROMPT)
     assert not torch.equal(norm[layer, head], base)
-    torch.testing.assert_close(norm[layer, head].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(norm[layer, head].sum(), torch.tensor(1.0))  # attention_rows: on the CPU
     torch.testing.assert_close(norm[layer, head], raw[layer, head] / (1 + base[pos]))
     assert norm[layer, head, pos] > base[pos]
     # a row scaled to zero everywhere stays zero (no 0/0)
@@ -127,7 +127,7 @@ def test_scaling_without_and_with_renormalisation(name, tiny_models):
     assert torch.count_nonzero(zero[layer, head]) == 0
 
 
-def test_gpt2_scaling_options_and_upcast_path():
+def test_gpt2_scaling_options_and_upcast_path(device):
     """GPT-2's reorder_and_upcast_attn path and inverse-layer scaling go through the same mechanism."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -138,7 +138,7 @@ def test_gpt2_scaling_options_and_upcast_path():
     config = GPT2Config(vocab_size=512, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,
                         reorder_and_upcast_attn=True, scale_attn_by_inverse_layer_idx=True)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel._from_config(config, attn_implementation="eager").eval()
+    model = GPT2LMHeadModel._from_config(config, attn_implementation="eager").eval().to(device)
     lm = LanguageModel(model=model, tokenizer=tiny_tokenizer(False), arch=resolve(model), name="gpt2-variant")
     ids = _ids(lm)
     base = _logits(lm, ids)

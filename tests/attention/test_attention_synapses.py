@@ -18,18 +18,18 @@ PROMPT = "The capital of France is"
 # --- attention_rows -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_attention_rows_match_output_attentions(name):
+def test_attention_rows_match_output_attentions(name, device):
     from knowloc.models import load_model
 
-    lm = load_model(name)  # not the shared session model: output_attentions=True leaves transformers' capture hooks
+    lm = load_model(name)  # on the suite's device; not the shared session model: output_attentions=True leaves transformers' capture hooks
     rows = attention_rows(lm, PROMPT)
     ids = lm.encode(PROMPT).prompt_ids
     assert rows.shape == (lm.n_layers, n_heads(lm), len(ids))
-    assert rows.dtype == torch.float32
-    torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[:2]))
+    assert rows.dtype == torch.float32 and rows.device.type == "cpu"
+    torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[:2]))  # rows come back on the CPU
     with torch.no_grad():
-        out = lm.model(input_ids=torch.tensor([ids]), output_attentions=True)
-    expected = torch.stack([a[0, :, -1, :] for a in out.attentions]).float()
+        out = lm.model(input_ids=torch.tensor([ids], device=device), output_attentions=True)
+    expected = torch.stack([a[0, :, -1, :] for a in out.attentions]).float().cpu()
     assert torch.equal(rows, expected)
 
 
@@ -44,7 +44,7 @@ def test_attention_rows_needs_eager():
 # --- knowledge_synapses ---------------------------------------------------------------------------------------
 
 def _rows() -> torch.Tensor:
-    rows = torch.tensor([
+    rows = torch.tensor([  # on the CPU, as attention_rows returns them
         [[0.50, 0.10, 0.20, 0.15, 0.05], [0.10, 0.10, 0.30, 0.30, 0.20]],
         [[0.90, 0.04, 0.03, 0.02, 0.01], [0.00, 0.40, 0.10, 0.25, 0.25]],
     ])
@@ -63,10 +63,10 @@ def test_top_k_includes_first_when_asked():
 
 
 def test_top_k_ties_go_to_lower_position_and_k_caps_at_row_length():
-    rows = torch.full((1, 1, 4), 0.25)
+    rows = torch.full((1, 1, 4), 0.25)  # on the CPU, as attention_rows returns them
     assert knowledge_synapses(rows, k=2) == [(0, 0, 1), (0, 0, 2)]
     assert knowledge_synapses(rows, k=10) == [(0, 0, 1), (0, 0, 2), (0, 0, 3)]
-    assert knowledge_synapses(torch.ones(1, 1, 1), k=3) == []
+    assert knowledge_synapses(torch.ones(1, 1, 1), k=3) == []  # on the CPU, as attention_rows returns them
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
@@ -77,7 +77,7 @@ def test_top_k_rejects_bad_k(bad):
 
 def test_top_k_rejects_bad_rows():
     with pytest.raises(KnowlocError):
-        knowledge_synapses(torch.ones(2, 3), k=1)
+        knowledge_synapses(torch.ones(2, 3), k=1)  # on the CPU, as attention_rows returns them
 
 
 def test_synapses_of_a_real_forward(tiny_models):

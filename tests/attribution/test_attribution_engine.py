@@ -52,14 +52,14 @@ def test_log_probability_objective_and_pre_activation_site():
     assert_equivalent(fast, attribute_reference(lm, enc, config))
 
 
-def test_riemann_sum_converges_to_probability_difference(tiny_models):
+def test_riemann_sum_converges_to_probability_difference(tiny_models, device):
     """Completeness of IG for one layer: sum_i Attr_i -> P(o | a) - P(o | a^l = 0)."""
     from knowloc.models.hooks import scale_neurons
 
     lm = tiny_models("tiny-llama")
     enc = lm.encode(PROMPT, "Paris")
     layer = 1
-    ids = torch.tensor([enc.input_ids])
+    ids = torch.tensor([enc.input_ids], device=device)
     with torch.no_grad():
         p_full = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[enc.target_ids[0]]
         with scale_neurons(lm, {layer: list(range(lm.n_neurons))}, 0.0, position=enc.last_pos):
@@ -132,13 +132,14 @@ def test_recorded_block_arguments_serve_other_queries_of_the_same_shape(tiny_mod
 
 
 @pytest.mark.parametrize("objective", ["prob", "logprob"])
-def test_engine_returns_the_clean_objective(tiny_models, objective):
+def test_engine_returns_the_clean_objective(tiny_models, device, objective):
     lm = tiny_models("tiny-gemma")
     enc = lm.encode(PROMPT, "Paris Rome")
     _, value = attribute_fast(lm, enc, MethodConfig("ig", steps=2, objective=objective))
     with torch.no_grad():
-        logits = lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0, enc.last_pos:].float()
-    gold = torch.log_softmax(logits, -1)[torch.arange(enc.n_target), list(enc.target_ids)]
+        logits = lm.model(input_ids=torch.tensor([enc.input_ids], device=device)).logits[0, enc.last_pos:].float()
+    gold = torch.log_softmax(logits, -1)[torch.arange(enc.n_target, device=device),
+                                         torch.tensor(enc.target_ids, device=device)]
     expected = gold.mean() if objective == "logprob" else gold.exp().mean()
     assert value == pytest.approx(float(expected), rel=1e-5)
 
@@ -178,7 +179,7 @@ def test_convergence_delta_shrinks_with_steps(tiny_models, method):
     assert attribute(lm, PROMPT, "Paris", steps=2).convergence_delta is None
 
 
-def test_convergence_delta_baseline_objective_matches_a_patched_forward(tiny_models):
+def test_convergence_delta_baseline_objective_matches_a_patched_forward(tiny_models, device):
     from knowloc.attribution.completeness import objective_at_baselines
     from knowloc.models.hooks import scale_neurons
 
@@ -187,7 +188,7 @@ def test_convergence_delta_baseline_objective_matches_a_patched_forward(tiny_mod
     at_zero = objective_at_baselines(lm, enc, MethodConfig("ig", 3), batch_rows=2)
     for layer in range(lm.n_layers):
         with torch.no_grad(), scale_neurons(lm, {layer: list(range(lm.n_neurons))}, 0.0, position=enc.last_pos):
-            p = torch.softmax(lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1], -1)
+            p = torch.softmax(lm.model(input_ids=torch.tensor([enc.input_ids], device=device)).logits[0, -1], -1)
         assert float(at_zero[0, layer]) == pytest.approx(float(p[enc.target_ids[0]]), rel=1e-5)
 
 
@@ -222,13 +223,13 @@ def test_prepare_returns_a_complete_record_and_chunks_share_the_clean_run(tiny_m
     assert_equivalent(chunked, whole)
 
 
-def test_attribution_says_what_the_model_predicts(tiny_models):
+def test_attribution_says_what_the_model_predicts(tiny_models, device):
     """p_first (first target token) is separate from the multi-token objective; top_k lists the model's next
     tokens; a target that is not the top-1 is flagged and warned about."""
     from knowloc.attribution import TargetNotPredicted
 
     lm = tiny_models("tiny-llama")
-    ids = torch.tensor([lm.encode(PROMPT).prompt_ids])
+    ids = torch.tensor([lm.encode(PROMPT).prompt_ids], device=device)
     with torch.no_grad():
         probs = torch.softmax(lm.model(input_ids=ids).logits[0, -1].float(), -1)
     order = torch.argsort(probs, descending=True)
@@ -245,6 +246,7 @@ def test_attribution_says_what_the_model_predicts(tiny_models):
     assert result.target_rank == rank > 1 and not result.target_is_top1 and "rank" in result.warning
     assert result.p_first == pytest.approx(float(probs[lm.first_target_token(other)]), rel=1e-5)
     assert [t["token"] for t in result.top_k] == [lm.tokenizer.decode([int(i)]) for i in order[:5]]
+    assert [t["id"] for t in result.top_k] == [int(i) for i in order[:5]]
     assert result.top_k[0]["prob"] == pytest.approx(float(probs[order[0]]), rel=1e-5)
     multi = attribute(lm, PROMPT, f"{other} {other}", steps=2, warn=False)
     assert multi.p_first == pytest.approx(result.p_first, rel=1e-5) and multi.prob != pytest.approx(multi.p_first)

@@ -18,14 +18,20 @@ from knowloc.models.tiny import TINY
 LAYER = 3
 
 
-def _inputs(rows: int, heads: int, groups: int, n_q: int, n_pre: int, dim: int = 8, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+def _inputs(device, rows: int, heads: int, groups: int, n_q: int, n_pre: int, dim: int = 8, seed: int = 0):
+    """Seeded query/key/value/prefix on the suite's device (drawn on the CPU, so every device gets the same)."""
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same numbers on any device
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731  # drawn on the CPU, moved
     query = rand(rows, heads, n_q, dim)
     key, value = rand(rows, groups, n_q, dim), rand(rows, groups, n_q, dim)
     prefix = (rand(1, groups, n_pre, dim), rand(1, groups, n_pre, dim))
     module = SimpleNamespace(layer_idx=LAYER, num_key_value_groups=heads // groups, is_causal=True)
     return module, query, key, value, prefix
+
+
+def _tolerance(device) -> dict:
+    """fp32 on the CPU agrees to rounding; cuda's fused sdpa kernels accumulate in another order."""
+    return dict(rtol=1e-5, atol=1e-6) if device.type == "cpu" else dict(rtol=1e-4, atol=1e-5)
 
 
 def _replayed(module, query, key, value, prefix, mask, **kwargs):
@@ -52,37 +58,37 @@ def _concatenated(module, query, key, value, prefix, mask, **kwargs):
 @pytest.mark.parametrize("n_q", [1, 3])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
 @pytest.mark.parametrize("scaling", [None, 0.3])
-def test_prefix_attention_equals_sdpa_on_concatenated_keys(heads, groups, n_q, mask_kind, scaling):
+def test_prefix_attention_equals_sdpa_on_concatenated_keys(device, heads, groups, n_q, mask_kind, scaling):
     n_pre = 5
-    module, query, key, value, prefix = _inputs(rows=7, heads=heads, groups=groups, n_q=n_q, n_pre=n_pre)
-    causal = torch.ones(n_q, n_pre + n_q, dtype=torch.bool).tril(n_pre)
+    module, query, key, value, prefix = _inputs(device, rows=7, heads=heads, groups=groups, n_q=n_q, n_pre=n_pre)
+    causal = torch.ones(n_q, n_pre + n_q, dtype=torch.bool, device=device).tril(n_pre)
     causal[:, 1] = False  # a masked prefix position, as a padding or sliding-window mask has
     mask = {"none": None, "bool": causal.view(1, 1, n_q, -1),
-            "float": torch.zeros(1, 1, n_q, n_pre + n_q).masked_fill(~causal, float("-inf"))}[mask_kind]
+            "float": torch.zeros(1, 1, n_q, n_pre + n_q, device=device).masked_fill(~causal, -torch.inf)}[mask_kind]
     reference_mask = mask
     if mask_kind == "none" and n_q > 1:  # without a mask the replay is causal among its own positions only
-        reference_mask = torch.ones(n_q, n_pre + n_q, dtype=torch.bool).tril(n_pre).view(1, 1, n_q, -1)
+        reference_mask = torch.ones(n_q, n_pre + n_q, dtype=torch.bool, device=device).tril(n_pre).view(1, 1, n_q, -1)
     got = _replayed(module, query, key, value, prefix, mask, scaling=scaling)
     want = _concatenated(module, query, key, value, prefix, reference_mask, scaling=scaling)
     assert got.shape == (7, n_q, heads, 8)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, **_tolerance(device))
 
 
-def test_prefix_attention_gradients_match():
-    module, query, key, value, prefix = _inputs(rows=5, heads=6, groups=2, n_q=1, n_pre=4)
+def test_prefix_attention_gradients_match(device):
+    module, query, key, value, prefix = _inputs(device, rows=5, heads=6, groups=2, n_q=1, n_pre=4)
     grads = []
     for fn in (_replayed, _concatenated):
         leaves = [t.clone().requires_grad_(True) for t in (query, key, value)]
         out = fn(module, *leaves, prefix, None)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
         grads.append([leaf.grad for leaf in leaves])
     for got, want in zip(*grads):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, want, **_tolerance(device))
 
 
-def test_a_mask_of_another_length_falls_back_to_the_concatenated_keys():
-    module, query, key, value, prefix = _inputs(rows=3, heads=4, groups=2, n_q=1, n_pre=5)
-    short = torch.ones(1, 1, 1, 4, dtype=torch.bool)  # fits neither layout: sdpa must reject it as before
+def test_a_mask_of_another_length_falls_back_to_the_concatenated_keys(device):
+    module, query, key, value, prefix = _inputs(device, rows=3, heads=4, groups=2, n_q=1, n_pre=5)
+    short = torch.ones(1, 1, 1, 4, dtype=torch.bool, device=device)  # fits neither layout: sdpa must reject it as before
     with pytest.raises(RuntimeError):
         _replayed(module, query, key, value, prefix, short)
 
@@ -118,12 +124,12 @@ def test_every_sdpa_family_runs_the_staircase_through_the_prefix_attention(tiny_
         assert max(served) >= lm.n_layers  # every block's attention read the prefix through the prefix cache
 
 
-def test_a_per_head_mask_falls_back_to_sdpa_with_the_same_result():
-    module, query, key, value, prefix = _inputs(rows=3, heads=4, groups=2, n_q=1, n_pre=5)
-    mask = torch.ones(1, 4, 1, 6, dtype=torch.bool)
+def test_a_per_head_mask_falls_back_to_sdpa_with_the_same_result(device):
+    module, query, key, value, prefix = _inputs(device, rows=3, heads=4, groups=2, n_q=1, n_pre=5)
+    mask = torch.ones(1, 4, 1, 6, dtype=torch.bool, device=device)
     mask[0, 1, 0, 2] = False  # one head masks one prefix position
     got = _replayed(module, query, key, value, prefix, mask)
-    torch.testing.assert_close(got, _concatenated(module, query, key, value, prefix, mask), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, _concatenated(module, query, key, value, prefix, mask), **_tolerance(device))
 
 
 REGISTRATION = textwrap.dedent("""

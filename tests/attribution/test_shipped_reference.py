@@ -16,16 +16,17 @@ from knowloc.attribution.methods import MethodConfig
 
 
 def test_kept_map_gives_the_full_maps_kn_sets_at_every_threshold_above_the_floor():
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # on the CPU: score maps are CPU tensors, as attribute() returns them
     for _ in range(20):
-        scores = torch.randn(4, 64, generator=gen) ** 3
+        scores = torch.randn(4, 64, generator=gen) ** 3  # a score map: on the CPU
         entry = shipped.ShippedEntry(shipped.encode_entry(scores, 0.5, 1, "x", method="ig", steps=3, prompt="p",
                                                           target=None))
         full = scores.to(torch.float16).float()
         for t in (shipped.FLOOR, 0.15, 0.2, 0.5, 0.99):
             assert select_neurons(entry.scores(), t) == select_neurons(full, t)
         assert len(entry["neurons"]) < full.numel()
-    negative = shipped.encode_entry(-torch.rand(2, 8), 0.1, 1, "x", method="ig", steps=3, prompt="p", target=None)
+    negative = shipped.encode_entry(-torch.rand(2, 8), 0.1, 1, "x", method="ig", steps=3,  # a score map on the CPU
+                                    prompt="p", target=None)
     assert negative["neurons"] == []  # no positive score: no KN at any threshold
 
 

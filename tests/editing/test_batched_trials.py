@@ -64,7 +64,7 @@ def assert_same_result(single, batched):
         if f.name in THRESHOLDED:
             assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), (f.name, a, b)
             continue
-        a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+        a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)  # cpu: python floats
         assert a.shape == b.shape, f.name
         atol = 1e-6 * single.ppl_before if f.name in ("dppl", "ppl_after", "ppl_before") else 1e-6
         assert torch.allclose(a, b, rtol=1e-5, atol=atol, equal_nan=True), (f.name, a, b)

@@ -53,7 +53,7 @@ def test_empty_neuron_set_changes_nothing(setup, name):
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
-def test_erasing_all_neurons_changes_the_gold_probability(setup, name):
+def test_erasing_all_neurons_changes_the_gold_probability(setup, name, device):
     lm, baseline = setup(name)
     before = _state(lm)
     result = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", _all_neurons(lm), "erase"), baseline)
@@ -65,15 +65,17 @@ def test_erasing_all_neurons_changes_the_gold_probability(setup, name):
     assert result.avg == pytest.approx((result.rel + result.gen + result.loc) / 3)
     # the measured dprob is the relative change of the gold first-token probability with all MLPs off
     gold = lm.first_target_token("Paris")
+    ids = torch.tensor([list(lm.encode(PROMPTS[0]).prompt_ids)], device=device)
     with torch.no_grad():
-        for layer in range(lm.n_layers):
-            lm.mlp_out(layer).weight.zero_()
-        ids = torch.tensor([list(lm.encode(PROMPTS[0]).prompt_ids)])
-        p_after = torch.softmax(lm.model(input_ids=ids).logits[0, -1].float(), -1)[gold]
-        for key, value in before.items():
-            lm.model.state_dict()[key].copy_(value)
-    p_before = baseline.probs[0, gold]
-    assert result.dprob_self == pytest.approx(float((p_after - p_before) / p_before), rel=1e-4)
+        try:  # the model is shared by the whole session: restored whatever happens
+            for layer in range(lm.n_layers):
+                lm.mlp_out(layer).weight.zero_()
+            p_after = float(torch.softmax(lm.model(input_ids=ids).logits[0, -1].float(), -1)[gold])
+        finally:
+            for key, value in before.items():
+                lm.model.state_dict()[key].copy_(value)
+    p_before = float(baseline.probs[0, gold])
+    assert result.dprob_self == pytest.approx((p_after - p_before) / p_before, rel=1e-4)
     for key, value in lm.model.state_dict().items():
         assert torch.equal(value, before[key])
 
@@ -82,7 +84,7 @@ def _positive_last_layer_neurons(lm, prompt):
     """Last-layer neurons active (> 0) at the prompt's last position: adding E(o') to them pushes o' up."""
     last = lm.n_layers - 1
     with torch.no_grad(), trace_activations(lm, [last]) as records:
-        lm.model(input_ids=torch.tensor([list(lm.encode(prompt).prompt_ids)]))
+        lm.model(input_ids=torch.tensor([list(lm.encode(prompt).prompt_ids)], device=lm.device))
     act = records[last][0, -1]
     return [(last, int(i)) for i in torch.nonzero(act > 0).flatten()]
 
@@ -129,7 +131,7 @@ def test_locality_counts_changed_argmax(setup):
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma"])
-def test_perplexity_padding_equals_unpadded(tiny_models, name):
+def test_perplexity_padding_equals_unpadded(tiny_models, name, device):
     lm = tiny_models(name)
     texts = load_neutral_texts()[:5] + ["Short.", "A much longer sentence about the river, the bridge and the hill."]
     lengths = {len(lm.tokenizer(t)["input_ids"]) for t in texts}
@@ -137,7 +139,7 @@ def test_perplexity_padding_equals_unpadded(tiny_models, name):
     nll_sum, n_tokens = 0.0, 0
     with torch.no_grad():
         for text in texts:  # one unpadded forward per text
-            ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
+            ids = torch.tensor([lm.tokenizer(text)["input_ids"]], device=device)
             logits = lm.model(input_ids=ids).logits[0, :-1].float()
             nll_sum += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
             n_tokens += ids.shape[1] - 1

@@ -12,13 +12,14 @@ PROMPTS = ["The capital of France is", "France's capital city is", "The seat of 
 
 
 def _vectors(seed=0, k=5, d=8):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(k, d, generator=g), torch.randn(d, generator=g), torch.randn(d, generator=g)
+    """Value vectors and two unembedding rows on the CPU: rule_deltas is pure and needs no model."""
+    g = torch.Generator().manual_seed(seed)  # cpu
+    return torch.randn(k, d, generator=g), torch.randn(d, generator=g), torch.randn(d, generator=g)  # cpu
 
 
 def test_signed_equals_dai_when_every_activation_is_non_negative():
     values, e_old, e_new = _vectors()
-    acts = torch.tensor([0.5, 2.0, 0.0, 1e-6, 3.0])
+    acts = torch.tensor([0.5, 2.0, 0.0, 1e-6, 3.0])  # cpu, as _vectors
     dai = rule_deltas(values, e_old, e_new, None, 1.0, 8.0, "dai")
     assert torch.equal(rule_deltas(values, e_old, e_new, acts, 1.0, 8.0, "signed"), dai)
     assert torch.allclose(dai, (-e_old + 8 * e_new).expand(5, -1))
@@ -26,7 +27,7 @@ def test_signed_equals_dai_when_every_activation_is_non_negative():
 
 def test_signed_flips_the_change_of_negative_neurons():
     values, e_old, e_new = _vectors(1)
-    acts = torch.tensor([0.5, -2.0, 1.0, -0.1, 3.0])
+    acts = torch.tensor([0.5, -2.0, 1.0, -0.1, 3.0])  # cpu, as _vectors
     dai = rule_deltas(values, e_old, e_new, None, 1.5, 4.0, "dai")
     signed = rule_deltas(values, e_old, e_new, acts, 1.5, 4.0, "signed")
     for k, a in enumerate(acts):
@@ -37,7 +38,7 @@ def test_signed_flips_the_change_of_negative_neurons():
 
 def test_calibrated_scales_with_the_value_vector_norm():
     values, e_old, e_new = _vectors(2)
-    acts = torch.tensor([1.0, -1.0, 2.0, 0.3, -0.7])
+    acts = torch.tensor([1.0, -1.0, 2.0, 0.3, -0.7])  # cpu, as _vectors
     delta = rule_deltas(values, e_old, e_new, acts, 1.0, 2.0, "calibrated")
     direction = -e_old / e_old.norm() + 2.0 * e_new / e_new.norm()
     for k in range(5):
@@ -54,10 +55,10 @@ def test_calibrated_with_tied_lambdas_has_no_shared_component():
     the change is orthogonal to e + e' (the direction two tokens' rows share); otherwise its dot product with
     e + e' is (lambda2 - lambda1)/2 |e + e'|^2 per unit of |v_n|."""
     values, e_old, e_new = _vectors(3)
-    acts = torch.ones(5)
+    acts = torch.ones(5)  # cpu, as _vectors
     shared = e_old / e_old.norm() + e_new / e_new.norm()
     tied = rule_deltas(values, e_old, e_new, acts, 2.0, 2.0, "calibrated")
-    assert torch.allclose(tied @ shared, torch.zeros(5), atol=1e-5)
+    assert torch.allclose(tied @ shared, torch.zeros(5), atol=1e-5)  # cpu, as _vectors
     untied = rule_deltas(values, e_old, e_new, acts, 1.0, 2.0, "calibrated")
     expected = values.norm(dim=1) * 0.5 * shared.norm() ** 2
     assert torch.allclose(untied @ shared, expected, rtol=1e-5)
@@ -72,14 +73,14 @@ def test_sign_aware_rules_need_activations():
 
 
 @pytest.mark.parametrize("rule", ["signed", "calibrated"])
-def test_modified_applies_the_rule_and_restores(tiny_models, rule):
+def test_modified_applies_the_rule_and_restores(tiny_models, rule, device):
     lm = tiny_models("tiny-llama")
     neurons = [(0, 3), (1, 7), (2, 11)]
     acts = {(0, 3): 0.4, (1, 7): -1.2, (2, 11): 2.0}
     before = {n: lm.value_vector(*n).clone() for n in neurons}
     W = lm.arch.unembed(lm.model).weight.detach()
     expected = rule_deltas(torch.stack([before[n] for n in neurons]), W[5], W[9],
-                           torch.tensor([acts[n] for n in neurons]), 1.0, 3.0, rule)
+                           torch.tensor([acts[n] for n in neurons], device=device), 1.0, 3.0, rule)
     with modified(lm, "update", neurons, old_token=5, new_token=9, lambda2=3.0, rule=rule, activations=acts):
         for k, n in enumerate(neurons):
             assert torch.allclose(lm.value_vector(*n), before[n] + expected[k], atol=1e-6)

@@ -42,43 +42,61 @@ def rome(**kw) -> Rome:
 # --- ROME's update -----------------------------------------------------------------------------------------
 
 
+def _system(g):
+    """A positive definite C, a weight W, k* and v*: float64 on the CPU, where ROME's solve runs."""
+    a = torch.randn(12, 12, generator=g, dtype=torch.float64)  # cpu
+    c = a @ a.T + 0.1 * torch.eye(12, dtype=torch.float64)  # cpu
+    w = torch.randn(5, 12, generator=g, dtype=torch.float64)  # cpu
+    k_star = torch.randn(12, generator=g, dtype=torch.float64)  # cpu
+    v_star = torch.randn(5, generator=g, dtype=torch.float64)  # cpu
+    return c, w, k_star, v_star
+
+
 def test_rank_one_update_writes_v_star_at_k_star_and_nothing_on_the_c_orthogonal_keys():
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(12, 12, generator=g, dtype=torch.float64)
-    c = a @ a.T + 0.1 * torch.eye(12, dtype=torch.float64)
-    w = torch.randn(5, 12, generator=g, dtype=torch.float64)
-    k_star = torch.randn(12, generator=g, dtype=torch.float64)
-    v_star = torch.randn(5, generator=g, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)  # cpu: rank_one_update is pure maths on C's device
+    c, w, k_star, v_star = _system(g)
     dw = rank_one_update(c, k_star, v_star - w @ k_star)
     assert torch.allclose((w + dw) @ k_star, v_star, atol=1e-10)
     u = torch.linalg.solve(c, k_star)
     for _ in range(5):  # keys with k^T C^-1 k* = 0 keep their values
-        k = torch.randn(12, generator=g, dtype=torch.float64)
+        k = torch.randn(12, generator=g, dtype=torch.float64)  # cpu
         k = k - (k @ u) / (u @ u) * u
         assert abs(float(k @ u)) < 1e-10
         assert torch.allclose((w + dw) @ k, w @ k, atol=1e-10)
-    other = torch.randn(12, generator=g, dtype=torch.float64)  # a generic key does change
+    other = torch.randn(12, generator=g, dtype=torch.float64)  # cpu; a generic key does change
     assert not torch.allclose((w + dw) @ other, w @ other)
+
+
+def test_rank_one_update_solves_where_c_is_whatever_the_device_of_k_star(device):
+    """C comes from the store on the CPU while k* and the residual may come from the model's device: the solve
+    runs on the CPU in float64 and gives the all-CPU result bit for bit."""
+    c, w, k_star, v_star = _system(torch.Generator().manual_seed(1))  # cpu
+    on_cpu = rank_one_update(c, k_star, v_star - w @ k_star, ridge=1e-6)
+    mixed = rank_one_update(c, k_star.to(device), (v_star - w @ k_star).to(device), ridge=1e-6)
+    assert mixed.device.type == "cpu" and mixed.dtype == torch.float64
+    assert torch.equal(mixed, on_cpu)
 
 
 def test_rank_one_update_refuses_a_singular_c():
     with pytest.raises(KnowlocError, match="singular"):
-        rank_one_update(torch.zeros(3, 3, dtype=torch.float64), torch.ones(3, dtype=torch.float64),
-                        torch.ones(2, dtype=torch.float64))
+        rank_one_update(torch.zeros(3, 3, dtype=torch.float64), torch.ones(3, dtype=torch.float64),  # cpu
+                        torch.ones(2, dtype=torch.float64))  # cpu
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_rome_writes_v_star_at_k_star_in_the_model(tiny_models, name):
+def test_rome_writes_v_star_at_k_star_in_the_model(tiny_models, name, device):
     lm = tiny_models(name)
     editor = rome(steps=5, lr=0.5)
     req = request(lm)
     k_star, v_star, _ = editor.key_and_value(lm, req)
+    assert k_star.device.type == v_star.device.type == "cpu"  # float64 results on the CPU
     saved = weights(lm)
     module = lm.mlp_out(req.layer)
     with editor.apply(lm, req) as applied:
         assert applied.start == req.layer
+        assert module.weight.device.type == device.type  # edited in place, on the model's device
         with torch.no_grad():
-            out = module(k_star.float()[None])[0].double()
+            out = module(k_star.to(device=device, dtype=lm.dtype)[None])[0].double().cpu()
         assert torch.allclose(out, v_star, atol=1e-4, rtol=1e-4)
         changed = [n for n, p in lm.model.named_parameters() if not torch.equal(p, saved[n])]
         assert changed == [n for n, p in lm.model.named_parameters() if p is module.weight]
@@ -230,11 +248,12 @@ def test_c_is_computed_once_and_read_back(tiny_models, tmp_path):
     assert not torch.equal(second.get(lm, 1, TextSample(n=7, length=8)), c) and second.computed == 1
 
 
-def test_bench_editors_prints_each_editors_time_and_what_it_keeps(capsys):
+def test_bench_editors_prints_each_editors_time_and_what_it_keeps(capsys, device):
     from knowloc.cli import main
 
     assert main(["bench", "editors", "--model", "tiny-llama", "--queries", "2", "--samples", "4"]) == 0
     out = capsys.readouterr().out
+    assert f"tiny-llama on {device.type}" in out  # the suite's device (KNOWLOC_DEVICE), not an assumed CPU
     assert "C of layer 1 over 4 x 64 tokens" in out
     for name in ("kn", "kn-ft", "ft", "rome"):
         line = next(l for l in out.splitlines() if l.strip().startswith(name + " "))

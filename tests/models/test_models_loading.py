@@ -27,18 +27,19 @@ def test_pickle_weights_refused_unless_allowed(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_local_safetensors_directory_roundtrip(tmp_path, tiny_models):
+def test_local_safetensors_directory_roundtrip(tmp_path, tiny_models, device):
     lm = tiny_models("tiny-qwen2")
     lm.model.save_pretrained(tmp_path)
     lm.tokenizer.save_pretrained(tmp_path)
-    again = load_model(str(tmp_path))
-    ids = torch.tensor([lm.encode("The capital of France is").prompt_ids])
+    again = load_model(str(tmp_path))  # on the suite's device, like lm
+    assert again.device == lm.device
+    ids = torch.tensor([lm.encode("The capital of France is").prompt_ids], device=device)
     with torch.no_grad():
         assert torch.equal(lm.model(input_ids=ids).logits, again.model(input_ids=ids).logits)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
-def test_cuda_without_gpu():
+def test_cuda_without_gpu():  # about a machine without a GPU: the CPU suite only
     with pytest.raises(KnowlocError, match="no CUDA GPU"):
         load_model("tiny-gpt2", device="cuda")
 
@@ -55,12 +56,12 @@ def test_bad_dtype_and_site():
     ("smollm2", "llama", (30, 1536), "The capital of France is", 1),
     ("gemma3", "gemma3", (18, 2048), "The capital city of France is", 5),  # the base model often says " a" first
 ])
-def test_builtin_models_know_paris(request, fixture, family, shape, prompt, within):
+def test_builtin_models_know_paris(request, device, fixture, family, shape, prompt, within):
     lm = request.getfixturevalue(fixture)
     assert lm.arch.family == family and (lm.n_layers, lm.n_neurons) == shape
     enc = lm.encode(prompt, "Paris")
     with torch.no_grad():
-        logits = lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0, -1]
+        logits = lm.model(input_ids=torch.tensor([enc.input_ids], device=device)).logits[0, -1]
     assert enc.target_ids[0] in logits.topk(within).indices.tolist()
 
 

@@ -27,14 +27,14 @@ def test_value_logits_read_the_value_vector_through_the_final_norm(tiny_models, 
         cap = getattr(lm.model.config, "final_logit_softcapping", None)
         if cap:
             expected = torch.tanh(expected / cap) * cap
-        torch.testing.assert_close(logits[row], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[row], expected.cpu(), rtol=1e-5, atol=1e-5)  # value_logits: on the CPU
     item = describe_neurons(lm, [(2, 40)], k=4)[0]
     order = torch.argsort(logits[1], descending=True)
     assert [t for t, _ in item["promoted"]] == [lm.tokenizer.decode([int(i)]) for i in order[:4]]
     assert [t for t, _ in item["suppressed"]] == [lm.tokenizer.decode([int(i)]) for i in order.flip(0)[:4]]
 
 
-def test_activation_stats_match_a_traced_forward(tiny_models):
+def test_activation_stats_match_a_traced_forward(tiny_models, device):
     from knowloc.models.hooks import trace_activations
 
     lm = tiny_models("tiny-llama")
@@ -43,7 +43,7 @@ def test_activation_stats_match_a_traced_forward(tiny_models):
     values = []
     for p in prompts:
         with torch.no_grad(), trace_activations(lm, [1]) as acts:
-            lm.model(input_ids=torch.tensor([lm.encode(p).prompt_ids]))
+            lm.model(input_ids=torch.tensor([lm.encode(p).prompt_ids], device=device))
         values.append(float(acts[1][0, -1, 7]))
     assert stats["mean"] == pytest.approx(sum(values) / 2, rel=1e-4, abs=1e-6)
     assert stats["min"] == pytest.approx(min(values), rel=1e-4) and stats["max"] == pytest.approx(max(values), rel=1e-4)

@@ -12,7 +12,7 @@ PROMPT = "The capital of France is"
 
 def _logits(lm, text=PROMPT):
     with torch.no_grad():
-        return lm.model(input_ids=torch.tensor([lm.encode(text).prompt_ids])).logits
+        return lm.model(input_ids=torch.tensor([lm.encode(text).prompt_ids], device=lm.device)).logits
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -33,11 +33,11 @@ def test_every_registered_family_has_a_tiny_model(tiny_models):
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_value_vector_lines_up_with_neuron_index(name, tiny_models):
+def test_value_vector_lines_up_with_neuron_index(name, tiny_models, device):
     """Zeroing neuron i's activation == zeroing its value vector: the registry's weight layout is right."""
     lm = tiny_models(name)
     layer, index = lm.n_layers - 1, 7
-    ids = torch.tensor([lm.encode(PROMPT).prompt_ids])
+    ids = torch.tensor([lm.encode(PROMPT).prompt_ids], device=device)
     with torch.no_grad():
         with scale_neurons(lm, [(layer, index)], 0.0, position=ids.shape[1] - 1):
             silenced = lm.model(input_ids=ids).logits[0, -1]
@@ -50,7 +50,7 @@ def test_value_vector_lines_up_with_neuron_index(name, tiny_models):
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma", "tiny-gpt-neox"])
-def test_hooks_and_edits_restore_model_bit_identically(name, tiny_models):
+def test_hooks_and_edits_restore_model_bit_identically(name, tiny_models, device):
     lm = tiny_models(name)
     before = _logits(lm)
     weights = {k: v.clone() for k, v in lm.model.state_dict().items()}
@@ -61,7 +61,7 @@ def test_hooks_and_edits_restore_model_bit_identically(name, tiny_models):
     with pytest.raises(RuntimeError):
         with edit_weights(lm) as editor:
             editor.zero_values([(0, 3), (1, 5)])
-            editor.add_value(1, 2, torch.ones(lm.value_vector(1, 2).shape))
+            editor.add_value(1, 2, torch.ones(lm.value_vector(1, 2).shape, device=device))
             assert not torch.equal(_logits(lm), before)
             raise RuntimeError("boom")
     with pytest.raises(RuntimeError):

@@ -16,7 +16,7 @@ PROMPTS = ["The capital of France is", "Paris is the capital of", "A dog"]
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_replay_from_a_middle_block_equals_the_full_forward(tiny_models, name):
+def test_replay_from_a_middle_block_equals_the_full_forward(tiny_models, device, name):
     lm = tiny_models(name)
     seqs = [list(lm.encode(p).prompt_ids) for p in PROMPTS]
     batch = RecordedBatch(lm, seqs)
@@ -33,8 +33,8 @@ def test_replay_from_a_middle_block_equals_the_full_forward(tiny_models, name):
     keep = batch.mask.bool()  # padded positions are never read
     torch.testing.assert_close(replayed[keep], edited[keep], rtol=1e-5, atol=1e-5)
     last = batch.last_positions(hidden)
-    lengths = torch.tensor([len(s) for s in seqs])
-    torch.testing.assert_close(lm.logits(last.unsqueeze(1))[:, 0], edited[torch.arange(3), lengths - 1],
+    lengths = torch.tensor([len(s) for s in seqs], device=device)
+    torch.testing.assert_close(lm.logits(last.unsqueeze(1))[:, 0], edited[torch.arange(3, device=device), lengths - 1],
                                rtol=1e-5, atol=1e-5)
 
 
@@ -60,9 +60,9 @@ def _hooks(lm) -> int:
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
-def test_block_call_capture_records_every_call_and_stops_when_asked(tiny_models, name):
+def test_block_call_capture_records_every_call_and_stops_when_asked(tiny_models, device, name):
     lm = tiny_models(name)
-    ids = torch.tensor([lm.encode(PROMPTS[0]).prompt_ids])
+    ids = torch.tensor([lm.encode(PROMPTS[0]).prompt_ids], device=device)
     hooks = _hooks(lm)
     with torch.no_grad():
         with capture_block_calls(lm.blocks) as full:

@@ -44,7 +44,7 @@ def study_context(tmp_path: Path, groups: dict[str, str | None], trials: dict[st
         for k, fid in enumerate(groups)])
     for fid, group in groups.items():
         for q, kn in enumerate(_KN[group]):
-            store.save_attribution(MODEL, METHOD, fid, q, 0.9, kn, torch.zeros(2, 4))
+            store.save_attribution(MODEL, METHOD, fid, q, 0.9, kn, torch.zeros(2, 4))  # cpu: stored scores
     for experiment, by_fact in trials.items():
         for fid, rows in by_fact.items():
             store.save_trials(experiment, trial_key(MODEL, METHOD, fid), rows)

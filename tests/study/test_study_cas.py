@@ -14,8 +14,8 @@ def _ctx(**kw):
 
 def test_identical_queries_cas_equals_own_kns():
     """KL as the special case of QL: with identical attributions CAS selects exactly N_i."""
-    gen = torch.Generator().manual_seed(0)
-    one = torch.randn(4, 32, generator=gen).half().float()
+    gen = torch.Generator().manual_seed(0)  # cpu: attribution maps, pure maths
+    one = torch.randn(4, 32, generator=gen).half().float()  # cpu
     stack = one.expand(3, -1, -1).clone()
     chosen = selections(_ctx(), stack, edited=1, members=[0, 1, 2])
     assert chosen["free"]["CAS"] == chosen["free"]["N_i"] == select_neurons(one, 0.2)
@@ -23,8 +23,8 @@ def test_identical_queries_cas_equals_own_kns():
 
 
 def test_matched_budget_and_held_out_members():
-    gen = torch.Generator().manual_seed(1)
-    stack = torch.rand(3, 4, 32, generator=gen)
+    gen = torch.Generator().manual_seed(1)  # cpu: attribution maps, pure maths
+    stack = torch.rand(3, 4, 32, generator=gen)  # cpu
     chosen = selections(_ctx(), stack, edited=0, members=[0, 1])
     k = len(chosen["free"]["CAS"])
     assert len(chosen["matched"]["N_i"]) == min(k, len(chosen["free"]["N_i"]))

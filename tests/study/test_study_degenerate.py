@@ -38,7 +38,7 @@ def _context(tmp_path: Path, facts: dict[str, tuple[str, list[list]]], trials: d
         for k, (fid, (relation, sets)) in enumerate(facts.items())])
     for fid, (_, sets) in facts.items():
         for q, kn in enumerate(sets):
-            store.save_attribution(MODEL, METHOD, fid, q, 0.9, kn, torch.zeros(4, 4))
+            store.save_attribution(MODEL, METHOD, fid, q, 0.9, kn, torch.zeros(4, 4))  # cpu: stored scores
     for experiment, by_fact in (trials or {}).items():
         for fid, rows in by_fact.items():
             store.save_trials(experiment, trial_key(MODEL, METHOD, fid), rows)

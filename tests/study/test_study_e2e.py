@@ -104,8 +104,8 @@ def test_attention_options_and_older_stores(tmp_path, study_args):
 
 
 def test_bf16_study_end_to_end_and_cuda_without_gpu(tmp_path, study_args, capsys):
-    """--compute-dtype bf16 runs the whole pipeline (here on CPU; the same code path as on a GPU); --gpu on a machine
-    without one is a one-line error."""
+    """--compute-dtype bf16 runs the whole pipeline (on the suite's device); --gpu on a machine without one is a
+    one-line error."""
     import torch
 
     from knowloc.cli import main

@@ -7,6 +7,7 @@ import torch
 from knowloc.errors import KnowlocError
 from knowloc.models.tiny import TINY
 from knowloc.tracing import KINDS, TraceSettings, embedding_std, restored_probability, trace, window_layers
+from knowloc.tracing.trace import subject_noise
 
 PROMPT, SUBJECT, TARGET = "The native language of Victor Hugo is", "Victor Hugo", "French"
 SETTINGS = TraceSettings(samples=3, noise=3.0, window=2, seed=5)
@@ -67,6 +68,17 @@ def test_noise_is_seeded(tiny_models):
     assert np.array_equal(a.ie["mlp"], b.ie["mlp"]) and a.p_corrupted == b.p_corrupted
     assert a.p_corrupted != c.p_corrupted
     assert a.sigma == pytest.approx(3.0 * embedding_std(lm))
+
+
+def test_noise_is_drawn_on_the_cpu_and_moved_to_the_model(tiny_models, device):
+    """The seeded noise is the same numbers on every device: drawn on the CPU, then moved to the model."""
+    lm = tiny_models("tiny-llama")
+    eps, sigma = subject_noise(lm, 2, SETTINGS)
+    assert eps.device == lm.device and lm.device.type == device.type and eps.dtype == lm.dtype
+    d_model = lm.model.get_input_embeddings().weight.shape[1]
+    gen = torch.Generator().manual_seed(SETTINGS.seed)  # on the CPU: the draw the product makes
+    expected = torch.randn(SETTINGS.samples, 2, d_model, generator=gen) * sigma  # on the CPU, like the product's
+    assert torch.equal(eps.cpu(), expected.to(lm.dtype))
 
 
 def test_gemma_noise_includes_the_embedding_scale(tiny_models):

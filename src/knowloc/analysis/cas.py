@@ -41,7 +41,8 @@ def _as_stack(stack: Stack) -> torch.Tensor:
     if isinstance(stack, (list, tuple)):
         if not stack:
             raise KnowlocError("cas needs at least one query attribution")
-        parts = [p if isinstance(p, torch.Tensor) else torch.as_tensor(np.asarray(p, dtype=np.float64)) for p in stack]
+        parts = [p if isinstance(p, torch.Tensor) else torch.as_tensor(np.asarray(p, dtype=np.float64))  # cpu maths
+                 for p in stack]
         try:
             stack = torch.stack([p.detach().to("cpu", torch.float64) for p in parts])
         except RuntimeError as exc:
@@ -73,7 +74,7 @@ def cas_components(stack: Stack) -> tuple[torch.Tensor, torch.Tensor]:
     a = _as_stack(stack)
     n = a.shape[0]
     if a[0].numel() == 0:
-        empty = torch.zeros(a.shape[1:], dtype=torch.float64)
+        empty = torch.zeros(a.shape[1:], dtype=torch.float64)  # on the CPU, as every result here
         return empty, empty.clone()
     peaks = a.reshape(n, -1).amax(dim=1)
     s = torch.zeros_like(a)

@@ -105,8 +105,8 @@ def mask_scores(scores: torch.Tensor, excluded: Iterable[Neuron]) -> torch.Tenso
     out = scores.clone()
     pairs = list(excluded)
     if pairs:
-        layers = torch.tensor([l for l, _ in pairs], dtype=torch.long)
-        indices = torch.tensor([i for _, i in pairs], dtype=torch.long)
+        layers = torch.tensor([l for l, _ in pairs], dtype=torch.long, device=out.device)
+        indices = torch.tensor([i for _, i in pairs], dtype=torch.long, device=out.device)
         out[..., layers, indices] = 0
     return out
 

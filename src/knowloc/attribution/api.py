@@ -95,7 +95,7 @@ def next_token_view(lm: LanguageModel, prompt_ids, target_token: int, k: int = 5
     best = torch.topk(probs, k)
     rank = int((probs > probs[target_token]).sum()) + 1
     return {"p_first": float(probs[target_token]), "target_rank": rank,
-            "top_k": [{"token": lm.tokenizer.decode([int(i)]), "prob": float(p)}
+            "top_k": [{"token": lm.tokenizer.decode([int(i)]), "id": int(i), "prob": float(p)}
                       for p, i in zip(best.values, best.indices)]}
 
 

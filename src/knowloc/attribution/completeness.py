@@ -32,7 +32,7 @@ def objective_at_baselines(lm: LanguageModel, enc: Encoding, config: MethodConfi
     ids = torch.tensor([enc.input_ids], device=lm.device)
     target = torch.tensor(enc.target_ids, device=lm.device)
     pos = enc.last_pos
-    out = torch.zeros(n_base, n_layers)
+    out = torch.zeros(n_base, n_layers)  # the result: float32 on the CPU
     for start in range(0, len(pairs), batch_rows):
         chunk = pairs[start:start + batch_rows]
 

@@ -87,12 +87,11 @@ def reference_prompts(config: MethodConfig) -> tuple[str, ...]:
 def last_position_activations(lm: LanguageModel, sequences: list[list[int]]) -> torch.Tensor:
     """Activations [len(sequences), n_layers, n_neurons] at each sequence's last token, batched with right
     padding (exact: in a causal model padding after the last token changes nothing before it)."""
-    lengths = torch.tensor([len(s) for s in sequences])
     ids, mask = pad_right(lm, sequences)
     with trace_activations(lm) as acts:
         lm.model(input_ids=ids, attention_mask=mask)
-    rows = torch.arange(len(sequences))
-    last = (lengths - 1).to(lm.device)
+    rows = torch.arange(len(sequences), device=lm.device)
+    last = torch.tensor([len(s) - 1 for s in sequences], device=lm.device)
     return torch.stack([acts[layer][rows, last] for layer in range(lm.n_layers)], dim=1)
 
 

@@ -25,7 +25,7 @@ def _last_activations(lm: LanguageModel, ids: list[int]) -> torch.Tensor:
 
 def _baselines(lm: LanguageModel, enc: Encoding, config: MethodConfig) -> torch.Tensor:
     if config.method in ("ig", "grad_x_act"):
-        return torch.zeros(1, lm.n_layers, lm.n_neurons)
+        return torch.zeros(1, lm.n_layers, lm.n_neurons, device=lm.device)
     if config.method == "amig":
         acts = [_last_activations(lm, list(lm.encode(p).prompt_ids)) for p in reference_prompts(config)]
         return torch.stack(acts).mean(dim=0, keepdim=True)
@@ -56,7 +56,7 @@ def attribute_reference(lm: LanguageModel, enc: Encoding, config: MethodConfig,
     ids = torch.tensor([enc.input_ids], device=lm.device)
     target = torch.tensor(enc.target_ids, device=lm.device)
     pos = enc.last_pos
-    scores = torch.zeros(lm.n_layers, lm.n_neurons)
+    scores = torch.zeros(lm.n_layers, lm.n_neurons)  # the result: float32 on the CPU
     for layer in range(lm.n_layers) if layers is None else layers:
         b = base[:, layer]  # [J, N]
         x = (b.unsqueeze(1) + alphas.view(1, -1, 1) * (clean[layer] - b).unsqueeze(1)).reshape(-1, lm.n_neurons)

@@ -45,7 +45,7 @@ class ShippedEntry(dict):
 
     def scores(self) -> torch.Tensor:
         """The kept score map ``[n_layers, n_neurons]`` (float32 holding float16 values; 0 below the floor)."""
-        out = torch.zeros(self["shape"], dtype=torch.float32)
+        out = torch.zeros(self["shape"], dtype=torch.float32)  # a score map: float32 on the CPU, like Attribution's
         for layer, index, score in self["neurons"]:
             out[layer, index] = score
         return out

@@ -54,7 +54,8 @@ def probe_facts(lm: LanguageModel, items: list[tuple[Fact, list[Query]]], *, can
     if candidates:
         for fact, _ in items:
             allowed.setdefault(fact.relation, set()).add(gold[fact.object])
-        allowed = {rel: torch.tensor(sorted(ids)) for rel, ids in allowed.items()}
+        # on the CPU: they index the CPU probabilities of next_token_distributions
+        allowed = {rel: torch.tensor(sorted(ids)) for rel, ids in allowed.items()}  # cpu
     results: list[QueryProbe] = []
     for start in tqdm(range(0, len(queries), batch_size), desc="probing", unit="batch", disable=not progress):
         batch = queries[start:start + batch_size]

@@ -429,8 +429,9 @@ class Baseline:
         rel, gen, avg = edit_scores(success, i, loc)
         dprob_locality = math.nan
         if locality_gold_tokens:
-            idx = torch.arange(len(locality_prompts))
-            toks = torch.tensor([int(t) for t in locality_gold_tokens])
+            # on the CPU, where the baseline's and the measured probabilities are (results come back on the CPU)
+            idx = torch.arange(len(locality_prompts), device=self.locality_probs.device)
+            toks = torch.tensor([int(t) for t in locality_gold_tokens], device=self.locality_probs.device)
             dprob_locality = _nanmean(np.atleast_1d(relative_change(self.locality_probs[idx, toks],
                                                                     loc_probs[idx, toks])).tolist())
         dppl = float(delta_ppl(self.ppl, ppl_after)) if neutral_texts else math.nan
@@ -579,7 +580,7 @@ def _as_prompts(prompts: Sequence[str], name: str) -> tuple[str, ...]:
 def _distributions(lm: LanguageModel, prompts: tuple[str, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
     if not prompts:
         vocab = lm.arch.unembed(lm.model).weight.shape[0]
-        return torch.zeros((0, vocab)), ()
+        return torch.zeros((0, vocab)), ()  # on the CPU, as next_token_distributions' probabilities
     dists = next_token_distributions(lm, list(prompts), top_k=1)
     return torch.stack([d.probs for d in dists]), tuple(d.top_ids[0] for d in dists)
 

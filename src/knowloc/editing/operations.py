@@ -207,7 +207,7 @@ def _pair_deltas(lm: LanguageModel, pairs: list[tuple[int, int]], e_old: torch.T
         if missing:
             raise KnowlocError(f"the {rule!r} update rule needs the activations of the edited neurons "
                                f"(missing for {missing[0]})")
-        acts = torch.tensor([float(activations[n]) for n in pairs])  # type: ignore[index]
+        acts = torch.tensor([float(activations[n]) for n in pairs], device=values.device)  # type: ignore[index]
     return rule_deltas(values, e_old, e_new, acts, lambda1, lambda2, rule)
 
 

@@ -88,7 +88,7 @@ def scale_neurons(lm: LanguageModel, neurons: Mapping[int, list[int]] | list[tup
     by_layer = _group(neurons)
 
     def scaler(indices: list[int]) -> TensorFn:
-        idx = torch.tensor(indices, dtype=torch.long)
+        idx = torch.tensor(indices, dtype=torch.long, device=lm.device)
 
         def scale(x: torch.Tensor) -> torch.Tensor:
             x = x.clone()
@@ -128,7 +128,8 @@ class WeightEditor:
     @torch.no_grad()
     def add_value(self, layer: int, index: int, delta: torch.Tensor) -> None:
         self._touch(layer)
-        self.lm.value_vector(layer, index).add_(delta.to(self.lm.dtype))
+        value = self.lm.value_vector(layer, index)
+        value.add_(delta.to(device=value.device, dtype=value.dtype))
 
     @torch.no_grad()
     def add_matrix(self, layer: int, delta: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.models.lm import SITES, LanguageModel
 from knowloc.models.registry import resolve
+from knowloc.models.random_init import build_random, is_random, random_names
 from knowloc.models.tiny import TINY, build_tiny
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ EMBEDDED_PACKAGES = {
 def builtin_names() -> dict[str, str]:
     names = dict(EMBEDDED)
     names.update({name: "tiny random-init model for tests" for name in TINY})
+    names.update(random_names())
     return names
 
 
@@ -72,9 +74,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KNOWLOC_CACHE", Path.home() / ".cache" / "knowloc"))
 
 
-def resolve_device(device: str | None) -> torch.device:
+DEVICE_ENV = "KNOWLOC_DEVICE"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device of a ``--device`` value.
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:1``, ``meta`` (shapes only, nothing allocated), a ``torch.device``;
+            None or ``auto``: ``$KNOWLOC_DEVICE`` if set (the test suite sets it from ``KNOWLOC_TEST_DEVICE``),
+            else ``cuda`` where a GPU is available, else ``cpu``.
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        KnowlocError: ``cuda`` without a GPU, or a name torch does not know (one line).
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise KnowlocError(f"--device {device} requested but no CUDA GPU is available")
     try:
@@ -158,7 +182,10 @@ def _from_gguf(path: Path, dtype: torch.dtype, attn: str):
     return model.to(dtype), tok
 
 
-def _from_pretrained(name: str, dtype: torch.dtype, attn: str, allow_pickle: bool, trust_remote_code: bool):
+def _from_pretrained(name: str, dtype: torch.dtype, attn: str, allow_pickle: bool, trust_remote_code: bool,
+                     device: torch.device):
+    """A local directory or hub id, loaded in ``dtype`` straight onto ``device`` (``device_map``: an 8B model in
+    bf16 goes to the GPU shard by shard, never whole in host memory)."""
     path = Path(name)
     looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local and not path.exists():
@@ -174,13 +201,14 @@ def _from_pretrained(name: str, dtype: torch.dtype, attn: str, allow_pickle: boo
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, attn_implementation=attn, use_safetensors=None if allow_pickle else True,
+            device_map={"": str(device)} if device.type in ("cpu", "cuda") else None,
             trust_remote_code=trust_remote_code)
     except KnowlocError:
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KnowlocError(f"could not load model {name} (not a built-in name: {', '.join(EMBEDDED)}, tiny-*; "
-                           f"not a local directory; as a hub id: {first})") from None
+        raise KnowlocError(f"could not load model {name} (not a built-in name: {', '.join(EMBEDDED)}, tiny-*, "
+                           f"random:*; not a local directory; as a hub id: {first})") from None
     return model, tok
 
 
@@ -191,14 +219,16 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
 
     Args:
         name: a built-in name (``smollm2-135m``: SmolLM2-135M-Instruct from the embedded Q4_1 GGUF, dequantized;
-            ``gemma3-270m``; ``tiny-*`` random models for tests), a ``.gguf`` path, a local Hugging Face
+            ``gemma3-270m``; ``tiny-*`` random models for tests; ``random:gpt2-xl``, ``random:gptj-6b``,
+            ``random:llama2-7b``, ``random:llama3-8b`` or ``random:<config.json>``: random-init paper shapes, built
+            on the device in the dtype, for speed and memory only), a ``.gguf`` path, a local Hugging Face
             directory (safetensors) or a hub id.
         device: ``cpu``, ``cuda``, ``cuda:1`` (default: cuda if available). dtype: fp32 (default), bf16, fp16.
         allow_pickle: allow pickle ``.bin`` weights (off: they can run code). trust_remote_code: off by default.
         site: ``neuron`` (input of the MLP output projection, knowloc's convention) or ``pre_act``.
         attn_implementation: eager by default, so attention probabilities can be hooked (knowledge synapses);
             the attribution engine switches to fused attention where it is exact.
-        seed: weights of the ``tiny-*`` models.
+        seed: weights of the ``tiny-*`` and ``random:*`` models.
 
     Returns:
         :class:`~knowloc.models.lm.LanguageModel` (model, tokenizer and architecture adapter).
@@ -216,7 +246,9 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
         raise KnowlocError(f"unknown hook site {site!r}; choose one of {', '.join(SITES)}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
-    if name in TINY:
+    if is_random(name):  # built on the device in the dtype: the .to(device) below is a no-op
+        model, tok = build_random(name, torch_device, torch_dtype, seed=seed, attn_implementation=attn_implementation)
+    elif name in TINY:
         model, tok = build_tiny(name, seed=seed, attn_implementation=attn_implementation)
         model = model.to(torch_dtype)
     elif name == "smollm2-135m":
@@ -230,7 +262,8 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
         if near and not Path(name).expanduser().exists():
             raise KnowlocError(f"{name!r} is not a built-in model (did you mean {near[0]!r}?); built-ins are "
                                f"{', '.join(builtin_names())}")
-        model, tok = _from_pretrained(name, torch_dtype, attn_implementation, allow_pickle, trust_remote_code)
+        model, tok = _from_pretrained(name, torch_dtype, attn_implementation, allow_pickle, trust_remote_code,
+                                      torch_device)
     arch = resolve(model)
     model = model.to(torch_device).eval()
     model.requires_grad_(False)

@@ -41,7 +41,7 @@ def value_logits(lm: LanguageModel, neurons: Sequence[tuple[int, int]]) -> torch
         tail = lm.arch.mlp_tail(lm.blocks[layer]) if lm.arch.mlp_tail is not None else None
         vectors.append(tail(v) if tail is not None else v)
     if not vectors:
-        return torch.zeros(0, lm.arch.unembed(lm.model).weight.shape[0])
+        return torch.zeros(0, lm.arch.unembed(lm.model).weight.shape[0])  # the result: float32 on the CPU
     return lm.logits(torch.cat(vectors, dim=1)).float()[0].cpu()
 
 
@@ -78,8 +78,8 @@ def activation_stats(lm: LanguageModel, layer: int, index: int, prompts: Sequenc
     ids, mask = pad_right(lm, seqs)
     with trace_activations(lm, [layer]) as acts:
         lm.model(input_ids=ids, attention_mask=mask)
-    rows = torch.arange(len(seqs))
-    last = torch.tensor([len(s) - 1 for s in seqs])
+    rows = torch.arange(len(seqs), device=lm.device)
+    last = torch.tensor([len(s) - 1 for s in seqs], device=lm.device)
     layer_acts = acts[layer][rows, last].float().cpu()  # [prompts, n_neurons]
     values = layer_acts[:, index]
     ratio = values.abs() / layer_acts.abs().median(dim=1).values.clamp_min(1e-12)
@@ -99,8 +99,8 @@ def activation_ratios(lm: LanguageModel, neurons: Sequence[tuple[int, int]], pro
     ids, mask = pad_right(lm, seqs)
     with trace_activations(lm, layers) as acts:
         lm.model(input_ids=ids, attention_mask=mask)
-    rows = torch.arange(len(seqs))
-    last = torch.tensor([len(s) - 1 for s in seqs])
+    rows = torch.arange(len(seqs), device=lm.device)
+    last = torch.tensor([len(s) - 1 for s in seqs], device=lm.device)
     out = []
     for layer, index in neurons:
         layer_acts = acts[layer][rows, last].float().cpu()  # [prompts, n_neurons]

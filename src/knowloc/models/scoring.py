@@ -21,12 +21,11 @@ def pad_right(lm: LanguageModel, seqs: list[list[int]]) -> tuple[torch.Tensor, t
     Exact for causal models: padding after a sequence's last token changes nothing at its positions."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    return ids.to(lm.device), mask.to(lm.device)
+    padded = [list(seq) + [pad] * (width - len(seq)) for seq in seqs]
+    ones = [[1] * len(seq) + [0] * (width - len(seq)) for seq in seqs]
+    ids = torch.tensor(padded, dtype=torch.long, device=lm.device)  # [batch, width]
+    mask = torch.tensor(ones, dtype=torch.long, device=lm.device)  # [batch, width]
+    return ids, mask
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ about twofold.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 import time
@@ -30,6 +31,7 @@ from typing import Callable
 import torch
 
 from knowloc.attribution.disk_cache import AttributionCache
+from knowloc.attribution.engine.memory import default_max_rows
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.registry import run_order
@@ -38,6 +40,8 @@ from knowloc.study.store import Store
 from knowloc.study.units import (Unit, attribution_units, execute, experiment_units, reference_units, save,
                                 take_cached)
 
+GiB = 2**30
+ENGINE_BUDGET_GB = 4.0  # the attribution engine's default batch budget (knowloc.attribution.api.attribute)
 PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity profile
 PROFILE_QUERIES = 6  # reference queries (one per reference relation) of the same
 
@@ -65,6 +69,90 @@ def _approximate_profile(ctx: StudyContext, model: str, method: str, relation: s
     return max(float(ctx.config.specificity), 1 / max(n_neutral, 1))
 
 
+def memory_needs(n_params: int, param_bytes: int, d_model: int, n_neurons: int, rome_layers: int,
+                 ft: bool, engine_bytes: float = ENGINE_BUDGET_GB * GiB) -> dict[str, float]:
+    """What a study holds at its peak, in bytes (an estimate; pure).
+
+    * device: ``weights = n_params x param_bytes``; the attribution engine's batches (``engine_bytes``: its
+      staircase rows times their activations, at most its budget); FT+L / kn-ft's working set on one layer's MLP output projection, fp32 weight change, gradient
+      and Adam's two moments: ``4 x 4 x d_model x n_neurons``.
+    * host: ROME's ``C = E[k k^T]`` in float64, ``8 x n_neurons^2`` per edited layer, every layer a study edits
+      computed in one pass and kept (:class:`~knowloc.editing.editors.covariance.CovarianceStore`).
+
+    Args:
+        n_params, param_bytes: the model's parameters and bytes per parameter (2 in bf16); d_model, n_neurons:
+            the MLP output projection's shape; rome_layers: layers ROME edits (0 without ROME); ft: ft or kn-ft
+            runs; engine_bytes: the attribution engine's largest batch.
+
+    Returns:
+        ``{"weights", "engine", "ft", "device", "rome_c", "host"}`` in bytes.
+
+    Example:
+        >>> needs = memory_needs(8_030_261_248, 2, 4096, 14336, rome_layers=1, ft=True)
+        >>> round(needs["weights"] / 2**30, 1), round(needs["rome_c"] / 2**30, 2)
+        (15.0, 1.53)
+    """
+    weights = float(n_params * param_bytes)
+    engine = float(engine_bytes)
+    ft_bytes = 16.0 * d_model * n_neurons if ft else 0.0
+    rome_c = 8.0 * n_neurons ** 2 * rome_layers
+    return {"weights": weights, "engine": engine, "ft": ft_bytes, "device": weights + engine + ft_bytes,
+            "rome_c": rome_c, "host": rome_c}
+
+
+def _free_bytes(device: torch.device) -> float | None:
+    """Free memory of a cuda device, or the host's available memory for the CPU (None where unknown)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
+def memory_lines(lm, config: StudyConfig) -> tuple[list[str], dict[str, float]]:
+    """The dry run's memory lines for one loaded model and :func:`memory_needs` with the study's settings."""
+    from knowloc.study.experiments.editors import layers_of
+    from knowloc.study.experiments.lve import lve_layers
+
+    rome_layers: set[int] = set()
+    if "editors" in config.experiments and "rome" in config.editors:
+        rome_layers |= set(layers_of(config, lm.n_layers))
+    if "localization-vs-editing" in config.experiments:
+        rome_layers |= set(lve_layers(config, lm.n_layers))
+    ft = ("editors" in config.experiments and bool({"ft", "kn-ft"} & set(config.editors))) \
+        or "localization-vs-editing" in config.experiments
+    params = {id(p): p for p in lm.model.parameters()}.values()  # tied embeddings counted once
+    n_params = sum(p.numel() for p in params)
+    weight = lm.mlp_out(0).weight
+    d_model = weight.shape[1] if lm.arch.value_layout == "row" else weight.shape[0]
+    # the engine's largest chunk for a one-token target: steps x layers staircase rows, at most its budget
+    per_budget = default_max_rows(lm, 1, ENGINE_BUDGET_GB)
+    engine = ENGINE_BUDGET_GB * GiB * min(config.steps * lm.n_layers, per_budget) / per_budget
+    needs = memory_needs(n_params, lm.dtype.itemsize, d_model, lm.n_neurons, len(rome_layers), ft, engine)
+    free = _free_bytes(lm.device)
+    lines = [f"  memory on {lm.device}: ~{_size(needs['device'])} at the peak (weights {_size(needs['weights'])}, "
+             f"{n_params:,} parameters in {str(lm.dtype).split('.')[-1]}; attribution batches "
+             f"~{_size(needs['engine'])}" + (f"; ft's working set {_size(needs['ft'])}" if needs["ft"] else "") + ")"
+             + (f"; {_size(free)} free" if free is not None else "")]
+    if needs["rome_c"]:
+        lines.append(f"  host memory: ROME's C {_size(needs['rome_c'])} (float64, {len(rome_layers)} "
+                     f"layer{'s' if len(rome_layers) != 1 else ''} x {_size(8 * lm.n_neurons ** 2)}), "
+                     f"computed once per layer and stored on disk")
+    if free is not None and lm.device.type == "cuda" and needs["device"] > free + needs["weights"]:
+        lines.append("  warning: the peak is above this device's free memory (the weights already loaded)")
+    return lines, needs
+
+
 def _timed(ctx: StudyContext, unit: Unit) -> float:
     start = time.perf_counter()
     save(ctx, unit, execute(ctx, unit))
@@ -90,7 +178,8 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
     """Print the plan and the estimated time (see the module docstring); writes nothing.
 
     Returns:
-        ``{"estimated_s": CPU seconds of the missing work, "wall_s": the same over the workers, "units": {...}}``.
+        ``{"estimated_s": CPU seconds of the missing work, "wall_s": the same over the workers, "units": {...},
+        "memory": {model: memory_needs(...) in bytes}}``.
     """
     start_all = time.perf_counter()
     config.require_models()
@@ -98,7 +187,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
     echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} quer{'y' if len(dataset.queries) == 1 else 'ies'}) from {config.data}, relations "
          f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "
          f"{', '.join(config.experiments)}; out {Path(config.out)}")
-    total, units_count = 0.0, {}
+    total, units_count, memory_needed = 0.0, {}, {}
     with tempfile.TemporaryDirectory(prefix="knowloc-plan-") as tmp, _threads(config):
         stored = Path(config.out) / "results.sqlite"
         if stored.is_file():
@@ -119,8 +208,9 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                 probe_stage(ctx, model, dataset)
                 probe_s = time.perf_counter() - start
                 facts = ctx.facts[model]
+                memory, memory_needed[model] = memory_lines(ctx.models.get(model), cfg)
                 lines = [f"{model}: {len(facts)} facts studied; "
-                         + ("probe stored" if was_probed else f"probe and model load {probe_s:.0f} s")]
+                         + ("probe stored" if was_probed else f"probe and model load {probe_s:.0f} s"), *memory]
                 if not was_probed:
                     total += probe_s
                 estimate = 0.0
@@ -206,4 +296,4 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
          + (f" (about {wall / 60:.1f} min on {workers} Ray workers)" if workers > 1 else "")
          + f" on {config.device or 'the default device'}; the dry run took {time.perf_counter() - start_all:.0f} s "
          f"and wrote nothing")
-    return {"estimated_s": total, "wall_s": wall, "units": units_count}
+    return {"estimated_s": total, "wall_s": wall, "units": units_count, "memory": memory_needed}

@@ -108,9 +108,9 @@ def embedding_std(lm: LanguageModel) -> float:
 def subject_noise(lm: LanguageModel, n_subject: int, settings: TraceSettings) -> tuple[torch.Tensor, float]:
     """(eps [samples, n_subject, d_model], sigma): the seeded noise of the subject's tokens."""
     sigma = settings.noise * embedding_std(lm)
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)  # on the CPU: CPU and GPU runs draw the same noise
     d_model = lm.model.get_input_embeddings().weight.shape[1]
-    eps = torch.randn(settings.samples, n_subject, d_model, generator=gen) * sigma
+    eps = torch.randn(settings.samples, n_subject, d_model, generator=gen) * sigma  # on the CPU (seeded), then moved
     return eps.to(device=lm.device, dtype=lm.dtype), sigma
 
 

@@ -22,6 +22,11 @@ projection's input, knowloc's neuron activations ``[n_neurons]``), ``v`` the val
    of ``ridge x mean(diag C)`` (1e-6 by default; it only matters for a sample with fewer tokens than neurons).
    Then ``W' k* = v*`` and ``W' k = W k`` for every ``k`` with ``k^T C^-1 k* = 0`` (:func:`rank_one_update`).
 
+Devices: steps 1-2 run on the model's device; ``k*``, ``out(k*)`` and ``delta`` come back float64 on the CPU, where
+C is stored, and the solve of step 3 runs there in float64 (deterministic, the same on any device, and C
+``[n_neurons, n_neurons]`` float64 never occupies the accelerator). ``dW`` is float64 on the CPU; applying it
+(:meth:`knowloc.models.hooks.WeightEditor.add_matrix`) casts it to the weight's device and dtype.
+
 Defaults follow ROME's GPT-2 XL settings where they carry over (20 steps, KL factor 0.0625, weight decay 0.5,
 clamp 4, ``"{} is a"``); ``lr`` 0.5 as ROME. docs/editing.md has the measured behaviour on SmolLM2-135M.
 """
@@ -57,7 +62,8 @@ def rank_one_update(c: torch.Tensor, k_star: torch.Tensor, residual: torch.Tenso
 
     Returns:
         ``dW`` with ``(W + dW) k* = W k* + residual`` and ``dW k = 0`` for every ``k`` with
-        ``k^T C^-1 k* = 0`` (C with its ridge).
+        ``k^T C^-1 k* = 0`` (C with its ridge), float64 on C's device (``k*`` and ``residual`` are moved there:
+        :class:`Rome` passes C from the store, on the CPU).
 
     Example:
         >>> c = torch.eye(3, dtype=torch.float64); k = torch.tensor([1.0, 0, 0], dtype=torch.float64)
@@ -66,17 +72,17 @@ def rank_one_update(c: torch.Tensor, k_star: torch.Tensor, residual: torch.Tenso
                 [2., 0., 0.]], dtype=torch.float64)
     """
     c = c.double()
-    k = k_star.double().reshape(-1)
+    k = k_star.to(device=c.device, dtype=torch.float64).reshape(-1)  # the solve runs where C is
     if c.shape != (k.numel(), k.numel()):
         raise KnowlocError(f"C is {tuple(c.shape)}, keys have {k.numel()} entries")
     if ridge:
-        c = c + ridge * c.diagonal().mean().clamp_min(1e-30) * torch.eye(k.numel(), dtype=c.dtype)
+        c = c + ridge * c.diagonal().mean().clamp_min(1e-30) * torch.eye(k.numel(), dtype=c.dtype, device=c.device)
     u, info = torch.linalg.solve_ex(c, k)  # C^-1 k*
     denom = float(k @ u)
     if int(info) != 0 or not denom > 0 or not torch.isfinite(u).all():
         raise KnowlocError("k*^T C^-1 k* is not positive: C is singular on the key (an empty or degenerate "
                            "text sample)")
-    return torch.outer(residual.double().reshape(-1), u) / denom
+    return torch.outer(residual.to(device=c.device, dtype=torch.float64).reshape(-1), u) / denom
 
 
 @dataclass
@@ -142,7 +148,8 @@ class Rome:
         return k_star, out_k + delta, info
 
     def _fit(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """``(k*, out(k*), delta, info)``: v* = out(k*) + delta, float64 on the CPU."""
+        """``(k*, out(k*), delta, info)``: v* = out(k*) + delta, float64 on the CPU (fitted on the model's
+        device)."""
         request = request.checked(lm, needs_layer=True)
         layer = request.layer
         contexts = self.contexts(lm, request)
@@ -150,16 +157,18 @@ class Rome:
         prompts = [*contexts, kl_prompt]
         teacher = Teacher(lm, prompts, [request.new_object] * len(contexts) + [None], start=layer, trace=[layer])
         positions = [subject_last_index(lm, p, request.subject) for p in prompts]
-        rows = torch.arange(len(prompts))
-        keys = teacher.activations[layer][rows, torch.tensor(positions)].double()  # [rows, n_neurons]
+        acts = teacher.activations[layer]  # [rows, width, n_neurons] on the model's device
+        rows = torch.arange(len(prompts), device=lm.device)
+        at = torch.tensor(positions, dtype=torch.long, device=lm.device)
+        keys = acts[rows, at].double()  # [rows, n_neurons]
         k_star = keys[: len(contexts)].mean(dim=0)
         module = lm.mlp_out(layer)
         with torch.no_grad():
-            out_k = module(k_star.to(lm.dtype).to(lm.device)[None])[0].double().cpu()  # out(k*) [d_model]
+            out_k = module(k_star.to(device=lm.device, dtype=lm.dtype)[None])[0].double().cpu()  # out(k*) [d_model]
         base_norm = max(float(out_k.norm()), 1e-12)
         delta = torch.zeros(out_k.numel(), dtype=torch.float32, device=lm.device, requires_grad=True)
         mask = torch.zeros(len(prompts), teacher.batch.ids.shape[1], 1, device=lm.device)
-        mask[rows, torch.tensor(positions)] = 1.0
+        mask[rows, at] = 1.0
         with torch.no_grad():
             kl_before = teacher.last_log_probs(teacher.unedited(), len(contexts)).detach()
         fit_rows = list(range(len(contexts)))
@@ -179,14 +188,15 @@ class Rome:
                 delta.mul_(limit / norm)
 
         last, taken = adam_steps([delta], loss, self.steps, self.lr, clamp, stop_below=self.stop)
-        return k_star, out_k, delta.detach().double().cpu(), {"loss": last, "steps": taken,
-                                                              "delta_norm": float(delta.detach().norm()),
-                                                              "value_norm": base_norm, "contexts": len(contexts)}
+        info = {"loss": last, "steps": taken, "delta_norm": float(delta.detach().norm()), "value_norm": base_norm,
+                "contexts": len(contexts)}
+        return k_star.cpu(), out_k, delta.detach().double().cpu(), info
 
     def weight_change(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, dict]:
         """``dW`` ``[d_model, n_neurons]`` of the request (step 3) and the info of steps 1-2; model unchanged."""
         k_star, _, delta, info = self._fit(lm, request)
-        c = self.covariance.get(lm, request.layer, self.sample)  # type: ignore[arg-type]
+        c = self.covariance.get(lm, request.layer, self.sample)  # type: ignore[arg-type]  # float64, on the CPU
+        # the float64 solve on the CPU, where C, k* and delta are (module docstring: Devices)
         return rank_one_update(c, k_star, delta, self.ridge), info  # residual v* - out(k*) = delta
 
     @contextmanager
