@@ -162,6 +162,21 @@ def test_each_editor_reaches_rel_1_on_a_toy_fact_and_restores_the_model(tiny_mod
 
 
 @pytest.mark.parametrize("which", ["kn", "kn-ft", "ft", "rome"])
+def test_every_editor_edits_a_bf16_model_and_restores_it_bit_exactly(device, which):
+    """A bf16 study edits in bf16: the fitted changes (FT+L's, kn-ft's, ROME's delta) stay fp32 and meet the bf16
+    activations in fp32 (FT+L failed with a dtype mismatch before), then land in the weights' dtype."""
+    from knowloc.models import load_model
+
+    lm = load_model("tiny-llama", device=device, dtype="bf16")
+    saved = weights(lm)
+    with editors()[which].apply(lm, request(lm)) as applied:
+        assert applied.n_weights > 0
+        assert all(p.dtype == torch.bfloat16 and p.device.type == device.type for p in lm.model.parameters())
+        assert any(not torch.equal(p, saved[n]) for n, p in lm.model.named_parameters())
+    assert_unchanged(lm, saved)
+
+
+@pytest.mark.parametrize("which", ["kn", "kn-ft", "ft", "rome"])
 def test_every_editor_restores_the_weights_when_the_measurement_raises(tiny_models, which):
     lm = tiny_models("tiny-gpt2")
     saved = weights(lm)

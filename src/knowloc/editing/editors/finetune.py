@@ -80,13 +80,13 @@ class FineTune:
                       for layer, v in by_layer.items()}  # dv_n [k_l, d_model]
 
             def addition(layer):
-                return lambda x: x.index_select(-1, idx[layer]) @ params[layer]
+                return lambda x: x.index_select(-1, idx[layer]).float() @ params[layer]  # fp32 in a bf16 model
         else:
             by_layer = {request.layer: []}  # type: ignore[dict-item]
             params = {request.layer: torch.zeros(d_model, lm.n_neurons, device=lm.device, requires_grad=True)}
 
             def addition(layer):
-                return lambda x: x @ params[layer].T
+                return lambda x: x.float() @ params[layer].T  # the fp32 change, also in a bf16 model
         start = min(params)
         teacher = Teacher(lm, [request.prompt], [request.new_object], start=start)
 
