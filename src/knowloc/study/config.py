@@ -167,9 +167,12 @@ class StudyConfig:
     force: bool = setting(False, kind="runtime", help="write into an --out directory that holds files but no "
                           "knowloc study (refused otherwise)")
     executor: str = setting("local", kind="runtime", help="local or ray")
-    ray_address: str | None = setting(None, kind="runtime", help="Ray cluster address (default: start a local one)")
+    ray_address: str | None = setting(None, kind="runtime", help="Ray cluster address, e.g. auto on a node of a "
+                                      "cluster (default: start a local Ray)")
     workers: int = setting(2, kind="runtime", help="Ray workers (actors)")
-    gpus_per_worker: float = setting(0.0, kind="runtime", help="GPUs per Ray worker")
+    gpus_per_worker: float = setting(0.0, kind="runtime", help="GPUs Ray reserves for each worker: 1 = one worker "
+                                     "per GPU, 0.5 = two share one; 0: workers run on the CPU unless --device says "
+                                     "cuda")
     device: str | None = setting(None, kind="runtime", help="cpu, cuda, cuda:1 (default: cuda if available)")
     attribution_cache: str = setting("default", kind="runtime", help="directory of the attribution cache that "
                                      "studies share (content-addressed by weights, settings, prompt and target): "
@@ -248,6 +251,13 @@ class StudyConfig:
             raise KnowlocError(f"--executor must be local or ray, got {self.executor!r}")
         if self.workers < 1 or self.gpus_per_worker < 0:
             raise KnowlocError("--workers must be >= 1 and --gpus-per-worker >= 0")
+        if self.executor == "local" and (self.gpus_per_worker or self.ray_address):
+            raise KnowlocError("--gpus-per-worker and --ray-address need --executor ray")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise KnowlocError(f"--gpus-per-worker above 1 must be a whole number (a fraction shares one GPU), got "
+                               f"{self.gpus_per_worker:g}")
+        if self.gpus_per_worker and str(self.device).startswith("cuda:"):
+            raise one_gpu_of_a_machine(self.device)
         if self.compute_dtype not in DTYPES:
             raise KnowlocError(f"--compute-dtype must be one of {', '.join(DTYPES)}, got {self.compute_dtype!r}")
         if not self.attribution_cache or not self.attribution_cache_gb > 0:
@@ -314,6 +324,13 @@ class StudyConfig:
 
 IDENTITY_KEYS = tuple(f.name for f in fields(StudyConfig) if f.metadata["kind"] == "identity")
 RUNTIME_KEYS = {f.name for f in fields(StudyConfig) if f.metadata["kind"] == "runtime"}
+
+
+def one_gpu_of_a_machine(device: str) -> KnowlocError:
+    """The error of ``--device cuda:N`` with ``--gpus-per-worker``: N names a GPU of the whole machine, while a Ray
+    worker with GPUs of its own sees only those (checked with the config and again by the Ray executor)."""
+    return KnowlocError(f"--device {device} names one GPU of a machine, but a Ray worker with --gpus-per-worker sees "
+                        "only its own; use --device cuda (each worker's own GPU)")
 
 
 def _str_list(value) -> list[str]:

@@ -223,6 +223,21 @@ class Store:
         if self.db is not None:
             self.db.close()
 
+    def snapshot(self) -> bytes:
+        """A consistent copy of the whole store, as the bytes of an SQLite file (SQLite's online backup into
+        memory: what this connection has committed; a transaction in flight is not in it). A reader elsewhere
+        writes them to a file of its own and opens it read-only (the Ray executor's workers do). The copy is in
+        rollback-journal mode (header bytes 18 and 19 = 1, as ``PRAGMA journal_mode=DELETE`` leaves them), so
+        reading it makes no ``-wal`` / ``-shm`` files."""
+        copy = sqlite3.connect(":memory:")
+        try:
+            self.db.backup(copy)
+            data = bytearray(copy.serialize())
+        finally:
+            copy.close()
+        data[18:20] = b"\x01\x01"
+        return bytes(data)
+
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         """One transaction, with the study's identity when it is not recorded yet; an exception (an interrupt
