@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import collections
 import math
-import re
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -235,9 +235,6 @@ class StudyWorker:
         if self.error is not None:
             raise KnowlocError(str(self.error))
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def placement(self) -> dict:
         """Where this worker runs: ``pid``, ``node`` (IP address), ``gpu_ids`` (Ray's, machine-wide) and
         ``device`` (where its models load)."""
@@ -317,16 +314,6 @@ class RayExecutor:
 
     def _spawn(self):
         return self.actor_class.remote(self.config, self.threads, self.device)
-
-    def worker_pids(self) -> list[int]:
-        return self.ray.get([actor.pid.remote() for actor in self.actors])
-
-    def placements(self) -> list[dict]:
-        """Each worker's :meth:`StudyWorker.placement` (waits until every worker has started)."""
-        try:
-            return unwrap_interrupt(self.ray.get, [actor.placement.remote() for actor in self.actors])
-        except self.ray.exceptions.RayTaskError as exc:
-            raise _one_line(exc) from None
 
     def _started(self) -> list[dict]:
         """:meth:`placements` once every worker has started; a worker that dies while starting is replaced (as
