@@ -47,7 +47,7 @@ Fairness: both run the model as built here, with PyTorch's fused attention (sdpa
 GPT-2; knowloc's engine would also switch to it), frozen parameters (knowledge-neurons differentiates with
 `torch.autograd.grad` w.r.t. the activations only, so freezing them spares it no matmul), fp32, on the same
 number of threads, alternating, after one untimed warm-up of each. knowloc's warm-up also records the block
-calls for this prompt shape (`ENGINE_CACHE`), which later queries of the same shape reuse; the first, cold call
+calls for this prompt shape (`engine_cache(lm)`), which later queries of the same shape reuse; the first, cold call
 of knowloc is printed too.
 
 Measured (1 CPU thread, 2-core AVX2 machine shared with other work): on the default 5-token prompt knowloc

@@ -106,7 +106,7 @@ def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "
     probes = probe_facts(lm, list(dataset), candidates=candidates)
     if per_query:
         rows = [{"fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject,
-                 "object": p.fact.object, "answered": p.n_known, "usable": p.n_known >= min_known,
+                 "object": p.fact.object, "answered": p.n_known, "usable": p.known(min_known),
                  "queries": [{"prompt": q.query.text, "gold_token": q.gold_token, "gold_prob": q.prob,
                               "rank": q.rank + 1, "answered": q.top1,
                               "top_k": [{"token": t, "prob": pr} for t, pr in q.predictions[:3]]}
@@ -130,7 +130,7 @@ def probe(model: str = ModelOpt, data: str = typer.Option("builtin", "--data", "
             "relation": relation, "facts": len(rel_facts), "queries": len(queries),
             "top1": sum(q.top1 for q in queries) / max(len(queries), 1),
             "top5": sum(q.top5 for q in queries) / max(len(queries), 1),
-            "usable_facts": sum(p.n_known >= min_known for p in rel_facts),
+            "usable_facts": sum(p.known(min_known) for p in rel_facts),
         })
     if as_json:
         typer.echo(json.dumps({"model": model, "data": data, "min_known": min_known, "relations": rows}, indent=2))
@@ -213,8 +213,8 @@ def _study_neuron(directory: Path, layer: int, index: int) -> dict:
     out: dict = {}
     try:
         for model in store.probed_models():
-            relation_of = {row["fact_id"]: (row["relation"], row["subject"], row["object"])
-                           for row in store.probe(model)}
+            relation_of = {probe.fact_id: (probe.relation, probe.subject, probe.object)
+                           for probe in store.probe(model)}
             for method in store.attributed_methods(model):
                 raw = store.kn_lists_all(model, method)
                 used = store.groups(model, method)
@@ -344,10 +344,11 @@ def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), meth
 def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(None, help="edit layer (default: "
                                                                                "n_layers // 2)"),
                   queries: int = typer.Option(3, min=1, help="built-in queries to edit"),
-                  samples: int = typer.Option(128, min=1, help="samples of 64 tokens for ROME's C"),
+                  samples: int = typer.Option(StudyConfig.rome_samples, min=1, help="samples of 64 tokens for "
+                                              "ROME's C (a study's --rome-samples)"),
                   device: Optional[str] = DeviceOpt) -> None:
-    """Seconds of ROME's C for one layer and of one edit per editor (kn, kn-ft, ft, rome), and the weights each
-    keeps to restore."""
+    """Seconds of ROME's C for one layer and of one edit per editor (kn, kn-ft, ft, rome, with a study's default
+    settings), and the weights each keeps to restore."""
     from knowloc.editing.editors.bench import run_editors_benchmark
 
     run_editors_benchmark(model, layer=layer, queries=queries, samples=samples, device=device, echo=typer.echo)
@@ -356,8 +357,10 @@ def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(Non
 def bench_tracing(model: str = ModelOpt,
                   queries: int = typer.Option(7, min=1, help="built-in queries to trace (a fact of each relation "
                                               "in turn)"),
-                  samples: int = typer.Option(10, min=1, help="noise draws per query"),
-                  window: int = typer.Option(6, min=1, help="layers restored together for mlp / attn"),
+                  samples: int = typer.Option(StudyConfig.trace_samples, min=1, help="noise draws per query (a "
+                                              "study's --trace-samples)"),
+                  window: int = typer.Option(StudyConfig.trace_window, min=1, help="layers restored together for mlp "
+                                             "/ attn (a study's --trace-window)"),
                   device: Optional[str] = DeviceOpt) -> None:
     """Seconds of causal tracing of one query (3 kinds x every layer x its tokens x the noise draws)."""
     from knowloc.tracing.bench import run_tracing_benchmark

@@ -64,3 +64,22 @@ def test_bad_scores_raise():
 def test_empty_scores():
     assert select_neurons(np.zeros((0, 4)), 0.2) == []
     assert select_neurons(np.zeros((0, 4)), 3, mode="top_k") == []
+
+
+def test_a_neuron_is_the_plain_pair_in_every_way_that_is_stored_or_shown():
+    """Neuron (one type for every (layer, index)) equals, hashes, sorts, prints and serializes as the plain pair, so
+    KN lists read back from a store as Neurons compare with the pairs stored and used before."""
+    import json
+
+    from knowloc.analysis import Neuron, kn_list, kn_set
+
+    n = Neuron(3, 7)
+    assert n == (3, 7) and hash(n) == hash((3, 7)) and (3, 7) in {n} and n in {(3, 7)}
+    assert (n.layer, n.index) == (3, 7) and repr(n) == "(3, 7)" and str([n]) == "[(3, 7)]"
+    assert json.dumps([n]) == "[[3, 7]]"
+    assert sorted([Neuron(2, 9), (1, 5), Neuron(2, 1)]) == [(1, 5), (2, 1), (2, 9)]
+    assert kn_list([[3, 7], [0, 1]]) == [(3, 7), (0, 1)] and all(type(x) is Neuron for x in kn_list([[3, 7]]))
+    assert kn_set([[3, 7], [3, 7], [0, 1]]) == {(3, 7), (0, 1)} and isinstance(kn_set([]), frozenset)
+    picked = select_neurons(torch.tensor([[0.1, 0.9], [0.5, 0.0]]), 0.2)  # cpu: pure maths
+    assert picked == [(0, 1), (1, 0)] and all(type(x) is Neuron for x in picked)
+    assert select_neurons(torch.tensor([[0.1, 0.9], [0.5, 0.0]]), 1, mode="top_k") == [(0, 1)]  # cpu: pure maths

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from knowloc.attribution import attribute
-from knowloc.attribution.cache import ENGINE_CACHE
+from knowloc.attribution.cache import engine_cache
 from knowloc.attribution.engine import attribute_fast
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.reference import attribute_reference
@@ -123,9 +123,9 @@ def test_recorded_block_arguments_serve_other_queries_of_the_same_shape(tiny_mod
         "The language of Brazil is")) if len(enc.input_ids) == len(first.input_ids) and enc != first)
     other_shape = lm.encode("Paris is the capital of the country called", "France")
     attribute_fast(lm, first, config)
-    recorded = len(ENGINE_CACHE.model(lm.model).block_calls)
+    recorded = len(engine_cache(lm).block_calls)
     fast, _ = attribute_fast(lm, same_shape, config)
-    assert len(ENGINE_CACHE.model(lm.model).block_calls) == recorded  # reused, not recorded again
+    assert len(engine_cache(lm).block_calls) == recorded  # reused, not recorded again
     assert_equivalent(fast, attribute_reference(lm, same_shape, config))
     fast, _ = attribute_fast(lm, other_shape, config)
     assert_equivalent(fast, attribute_reference(lm, other_shape, config))
@@ -193,17 +193,17 @@ def test_convergence_delta_baseline_objective_matches_a_patched_forward(tiny_mod
 
 
 def test_engine_state_has_one_owner_and_clears(tiny_models):
-    """Recorded block arguments, AMIG baselines and the logits buffer live in ENGINE_CACHE (not on the model);
-    clearing it changes no result."""
+    """Recorded block arguments, AMIG baselines and the logits buffer live in one object owned by the model
+    (engine_cache(lm), in lm.caches; no other engine state on the model); clearing it changes no result."""
     lm = tiny_models("tiny-llama")
     enc = lm.encode(PROMPT, "Paris")
     config = MethodConfig("amig", steps=3, reference_prompts=REFS)
     before, _ = attribute_fast(lm, enc, config)
-    cache = ENGINE_CACHE.model(lm.model)
-    assert cache.block_calls and cache.baselines and ENGINE_CACHE._scratch
-    assert not any(k.startswith("_") for k in vars(lm))  # LanguageModel carries no engine state
-    ENGINE_CACHE.clear()
-    assert not ENGINE_CACHE.model(lm.model).block_calls and not ENGINE_CACHE._scratch
+    cache = engine_cache(lm)
+    assert cache.block_calls and cache.baselines and cache._scratch
+    assert not any(k.startswith("_") for k in vars(lm))  # LanguageModel carries no engine state but its caches
+    lm.clear_caches()
+    assert not engine_cache(lm).block_calls and not engine_cache(lm)._scratch
     again, _ = attribute_fast(lm, enc, config)
     assert torch.equal(before, again)
 

@@ -17,3 +17,22 @@ def test_small_samples_get_no_interval():
     assert big["n"] == MIN_N + 2 and big["diff"] == pytest.approx(1.0) and big["beyond_ci"]
     small = paired_contrast(rows[:2], "m", {"x": "b"}, {"x": "a"}, 200, 0).contrast()
     assert small["n"] == 2 and np.isnan(small["ci_low"]) and not small["beyond_ci"]  # no star below MIN_N
+
+
+def test_switching_models_releases_the_previous_model_and_its_caches():
+    import gc
+    import weakref
+
+    from knowloc.models.fingerprint import weights_hash
+    from knowloc.study.context import ModelPool
+
+    pool = ModelPool()
+    lm = pool.get("tiny-gpt2")
+    weights_hash(lm)
+    caches, module = lm.caches, weakref.ref(lm.model)
+    assert caches
+    pool.switch("tiny-llama")
+    assert caches == {} and pool.loaded() == []  # freed at the switch, even with a reference left (lm)
+    del lm
+    gc.collect()
+    assert module() is None

@@ -40,3 +40,22 @@ def test_editors_study_end_to_end(tmp_path, study_args, monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("edit recomputed")))
     again = json.loads(run_study(StudyConfig(**study_args(out, **EDITOR_ARGS)), echo=lambda _: None).read_text())
     assert again["editors"] == rows and computed == [(0, 1)]
+
+
+def test_the_study_and_the_editors_share_their_defaults():
+    """One source of rome's and ft's defaults: a default study builds the editors the dataclasses' defaults build
+    (what `knowloc bench editors` times), with the values studies have always used (4 prefixes, 128 samples)."""
+    from dataclasses import fields
+
+    from knowloc.editing.editors import FineTune, Rome
+    from knowloc.study.experiments.editors import make_editor
+
+    config = StudyConfig()
+    study, default = make_editor("rome", config), Rome()
+    assert [(f.name, getattr(study, f.name)) for f in fields(Rome) if f.name != "covariance"] == \
+        [(f.name, getattr(default, f.name)) for f in fields(Rome) if f.name != "covariance"]
+    assert (config.rome_steps, config.rome_lr, config.rome_stop, config.rome_prefixes, config.rome_samples) == \
+        (20, 0.5, 0.0, 4, 128) and (default.sample.n, default.sample.length, default.sample.seed) == (128, 64, 0)
+    for name in ("ft", "kn-ft"):
+        assert make_editor(name, config) == FineTune(neurons=name == "kn-ft")
+    assert (config.ft_steps, config.ft_lr, config.ft_bound) == (25, 1e-2, 1e-2)

@@ -202,6 +202,26 @@ def test_findings_by_model_judge_each_models_rows_alone():
     assert findings_by_model({**summary, "config": {"models": ["a"]}, "facts": {"a": 20}}, BUILTIN) is None
 
 
+def test_pooled_findings_of_two_models_name_the_model_of_each_number():
+    """The pooled text of a two-model study said "ig: ... ig: ..." without the model of each number: each
+    comparison now names its model (the verdict still pools both); a single model's text is as it was."""
+    from knowloc.study.findings import model_view
+
+    summary = _two_model_summary()
+    items = {f["id"]: f for f in findings(summary)}
+    assert items["k-i-share"]["text"] == ("[a] ig: 0.40 [0.30, 0.50] of 20 facts are K_I (static tau 0.30). "
+                                          "[b] ig: 0.42 [0.25, 0.60] of 18 facts are K_I (static tau 0.30).")
+    cas = items["cas-beats-baselines"]
+    assert cas["verdict"] == "mixed" and cas["reason"] == "the methods or groups disagree: 2 support, 1 contradict of 3"
+    assert cas["text"] == ("[a] ig K_C: Avg of CAS minus N_i is +0.125 [+0.050, +0.200] (n 20). "
+                           "[a] amig K_I: Avg of CAS minus N_g is +0.155 [+0.010, +0.300] (n 12). "
+                           "[b] ig K_C: Avg of CAS minus N_i is -0.125 [-0.200, -0.050] (n 20).")
+    assert items["query-kn-mapping"]["text"] == "Not measured: the study has no query-mapping results."
+    alone = {**model_view(summary, "a"), "config": {"models": ["a"], "specificity": 1.0}, "facts": {"a": 20}}
+    assert next(f for f in findings(alone) if f["id"] == "k-i-share")["text"] == \
+        "ig: 0.40 [0.30, 0.50] of 20 facts are K_I (static tau 0.30)."
+
+
 def test_model_view_filters_every_list_of_model_rows():
     from knowloc.study.findings import model_view
 

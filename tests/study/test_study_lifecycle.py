@@ -333,3 +333,86 @@ def test_an_interrupt_inside_a_ray_call_is_the_interrupt():
     with pytest.raises(SystemError):
         unwrap_interrupt(ray_call, ValueError("not an interrupt"))
     assert unwrap_interrupt(lambda a, b=0: a + b, 1, b=2) == 3
+
+
+# --------------------------------------------------------------------------- one cleanup
+
+
+def _record_cleanup(monkeypatch) -> list[str]:
+    """What run_study's cleanup does, in order: the executor's close, the store's close, the lock's releases."""
+    from knowloc.study import runner
+    from knowloc.study.store import Store
+
+    calls: list[str] = []
+    real_make, real_close, real_release = runner.make_executor, Store.close, StudyLock.release
+
+    def make_executor(ctx):
+        executor = real_make(ctx)
+        real_executor_close = executor.close
+
+        def close():
+            calls.append("executor.close")
+            real_executor_close()
+        executor.close = close
+        return executor
+
+    def store_close(self):
+        calls.append("store.close")
+        real_close(self)
+
+    def release(self, remove=False):
+        calls.append(f"lock.release(remove={remove})")
+        real_release(self, remove)
+
+    monkeypatch.setattr(runner, "make_executor", make_executor)
+    monkeypatch.setattr(Store, "close", store_close)
+    monkeypatch.setattr(StudyLock, "release", release)
+    return calls
+
+
+@pytest.mark.parametrize("ending", ["success", "failure", "interrupt"])
+def test_the_cleanup_runs_once_in_one_order_however_the_run_ends(tmp_path, study_args, monkeypatch, ending):
+    """Executor, then store, then lock, on success, a failure and an interrupt after units were stored (the
+    directory and its units stay; an interrupt carries (stored, planned))."""
+    from knowloc.errors import KnowlocError
+    from knowloc.study import runner
+    from knowloc.study.config import StudyConfig
+
+    calls = _record_cleanup(monkeypatch)
+    raised = {"failure": KnowlocError("disk full"), "interrupt": Interrupted()}.get(ending)
+    if raised is not None:
+        def failing_outputs(*_a, **_k):
+            raise raised
+        monkeypatch.setattr(runner, "write_outputs", failing_outputs)
+    out = tmp_path / "new" / "study"
+    config = StudyConfig(**study_args(out, facts=2, experiments=["consistency"]))
+    if raised is None:
+        assert runner.run_study(config, echo=lambda _: None) == out / "summary.json"
+    else:
+        with pytest.raises(type(raised)) as info:
+            runner.run_study(config, echo=lambda _: None)
+        assert info.value is raised
+    assert calls == ["executor.close", "store.close", "lock.release(remove=False)"]
+    assert _units(out / "results.sqlite") > 0 and (out / MARKER).is_file()
+    if ending == "interrupt":
+        stored, planned = raised.units
+        assert stored == _units(out / "results.sqlite") and planned >= stored
+
+
+def test_a_failure_before_any_unit_closes_the_store_then_discards_then_releases(tmp_path, study_args, monkeypatch):
+    """No executor was made; the empty store is closed, then what the run made is removed (the lock released with
+    its marker) and the lock released once more (a no-op)."""
+    from knowloc.errors import KnowlocError
+    from knowloc.study import runner
+    from knowloc.study.config import StudyConfig
+
+    calls = _record_cleanup(monkeypatch)
+
+    def failing_probe(*_a, **_k):
+        raise KnowlocError("no model")
+    monkeypatch.setattr(runner, "probe_facts", failing_probe)
+    out = tmp_path / "new" / "study"
+    with pytest.raises(KnowlocError, match="no model"):
+        runner.run_study(StudyConfig(**study_args(out)), echo=lambda _: None)
+    assert calls == ["store.close", "lock.release(remove=True)", "lock.release(remove=False)"]
+    assert not (tmp_path / "new").exists()

@@ -57,30 +57,31 @@ def _trials(db_path) -> int:
         return 0
 
 
-def _kill_one_worker_after(db_path, rows: int, killed: list, timeout: float = 600) -> None:
-    import psutil
-
+def _kill_one_worker_after(db_path, rows: int, workers: list[dict], killed: list, timeout: float = 600) -> None:
+    """SIGKILL one of this study's workers (their pids from its placements: never another study's on the same
+    machine) once `rows` trials are stored."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if _trials(db_path) >= rows:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                cmdline = " ".join(proc.info["cmdline"] or [])
-                if "StudyWorker" in cmdline:
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return
+        if workers and _trials(db_path) >= rows:
+            os.kill(workers[0]["pid"], signal.SIGKILL)
+            killed.append(workers[0]["pid"])
+            return
         time.sleep(0.02)
 
 
 EXPERIMENTS = ["consistency", "modification", "query-mapping"]
 
 
-def test_ray_matches_local_and_survives_a_killed_worker(tmp_path, tmp_path_factory, study_args, ray_cluster):
+def test_ray_matches_local_and_survives_a_killed_worker(tmp_path, tmp_path_factory, study_args, ray_cluster,
+                                                        monkeypatch):
     experiments = EXPERIMENTS
     local = _local_summary(study_args, tmp_path_factory, experiments)
     out = tmp_path / "ray"
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_one_worker_after, args=(out / "results.sqlite", 3, killed))
+    workers: list[dict] = []
+    describe = executors.describe_placements
+    monkeypatch.setattr(executors, "describe_placements", lambda found: workers.extend(found) or describe(found))
+    killer = threading.Thread(target=_kill_one_worker_after, args=(out / "results.sqlite", 3, workers, killed))
     killer.start()
     summary = run_study(StudyConfig(**study_args(out, experiments=experiments, executor="ray", workers=2)),
                         echo=lambda _: None).read_text()

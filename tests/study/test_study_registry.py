@@ -162,3 +162,27 @@ def test_a_name_given_twice_is_studied_once():
                       experiments="consistency,modification,consistency")
     assert cfg.methods == ["ig", "amig"] and cfg.models == ["tiny-llama"]
     assert cfg.experiments == ["consistency", "modification"]
+
+
+def test_required_experiments_run_and_no_validate_changes_the_config():
+    """An experiment declares what it reads (``requires``): a study that chooses it lists and runs those too,
+    appended in the order first required, and no experiment's validate changes the config it checks."""
+    from dataclasses import replace
+
+    from knowloc.study.registry import experiments, run_order, with_requirements
+
+    assert REGISTRY["localization-vs-editing"].requires == ("tracing",)
+    config = StudyConfig(experiments=["consistency", "localization-vs-editing"])
+    assert config.experiments == ["consistency", "localization-vs-editing", "tracing"]
+    assert StudyConfig(**config.as_dict()).experiments == config.experiments  # (a config read back: the same)
+    before = config.as_dict()
+    for experiment in experiments():
+        if experiment.validate is not None:
+            experiment.validate(config)
+    assert config.as_dict() == before
+    register(replace(TOY, name="toy", requires=("localization-vs-editing",)))
+    try:
+        assert with_requirements(["toy"]) == ["toy", "localization-vs-editing", "tracing"]  # and theirs in turn
+        assert [e.name for e in run_order(["toy"]) if not e.always] == ["tracing", "localization-vs-editing", "toy"]
+    finally:
+        unregister("toy")

@@ -117,7 +117,7 @@ def test_reference_is_the_shipped_set_and_never_a_facts_own_queries(tmp_path, st
     neutral = [r for r in rows if r["relation"] is None]
     queries = [r for r in rows if r["relation"] is not None]
     assert [r["prompt"] for r in neutral] == load_specificity_prompts()[:6]
-    studied = {normalized_prompt(q["text"]) for row in ctx.probes["tiny-llama"] for q in row["queries"]}
+    studied = {normalized_prompt(q.text) for probe in ctx.probes["tiny-llama"] for q in probe.queries}
     assert normalized_prompt(colour["prompt"]) in studied
     expected = []
     for q in shipped:
@@ -172,7 +172,7 @@ def test_study_reference_uses_other_relations_known_facts(tmp_path, study_args):
     rows = ctx.store.reference("tiny-llama", "ig")
     queries = [r for r in rows if r["relation"] is not None]
     assert {r["relation"] for r in queries} == {"R1", "R2"} and len(queries) <= 6
-    fact_prompts = {q["text"] for row in ctx.probes["tiny-llama"] for q in row["queries"]}
+    fact_prompts = {q.text for probe in ctx.probes["tiny-llama"] for q in probe.queries}
     assert {r["prompt"] for r in queries} <= fact_prompts  # real queries, of known facts
     for relation in ("R1", "R2"):
         expected = {n for r in rows if r["relation"] in (None, *({"R1", "R2"} - {relation})) for n in r["kn"]}

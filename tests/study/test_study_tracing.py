@@ -43,3 +43,12 @@ def test_tracing_study_end_to_end(tmp_path, study_args, monkeypatch):
     assert "## Causal tracing" in (out / "summary.md").read_text()
     again = json.loads(run_study(StudyConfig(**study_args(out, **TRACE_ARGS)), echo=lambda _: None).read_text())
     assert again["tracing"] == rows and len(traced) == n_facts
+
+
+def test_the_study_traces_with_the_tracing_defaults():
+    """One source of tracing's defaults: a default study's settings are TraceSettings' (what `knowloc bench
+    tracing` times), with the values studies have always used."""
+    from knowloc.study.experiments.tracing import settings
+    from knowloc.tracing import TraceSettings
+
+    assert settings(StudyConfig()) == TraceSettings() == TraceSettings(samples=10, noise=3.0, window=6, seed=0)

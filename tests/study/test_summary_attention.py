@@ -118,3 +118,17 @@ def test_a_group_without_trials_has_n_0(tmp_path):
     contrast = one(summary["attention_contrasts"], group="K_I", alpha=0.0, metric="dkn_activation")
     assert contrast["n"] == 0 and contrast["diff"] is None and contrast["beyond_ci"] is False
     assert one(summary["attention"], group="K_C", synapses="related", alpha=0.0)["n"] == 1
+
+
+def test_each_statistic_counts_its_own_facts(tmp_path):
+    """c2's KN activations were all 0 before the manipulation (no relative change: nan) while its P(gold) change
+    exists: the row's n counts the facts with a KN activation change (2), n_dprob those with a dP(gold) (3)."""
+    nan = float("nan")
+    trials = {"c0": TRIALS["c0"], "c1": TRIALS["c1"], "c2": fact_trials(([nan, nan], -0.5), ([nan, nan], 0.2))}
+    summary = summarize(attention.summarize, tmp_path, {"c0": "K_C", "c1": "K_C", "c2": "K_C"},
+                        {"attention": trials})
+    related = one(summary["attention"], group="K_C", synapses="related", alpha=0.0)
+    assert related["n"] == 2 and related["dkn_activation"] == pytest.approx((-0.7 - 0.2) / 2)
+    assert related["n_dprob"] == 3 and related["dprob"] == pytest.approx((-0.3 - 0.1 - 0.5) / 3)
+    enhanced = one(summary["attention"], group="K_C", synapses="related", alpha=2.0)  # every fact has both
+    assert enhanced["n"] == enhanced["n_dprob"] == 3

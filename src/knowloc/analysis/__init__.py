@@ -29,7 +29,7 @@ from knowloc.analysis.editing_metrics import (
     relative_change,
     update_success,
 )
-from knowloc.analysis.neurons import relative_mask, select_neurons
+from knowloc.analysis.neurons import KnSet, Neuron, kn_list, kn_set, relative_mask, select_neurons
 from knowloc.analysis.specificity import (TYPE_SHARE, activation_ratio, answer_types, excluded_reference_relations,
                                          kn_frequency, mask_scores, nonspecific_neurons, normalized_prompt)
 from knowloc.analysis.stats import (MIN_N, Estimate, bootstrap_ci, paired_bootstrap_diff, permutation_test_diff,
@@ -41,6 +41,10 @@ __all__ = [
     "GROUPS",
     "K_C",
     "K_I",
+    "KnSet",
+    "Neuron",
+    "kn_list",
+    "kn_set",
     "unpaired_bootstrap_diff",
     "activation_ratio",
     "kn_frequency",

@@ -10,8 +10,6 @@ import torch
 
 from knowloc.errors import KnowlocError
 
-Neuron = tuple[int, int]
-
 
 def to_numpy_f64(x: Any, name: str) -> np.ndarray:
     """Return ``x`` (torch tensor, numpy array or nested sequence) as a float64 numpy array."""
@@ -58,11 +56,3 @@ def check_count(value: Any, name: str, minimum: int) -> int:
         raise KnowlocError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(f)
 
-
-def sorted_neurons(values: np.ndarray, mask: np.ndarray) -> list[Neuron]:
-    """Neurons ``(layer, idx)`` where ``mask`` holds, by value descending, ties by (layer, idx)."""
-    layers, idxs = np.nonzero(mask)
-    vals = values[layers, idxs]
-    # np.lexsort sorts by the last key first: value descending, then layer, then index.
-    order = np.lexsort((idxs, layers, -vals))
-    return [(int(layers[k]), int(idxs[k])) for k in order]

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from knowloc.analysis._arrays import Neuron, check_count, check_finite, check_unit_interval, sorted_neurons
-from knowloc.analysis.neurons import relative_mask
+from knowloc.analysis._arrays import check_count, check_finite, check_unit_interval
+from knowloc.analysis.neurons import Neuron, relative_mask, sorted_neurons
 from knowloc.errors import KnowlocError
 
 __all__ = ["cas_components", "cas_scores", "cas_select"]
@@ -114,5 +114,4 @@ def cas_select(
     t = check_unit_interval(threshold, "threshold")
     k = None if top_k is None else check_count(top_k, "top_k", 0)
     cas = cas_scores(stack, beta1, beta2).numpy()
-    chosen = sorted_neurons(cas, relative_mask(cas, t))
-    return chosen if k is None else chosen[:k]
+    return sorted_neurons(cas, relative_mask(cas, t), limit=k)

@@ -19,24 +19,71 @@ descending; ties are broken by ``(layer, index)`` ascending so the output is det
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
-from knowloc.analysis._arrays import (
-    Neuron,
-    check_count,
-    check_finite,
-    check_unit_interval,
-    sorted_neurons,
-    to_numpy_f64,
-)
+from knowloc.analysis._arrays import check_count, check_finite, check_unit_interval, to_numpy_f64
 from knowloc.errors import KnowlocError
 
 SelectMode = Literal["relative", "absolute", "top_k"]
 
-__all__ = ["SelectMode", "select_neurons", "relative_mask"]
+__all__ = ["KnSet", "Neuron", "SelectMode", "kn_list", "kn_set", "relative_mask", "select_neurons",
+           "sorted_neurons"]
+
+
+class Neuron(NamedTuple):
+    """One MLP neuron of a model: ``(layer, index)``, e.g. ``Neuron(29, 1197)``.
+
+    A tuple: it equals, hashes and sorts as the plain pair ``(layer, index)``, is written to JSON as
+    ``[layer, index]`` and prints as ``(layer, index)``, so plain pairs and neurons mix freely (a plain pair is
+    found in a set of neurons and the other way round).
+
+    Example:
+        >>> Neuron(2, 7) == (2, 7), Neuron(*[2, 7]).layer, repr(Neuron(2, 7))
+        (True, 2, '(2, 7)')
+    """
+
+    layer: int
+    index: int
+
+    __repr__ = tuple.__repr__  # as the plain pair: text built from neurons reads as before
+
+
+KnSet = frozenset[Neuron]
+"""A knowledge-neuron set: the neurons of one query's KN list, without order (consistency scores compare these)."""
+
+
+def kn_list(pairs: Iterable[Sequence[int]]) -> list[Neuron]:
+    """A KN list (order kept) from ``(layer, index)`` pairs, e.g. a stored JSON list ``[[l, i], ...]``.
+
+    Example:
+        >>> kn_list([[0, 3], [1, 2]])
+        [(0, 3), (1, 2)]
+    """
+    return [Neuron(*pair) for pair in pairs]
+
+
+def kn_set(pairs: Iterable[Sequence[int]]) -> KnSet:
+    """A :data:`KnSet` from ``(layer, index)`` pairs, e.g. a stored JSON list ``[[l, i], ...]``.
+
+    Example:
+        >>> kn_set([[0, 3], [0, 3], [1, 2]]) == {(0, 3), (1, 2)}
+        True
+    """
+    return frozenset(Neuron(*pair) for pair in pairs)
+
+
+def sorted_neurons(values: np.ndarray, mask: np.ndarray, limit: int | None = None) -> list[Neuron]:
+    """Neurons ``(layer, idx)`` where ``mask`` holds, by value descending, ties by (layer, idx); the first
+    ``limit`` of them when given."""
+    layers, idxs = np.nonzero(mask)
+    vals = values[layers, idxs]
+    # np.lexsort sorts by the last key first: value descending, then layer, then index.
+    order = np.lexsort((idxs, layers, -vals))[:limit]
+    return [Neuron(int(layers[k]), int(idxs[k])) for k in order]
 
 
 def relative_mask(values: np.ndarray, threshold: float) -> np.ndarray:
@@ -92,7 +139,7 @@ def select_neurons(
         mask = arr > t
     elif mode == "top_k":
         k = check_count(threshold, "threshold (top_k)", 0)
-        return sorted_neurons(arr, np.ones(arr.shape, dtype=bool))[:k]
+        return sorted_neurons(arr, np.ones(arr.shape, dtype=bool), limit=k)
     else:
         raise KnowlocError(f"mode must be 'relative', 'absolute' or 'top_k', got {mode!r}")
     return sorted_neurons(arr, mask)

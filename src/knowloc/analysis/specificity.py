@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from knowloc.analysis._arrays import Neuron
+from knowloc.analysis.neurons import Neuron
 from knowloc.errors import KnowlocError
 
 __all__ = ["kn_frequency", "activation_ratio", "nonspecific_neurons", "mask_scores", "answer_types",
@@ -96,7 +96,7 @@ def nonspecific_neurons(ref_frequency: np.ndarray, max_frequency: float) -> set[
     if not 0 <= max_frequency <= 1:
         raise KnowlocError(f"the specificity threshold must be in [0, 1], got {max_frequency}")
     layers, indices = np.nonzero(np.asarray(ref_frequency) > max_frequency)
-    return {(int(l), int(i)) for l, i in zip(layers, indices)}
+    return {Neuron(int(l), int(i)) for l, i in zip(layers, indices)}
 
 
 def mask_scores(scores: torch.Tensor, excluded: Iterable[Neuron]) -> torch.Tensor:

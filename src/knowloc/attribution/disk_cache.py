@@ -83,7 +83,7 @@ def attribution_key(lm: LanguageModel, config: MethodConfig, prompt: str, target
         baseline = config.baseline_token
     elif config.method == "amig":
         baseline = list(reference_prompts(config))
-    fields = {"format": FORMAT, "weights": weights_hash(lm.model), "site": lm.site, "dtype": str(lm.dtype),
+    fields = {"format": FORMAT, "weights": weights_hash(lm), "site": lm.site, "dtype": str(lm.dtype),
               "kind": "target" if target is not None else "next_token", "method": config.method,
               "steps": config.effective_steps, "objective": config.objective, "baseline": baseline,
               "layers": None if layers is None else sorted(set(layers)), "prompt": prompt, "target": target}

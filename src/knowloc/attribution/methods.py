@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from knowloc.attribution.cache import ENGINE_CACHE
+from knowloc.attribution.cache import engine_cache
 from knowloc.data import load_amig_reference_prompts
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import trace_activations
@@ -102,7 +102,7 @@ def baselines(lm: LanguageModel, enc: Encoding, config: MethodConfig) -> torch.T
     if config.method == "amig":
         prompts = reference_prompts(config)
         key = ("amig", lm.site, prompts)
-        cached = ENGINE_CACHE.model(lm.model).baselines
+        cached = engine_cache(lm).baselines
         if key not in cached:
             seqs = [list(lm.encode(p).prompt_ids) for p in prompts]
             cached[key] = last_position_activations(lm, seqs).mean(dim=0, keepdim=True)

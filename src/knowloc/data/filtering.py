@@ -2,11 +2,17 @@
 
 A query is answered when the argmax next token after its prompt is the first token of " " + object
 (optionally with the argmax restricted to the first tokens of the relation's objects, as LAMA does).
-A fact enters a study when at least `min_known` of its neighbor queries are answered (default 2).
+A fact enters a study when at least `min_known` of its neighbor queries are answered (default 2): the rule is
+written once, :func:`is_known`, and used by the study, its report and ``knowloc probe``.
+
+A study stores each fact's probe as a :class:`ProbedFact` (its :class:`ProbedQuery` per paraphrase: the answer,
+the gold token's probability, the model's top-3 next tokens), in the JSON layout ``ProbedFact.to_json``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +21,24 @@ from tqdm.auto import tqdm
 from knowloc.data.types import Fact, Query
 from knowloc.models.lm import LanguageModel
 from knowloc.models.scoring import next_token_distributions
+
+
+def is_known(answered: Iterable[bool], min_known: int) -> bool:
+    """The known-fact rule: a fact is known when at least `min_known` of its neighbor queries are answered.
+
+    Args:
+        answered: per neighbor query, whether the model answers it (top-1: the argmax next token is the gold first
+            token).
+        min_known: the least number of answered queries (``--min-known``, default 2).
+
+    Returns:
+        ``#{answered queries} >= min_known``.
+
+    Example:
+        >>> is_known([True, False, True], 2), is_known([True, False, False], 2)
+        (True, False)
+    """
+    return sum(1 for a in answered if a) >= min_known
 
 
 @dataclass
@@ -43,6 +67,88 @@ class FactProbe:
     @property
     def n_known(self) -> int:
         return sum(q.top1 for q in self.queries)
+
+    def known(self, min_known: int) -> bool:
+        """Whether the model knows the fact (:func:`is_known` of its queries)."""
+        return is_known((q.top1 for q in self.queries), min_known)
+
+
+@dataclass(frozen=True)
+class ProbedQuery:
+    """One neighbor query of a :class:`ProbedFact`, as a study stores it.
+
+    template, text: the query's template and prompt; top1: whether the model answers it; prob: the gold first
+    token's probability; gold_token: that token's text (e.g. ``' P'``; ``""`` in stores written before it was
+    kept); predictions: the model's top next tokens ``((token text, prob), ...)`` (a study keeps 3; empty in
+    stores written before they were kept).
+    """
+
+    template: str
+    text: str
+    top1: bool
+    prob: float
+    gold_token: str = ""
+    predictions: tuple[tuple[str, float], ...] = ()
+
+    def to_json(self) -> dict:
+        """The stored JSON object: ``{"template", "text", "top1", "prob", "gold_token", "predictions": [[token,
+        prob], ...]}``."""
+        return {"template": self.template, "text": self.text, "top1": self.top1, "prob": self.prob,
+                "gold_token": self.gold_token, "predictions": [[t, pr] for t, pr in self.predictions]}
+
+    @classmethod
+    def from_json(cls, row: Mapping) -> "ProbedQuery":
+        """A query from its stored JSON object (:meth:`to_json`; keys a store predates get their defaults)."""
+        return cls(row["template"], row["text"], row["top1"], row.get("prob", math.nan), row.get("gold_token", ""),
+                   tuple((t, pr) for t, pr in row.get("predictions") or ()))
+
+
+@dataclass(frozen=True)
+class ProbedFact:
+    """A fact and the model's answers to its neighbor queries (in template order), as a study stores it.
+
+    Example:
+        >>> fact = ProbedFact.from_json({"fact_id": "P36:0", "relation": "P36", "subject": "France",
+        ...     "object": "Paris", "queries": [{"template": "[X]'s capital is [Y].", "text": "France's capital is",
+        ...     "top1": True, "prob": 0.4}, {"template": "[X] has the capital [Y].", "text": "France has the capital",
+        ...     "top1": False, "prob": 0.1}]})
+        >>> fact.known(2), [q.text for q in fact.known_queries()]
+        (False, ["France's capital is"])
+    """
+
+    fact_id: str
+    relation: str
+    subject: str
+    object: str
+    queries: tuple[ProbedQuery, ...] = ()
+
+    def known(self, min_known: int) -> bool:
+        """Whether the model knows the fact (:func:`is_known`: at least `min_known` answered queries)."""
+        return is_known((q.top1 for q in self.queries), min_known)
+
+    def known_queries(self) -> tuple[ProbedQuery, ...]:
+        """The queries the model answers (top-1), in template order."""
+        return tuple(q for q in self.queries if q.top1)
+
+    def to_json(self) -> dict:
+        """``{"fact_id", "relation", "subject", "object", "queries": [ProbedQuery.to_json(), ...]}``."""
+        return {"fact_id": self.fact_id, "relation": self.relation, "subject": self.subject, "object": self.object,
+                "queries": [q.to_json() for q in self.queries]}
+
+    @classmethod
+    def from_json(cls, row: Mapping) -> "ProbedFact":
+        """A probed fact from its JSON form (:meth:`to_json`)."""
+        return cls(row["fact_id"], row["relation"], row["subject"], row["object"],
+                   tuple(ProbedQuery.from_json(q) for q in row["queries"]))
+
+    @classmethod
+    def from_probe(cls, probe: FactProbe, predictions: int = 3) -> "ProbedFact":
+        """What a study stores of a :class:`FactProbe`: each query's answer, gold token and probability, and
+        its first `predictions` top next tokens."""
+        fact = probe.fact
+        return cls(fact.id, fact.relation, fact.subject, fact.object, tuple(
+            ProbedQuery(q.query.template, q.query.text, q.top1, q.prob, q.gold_token,
+                        tuple((t, pr) for t, pr in q.predictions[:predictions])) for q in probe.queries))
 
 
 def probe_facts(lm: LanguageModel, items: list[tuple[Fact, list[Query]]], *, candidates: bool = False,
@@ -84,4 +190,4 @@ def probe_facts(lm: LanguageModel, items: list[tuple[Fact, list[Query]]], *, can
 
 def known_facts(probes: list[FactProbe], min_known: int = 2) -> list[tuple[Fact, list[Query]]]:
     """Facts answered in at least `min_known` neighbor queries, with ALL their queries (answered or not)."""
-    return [(p.fact, [q.query for q in p.queries]) for p in probes if p.n_known >= min_known]
+    return [(p.fact, [q.query for q in p.queries]) for p in probes if p.known(min_known)]

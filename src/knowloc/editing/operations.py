@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from knowloc.analysis import Neuron
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import WeightEditor, edit_weights, hook_input_output, hook_module
 from knowloc.models.lm import LanguageModel
@@ -48,7 +49,8 @@ from knowloc.models.lm import LanguageModel
 OPERATIONS = ("erase", "update")
 UPDATE_RULES = ("dai", "signed", "calibrated")
 
-Neurons = Mapping[int, Iterable[int]] | Iterable[tuple[int, int]]
+# the neurons an operation edits: (layer, index) pairs (a plain pair is as good as a Neuron) or {layer: [index, ...]}
+Neurons = Mapping[int, Iterable[int]] | Iterable[Neuron]
 
 
 def normalize_neurons(lm: LanguageModel, neurons: Neurons) -> list[tuple[int, int]]:

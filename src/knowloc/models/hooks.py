@@ -7,6 +7,7 @@ original weights, also when the body raises. Nothing here replaces modules.
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -15,6 +16,9 @@ from torch import nn
 from knowloc.models.lm import LanguageModel
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor | None]
+SaveObserver = Callable[[int, torch.Tensor], None]  # (layer, the saved original weight)
+# the observers of observe_saved_weights' bodies (this thread / task), innermost last; empty outside them
+_SAVE_OBSERVERS: ContextVar[tuple[SaveObserver, ...]] = ContextVar("knowloc_save_observers", default=())
 
 
 @contextmanager
@@ -118,7 +122,9 @@ class WeightEditor:
 
     def _touch(self, layer: int) -> None:
         if layer not in self._saved:
-            self._saved[layer] = self.lm.mlp_out(layer).weight.detach().clone()
+            self._saved[layer] = saved = self.lm.mlp_out(layer).weight.detach().clone()
+            for observe in _SAVE_OBSERVERS.get():
+                observe(layer, saved)
 
     @torch.no_grad()
     def set_value(self, layer: int, index: int, vector: torch.Tensor) -> None:
@@ -166,3 +172,22 @@ def edit_weights(lm: LanguageModel) -> Iterator[WeightEditor]:
         yield editor
     finally:
         editor.restore()
+
+
+@contextmanager
+def observe_saved_weights(fn: SaveObserver) -> Iterator[None]:
+    """Call ``fn(layer, original)`` whenever a `WeightEditor` (of any `edit_weights`, e.g. inside an editor) saves
+    a layer's original MLP output weight to restore it, during the body (this thread or task); for measurements,
+    e.g. the bytes an editor keeps to restore (``knowloc bench editors``). Removed on exit, also on an exception.
+
+    Example:
+        >>> kept = []
+        >>> with observe_saved_weights(lambda layer, w: kept.append(w.numel() * w.element_size())):
+        ...     with Rome().apply(lm, request):
+        ...         pass
+    """
+    token = _SAVE_OBSERVERS.set((*_SAVE_OBSERVERS.get(), fn))
+    try:
+        yield
+    finally:
+        _SAVE_OBSERVERS.reset(token)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ SITES = {
     "neuron": "input of the MLP output projection (knowloc's convention; lines up with the value vectors)",
     "pre_act": "output of the first FFN projection before the activation (the anchors' hook site, for comparison)",
 }
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,36 @@ class Encoding:
 
 @dataclass
 class LanguageModel:
+    """The HF model, its tokenizer, the architecture adapter, its name and hook site, and what components derive
+    from the loaded model (``caches``).
+
+    ``caches`` holds each component's derived state of this model (the attribution engine's recorded block calls
+    and AMIG baselines, ROME's context prefixes and key statistics, the weights fingerprint), one entry per owner
+    (its module name, :meth:`cache`), so that state lives and dies with the loaded model: dropping the model drops
+    it, :meth:`clear_caches` frees it at once (the study's model pool, when it moves to another model). Results
+    never depend on it. Wrappers of one module made with ``dataclasses.replace`` (e.g. another ``site``) share it.
+    """
+
     model: nn.Module
     tokenizer: object
     arch: ArchSpec
     name: str
     site: str = "neuron"
+    caches: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+
+    def cache(self, owner: str, make: Callable[[], T]) -> T:
+        """The state `owner` (a component's module name) keeps for this model, made by ``make()`` on first use.
+
+        Example:
+            >>> lm.cache(__name__, dict)["key"] = value  # kept until lm.clear_caches() or the model goes
+        """
+        if owner not in self.caches:
+            self.caches[owner] = make()
+        return self.caches[owner]
+
+    def clear_caches(self) -> None:
+        """Drop every component's derived state of this model (it is recomputed when needed)."""
+        self.caches.clear()
 
     @property
     def device(self) -> torch.device:

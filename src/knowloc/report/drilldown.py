@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowloc.analysis import K_C, K_I, consistency_scores, otsu_threshold
+from knowloc.data.filtering import ProbedFact
 from knowloc.report.tables import esc, render_table
 from knowloc.study.config import StudyConfig
 from knowloc.study.facts import select_facts
@@ -130,7 +131,7 @@ def facts_section(out_dir: Path, config: StudyConfig) -> str:
         for model in models:
             probes = store.probe(model)
             facts = select_facts(probes, int(config.min_known), config.facts, int(config.seed))
-            probe_of = {row["fact_id"]: row for row in probes}
+            probe_of = {probe.fact_id: probe for probe in probes}
             descriptions = store.neuron_descriptions(model)
             per_method = {}
             for method in methods:
@@ -154,7 +155,7 @@ def facts_section(out_dir: Path, config: StudyConfig) -> str:
     return "\n".join([intro] + parts)
 
 
-def _fact_html(model: str, methods: list[str], fact, probe: dict | None, per_method: dict, score: str,
+def _fact_html(model: str, methods: list[str], fact, probe: ProbedFact | None, per_method: dict, score: str,
                descriptions: dict) -> str:
     badges = []
     for method in methods:
@@ -168,15 +169,15 @@ def _fact_html(model: str, methods: list[str], fact, probe: dict | None, per_met
             + " · ".join(badges) + "</span></summary>")
     rows = []
     answered = 0
-    for query in (probe or {}).get("queries", []):
-        if query.get("top1"):
+    for query in probe.queries if probe is not None else ():
+        if query.top1:
             label = f"q{answered}"
             answered += 1
         else:
             label = DASH
-        top = ", ".join(f"{t!r} {pr:.2f}" for t, pr in query.get("predictions") or [])
-        rows.append({"q": label, "prompt": query.get("text", ""), "answered": bool(query.get("top1")),
-                     "gold": repr(query["gold_token"]) if query.get("gold_token") else DASH, "prob": query.get("prob"),
+        top = ", ".join(f"{t!r} {pr:.2f}" for t, pr in query.predictions)
+        rows.append({"q": label, "prompt": query.text, "answered": bool(query.top1),
+                     "gold": repr(query.gold_token) if query.gold_token else DASH, "prob": query.prob,
                      "top": top or DASH})
     body = [f"<p><b>Subject</b> {esc(fact.subject)} &nbsp; <b>Relation</b> {esc(fact.relation)} &nbsp; "
             f"<b>Object</b> {esc(fact.object)}</p>",

@@ -23,16 +23,22 @@ from typing import Any
 from knowloc.attribution.disk_cache import default_cache_dir
 from knowloc.attribution.methods import METHODS
 from knowloc.data import Dataset, load_facts
+from knowloc.editing.editors import FineTune, Rome, check_editors
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 from knowloc.models import require_installed
 from knowloc.study import registry
+from knowloc.study.layers import GRAMMAR, LayerSpec
+from knowloc.tracing import TraceSettings
 
 CS_SCORES = ("cs1", "cs2", "csp")
 DTYPES = ("fp32", "bf16", "fp16")
 KINDS = ("identity", "view", "runtime")
 LIST_FIELDS = ("models", "methods", "experiments", "relations", "editors", "edit_layer",
                "lve_layers")  # comma-separated or repeated on the command line
+# The settings that name layers, one grammar (knowloc.study.layers), and their flags
+LAYER_FIELDS = {"edit_layer": "--edit-layer", "lve_layers": "--lve-layers", "attention_layers": "--attention-layers"}
+LAYER_LIST = f"a layer list: {GRAMMAR}"
 # What a store that predates an identity setting was computed with, where that differs from today's default
 # (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
 LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai", "specificity_reference": "study"}
@@ -47,6 +53,14 @@ RULE_LAMBDA2 = {"dai": 8.0, "signed": 8.0, "calibrated": 1.0}
 # the largest F on the locality plateau (Loc 0.77 at F = 0.05 and 0.03, 0.80 at 0.02 removing 9x the neurons,
 # 0.62 at 0.1), the builtin set the check
 DEFAULT_SPECIFICITY = 0.05
+
+
+def component_default(cls: type, name: str) -> Any:
+    """The default of a component's settings dataclass field (its factory's value where it has one): a study
+    setting that a component also takes (ROME's steps, tracing's noise draws) reads its default from the
+    component, so the two cannot disagree."""
+    spec = next(f for f in fields(cls) if f.name == name)
+    return spec.default if spec.default is not MISSING else spec.default_factory()
 
 
 def setting(default: Any = MISSING, *, help: str, kind: str = "identity", factory: Any = MISSING,
@@ -106,8 +120,8 @@ class StudyConfig:
     locality: int = setting(10, help="locality prompts per fact")
     ppl_texts: int = setting(5, help="neutral sentences for dlogPPL")
     attention_k: int = setting(3, help="knowledge synapses: top-k attention weights per (layer, head) row")
-    attention_layers: str | None = setting(None, help="manipulate knowledge synapses in layers a-b only "
-                                           "(default: all)")
+    attention_layers: str | None = setting(None, help="manipulate knowledge synapses in these layers only, e.g. "
+                                           f"10-20 (default: all); {LAYER_LIST}")
     attention_renormalize: bool = setting(False, help="rescale each manipulated attention row to sum to 1")
     cas_beta1: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
     cas_beta2: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
@@ -133,32 +147,40 @@ class StudyConfig:
     editors: list[str] = setting(factory=lambda: ["kn", "kn-ft", "ft", "rome"], help="editors experiment: kn (the "
                                  "update rule on N_i), kn-ft (fine-tuning of N_i's value vectors), ft (FT+L of one "
                                  "layer's MLP output projection), rome (ROME's rank-one update of it)")
-    edit_layer: list[str] = setting(factory=lambda: ["mid"], help="editors: the layer(s) ft and rome edit ('mid' = "
-                                    "n_layers // 2; a list sweeps layers)")
-    rome_steps: int = setting(20, help="rome: Adam steps of the value vector v* (ROME: 20)")
-    rome_lr: float = setting(0.5, help="rome: learning rate of v* (ROME: 0.5)")
-    rome_stop: float = setting(0.0, help="rome: v*'s steps end once its loss is below this (ROME's code: 5e-2; "
-                               "0, the default the measurements used: every --rome-steps step)")
-    rome_prefixes: int = setting(4, help="rome: seeded context prefixes of the model's own text besides the query "
-                                 "(key k* and v* are fitted over them)")
-    rome_samples: int = setting(128, help="rome: samples of 64 tokens of the model's own seeded text over which the "
-                                "key statistics C = E[k k^T] are computed (once per model and layer, stored)")
-    ft_steps: int = setting(25, help="ft / kn-ft: Adam steps (ROME's FT+L: 25)")
-    ft_lr: float = setting(1e-2, help="ft / kn-ft: learning rate (the bound: Adam's steps reach it in one step)")
-    ft_bound: float = setting(1e-2, help="ft / kn-ft: L-infinity bound of the weight change; the smallest of "
-                              "5e-4 (ROME's FT+L on GPT-2 XL) .. 1e-2 at which ft reaches Rel >= 0.9 on ParaRel "
-                              "(SmolLM2-135M; docs/editing.md)")
-    trace_samples: int = setting(10, help="tracing: seeded noise draws per query (ROME: 10)")
-    trace_noise: float = setting(3.0, help="tracing: noise sigma in standard deviations of the token embeddings "
-                                 "(ROME: 3)")
-    trace_window: int = setting(6, help="tracing: layers restored together around each layer for mlp / attn "
-                                "(ROME: 10 of 48 layers; 6 keeps that share of a 30-layer model)")
+    edit_layer: list[str] = setting(factory=lambda: ["mid"], help="editors: the layer(s) ft and rome edit (several "
+                                    f"sweep layers); {LAYER_LIST}")
+    # rome's, ft's and tracing's defaults are the components' own (component_default), so `knowloc bench` times
+    # what a study runs
+    rome_steps: int = setting(component_default(Rome, "steps"), help="rome: Adam steps of the value vector v* "
+                              "(ROME: 20)")
+    rome_lr: float = setting(component_default(Rome, "lr"), help="rome: learning rate of v* (ROME: 0.5)")
+    rome_stop: float = setting(component_default(Rome, "stop"), help="rome: v*'s steps end once its loss is below "
+                               "this (ROME's code: 5e-2; 0, the default the measurements used: every --rome-steps "
+                               "step)")
+    rome_prefixes: int = setting(component_default(Rome, "prefixes"), help="rome: seeded context prefixes of the "
+                                 "model's own text besides the query (key k* and v* are fitted over them)")
+    rome_samples: int = setting(component_default(Rome, "sample").n, help="rome: samples of 64 tokens of the "
+                                "model's own seeded text over which the key statistics C = E[k k^T] are computed "
+                                "(once per model and layer, stored)")
+    ft_steps: int = setting(component_default(FineTune, "steps"), help="ft / kn-ft: Adam steps (ROME's FT+L: 25)")
+    ft_lr: float = setting(component_default(FineTune, "lr"), help="ft / kn-ft: learning rate (the bound: Adam's "
+                           "steps reach it in one step)")
+    ft_bound: float = setting(component_default(FineTune, "bound"), help="ft / kn-ft: L-infinity bound of the weight "
+                              "change; the smallest of 5e-4 (ROME's FT+L on GPT-2 XL) .. 1e-2 at which ft reaches "
+                              "Rel >= 0.9 on ParaRel (SmolLM2-135M; docs/editing.md)")
+    trace_samples: int = setting(component_default(TraceSettings, "samples"), help="tracing: seeded noise draws per "
+                                 "query (ROME: 10)")
+    trace_noise: float = setting(component_default(TraceSettings, "noise"), help="tracing: noise sigma in standard "
+                                 "deviations of the token embeddings (ROME: 3)")
+    trace_window: int = setting(component_default(TraceSettings, "window"), help="tracing: layers restored together "
+                                "around each layer for mlp / attn (ROME: 10 of 48 layers; 6 keeps that share of a "
+                                "30-layer model)")
     trace_queries: int = setting(1, help="tracing: queries traced per fact (its first known ones)")
     lve_facts: int = setting(20, kind="view", help="localization-vs-editing: facts edited at every --lve-layers "
                              "layer (the first of the studied facts in their seeded order: a larger value adds "
                              "facts and keeps the stored edits)")
     lve_layers: list[str] = setting(factory=lambda: ["every3"], help="localization-vs-editing: layers rome and ft "
-                                    "edit ('every3' = 0, 3, 6, ...; or layer numbers)")
+                                    f"edit; {LAYER_LIST}")
     compute_dtype: str = setting("fp32", aliases=("--dtype",), help="precision of attribution and editing "
                                  "measurement (the model is loaded in it): fp32 (the reference), bf16 or fp16; "
                                  "bf16 agreement with fp32 and speed in docs/performance.md")
@@ -209,6 +231,17 @@ class StudyConfig:
         for experiment in self.experiments:
             if experiment not in registry.names():
                 raise KnowlocError(f"unknown experiment {experiment!r}; choose from {', '.join(registry.names())}")
+        self.experiments = registry.with_requirements(self.experiments)  # e.g. the tracing its signal needs
+        self.editors = check_editors(self.editors)
+        for name, flag in LAYER_FIELDS.items():  # one grammar, checked here once; kept in canonical spelling
+            value = getattr(self, name)
+            if value is None:
+                continue
+            spec = LayerSpec.parse(value, flag)
+            if name in LIST_FIELDS:
+                setattr(self, name, list(spec.items))
+            elif not isinstance(value, str):  # (a string of --attention-layers is kept as given, as before)
+                setattr(self, name, spec.text)
         if not self.methods:
             raise KnowlocError("at least one method is required")
         if self.steps < 1:
@@ -274,6 +307,12 @@ class StudyConfig:
         if self.attribution_cache.strip().lower() == "off":
             return None
         return default_cache_dir() if self.attribution_cache == "default" else Path(self.attribution_cache).expanduser()
+
+    def layers(self, name: str) -> LayerSpec | None:
+        """The layer list of the setting ``name`` (one of :data:`LAYER_FIELDS`; None when it is unset: all
+        layers); :meth:`LayerSpec.resolve` gives a model's layers."""
+        value = getattr(self, name)
+        return None if value is None else LayerSpec.parse(value, LAYER_FIELDS[name])
 
     def identity(self) -> dict:
         """The settings that determine stored results; a resume must match them exactly."""

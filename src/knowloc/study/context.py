@@ -14,6 +14,7 @@ import numpy as np
 from knowloc.analysis import Estimate
 from knowloc.attribution.disk_cache import AttributionCache
 from knowloc.data import load_neutral_texts
+from knowloc.data.filtering import ProbedFact
 from knowloc.editing.session import EditSession, choose_new_object, locality_sample
 from knowloc.models import load_model
 from knowloc.models.lm import LanguageModel
@@ -111,8 +112,12 @@ class ModelPool:
         self._loaded: dict[str, LanguageModel] = {}
 
     def switch(self, name: str) -> None:
-        """Make `name` the model in use, releasing any other loaded model (it is loaded on first :meth:`get`)."""
+        """Make `name` the model in use, releasing any other loaded model and its caches (``lm.caches``, freed
+        now even if a reference lingers); `name` is loaded on first :meth:`get`."""
         if self.focus != name:
+            for other, lm in self._loaded.items():
+                if other != name:
+                    lm.clear_caches()
             self._loaded = {k: v for k, v in self._loaded.items() if k == name}
             self.focus = name
 
@@ -144,7 +149,7 @@ class StudyContext:
     out: Path
     echo: Callable[[str], None] = print
     facts: dict[str, list[StudyFact]] = field(default_factory=dict)
-    probes: dict[str, list[dict]] = field(default_factory=dict)
+    probes: dict[str, list[ProbedFact]] = field(default_factory=dict)
     models: ModelPool | None = None
     neurons: NeuronSets = field(init=False)
 
@@ -174,20 +179,20 @@ class StudyContext:
         other relations (other facts when there is no other relation), a seeded new object of the same relation
         for updates, the first --ppl-texts neutral sentences, and the study's update rule and lambdas."""
         cfg, probes = self.config, self.probes[model]
-        pool = [(q["text"], row["object"]) for row in probes if row["relation"] != fact.relation
-                for q in row["queries"] if q["top1"]]
+        pool = [(q.text, probe.object) for probe in probes if probe.relation != fact.relation
+                for q in probe.known_queries()]
         if not pool:
-            pool = [(q["text"], row["object"]) for row in probes if row["fact_id"] != fact.fact_id
-                    for q in row["queries"] if q["top1"]]
+            pool = [(q.text, probe.object) for probe in probes if probe.fact_id != fact.fact_id
+                    for q in probe.known_queries()]
         loc_prompts, loc_objects = locality_sample(pool, cfg.locality, self.seed_for("locality", model, fact.fact_id))
         lm = self.model(model)
-        target = choose_new_object(lm, fact.object, [r["object"] for r in probes if r["relation"] == fact.relation],
+        target = choose_new_object(lm, fact.object, [p.object for p in probes if p.relation == fact.relation],
                                    self.seed_for("update", model, fact.fact_id))
         return EditSession(lm, fact.prompts, fact.object, target, loc_prompts, loc_objects,
                            load_neutral_texts()[: cfg.ppl_texts], cfg.lambda1, cfg.lambda2, cfg.update_rule)
 
     def load_facts(self, model: str) -> None:
-        """The model's probe rows and studied facts, from the store (deterministic from the config)."""
+        """The model's probed facts and studied facts, from the store (deterministic from the config)."""
         self.probes[model] = self.store.probe(model)
         self.facts[model] = select_facts(self.probes[model], self.config.min_known, self.config.facts,
                                          self.config.seed)

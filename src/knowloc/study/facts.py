@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from knowloc.data.filtering import ProbedFact
+
 
 @dataclass(frozen=True)
 class StudyFact:
@@ -18,14 +20,14 @@ class StudyFact:
     templates: tuple[str, ...]
 
 
-def known_facts(probe_rows: list[dict], min_known: int) -> list[StudyFact]:
-    """Facts answered (top-1) in at least `min_known` paraphrases, in file order."""
+def known_facts(probes: list[ProbedFact], min_known: int) -> list[StudyFact]:
+    """Facts answered (top-1) in at least `min_known` paraphrases (:meth:`ProbedFact.known`), in file order."""
     known = []
-    for row in probe_rows:
-        answered = [q for q in row["queries"] if q["top1"]]
-        if len(answered) >= min_known:
-            known.append(StudyFact(row["fact_id"], row["relation"], row["subject"], row["object"],
-                                   tuple(q["text"] for q in answered), tuple(q["template"] for q in answered)))
+    for probe in probes:
+        if probe.known(min_known):
+            answered = probe.known_queries()
+            known.append(StudyFact(probe.fact_id, probe.relation, probe.subject, probe.object,
+                                   tuple(q.text for q in answered), tuple(q.template for q in answered)))
     return known
 
 
@@ -36,9 +38,9 @@ def seeded_order(facts: list[StudyFact], seed: int) -> list[StudyFact]:
     return [facts[i] for i in order]
 
 
-def select_facts(probe_rows: list[dict], min_known: int, limit: int | None, seed: int) -> list[StudyFact]:
+def select_facts(probes: list[ProbedFact], min_known: int, limit: int | None, seed: int) -> list[StudyFact]:
     """Facts answered in at least `min_known` paraphrases; a seeded sample of `limit` of them (file order kept)."""
-    known = known_facts(probe_rows, min_known)
+    known = known_facts(probes, min_known)
     if limit is not None and limit < len(known):
         # a prefix of one seeded permutation: a larger limit studies a superset (and reuses stored work)
         keep = {f.fact_id for f in seeded_order(known, seed)[:limit]}

@@ -28,6 +28,7 @@ else kept), so a model's verdict follows the rules above; each cell lists the es
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -157,8 +158,33 @@ def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
     """The findings of a study summary (summary.json's content), in the experiments' order; each
     ``{"id", "question", "claim", "verdict", "text", "reason"}`` with verdict supports / contradicts / cannot
     decide / mixed / partly supports / partly contradicts (see :func:`combine`) / not run (the experiment is not
-    in the study; one that ran with nothing to measure cannot decide, and the reason says why)."""
-    return [item for item, _ in _judged(summary, experiments)]
+    in the study; one that ran with nothing to measure cannot decide, and the reason says why).
+
+    In a study of 2+ models the verdict pools every model's comparisons, and the text names the model of each
+    (``"[model] ig: ..."``, :func:`_named_text`); a single model's text is its comparisons' sentences alone."""
+    experiments = list(experiments)
+    judged = _judged(summary, experiments)
+    models = study_models(summary)
+    if len(models) < 2:
+        return [item for item, _ in judged]
+    per_model = {m: _judged(model_view(summary, m), experiments) for m in models}
+    out = []
+    for k, (item, parts) in enumerate(judged):
+        text = _named_text(parts, [(m, per_model[m][k][1]) for m in models])
+        out.append(item if text is None else {**item, "text": text})
+    return out
+
+
+def _named_text(parts: list, by_model: list[tuple[str, list]]) -> str | None:
+    """The pooled text of a finding with each comparison's model named, model by model: ``"[a] ig: ... [b] ig:
+    ..."``, from each model's own comparisons (``by_model``: (model, the parts of its :func:`model_view`)); None
+    when there are none, or when they are not exactly the pooled `parts` (a judge that reads several models'
+    rows together: its text is left as it is)."""
+    def key(part) -> tuple:
+        return part[0], tuple(part[1])
+    if not parts or Counter(map(key, parts)) != Counter(key(p) for _, own in by_model for p in own):
+        return None
+    return " ".join(f"[{model}] {part[0]}" for model, own in by_model for part in own)
 
 
 AGREE, DISAGREE = "agree", "disagree"

@@ -48,15 +48,16 @@ import torch
 
 from knowloc import attribution
 from knowloc.attribution.shipped import shipped_entry
-from knowloc.analysis import (K_C, K_I, activation_ratio, consistency_scores, excluded_reference_relations,
-                              kn_frequency, nonspecific_neurons, normalized_prompt, otsu_threshold, select_neurons)
+from knowloc.analysis import (K_C, K_I, KnSet, Neuron, activation_ratio, consistency_scores,
+                              excluded_reference_relations, kn_frequency, nonspecific_neurons, normalized_prompt,
+                              otsu_threshold, select_neurons)
 from knowloc.data import load_answer_types, load_specificity_prompts, load_specificity_queries
+from knowloc.data.filtering import ProbedFact
 from knowloc.models.hooks import trace_activations
 
 if TYPE_CHECKING:
     from knowloc.study.context import StudyContext
 
-Neuron = tuple[int, int]
 ONE_QUERY, EMPTY_KN = "one_query", "empty_kn"  # why a studied fact has no consistency score (NeuronSets.unscored)
 
 
@@ -99,7 +100,7 @@ class NeuronSets:
         items = [{"prompt": p, "target": None, "relation": None}
                  for p in load_specificity_prompts()[: ctx.config.specificity_prompts]]
         if ctx.config.specificity_reference == "shipped":
-            studied = {normalized_prompt(q["text"]) for row in ctx.probes[model] for q in row["queries"]}
+            studied = {normalized_prompt(q.text) for probe in ctx.probes[model] for q in probe.queries}
             taken: dict[str, int] = {}
             for query in load_specificity_queries():
                 if normalized_prompt(query["prompt"]) in studied \
@@ -108,16 +109,16 @@ class NeuronSets:
                 taken[query["relation"]] = taken.get(query["relation"], 0) + 1
                 items.append({"prompt": query["prompt"], "target": None, "relation": query["relation"]})
             return items
-        by_relation: dict[str, list[dict]] = {}
-        for row in ctx.probes[model]:
-            if sum(q["top1"] for q in row["queries"]) >= ctx.config.min_known:
-                by_relation.setdefault(row["relation"], []).append(row)
+        by_relation: dict[str, list[ProbedFact]] = {}
+        for probe in ctx.probes[model]:
+            if probe.known(ctx.config.min_known):
+                by_relation.setdefault(probe.relation, []).append(probe)
         for relation in sorted(by_relation):
             rng = random.Random(ctx.seed_for("specificity", model, relation))
-            rows = by_relation[relation]
-            for row in rng.sample(rows, min(ctx.config.specificity_queries, len(rows))):
-                query = rng.choice([q for q in row["queries"] if q["top1"]])
-                items.append({"prompt": query["text"], "target": row["object"], "relation": relation})
+            probes = by_relation[relation]
+            for probe in rng.sample(probes, min(ctx.config.specificity_queries, len(probes))):
+                query = rng.choice(probe.known_queries())
+                items.append({"prompt": query.text, "target": probe.object, "relation": relation})
         return items
 
     @_cached
@@ -135,7 +136,7 @@ class NeuronSets:
 
     def relation_objects(self, model: str, relation: str) -> list[str]:
         """The objects of every fact of `relation` in the model's probe (known or not), in data order."""
-        return [row["object"] for row in self.ctx.probes.get(model, []) if row["relation"] == relation]
+        return [probe.object for probe in self.ctx.probes.get(model, []) if probe.relation == relation]
 
     def reference_row(self, model: str, method: str, ridx: int) -> dict:
         """One reference item's attribution (a study unit; stored as is): the model's own next token after a
@@ -217,7 +218,7 @@ class NeuronSets:
     @_cached
     def relations(self, model: str) -> dict[str, str]:
         """{fact_id: relation} of every probed fact of a model."""
-        return {row["fact_id"]: row["relation"] for row in self.ctx.probes.get(model, [])}
+        return {probe.fact_id: probe.relation for probe in self.ctx.probes.get(model, [])}
 
     # --- the neuron sets ---------------------------------------------------------------------------------------
 
@@ -237,17 +238,17 @@ class NeuronSets:
         """A neuron set of a fact (any selection: N_i, N_g, CAS, ...) without the neurons that are non-specific
         for the fact's relation, order kept; unchanged with --specificity off."""
         drop = self.excluded(model, method, self.relations(model).get(fact_id))
-        return [n for n in neurons if tuple(n) not in drop] if drop else list(neurons)
+        return [n for n in neurons if n not in drop] if drop else list(neurons)
 
-    def kn_sets(self, model: str, method: str, filtered: bool | None = None) -> dict[str, dict[int, set[Neuron]]]:
+    def kn_sets(self, model: str, method: str, filtered: bool | None = None) -> dict[str, dict[int, KnSet]]:
         """Every studied fact's KN sets by query (as :meth:`kn_lists`); the filtered view is cached."""
         if not self._use_filter(filtered):
             return self.ctx.store.kn_sets(model, method)
         return self._filtered_kn_sets(model, method)
 
     @_cached
-    def _filtered_kn_sets(self, model: str, method: str) -> dict[str, dict[int, set[Neuron]]]:
-        return {f.fact_id: {q: set(kn) for q, kn in self.kn_lists(model, method, f.fact_id, True).items()}
+    def _filtered_kn_sets(self, model: str, method: str) -> dict[str, dict[int, KnSet]]:
+        return {f.fact_id: {q: KnSet(kn) for q, kn in self.kn_lists(model, method, f.fact_id, True).items()}
                 for f in self.ctx.facts[model]}
 
     def score_stack(self, model: str, method: str, fact_id: str) -> tuple[list[int], torch.Tensor]:

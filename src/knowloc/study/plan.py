@@ -121,14 +121,11 @@ def _size(n_bytes: float) -> str:
 
 def memory_lines(lm, config: StudyConfig) -> tuple[list[str], dict[str, float]]:
     """The dry run's memory lines for one loaded model and :func:`memory_needs` with the study's settings."""
-    from knowloc.study.experiments.editors import layers_of
-    from knowloc.study.experiments.lve import lve_layers
-
-    rome_layers: set[int] = set()
+    rome_layers: set[int] = set()  # the layers whose C rome keeps (LayerSpec.resolve: a bad layer is one line)
     if "editors" in config.experiments and "rome" in config.editors:
-        rome_layers |= set(layers_of(config, lm.n_layers))
+        rome_layers |= set(config.layers("edit_layer").resolve(lm.n_layers))
     if "localization-vs-editing" in config.experiments:
-        rome_layers |= set(lve_layers(config, lm.n_layers))
+        rome_layers |= set(config.layers("lve_layers").resolve(lm.n_layers))
     ft = ("editors" in config.experiments and bool({"ft", "kn-ft"} & set(config.editors))) \
         or "localization-vs-editing" in config.experiments
     params = {id(p): p for p in lm.model.parameters()}.values()  # tied embeddings counted once

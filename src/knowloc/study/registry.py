@@ -76,8 +76,10 @@ class Experiment:
         --lve-facts) runs it. ``per_query``: whether that work grows with the fact's number of queries; the dry
         run's plan counts only the working units, scaled by query count when ``per_query``.
     finalize(ctx, model): optional work once per model after every fact (e.g. examples that need the groups).
-    validate(config): optional check (and normalization) of the settings it owns; raises KnowlocError with one
-        line. Runs for every registered experiment whenever a StudyConfig is made.
+    validate(config): optional check of the settings it owns; raises KnowlocError with one line and changes
+        nothing. Runs for every registered experiment whenever a StudyConfig is made.
+    requires: the experiments whose stored results it reads (localization-vs-editing reads tracing's maps): a
+        study that chooses it runs them too (:func:`with_requirements`; the config's experiment list names them).
     shown_neurons: optional, the summary key whose rows ({model, layer, index, group, ...; "figure" and "fact"
         where the figure's name is not ``kn_heatmap_<group>`` and the fact not ``fact_id``}) list the neurons its
         figures show: the study describes them and the report lists what they write.
@@ -98,6 +100,7 @@ class Experiment:
     per_query: bool = True
     finalize: Callable | None = None
     validate: Callable | None = None
+    requires: tuple[str, ...] = ()
     shown_neurons: str | None = None
     tables: tuple[Table, ...] = ()
     notes: Callable[[dict], list[str]] | None = None
@@ -154,6 +157,26 @@ def get(name: str) -> Experiment:
     return REGISTRY[name]
 
 
+def with_requirements(chosen: list[str]) -> list[str]:
+    """The chosen experiments, then (appended in the order they are first required) the ones they require that
+    were not chosen, and theirs in turn.
+
+    Example:
+        >>> with_requirements(["consistency", "localization-vs-editing"])
+        ['consistency', 'localization-vs-editing', 'tracing']
+    """
+    out = list(chosen)
+    for name in out:  # grows while it runs: requirements of requirements
+        experiment = REGISTRY.get(name)
+        for needed in experiment.requires if experiment is not None else ():
+            if needed not in REGISTRY:
+                raise ValueError(f"experiment {name!r} requires {needed!r}, which is not registered")
+            if needed not in out:
+                out.append(needed)
+    return out
+
+
 def run_order(chosen: list[str]) -> list[Experiment]:
-    """The always-on experiments, then the chosen ones in registration order."""
-    return [e for e in REGISTRY.values() if e.always or e.name in chosen]
+    """The always-on experiments, then the chosen ones and those they require, in registration order."""
+    wanted = set(with_requirements(chosen))
+    return [e for e in REGISTRY.values() if e.always or e.name in wanted]

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,8 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from knowloc.data.filtering import probe_facts
+from knowloc.analysis import Neuron
+from knowloc.data.filtering import ProbedFact, probe_facts
 from knowloc.errors import Interrupted, KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.models.neuron import describe_neurons
@@ -72,22 +74,62 @@ def _discard(out: Path, created: Path | None, store_created: bool, lock: StudyLo
     lock.release(remove=lock.created)
 
 
+@dataclass
+class _Resources:
+    """What :func:`run_study` holds after taking its lock, and its one cleanup (each part registered on its
+    ExitStack; run in reverse: :meth:`count_interrupt`, :meth:`close_executor`, :meth:`close_store`, the lock)."""
+
+    out: Path
+    created: Path | None  # the topmost directory the run created
+    store_created: bool  # whether the run found no results store
+    lock: StudyLock
+    progress: UnitProgress
+    store: Store | None = None  # once opened
+    executor: object = None  # once made (after the first model's probe)
+    finished: bool = False  # the run wrote its outputs
+
+    def count_interrupt(self, exc_type, exc, tb) -> bool:
+        """An interrupt (:class:`~knowloc.errors.Interrupted`) carries the run's (stored, planned) units."""
+        if isinstance(exc, Interrupted):
+            exc.units = (self.progress.stored, self.progress.planned)
+        return False  # the exception goes on
+
+    def close_executor(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
+    def close_store(self) -> None:
+        """Close the store. A run that failed before its end and stored nothing (or opened no store) removes what
+        it made (:func:`_discard`), so nothing may block the next run (another setting, another model); a damaged
+        store is left as it is."""
+        empty = False
+        if not self.finished:
+            try:
+                empty = self.store is None or self.store.is_empty()
+            except KnowlocError:  # a damaged store: leave it as it is
+                empty = False
+        if self.store is not None:
+            self.store.close()
+        if empty:
+            _discard(self.out, self.created, self.store_created and self.store is not None, self.lock)
+
+
 def data_changes(store: Store, dataset) -> list[str]:
     """How the facts differ from those a store probed (added, removed, or with another relation, subject,
     object or templates), as short phrases."""
     new = {fact.id: (fact, [q.template for q in queries]) for fact, queries in dataset}
     changes: list[str] = []
     for model in store.probed_models()[:1]:
-        stored = {row["fact_id"]: row for row in store.probe(model)}
-        for fid, row in stored.items():
+        stored = {probe.fact_id: probe for probe in store.probe(model)}
+        for fid, probe in stored.items():
             if fid not in new:
                 changes.append(f"fact {fid} removed")
                 continue
             fact, templates = new[fid]
             for name in ("relation", "subject", "object"):
-                if row[name] != getattr(fact, name):
-                    changes.append(f"fact {fid}: {name} {row[name]!r} -> {getattr(fact, name)!r}")
-            if [q["template"] for q in row["queries"]] != templates:
+                if getattr(probe, name) != getattr(fact, name):
+                    changes.append(f"fact {fid}: {name} {getattr(probe, name)!r} -> {getattr(fact, name)!r}")
+            if [q.template for q in probe.queries] != templates:
                 changes.append(f"fact {fid}: templates changed")
         changes += [f"fact {fid} added" for fid in new if fid not in stored]
     return changes
@@ -118,11 +160,7 @@ def probe_stage(ctx: StudyContext, model: str, dataset) -> None:
     if not ctx.store.has_probe(model):
         probes = probe_facts(ctx.model(model), list(dataset), candidates=ctx.config.candidates,
                              progress=ctx.config.progress)
-        ctx.store.save_probe(model, [{
-            "fact_id": p.fact.id, "relation": p.fact.relation, "subject": p.fact.subject, "object": p.fact.object,
-            "queries": [{"template": q.query.template, "text": q.query.text, "top1": q.top1, "prob": q.prob,
-                         "gold_token": q.gold_token, "predictions": [[t, pr] for t, pr in q.predictions[:3]]}
-                        for q in p.queries]} for p in probes])
+        ctx.store.save_probe(model, [ProbedFact.from_probe(p) for p in probes])
     ctx.load_facts(model)
 
 
@@ -191,17 +229,20 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
         raise KnowlocError(f"cannot create --out {out}: {exc.strerror or exc}") from None
     lock = StudyLock(out).acquire()  # refuses a second process; released when this one ends, however it ends
     progress = UnitProgress()
-    store: Store | None = None
-    executor = None
-    try:
-        store = Store(out / "results.sqlite")
+    held = _Resources(out, created, store_created, lock, progress)
+    with ExitStack() as cleanup:  # one cleanup, on success, failure and interrupt alike, last registered first:
+        cleanup.callback(lock.release)  # 4. the lock
+        cleanup.callback(held.close_store)  # 3. the store (after a failure, an empty one is discarded)
+        cleanup.callback(held.close_executor)  # 2. the executor (a Ray one is shut down)
+        cleanup.push(held.count_interrupt)  # 1. an interrupt carries (stored, planned)
+        store = held.store = Store(out / "results.sqlite")
         check_data(store, dataset, out)
         store.check_config({**config.identity(), "data_hash": dataset.content_hash()},
                            defaults=StudyConfig.defaults())  # recorded with the first stored unit
         ctx = StudyContext(config=config, store=store, out=out, echo=echo)
         for model in config.models:
             probe_stage(ctx, model, dataset)
-            known = sum(sum(q["top1"] for q in row["queries"]) >= config.min_known for row in ctx.probes[model])
+            known = sum(probe.known(config.min_known) for probe in ctx.probes[model])
             echo(f"{model}: {known} of {len(ctx.probes[model])} facts known in >= {config.min_known} paraphrases; "
                  f"studying {len(ctx.facts[model])}")
             cached, attributions = take_cached(ctx, reference_units(ctx, model) + attribution_units(ctx, model))
@@ -212,7 +253,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
                 echo(f"{model}: {len(cached)} attributions read from the attribution cache{where} or the shipped "
                      "reference (not computed)")
                 run_units(ctx, LocalExecutor(ctx), cached, f"cached attribution {model}", progress)
-            executor = executor or make_executor(ctx)
+            executor = held.executor = held.executor or make_executor(ctx)
             run_units(ctx, executor, attributions, f"attribution {model}", progress)
             prepare_experiments(ctx, model, trials)
             run_units(ctx, executor, trials, f"experiments {model}", progress)
@@ -223,29 +264,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
         sections = [(experiment, experiment.summarize(ctx)) for experiment in run_order(config.experiments)]
         describe_used_neurons(ctx, sections)
         summary_path = write_outputs(ctx, sections, wall_s=time.perf_counter() - start)
-    except BaseException as exc:
-        if isinstance(exc, Interrupted):
-            exc.units = (progress.stored, progress.planned)
-        try:
-            if executor is not None:
-                executor.close()
-        finally:
-            try:
-                empty = store is None or store.is_empty()
-            except KnowlocError:  # a damaged store: leave it as it is
-                empty = False
-            if store is not None:
-                store.close()
-            if empty:  # nothing stored: nothing may block the next run (another setting, another model)
-                _discard(out, created, store_created and store is not None, lock)
-            lock.release()
-        raise
-    try:
-        if executor is not None:
-            executor.close()
-    finally:
-        store.close()
-        lock.release()
+        held.finished = True
     return summary_path
 
 
@@ -292,11 +311,11 @@ def describe_used_neurons(ctx: StudyContext, sections: list[tuple[Experiment, Se
     shown = [row for experiment, section in sections if experiment.shown_neurons
              for row in section.summary.get(experiment.shown_neurons, [])]
     for model in ctx.config.models:
-        wanted: set[tuple[int, int]] = set()
+        wanted: set[Neuron] = set()
         for method in ctx.config.methods:
             for row in ctx.store.groups(model, method).values():
                 for kn in row["kn"].values():
-                    wanted.update(tuple(n) for n in kn)
+                    wanted.update(kn)
         wanted.update((r["layer"], r["index"]) for r in shown if r["model"] == model)
         missing = sorted(wanted - ctx.store.described_neurons(model))
         if missing:

@@ -35,6 +35,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from knowloc.analysis import KnSet, Neuron, kn_list, kn_set
+from knowloc.data.filtering import ProbedFact
 from knowloc.errors import KnowlocError
 
 SCHEMA_VERSION = 1  # PRAGMA user_version of the stores this knowloc writes (0: written before it was recorded)
@@ -302,16 +304,22 @@ class Store:
     def has_probe(self, model: str) -> bool:
         return self.db.execute("SELECT 1 FROM probes WHERE model = ? LIMIT 1", (model,)).fetchone() is not None
 
-    def save_probe(self, model: str, rows: list[dict]) -> None:
+    def save_probe(self, model: str, facts: Iterable[ProbedFact | dict]) -> None:
+        """Store a model's probe, in data order: one row per fact, its queries as the JSON list of
+        :meth:`ProbedQuery.to_json <knowloc.data.filtering.ProbedQuery.to_json>` objects (a dict is read as
+        :meth:`ProbedFact.from_json <knowloc.data.filtering.ProbedFact.from_json>` first)."""
+        facts = [f if isinstance(f, ProbedFact) else ProbedFact.from_json(f) for f in facts]
         self._write("INSERT OR REPLACE INTO probes VALUES (?, ?, ?, ?, ?, ?, ?)", [
-            (model, r["fact_id"], pos, r["relation"], r["subject"], r["object"], json.dumps(r["queries"]))
-            for pos, r in enumerate(rows)])
+            (model, f.fact_id, pos, f.relation, f.subject, f.object, json.dumps([q.to_json() for q in f.queries]))
+            for pos, f in enumerate(facts)])
 
-    def probe(self, model: str) -> list[dict]:
+    def probe(self, model: str) -> list[ProbedFact]:
+        """A model's probed facts in data order (empty when it is not probed); stores written before a query's
+        gold token and top predictions were kept read with their defaults."""
         cur = self.db.execute("SELECT fact_id, relation, subject, object, queries FROM probes WHERE model = ? "
                               "ORDER BY position", (model,))
-        return [{"fact_id": f, "relation": r, "subject": s, "object": o, "queries": json.loads(q)}
-                for f, r, s, o, q in cur.fetchall()]
+        return [ProbedFact.from_json({"fact_id": f, "relation": r, "subject": s, "object": o,
+                                      "queries": json.loads(q)}) for f, r, s, o, q in cur.fetchall()]
 
     # --- attributions ---------------------------------------------------------------------------------------
     def done_attributions(self, model: str, method: str) -> set[tuple[str, int]]:
@@ -320,33 +328,34 @@ class Store:
         return {(f, q) for f, q in cur.fetchall()}
 
     def save_attribution(self, model: str, method: str, fact_id: str, qidx: int, prob: float,
-                         kn: list[tuple[int, int]], scores: torch.Tensor) -> None:
+                         kn: list[Neuron], scores: torch.Tensor) -> None:
         blob = st_save({"scores": scores.to(torch.float16).contiguous()})
         self._write("INSERT OR REPLACE INTO attributions VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(model, method, fact_id, qidx, prob, json.dumps([list(n) for n in kn]), blob)])
 
-    def kn_sets(self, model: str, method: str) -> dict[str, dict[int, set[tuple[int, int]]]]:
-        out: dict[str, dict[int, set[tuple[int, int]]]] = {}
+    def kn_sets(self, model: str, method: str) -> dict[str, dict[int, KnSet]]:
+        """Every fact's KN sets, by query index."""
+        out: dict[str, dict[int, KnSet]] = {}
         cur = self.db.execute("SELECT fact_id, qidx, kn FROM attributions WHERE model = ? AND method = ?",
                               (model, method))
         for fact_id, qidx, kn in cur.fetchall():
-            out.setdefault(fact_id, {})[qidx] = {tuple(n) for n in json.loads(kn)}
+            out.setdefault(fact_id, {})[qidx] = kn_set(json.loads(kn))
         return out
 
-    def kn_lists_all(self, model: str, method: str) -> dict[str, dict[int, list[tuple[int, int]]]]:
+    def kn_lists_all(self, model: str, method: str) -> dict[str, dict[int, list[Neuron]]]:
         """Every fact's KN lists in score order, by query index."""
-        out: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        out: dict[str, dict[int, list[Neuron]]] = {}
         cur = self.db.execute("SELECT fact_id, qidx, kn FROM attributions WHERE model = ? AND method = ?",
                               (model, method))
         for fact_id, qidx, kn in cur.fetchall():
-            out.setdefault(fact_id, {})[qidx] = [tuple(n) for n in json.loads(kn)]
+            out.setdefault(fact_id, {})[qidx] = kn_list(json.loads(kn))
         return out
 
-    def kn_lists(self, model: str, method: str, fact_id: str) -> dict[int, list[tuple[int, int]]]:
+    def kn_lists(self, model: str, method: str, fact_id: str) -> dict[int, list[Neuron]]:
         """A fact's KN lists in score order."""
         cur = self.db.execute("SELECT qidx, kn FROM attributions WHERE model = ? AND method = ? AND fact_id = ?",
                               (model, method, fact_id))
-        return {q: [tuple(n) for n in json.loads(kn)] for q, kn in cur.fetchall()}
+        return {q: kn_list(json.loads(kn)) for q, kn in cur.fetchall()}
 
     def scores(self, model: str, method: str, fact_id: str) -> dict[int, torch.Tensor]:
         """The fact's full attribution tensors (float32 from the stored fp16), by query index."""
@@ -388,7 +397,7 @@ class Store:
         cur = self.db.execute("SELECT ridx, prompt, relation, token, token_text, prob, kn, activations FROM "
                               "reference WHERE model = ? AND method = ? ORDER BY ridx", (model, method))
         return [{"ridx": r, "prompt": p, "relation": rel, "token": t, "token_text": tt, "prob": pr,
-                 "kn": [tuple(n) for n in json.loads(kn)], "activations": st_load(blob)["activations"].float()}
+                 "kn": kn_list(json.loads(kn)), "activations": st_load(blob)["activations"].float()}
                 for r, p, rel, t, tt, pr, kn, blob in cur.fetchall()]
 
     # --- groups (K_C / K_I of the last run's view) ------------------------------------------------------------
@@ -410,24 +419,24 @@ class Store:
         except sqlite3.OperationalError:  # a read-only store written before the table existed
             return {}
         return {f: {"cs1": a, "cs2": b, "csp": c, "group": g,
-                    "kn": {int(q): [tuple(n) for n in v] for q, v in json.loads(kn).items()}}
+                    "kn": {int(q): kn_list(v) for q, v in json.loads(kn).items()}}
                 for f, a, b, c, g, kn in cur.fetchall()}
 
     # --- neuron descriptions (knowloc.models.neuron) ----------------------------------------------------------
-    def described_neurons(self, model: str) -> set[tuple[int, int]]:
-        return {(l, i) for l, i in self.db.execute("SELECT layer, idx FROM neurons WHERE model = ?", (model,))}
+    def described_neurons(self, model: str) -> set[Neuron]:
+        return {Neuron(l, i) for l, i in self.db.execute("SELECT layer, idx FROM neurons WHERE model = ?", (model,))}
 
     def save_neuron_descriptions(self, model: str, rows: list[dict]) -> None:
         self._write("INSERT OR REPLACE INTO neurons VALUES (?, ?, ?, ?, ?)", [
             (model, r["layer"], r["index"], json.dumps(r["promoted"]), json.dumps(r["suppressed"])) for r in rows])
 
-    def neuron_descriptions(self, model: str) -> dict[tuple[int, int], dict]:
+    def neuron_descriptions(self, model: str) -> dict[Neuron, dict]:
         """{(layer, index): {"promoted", "suppressed"}} of the neurons the study described."""
         try:
             cur = self.db.execute("SELECT layer, idx, promoted, suppressed FROM neurons WHERE model = ?", (model,))
         except sqlite3.OperationalError:  # a read-only store written before the table existed
             return {}
-        return {(l, i): {"promoted": json.loads(p), "suppressed": json.loads(s)} for l, i, p, s in cur.fetchall()}
+        return {Neuron(l, i): {"promoted": json.loads(p), "suppressed": json.loads(s)} for l, i, p, s in cur.fetchall()}
 
     # --- experiment trials -------------------------------------------------------------------------------------
     def done_trials(self, experiment: str) -> set[str]:

@@ -3,7 +3,8 @@
 On the first query of ``queries`` built-in facts, one relation after another (its first fact, then each relation's
 second, ...: the prompts' lengths differ by relation, 6 to 10 tokens on SmolLM2): the seconds of
 :func:`knowloc.tracing.trace` per query (median), the rows it ran (tokens from the subject on x layers x draws, per
-kind), P_clean, P_corrupted and where each kind's IE peaks.
+kind), P_clean, P_corrupted and where each kind's IE peaks. By default with a study's default settings: a study's
+``--trace-*`` defaults are :class:`~knowloc.tracing.trace.TraceSettings`' own, so the benchmark times what studies run.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ One module per idea:
 * :mod:`.memory`: rows per chunk under a memory bound;
 * :mod:`.driver`: `attribute_fast`, the chunks of one query and the scores.
 
-What the engine keeps between queries lives in :data:`knowloc.attribution.cache.ENGINE_CACHE`.
+What the engine keeps between queries lives in the model's :func:`knowloc.attribution.cache.engine_cache`.
 """
 
 from knowloc.attribution.engine.driver import attribute_fast

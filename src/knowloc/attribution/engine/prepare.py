@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from knowloc.attribution.cache import ENGINE_CACHE
+from knowloc.attribution.cache import engine_cache
 from knowloc.attribution.engine.prefix_attention import PrefixCache, prefix_states
 from knowloc.models.block_calls import BlockCall, capture_block_calls
 from knowloc.models.lm import Encoding, LanguageModel
@@ -53,13 +53,13 @@ def prepare(lm: LanguageModel, enc: Encoding) -> Prepared:
         backbone(input_ids=ids[:, :cut], cache=cache, use_cache=True)
     prefix_cache = PrefixCache(prefix_states(cache))
     key = (cut, enc.n_target, lm.attention_implementation)
-    known = ENGINE_CACHE.model(lm.model).block_calls.get(key)
+    known = engine_cache(lm).block_calls.get(key)
     with capture_block_calls(lm.blocks, cache=cache, stop_at=None if known is None else 0,
                              feed=lambda hidden, call: call.inputs(hidden, prefix_cache)) as captured:
         backbone(input_ids=ids[:, cut:], cache=cache, use_cache=True)  # the new positions, against the prefix
     calls = known
     if calls is None:
         calls = captured.calls
-        ENGINE_CACHE.remember_block_calls(lm.model, key, calls)
+        engine_cache(lm).remember_block_calls(key, calls)
     target = torch.tensor(enc.target_ids, device=lm.device)  # [n_target]
     return Prepared(enc, calls, prefix_cache, captured.inputs[0], target)  # inputs[0]: [1, n_new, d_model]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from knowloc.attribution.cache import ENGINE_CACHE
+from knowloc.attribution.cache import engine_cache
 from knowloc.models.lm import LanguageModel
 
 UNEMBED_CHUNK_BYTES = 256 * 2**20
@@ -36,7 +36,7 @@ def unembedding_gradient(lm: LanguageModel, hidden: torch.Tensor, target: torch.
     value = None
     for start in range(0, flat.shape[0], step):
         part = flat[start:start + step]  # [chunk, d_model]
-        z = ENGINE_CACHE.scratch(part.shape[0], vocab, part.device)  # logits, then dF/dz [chunk, vocab] float32
+        z = engine_cache(lm).scratch(part.shape[0], vocab, part.device)  # logits, then dF/dz [chunk, vocab] float32
         if weight.dtype == torch.float32:
             torch.mm(part, weight.t(), out=z)
         else:

@@ -20,10 +20,11 @@ import torch
 
 from knowloc.data import load_facts
 from knowloc.editing.editors import CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample, measure_edit
+from knowloc.editing.editors.rome import SAMPLES
 from knowloc.editing.evaluate import compute_baseline
 from knowloc.editing.session import choose_new_object
 from knowloc.models import load_model
-from knowloc.models.hooks import WeightEditor
+from knowloc.models.hooks import observe_saved_weights
 from knowloc.models.loading import resolve_device
 
 
@@ -48,7 +49,7 @@ def _stand_in_kn(base, index: int, n_layers: int, k: int = 10) -> tuple[tuple[in
 
 
 def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = None, queries: int = 3,
-                          samples: int = 128, device=None, echo: Callable[[str], None] = print) -> dict:
+                          samples: int = SAMPLES, device=None, echo: Callable[[str], None] = print) -> dict:
     """Print and return the figures of the module docstring.
 
     Returns:
@@ -63,23 +64,21 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
     echo(f"{model} on {resolve_device(device)} with {torch.get_num_threads()} threads; edit layer {layer}; "
          f"{queries} built-in queries")
     covariance = CovarianceStore(None)
-    sample = TextSample(n=samples, length=64)
+    sample = TextSample(n=samples)  # 64 tokens each, seed 0: a study's sample (its default --seed)
     start = time.perf_counter()
     covariance.get(lm, layer, sample)
     c_s = time.perf_counter() - start
-    echo(f"C of layer {layer} over {samples} x 64 tokens of the model's own text: {c_s:.1f} s (once per model, "
+    echo(f"C of layer {layer} over {samples} x {sample.length} tokens of the model's own text: {c_s:.1f} s (once per model, "
          "layer and sample; stored)")
+    # the editors a study runs with its default settings: the study's --rome-* / --ft-* defaults are these
+    # dataclasses' own (knowloc.study.config.component_default); kn: --update-rule calibrated, lambda1 = lambda2 = 1
     editors = {"kn": KnUpdate("calibrated", 1.0, 1.0), "kn-ft": FineTune(neurons=True), "ft": FineTune(),
                "rome": Rome(sample=sample, covariance=covariance),
                "rome-stop": Rome(sample=sample, covariance=covariance, stop=0.05)}  # ROME's early stop
     restore_bytes: dict[str, int] = {}
-    real_touch = WeightEditor._touch
 
-    def counting_touch(self, layer_index):  # bytes of the originals each editor keeps to restore
-        if layer_index not in self._saved:
-            w = self.lm.mlp_out(layer_index).weight
-            restore_bytes[current] = restore_bytes.get(current, 0) + w.numel() * w.element_size()
-        real_touch(self, layer_index)
+    def count_saved(layer_index: int, original: torch.Tensor) -> None:  # bytes of the originals each editor keeps
+        restore_bytes[current] = restore_bytes.get(current, 0) + original.numel() * original.element_size()
 
     results: dict[str, dict] = {}
     cases = []
@@ -91,8 +90,7 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
             acts = base.activations[0]  # the neurons' activations on the query (kn's sign-aware rule)
             cases.append((base, EditRequest(prompt, subject, gold, new, layer=layer, neurons=neurons,
                                             activations={(l, i): float(acts[l, i]) for l, i in neurons})))
-    WeightEditor._touch = counting_touch
-    try:
+    with observe_saved_weights(count_saved):  # the originals each editor saves to restore
         for name, editor in editors.items():
             seconds, rels = [], []
             for base, request in cases:
@@ -107,6 +105,4 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
                  f"{results[name]['rel']:.2f}, keeps {results[name]['restore_bytes'] / 2**20:.1f} MiB of weights to "
                  f"restore ({100 * results[name]['restore_bytes'] / model_bytes:.1f}% of the model's "
                  f"{model_bytes / 2**20:.0f} MiB)")
-    finally:
-        WeightEditor._touch = real_touch
     return {"c_s": c_s, "editors": results, "model_bytes": model_bytes}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import os
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -120,6 +120,15 @@ def key_second_moments(lm: LanguageModel, layers: list[int], seqs: list[list[int
     return sums, count
 
 
+@dataclass
+class _Remembered:
+    """What one store remembers of one model: C per (layer, sample key), and the weights fingerprint, taken once
+    (its unedited weights: editors restore them after every edit), not at every lookup."""
+
+    c: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    fingerprint: str | None = None
+
+
 def default_covariance_dir() -> Path:
     """``$KNOWLOC_COVARIANCE_CACHE``, else ``~/.cache/knowloc/covariance``."""
     env = os.environ.get("KNOWLOC_COVARIANCE_CACHE")
@@ -128,6 +137,8 @@ def default_covariance_dir() -> Path:
 
 class CovarianceStore:
     """``C = E[k k^T]`` per (model weights, layer, :class:`TextSample`), computed once and stored.
+
+    What a store read or computed for a model is remembered in the model's ``lm.caches`` (it goes with the model).
 
     Args:
         directory: where the matrices are stored (default :func:`default_covariance_dir`); None keeps them in
@@ -141,10 +152,6 @@ class CovarianceStore:
     def __init__(self, directory: Path | str | None = "default"):
         self.directory = default_covariance_dir() if directory == "default" else (
             Path(directory) if directory is not None else None)
-        # per model module (weakly held): {(layer, sample key): C}; the weights are fingerprinted once per model
-        # (its unedited weights: editors restore them after every edit), not at every lookup
-        self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.computed = 0  # layers computed by this store (not read back), for tests and benchmarks
 
     def _path(self, fingerprint: str, layer: int, sample: TextSample, device: torch.device) -> Path | None:
@@ -155,10 +162,19 @@ class CovarianceStore:
         where = "" if device.type == "cpu" else f"-{device.type}"
         return self.directory / fingerprint[:24] / f"{sample.key()}{where}" / f"layer{layer}.pt"
 
+    def _remembered(self, lm: LanguageModel) -> _Remembered:
+        """What this store remembers of ``lm``: kept in ``lm.caches`` (it goes with the model), weakly keyed by the
+        store (it goes with the store too)."""
+        by_store = lm.cache(__name__, weakref.WeakKeyDictionary)
+        if self not in by_store:
+            by_store[self] = _Remembered()
+        return by_store[self]
+
     def _fingerprint(self, lm: LanguageModel) -> str:
-        if lm.model not in self._fingerprints:
-            self._fingerprints[lm.model] = weights_hash(lm.model)
-        return self._fingerprints[lm.model]
+        remembered = self._remembered(lm)
+        if remembered.fingerprint is None:
+            remembered.fingerprint = weights_hash(lm)
+        return remembered.fingerprint
 
     def get(self, lm: LanguageModel, layer: int, sample: TextSample) -> torch.Tensor:
         """C of one layer (see :meth:`ensure`)."""
@@ -167,7 +183,7 @@ class CovarianceStore:
     def ensure(self, lm: LanguageModel, layers: list[int], sample: TextSample) -> dict[int, torch.Tensor]:
         """C of each layer: from memory, from the store, or computed (all missing layers in one pass over the
         sample) and stored."""
-        memo = self._memo.setdefault(lm.model, {})
+        memo = self._remembered(lm).c
         out: dict[int, torch.Tensor] = {}
         missing = []
         for layer in sorted(set(layers)):
@@ -197,7 +213,7 @@ class CovarianceStore:
 
 
 
-_SHARED: dict[Path, CovarianceStore] = {}
+_SHARED: dict[Path, CovarianceStore] = {}  # directory -> its store (no model state: that is in each lm.caches)
 
 
 def shared_store() -> CovarianceStore:

@@ -28,12 +28,13 @@ C is stored, and the solve of step 3 runs there in float64 (deterministic, the s
 (:meth:`knowloc.models.hooks.WeightEditor.add_matrix`) casts it to the weight's device and dtype.
 
 Defaults follow ROME's GPT-2 XL settings where they carry over (20 steps, KL factor 0.0625, weight decay 0.5,
-clamp 4, ``"{} is a"``); ``lr`` 0.5 as ROME. docs/editing.md has the measured behaviour on SmolLM2-135M.
+clamp 4, ``"{} is a"``); ``lr`` 0.5 as ROME; 4 prefixes and C over 128 samples of 64 tokens. They are the study's
+defaults too (its ``--rome-*`` settings read them), so ``knowloc bench editors`` times the ROME studies run.
+docs/editing.md has the measured behaviour on SmolLM2-135M.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,8 +49,8 @@ from knowloc.models.hooks import edit_weights
 from knowloc.models.lm import LanguageModel
 
 KL_TEMPLATE = "{} is a"
+SAMPLES = 128  # C's text sample: samples of TextSample's 64 tokens (studies' --rome-samples)
 PREFIX_TOKENS = 10
-_PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(prefixes, seed): texts}
 
 
 def rank_one_update(c: torch.Tensor, k_star: torch.Tensor, residual: torch.Tensor, ridge: float = 0.0
@@ -108,8 +109,8 @@ class Rome:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     clamp: float = 4.0
-    prefixes: int = 5
-    sample: TextSample = field(default_factory=TextSample)
+    prefixes: int = 4
+    sample: TextSample = field(default_factory=lambda: TextSample(n=SAMPLES))
     covariance: CovarianceStore = field(default_factory=CovarianceStore)
     ridge: float = 1e-6
     seed: int = 0
@@ -129,8 +130,8 @@ class Rome:
 
     def prefix_texts(self, lm: LanguageModel) -> list[str]:
         """The seeded context prefixes: ``prefixes`` samples of PREFIX_TOKENS tokens of the model's own text,
-        generated once per (model, seed)."""
-        memo = _PREFIXES.setdefault(lm.model, {})
+        generated once per (model, seed) and kept in ``lm.caches``: {(prefixes, seed): texts}."""
+        memo = lm.cache(__name__, dict)
         key = (self.prefixes, self.seed)
         if key not in memo:
             seqs = model_samples(lm, self.prefixes, PREFIX_TOKENS, self.seed) if self.prefixes else []

@@ -28,29 +28,28 @@ ALPHAS = (0.0, 2.0)
 HEATMAP_TRIALS = "attention-heatmap"  # the store key of the per-model before / after examples
 
 
-def layer_range(cfg) -> tuple[int, int] | None:
-    """(first, last) layer of --attention-layers "a-b", inclusive; None for all layers."""
-    if cfg.attention_layers is None:
-        return None
-    try:
-        first, last = (int(part) for part in str(cfg.attention_layers).split("-"))
-    except ValueError:
-        raise KnowlocError(f"--attention-layers must look like 10-20, got {cfg.attention_layers!r}") from None
-    if not 0 <= first <= last:
-        raise KnowlocError(f"--attention-layers must satisfy 0 <= first <= last, got {cfg.attention_layers!r}")
-    return first, last
+def manipulated_layers(cfg, n_layers: int) -> set[int] | None:
+    """The layers of --attention-layers (a layer list, :mod:`knowloc.study.layers`; e.g. 10-20, cut at the
+    model's last layer) for a model of ``n_layers`` layers; None for all layers."""
+    spec = cfg.layers("attention_layers")
+    return None if spec is None else set(spec.resolve(n_layers))
 
 
 def validate(cfg) -> None:
+    """--attention-k (--attention-layers is checked with the config: the layer list's grammar)."""
     if cfg.attention_k < 1:
         raise KnowlocError(f"--attention-k must be >= 1, got {cfg.attention_k}")
-    layer_range(cfg)
 
 
-def in_layer_range(ctx: StudyContext, synapses: list) -> list:
-    """The synapses inside --attention-layers (all of them by default)."""
-    span = layer_range(ctx.config)
-    return synapses if span is None else [s for s in synapses if span[0] <= s[0] <= span[1]]
+def check_model(cfg, lm) -> None:
+    """--attention-layers against the model's layers (one line otherwise)."""
+    manipulated_layers(cfg, lm.n_layers)
+
+
+def in_layer_range(ctx: StudyContext, synapses: list, n_layers: int) -> list:
+    """The synapses (layer, head, position) inside --attention-layers (all of them by default)."""
+    layers = manipulated_layers(ctx.config, n_layers)
+    return synapses if layers is None else [s for s in synapses if s[0] in layers]
 
 
 def subject_span(fact, q: int) -> tuple[int, int]:
@@ -79,7 +78,7 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
     ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
     gold = lm.first_target_token(fact.object)
     rows_att = attention_rows(lm, prompt)
-    synapses = in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k))
+    synapses = in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k), lm.n_layers)
     positions = subject_token_positions(lm, prompt, subject_span(fact, q))
     related, irrelevant = related_and_irrelevant(synapses, positions, ctx.seed_for("ks", model, fact.fact_id, q),
                                                  n_positions=rows_att.shape[-1])
@@ -125,9 +124,9 @@ def summarize(ctx: StudyContext) -> Section:
         for synapses in ("related", "irrelevant"):
             for alpha in ALPHAS:
                 row = {"model": model, "method": method, "group": group, "synapses": synapses, "alpha": alpha}
-                for metric in ("dkn_activation", "dprob"):
+                for metric, n_key in (("dkn_activation", "n"), ("dprob", "n_dprob")):  # each its own facts
                     estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, synapses=synapses, alpha=alpha)
-                    row.update({"n": estimate.n, **estimate.fields(metric)})
+                    row.update({n_key: estimate.n, **estimate.fields(metric)})
                 rows.append(row)
     contrasts = [{"model": model, "method": method, "group": group, "alpha": alpha, "metric": metric,
                   **paired_contrast(fact_trials, metric, {"synapses": "related", "alpha": alpha},
@@ -170,7 +169,8 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
         prompt = fact.prompts[q]
         ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
         rows_att = attention_rows(lm, prompt)
-        related, _ = related_and_irrelevant(in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k)),
+        related, _ = related_and_irrelevant(in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k),
+                                                           lm.n_layers),
                                             subject_token_positions(lm, prompt, subject_span(fact, q)),
                                             ctx.seed_for("ks", model, fact.fact_id, q), n_positions=rows_att.shape[-1])
         gold = lm.first_target_token(fact.object)
@@ -221,6 +221,7 @@ EXPERIMENT = Experiment(
     name="attention", question="does attention to the subject (knowledge synapses) select the KNs?",
     heading="Attention (knowledge synapses)", summarize=summarize, fact_work=fact_work, finalize=finalize,
     summary_keys=("attention", "attention_contrasts", "attention_heatmap_neurons"), validate=validate,
+    check_model=check_model,
     shown_neurons="attention_heatmap_neurons",
     findings=FINDINGS,
     intro="Knowledge synapses (high-attention entries at the last prompt position) whose key position is the "
@@ -229,7 +230,8 @@ EXPERIMENT = Experiment(
     tables=(Table("attention", columns=(
         Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
         Column("synapses", "synapses"), Column("alpha", "alpha", "num", 2), Column("n", "n", "int"),
-        Column("d KN activation", "dkn_activation", "ci", 3, True), Column("dP(gold)", "dprob", "ci", 3, True))),
+        Column("d KN activation", "dkn_activation", "ci", 3, True),
+        Column("dP(gold)", "dprob", "ci", 3, True, n_key="n_dprob"))),
         Table("attention_contrasts", title="Subject-related minus irrelevant synapses (paired within facts)", columns=(
             Column("model", "model"), Column("method", "method"), Column("group", "group", "group"),
             Column("alpha", "alpha", "num", 2), Column("measure", "metric"), Column("n", "n", "int"),

@@ -10,7 +10,8 @@ Per studied fact, the same seeded edited queries q_i (``--sweep-queries`` of the
   key statistics C over ``--rome-samples`` samples of the model's own text, computed once per model and layer
   before the facts' units and stored).
 
-``--edit-layer`` lists the layers of ``ft`` and ``rome`` (``mid`` = n_layers // 2, the default; several sweep);
+``--edit-layer`` lists the layers of ``ft`` and ``rome`` (a layer list, :mod:`knowloc.study.layers`: ``mid`` =
+n_layers // 2, the default; several sweep);
 ``kn`` and ``kn-ft`` edit N_i's own layers (``layer`` empty in the tables). Every edit is measured as an update
 trial of the modification experiment: Rel (P(o') > P(o) on q_i), Gen (on q_i's other neighbor queries), Loc,
 Avg, dlogPPL and dprob_self; summaries per model x method x editor x layer x group (K_C, K_I, all) with bootstrap
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 from knowloc.analysis import GROUPS, Estimate
 from knowloc.editing.editors import (EDITORS, CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample,
-                                     check_editors, measure_edit, shared_store)
+                                     measure_edit, shared_store)
 from knowloc.errors import KnowlocError
-from knowloc.study.config import StudyConfig
+from knowloc.study.config import StudyConfig, component_default
 from knowloc.study.context import Section, StudyContext, metric_stats, paired_contrast, slug
 from knowloc.study.experiments.modification import gap_columns, group_contrast, rate_figure
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
@@ -34,20 +35,15 @@ from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
 METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "seconds")
-SAMPLE_LENGTH = 64  # tokens per sample of C's text sample
+SAMPLE_LENGTH = component_default(Rome, "sample").length  # tokens per sample of C's text sample (64)
 KN_EDITORS = ("kn", "kn-ft")
 BASELINES = ("rome", "ft")  # what kn is compared with
 
 
 def layers_of(cfg: StudyConfig, n_layers: int) -> list[int]:
-    """The layers of ``--edit-layer`` for a model of ``n_layers`` layers (``mid`` = n_layers // 2)."""
-    out = []
-    for item in cfg.edit_layer:
-        layer = n_layers // 2 if item == "mid" else int(item)
-        if not 0 <= layer < n_layers:
-            raise KnowlocError(f"--edit-layer {item} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
-        out.append(layer)
-    return list(dict.fromkeys(out))
+    """The layers of ``--edit-layer`` for a model of ``n_layers`` layers, in the order it names them (the order
+    of a fact's stored rows; :meth:`knowloc.study.layers.LayerSpec.resolve`)."""
+    return cfg.layers("edit_layer").resolve(n_layers)
 
 
 def sample(cfg: StudyConfig) -> TextSample:
@@ -255,22 +251,8 @@ def _notes(summary: dict) -> list[str]:
 
 
 def validate(cfg: StudyConfig) -> None:
-    cfg.editors = check_editors(cfg.editors)
-    layers = []
-    for item in cfg.edit_layer:
-        item = str(item).strip().lower()
-        if item != "mid":
-            try:
-                value = int(item)
-            except ValueError:
-                raise KnowlocError(f"--edit-layer must be layer numbers or 'mid', got {item!r}") from None
-            if value < 0:
-                raise KnowlocError(f"--edit-layer must be >= 0, got {value}")
-            item = str(value)
-        layers.append(item)
-    if not layers:
-        raise KnowlocError("--edit-layer needs at least one layer (or 'mid')")
-    cfg.edit_layer = list(dict.fromkeys(layers))
+    """rome's and ft's settings (--editors and --edit-layer are checked with the config: check_editors, the layer
+    list's grammar)."""
     for name in ("rome_steps", "ft_steps", "rome_prefixes"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -1,12 +1,12 @@
 """Experiment `localization-vs-editing` (Hase et al., NeurIPS 2023, "Does Localization Inform Editing?").
 
 For a seeded subset of ``--lve-facts`` studied facts, the fact's first query (the one `tracing` traces) is edited
-to the new object of `update-sweep` / `editors` by rome and ft at each layer of ``--lve-layers`` (default every
-third layer), each edit measured as the editors experiment measures it (Rel, Gen, Loc, Avg). Per (fact, layer)
+to the new object of `update-sweep` / `editors` by rome and ft at each layer of ``--lve-layers`` (a layer list,
+:mod:`knowloc.study.layers`; default every third layer), each edit measured as the editors experiment measures it (Rel, Gen, Loc, Avg). Per (fact, layer)
 two localization signals:
 
 * ``tracing``: the MLP tracing IE at the fact's last subject token at that layer (experiment `tracing`, which this
-  one adds to the study);
+  one requires: a study that chooses it runs tracing too);
 * ``kn``: the share of the query's filtered KN attribution mass at that layer
   (:func:`knowloc.analysis.localization.layer_mass`).
 
@@ -43,17 +43,9 @@ SMALL = 0.05  # Hase et al.: localization adds little beyond the layer (delta R^
 
 
 def lve_layers(cfg: StudyConfig, n_layers: int) -> list[int]:
-    """The layers of ``--lve-layers`` for a model of ``n_layers`` layers ('every3': 0, 3, 6, ...)."""
-    out = []
-    for item in cfg.lve_layers:
-        if item.startswith("every"):
-            out.extend(range(0, n_layers, int(item[5:])))
-            continue
-        layer = int(item)
-        if not 0 <= layer < n_layers:
-            raise KnowlocError(f"--lve-layers {item} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
-        out.append(layer)
-    return sorted(set(out))
+    """The layers of ``--lve-layers`` for a model of ``n_layers`` layers, ascending ('every3': 0, 3, 6, ...;
+    :meth:`knowloc.study.layers.LayerSpec.resolve`)."""
+    return sorted(cfg.layers("lve_layers").resolve(n_layers))
 
 
 def subset(ctx: StudyContext, model: str) -> set[str]:
@@ -172,30 +164,16 @@ FINDINGS = (
 
 
 def validate(cfg: StudyConfig) -> None:
+    """--lve-facts (--lve-layers is checked with the config: the layer list's grammar)."""
     value = cfg.lve_facts
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise KnowlocError(f"--lve-facts must be an integer >= 1, got {value!r}")
-    layers = []
-    for item in cfg.lve_layers:
-        item = str(item).strip().lower()
-        if item.startswith("every"):
-            step = item[5:]
-            if not step.isdigit() or int(step) < 1:
-                raise KnowlocError(f"--lve-layers: 'everyN' needs a step N >= 1, got {item!r}")
-        elif not item.isdigit():
-            raise KnowlocError(f"--lve-layers must be layer numbers >= 0 or 'everyN', got {item!r}")
-        layers.append(item)
-    if not layers:
-        raise KnowlocError("--lve-layers needs at least one layer (or 'every3')")
-    cfg.lve_layers = list(dict.fromkeys(layers))
-    if NAME in cfg.experiments and "tracing" not in cfg.experiments:
-        cfg.experiments = [*cfg.experiments, "tracing"]  # its tracing signal
 
 
 EXPERIMENT = Experiment(
     name=NAME, question="does localization (tracing or KNs) tell which layer edits a fact best? (Hase et al.)",
     heading="Localization vs editing", summarize=summarize, fact_work=fact_work, check_model=check_model,
-    prepare=prepare, validate=validate, works=works, per_query=False,
+    prepare=prepare, validate=validate, requires=("tracing",), works=works, per_query=False,
     summary_keys=("localization_vs_editing", "lve_correlations"),
     intro="Hase et al. (2023): a seeded subset of facts is edited by rome and ft at every layer of --lve-layers. If "
           "localization told where to edit, edit success (Avg) would follow the localization signal at a layer, "
