@@ -184,8 +184,10 @@ def test_environment_info():
     assert (full["device"], full["wall_s"], full["peak_rss_mb"]) == ("cuda:0", 3.0, 1.5)
 
 
-def _hand_made_study(out: Path) -> Path:
-    """A store and summary.json written directly, with markup in every data-derived string."""
+def _hand_made_study(out: Path, groups: bool = True) -> Path:
+    """A store and summary.json written directly, with markup in every data-derived string; with ``groups``, the
+    facts' scores and groups (static split) stored as a study stores them (without: a store of an older knowloc)."""
+    from knowloc.analysis import consistency_scores
     from knowloc.study.config import StudyConfig
     from knowloc.study.store import Store
 
@@ -207,6 +209,13 @@ def _hand_made_study(out: Path) -> Path:
         for q in range(2):
             kn = [(0, 1), (1, 2 + k + q)] + [(2, i) for i in range(40 if k == 0 else 3)]
             store.save_attribution(model, "ig", f"f{k}<i>", q, 0.5, kn, torch.zeros(3, 64))
+    if groups:
+        stored = []
+        for fact_id, lists in store.kn_lists_all(model, "ig").items():
+            scores = consistency_scores([set(lists[q]) for q in sorted(lists)], p=cfg.p)
+            stored.append({"fact_id": fact_id, **scores, "kn": lists,
+                           "group": "K_C" if scores[cfg.cs_score] >= cfg.tau else "K_I"})
+        store.save_groups(model, "ig", stored)
     store.close()
     nan = float("nan")
     summary = {"config": cfg.summary_config(), "facts": {model: 3},
@@ -276,19 +285,16 @@ def test_attention_rows_render_with_their_intervals(tmp_path):
     assert '<span class="g-K_C">K_C</span>' in section
 
 
-def test_drill_down_groups_of_a_store_without_stored_groups(tmp_path):
-    """A store written before the study stored its groups: they are recomputed from CS and tau (static split)."""
-    from knowloc.analysis import consistency_scores
-
-    out = _hand_made_study(tmp_path)
-    summary = json.loads((out / "summary.json").read_text())
+def test_drill_down_of_a_store_without_stored_groups_says_rerun(tmp_path):
+    """A store written before the study stored its groups: the drill-down recomputes nothing; it is one line that
+    says to rerun the study (issue 33), and the rest of the report is built as usual."""
+    out = _hand_made_study(tmp_path, groups=False)
     text = build_report(out).read_text(encoding="utf-8")
-    assert "recomputed here from the unfiltered KN sets" in text
-    for k in range(3):
-        sets = [{(0, 1), (1, 2 + k + q)} | {(2, i) for i in range(40 if k == 0 else 3)} for q in range(2)]
-        group = "K_C" if consistency_scores(sets)["cs2"] >= summary["config"]["tau"] else "K_I"
-        block = text.split(f"<code>f{k}&lt;i&gt;</code>")[1].split("</summary>")[0]
-        assert f'ig: <span class="g-{group}">{group}</span>' in block
+    drill = text.split('<section id="facts">')[1].split("</section>")[0]
+    assert "predates stored groups" in drill and "rerun the study" in drill
+    assert drill.count('<p class="notrun">') == 1 and '<details class="fact">' not in drill
+    assert "recomputed here" not in text
+    assert '0.33 <span class="ci">[0.00, 1.00]</span>' in text  # the consistency section as before
 
 
 def test_report_of_a_summary_whose_config_lacks_settings(tmp_path):

@@ -48,7 +48,7 @@ def test_the_study_and_the_editors_share_their_defaults():
     from dataclasses import fields
 
     from knowloc.editing.editors import FineTune, Rome
-    from knowloc.study.experiments.editors import make_editor
+    from knowloc.study.experiments.common import make_editor
 
     config = StudyConfig()
     study, default = make_editor("rome", config), Rome()

@@ -11,7 +11,8 @@ import pytest
 from knowloc.cli import build_app, main
 from knowloc.study.config import IDENTITY_KEYS, RUNTIME_KEYS, StudyConfig
 from knowloc.errors import KnowlocError
-from knowloc.study.context import Section, fact_level_ci
+from knowloc.analysis.fact_stats import fact_level_ci
+from knowloc.study.context import Section
 from knowloc.study.findings import SUPPORTS, UNDECIDED, verdict
 from knowloc.study.groups import grouped_trials
 from knowloc.study.plan import print_plan

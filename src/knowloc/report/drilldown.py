@@ -1,16 +1,14 @@
 """What the results store holds per fact and per neuron: the per-fact drill-down and the heatmaps' neurons.
 
 The drill-down shows the groups and KN sets the experiments used, as the study stored them
-(:func:`knowloc.study.groups.save_groups`). A store written before knowloc stored groups has none: the
-drill-down then recomputes CS from the stored (unfiltered) KN sets and applies the static tau or Otsu threshold
-(whichever the study's ``split`` says) itself, and says so.
+(:func:`knowloc.study.groups.save_groups`); it computes none itself. A store written before knowloc stored groups
+has none: the drill-down is then one line that says to rerun the study (:data:`OLD_STORE`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from knowloc.analysis import K_C, K_I, consistency_scores, otsu_threshold
 from knowloc.data.filtering import ProbedFact
 from knowloc.report.tables import esc, render_table
 from knowloc.study.config import StudyConfig
@@ -20,6 +18,8 @@ from knowloc.study.store import Store
 from knowloc.study.tables import DASH, Column, fmt_num, missing
 
 KN_SHOWN = 30  # neurons listed per query in the drill-down
+OLD_STORE = ("This results store predates stored groups (written by an older knowloc): no groups or KN sets as the "
+             "experiments used them; rerun the study (the same command, --out {out}) to show them here.")
 
 
 # --------------------------------------------------------------------------- KN lists
@@ -86,36 +86,6 @@ def figure_neurons_section(out_dir: Path, summary: dict) -> str:
 # --------------------------------------------------------------------------- per fact
 
 
-def _fallback_groups(cs: dict[str, float], config: StudyConfig) -> dict[str, str]:
-    """K_C / K_I under `split` recomputed from the CS values (only for a store that predates stored groups)."""
-    values = list(cs.values())
-    if not values:
-        return {}
-    tau = otsu_threshold(values) if config.split == "otsu" else float(config.tau)
-    return {fid: (K_C if v >= tau else K_I) for fid, v in cs.items()}
-
-
-def _method_view(store: Store, model: str, method: str, facts: list, config: StudyConfig) -> tuple[dict, bool]:
-    """{fact_id: {cs1, cs2, csp, group, kn}} as stored by the study; recomputed (unfiltered sets, True) for a
-    store that predates stored groups."""
-    stored = store.groups(model, method)
-    if stored:
-        return stored, False
-    kn = store.kn_lists_all(model, method)
-    out = {}
-    for fact in facts:
-        lists = kn.get(fact.fact_id, {})
-        row: dict = {"kn": lists}
-        if len(lists) >= 2:
-            row.update(consistency_scores([set(lists[q]) for q in sorted(lists)], p=float(config.p)))
-        out[fact.fact_id] = row
-    score = config.cs_score
-    split = _fallback_groups({f: r[score] for f, r in out.items() if score in r}, config)
-    for fid, row in out.items():
-        row["group"] = split.get(fid)
-    return out, True
-
-
 def facts_section(out_dir: Path, config: StudyConfig) -> str:
     """Every studied fact of every model: paraphrases, answers, per method the KN sets, CS scores and group."""
     db = out_dir / "results.sqlite"
@@ -125,7 +95,6 @@ def facts_section(out_dir: Path, config: StudyConfig) -> str:
     methods = list(config.methods)
     score = config.cs_score
     store = Store(db)
-    recomputed = False
     parts = []
     try:
         for model in models:
@@ -133,10 +102,9 @@ def facts_section(out_dir: Path, config: StudyConfig) -> str:
             facts = select_facts(probes, int(config.min_known), config.facts, int(config.seed))
             probe_of = {probe.fact_id: probe for probe in probes}
             descriptions = store.neuron_descriptions(model)
-            per_method = {}
-            for method in methods:
-                per_method[method], again = _method_view(store, model, method, facts, config)
-                recomputed |= again
+            per_method = {method: store.groups(model, method) for method in methods}
+            if facts and not all(per_method.values()):  # a study stores every studied fact's group
+                return f'<p class="notrun">{OLD_STORE.format(out=esc(str(out_dir)))}</p>'
             parts.append(f"<h3>{esc(model)} &mdash; {len(facts)} facts</h3>")
             if not facts:
                 parts.append('<p class="muted">No fact is known in enough paraphrases.</p>')
@@ -149,9 +117,7 @@ def facts_section(out_dir: Path, config: StudyConfig) -> str:
              f"queries of the study), per method the KN set of each query that the experiments used (layer#neuron "
              f"in attribution order, non-specific neurons removed, at most {KN_SHOWN} shown), the consistency "
              f"scores CS1, CS2, CS<sub>p</sub> (p = {fmt_num(float(config.p), 2)}) and the group under the study's "
-             f"<b>{esc(config.split)}</b> split of {esc(score.upper())}"
-             + (" (recomputed here from the unfiltered KN sets: this store predates stored groups)" if recomputed
-                else "") + ".</p>")
+             f"<b>{esc(config.split)}</b> split of {esc(score.upper())}.</p>")
     return "\n".join([intro] + parts)
 
 

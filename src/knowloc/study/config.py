@@ -15,6 +15,7 @@ TOML file takes the same names (dashes or underscores); a test checks that they 
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,6 +40,10 @@ LIST_FIELDS = ("models", "methods", "experiments", "relations", "editors", "edit
 # The settings that name layers, one grammar (knowloc.study.layers), and their flags
 LAYER_FIELDS = {"edit_layer": "--edit-layer", "lve_layers": "--lve-layers", "attention_layers": "--attention-layers"}
 LAYER_LIST = f"a layer list: {GRAMMAR}"
+# The settings that are lists of numbers (a list or a comma-separated string, "0,0.5,1"), each with the name its
+# flag is spelled from (float_list)
+FLOAT_LIST_FIELDS = {"cas_sweep_beta1": "cas_sweep_beta1", "cas_sweep_beta2": "cas_sweep_beta2",
+                     "cas_sweep_thresholds": "cas_sweep_thresholds", "update_sweep_lambda2": "sweep_lambda2"}
 # What a store that predates an identity setting was computed with, where that differs from today's default
 # (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
 LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai", "specificity_reference": "study"}
@@ -277,7 +282,13 @@ class StudyConfig:
                     or abs(value) == float("inf"):
                 raise KnowlocError(f"--{name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
-        for experiment in registry.experiments():  # each experiment checks the settings it owns
+        for name, flag_name in FLOAT_LIST_FIELDS.items():  # lists of floats; each experiment checks their values
+            setattr(self, name, float_list(getattr(self, name), flag_name))
+        if isinstance(self.update_sweep_rules, str):
+            self.update_sweep_rules = [r.strip() for r in self.update_sweep_rules.split(",")]
+        else:
+            self.update_sweep_rules = list(self.update_sweep_rules)
+        for experiment in registry.experiments():  # each experiment checks the settings it owns (pure checks)
             if experiment.validate is not None:
                 experiment.validate(self)
         if self.executor not in ("local", "ray"):
@@ -313,6 +324,18 @@ class StudyConfig:
         layers); :meth:`LayerSpec.resolve` gives a model's layers."""
         value = getattr(self, name)
         return None if value is None else LayerSpec.parse(value, LAYER_FIELDS[name])
+
+    def seed_for(self, *parts: object) -> int:
+        """A stable per-item seed derived from the study seed (independent of processing order): the first 8
+        bytes, little-endian, of sha256(``"seed:part1:part2:..."``).
+
+        Example:
+            >>> cfg = StudyConfig(models=["m"], seed=0)
+            >>> cfg.seed_for("locality", "m", "P36-0") == cfg.seed_for("locality", "m", "P36-0") < 2**64
+            True
+        """
+        text = ":".join([str(self.seed), *map(str, parts)])
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
     def identity(self) -> dict:
         """The settings that determine stored results; a resume must match them exactly."""

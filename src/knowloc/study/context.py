@@ -1,17 +1,14 @@
 """What experiments share during a study: config, store, selected facts, the loaded model, the derived neuron
-sets (:class:`knowloc.study.neuron_sets.NeuronSets`), outputs; and the fact-level statistics every summary uses."""
+sets (:class:`knowloc.study.neuron_sets.NeuronSets`, built from the config, the store and the facts), outputs.
+The statistics over facts that the summaries use are :mod:`knowloc.analysis.fact_stats`."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from knowloc.analysis import Estimate
 from knowloc.attribution.disk_cache import AttributionCache
 from knowloc.data import load_neutral_texts
 from knowloc.data.filtering import ProbedFact
@@ -32,60 +29,6 @@ def slug(name: str) -> str:
 def trial_key(model: str, method: str, fact_id: str) -> str:
     """Store key of one fact's trials in one experiment."""
     return f"{model}\t{method}\t{fact_id}"
-
-
-def fact_level_ci(fact_trials: list[list[dict]], metric: str, n_boot: int, seed: int, stat=None,
-                  **match: object) -> Estimate:
-    """The :class:`Estimate` of a metric over facts: each fact's trials matching `match` are averaged (nan left
-    out, :func:`fact_means`), then `stat` (default: the mean) over the facts that have a value, with a bootstrap
-    interval that resamples facts (facts, not trials, are the independent units; none below MIN_N facts)."""
-    per_fact = fact_means(fact_trials, metric, **match)
-    return Estimate.bootstrap(per_fact[~np.isnan(per_fact)], stat=np.mean if stat is None else stat,
-                              n_boot=n_boot, seed=seed)
-
-
-def fact_means(fact_trials: list[list[dict]], metric: str, **match: object) -> np.ndarray:
-    """Each fact's mean of `metric` over its trials matching `match` (nan where it has none, e.g. a metric a
-    store predates), aligned with `fact_trials` so that two metrics or matches of the same facts can be paired."""
-    out = []
-    for rows in fact_trials:
-        values = [r.get(metric, np.nan) for r in rows if all(r.get(k) == v for k, v in match.items())
-                  and not r.get("skipped")]
-        values = [v for v in values if v is not None and not np.isnan(v)]
-        out.append(float(np.mean(values)) if values else np.nan)
-    return np.array(out, dtype=float)
-
-
-def paired_contrast(fact_trials: list[list[dict]], metric: str, first: dict, second: dict, n_boot: int,
-                    seed: int) -> Estimate:
-    """The :class:`Estimate` of the mean over facts of (metric under `first` - under `second`), paired within
-    facts (facts with both), with a paired bootstrap interval (none below MIN_N facts)."""
-    a, b = fact_means(fact_trials, metric, **first), fact_means(fact_trials, metric, **second)
-    both = ~np.isnan(a) & ~np.isnan(b)
-    return Estimate.paired(a[both], b[both], n_boot=n_boot, seed=seed)
-
-
-def metric_stats(fact_trials: list[list[dict]], metrics: tuple[str, ...], cfg: StudyConfig, n_from: str,
-                 **match) -> dict:
-    """A summary row's metrics over facts: each metric's estimate with its CI (:func:`fact_level_ci`), ``n`` =
-    the facts with a value of ``n_from``, and the dlogPPL mean / median (:func:`dlogppl_stats`)."""
-    row: dict = {}
-    for metric in metrics:
-        estimate = fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match)
-        row.update(estimate.fields(metric))
-        if metric == n_from:
-            row["n"] = estimate.n
-    return {**row, **dlogppl_stats(fact_trials, cfg, **match)}
-
-
-def dlogppl_stats(fact_trials: list[list[dict]], cfg: StudyConfig, **match) -> dict:
-    """dlogppl_mean / dlogppl_median with bootstrap CIs over facts (each fact: the mean over its matching
-    trials' dlogPPL = log(PPL_after / PPL_before))."""
-    out = {}
-    for name, stat in (("mean", np.mean), ("median", np.median)):
-        out.update(fact_level_ci(fact_trials, "dlogppl", cfg.n_boot, cfg.seed, stat=stat, **match)
-                   .fields(f"dlogppl_{name}"))
-    return out
 
 
 @dataclass
@@ -156,7 +99,7 @@ class StudyContext:
     def __post_init__(self) -> None:
         if self.models is None:
             self.models = ModelPool(self.config.device, self.config.compute_dtype)
-        self.neurons = NeuronSets(self)
+        self.neurons = NeuronSets(self.config, self.store, self.probes, self.facts)
 
     @functools.cached_property
     def attribution_cache(self) -> AttributionCache | None:
@@ -204,9 +147,8 @@ class StudyContext:
                 self.load_facts(model)
 
     def seed_for(self, *parts: object) -> int:
-        """A stable per-item seed derived from the study seed (independent of processing order)."""
-        text = ":".join([str(self.config.seed), *map(str, parts)])
-        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        """A stable per-item seed derived from the study seed (:meth:`StudyConfig.seed_for`)."""
+        return self.config.seed_for(*parts)
 
     @property
     def figures_dir(self) -> Path:

@@ -1,7 +1,10 @@
 """The neuron sets every experiment reads: the specificity profile, the filtered KN sets, the K_C / K_I groups.
 
 One :class:`NeuronSets` per study context (``ctx.neurons``) owns these derived views of the store and caches
-them; nothing else keeps a copy, so the filter and the split are decided in one place.
+them; nothing else keeps a copy, so the filter and the split are decided in one place. It is a stage of its own:
+it reads the config's values, the store's rows and the probed and studied facts it is given, and never the study
+context (which holds it) nor a model (the reference items' attributions are study units,
+:mod:`knowloc.study.units`).
 
 **Specificity profile.** Two reference sets, both independent of any studied fact's own queries, are attributed
 with the study's method, steps and KN threshold (:mod:`knowloc.analysis.specificity` has the formulas):
@@ -41,22 +44,19 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from knowloc import attribution
-from knowloc.attribution.shipped import shipped_entry
 from knowloc.analysis import (K_C, K_I, KnSet, Neuron, activation_ratio, consistency_scores,
                               excluded_reference_relations, kn_frequency, nonspecific_neurons, normalized_prompt,
-                              otsu_threshold, select_neurons)
+                              otsu_threshold)
 from knowloc.data import load_answer_types, load_specificity_prompts, load_specificity_queries
 from knowloc.data.filtering import ProbedFact
-from knowloc.models.hooks import trace_activations
-
-if TYPE_CHECKING:
-    from knowloc.study.context import StudyContext
+from knowloc.study.config import StudyConfig
+from knowloc.study.facts import StudyFact
+from knowloc.study.store import Store
 
 ONE_QUERY, EMPTY_KN = "one_query", "empty_kn"  # why a studied fact has no consistency score (NeuronSets.unscored)
 
@@ -77,7 +77,10 @@ class NeuronSets:
     """The derived views of one study context (see the module docstring), each computed once.
 
     Args:
-        ctx: the study context whose config, store, facts and probes the views are computed from.
+        config: the study's settings (specificity, threshold, p, cs_score, split, tau, min_known, seed).
+        store: the results store the KN lists, attribution maps and reference attributions are read from.
+        probes: {model: its probed facts}, facts: {model: its studied facts}; read when a view is first asked
+            for (the context fills them per model, :meth:`knowloc.study.context.StudyContext.load_facts`).
 
     Example:
         >>> kn = ctx.neurons.kn_lists("smollm2-135m", "ig", "P36-0")   # {query: [(layer, index), ...]}
@@ -85,8 +88,9 @@ class NeuronSets:
         'K_I'
     """
 
-    def __init__(self, ctx: "StudyContext"):
-        self.ctx = ctx
+    def __init__(self, config: StudyConfig, store: Store, probes: dict[str, list[ProbedFact]],
+                 facts: dict[str, list[StudyFact]]):
+        self.config, self.store, self.probes, self.facts = config, store, probes, facts
         self._cache: dict[tuple, Any] = {}
 
     # --- the specificity profile -------------------------------------------------------------------------------
@@ -96,27 +100,27 @@ class NeuronSets:
         """The reference set of a model: the neutral prompts, then the reference queries (see the module
         docstring); each ``{"prompt", "target" (None: the model's own next token), "relation" (None: neutral)}``.
         Deterministic from the shipped files (shipped) or from the probe and the seed (study)."""
-        ctx = self.ctx
+        cfg = self.config
         items = [{"prompt": p, "target": None, "relation": None}
-                 for p in load_specificity_prompts()[: ctx.config.specificity_prompts]]
-        if ctx.config.specificity_reference == "shipped":
-            studied = {normalized_prompt(q.text) for probe in ctx.probes[model] for q in probe.queries}
+                 for p in load_specificity_prompts()[: cfg.specificity_prompts]]
+        if cfg.specificity_reference == "shipped":
+            studied = {normalized_prompt(q.text) for probe in self.probes[model] for q in probe.queries}
             taken: dict[str, int] = {}
             for query in load_specificity_queries():
                 if normalized_prompt(query["prompt"]) in studied \
-                        or taken.get(query["relation"], 0) >= ctx.config.specificity_queries:
+                        or taken.get(query["relation"], 0) >= cfg.specificity_queries:
                     continue
                 taken[query["relation"]] = taken.get(query["relation"], 0) + 1
                 items.append({"prompt": query["prompt"], "target": None, "relation": query["relation"]})
             return items
         by_relation: dict[str, list[ProbedFact]] = {}
-        for probe in ctx.probes[model]:
-            if probe.known(ctx.config.min_known):
+        for probe in self.probes[model]:
+            if probe.known(cfg.min_known):
                 by_relation.setdefault(probe.relation, []).append(probe)
         for relation in sorted(by_relation):
-            rng = random.Random(ctx.seed_for("specificity", model, relation))
+            rng = random.Random(cfg.seed_for("specificity", model, relation))
             probes = by_relation[relation]
-            for probe in rng.sample(probes, min(ctx.config.specificity_queries, len(probes))):
+            for probe in rng.sample(probes, min(cfg.specificity_queries, len(probes))):
                 query = rng.choice(probe.known_queries())
                 items.append({"prompt": query.text, "target": probe.object, "relation": relation})
         return items
@@ -128,7 +132,7 @@ class NeuronSets:
         of `relation` in the data, known or not); none for `relation` None."""
         if relation is None:
             return set()
-        if self.ctx.config.specificity_reference != "shipped":
+        if self.config.specificity_reference != "shipped":
             return {relation}
         types = {q["relation"]: q["answer_type"] for q in load_specificity_queries()}
         return excluded_reference_relations(relation, self.relation_objects(model, relation), types,
@@ -136,35 +140,7 @@ class NeuronSets:
 
     def relation_objects(self, model: str, relation: str) -> list[str]:
         """The objects of every fact of `relation` in the model's probe (known or not), in data order."""
-        return [probe.object for probe in self.ctx.probes.get(model, []) if probe.relation == relation]
-
-    def reference_row(self, model: str, method: str, ridx: int) -> dict:
-        """One reference item's attribution (a study unit; stored as is): the model's own next token after a
-        neutral prompt, or a reference query's gold object; its KN list and |activations| at the last position."""
-        ctx = self.ctx
-        lm = ctx.model(model)
-        item = self.reference_items(model)[ridx]
-        with torch.no_grad(), trace_activations(lm) as acts:
-            lm.model(input_ids=torch.tensor([lm.encode(item["prompt"]).prompt_ids], device=lm.device))
-        activations = torch.stack([acts[layer][0, -1].float().abs().cpu() for layer in range(lm.n_layers)])  # [L, N]
-        shipped = shipped_entry(lm, method, ctx.config.steps, item["prompt"], item["target"], ctx.config.threshold)
-        if shipped is not None:  # the built-in model's packaged reference (knowloc.attribution.shipped)
-            return {"prompt": item["prompt"], "relation": item["relation"], "token": shipped["token"],
-                    "token_text": shipped["token_text"], "prob": shipped["prob"],
-                    "kn": select_neurons(shipped.scores(), threshold=ctx.config.threshold),
-                    "activations": activations}
-        if item["target"] is None:
-            attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=ctx.config.steps,
-                                                    cache=ctx.attribution_cache)
-            token = attr.extra["token_id"]
-        else:
-            attr = attribution.attribute(lm, item["prompt"], item["target"], method=method, steps=ctx.config.steps,
-                                         warn=False, cache=ctx.attribution_cache)
-            token = lm.first_target_token(item["target"])
-        scores = attr.scores.to(torch.float16).float()  # [L, N], the same fp16 rounding as the fact attributions
-        return {"prompt": item["prompt"], "relation": item["relation"], "token": token, "token_text": attr.target,
-                "prob": attr.prob, "kn": select_neurons(scores, threshold=ctx.config.threshold),
-                "activations": activations}
+        return [probe.object for probe in self.probes.get(model, []) if probe.relation == relation]
 
     @_cached
     def profile(self, model: str, method: str) -> dict:
@@ -173,7 +149,7 @@ class NeuronSets:
         neutral_frequency [L, N] (KN frequency over the neutral prompts), counts / sizes of the reference queries
         per relation (KN counts [L, N] and number of queries), query_frequency [L, N] (over every reference
         query), activation_ratio [L, N] (over the neutral prompts), n_neutral, n_queries."""
-        rows = self.ctx.store.reference(model, method)
+        rows = self.store.reference(model, method)
         if not rows:
             return {"neutral_frequency": None, "n_neutral": 0, "n_queries": 0}
         shape = tuple(rows[0]["activations"].shape)
@@ -206,30 +182,30 @@ class NeuronSets:
 
     def excluded(self, model: str, method: str, relation: str | None) -> set[Neuron]:
         """The non-specific neurons the study removes for facts of `relation` (empty with --specificity off)."""
-        if not self.ctx.config.filtered:
+        if not self.config.filtered:
             return set()
         return self._excluded(model, method, relation)
 
     @_cached
     def _excluded(self, model: str, method: str, relation: str | None) -> set[Neuron]:
         freq = self.reference_frequency(model, method, relation)
-        return set() if freq is None else nonspecific_neurons(freq, float(self.ctx.config.specificity))
+        return set() if freq is None else nonspecific_neurons(freq, float(self.config.specificity))
 
     @_cached
     def relations(self, model: str) -> dict[str, str]:
         """{fact_id: relation} of every probed fact of a model."""
-        return {probe.fact_id: probe.relation for probe in self.ctx.probes.get(model, [])}
+        return {probe.fact_id: probe.relation for probe in self.probes.get(model, [])}
 
     # --- the neuron sets ---------------------------------------------------------------------------------------
 
     def _use_filter(self, filtered: bool | None) -> bool:
-        return self.ctx.config.filtered if filtered is None else filtered and self.ctx.config.filtered
+        return self.config.filtered if filtered is None else filtered and self.config.filtered
 
     def kn_lists(self, model: str, method: str, fact_id: str,
                  filtered: bool | None = None) -> dict[int, list[Neuron]]:
         """A fact's KN list per query in score order, as stored, with the non-specific neurons removed
         (``filtered``: default the study's setting; False: the unfiltered lists)."""
-        lists = self.ctx.store.kn_lists(model, method, fact_id)
+        lists = self.store.kn_lists(model, method, fact_id)
         if not self._use_filter(filtered):
             return lists
         return {q: self.remove_nonspecific(model, method, fact_id, kn) for q, kn in lists.items()}
@@ -243,18 +219,18 @@ class NeuronSets:
     def kn_sets(self, model: str, method: str, filtered: bool | None = None) -> dict[str, dict[int, KnSet]]:
         """Every studied fact's KN sets by query (as :meth:`kn_lists`); the filtered view is cached."""
         if not self._use_filter(filtered):
-            return self.ctx.store.kn_sets(model, method)
+            return self.store.kn_sets(model, method)
         return self._filtered_kn_sets(model, method)
 
     @_cached
     def _filtered_kn_sets(self, model: str, method: str) -> dict[str, dict[int, KnSet]]:
         return {f.fact_id: {q: KnSet(kn) for q, kn in self.kn_lists(model, method, f.fact_id, True).items()}
-                for f in self.ctx.facts[model]}
+                for f in self.facts[model]}
 
     def score_stack(self, model: str, method: str, fact_id: str) -> tuple[list[int], torch.Tensor]:
         """(query indices, the stored attribution maps [n_queries, L, N]) of a fact; selections made from them
         go through :meth:`remove_nonspecific`."""
-        tensors = self.ctx.store.scores(model, method, fact_id)
+        tensors = self.store.scores(model, method, fact_id)
         queries = sorted(tensors)
         return queries, torch.stack([tensors[q] for q in queries])
 
@@ -265,10 +241,10 @@ class NeuronSets:
         non-empty KN set (:meth:`unscored` names the others)."""
         kn = self.kn_sets(model, method, filtered)
         out = {}
-        for fact in self.ctx.facts[model]:
+        for fact in self.facts[model]:
             sets = [kn[fact.fact_id][q] for q in sorted(kn.get(fact.fact_id, {}))]
             if len(sets) >= 2 and any(sets):
-                out[fact.fact_id] = consistency_scores(sets, p=self.ctx.config.p)
+                out[fact.fact_id] = consistency_scores(sets, p=self.config.p)
         return out
 
     def unscored(self, model: str, method: str, filtered: bool | None = None) -> dict[str, str]:
@@ -277,7 +253,7 @@ class NeuronSets:
         compare; their CS would be 0 by definition and count them as K_I)."""
         kn = self.kn_sets(model, method, filtered)
         out = {}
-        for fact in self.ctx.facts[model]:
+        for fact in self.facts[model]:
             sets = list(kn.get(fact.fact_id, {}).values())
             if len(sets) < 2:
                 out[fact.fact_id] = ONE_QUERY
@@ -288,15 +264,15 @@ class NeuronSets:
     def fact_scores(self, model: str, method: str, filtered: bool | None = None) -> dict[str, float]:
         """The selected CS (`--cs-score`) of each studied fact with a score (:meth:`cs_scores`), from the KN sets
         the study uses (``filtered=False``: the unfiltered ones)."""
-        return {fid: s[self.ctx.config.cs_score] for fid, s in self.cs_scores(model, method, filtered).items()}
+        return {fid: s[self.config.cs_score] for fid, s in self.cs_scores(model, method, filtered).items()}
 
     def thresholds(self, values: list[float]) -> dict[str, float]:
         """The static threshold tau and Otsu's threshold of `values` (nan without values)."""
-        return {"static": self.ctx.config.tau, "otsu": otsu_threshold(values) if values else float("nan")}
+        return {"static": self.config.tau, "otsu": otsu_threshold(values) if values else float("nan")}
 
     @_cached
     def groups(self, model: str, method: str) -> dict[str, str]:
         """K_C / K_I of each fact under the study's `split` threshold (used by the later experiments)."""
         scores = self.fact_scores(model, method)
-        tau = self.thresholds(list(scores.values()))[self.ctx.config.split]
+        tau = self.thresholds(list(scores.values()))[self.config.split]
         return {fid: (K_C if cs >= tau else K_I) for fid, cs in scores.items()}

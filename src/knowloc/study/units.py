@@ -15,6 +15,7 @@ from knowloc.analysis import select_neurons
 from knowloc import attribution
 from knowloc.attribution.disk_cache import AttributionCache, attribution_key
 from knowloc.attribution.shipped import shipped_entry
+from knowloc.models.hooks import trace_activations
 from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.registry import get as experiment
 
@@ -70,7 +71,7 @@ def execute(ctx: StudyContext, unit: Unit):
     """Run one unit (on any executor) and return what :func:`save` stores."""
     ctx.switch_model(unit.model)
     if unit.kind == "reference":
-        return ctx.neurons.reference_row(unit.model, unit.method, unit.qidx)
+        return reference_row(ctx, unit.model, unit.method, unit.qidx)
     fact = next(f for f in ctx.facts[unit.model] if f.fact_id == unit.fact_id)
     if unit.kind == "attribution":
         # a studied query is answered by the study's rule (which --candidates may restrict): no warning
@@ -82,6 +83,36 @@ def execute(ctx: StudyContext, unit: Unit):
         scores = result.scores.to(torch.float16)
         return result.prob, select_neurons(scores.float(), threshold=ctx.config.threshold), scores
     return experiment(unit.kind).fact_work(ctx, unit.model, unit.method, fact)
+
+
+def reference_row(ctx: StudyContext, model: str, method: str, ridx: int) -> dict:
+    """One reference item's attribution (a unit of the specificity profile, stored as is): the model's own next
+    token after a neutral prompt, or a reference query's gold object (:meth:`NeuronSets.reference_items`); its KN
+    list and |activations| at the last position."""
+    lm = ctx.model(model)
+    cfg = ctx.config
+    item = ctx.neurons.reference_items(model)[ridx]
+    with torch.no_grad(), trace_activations(lm) as acts:
+        lm.model(input_ids=torch.tensor([lm.encode(item["prompt"]).prompt_ids], device=lm.device))
+    activations = torch.stack([acts[layer][0, -1].float().abs().cpu() for layer in range(lm.n_layers)])  # [L, N]
+    shipped = shipped_entry(lm, method, cfg.steps, item["prompt"], item["target"], cfg.threshold)
+    if shipped is not None:  # the built-in model's packaged reference (knowloc.attribution.shipped)
+        return {"prompt": item["prompt"], "relation": item["relation"], "token": shipped["token"],
+                "token_text": shipped["token_text"], "prob": shipped["prob"],
+                "kn": select_neurons(shipped.scores(), threshold=cfg.threshold),
+                "activations": activations}
+    if item["target"] is None:
+        attr = attribution.attribute_next_token(lm, item["prompt"], method=method, steps=cfg.steps,
+                                                cache=ctx.attribution_cache)
+        token = attr.extra["token_id"]
+    else:
+        attr = attribution.attribute(lm, item["prompt"], item["target"], method=method, steps=cfg.steps,
+                                     warn=False, cache=ctx.attribution_cache)
+        token = lm.first_target_token(item["target"])
+    scores = attr.scores.to(torch.float16).float()  # [L, N], the same fp16 rounding as the fact attributions
+    return {"prompt": item["prompt"], "relation": item["relation"], "token": token, "token_text": attr.target,
+            "prob": attr.prob, "kn": select_neurons(scores, threshold=cfg.threshold),
+            "activations": activations}
 
 
 def _prompt_target(ctx: StudyContext, unit: Unit) -> tuple[str, str | None]:

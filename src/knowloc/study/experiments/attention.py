@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from knowloc.analysis import GROUPS, K_C, relative_change
+from knowloc.analysis import GROUPS, K_C, kn_list, relative_change
+from knowloc.analysis.fact_stats import fact_level_ci, paired_contrast
 from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
                                subject_token_positions)
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import activation_heatmaps, grouped_bars
 from knowloc.errors import KnowlocError
-from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
+from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment, Finding, Part
@@ -187,7 +188,7 @@ def heatmaps(ctx: StudyContext) -> list:
     paths = []
     for key, examples in ctx.store.trials(HEATMAP_TRIALS).items():
         for ex in examples:
-            neurons = [tuple(n) for n in ex["neurons"]]
+            neurons = kn_list(ex["neurons"])
             layers = sorted({l for l, _ in neurons})
             panels = []
             for title, values in (("before", ex["before"]), ("after suppressing query-related KS", ex["after"])):

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from knowloc.analysis import GROUPS, cas_select, select_neurons
+from knowloc.analysis.fact_stats import dlogppl_stats, fact_level_ci, fact_means, paired_contrast
 from knowloc.editing import OPERATIONS
 from knowloc.errors import KnowlocError
 from knowloc.plots import grouped_bars
-from knowloc.study.context import Section, StudyContext, dlogppl_stats, fact_level_ci, fact_means, paired_contrast, slug
+from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key
 from knowloc.study.experiments.skips import skip_counts, trials as n_trials
 from knowloc.study.findings import interval, judge_rows, num
@@ -93,7 +94,7 @@ def _selection_row(fact_trials: list[list[dict]], cfg, match: dict) -> dict:
     for metric in METRICS:
         if metric != "dlogppl":
             row.update(fact_level_ci(fact_trials, metric, cfg.n_boot, cfg.seed, **match).fields(metric))
-    row.update(dlogppl_stats(fact_trials, cfg, **match))
+    row.update(dlogppl_stats(fact_trials, cfg.n_boot, cfg.seed, **match))
     row.update(skip_counts(fact_trials, **match))
     return row
 

@@ -16,11 +16,11 @@ import itertools
 import numpy as np
 
 from knowloc.analysis import GROUPS, cas_select
+from knowloc.analysis.fact_stats import metric_stats
 from knowloc.editing import OPERATIONS
 from knowloc.errors import KnowlocError
 from knowloc.plots import heatmap_grid
-from knowloc.study.config import float_list
-from knowloc.study.context import Section, StudyContext, metric_stats, slug
+from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.experiments.skips import NO_TARGET, skip_counts
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment
@@ -65,7 +65,7 @@ def summarize(ctx: StudyContext) -> Section:
                 match = {"operation": operation, "beta1": beta1, "beta2": beta2, "t": t}
                 row = {"model": model, "method": method, "operation": operation, "group": group,
                        "beta1": beta1, "beta2": beta2, "t": t}
-                row.update(metric_stats(fact_trials, METRICS, cfg, "avg", **match))
+                row.update(metric_stats(fact_trials, METRICS, "avg", cfg.n_boot, cfg.seed, **match))
                 # facts where this point selects nothing are skipped: say how many
                 row["n_empty"] = sum(all(r["skipped"] for r in trials if _matches(r, match)) for trials in fact_trials)
                 row.update(skip_counts(fact_trials, **match))
@@ -123,8 +123,7 @@ def _best(rows: list[dict]) -> list[str]:
 
 
 def validate(cfg) -> None:
-    for name in ("cas_sweep_beta1", "cas_sweep_beta2", "cas_sweep_thresholds"):
-        setattr(cfg, name, float_list(getattr(cfg, name), name))
+    """beta1, beta2 >= 0 and t in [0, 1] (the lists themselves are read by the config: float_list)."""
     if any(b < 0 for b in cfg.cas_sweep_beta1 + cfg.cas_sweep_beta2):
         raise KnowlocError("--sweep-beta1 and --sweep-beta2 values must be >= 0")
     if any(not 0 <= t <= 1 for t in cfg.cas_sweep_thresholds):

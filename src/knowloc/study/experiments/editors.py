@@ -21,21 +21,20 @@ CIs over facts, the K_C - K_I Gen gap per editor, and kn minus rome / ft paired 
 from __future__ import annotations
 
 from knowloc.analysis import GROUPS, Estimate
-from knowloc.editing.editors import (EDITORS, CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample,
-                                     measure_edit, shared_store)
+from knowloc.analysis.fact_stats import metric_stats, paired_contrast
+from knowloc.editing.editors import EDITORS, EditRequest, measure_edit, shared_store
 from knowloc.errors import KnowlocError
-from knowloc.study.config import StudyConfig, component_default
-from knowloc.study.context import Section, StudyContext, metric_stats, paired_contrast, slug
-from knowloc.study.experiments.modification import gap_columns, group_contrast, rate_figure
+from knowloc.study.config import StudyConfig
+from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.experiments.common import (ALL, SAMPLE_LENGTH, edited_queries, gap_columns, group_contrast,
+                                              make_editor, rate_figure, sample)
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
-from knowloc.study.experiments.update_sweep import ALL, edited_queries
 from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, interval, judge_rows, num, verdict
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
 METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "seconds")
-SAMPLE_LENGTH = component_default(Rome, "sample").length  # tokens per sample of C's text sample (64)
 KN_EDITORS = ("kn", "kn-ft")
 BASELINES = ("rome", "ft")  # what kn is compared with
 
@@ -44,20 +43,6 @@ def layers_of(cfg: StudyConfig, n_layers: int) -> list[int]:
     """The layers of ``--edit-layer`` for a model of ``n_layers`` layers, in the order it names them (the order
     of a fact's stored rows; :meth:`knowloc.study.layers.LayerSpec.resolve`)."""
     return cfg.layers("edit_layer").resolve(n_layers)
-
-
-def sample(cfg: StudyConfig) -> TextSample:
-    return TextSample(n=cfg.rome_samples, length=SAMPLE_LENGTH, seed=cfg.seed)
-
-
-def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None = None):
-    """The editor ``name`` with the study's settings."""
-    if name == "kn":
-        return KnUpdate(cfg.update_rule, cfg.lambda1, cfg.lambda2)
-    if name in ("kn-ft", "ft"):
-        return FineTune(steps=cfg.ft_steps, lr=cfg.ft_lr, bound=cfg.ft_bound, neurons=name == "kn-ft")
-    return Rome(steps=cfg.rome_steps, lr=cfg.rome_lr, stop=cfg.rome_stop, prefixes=cfg.rome_prefixes, sample=sample(cfg),
-                covariance=covariance or shared_store(), seed=cfg.seed)
 
 
 def check_model(cfg: StudyConfig, lm) -> None:
@@ -88,7 +73,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     rows = []
     for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
         acts = session.baseline.activations[q]
-        neurons = tuple(tuple(n) for n in kn[q])
+        neurons = tuple(kn[q])
         for name in cfg.editors:
             editor = make_editor(name, cfg, covariance)
             for layer in (layers if editor.uses_layer else [None]):
@@ -131,7 +116,7 @@ def summarize(ctx: StudyContext) -> Section:
             for group in (*GROUPS, ALL):
                 row = {"model": model, "method": method, "editor": editor, "layer": layer, "group": group,
                        "update_rule": cfg.update_rule if editor == "kn" else None}
-                row.update(metric_stats(groups.get(group, []), METRICS, cfg, "rel", **match))
+                row.update(metric_stats(groups.get(group, []), METRICS, "rel", cfg.n_boot, cfg.seed, **match))
                 row.update(skip_counts(groups.get(group, []), **match))
                 rows.append(row)
             gaps.append(group_contrast({g: groups.get(g, []) for g in GROUPS}, "gen", cfg, model=model,

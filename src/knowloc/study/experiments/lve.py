@@ -27,8 +27,8 @@ from knowloc.editing.editors import EditRequest, measure_edit, shared_store
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
-from knowloc.study.experiments.editors import make_editor, sample
-from knowloc.study.experiments.tracing import fact_traces, kn_profile, mlp_profile, rows_once_per_fact
+from knowloc.study.experiments.common import (fact_traces, kn_profile, make_editor, mlp_profile,
+                                              rows_once_per_fact, sample)
 from knowloc.study.facts import known_facts, seeded_order
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding

@@ -10,13 +10,12 @@ filter applied). Trials are stored per (model, method, fact).
 
 from __future__ import annotations
 
-import numpy as np
-
-from knowloc.analysis import GROUPS, K_C, K_I, Estimate
+from knowloc.analysis import GROUPS
+from knowloc.analysis.fact_stats import metric_stats
 from knowloc.editing import OPERATIONS
-from knowloc.plots import grouped_bars
-from knowloc.study.context import Section, StudyContext, fact_means, metric_stats, slug
+from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key
+from knowloc.study.experiments.common import gap_columns, group_contrast, rate_figure
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts, trials as n_trials
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding, Part
@@ -67,8 +66,8 @@ def summarize(ctx: StudyContext) -> Section:
                         row = {"model": model, "method": method, "operation": operation, "group": group,
                                "neurons": neurons, "update_rule": cfg.update_rule if operation == "update" else None}
                         # Rel is defined for every trial that ran: n = facts with trials
-                        row.update(metric_stats(fact_trials, METRICS, cfg, "rel", operation=operation,
-                                                neurons=neurons))
+                        row.update(metric_stats(fact_trials, METRICS, "rel", cfg.n_boot, cfg.seed,
+                                                operation=operation, neurons=neurons))
                         row.update(skip_counts(fact_trials, operation=operation, neurons=neurons))
                         section.summary["modification"].append(row)
                 by_group = {g: [trials[_key(model, method, f.fact_id)] for f in facts if split[f.fact_id] == g]
@@ -87,39 +86,6 @@ def summarize(ctx: StudyContext) -> Section:
                 if figure is not None:
                     section.figures.append(figure)
     return section
-
-
-def rate_figure(rows: list[dict], metrics: tuple[str, ...], hue: str, hue_of, path, title: str):
-    """Grouped bars of each row's ``metrics`` with their 95% CIs over facts, one bar per ``hue_of(row)`` (legend
-    ``hue``), one panel per group; None when there is no row to draw."""
-    long = [{"metric": metric, hue: hue_of(r), "group": r["group"], "value": r[metric],
-             "low": r[f"{metric}_ci_low"], "high": r[f"{metric}_ci_high"]} for r in rows for metric in metrics]
-    if not long:
-        return None
-    return grouped_bars(long, path, title, x="metric", hue=hue, value="value", low="low", high="high", facet="group",
-                        ylabel="rate (95% CI over facts)")
-
-
-def group_contrast(by_group: dict[str, list[list[dict]]], metric: str, cfg, **match) -> dict:
-    """K_C minus K_I of a metric (each fact: the mean over its matching trials), with an unpaired bootstrap
-    interval over facts (none when a group has fewer than MIN_N facts)."""
-    keys = {k: v for k, v in match.items() if k not in ("model", "method")}
-    kc, ki = (fact_means(by_group[g], metric, **keys) for g in (K_C, K_I))
-    kc, ki = kc[~np.isnan(kc)], ki[~np.isnan(ki)]
-    gap = Estimate.unpaired(kc, ki, n_boot=cfg.n_boot, seed=cfg.seed)
-    contrast = gap.contrast("diff")
-    del contrast["n"]  # the row counts each group
-    return {**match, "metric": metric, "n_k_c": int(kc.size), "n_k_i": int(ki.size),
-            "k_c": float(kc.mean()) if kc.size else float("nan"), "k_i": float(ki.mean()) if ki.size else float("nan"),
-            **contrast}
-
-
-def gap_columns() -> tuple[Column, ...]:
-    """The columns of a K_C - K_I Gen contrast row (:func:`group_contrast`): each group's Gen, their facts, the
-    difference with its 95% CI and the star."""
-    return (Column("Gen K_C", "k_c", "num", 2), Column("Gen K_I", "k_i", "num", 2),
-            Column("facts K_C / K_I", "n_k_c", value=lambda r: f"{r['n_k_c']} / {r['n_k_i']}"),
-            Column("K_C - K_I [95% CI]", "diff", "ci", 2, True, n_key="n_k_i"), Column("", "beyond_ci", "star"))
 
 
 def _notes(summary: dict) -> list[str]:

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from knowloc.analysis import relative_change
+from knowloc.analysis.fact_stats import fact_level_ci, paired_contrast
 from knowloc.models.hooks import hook_sites
 from knowloc.plots import grouped_bars
-from knowloc.study.context import Section, StudyContext, fact_level_ci, paired_contrast, slug
+from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment, Finding, Part

@@ -21,12 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 from knowloc.analysis import Estimate
-from knowloc.analysis.localization import TOKEN_CLASSES, class_profiles, layer_mass, rank_correlation
+from knowloc.analysis.localization import TOKEN_CLASSES, class_profiles, rank_correlation
 from knowloc.analysis.stats import bootstrap_ci
 from knowloc.errors import KnowlocError
 from knowloc.plots import tracing_panels
 from knowloc.study.config import StudyConfig
-from knowloc.study.context import Section, StudyContext, slug, trial_key
+from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.experiments.common import fact_traces, kn_profile, mlp_profile
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
@@ -59,26 +60,6 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
         result = trace(lm, fact.prompts[q], fact.subject, fact.object, settings=settings(cfg))
         rows.append({"query": q, "trace": result.to_dict()})
     return rows
-
-
-def rows_once_per_fact(ctx: StudyContext, experiment: str, model: str, key: str) -> dict[str, list[dict]]:
-    """{fact_id: its stored rows that hold ``key``} of the model's studied facts, from whichever method's unit
-    holds them (for work done once per fact, in one method's unit: tracing, localization-vs-editing)."""
-    trials = ctx.store.trials(experiment)
-    out = {}
-    for fact in ctx.facts.get(model, []):
-        for method in ctx.config.methods:
-            rows = [r for r in trials.get(trial_key(model, method, fact.fact_id), []) if key in r]
-            if rows:
-                out[fact.fact_id] = rows
-                break
-    return out
-
-
-def fact_traces(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
-    """{fact_id: [stored trace dicts, each with its ``query``]} of the model's studied facts."""
-    return {fid: [{**r["trace"], "query": r["query"]} for r in rows]
-            for fid, rows in rows_once_per_fact(ctx, "tracing", model, "trace").items()}
 
 
 def fact_class_profiles(traces: list[dict], kind: str) -> dict[str, np.ndarray]:
@@ -139,21 +120,6 @@ def _totals(model: str, traces: dict[str, list[dict]], cfg: StudyConfig) -> dict
         row.update(e.fields(key))
     row["sigma"] = float(np.mean([t["sigma"] for ts in traces.values() for t in ts]))
     return row
-
-
-def kn_profile(ctx: StudyContext, model: str, method: str, fact_id: str, query: int) -> np.ndarray | None:
-    """The query's KN layer profile [n_layers]: the share of its filtered KN set's attribution mass per layer
-    (None without a KN set with mass)."""
-    kn = ctx.neurons.kn_lists(model, method, fact_id)
-    queries, scores = ctx.neurons.score_stack(model, method, fact_id)
-    if query not in kn or query not in queries:
-        return None
-    return layer_mass(scores[queries.index(query)].numpy(), kn[query])
-
-
-def mlp_profile(trace: dict) -> np.ndarray:
-    """A traced query's MLP IE per layer at its last subject token [n_layers] (ROME's storage site)."""
-    return np.array(trace["ie"]["mlp"])[trace["subject"][1]]
 
 
 def fact_agreement(ctx: StudyContext, model: str, method: str, fact_id: str, traces: list[dict]
@@ -250,4 +216,4 @@ EXPERIMENT = Experiment(
                   Column("facts without KN", "n_without_kn", "int")))),
     notes=_notes, findings=FINDINGS)
 
-__all__ = ["EXPERIMENT", "fact_traces", "rows_once_per_fact", "kn_profile", "mlp_profile", "settings", "traced_queries"]
+__all__ = ["EXPERIMENT", "settings", "traced_queries"]

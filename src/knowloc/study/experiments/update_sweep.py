@@ -19,14 +19,14 @@ sweeps the edit's size alone (docs/editing.md, "Why locality peaks at lambda2 = 
 
 from __future__ import annotations
 
-import random
-
 from knowloc.analysis import GROUPS
+from knowloc.analysis.fact_stats import metric_stats
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 from knowloc.plots import frontier_plot
-from knowloc.study.config import StudyConfig, float_list
-from knowloc.study.context import Section, StudyContext, metric_stats, slug
+from knowloc.study.config import StudyConfig
+from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.experiments.common import ALL, edited_queries
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment
@@ -34,15 +34,7 @@ from knowloc.study.tables import Column, Table, edit_columns, missing
 
 METRICS = ("rel", "gen", "loc", "avg", "dprob_self", "n_neurons")
 LOC_FLOOR = 0.8
-ALL = "all"  # the group of every studied fact, beside K_C and K_I
 SWEEP_GROUPS = (*GROUPS, ALL)
-
-
-def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, queries: list[int]) -> list[int]:
-    """A seeded sample of at most --sweep-queries of the fact's queries (sorted)."""
-    k = min(ctx.config.update_sweep_queries, len(queries))
-    rng = random.Random(ctx.seed_for("update-sweep", model, method, fact_id))
-    return sorted(rng.sample(sorted(queries), k))
 
 
 def sweep_lambda1(cfg: StudyConfig, lambda2: float) -> float:
@@ -79,7 +71,7 @@ def summarize(ctx: StudyContext) -> Section:
                 match = {"rule": rule, "lambda2": lambda2}
                 row = {"model": model, "method": method, "rule": rule, "lambda1": sweep_lambda1(cfg, lambda2),
                        "lambda2": lambda2, "group": group}
-                row.update(metric_stats(fact_trials, METRICS, cfg, "rel", **match))
+                row.update(metric_stats(fact_trials, METRICS, "rel", cfg.n_boot, cfg.seed, **match))
                 row.update(skip_counts(fact_trials, **match))
                 rows.append(row)
     section = Section(summary={"update_sweep": rows})
@@ -145,14 +137,12 @@ def _notes(summary: dict) -> list[str]:
 
 
 def validate(cfg: StudyConfig) -> None:
-    cfg.update_sweep_lambda2 = float_list(cfg.update_sweep_lambda2, "sweep_lambda2")
+    """lambda2 > 0, distinct known rules, >= 1 query (the lists themselves are read by the config)."""
     if any(v <= 0 for v in cfg.update_sweep_lambda2):
         raise KnowlocError("--sweep-lambda2 values must be > 0")
     rules = cfg.update_sweep_rules
-    rules = [r.strip() for r in rules.split(",")] if isinstance(rules, str) else list(rules)
     if not rules or any(r not in UPDATE_RULES for r in rules) or len(set(rules)) != len(rules):
         raise KnowlocError(f"--sweep-rules must be distinct rules from {', '.join(UPDATE_RULES)}, got {rules!r}")
-    cfg.update_sweep_rules = rules
     if cfg.update_sweep_queries < 1:
         raise KnowlocError(f"--sweep-queries must be >= 1, got {cfg.update_sweep_queries}")
 

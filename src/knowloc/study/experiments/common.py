@@ -1,0 +1,135 @@
+"""What several experiments share, in one place (no experiment module imports another):
+
+* **editors**: the study's editors built from its settings (:func:`make_editor`; ROME's text sample of its key
+  statistics C, :func:`sample`), used by `editors` and `localization-vs-editing`;
+* **edited queries**: the seeded queries of a fact that `update-sweep` and `editors` edit (:func:`edited_queries`);
+* **K_C vs K_I**: the K_C - K_I contrast of a metric over facts (:func:`group_contrast`), its table columns
+  (:func:`gap_columns`) and the rates figure (:func:`rate_figure`), used by `modification` and `editors`;
+* **stored traces**: the rows of work done once per fact (:func:`rows_once_per_fact`), the facts' stored traces
+  (:func:`fact_traces`), a query's KN and MLP layer profiles (:func:`kn_profile`, :func:`mlp_profile`), used by
+  `tracing` and `localization-vs-editing`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from knowloc.analysis import K_C, K_I, Estimate
+from knowloc.analysis.fact_stats import fact_means
+from knowloc.analysis.localization import layer_mass
+from knowloc.editing.editors import CovarianceStore, FineTune, KnUpdate, Rome, TextSample, shared_store
+from knowloc.plots import grouped_bars
+from knowloc.study.config import StudyConfig, component_default
+from knowloc.study.context import StudyContext, trial_key
+from knowloc.study.tables import Column
+
+ALL = "all"  # the group of every studied fact, beside K_C and K_I
+SAMPLE_LENGTH = component_default(Rome, "sample").length  # tokens per sample of C's text sample (64)
+
+
+# --------------------------------------------------------------------------------------------------------
+# editors
+
+
+def sample(cfg: StudyConfig) -> TextSample:
+    """The text sample of ROME's key statistics C: --rome-samples samples of SAMPLE_LENGTH tokens, seeded."""
+    return TextSample(n=cfg.rome_samples, length=SAMPLE_LENGTH, seed=cfg.seed)
+
+
+def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None = None):
+    """The editor ``name`` with the study's settings."""
+    if name == "kn":
+        return KnUpdate(cfg.update_rule, cfg.lambda1, cfg.lambda2)
+    if name in ("kn-ft", "ft"):
+        return FineTune(steps=cfg.ft_steps, lr=cfg.ft_lr, bound=cfg.ft_bound, neurons=name == "kn-ft")
+    return Rome(steps=cfg.rome_steps, lr=cfg.rome_lr, stop=cfg.rome_stop, prefixes=cfg.rome_prefixes, sample=sample(cfg),
+                covariance=covariance or shared_store(), seed=cfg.seed)
+
+
+# --------------------------------------------------------------------------------------------------------
+# edited queries
+
+
+def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, queries: list[int]) -> list[int]:
+    """A seeded sample of at most --sweep-queries of the fact's queries (sorted)."""
+    k = min(ctx.config.update_sweep_queries, len(queries))
+    rng = random.Random(ctx.seed_for("update-sweep", model, method, fact_id))
+    return sorted(rng.sample(sorted(queries), k))
+
+
+# --------------------------------------------------------------------------------------------------------
+# K_C vs K_I
+
+
+def rate_figure(rows: list[dict], metrics: tuple[str, ...], hue: str, hue_of, path, title: str):
+    """Grouped bars of each row's ``metrics`` with their 95% CIs over facts, one bar per ``hue_of(row)`` (legend
+    ``hue``), one panel per group; None when there is no row to draw."""
+    long = [{"metric": metric, hue: hue_of(r), "group": r["group"], "value": r[metric],
+             "low": r[f"{metric}_ci_low"], "high": r[f"{metric}_ci_high"]} for r in rows for metric in metrics]
+    if not long:
+        return None
+    return grouped_bars(long, path, title, x="metric", hue=hue, value="value", low="low", high="high", facet="group",
+                        ylabel="rate (95% CI over facts)")
+
+
+def group_contrast(by_group: dict[str, list[list[dict]]], metric: str, cfg: StudyConfig, **match) -> dict:
+    """K_C minus K_I of a metric (each fact: the mean over its matching trials), with an unpaired bootstrap
+    interval over facts (none when a group has fewer than MIN_N facts)."""
+    keys = {k: v for k, v in match.items() if k not in ("model", "method")}
+    kc, ki = (fact_means(by_group[g], metric, **keys) for g in (K_C, K_I))
+    kc, ki = kc[~np.isnan(kc)], ki[~np.isnan(ki)]
+    gap = Estimate.unpaired(kc, ki, n_boot=cfg.n_boot, seed=cfg.seed)
+    contrast = gap.contrast("diff")
+    del contrast["n"]  # the row counts each group
+    return {**match, "metric": metric, "n_k_c": int(kc.size), "n_k_i": int(ki.size),
+            "k_c": float(kc.mean()) if kc.size else float("nan"), "k_i": float(ki.mean()) if ki.size else float("nan"),
+            **contrast}
+
+
+def gap_columns() -> tuple[Column, ...]:
+    """The columns of a K_C - K_I Gen contrast row (:func:`group_contrast`): each group's Gen, their facts, the
+    difference with its 95% CI and the star."""
+    return (Column("Gen K_C", "k_c", "num", 2), Column("Gen K_I", "k_i", "num", 2),
+            Column("facts K_C / K_I", "n_k_c", value=lambda r: f"{r['n_k_c']} / {r['n_k_i']}"),
+            Column("K_C - K_I [95% CI]", "diff", "ci", 2, True, n_key="n_k_i"), Column("", "beyond_ci", "star"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# stored traces
+
+
+def rows_once_per_fact(ctx: StudyContext, experiment: str, model: str, key: str) -> dict[str, list[dict]]:
+    """{fact_id: its stored rows that hold ``key``} of the model's studied facts, from whichever method's unit
+    holds them (for work done once per fact, in one method's unit: tracing, localization-vs-editing)."""
+    trials = ctx.store.trials(experiment)
+    out = {}
+    for fact in ctx.facts.get(model, []):
+        for method in ctx.config.methods:
+            rows = [r for r in trials.get(trial_key(model, method, fact.fact_id), []) if key in r]
+            if rows:
+                out[fact.fact_id] = rows
+                break
+    return out
+
+
+def fact_traces(ctx: StudyContext, model: str) -> dict[str, list[dict]]:
+    """{fact_id: [stored trace dicts, each with its ``query``]} of the model's studied facts."""
+    return {fid: [{**r["trace"], "query": r["query"]} for r in rows]
+            for fid, rows in rows_once_per_fact(ctx, "tracing", model, "trace").items()}
+
+
+def kn_profile(ctx: StudyContext, model: str, method: str, fact_id: str, query: int) -> np.ndarray | None:
+    """The query's KN layer profile [n_layers]: the share of its filtered KN set's attribution mass per layer
+    (None without a KN set with mass)."""
+    kn = ctx.neurons.kn_lists(model, method, fact_id)
+    queries, scores = ctx.neurons.score_stack(model, method, fact_id)
+    if query not in kn or query not in queries:
+        return None
+    return layer_mass(scores[queries.index(query)].numpy(), kn[query])
+
+
+def mlp_profile(trace: dict) -> np.ndarray:
+    """A traced query's MLP IE per layer at its last subject token [n_layers] (ROME's storage site)."""
+    return np.array(trace["ie"]["mlp"])[trace["subject"][1]]
