@@ -161,6 +161,28 @@ def test_each_editor_reaches_rel_1_on_a_toy_fact_and_restores_the_model(tiny_mod
     assert again.rel == 0.0 and again.dprob_self == 0.0
 
 
+@pytest.mark.parametrize("rule", ["dai", "signed", "calibrated"])
+def test_the_kn_editor_makes_the_update_a_trial_makes(tiny_models, rule):
+    """One update path: the kn editor and an update trial of Baseline.evaluate apply the same NeuronEdit, so
+    they score bit-for-bit the same, and their rows hold the same columns."""
+    from knowloc.editing import EditTrial
+
+    lm = tiny_models("tiny-llama")
+    base = compute_baseline(lm, PROMPTS, LOCALITY, TEXTS)
+    neurons = ((1, 3), (1, 11), (2, 5))
+    acts = base.activations[0]
+    req = EditRequest(PROMPTS[0], "France", "Paris", "Rome", neurons=neurons,
+                      activations={(l, i): float(acts[l, i]) for l, i in neurons})
+    by_editor, applied, _ = measure_edit(lm, base, KnUpdate(rule, 1.0, 3.0), 0, req)
+    by_trial = base.evaluate(EditTrial(PROMPTS, 0, "Paris", list(neurons), "update", "Rome", 1.0, 3.0, rule))
+    assert applied.start == 1
+    assert by_editor.success == by_trial.success and by_editor.dprob == by_trial.dprob
+    assert by_editor.dlogppl == by_trial.dlogppl and by_editor.n_neurons == by_trial.n_neurons
+    assert by_editor.as_row() == by_trial.as_row() == by_trial.as_row(0)
+    assert list(by_trial.as_row()) == ["rel", "gen", "loc", "avg", "dppl", "dlogppl", "dprob_self",
+                                       "dprob_neighbors"]
+
+
 @pytest.mark.parametrize("which", ["kn", "kn-ft", "ft", "rome"])
 def test_every_editor_edits_a_bf16_model_and_restores_it_bit_exactly(device, which):
     """A bf16 study edits in bf16: the fitted changes (FT+L's, kn-ft's, ROME's delta) stay fp32 and meet the bf16

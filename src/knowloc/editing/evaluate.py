@@ -48,13 +48,13 @@ from knowloc.analysis.editing_metrics import (
 )
 from knowloc.editing.operations import (
     OPERATIONS,
+    NeuronEdit,
     Neurons,
     RowEdit,
     check_rule,
-    modified,
-    normalize_neurons,
-    row_edit,
+    neuron_edit,
     rows_edited,
+    target_tokens,
 )
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import trace_activations
@@ -169,16 +169,25 @@ class EditTrial:
         if isinstance(self.prompts, str) or not self.prompts:
             raise KnowlocError("a trial needs a non-empty list of prompts")
         object.__setattr__(self, "prompts", tuple(self.prompts))
-        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < len(self.prompts):
-            raise KnowlocError(f"index {self.index!r} out of range for {len(self.prompts)} prompts")
-        if not isinstance(self.gold, str) or not self.gold.strip():
-            raise KnowlocError("empty gold object")
+        _check_index(self.index, len(self.prompts))
         if self.operation not in OPERATIONS:
             raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {self.operation!r}")
+        _check_objects(self.operation, self.gold, self.new_object)
         if self.operation == "update":
-            if not isinstance(self.new_object, str) or not self.new_object.strip():
-                raise KnowlocError("an update trial needs a non-empty new_object")
             check_rule(self.update_rule)
+
+
+def _check_index(index: object, n_prompts: int) -> None:
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_prompts:
+        raise KnowlocError(f"index {index!r} out of range for {n_prompts} prompts")
+
+
+def _check_objects(operation: str, gold: object, new_object: object) -> None:
+    """A non-empty gold object, and for an update a non-empty new object (one line otherwise)."""
+    if not isinstance(gold, str) or not gold.strip():
+        raise KnowlocError("empty gold object")
+    if operation == "update" and (not isinstance(new_object, str) or not new_object.strip()):
+        raise KnowlocError("an update trial needs a non-empty new_object")
 
 
 @dataclass(frozen=True)
@@ -234,15 +243,12 @@ class Baseline:
             ...                   update_rule="calibrated")
             >>> base.evaluate(trial).rel
         """
-        lm = self._model()
         locality_gold_tokens = self._locality_tokens(locality_gold_tokens)
         edit = self._prepare(trial)
-        with modified(lm, trial.operation, edit.neurons, old_token=edit.gold, new_token=edit.new,
-                      lambda1=trial.lambda1, lambda2=trial.lambda2, rule=trial.update_rule,
-                      activations=edit.activations):
+        with edit.applied(self._model()):
             # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
-            measured = self._measure(min(layer for layer, _ in edit.neurons) if edit.neurons else None)
-        return self._score(trial, edit, measured, locality_gold_tokens)
+            measured = self._measure(edit.start)
+        return self._score(edit, trial.index, measured, locality_gold_tokens)
 
     def evaluate_current(self, index: int, gold: str, new_object: str, start: int | None, *, n_neurons: int = 0,
                          locality_gold_tokens: Sequence[int] | None = None) -> TrialResult:
@@ -261,12 +267,13 @@ class Baseline:
         """
         lm = self._model()
         locality_gold_tokens = self._locality_tokens(locality_gold_tokens)
-        trial = EditTrial(prompts=self.prompts, index=index, gold=gold, neurons=(), operation="update",
-                          new_object=new_object)
-        edit = self._prepare(trial)
+        _check_index(index, len(self.prompts))
+        _check_objects("update", gold, new_object)
+        old, new = target_tokens(lm, "update", gold, new_object)
         if start is not None and not (isinstance(start, int) and 0 <= start < lm.n_layers):
             raise KnowlocError(f"start layer {start!r} out of range for {lm.n_layers} layers")
-        return self._score(trial, edit, self._measure(start), locality_gold_tokens, n_neurons=n_neurons)
+        return self._score(NeuronEdit("update", [], old, new), index, self._measure(start), locality_gold_tokens,
+                           n_neurons=n_neurons)
 
     def evaluate_many(self, trials: Sequence[EditTrial], locality_gold_tokens: Sequence[int] | None = None, *,
                       max_rows: int = 256, schedule: str = "join") -> list[TrialResult]:
@@ -327,10 +334,8 @@ class Baseline:
         recorded: FactBatches = self.recorded  # type: ignore[assignment]
         measured: list = [None] * len(trials)
         rows: list[tuple[int, RowEdit]] = []
-        for k, (trial, edit) in enumerate(zip(trials, edits)):
-            row = row_edit(lm, trial.operation, edit.neurons, old_token=edit.gold, new_token=edit.new,
-                           lambda1=trial.lambda1, lambda2=trial.lambda2, rule=trial.update_rule,
-                           activations=edit.activations)
+        for k, edit in enumerate(edits):
+            row = edit.rows(lm)
             if row.start is None:
                 measured[k] = recorded.measure(None)  # no neuron: the unedited model, as evaluate measures it
             else:
@@ -342,7 +347,8 @@ class Baseline:
                 starts = [starts[0]] * len(chunk)
             for (k, _), result in zip(chunk, recorded.measure_copies([row for _, row in chunk], starts)):
                 measured[k] = result
-        return [self._score(trial, edit, m, locality_gold_tokens) for trial, edit, m in zip(trials, edits, measured)]
+        return [self._score(edit, trial.index, m, locality_gold_tokens)
+                for trial, edit, m in zip(trials, edits, measured)]
 
     # --- the parts of a trial's measurement ---------------------------------------------------------------
 
@@ -380,50 +386,43 @@ class Baseline:
                 raise KnowlocError(f"locality gold token {t!r} is not a token id of the vocabulary")
         return locality_gold_tokens
 
-    def _prepare(self, trial: EditTrial) -> _Edit:
-        """The trial's edit, checked: gold and new first tokens, normalized neurons, their activations on the
-        edited query (sign-aware rules)."""
+    def _prepare(self, trial: EditTrial) -> NeuronEdit:
+        """The trial's edit, checked (:func:`knowloc.editing.operations.neuron_edit`, the edit the ``kn`` editor
+        makes too): gold and new first tokens, normalized neurons, their activations on the edited query
+        (sign-aware rules, read from the baseline)."""
         lm = self._model()
         if self.prompts != trial.prompts:
             raise KnowlocError("the baseline was computed on other prompts than the trial's")
-        gold = lm.first_target_token(trial.gold)
-        new = None
-        if trial.operation == "update":
-            new = lm.first_target_token(trial.new_object)  # type: ignore[arg-type]
-            if new == gold:
-                raise KnowlocError(f"new object {trial.new_object!r} starts with the same token as {trial.gold!r}")
-        neurons = normalize_neurons(lm, trial.neurons)
-        activations = None
-        if trial.operation == "update" and trial.update_rule != "dai":
-            if self.activations is None:
-                raise KnowlocError(f"the {trial.update_rule!r} rule needs a baseline from compute_baseline")
-            acts = self.activations[trial.index]
-            activations = {(layer, index): float(acts[layer, index]) for layer, index in neurons}
-        return _Edit(gold, new, neurons, activations)
+        sign_aware = trial.operation == "update" and trial.update_rule != "dai"
+        if sign_aware and self.activations is None:
+            raise KnowlocError(f"the {trial.update_rule!r} rule needs a baseline from compute_baseline")
+        return neuron_edit(lm, trial.operation, trial.neurons, trial.gold, trial.new_object, trial.update_rule,
+                           trial.lambda1, trial.lambda2,
+                           self.activations[trial.index] if sign_aware else None)  # type: ignore[index]
 
-    def _score(self, trial: EditTrial, edit: _Edit, measured: tuple, locality_gold_tokens: tuple[int, ...] | None,
+    def _score(self, edit: NeuronEdit, i: int, measured: tuple, locality_gold_tokens: tuple[int, ...] | None,
                n_neurons: int | None = None) -> TrialResult:
-        """The trial's scores from the edited model's measurements (probs, top1, locality probs, locality top1,
-        log PPL of the texts)."""
+        """The scores of an edit of query ``i`` from the edited model's measurements (probs, top1, locality probs,
+        locality top1, log PPL of the texts): the core :meth:`evaluate`, :meth:`evaluate_many` and
+        :meth:`evaluate_current` share."""
         probs, top1, loc_probs, loc_top1, logppl_after = measured
-        gold, new, neurons = edit.gold, edit.new, edit.neurons
+        gold, new, neurons = edit.old_token, edit.new_token, edit.neurons
         locality_prompts, neutral_texts = self.locality_prompts, self.neutral_texts
         ppl_after = _exp(logppl_after)
 
         success: list[bool] = []
         dprob: list[float] = []
-        for j in range(len(trial.prompts)):
+        for j in range(len(self.prompts)):
             p_before = _prob(self.probs[j, gold])
             p_after = _prob(probs[j, gold])
-            if trial.operation == "erase":
+            if edit.operation == "erase":
                 ok = erase_success(p_before, p_after, top1[j] == gold)
             else:
                 ok = update_success(_prob(probs[j, new]), p_after)
             success.append(bool(ok))
             dprob.append(float(relative_change(float(self.probs[j, gold]), float(probs[j, gold]))))
 
-        i = trial.index
-        others = [j for j in range(len(trial.prompts)) if j != i]
+        others = [j for j in range(len(self.prompts)) if j != i]
         loc = (float(np.mean([locality_kept(b, a) for b, a in zip(self.locality_top1, loc_top1)]))
                if locality_prompts else math.nan)
         rel, gen, avg = edit_scores(success, i, loc)
@@ -439,23 +438,13 @@ class Baseline:
         return TrialResult(
             rel=rel, gen=gen, loc=loc, avg=avg, dppl=dppl, dlogppl=dlogppl,
             dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
-            operation=trial.operation,
+            operation=edit.operation,
             n_neurons=len(neurons) if n_neurons is None else n_neurons, success=tuple(success), dprob=tuple(dprob),
             dprob_locality=dprob_locality, ppl_before=self.ppl, ppl_after=ppl_after,
         )
 
 
 SCHEDULES = ("join", "lowest", "grouped")
-
-
-@dataclass(frozen=True)
-class _Edit:
-    """A trial's checked edit: gold / new first tokens, normalized neurons, activations for sign-aware rules."""
-
-    gold: int
-    new: int | None
-    neurons: list[tuple[int, int]]
-    activations: dict[tuple[int, int], float] | None
 
 
 def _chunks(rows: list, size: int, schedule: str) -> list[list]:
@@ -565,6 +554,31 @@ class TrialResult:
     dprob_locality: float = math.nan
     ppl_before: float = math.nan
     ppl_after: float = math.nan
+
+    def as_row(self, index: int | None = None, generalize_on: Sequence[int] | None = None) -> dict:
+        """The columns every stored editing row holds, in this order: ``rel, gen, loc, avg, dppl, dlogppl,
+        dprob_self, dprob_neighbors``; callers add their own (editor, layer, seconds, ...).
+
+        Args:
+            index: None: the trial's own scores; else read them off ``success`` / ``dprob`` for query ``index``
+                (a result measured for one query and reused for another whose edit is the same model,
+                :class:`knowloc.editing.session.EditSession`): Rel on it, Gen and ``dprob_neighbors`` on
+                ``generalize_on`` (default every other query), through
+                :func:`knowloc.analysis.editing_metrics.edit_scores`.
+
+        Example:
+            >>> {"editor": "rome", **result.as_row(), "seconds": 1.2}
+        """
+        if index is None:
+            return {"rel": self.rel, "gen": self.gen, "loc": self.loc, "avg": self.avg, "dppl": self.dppl,
+                    "dlogppl": self.dlogppl, "dprob_self": self.dprob_self, "dprob_neighbors": self.dprob_neighbors}
+        others = [j for j in range(len(self.success)) if j != index] if generalize_on is None else generalize_on
+        loc = float(self.loc)
+        rel, gen, avg = edit_scores(self.success, index, loc, others)
+        neighbors = [self.dprob[j] for j in others if not np.isnan(self.dprob[j])]
+        return {"rel": rel, "gen": gen, "loc": loc, "avg": avg, "dppl": float(self.dppl),
+                "dlogppl": float(self.dlogppl), "dprob_self": float(self.dprob[index]),
+                "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
 
 
 def _as_prompts(prompts: Sequence[str], name: str) -> tuple[str, ...]:

@@ -237,6 +237,73 @@ def modified(lm: LanguageModel, operation: str, neurons: Neurons, old_token: int
         yield editor
 
 
+def target_tokens(lm: LanguageModel, operation: str, gold: str, new_object: str | None) -> tuple[int, int | None]:
+    """``(o, o')``: the first tokens of ``gold`` and (an update) of ``new_object`` (None for an erasure); an update
+    whose new object starts with gold's token is refused (one line)."""
+    old = lm.first_target_token(gold)
+    if operation != "update":
+        return old, None
+    new = lm.first_target_token(new_object)  # type: ignore[arg-type]
+    if new == old:
+        raise KnowlocError(f"new object {new_object!r} starts with the same token as {gold!r}")
+    return old, new
+
+
+@dataclass(frozen=True)
+class NeuronEdit:
+    """One checked edit of value vectors (:func:`neuron_edit`): the operation, its normalized neurons, the gold
+    and new first tokens, the update rule with its lambdas and the neurons' activations (sign-aware rules). It
+    is applied to the weights (:meth:`applied`, i.e. :func:`modified`) or to rows of a batch (:meth:`rows`, i.e.
+    :func:`row_edit`) with the same deltas."""
+
+    operation: str
+    neurons: list[tuple[int, int]]
+    old_token: int
+    new_token: int | None = None
+    lambda1: float = 1.0
+    lambda2: float = 8.0
+    rule: str = "dai"
+    activations: dict[tuple[int, int], float] | None = None
+
+    @property
+    def start(self) -> int | None:
+        """The lowest edited layer (None: no neuron)."""
+        return min(layer for layer, _ in self.neurons) if self.neurons else None
+
+    def _arguments(self) -> dict:
+        return dict(old_token=self.old_token, new_token=self.new_token, lambda1=self.lambda1, lambda2=self.lambda2,
+                    rule=self.rule, activations=self.activations)
+
+    def applied(self, lm: LanguageModel):
+        """:func:`modified` with this edit: a context manager, the weights restored bit-exactly on exit."""
+        return modified(lm, self.operation, self.neurons, **self._arguments())
+
+    def rows(self, lm: LanguageModel) -> RowEdit:
+        """:func:`row_edit` with this edit (the same deltas, in activation space)."""
+        return row_edit(lm, self.operation, self.neurons, **self._arguments())
+
+
+def neuron_edit(lm: LanguageModel, operation: str, neurons: Neurons, gold: str, new_object: str | None = None,
+                rule: str = "dai", lambda1: float = 1.0, lambda2: float = 8.0, activations=None) -> NeuronEdit:
+    """The edit of ``neurons`` (erase, or update of ``gold`` to ``new_object`` by ``rule``), checked: first
+    tokens (:func:`target_tokens`), normalized neurons, and for a sign-aware rule each neuron's activation at the
+    edited query's last position, read as ``activations[layer, index]`` (a ``{(layer, index): a}`` mapping or a
+    ``[n_layers, n_neurons]`` tensor).
+
+    Example:
+        >>> with neuron_edit(lm, "update", [(12, 345)], "Paris", "Rome", "calibrated", 1.0, 1.0,
+        ...                  {(12, 345): 0.7}).applied(lm): ...
+    """
+    old, new = target_tokens(lm, operation, gold, new_object)
+    pairs = normalize_neurons(lm, neurons)
+    acts = None
+    if operation == "update" and rule != "dai":
+        if activations is None or (isinstance(activations, Mapping) and any(n not in activations for n in pairs)):
+            raise KnowlocError(f"the {rule!r} update rule needs the activations of the edited neurons")
+        acts = {(layer, index): float(activations[layer, index]) for layer, index in pairs}
+    return NeuronEdit(operation, pairs, old, new, lambda1, lambda2, rule, acts)
+
+
 # --------------------------------------------------------------------------------------------------------
 # the same edits in activation space, one edit per group of rows
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
-
-from knowloc.analysis.editing_metrics import edit_scores
 from knowloc.editing.evaluate import EditTrial, compute_baseline
 from knowloc.models.lm import LanguageModel
 
@@ -78,14 +75,7 @@ class EditSession:
         key, trial = edit
         if key not in self._results:
             self._results[key] = self.baseline.evaluate(trial(), self.loc_gold)
-        result = self._results[key]
-        others = [j for j in range(len(self.prompts)) if j != index] if generalize_on is None else generalize_on
-        loc = float(result.loc)
-        rel, gen, avg = edit_scores(result.success, index, loc, others)
-        neighbors = [result.dprob[j] for j in others if not np.isnan(result.dprob[j])]
-        return {"rel": rel, "gen": gen, "loc": loc, "avg": avg, "dppl": float(result.dppl),
-                "dlogppl": float(result.dlogppl), "dprob_self": float(result.dprob[index]),
-                "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
+        return self._results[key].as_row(index, generalize_on)
 
     def prefetch(self, requests: Iterable[Mapping]) -> int:
         """Measure the distinct edits of ``requests`` that are not cached yet in batched replays

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from knowloc.editing.editors.base import AppliedEdit, EditRequest
-from knowloc.editing.operations import check_rule, modified, normalize_neurons
-from knowloc.errors import KnowlocError
+from knowloc.editing.operations import check_rule, neuron_edit
 from knowloc.models.lm import LanguageModel
 
 
@@ -41,11 +40,8 @@ class KnUpdate:
     @contextmanager
     def apply(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:
         request = request.checked(lm, needs_neurons=True)
-        pairs = normalize_neurons(lm, request.neurons)
-        if self.rule != "dai" and (request.activations is None
-                                   or any(n not in request.activations for n in pairs)):
-            raise KnowlocError(f"the {self.rule!r} update rule needs the activations of the edited neurons")
-        with modified(lm, "update", pairs, old_token=lm.first_target_token(request.gold),
-                      new_token=lm.first_target_token(request.new_object), lambda1=self.lambda1,
-                      lambda2=self.lambda2, rule=self.rule, activations=request.activations):
-            yield AppliedEdit(start=min(layer for layer, _ in pairs), n_weights=len(pairs) * lm.value_vector(0, 0).numel())
+        # the edit a modification / update-sweep trial makes (Baseline.evaluate applies the same NeuronEdit)
+        edit = neuron_edit(lm, "update", request.neurons, request.gold, request.new_object, self.rule,
+                           self.lambda1, self.lambda2, request.activations)
+        with edit.applied(lm):
+            yield AppliedEdit(start=edit.start, n_weights=len(edit.neurons) * lm.value_vector(0, 0).numel())

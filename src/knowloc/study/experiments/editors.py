@@ -85,10 +85,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
                 request = EditRequest(fact.prompts[q], fact.subject, fact.object, session.target, layer=layer,
                                       neurons=neurons, activations={(l, i): float(acts[l, i]) for l, i in neurons})
                 result, applied, seconds = measure_edit(lm, session.baseline, editor, q, request, session.loc_gold)
-                rows.append({**row, "skipped": False, "rel": result.rel, "gen": result.gen, "loc": result.loc,
-                             "avg": result.avg, "dppl": result.dppl, "dlogppl": result.dlogppl,
-                             "dprob_self": result.dprob_self, "dprob_neighbors": result.dprob_neighbors,
-                             "seconds": seconds, "n_weights": applied.n_weights})
+                rows.append({**row, "skipped": False, **result.as_row(), "seconds": seconds,
+                             "n_weights": applied.n_weights})
     return rows
 
 

@@ -89,8 +89,9 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
         for layer in lve_layers(cfg, lm.n_layers):
             request = EditRequest(fact.prompts[q], fact.subject, fact.object, session.target, layer=layer)
             result, _, seconds = measure_edit(lm, session.baseline, editor, q, request, session.loc_gold)
-            rows.append({"editor": name, "layer": layer, "edited": q, "skipped": False, "rel": result.rel,
-                         "gen": result.gen, "loc": result.loc, "avg": result.avg, "seconds": seconds})
+            scores = result.as_row()
+            rows.append({"editor": name, "layer": layer, "edited": q, "skipped": False,
+                         **{m: scores[m] for m in METRICS}, "seconds": seconds})
     return rows
 
 
