@@ -128,8 +128,7 @@ def memory_lines(lm, config: StudyConfig) -> tuple[list[str], dict[str, float]]:
         rome_layers |= set(config.layers("lve_layers").resolve(lm.n_layers))
     ft = ("editors" in config.experiments and bool({"ft", "kn-ft"} & set(config.editors))) \
         or "localization-vs-editing" in config.experiments
-    params = {id(p): p for p in lm.model.parameters()}.values()  # tied embeddings counted once
-    n_params = sum(p.numel() for p in params)
+    n_params = sum(p.numel() for p in lm.model.parameters())  # parameters() yields tied embeddings once
     weight = lm.mlp_out(0).weight
     d_model = weight.shape[1] if lm.arch.value_layout == "row" else weight.shape[0]
     # the engine's largest chunk for a one-token target: steps x layers staircase rows, at most its budget
