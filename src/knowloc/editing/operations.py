@@ -296,11 +296,10 @@ def neuron_edit(lm: LanguageModel, operation: str, neurons: Neurons, gold: str, 
     """
     old, new = target_tokens(lm, operation, gold, new_object)
     pairs = normalize_neurons(lm, neurons)
-    acts = None
-    if operation == "update" and rule != "dai":
-        if activations is None or (isinstance(activations, Mapping) and any(n not in activations for n in pairs)):
-            raise KnowlocError(f"the {rule!r} update rule needs the activations of the edited neurons")
-        acts = {(layer, index): float(activations[layer, index]) for layer, index in pairs}
+    acts = None  # a sign-aware rule without them is refused where the deltas are made (_pair_deltas)
+    if operation == "update" and rule != "dai" and activations is not None:
+        acts = {(layer, index): float(activations[layer, index]) for layer, index in pairs
+                if not isinstance(activations, Mapping) or (layer, index) in activations}
     return NeuronEdit(operation, pairs, old, new, lambda1, lambda2, rule, acts)
 
 
