@@ -1,4 +1,4 @@
-"""One fact's editing trials measured one by one (Baseline.evaluate) and in batched replays (evaluate_many).
+"""One fact's editing trials measured one by one (measure_edit) and in batched replays (measure_edits).
 
 Usage:
     python benchmarks/batched_trials.py [--model smollm2-135m] [--trials 12] [--threads 1] [--repeats 2]
@@ -8,7 +8,7 @@ A built-in fact of the model (its first fact, all its paraphrases), 10 locality 
 5 neutral texts (the study's defaults --locality 10, --ppl-texts 5) make the baseline. The trials alternate
 erase and update (rules dai, signed, calibrated in turn, the study's lambda2 per rule) on seeded neuron sets
 like a study's: 5-20 neurons each, in layers from a per-trial lowest layer in [10, 25] up to the last layer
-(29 on SmolLM2). Printed: the best of --repeats wall times of the single-trial loop and of evaluate_many under
+(29 on SmolLM2). Printed: the best of --repeats wall times of the single-trial loop and of measure_edits under
 each schedule (join, lowest, grouped), the speed-ups, the largest absolute difference of any float metric of
 the TrialResults (ppl_after and dppl relative to ppl_before) and whether every success flag, Rel, Gen, Loc
 and Avg is identical.
@@ -26,13 +26,13 @@ import torch
 
 from knowloc.data.loaders import load_facts
 from knowloc.data.texts import load_neutral_texts
-from knowloc.editing import EditTrial, compute_baseline
+from knowloc.editing import Trial, compute_baseline, kn_trial, measure_edit, measure_edits
 from knowloc.models import load_model
 
 RULES = (("dai", 8.0), ("signed", 8.0), ("calibrated", 1.0))
 
 
-def trials_of(lm, prompts: list[str], gold: str, new: str, n: int, seed: int = 0) -> list[EditTrial]:
+def trials_of(lm, prompts: list[str], gold: str, new: str, n: int, seed: int = 0) -> list[Trial]:
     rng = random.Random(seed)
     top = lm.n_layers - 1
     out = []
@@ -43,8 +43,8 @@ def trials_of(lm, prompts: list[str], gold: str, new: str, n: int, seed: int = 0
         neurons.add((low, rng.randrange(lm.n_neurons)))
         operation = "erase" if k % 2 == 0 else "update"
         rule, lambda2 = RULES[(k // 2) % len(RULES)]
-        out.append(EditTrial(prompts, k % len(prompts), gold, sorted(neurons), operation,
-                             new if operation == "update" else None, lambda2=lambda2, update_rule=rule))
+        out.append(kn_trial(prompts, k % len(prompts), gold, sorted(neurons), operation,
+                            new if operation == "update" else None, lambda2=lambda2, update_rule=rule))
     return out
 
 
@@ -101,11 +101,11 @@ def main() -> None:
           f"{len(texts)} texts; {len(trials)} trials, lowest layers {starts}, "
           f"{min(len(t.neurons) for t in trials)}-{max(len(t.neurons) for t in trials)} neurons")
 
-    baseline.evaluate_many(trials[:2], max_rows=args.max_rows)  # warm-up
-    single_s, single = timed(lambda: [baseline.evaluate(t) for t in trials], args.repeats)
+    measure_edits(baseline, trials[:2], max_rows=args.max_rows)  # warm-up
+    single_s, single = timed(lambda: [measure_edit(baseline, *t)[0] for t in trials], args.repeats)
     print(f"single   {single_s:7.2f} s ({single_s / len(trials) * 1000:.0f} ms / trial)")
     for schedule in ("join", "lowest", "grouped"):
-        many_s, many = timed(lambda: baseline.evaluate_many(trials, max_rows=args.max_rows, schedule=schedule),
+        many_s, many = timed(lambda: measure_edits(baseline, trials, max_rows=args.max_rows, schedule=schedule),
                              args.repeats)
         worst, same = differences(single, many, baseline.ppl)
         print(f"batched  {many_s:7.2f} s ({many_s / len(trials) * 1000:.0f} ms / trial)  schedule={schedule:8s} "

@@ -24,6 +24,7 @@ import torch
 
 from knowloc.attribution import attribute
 from knowloc.data import load_facts
+from knowloc.editing import KnErase
 from knowloc.editing.session import EditSession
 from knowloc.data import load_neutral_texts
 from knowloc.models import load_model
@@ -70,7 +71,7 @@ def main() -> None:
             loc_prompts = [p for p, _, r in locality if r != relation][:5] or [p for p, _, _ in locality[:5]]
             loc_objects = [o for p, o, r in locality if p in loc_prompts]
             measured = {dt: EditSession(lm, [prompt], obj, None, loc_prompts, loc_objects, texts)
-                        .measure("erase", sorted(ka), 0) for dt, lm in models.items()}
+                        .measure(KnErase(), 0, sorted(ka)) for dt, lm in models.items()}
             rel_agree.append(measured["fp32"]["rel"] == measured["bf16"]["rel"])
             loc_diff.append(abs(measured["fp32"]["loc"] - measured["bf16"]["loc"]))
             dself.append(abs(measured["fp32"]["dprob_self"] - measured["bf16"]["dprob_self"]))

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from editing_defaults import _row
-from knowloc.editing.editors import CovarianceStore, EditRequest, FineTune, Rome, TextSample, measure_edit
+from knowloc.editing.editors import CovarianceStore, FineTune, Rome, TextSample
+from knowloc.editing.trials import measure_edit
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.store import Store
@@ -63,8 +64,8 @@ def main() -> None:
             session = sessions[fact.fact_id]
             if session.target is None:
                 continue
-            request = EditRequest(fact.prompts[0], fact.subject, fact.object, session.target, layer=layer)
-            result, _, s = measure_edit(lm, session.baseline, editor, 0, request, session.loc_gold)
+            result, _, s = measure_edit(session.baseline, editor, 0, session.request(0, layers=(layer,)),
+                                        session.loc_gold)
             seconds.append(s)
             trials.append([{"n_neurons": 0, "rel": result.rel, "gen": result.gen, "loc": result.loc,
                             "dlogppl": result.dlogppl, "dprob_self": result.dprob_self}])

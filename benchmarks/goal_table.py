@@ -77,7 +77,7 @@ def print_study(study: Path) -> None:
     ctx = _context(study)
     summary = ctx.summary
     print(f"\n## {study}: data {ctx.config.data} (relations {', '.join(ctx.config.relations or ['all'])}), "
-          f"specificity {ctx.config.specificity}, update rule {ctx.config.update_rule}\n")
+          f"specificity {ctx.config.specificity}, update rule {ctx.config.update.rule}\n")
     print("| model | method | group | n | Loc | dlogPPL median | dprob_self | goal met |")
     print("|---|---|---|---|---|---|---|---|")
     groups = [r for r in summary.get("modification", []) if r["operation"] == "erase" and r["neurons"] == "N_i"]

@@ -273,36 +273,36 @@ def _parses(command: str, flag: str, value: str):
 
 
 def test_study_flags_are_typed_after_the_fields_defaults():
-    """Each StudyConfig field's flag parses what its default is: a bool gets --X/--no-X, an int N, a float X,
+    """Each StudyConfig setting's flag (a section's field too) parses what its default is: a bool gets --X/--no-X, an int N, a float X,
     a list LIST (the LIST_FIELDS repeatable); fields defaulting to None are typed after their annotation."""
-    from dataclasses import MISSING, fields
+    from dataclasses import MISSING
 
-    from knowloc.study.config import LIST_FIELDS, StudyConfig
+    from knowloc.study.config import LIST_FIELDS, SPECS
 
     def parses(p, value):
         return _parses("study", p.opts[0], value)
 
     params = _study_params()
-    for f in fields(StudyConfig):
-        p = params[f.name]
+    for name, (_, _, f) in SPECS.items():  # every setting, a section's too, by its flat name
+        p = params[name]
         default = f.default_factory() if f.default_factory is not MISSING else f.default
-        assert p.opts[0] == "--" + f.name.replace("_", "-") and p.opts[1:] == list(f.metadata["aliases"])
-        if f.name == "specificity":
+        assert p.opts[0] == "--" + name.replace("_", "-") and p.opts[1:] == list(f.metadata["aliases"])
+        if name == "specificity":
             continue  # float | str, below
         if isinstance(default, bool):
-            assert p.is_flag and p.secondary_opts == ["--no-" + d[2:] for d in p.opts], f.name
+            assert p.is_flag and p.secondary_opts == ["--no-" + d[2:] for d in p.opts], name
         elif isinstance(default, int):
-            assert p.metavar == "N", f.name
-            assert type(parses(p, "7")) is int and parses(p, "7") == 7, f.name
-            assert isinstance(parses(p, "2.5"), Exception), f.name  # an int flag refuses a fraction
+            assert p.metavar == "N", name
+            assert type(parses(p, "7")) is int and parses(p, "7") == 7, name
+            assert isinstance(parses(p, "2.5"), Exception), name  # an int flag refuses a fraction
         elif isinstance(default, float):
-            assert p.metavar == "X", f.name
-            assert type(parses(p, "2.5")) is float and parses(p, "2.5") == 2.5, f.name
-            assert isinstance(parses(p, "many"), Exception), f.name
+            assert p.metavar == "X", name
+            assert type(parses(p, "2.5")) is float and parses(p, "2.5") == 2.5, name
+            assert isinstance(parses(p, "many"), Exception), name
         elif isinstance(default, list):
-            assert p.metavar == "LIST" and p.multiple == (f.name in LIST_FIELDS), f.name
+            assert p.metavar == "LIST" and p.multiple == (name in LIST_FIELDS), name
         elif isinstance(default, str):
-            assert p.metavar == "TEXT" and parses(p, "7") == "7", f.name  # text, kept as written
+            assert p.metavar == "TEXT" and parses(p, "7") == "7", name  # text, kept as written
     none_defaults = {"facts": "N", "lambda2": "X", "cas_top_k": "N", "relations": "LIST", "attention_layers": "TEXT",
                      "ray_address": "TEXT", "device": "TEXT"}
     assert {n: params[n].metavar for n in none_defaults} == none_defaults
@@ -485,7 +485,7 @@ def test_demo_traces_its_facts_but_skips_the_layer_sweep(tmp_path):
     config = demo_config(tmp_path, model="tiny-llama", facts=2, executor={"executor": "local"})
     assert "tracing" in config.experiments and "editors" in config.experiments
     assert set(names()) - set(config.experiments) == {"localization-vs-editing"}
-    assert config.trace_samples == 3
+    assert config.trace.samples == 3
 
 
 def _without_gemma(monkeypatch):

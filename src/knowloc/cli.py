@@ -18,7 +18,7 @@ import sys
 import threading
 import types
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Optional, Union
 
@@ -37,7 +37,8 @@ from knowloc.models import builtin_names, load_model, missing_packages
 from knowloc.models.neuron import MASSIVE_RATIO, activation_ratios, activation_stats, describe_neurons, explain_ratio
 from knowloc.process import tune_allocator
 from knowloc.report.html import build_report
-from knowloc.study.config import LIST_FIELDS, StudyConfig
+from knowloc.editing.editors.rome import RomeSettings
+from knowloc.study.config import LIST_FIELDS, SECTIONS, SPECS, StudyConfig
 from knowloc.study.plan import print_plan
 from knowloc.study.registry import REGISTRY as EXPERIMENTS
 from knowloc.study.runner import check_out_dir, run_study
@@ -344,12 +345,12 @@ def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), meth
 def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(None, help="edit layer (default: "
                                                                                "n_layers // 2)"),
                   queries: int = typer.Option(3, min=1, help="built-in queries to edit"),
-                  samples: int = typer.Option(StudyConfig.rome_samples, min=1, help="samples of 64 tokens for "
+                  samples: int = typer.Option(RomeSettings.samples, min=1, help="samples of 64 tokens for "
                                               "ROME's C (a study's --rome-samples)"),
                   device: Optional[str] = DeviceOpt) -> None:
     """Seconds of ROME's C for one layer and of one edit per editor (kn, kn-ft, ft, rome, with a study's default
     settings), and the weights each keeps to restore."""
-    from knowloc.editing.editors.bench import run_editors_benchmark
+    from knowloc.editing.bench import run_editors_benchmark
 
     run_editors_benchmark(model, layer=layer, queries=queries, samples=samples, device=device, echo=typer.echo)
 
@@ -357,9 +358,9 @@ def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(Non
 def bench_tracing(model: str = ModelOpt,
                   queries: int = typer.Option(7, min=1, help="built-in queries to trace (a fact of each relation "
                                               "in turn)"),
-                  samples: int = typer.Option(StudyConfig.trace_samples, min=1, help="noise draws per query (a "
+                  samples: int = typer.Option(TraceSettings.samples, min=1, help="noise draws per query (a "
                                               "study's --trace-samples)"),
-                  window: int = typer.Option(StudyConfig.trace_window, min=1, help="layers restored together for mlp "
+                  window: int = typer.Option(TraceSettings.window, min=1, help="layers restored together for mlp "
                                              "/ attn (a study's --trace-window)"),
                   device: Optional[str] = DeviceOpt) -> None:
     """Seconds of causal tracing of one query (3 kinds x every layer x its tokens x the noise draws)."""
@@ -396,9 +397,9 @@ def data_pararel(download: Path = typer.Option(..., "--download", help="director
 # --------------------------------------------------------------------------- study flags from StudyConfig
 
 
-def _default_text(f) -> str:
+def _default_text(name: str, f) -> str:
     default = f.default_factory() if f.default_factory is not MISSING else f.default
-    if f.name == "experiments":
+    if name == "experiments":
         return ",".join(default)
     if default is None:
         return ""
@@ -419,23 +420,26 @@ def _value_type(annotation: object) -> type:
     return annotation if annotation in (bool, int, float) else str
 
 
-def _flag_parameter(f, name: str | None = None, decls: tuple[str, ...] | None = None) -> inspect.Parameter:
-    """A typer option for one StudyConfig field: `--field-name` (plus its aliases), typed after the field's
-    type; lists take comma-separated values (names may also be repeated); the default is shown, not passed, so
-    that an unset flag leaves a TOML value alone."""
-    flag = "--" + f.name.replace("_", "-")
+def _flag_parameter(name: str, decls: tuple[str, ...] | None = None) -> inspect.Parameter:
+    """A typer option for one StudyConfig setting of flat name ``name`` (:data:`knowloc.study.config.SPECS`; a
+    section's field too): `--flat-name` (plus its aliases), typed after the field's type; lists take
+    comma-separated values (names may also be repeated); the default is shown, not passed, so that an unset flag
+    leaves a TOML value alone."""
+    section, field_name, f = SPECS[name]
+    flag = "--" + name.replace("_", "-")
     decls = decls if decls is not None else (flag, *f.metadata["aliases"])
     help_text = f.metadata["help"]
-    if f.name == "experiments":
+    if name == "experiments":
         help_text = "experiments, comma-separated: " + "; ".join(
             f"{e.name} ({e.question})" for e in EXPERIMENTS.values() if not e.always)
-    default = _default_text(f)
+    default = _default_text(name, f)
     if default:
         help_text += f" [default: {default}]"
-    kind = _value_type(typing.get_type_hints(StudyConfig)[f.name])
+    owner = StudyConfig if section is None else SECTIONS[section]
+    kind = _value_type(typing.get_type_hints(owner)[field_name])
     annotation: object = Optional[str]
     metavar = "LIST" if kind is list else "TEXT"
-    if f.name in LIST_FIELDS:
+    if name in LIST_FIELDS:
         annotation = Optional[list[str]]
     elif kind is bool:
         decls = tuple(f"{d}/--no-{d[2:]}" for d in decls)
@@ -445,7 +449,7 @@ def _flag_parameter(f, name: str | None = None, decls: tuple[str, ...] | None = 
     elif kind is float:
         annotation, metavar = Optional[float], "X"
     option = typer.Option(None, *decls, help=help_text, show_default=False, metavar=metavar)
-    return inspect.Parameter(name or f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
 def _extra(name: str, annotation, option) -> inspect.Parameter:
@@ -455,8 +459,8 @@ def _extra(name: str, annotation, option) -> inspect.Parameter:
 def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: dict[str, tuple[str, ...]]):
     """A command taking the StudyConfig fields in `names` (all when None) as flags, plus --config, --dry-run
     and --gpu; `fixed` settings are not flags (e.g. cas-sweep's experiments)."""
-    chosen = [f for f in fields(StudyConfig) if (names is None or f.name in names) and f.name not in fixed]
-    params = [_flag_parameter(f, decls=decls.get(f.name)) for f in chosen]
+    chosen = [name for name in SPECS if (names is None or name in names) and name not in fixed]
+    params = [_flag_parameter(name, decls=decls.get(name)) for name in chosen]
     params += [_extra("config", Optional[Path], typer.Option(None, "--config", help="TOML file with the same keys "
                                                              "(flags given too override it)")),
                _extra("dry_run", bool, typer.Option(False, "--dry-run", help="print the plan and an estimated time, "

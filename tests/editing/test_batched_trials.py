@@ -1,5 +1,5 @@
-"""Several trials of one fact in one batched replay (Baseline.evaluate_many, EditSession.prefetch) equal the
-one-trial path (Baseline.evaluate) on tiny random models, and leave the model as it was."""
+"""Several trials of one fact in one batched replay (measure_edits, EditSession.prefetch) equal the one-trial
+path (measure_edit) on tiny random models, and leave the model as it was."""
 
 import dataclasses
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from knowloc.data.texts import load_neutral_texts
-from knowloc.editing import EditSession, EditTrial
+from knowloc.editing import EditSession, KnErase, KnUpdate, kn_trial, measure_edit, measure_edits
 from knowloc.editing.operations import row_edit, rows_edited
 from knowloc.errors import KnowlocError
 
@@ -45,13 +45,13 @@ def _trials(lm):
     """Erase and every update rule, with lowest layers 2, 0, 1 (not sorted) and different query indices."""
     top = lm.n_layers - 1
     return [
-        EditTrial(PROMPTS, 0, "Paris", _neurons(lm, top, 3), "erase"),
-        EditTrial(PROMPTS, 1, "Paris", _neurons(lm, 0, 4, 1), "update", "Rome", lambda2=8.0, update_rule="dai"),
-        EditTrial(PROMPTS, 2, "Paris", _neurons(lm, 1, 5, 2), "update", "Rome", lambda2=4.0, update_rule="signed"),
-        EditTrial(PROMPTS, 0, "Paris", _neurons(lm, 0, 2), "erase"),
-        EditTrial(PROMPTS, 1, "Paris", _neurons(lm, 1, 3, 1), "update", "Rome", lambda1=2.0, lambda2=3.0,
+        kn_trial(PROMPTS, 0, "Paris", _neurons(lm, top, 3), "erase"),
+        kn_trial(PROMPTS, 1, "Paris", _neurons(lm, 0, 4, 1), "update", "Rome", lambda2=8.0, update_rule="dai"),
+        kn_trial(PROMPTS, 2, "Paris", _neurons(lm, 1, 5, 2), "update", "Rome", lambda2=4.0, update_rule="signed"),
+        kn_trial(PROMPTS, 0, "Paris", _neurons(lm, 0, 2), "erase"),
+        kn_trial(PROMPTS, 1, "Paris", _neurons(lm, 1, 3, 1), "update", "Rome", lambda1=2.0, lambda2=3.0,
                   update_rule="calibrated"),
-        EditTrial(PROMPTS, 2, "Paris", _neurons(lm, top, 2, 1), "update", "Berlin", lambda2=6.0,
+        kn_trial(PROMPTS, 2, "Paris", _neurons(lm, top, 2, 1), "update", "Berlin", lambda2=6.0,
                   update_rule="dai"),
     ]
 
@@ -75,13 +75,13 @@ def assert_same_result(single, batched):
 def test_batched_equals_one_trial_at_a_time(setup, name, schedule):
     lm, baseline = setup(name)
     trials = _trials(lm)
-    single = [baseline.evaluate(t, GOLD_TOKENS) for t in trials]
+    single = [measure_edit(baseline, *t, GOLD_TOKENS)[0] for t in trials]
     before = _state(lm)
-    batched = baseline.evaluate_many(trials, GOLD_TOKENS, schedule=schedule)
+    batched = measure_edits(baseline, trials, GOLD_TOKENS, schedule=schedule)
     _assert_state(lm, before)
     assert len(batched) == len(trials)
     for t, s, b in zip(trials, single, batched):
-        assert b.operation == t.operation
+        assert b.operation == t[0].operation
         assert s.dprob_self != 0.0 and s.dlogppl != 0.0  # every edit moves the outputs: a mix-up would show
         assert_same_result(s, b)
     # the trials differ from each other, so results in the wrong order would fail the comparison
@@ -91,10 +91,10 @@ def test_batched_equals_one_trial_at_a_time(setup, name, schedule):
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_erase_is_exact_and_the_comparison_can_fail(setup, name):
     lm, baseline = setup(name)
-    erase = EditTrial(PROMPTS, 0, "Paris", _neurons(lm, 0, 2), "erase")
-    update = EditTrial(PROMPTS, 0, "Paris", _neurons(lm, 0, 2), "update", "Rome", lambda2=4.0, update_rule="signed")
-    single = baseline.evaluate(erase, GOLD_TOKENS)
-    batched, other = baseline.evaluate_many([erase, update], GOLD_TOKENS)
+    erase = kn_trial(PROMPTS, 0, "Paris", _neurons(lm, 0, 2), "erase")
+    update = kn_trial(PROMPTS, 0, "Paris", _neurons(lm, 0, 2), "update", "Rome", lambda2=4.0, update_rule="signed")
+    single = measure_edit(baseline, *erase, GOLD_TOKENS)[0]
+    batched, other = measure_edits(baseline, [erase, update], GOLD_TOKENS)
     assert_same_result(single, batched)
     with pytest.raises(AssertionError):
         assert_same_result(single, other)  # another edit's result is told apart
@@ -108,18 +108,18 @@ def test_chunk_boundaries(setup, max_rows):
     lm, baseline = setup("tiny-llama")
     trials = _trials(lm)
     assert baseline.recorded.widest == len(PROMPTS) + len(LOCALITY)
-    single = [baseline.evaluate(t, GOLD_TOKENS) for t in trials]
-    for s, b in zip(single, baseline.evaluate_many(trials, GOLD_TOKENS, max_rows=max_rows)):
+    single = [measure_edit(baseline, *t, GOLD_TOKENS)[0] for t in trials]
+    for s, b in zip(single, measure_edits(baseline, trials, GOLD_TOKENS, max_rows=max_rows)):
         assert_same_result(s, b)
 
 
 def test_same_lowest_layer_trials_and_repeats(setup):
     """Trials sharing a lowest layer (one group), a repeated trial and an empty neuron set among them."""
     lm, baseline = setup("tiny-gpt2")
-    trials = [EditTrial(PROMPTS, i % 3, "Paris", _neurons(lm, 1, 3 + i, i), "erase") for i in range(4)]
-    trials += [trials[1], EditTrial(PROMPTS, 1, "Paris", [], "update", "Rome")]
-    single = [baseline.evaluate(t) for t in trials]
-    batched = baseline.evaluate_many(trials, max_rows=2 * baseline.recorded.widest, schedule="grouped")
+    trials = [kn_trial(PROMPTS, i % 3, "Paris", _neurons(lm, 1, 3 + i, i), "erase") for i in range(4)]
+    trials += [trials[1], kn_trial(PROMPTS, 1, "Paris", [], "update", "Rome")]
+    single = [measure_edit(baseline, *t)[0] for t in trials]
+    batched = measure_edits(baseline, trials, max_rows=2 * baseline.recorded.widest, schedule="grouped")
     for s, b in zip(single, batched):
         assert_same_result(s, b)
     assert batched[-1].n_neurons == 0 and batched[-1].dprob == (0.0, 0.0, 0.0) and batched[-1].dlogppl == 0.0
@@ -128,8 +128,8 @@ def test_same_lowest_layer_trials_and_repeats(setup):
 def test_empty_list(setup):
     lm, baseline = setup("tiny-llama")
     before, hooks = _state(lm), _hook_counts(lm)
-    assert baseline.evaluate_many([]) == []
-    assert baseline.evaluate_many((), GOLD_TOKENS, max_rows=1) == []
+    assert measure_edits(baseline, []) == []
+    assert measure_edits(baseline, (), GOLD_TOKENS, max_rows=1) == []
     _assert_state(lm, before)
     assert _hook_counts(lm) == hooks
 
@@ -138,7 +138,7 @@ def test_empty_list(setup):
 def test_model_unchanged_after_an_exception_inside(setup, name):
     lm, baseline = setup(name)
     trials = _trials(lm)
-    expected = baseline.evaluate_many(trials, GOLD_TOKENS)
+    expected = measure_edits(baseline, trials, GOLD_TOKENS)
     before, hooks = _state(lm), _hook_counts(lm)
 
     def fail(_module, _args, _output):
@@ -147,12 +147,12 @@ def test_model_unchanged_after_an_exception_inside(setup, name):
     handle = lm.blocks[-1].register_forward_hook(fail)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            baseline.evaluate_many(trials, GOLD_TOKENS)
+            measure_edits(baseline, trials, GOLD_TOKENS)
     finally:
         handle.remove()
     _assert_state(lm, before)
     assert _hook_counts(lm) == hooks  # every row-edit hook was removed
-    for a, b in zip(expected, baseline.evaluate_many(trials, GOLD_TOKENS)):
+    for a, b in zip(expected, measure_edits(baseline, trials, GOLD_TOKENS)):
         assert a == b  # and the model measures as before, bit for bit
 
 
@@ -170,29 +170,33 @@ def test_rows_edited_restores_on_an_exception(setup):
 def test_every_trial_is_checked_before_anything_runs(setup):
     lm, baseline = setup("tiny-llama")
     good = _trials(lm)[0]
-    bad = EditTrial(["other prompt"], 0, "Paris", [(0, 1)])
+    bad = kn_trial(["other prompt"], 0, "Paris", [(0, 1)])
     hooks = _hook_counts(lm)
-    with pytest.raises(KnowlocError, match="other prompts"):
-        baseline.evaluate_many([good, bad])
+    with pytest.raises(KnowlocError, match="not the baseline's query"):
+        measure_edits(baseline, [good, bad])
     with pytest.raises(KnowlocError, match="same token"):
-        baseline.evaluate_many([good, EditTrial(PROMPTS, 0, "Paris", [(0, 1)], "update", "Paris")])
+        measure_edits(baseline, [good, kn_trial(PROMPTS, 0, "Paris", [(0, 1)], "update", "Paris")])
     with pytest.raises(KnowlocError, match="out of range"):
-        baseline.evaluate_many([good, EditTrial(PROMPTS, 0, "Paris", [(lm.n_layers, 0)])])
+        measure_edits(baseline, [good, kn_trial(PROMPTS, 0, "Paris", [(lm.n_layers, 0)])])
     with pytest.raises(KnowlocError, match="locality gold tokens"):
-        baseline.evaluate_many([good], [1])
+        measure_edits(baseline, [good], [1])
     for bad_rows in (0, -3, True, 2.5):
         with pytest.raises(KnowlocError, match="max_rows"):
-            baseline.evaluate_many([good], max_rows=bad_rows)
+            measure_edits(baseline, [good], max_rows=bad_rows)
     with pytest.raises(KnowlocError, match="schedule"):
-        baseline.evaluate_many([good], schedule="fastest")
+        measure_edits(baseline, [good], schedule="fastest")
     assert _hook_counts(lm) == hooks
 
 
-def test_a_baseline_without_recorded_batches_falls_back_to_evaluate(setup):
+def test_a_baseline_without_recorded_batches_falls_back_to_the_weights(setup):
     lm, baseline = setup("tiny-gpt2")
     plain = dataclasses.replace(baseline, recorded=None)
+    assert not plain.replayable()
     trials = _trials(lm)[:3]
-    for a, b in zip(plain.evaluate_many(trials, GOLD_TOKENS), [plain.evaluate(t, GOLD_TOKENS) for t in trials]):
+    got = measure_edits(plain, trials, GOLD_TOKENS)
+    want = [measure_edit(plain, *t, GOLD_TOKENS)[0] for t in trials]
+    assert len(got) == len(trials)
+    for a, b in zip(got, want):
         assert a == b
 
 
@@ -220,40 +224,48 @@ def _session(lm):
 
 
 def _requests(lm):
+    """``(editor, index, neurons, generalize_on)`` of a fact's KN trials: erase, the session's former default
+    update (dai, lambda2 8) and a calibrated one, for each query's own set and a shared one."""
     top = lm.n_layers - 1
     own = _neurons(lm, top, 3)
     union = _neurons(lm, 1, 4)
     requests = []
     for i in range(len(PROMPTS)):
         for neurons in (own, union):
-            requests.append({"operation": "erase", "neurons": neurons, "index": i})
-            requests.append({"operation": "update", "neurons": neurons, "index": i})
-            requests.append({"operation": "update", "neurons": neurons, "index": i, "rule": "calibrated",
-                             "lambda2": 1.0, "generalize_on": [(i + 1) % len(PROMPTS)]})
-    requests.append({"operation": "erase", "neurons": [], "index": 0})  # measure says None
+            requests.append((KnErase(), i, neurons, None))
+            requests.append((KnUpdate("dai", 1.0, 8.0), i, neurons, None))
+            requests.append((KnUpdate("calibrated", 1.0, 1.0), i, neurons, [(i + 1) % len(PROMPTS)]))
+    requests.append((KnErase(), 0, [], None))  # measure says None
     return requests
+
+
+def _measure(session, request):
+    editor, index, neurons, generalize_on = request
+    return session.measure(editor, index, neurons, generalize_on=generalize_on)
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_prefetch_makes_measure_cache_hits_with_the_same_scores(setup, name, monkeypatch):
+    import knowloc.editing.session as session_module
+
     lm, _ = setup(name)
     requests = _requests(lm)
     plain = _session(lm)
-    expected = [plain.measure(**r) for r in requests]
+    expected = [_measure(plain, r) for r in requests]
     assert expected[-1] is None and all(e is not None for e in expected[:-1])
 
     session = _session(lm)
-    n = session.prefetch(requests)
+    n = session.prefetch([r[:3] for r in requests])
     # erase and dai update: one edit per neuron set; calibrated: one per set and activation-sign pattern
     assert n == len(plain._results) and 4 <= n < len(requests) - 1
-    assert session.prefetch(requests) == 0  # all cached now
+    assert session.prefetch([r[:3] for r in requests]) == 0  # all cached now
 
     def no_single_trials(*_args, **_kwargs):
         raise AssertionError("measure ran a trial after prefetch")
 
-    monkeypatch.setattr(type(session.baseline), "evaluate", no_single_trials)
+    monkeypatch.setattr(session_module, "measure_edit", no_single_trials)
     for request, want in zip(requests, expected):
-        got = session.measure(**request)
+        got = _measure(session, request)
         if want is None:
             assert got is None
             continue
@@ -263,13 +275,14 @@ def test_prefetch_makes_measure_cache_hits_with_the_same_scores(setup, name, mon
         for key in ("dppl", "dlogppl", "dprob_self", "dprob_neighbors"):
             atol = 1e-6 * session.baseline.ppl if key == "dppl" else 1e-6
             assert math.isclose(got[key], want[key], rel_tol=1e-5, abs_tol=atol), (key, got[key], want[key])
+    # the spy is live: a new edit would have been measured through it
+    with pytest.raises(AssertionError, match="after prefetch"):
+        session.measure(KnErase(), 0, _neurons(lm, 0, 7))
 
 
 def test_prefetch_skips_what_measure_skips(setup):
     lm, _ = setup("tiny-llama")
     session = EditSession(lm, PROMPTS, "Paris", None, LOCALITY, ["sunny", "Africa", "Spanish", "time"], TEXTS)
     assert session.prefetch([]) == 0
-    assert session.prefetch([{"operation": "update", "neurons": [(0, 1)], "index": 0},
-                             {"operation": "erase", "neurons": [], "index": 1}]) == 0
-    assert session.prefetch([{"operation": "erase", "neurons": [(0, 1)], "index": 0},
-                             {"operation": "erase", "neurons": [(0, 1)], "index": 2}]) == 1
+    assert session.prefetch([(KnUpdate(), 0, [(0, 1)]), (KnErase(), 1, [])]) == 0
+    assert session.prefetch([(KnErase(), 0, [(0, 1)]), (KnErase(), 2, [(0, 1)])]) == 1

@@ -1,4 +1,4 @@
-"""Baselines, their trials (Baseline.evaluate) and padded perplexity on tiny random models."""
+"""Baselines, their trials (measure_edit of a kn_trial) and padded perplexity on tiny random models."""
 
 import dataclasses
 import math
@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from knowloc.data.texts import load_neutral_texts
 from knowloc.editing import (
-    EditTrial,
     compute_baseline,
+    kn_trial,
+    measure_edit,
     perplexity_of_texts,
     text_nll,
 )
@@ -32,14 +33,14 @@ def _all_neurons(lm):
 
 def _evaluate(lm, trial, baseline, gold_tokens=None):
     assert baseline.lm is lm and baseline.locality_prompts == tuple(LOCALITY) and baseline.neutral_texts == tuple(TEXTS)
-    return baseline.evaluate(trial, gold_tokens)
+    return measure_edit(baseline, *trial, gold_tokens)[0]
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_empty_neuron_set_changes_nothing(setup, name):
     lm, baseline = setup(name)
     before = _state(lm)
-    result = _evaluate(lm, EditTrial(PROMPTS, 1, "Paris", [], "erase"), baseline, [5, 6, 7])
+    result = _evaluate(lm, kn_trial(PROMPTS, 1, "Paris", [], "erase"), baseline, [5, 6, 7])
     assert result.n_neurons == 0
     assert result.rel == 0.0 and result.gen == 0.0  # erasure cannot succeed without an edit
     assert result.loc == 1.0
@@ -56,7 +57,7 @@ def test_empty_neuron_set_changes_nothing(setup, name):
 def test_erasing_all_neurons_changes_the_gold_probability(setup, name, device):
     lm, baseline = setup(name)
     before = _state(lm)
-    result = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", _all_neurons(lm), "erase"), baseline)
+    result = _evaluate(lm, kn_trial(PROMPTS, 0, "Paris", _all_neurons(lm), "erase"), baseline)
     assert result.n_neurons == lm.n_layers * lm.n_neurons
     assert result.dprob_self != 0.0 and not math.isnan(result.dprob_self)
     assert result.dprob_neighbors != 0.0
@@ -97,11 +98,11 @@ def test_update_with_huge_lambda2_ranks_new_object_above_gold(setup, name):
     candidates = ["Berlin", "Rome", "Tokyo", "Spanish", "Africa", "Italy", "Japan"]
     target = next(c for c in candidates if lm.first_target_token(c) != gold
                   and baseline.probs[0, lm.first_target_token(c)] < baseline.probs[0, gold])
-    control = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", [], "update", target), baseline)
+    control = _evaluate(lm, kn_trial(PROMPTS, 0, "Paris", [], "update", target), baseline)
     assert control.rel == 0.0
     neurons = _positive_last_layer_neurons(lm, PROMPTS[0])
     assert len(neurons) >= 20
-    result = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", neurons, "update", target, lambda2=1000.0), baseline)
+    result = _evaluate(lm, kn_trial(PROMPTS, 0, "Paris", neurons, "update", target, lambda2=1000.0), baseline)
     assert result.rel == 1.0
     assert result.success[0] is True
     assert result.operation == "update" and result.n_neurons == len(neurons)
@@ -111,7 +112,7 @@ def test_gen_is_nan_with_a_single_prompt_and_loc_dppl_nan_without_data(tiny_mode
     lm = tiny_models("tiny-llama")
     baseline = compute_baseline(lm, PROMPTS[:1])
     assert math.isnan(baseline.ppl)
-    result = baseline.evaluate(EditTrial(PROMPTS[:1], 0, "Paris", _all_neurons(lm)))
+    result = measure_edit(baseline, *kn_trial(PROMPTS[:1], 0, "Paris", _all_neurons(lm)))[0]
     assert math.isnan(result.gen) and math.isnan(result.dprob_neighbors)
     assert math.isnan(result.loc) and math.isnan(result.dppl)
     assert result.avg == result.rel
@@ -119,7 +120,7 @@ def test_gen_is_nan_with_a_single_prompt_and_loc_dppl_nan_without_data(tiny_mode
 
 def test_locality_counts_changed_argmax(setup):
     lm, baseline = setup("tiny-llama")
-    result = _evaluate(lm, EditTrial(PROMPTS, 0, "Paris", _all_neurons(lm)), baseline)
+    result = _evaluate(lm, kn_trial(PROMPTS, 0, "Paris", _all_neurons(lm)), baseline)
     # recompute loc by hand from a fresh forward with every value vector zeroed
     from knowloc.editing import modified
     from knowloc.models.scoring import next_token_distributions
@@ -170,34 +171,43 @@ def test_perplexity_bad_inputs(tiny_models):
 ])
 def test_bad_trials(kwargs, message):
     with pytest.raises(KnowlocError, match=message):
-        EditTrial(**kwargs)
+        kn_trial(**kwargs)
+
+
+def test_a_bad_update_rule_is_refused_when_the_trial_is_made():
+    with pytest.raises(KnowlocError, match="update rule"):
+        kn_trial(PROMPTS, 0, "Paris", [], "update", "Rome", update_rule="rome")
 
 
 def test_mismatched_baseline_and_arguments(setup):
     lm, baseline = setup("tiny-gpt2")
-    trial = EditTrial(PROMPTS, 0, "Paris", [])
-    with pytest.raises(KnowlocError, match="other prompts"):
-        baseline.evaluate(EditTrial(PROMPTS[:2], 0, "Paris", []))
+    trial = kn_trial(PROMPTS, 0, "Paris", [])
+    with pytest.raises(KnowlocError, match="not the baseline's query"):
+        measure_edit(baseline, *kn_trial(["Another fact's prompt is"], 0, "Paris", []))
+    with pytest.raises(KnowlocError, match="not the baseline's query"):  # the right prompt at the wrong index
+        measure_edit(baseline, *kn_trial(PROMPTS, 1, "Paris", [])[:2], trial[2])
+    with pytest.raises(KnowlocError, match="index 3"):
+        measure_edit(baseline, trial[0], 3, trial[2])
     with pytest.raises(KnowlocError, match="3 locality prompts"):
-        baseline.evaluate(trial, [1])
+        measure_edit(baseline, *trial, [1])
     with pytest.raises(KnowlocError, match="not a token id"):
-        baseline.evaluate(trial, [1, 2, 10**9])
+        measure_edit(baseline, *trial, [1, 2, 10**9])
     with pytest.raises(KnowlocError, match="same token"):
-        baseline.evaluate(EditTrial(PROMPTS, 0, "Paris", [], "update", "Paris"))
+        measure_edit(baseline, *kn_trial(PROMPTS, 0, "Paris", [], "update", "Paris"))
     with pytest.raises(KnowlocError, match="holds no model"):
-        dataclasses.replace(baseline, lm=None).evaluate(trial)
+        measure_edit(dataclasses.replace(baseline, lm=None), *trial)
 
 
 def test_a_trial_is_measured_on_the_baselines_own_locality_prompts_and_texts(setup):
     """The baseline is the single holder of a fact's locality prompts and neutral texts: a baseline computed
     without them measures no Loc and no dlogPPL, one with them measures both (on the same model)."""
     lm, baseline = setup("tiny-gpt2")
-    trial = EditTrial(PROMPTS, 0, "Paris", _all_neurons(lm))
+    trial = kn_trial(PROMPTS, 0, "Paris", _all_neurons(lm))
     bare = compute_baseline(lm, PROMPTS)
     assert bare.lm is lm and bare.locality_prompts == () and bare.neutral_texts == ()
-    without, full = bare.evaluate(trial), baseline.evaluate(trial)
+    without, full = measure_edit(bare, *trial)[0], measure_edit(baseline, *trial)[0]
     assert math.isnan(without.loc) and math.isnan(without.dlogppl) and math.isnan(without.dppl)
     assert 0.0 <= full.loc <= 1.0 and full.dlogppl != 0.0 and math.isfinite(full.dlogppl)
     assert without.success == full.success and without.rel == full.rel and without.gen == full.gen
-    only_texts = compute_baseline(lm, PROMPTS, (), TEXTS).evaluate(trial)
+    only_texts = measure_edit(compute_baseline(lm, PROMPTS, (), TEXTS), *trial)[0]
     assert math.isnan(only_texts.loc) and only_texts.dlogppl == pytest.approx(full.dlogppl, rel=1e-5)

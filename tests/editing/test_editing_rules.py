@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from knowloc.editing import EditTrial, compute_baseline, modified, rule_deltas
+from knowloc.editing import compute_baseline, kn_trial, measure_edit, modified, rule_deltas
 from knowloc.errors import KnowlocError
 
 PROMPTS = ["The capital of France is", "France's capital city is", "The seat of government of France is"]
@@ -100,10 +100,11 @@ def test_unedited_trial_has_dlogppl_exactly_zero(tiny_models):
     baseline = compute_baseline(lm, PROMPTS, locality, texts)
     assert math.isfinite(baseline.logppl) and baseline.ppl == pytest.approx(math.exp(baseline.logppl))
     for neurons in ([], [(1, 5)]):
-        trial = EditTrial(PROMPTS, 0, "Paris", neurons, "update", "Rome", lambda2=0.0, lambda1=0.0)
-        result = baseline.evaluate(trial)
+        trial = kn_trial(PROMPTS, 0, "Paris", neurons, "update", "Rome", lambda2=0.0, lambda1=0.0)
+        result = measure_edit(baseline, *trial)[0]
         assert result.dlogppl == 0.0 and result.dppl == 0.0 and result.loc == 1.0
-    erased = baseline.evaluate(EditTrial(PROMPTS, 0, "Paris", [(l, i) for l in range(3) for i in range(0, 96, 3)]))
+    neurons = [(l, i) for l in range(3) for i in range(0, 96, 3)]
+    erased = measure_edit(baseline, *kn_trial(PROMPTS, 0, "Paris", neurons))[0]
     assert erased.dlogppl != 0.0 and math.isclose(erased.dlogppl,
                                                   math.log(erased.ppl_after / erased.ppl_before), rel_tol=1e-9)
 
@@ -117,7 +118,7 @@ def test_sign_aware_trial_reads_the_edited_querys_activations(tiny_models):
     neurons = [(2, i) for i in range(8)]
     negative = [n for n in neurons if acts[n] < 0]
     assert negative and len(negative) < len(neurons)  # a mix of signs, so the rules differ
-    dai = baseline.evaluate(EditTrial(PROMPTS, 1, "Paris", neurons, "update", "Rome", lambda2=50.0))
-    signed = baseline.evaluate(EditTrial(PROMPTS, 1, "Paris", neurons, "update", "Rome", lambda2=50.0,
-                                         update_rule="signed"))
+    dai = measure_edit(baseline, *kn_trial(PROMPTS, 1, "Paris", neurons, "update", "Rome", lambda2=50.0))[0]
+    signed = measure_edit(baseline, *kn_trial(PROMPTS, 1, "Paris", neurons, "update", "Rome", lambda2=50.0,
+                                              update_rule="signed"))[0]
     assert dai.dprob != signed.dprob

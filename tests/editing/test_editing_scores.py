@@ -7,7 +7,7 @@ import pytest
 
 from knowloc.analysis.editing_metrics import avg_score, edit_scores
 from knowloc.data.texts import load_neutral_texts
-from knowloc.editing import EditSession, EditTrial
+from knowloc.editing import EditSession, KnErase, kn_trial, measure_edit
 from knowloc.errors import KnowlocError
 
 PROMPTS = ["The capital of France is", "Paris is the capital city of", "France's capital is"]
@@ -50,10 +50,10 @@ def test_session_and_trial_agree_on_rel_gen_avg(tiny_models, name):
     session = EditSession(lm, PROMPTS, "Paris", None, LOCALITY, ["sunny", "Africa", "Spanish"], TEXTS)
     neurons = [(layer, i) for layer in range(lm.n_layers) for i in range(0, lm.n_neurons, 2)]
     for index in range(len(PROMPTS)):
-        scores = session.measure("erase", neurons, index)
-        result = session.baseline.evaluate(EditTrial(PROMPTS, index, "Paris", neurons), session.loc_gold)
+        scores = session.measure(KnErase(), index, neurons)
+        result = measure_edit(session.baseline, *kn_trial(PROMPTS, index, "Paris", neurons), session.loc_gold)[0]
         assert (scores["rel"], scores["gen"], scores["avg"]) == (result.rel, result.gen, result.avg)
         assert (result.rel, result.gen, result.avg) == edit_scores(result.success, index, result.loc)
-        held_out = session.measure("erase", neurons, index, generalize_on=[index])
+        held_out = session.measure(KnErase(), index, neurons, generalize_on=[index])
         assert held_out["gen"] == scores["rel"]
         assert held_out["avg"] == edit_scores(result.success, index, result.loc, [index])[2]

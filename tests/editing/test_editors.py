@@ -5,7 +5,9 @@ import torch
 
 from knowloc.editing import compute_baseline
 from knowloc.editing.editors import (CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample,
-                                     check_editors, measure_edit, model_samples, rank_one_update)
+                                     model_samples, rank_one_update)
+from knowloc.editing.trials import kn_trial, measure_edit
+from knowloc.study.editor_registry import check_editors
 from knowloc.errors import KnowlocError
 
 PROMPTS = ["The capital of France is", "France's capital city is", "In France, the capital is"]
@@ -31,7 +33,7 @@ def projection(lm, layer: int) -> torch.Tensor:
 
 def request(lm, layer=1, **kw) -> EditRequest:
     neurons = kw.pop("neurons", ((layer, 3), (layer, 11), (layer + 1, 5)))
-    return EditRequest(PROMPTS[0], "France", "Paris", "Rome", layer=layer, neurons=neurons,
+    return EditRequest(PROMPTS[0], "France", "Paris", "Rome", layers=layer, neurons=neurons,
                        activations={n: 1.0 for n in neurons}, **kw)
 
 
@@ -151,30 +153,32 @@ def test_each_editor_reaches_rel_1_on_a_toy_fact_and_restores_the_model(tiny_mod
     saved = weights(lm)
     req = request(lm)
     acts = base.activations[0]  # the neurons' own activations on the edited query (kn's sign-aware rule)
-    req = EditRequest(req.prompt, req.subject, req.gold, req.new_object, layer=req.layer, neurons=req.neurons,
+    req = EditRequest(req.prompt, req.subject, req.gold, req.new_object, layers=req.layer, neurons=req.neurons,
                       activations={(l, i): float(acts[l, i]) for l, i in req.neurons})
-    result, applied, seconds = measure_edit(lm, base, editors()[which], 0, req)
+    result, applied, seconds = measure_edit(base, editors()[which], 0, req)
     assert result.rel == 1.0 and applied.n_weights > 0 and seconds >= 0
     assert_unchanged(lm, saved)
     # the unedited model scores as before: the edit left nothing behind
-    again = base.evaluate_current(0, "Paris", "Rome", None)
+    gold, new = lm.first_target_token("Paris"), lm.first_target_token("Rome")
+    again = base.score(base.measure(None), 0, "update", gold, new)
     assert again.rel == 0.0 and again.dprob_self == 0.0
 
 
 @pytest.mark.parametrize("rule", ["dai", "signed", "calibrated"])
 def test_the_kn_editor_makes_the_update_a_trial_makes(tiny_models, rule):
-    """One update path: the kn editor and an update trial of Baseline.evaluate apply the same NeuronEdit, so
-    they score bit-for-bit the same, and their rows hold the same columns."""
-    from knowloc.editing import EditTrial
-
+    """One update path: the kn editor with the query's activations and a kn_trial (activations filled in from
+    the baseline) apply the same NeuronEdit, so they score bit-for-bit the same, and their rows hold the same
+    columns."""
     lm = tiny_models("tiny-llama")
     base = compute_baseline(lm, PROMPTS, LOCALITY, TEXTS)
     neurons = ((1, 3), (1, 11), (2, 5))
     acts = base.activations[0]
     req = EditRequest(PROMPTS[0], "France", "Paris", "Rome", neurons=neurons,
                       activations={(l, i): float(acts[l, i]) for l, i in neurons})
-    by_editor, applied, _ = measure_edit(lm, base, KnUpdate(rule, 1.0, 3.0), 0, req)
-    by_trial = base.evaluate(EditTrial(PROMPTS, 0, "Paris", list(neurons), "update", "Rome", 1.0, 3.0, rule))
+    by_editor, applied, _ = measure_edit(base, KnUpdate(rule, 1.0, 3.0), 0, req)
+    trial = kn_trial(PROMPTS, 0, "Paris", list(neurons), "update", "Rome", 1.0, 3.0, rule)
+    assert trial[0] == KnUpdate(rule, 1.0, 3.0) and trial[2].activations is None
+    by_trial = measure_edit(base, *trial)[0]
     assert applied.start == 1
     assert by_editor.success == by_trial.success and by_editor.dprob == by_trial.dprob
     assert by_editor.dlogppl == by_trial.dlogppl and by_editor.n_neurons == by_trial.n_neurons
@@ -218,7 +222,7 @@ def test_a_zero_step_edit_changes_nothing(tiny_models, editor):
     with editor.apply(lm, request(lm)) as applied:
         assert applied.start is None and applied.n_weights == 0
         assert_unchanged(lm, saved)
-    result, _, _ = measure_edit(lm, base, editor, 0, request(lm))
+    result, _, _ = measure_edit(base, editor, 0, request(lm))
     assert result.dprob_self == 0.0 and result.loc == 1.0 and result.dlogppl == 0.0
 
 

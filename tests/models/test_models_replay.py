@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from knowloc.editing import EditTrial, compute_baseline
+from knowloc.editing import compute_baseline, kn_trial, measure_edit
 from knowloc.editing.operations import modified
 from knowloc.models.block_calls import capture_block_calls
 from knowloc.models.replay import RecordedBatch
@@ -46,9 +46,10 @@ def test_recorded_trials_equal_full_forward_trials(tiny_models, operation):
     baseline = compute_baseline(lm, PROMPTS, locality, texts)
     plain = dataclasses.replace(baseline, recorded=None)
     neurons = [(1, 3), (1, 7), (2, 5), (2, 11)]
-    trial = EditTrial(PROMPTS, 0, "Paris", neurons, operation, new_object="Rome", lambda2=50.0)
-    fast = baseline.evaluate(trial)
-    slow = plain.evaluate(trial)
+    trial = kn_trial(PROMPTS, 0, "Paris", neurons, operation, new_object="Rome", lambda2=50.0)
+    assert baseline.replayable() and not plain.replayable()
+    fast = measure_edit(baseline, *trial)[0]
+    slow = measure_edit(plain, *trial)[0]
     assert fast.success == slow.success and fast.loc == slow.loc
     assert fast.dprob == pytest.approx(slow.dprob, rel=1e-4, abs=1e-6)
     assert fast.ppl_after == pytest.approx(slow.ppl_after, rel=1e-5)

@@ -67,11 +67,11 @@ def test_every_old_edit_layer_value_keeps_its_meaning_and_spelling():
 def test_every_old_lve_layers_value_keeps_its_meaning():
     """--lve-layers took layer numbers and 'everyN', resolved ascending and each once."""
     config = StudyConfig(lve_layers="6,every3,1")
-    assert config.lve_layers == ["6", "every3", "1"]
+    assert config.lve.layers == ["6", "every3", "1"]
     from knowloc.study.experiments.lve import lve_layers
 
     assert lve_layers(config, 10) == [0, 1, 3, 6, 9]
-    assert StudyConfig().lve_layers == ["every3"] and lve_layers(StudyConfig(), 7) == [0, 3, 6]
+    assert StudyConfig().lve.layers == ["every3"] and lve_layers(StudyConfig(), 7) == [0, 3, 6]
 
 
 def test_every_old_attention_layers_value_keeps_its_meaning():
@@ -79,11 +79,11 @@ def test_every_old_attention_layers_value_keeps_its_meaning():
     from knowloc.study.experiments.attention import manipulated_layers
 
     config = StudyConfig(attention_layers="1-2")
-    assert config.attention_layers == "1-2" and manipulated_layers(config, 30) == {1, 2}
+    assert config.attention.layers == "1-2" and manipulated_layers(config, 30) == {1, 2}
     assert manipulated_layers(StudyConfig(attention_layers="10-20"), 12) == {10, 11}  # cut at the last layer
     assert manipulated_layers(StudyConfig(), 12) is None
-    assert StudyConfig(attention_layers="mid,every10").attention_layers == "mid,every10"  # the whole grammar
-    assert StudyConfig(attention_layers=["2", "4-5"]).attention_layers == "2,4-5"
+    assert StudyConfig(attention_layers="mid,every10").attention.layers == "mid,every10"  # the whole grammar
+    assert StudyConfig(attention_layers=["2", "4-5"]).attention.layers == "2,4-5"
 
 
 @pytest.mark.parametrize("field, flag", [("edit_layer", "--edit-layer"), ("lve_layers", "--lve-layers"),

@@ -87,7 +87,7 @@ def _toml(tmp_path, args: dict):
 def test_sweep_grid_validation():
     from knowloc.errors import KnowlocError
 
-    assert StudyConfig(cas_sweep_beta2="0, 0.5,2").cas_sweep_beta2 == [0.0, 0.5, 2.0]
+    assert StudyConfig(cas_sweep_beta2="0, 0.5,2").cas_sweep.beta2 == [0.0, 0.5, 2.0]
     for bad in ({"cas_sweep_beta2": "a,b"}, {"cas_sweep_beta1": [-1]}, {"cas_sweep_thresholds": [0.2, 1.5]},
                 {"cas_sweep_thresholds": []}, {"cas_sweep_beta2": [1, 1]}):
         with pytest.raises(KnowlocError):

@@ -48,14 +48,14 @@ def test_the_study_and_the_editors_share_their_defaults():
     from dataclasses import fields
 
     from knowloc.editing.editors import FineTune, Rome
-    from knowloc.study.experiments.common import make_editor
+    from knowloc.study.editor_registry import make_editor
 
     config = StudyConfig()
     study, default = make_editor("rome", config), Rome()
     assert [(f.name, getattr(study, f.name)) for f in fields(Rome) if f.name != "covariance"] == \
         [(f.name, getattr(default, f.name)) for f in fields(Rome) if f.name != "covariance"]
-    assert (config.rome_steps, config.rome_lr, config.rome_stop, config.rome_prefixes, config.rome_samples) == \
+    assert (config.rome.steps, config.rome.lr, config.rome.stop, config.rome.prefixes, config.rome.samples) == \
         (20, 0.5, 0.0, 4, 128) and (default.sample.n, default.sample.length, default.sample.seed) == (128, 64, 0)
     for name in ("ft", "kn-ft"):
         assert make_editor(name, config) == FineTune(neurons=name == "kn-ft")
-    assert (config.ft_steps, config.ft_lr, config.ft_bound) == (25, 1e-2, 1e-2)
+    assert (config.ft.steps, config.ft.lr, config.ft.bound) == (25, 1e-2, 1e-2)

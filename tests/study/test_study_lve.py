@@ -23,9 +23,9 @@ def edits(monkeypatch) -> list[tuple[str, str, int]]:
     made = []
     real = lve.measure_edit
 
-    def spy(lm, baseline, editor, q, request, *a, **k):
+    def spy(baseline, editor, q, request, *a, **k):
         made.append((request.prompt, type(editor).__name__, request.layer))
-        return real(lm, baseline, editor, q, request, *a, **k)
+        return real(baseline, editor, q, request, *a, **k)
     monkeypatch.setattr(lve, "measure_edit", spy)
     return made
 

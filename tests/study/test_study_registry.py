@@ -3,13 +3,12 @@ settings validation, summary.json (its rows, CSV, figures and finding), summary.
 touching any other file; every setting is a flag."""
 
 import json
-from dataclasses import fields
 
 import numpy as np
 import pytest
 
 from knowloc.cli import build_app, main
-from knowloc.study.config import IDENTITY_KEYS, RUNTIME_KEYS, StudyConfig
+from knowloc.study.config import IDENTITY_KEYS, RUNTIME_KEYS, SPECS, StudyConfig
 from knowloc.errors import KnowlocError
 from knowloc.analysis.fact_stats import fact_level_ci
 from knowloc.study.context import Section
@@ -125,19 +124,27 @@ def test_every_setting_is_a_study_flag_and_a_toml_key(tmp_path):
     command = typer.main.get_command(build_app()).commands["study"]
     flags = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
     names = {param.name for param in command.params}
-    for f in fields(StudyConfig):
-        assert "--" + f.name.replace("_", "-") in flags, f.name
-        assert f.name in names
+    for name, (_, _, f) in SPECS.items():  # every setting, a section's field too, by its flat name
+        assert "--" + name.replace("_", "-") in flags, name
+        assert name in names
         assert f.metadata["help"] and f.metadata["kind"] in ("identity", "view", "runtime")
-    assert names - {f.name for f in fields(StudyConfig)} == {"config", "dry_run", "gpu"}
+    assert names - set(SPECS) == {"config", "dry_run", "gpu"}
     # kinds drive the stored identity and what summary.json leaves out
-    assert set(IDENTITY_KEYS) == {f.name for f in fields(StudyConfig) if f.metadata["kind"] == "identity"}
+    assert set(IDENTITY_KEYS) == {name for name, (_, _, f) in SPECS.items() if f.metadata["kind"] == "identity"}
     assert RUNTIME_KEYS.isdisjoint(StudyConfig().summary_config())
     # a TOML file takes the same names
     toml = tmp_path / "s.toml"
-    toml.write_text("\n".join(f'{f.name} = {json.dumps(v)}' for f in fields(StudyConfig)
-                              if (v := getattr(StudyConfig(), f.name)) is not None) + "\n")
+    toml.write_text("\n".join(f'{name} = {json.dumps(v)}' for name, v in StudyConfig().flat().items()
+                              if v is not None) + "\n")
     assert StudyConfig.from_toml(toml, {}) == StudyConfig()
+    # ... and a section as a table, beside the flat names
+    toml.write_text('lambda1 = 2.0\n[rome]\nsteps = 3\n[update-sweep]\nrules = ["dai"]\n')
+    loaded = StudyConfig.from_toml(toml, {})
+    assert (loaded.rome.steps, loaded.update.lambda1, loaded.update_sweep.rules) == (3, 2.0, ["dai"])
+    assert loaded == StudyConfig(rome_steps=3, lambda1=2.0, update_sweep_rules=["dai"])
+    toml.write_text("[rome]\nsteeps = 3\n")
+    with pytest.raises(KnowlocError, match="unknown key 'steeps' in table \\[rome\\]"):
+        StudyConfig.from_toml(toml, {})
 
 
 def test_flags_reach_the_config(tmp_path, monkeypatch):
@@ -151,9 +158,9 @@ def test_flags_reach_the_config(tmp_path, monkeypatch):
                  "--sweep-lambda2", "1,2", "--no-candidates", "--attention-renormalize", "--out", str(tmp_path)])
     cfg = seen["cfg"]
     assert code == 0 and cfg.models == ["tiny-llama", "tiny-gpt2"] and cfg.methods == ["ig", "amig"]
-    assert (cfg.lambda2, cfg.update_rule, cfg.specificity, cfg.locality, cfg.ppl_texts) == (3.0, "signed", 1.0, 7, 2)
-    assert cfg.update_sweep_lambda2 == [1.0, 2.0] and cfg.candidates is False and cfg.attention_renormalize is True
-    assert np.isclose(cfg.lambda1, 1.0)
+    assert (cfg.update.lambda2, cfg.update.rule, cfg.specificity, cfg.locality, cfg.ppl_texts) == (3.0, "signed", 1.0, 7, 2)
+    assert cfg.update_sweep.lambda2 == [1.0, 2.0] and cfg.candidates is False and cfg.attention.renormalize is True
+    assert np.isclose(cfg.update.lambda1, 1.0)
 
 
 def test_a_name_given_twice_is_studied_once():

@@ -24,6 +24,7 @@ exactly. Nothing is kept when ``max CAS <= 0``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torch
 from knowloc.analysis._arrays import check_count, check_finite, check_unit_interval
 from knowloc.analysis.neurons import Neuron, relative_mask, sorted_neurons
 from knowloc.errors import KnowlocError
+from knowloc.settings import setting
 
 __all__ = ["cas_components", "cas_scores", "cas_select"]
 
@@ -97,6 +99,29 @@ def cas_scores(stack: Stack, beta1: float = 1.0, beta2: float = 1.0) -> torch.Te
     b1, b2 = _check_betas(beta1, beta2)
     mu, sigma = cas_components(stack)
     return b1 * mu - b2 * sigma
+
+
+@dataclass
+class CasSettings:
+    """CAS's selection as a study makes it (``--cas-*``): ``CAS = beta1 mean - beta2 std``, neurons with
+    ``CAS > threshold x max CAS``, at most ``top_k`` of them (:func:`cas_select`)."""
+
+    beta1: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
+    beta2: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
+    threshold: float = setting(0.2, help="CAS selection: CAS > t x max CAS")
+    top_k: int | None = setting(None, help="cap the CAS selection at k neurons")
+
+    def __post_init__(self) -> None:
+        if self.beta1 < 0 or self.beta2 < 0:
+            raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
+        if not 0 <= self.threshold <= 1:
+            raise KnowlocError(f"--cas-threshold must be in [0, 1], got {self.threshold}")
+
+    def select(self, stack: Stack, threshold: float | None = None, beta1: float | None = None,
+               beta2: float | None = None) -> list[Neuron]:
+        """:func:`cas_select` with these settings (a sweep's grid point may override the threshold and betas)."""
+        return cas_select(stack, self.threshold if threshold is None else threshold,
+                          self.beta1 if beta1 is None else beta1, self.beta2 if beta2 is None else beta2, self.top_k)
 
 
 def cas_select(

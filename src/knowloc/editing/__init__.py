@@ -4,9 +4,9 @@ Follows Dai et al. 2022 (Knowledge Neurons) for the edits and Chen et al. ICLR 2
 see ``docs/editing.md``.
 """
 
+from knowloc.editing.editors import AppliedEdit, Editor, EditRequest, KnErase, KnUpdate
 from knowloc.editing.evaluate import (
     Baseline,
-    EditTrial,
     TrialResult,
     compute_baseline,
     log_perplexity_of_texts,
@@ -14,6 +14,7 @@ from knowloc.editing.evaluate import (
     text_nll,
 )
 from knowloc.editing.session import EditSession, choose_new_object, locality_sample
+from knowloc.editing.trials import Trial, kn_trial, measure_edit, measure_edits, measure_sequence
 from knowloc.editing.operations import (
     OPERATIONS,
     UPDATE_RULES,
@@ -27,6 +28,16 @@ from knowloc.editing.operations import (
 )
 
 __all__ = [
+    "AppliedEdit",
+    "EditRequest",
+    "Editor",
+    "KnErase",
+    "KnUpdate",
+    "Trial",
+    "kn_trial",
+    "measure_edit",
+    "measure_edits",
+    "measure_sequence",
     "EditSession",
     "choose_new_object",
     "locality_sample",
@@ -35,7 +46,6 @@ __all__ = [
     "log_perplexity_of_texts",
     "rule_deltas",
     "Baseline",
-    "EditTrial",
     "TrialResult",
     "compute_baseline",
     "erase",

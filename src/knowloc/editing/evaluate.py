@@ -1,7 +1,8 @@
 """Measuring one editing trial: Rel / Gen / Loc / Avg, ΔPPL and gold-probability changes.
 
-A trial edits a neuron set (erase or update, see :mod:`knowloc.editing.operations`) located for query
-``q_i`` of a fact and measures, with the edit applied:
+A trial edits the model for query ``q_i`` of a fact (an editor of :mod:`knowloc.editing.editors`: a KN erasure or
+update, ROME, fine-tuning; applied and measured by :mod:`knowloc.editing.trials`) and measures, with the edit
+applied:
 
 * ``rel``  -- success on ``q_i`` itself (0 or 1);
 * ``gen``  -- mean success over the fact's other neighbor queries ``q_j, j != i`` (nan if none);
@@ -19,11 +20,11 @@ token is no longer the argmax AND its probability fell by at least 50% relative;
 new object's first token ``o'`` is strictly more probable than the gold one ``o``.
 
 Everything that does not depend on the edit is computed once per fact in a :class:`Baseline`, which also
-records the fact's batches block by block and measures each trial (:meth:`Baseline.evaluate`): a trial re-runs
-only the blocks from its lowest edited layer up (:mod:`knowloc.models.replay`), for the fact and locality prompts
-in one batch and the neutral texts in another. :meth:`Baseline.evaluate_many` measures several trials of the fact
-in one replay, each trial's edit applied to its own copy of the batches in activation space (equal up to float
-rounding).
+records the fact's batches block by block and measures the edited model (:meth:`Baseline.measure`): a trial
+re-runs only the blocks from its lowest edited layer up (:mod:`knowloc.models.replay`), for the fact and locality
+prompts in one batch and the neutral texts in another. :meth:`Baseline.measure_rows` measures several edits of the
+fact in one replay, each edit applied to its own copy of the batches in activation space (equal up to float
+rounding); :meth:`Baseline.score` turns a measurement into a :class:`TrialResult`.
 """
 
 from __future__ import annotations
@@ -46,16 +47,7 @@ from knowloc.analysis.editing_metrics import (
     relative_change,
     update_success,
 )
-from knowloc.editing.operations import (
-    OPERATIONS,
-    NeuronEdit,
-    Neurons,
-    RowEdit,
-    check_rule,
-    neuron_edit,
-    rows_edited,
-    target_tokens,
-)
+from knowloc.editing.operations import OPERATIONS, RowEdit, rows_edited
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import trace_activations
 from knowloc.models.lm import LanguageModel
@@ -63,7 +55,6 @@ from knowloc.models.replay import RecordedBatch
 from knowloc.models.scoring import next_token_distributions, pad_right
 
 __all__ = [
-    "EditTrial",
     "Baseline",
     "TrialResult",
     "compute_baseline",
@@ -142,52 +133,9 @@ def perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size: int
 # trials
 
 
-@dataclass(frozen=True)
-class EditTrial:
-    """One edit of one fact.
-
-    prompts: the fact's neighbor query prompts; ``index``: the edited query ``q_i`` (whose neurons these are);
-    gold: the fact's object string ``o`` (its first token, of ``" " + gold``, is scored);
-    neurons: ``[(layer, index), ...]`` or ``{layer: [index, ...]}``; operation: ``"erase"`` | ``"update"``;
-    new_object: for update, the new object ``o'`` (first token of ``" " + new_object``);
-    lambda1 / lambda2: the update coefficients (Dai et al. 2022: 1 and 8);
-    update_rule: ``dai`` | ``signed`` | ``calibrated`` (:mod:`knowloc.editing.operations`); the sign-aware rules
-    read each neuron's activation at the last position of ``prompts[index]`` from the baseline.
-    """
-
-    prompts: Sequence[str]
-    index: int
-    gold: str
-    neurons: Neurons
-    operation: str = "erase"
-    new_object: str | None = None
-    lambda1: float = 1.0
-    lambda2: float = 8.0
-    update_rule: str = "dai"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, str) or not self.prompts:
-            raise KnowlocError("a trial needs a non-empty list of prompts")
-        object.__setattr__(self, "prompts", tuple(self.prompts))
-        _check_index(self.index, len(self.prompts))
-        if self.operation not in OPERATIONS:
-            raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {self.operation!r}")
-        _check_objects(self.operation, self.gold, self.new_object)
-        if self.operation == "update":
-            check_rule(self.update_rule)
-
-
 def _check_index(index: object, n_prompts: int) -> None:
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_prompts:
         raise KnowlocError(f"index {index!r} out of range for {n_prompts} prompts")
-
-
-def _check_objects(operation: str, gold: object, new_object: object) -> None:
-    """A non-empty gold object, and for an update a non-empty new object (one line otherwise)."""
-    if not isinstance(gold, str) or not gold.strip():
-        raise KnowlocError("empty gold object")
-    if operation == "update" and (not isinstance(new_object, str) or not new_object.strip()):
-        raise KnowlocError("an update trial needs a non-empty new_object")
 
 
 @dataclass(frozen=True)
@@ -199,7 +147,9 @@ class Baseline:
     prompts; ppl / logppl: perplexity of the neutral texts and its log (nan when there are none);
     activations: neuron activations ``[n_prompts, n_layers, n_neurons]`` at each fact prompt's last position
     (what the sign-aware update rules read); recorded: the fact's batches block by block; lm: the model, which
-    :meth:`evaluate` edits and measures.
+    the edits measured with it edit (:mod:`knowloc.editing.trials`). A baseline only measures: the model as it
+    is now (:meth:`measure`), under activation-space edits (:meth:`measure_rows`), and the scores of a
+    measurement (:meth:`score`).
     """
 
     model_name: str
@@ -216,128 +166,66 @@ class Baseline:
     recorded: FactBatches | None = field(default=None, repr=False, compare=False)
     lm: LanguageModel | None = field(default=None, repr=False, compare=False)
 
-    def evaluate(self, trial: EditTrial, locality_gold_tokens: Sequence[int] | None = None) -> TrialResult:
-        """Apply the trial's edit to the baseline's model, measure, restore the model (bit-exactly, also on an
-        exception).
+    def model(self) -> LanguageModel:
+        """The baseline's model (one line when it holds none: a baseline not from :func:`compute_baseline`)."""
+        if self.lm is None:
+            raise KnowlocError("this baseline holds no model to edit: compute it with compute_baseline")
+        return self.lm
 
-        The edited model is measured on the baseline's own prompts, locality prompts and neutral texts; a trial
-        re-runs only the blocks from its lowest edited layer up (:class:`FactBatches`).
-
-        Args:
-            trial: prompts (the baseline's), the edited query's index, gold object, neurons, operation and, for
-                an update, the new object, lambdas and update rule (:class:`EditTrial`).
-            locality_gold_tokens: optional, one token id per locality prompt of the baseline; only feeds
-                ``dprob_locality``.
-
-        Returns:
-            :class:`TrialResult`: rel, gen, loc, avg, dlogppl, dppl, dprob_self, dprob_neighbors, and per prompt
-            ``success`` and ``dprob`` (the module docstring defines each).
-
-        Raises:
-            KnowlocError: a baseline without its model (not from :func:`compute_baseline`) or of other prompts
-                than the trial's, bad neurons or tokens.
-
-        Example:
-            >>> base = compute_baseline(lm, prompts, loc_prompts, texts)
-            >>> trial = EditTrial(prompts, 0, "Paris", [(12, 345)], "update", "Rome", lambda2=2.0,
-            ...                   update_rule="calibrated")
-            >>> base.evaluate(trial).rel
-        """
-        locality_gold_tokens = self._locality_tokens(locality_gold_tokens)
-        edit = self._prepare(trial)
-        with edit.applied(self._model()):
-            # blocks below the lowest edited layer are untouched: restart there (exact, see models.replay)
-            measured = self._measure(edit.start)
-        return self._score(edit, trial.index, measured, locality_gold_tokens)
-
-    def evaluate_current(self, index: int, gold: str, new_object: str, start: int | None, *, n_neurons: int = 0,
-                         locality_gold_tokens: Sequence[int] | None = None) -> TrialResult:
-        """Measure the model as it is now, with an edit the caller applied to blocks >= ``start`` (None: nothing
-        changed), as an update of query ``index`` from ``gold`` to ``new_object`` (what the editors of
-        :mod:`knowloc.editing.editors` measure): the same measurements and scores as :meth:`evaluate` of an
-        update trial, re-running only the blocks from ``start`` up.
-
-        Args:
-            index: the edited query; gold / new_object: its old and new object; start: the lowest changed layer;
-            n_neurons: reported as the result's ``n_neurons``; locality_gold_tokens: as in :meth:`evaluate`.
-
-        Example:
-            >>> with Rome().apply(lm, request) as applied:
-            ...     base.evaluate_current(0, "Paris", "Rome", applied.start).rel
-        """
-        lm = self._model()
-        locality_gold_tokens = self._locality_tokens(locality_gold_tokens)
+    def check_query(self, index: int, prompt: str) -> None:
+        """``index`` is one of the baseline's queries and ``prompt`` is it (one line otherwise)."""
         _check_index(index, len(self.prompts))
-        _check_objects("update", gold, new_object)
-        old, new = target_tokens(lm, "update", gold, new_object)
-        if start is not None and not (isinstance(start, int) and 0 <= start < lm.n_layers):
-            raise KnowlocError(f"start layer {start!r} out of range for {lm.n_layers} layers")
-        return self._score(NeuronEdit("update", [], old, new), index, self._measure(start), locality_gold_tokens,
-                           n_neurons=n_neurons)
+        if self.prompts[index].rstrip() != str(prompt).rstrip():
+            raise KnowlocError("the request's prompt is not the baseline's query at that index")
 
-    def evaluate_many(self, trials: Sequence[EditTrial], locality_gold_tokens: Sequence[int] | None = None, *,
-                      max_rows: int = 256, schedule: str = "join") -> list[TrialResult]:
-        """``[self.evaluate(t, locality_gold_tokens) for t in trials]``, measured in batched replays: the
-        fact's recorded batches are stacked once per trial and each trial's edit is applied to its own rows in
-        activation space, the weights never change (:func:`knowloc.editing.operations.rows_edited`).
+    def replayable(self) -> bool:
+        """Whether the baseline holds its model's recorded batches (what :meth:`measure_rows` replays)."""
+        return self.recorded is not None and self.recorded.lm is self.lm
 
-        Equivalence: the MLP output at a position is ``sum_n a_n v_n (+ bias)``. Erasing neuron n
-        (``v_n <- 0``) is the same as ``a_n <- 0`` in the down-projection's input of the trial's rows; an update
-        ``v_n <- v_n + dv_n`` is the same as adding ``a_n * dv_n`` to the down-projection's output of those rows,
-        ``a_n`` the row's own activation at each position (the deltas ``dv_n`` are computed by the same code as
-        the weight edit's). Only the order of float sums differs, and the batch is larger, so the results agree
-        with :meth:`evaluate` up to float rounding. Tolerance in float32: ``dprob*`` and ``dlogppl`` within
-        ``atol=1e-6, rtol=1e-5``, ``ppl_after`` and ``dppl`` within ``1e-6 x ppl_before`` (tested on tiny GPT-2,
-        LLaMA and Gemma-2; measured on SmolLM2: at most 4e-6 on dprob, 1e-6 on dlogppl; erasures came out
-        bit-identical); the thresholded metrics (``success``, rel, gen, loc, avg) are identical unless a
-        probability lies within that rounding of a threshold (identical in the tests and the benchmark). In
-        bf16 / fp16 an update agrees only up to that dtype's rounding (the weight path rounds ``v_n + dv_n`` to
-        it): about 1e-3 absolute on dprob on the tiny models.
+    def measure(self, start: int | None) -> tuple:
+        """(probs, top1, locality probs, locality top1, log PPL of the texts) of the model as it is now, whose
+        blocks below ``start`` are unchanged: the recorded batches re-run from ``start`` (None: the recorded
+        outputs; exact, see :mod:`knowloc.models.replay`), or full forward passes for a baseline without recorded
+        batches."""
+        if start is not None and not (isinstance(start, int) and 0 <= start < self.model().n_layers):
+            raise KnowlocError(f"start layer {start!r} out of range for {self.model().n_layers} layers")
+        if self.replayable():
+            return self.recorded.measure(start)  # type: ignore[union-attr]
+        lm = self.model()
+        probs, top1 = _distributions(lm, self.prompts)
+        loc_probs, loc_top1 = _distributions(lm, self.locality_prompts)
+        logppl_after = log_perplexity_of_texts(lm, self.neutral_texts) if self.neutral_texts else math.nan
+        return probs, top1, loc_probs, loc_top1, logppl_after
 
-        Trials are sorted by their lowest edited layer and cut into chunks of at most ``max_rows`` rows per
-        stacked batch (``max_rows // rows of the larger recorded batch`` trials, at least 1); ``schedule``:
+    def measure_rows(self, edits: Sequence[RowEdit], *, max_rows: int = 256, schedule: str = "join") -> list[tuple]:
+        """:meth:`measure` of the model under each of ``edits`` (activation-space edits), in batched replays:
+        the fact's recorded batches are stacked once per edit and each edit is applied to its own rows, the
+        weights never change (:func:`knowloc.editing.operations.rows_edited`); a baseline without recorded
+        batches raises (use the weights: :func:`knowloc.editing.trials.measure_edit`).
 
-        * ``join`` (default): one replay per chunk; a trial's rows join it at the trial's own lowest layer, so
+        Edits are sorted by their lowest edited layer and cut into chunks of at most ``max_rows`` rows per
+        stacked batch (``max_rows // rows of the larger recorded batch`` edits, at least 1); ``schedule``:
+
+        * ``join`` (default): one replay per chunk; an edit's rows join it at the edit's own lowest layer, so
           each row runs exactly the blocks its single replay runs (:meth:`RecordedBatch.run_copies`);
         * ``lowest``: every row of a chunk re-runs from the chunk's lowest layer;
-        * ``grouped``: chunks hold trials of one lowest layer only.
+        * ``grouped``: chunks hold edits of one lowest layer only.
 
         All give the same results; ``lowest`` and ``grouped`` are there to compare speed
-        (``benchmarks/batched_trials.py``). Every trial is validated before anything runs; a baseline without
-        recorded batches falls back to :meth:`evaluate` per trial. The model is unchanged afterwards, also
-        when an exception is raised (the row edits are hooks removed on exit).
-
-        Args:
-            trials: trials of this baseline's fact (any mix of erase and update, rules and lambdas).
-            locality_gold_tokens: as in :meth:`evaluate`.
-            max_rows: the most sequence rows of one stacked batch (bounds memory: about ``max_rows x width x
-                n_neurons`` activations per block).
-            schedule: ``join``, ``lowest`` or ``grouped``.
-
-        Returns:
-            one :class:`TrialResult` per trial, in the order of ``trials``.
-
-        Example:
-            >>> results = base.evaluate_many([EditTrial(prompts, 0, "Paris", [(12, 345)]),
-            ...                               EditTrial(prompts, 1, "Paris", [(20, 7)], "update", "Rome")])
+        (``benchmarks/batched_trials.py``).
         """
-        lm = self._model()
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise KnowlocError(f"max_rows must be an integer >= 1, got {max_rows!r}")
         if schedule not in SCHEDULES:
             raise KnowlocError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-        locality_gold_tokens = self._locality_tokens(locality_gold_tokens)
-        trials = list(trials)
-        edits = [self._prepare(trial) for trial in trials]  # validates every trial before anything runs
-        if not self._replayable():
-            return [self.evaluate(trial, locality_gold_tokens) for trial in trials]
+        if not self.replayable():
+            raise KnowlocError("this baseline holds no recorded batches to replay")
         recorded: FactBatches = self.recorded  # type: ignore[assignment]
-        measured: list = [None] * len(trials)
+        measured: list = [None] * len(edits)
         rows: list[tuple[int, RowEdit]] = []
-        for k, edit in enumerate(edits):
-            row = edit.rows(lm)
+        for k, row in enumerate(edits):
             if row.start is None:
-                measured[k] = recorded.measure(None)  # no neuron: the unedited model, as evaluate measures it
+                measured[k] = recorded.measure(None)  # no neuron: the unedited model
             else:
                 rows.append((k, row))
         rows.sort(key=lambda item: item[1].start)  # type: ignore[arg-type, return-value]
@@ -347,32 +235,9 @@ class Baseline:
                 starts = [starts[0]] * len(chunk)
             for (k, _), result in zip(chunk, recorded.measure_copies([row for _, row in chunk], starts)):
                 measured[k] = result
-        return [self._score(edit, trial.index, m, locality_gold_tokens)
-                for trial, edit, m in zip(trials, edits, measured)]
+        return measured
 
-    # --- the parts of a trial's measurement ---------------------------------------------------------------
-
-    def _model(self) -> LanguageModel:
-        if self.lm is None:
-            raise KnowlocError("this baseline holds no model to edit: compute it with compute_baseline")
-        return self.lm
-
-    def _replayable(self) -> bool:
-        return self.recorded is not None and self.recorded.lm is self.lm
-
-    def _measure(self, start: int | None) -> tuple:
-        """(probs, top1, locality probs, locality top1, log PPL of the texts) of the model as it is now, whose
-        blocks below ``start`` are unchanged: the recorded batches re-run from ``start`` (None: the recorded
-        outputs), or full forward passes for a baseline without recorded batches."""
-        if self._replayable():
-            return self.recorded.measure(start)  # type: ignore[union-attr]
-        lm = self._model()
-        probs, top1 = _distributions(lm, self.prompts)
-        loc_probs, loc_top1 = _distributions(lm, self.locality_prompts)
-        logppl_after = log_perplexity_of_texts(lm, self.neutral_texts) if self.neutral_texts else math.nan
-        return probs, top1, loc_probs, loc_top1, logppl_after
-
-    def _locality_tokens(self, locality_gold_tokens: Sequence[int] | None) -> tuple[int, ...] | None:
+    def locality_tokens(self, locality_gold_tokens: Sequence[int] | None) -> tuple[int, ...] | None:
         """The locality gold tokens as a tuple, checked against the locality prompts and the vocabulary."""
         if locality_gold_tokens is None:
             return None
@@ -386,27 +251,21 @@ class Baseline:
                 raise KnowlocError(f"locality gold token {t!r} is not a token id of the vocabulary")
         return locality_gold_tokens
 
-    def _prepare(self, trial: EditTrial) -> NeuronEdit:
-        """The trial's edit, checked (:func:`knowloc.editing.operations.neuron_edit`, the edit the ``kn`` editor
-        makes too): gold and new first tokens, normalized neurons, their activations on the edited query
-        (sign-aware rules, read from the baseline)."""
-        lm = self._model()
-        if self.prompts != trial.prompts:
-            raise KnowlocError("the baseline was computed on other prompts than the trial's")
-        sign_aware = trial.operation == "update" and trial.update_rule != "dai"
-        if sign_aware and self.activations is None:
-            raise KnowlocError(f"the {trial.update_rule!r} rule needs a baseline from compute_baseline")
-        return neuron_edit(lm, trial.operation, trial.neurons, trial.gold, trial.new_object, trial.update_rule,
-                           trial.lambda1, trial.lambda2,
-                           self.activations[trial.index] if sign_aware else None)  # type: ignore[index]
+    def score(self, measured: tuple, i: int, operation: str, gold: int, new: int | None, n_neurons: int = 0,
+              locality_gold_tokens: Sequence[int] | None = None) -> TrialResult:
+        """The scores of an edit of query ``i`` (module docstring) from the edited model's measurements
+        (:meth:`measure`, :meth:`measure_rows`): ``operation`` ``erase`` (gold token ``gold`` should be gone) or
+        ``update`` (token ``new`` should beat ``gold``); ``n_neurons`` is reported as the result's.
 
-    def _score(self, edit: NeuronEdit, i: int, measured: tuple, locality_gold_tokens: tuple[int, ...] | None,
-               n_neurons: int | None = None) -> TrialResult:
-        """The scores of an edit of query ``i`` from the edited model's measurements (probs, top1, locality probs,
-        locality top1, log PPL of the texts): the core :meth:`evaluate`, :meth:`evaluate_many` and
-        :meth:`evaluate_current` share."""
+        Example:
+            >>> with Rome().apply(lm, request) as applied:
+            ...     result = base.score(base.measure(applied.start), 0, "update", gold_token, new_token)
+        """
+        _check_index(i, len(self.prompts))
+        if operation not in OPERATIONS:
+            raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {operation!r}")
+        locality_gold_tokens = self.locality_tokens(locality_gold_tokens)
         probs, top1, loc_probs, loc_top1, logppl_after = measured
-        gold, new, neurons = edit.old_token, edit.new_token, edit.neurons
         locality_prompts, neutral_texts = self.locality_prompts, self.neutral_texts
         ppl_after = _exp(logppl_after)
 
@@ -415,7 +274,7 @@ class Baseline:
         for j in range(len(self.prompts)):
             p_before = _prob(self.probs[j, gold])
             p_after = _prob(probs[j, gold])
-            if edit.operation == "erase":
+            if operation == "erase":
                 ok = erase_success(p_before, p_after, top1[j] == gold)
             else:
                 ok = update_success(_prob(probs[j, new]), p_after)
@@ -438,8 +297,7 @@ class Baseline:
         return TrialResult(
             rel=rel, gen=gen, loc=loc, avg=avg, dppl=dppl, dlogppl=dlogppl,
             dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
-            operation=edit.operation,
-            n_neurons=len(neurons) if n_neurons is None else n_neurons, success=tuple(success), dprob=tuple(dprob),
+            operation=operation, n_neurons=n_neurons, success=tuple(success), dprob=tuple(dprob),
             dprob_locality=dprob_locality, ppl_before=self.ppl, ppl_after=ppl_after,
         )
 

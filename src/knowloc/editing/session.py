@@ -1,16 +1,20 @@
-"""One fact's editing trials, each distinct edit applied and measured once (docs/editing.md).
+"""One fact's editing trials, each distinct edited model measured once (docs/editing.md).
 
 :class:`EditSession` holds what every trial of a fact shares (the fact's prompts, its locality prompts and
-neutral texts, the new object of an update and the unedited baseline) and caches each distinct edit's result.
+neutral texts, the new object of an update and the unedited baseline) and memoizes each distinct edit's result
+by (editor settings, request).
 :func:`locality_sample` and :func:`choose_new_object` are the seeded choices a study makes for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
-from knowloc.editing.evaluate import EditTrial, compute_baseline
+from knowloc.editing.editors.base import EditRequest, Editor
+from knowloc.editing.evaluate import compute_baseline
+from knowloc.editing.trials import Trial, measure_edit, measure_edits
 from knowloc.models.lm import LanguageModel
 
 __all__ = ["EditSession", "choose_new_object", "locality_sample"]
@@ -31,98 +35,87 @@ def choose_new_object(lm: LanguageModel, gold: str, objects: Sequence[str], seed
 
 
 class EditSession:
-    """One fact's editing trials.
+    """One fact's editing trials, each distinct edited model measured once.
 
-    An edit gives the same model whichever query it was chosen for (an erase or a ``dai`` update: the same
-    neurons; a sign-aware update: the same neurons and the same activation signs on the edited query), so each
-    distinct edit is applied and measured once and the per-query scores are read off it: Rel = success on q_i,
-    Gen = mean success on the other queries (or on held-out ones).
+    Each trial is an editor and a request for one of the fact's queries (:meth:`request`); a session memoizes
+    the measured result by :meth:`Editor.model_key <knowloc.editing.editors.base.Editor.model_key>`: a KN edit
+    gives the same model whichever query chose it (an erasure or a ``dai`` update: the same neurons; a sign-aware
+    update: the same neurons and the same activation signs on the edited query), so it is applied and measured
+    once and the per-query scores are read off it: Rel = success on q_i, Gen = mean success on the other queries
+    (or on held-out ones).
 
     Args:
         lm: the model; prompts: the fact's neighbor queries; gold: its object; new_object: the update target
             (None: updates are skipped); locality_prompts / locality_objects: unrelated answered queries;
-        texts: neutral sentences for dlogPPL; lambda1, lambda2, rule: the default update.
+        texts: neutral sentences for dlogPPL; subject: the fact's subject (what ``rome`` locates).
 
     Example:
         >>> session = EditSession(lm, prompts, "Paris", "Rome", loc_prompts, loc_objects, texts)
-        >>> session.measure("erase", [(12, 345), (20, 7)], index=0)["rel"]
+        >>> session.measure(KnErase(), 0, [(12, 345), (20, 7)])["rel"]
     """
 
     def __init__(self, lm: LanguageModel, prompts: Sequence[str], gold: str, new_object: str | None,
                  locality_prompts: Sequence[str], locality_objects: Sequence[str], texts: Sequence[str],
-                 lambda1: float = 1.0, lambda2: float = 8.0, rule: str = "dai"):
-        self.lm, self.gold, self.target = lm, gold, new_object
+                 subject: str = ""):
+        self.lm, self.gold, self.target, self.subject = lm, gold, new_object, subject
         self.prompts = list(prompts)
         self.texts = list(texts)
         self.loc_prompts = list(locality_prompts)
         self.loc_gold = [lm.first_target_token(o) for o in locality_objects]
-        self.lambda1, self.lambda2, self.rule = lambda1, lambda2, rule
         self.baseline = compute_baseline(lm, self.prompts, self.loc_prompts, self.texts)
         self._results: dict = {}
 
-    def measure(self, operation: str, neurons: list, index: int, generalize_on: list[int] | None = None,
-                rule: str | None = None, lambda2: float | None = None, lambda1: float | None = None) -> dict | None:
-        """Scores of editing ``neurons`` for query ``index``; None when the edit cannot be made (empty set, or no
-        new object to update to). Gen is measured on ``generalize_on`` (default: every other query). Updates use
-        ``rule``, ``lambda1`` and ``lambda2`` (default: the session's).
+    def request(self, index: int, neurons=(), layers=()) -> EditRequest:
+        """The request that query ``index`` answer the session's new object (``neurons``: its KN set, with their
+        activations on the query; ``layers``: an editor's chosen layers)."""
+        return EditRequest(self.prompts[index], self.subject, self.gold, self.target, layers=layers,
+                           neurons=tuple(map(tuple, neurons)))
+
+    def measure(self, editor: Editor, index: int, neurons=(), layers=(),
+                generalize_on: list[int] | None = None) -> dict | None:
+        """Scores of ``editor``'s edit of query ``index`` (:meth:`request` with ``neurons`` / ``layers``); None
+        when the edit cannot be made (an editor of neurons and an empty set, or an update without a new object).
+        Gen is measured on ``generalize_on`` (default: every other query).
 
         Returns:
-            ``{rel, gen, loc, avg, dppl, dlogppl, dprob_self, dprob_neighbors}``.
+            ``{rel, gen, loc, avg, dppl, dlogppl, dprob_self, dprob_neighbors}``
+            (:meth:`~knowloc.editing.evaluate.TrialResult.as_row`).
         """
-        edit = self._edit(operation, neurons, index, rule, lambda2, lambda1)
+        edit = self._edit(editor, index, neurons, layers)
         if edit is None:
             return None
         key, trial = edit
         if key not in self._results:
-            self._results[key] = self.baseline.evaluate(trial(), self.loc_gold)
+            self._results[key] = measure_edit(self.baseline, *trial, self.loc_gold)[0]
         return self._results[key].as_row(index, generalize_on)
 
-    def prefetch(self, requests: Iterable[Mapping]) -> int:
-        """Measure the distinct edits of ``requests`` that are not cached yet in batched replays
-        (:meth:`Baseline.evaluate_many`), so that ``measure(**request)`` for each of them is a cache hit.
-
-        Each request holds :meth:`measure`'s keyword arguments (``operation``, ``neurons``, ``index`` and
-        optionally ``rule``, ``lambda2``, ``lambda1``; ``generalize_on`` is accepted and does not matter here).
-        Requests :meth:`measure` would answer with None are skipped. ``measure`` is unchanged: it reads the
-        cached result, which equals the one-trial measurement up to float rounding (see ``evaluate_many``).
-        Returns the number of edits measured.
+    def prefetch(self, trials: Iterable[tuple[Editor, int, Sequence]]) -> int:
+        """Measure the distinct edits of ``trials`` (``(editor, index, neurons)``) that are not cached yet, in
+        batched replays where the editor offers them (:func:`~knowloc.editing.trials.measure_edits`), so that
+        :meth:`measure` of each of them is a cache hit (equal to the one-trial measurement up to float rounding).
+        Trials :meth:`measure` would answer with None are skipped. Returns the number of edits measured.
 
         Example:
-            >>> requests = [{"operation": op, "neurons": kn[i], "index": i} for i in kn for op in OPERATIONS]
-            >>> session.prefetch(requests)
-            >>> rows = [session.measure(**r) for r in requests]  # cache hits
+            >>> trials = [(editor, i, kn[i]) for i in kn for editor in (KnErase(), KnUpdate())]
+            >>> session.prefetch(trials)
+            >>> rows = [session.measure(*t) for t in trials]  # cache hits
         """
         missing: dict = {}
-        for request in requests:
-            args = {k: v for k, v in request.items() if k != "generalize_on"}
-            edit = self._edit(**args)
+        for editor, index, neurons in trials:
+            edit = self._edit(editor, index, neurons, ())
             if edit is not None and edit[0] not in self._results and edit[0] not in missing:
-                missing[edit[0]] = edit[1]()
+                missing[edit[0]] = edit[1]
         if missing:
-            results = self.baseline.evaluate_many(list(missing.values()), self.loc_gold)
+            results = measure_edits(self.baseline, list(missing.values()), self.loc_gold)
             self._results.update(zip(missing, results))
         return len(missing)
 
-    def _edit(self, operation: str, neurons: list, index: int, rule: str | None = None,
-              lambda2: float | None = None, lambda1: float | None = None
-              ) -> tuple[tuple, Callable[[], EditTrial]] | None:
-        """(cache key, the trial's constructor) of a measure request; None when the edit cannot be made. The key
-        identifies the edited model: the operation and neurons, and for an update the rule, lambdas and (for the
-        sign-aware rules) the activation signs on the edited query."""
-        if not neurons or (operation == "update" and self.target is None):
+    def _edit(self, editor: Editor, index: int, neurons, layers) -> tuple[Hashable, Trial] | None:
+        """(the edited model's key, the trial) of a request; None when the edit cannot be made."""
+        if (editor.uses_neurons and not neurons) or (editor.operation == "update" and self.target is None):
             return None
-        rule = rule or self.rule
-        lambda2 = self.lambda2 if lambda2 is None else lambda2
-        lambda1 = self.lambda1 if lambda1 is None else lambda1
-        pairs = tuple(sorted(map(tuple, neurons)))
-        key: tuple = (operation, pairs)
-        if operation == "update":
-            acts = self.baseline.activations[index]
-            signs = tuple(bool(acts[l, i] >= 0) for l, i in pairs) if rule != "dai" else None
-            key += (rule, lambda1, lambda2, signs)
-
-        def trial() -> EditTrial:
-            return EditTrial(prompts=self.prompts, index=index, gold=self.gold, neurons=neurons,
-                             operation=operation, new_object=self.target, lambda1=lambda1, lambda2=lambda2,
-                             update_rule=rule)
-        return key, trial
+        request = self.request(index, neurons, layers)
+        acts = self.baseline.activations
+        if editor.uses_neurons and acts is not None:  # the sign-aware rules read them (and the key their signs)
+            request = dataclasses.replace(request, activations={n: float(acts[index][n]) for n in request.neurons})
+        return editor.model_key(self.lm, request), (editor, index, request)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
-from dataclasses import fields
 from typing import Any
 
 from knowloc.errors import KnowlocError
 from knowloc.report.tables import esc, kv_table, render_table
-from knowloc.study.config import RUNTIME_KEYS, StudyConfig
+from knowloc.study.config import FLAT, RUNTIME_KEYS, StudyConfig
 from knowloc.study.tables import DASH, Column, missing
 
 PACKAGES = ("knowloc", "torch", "transformers", "numpy")
@@ -36,7 +35,7 @@ def stored_config(summary: dict) -> StudyConfig:
     stored = summary.get("config")
     if not isinstance(stored, dict):
         raise KnowlocError("summary.json holds no study configuration (`config`)")
-    settings = {f.name for f in fields(StudyConfig)} - RUNTIME_KEYS
+    settings = set(FLAT) - RUNTIME_KEYS  # flat names, as summary.json stores them
     values = {**StudyConfig.defaults(), **{k: v for k, v in stored.items() if k in settings}}
     try:
         return StudyConfig(**values)

@@ -1,6 +1,8 @@
 """Study configuration: one source for every setting, as a flag of `knowloc study` and a TOML key alike.
 
-Each :class:`StudyConfig` field carries its help text and its kind (:func:`setting`):
+Each :class:`StudyConfig` field carries its help text and its kind (:func:`knowloc.settings.setting`); the settings
+a component owns are one section each, its own typed dataclass that validates itself and carries its defaults
+(``cfg.rome``: :class:`~knowloc.editing.editors.rome.RomeSettings`; :data:`SECTIONS`):
 
 - ``identity``: determines stored values (probes, attributions, trials). A study directory keeps one set of
   them and refuses another (:data:`IDENTITY_KEYS`).
@@ -9,74 +11,58 @@ Each :class:`StudyConfig` field carries its help text and its kind (:func:`setti
   without recomputing anything).
 - ``runtime``: where and how the study runs; changes neither stored values nor the summary.
 
-`knowloc study` has one flag per field, ``--`` + the field name with dashes (plus a few short aliases), and a
-TOML file takes the same names (dashes or underscores); a test checks that they agree.
+`knowloc study` has one flag per setting, ``--`` + its flat name with dashes (a section's field: the section and
+field names, ``--rome-steps``; plus a few short aliases and older names such as ``--lambda1``), and a TOML file
+takes the same flat names (dashes or underscores) or the sections as tables (``[rome] steps = 10``); a test checks
+that they agree. ``StudyConfig(rome_steps=10)`` is ``StudyConfig(rome=RomeSettings(steps=10))``; stores and
+summaries keep the flat names (:meth:`StudyConfig.flat`), so a study stored before the sections reads the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from knowloc.attribution.disk_cache import default_cache_dir
 from knowloc.attribution.methods import METHODS
 from knowloc.data import Dataset, load_facts
-from knowloc.editing.editors import FineTune, Rome, check_editors
-from knowloc.editing.operations import UPDATE_RULES
+from knowloc.analysis.cas import CasSettings
+from knowloc.editing.editors.finetune import FtSettings
+from knowloc.editing.editors.kn import UpdateSettings
+from knowloc.editing.editors.rome import RomeSettings
 from knowloc.errors import KnowlocError
 from knowloc.models import require_installed
+from knowloc.settings import default_of, setting, settings_fields
 from knowloc.study import registry
-from knowloc.study.layers import GRAMMAR, LayerSpec
+from knowloc.study.editor_registry import check_editors
+from knowloc.study.layers import LayerSpec
+from knowloc.study.settings import (LAYER_LIST, AttentionSettings, CasSweepSettings, LveSettings, UpdateSweepSettings,
+                                    str_list)
 from knowloc.tracing import TraceSettings
 
 CS_SCORES = ("cs1", "cs2", "csp")
 DTYPES = ("fp32", "bf16", "fp16")
-KINDS = ("identity", "view", "runtime")
-LIST_FIELDS = ("models", "methods", "experiments", "relations", "editors", "edit_layer",
-               "lve_layers")  # comma-separated or repeated on the command line
-# The settings that name layers, one grammar (knowloc.study.layers), and their flags
-LAYER_FIELDS = {"edit_layer": "--edit-layer", "lve_layers": "--lve-layers", "attention_layers": "--attention-layers"}
-LAYER_LIST = f"a layer list: {GRAMMAR}"
-# The settings that are lists of numbers (a list or a comma-separated string, "0,0.5,1"), each with the name its
-# flag is spelled from (float_list)
-FLOAT_LIST_FIELDS = {"cas_sweep_beta1": "cas_sweep_beta1", "cas_sweep_beta2": "cas_sweep_beta2",
-                     "cas_sweep_thresholds": "cas_sweep_thresholds", "update_sweep_lambda2": "sweep_lambda2"}
+# Flat names whose values are lists on the command line (comma-separated or repeated)
+LIST_FIELDS = ("models", "methods", "experiments", "relations", "editors", "edit_layer", "lve_layers")
 # What a store that predates an identity setting was computed with, where that differs from today's default
 # (older stores hold unfiltered neuron sets edited by Dai et al.'s rule).
 LEGACY_IDENTITY = {"specificity": 1.0, "update_rule": "dai", "specificity_reference": "study"}
 # Where the specificity profile's reference queries come from (docs/editing.md): knowloc's own shipped set
 # (independent of the study's facts) or, as before it, other studied relations' known facts
 SPECIFICITY_REFERENCES = ("shipped", "study")
-# Default lambda2 of each update rule (lambda2 = None in a config means the rule's default). dai / signed add
-# lambda2 * E(o'), as Dai et al. (8); calibrated adds lambda2 * |v_n| in the unit direction of E(o'), chosen by
-# the update-sweep frontier on SmolLM2-135M (docs/editing.md).
-RULE_LAMBDA2 = {"dai": 8.0, "signed": 8.0, "calibrated": 1.0}
 # Default specificity threshold F, chosen on ParaRel (SmolLM2-135M, 5 relations not tuned on; docs/editing.md):
 # the largest F on the locality plateau (Loc 0.77 at F = 0.05 and 0.03, 0.80 at 0.02 removing 9x the neurons,
 # 0.62 at 0.1), the builtin set the check
 DEFAULT_SPECIFICITY = 0.05
 
 
-def component_default(cls: type, name: str) -> Any:
-    """The default of a component's settings dataclass field (its factory's value where it has one): a study
-    setting that a component also takes (ROME's steps, tracing's noise draws) reads its default from the
-    component, so the two cannot disagree."""
-    spec = next(f for f in fields(cls) if f.name == name)
-    return spec.default if spec.default is not MISSING else spec.default_factory()
-
-
-def setting(default: Any = MISSING, *, help: str, kind: str = "identity", factory: Any = MISSING,
-            aliases: tuple[str, ...] = ()) -> Any:
-    """A StudyConfig field with its help text, kind (identity / view / runtime) and extra flag spellings."""
-    if kind not in KINDS:
-        raise ValueError(f"setting kind must be one of {KINDS}, got {kind!r}")
-    metadata = {"help": help, "kind": kind, "aliases": aliases}
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+def section(cls: type, kind_note: str = "") -> Any:
+    """A StudyConfig field holding a component's settings dataclass (its fields are flags: :data:`FLAT`)."""
+    return field(default_factory=cls, metadata={"section": cls})
 
 
 @dataclass
@@ -118,74 +104,23 @@ class StudyConfig:
     specificity_reference: str = setting("shipped", help="specificity profile's reference queries: shipped "
                                          "(knowloc's own set, whatever the study's facts) or study (other studied "
                                          "relations' known facts, as studies stored before the shipped set)")
-    update_rule: str = setting("calibrated", help=f"update rule: {', '.join(UPDATE_RULES)} (docs/editing.md)")
-    lambda1: float = setting(1.0, help="update: weight of the old object's direction")
-    lambda2: float | None = setting(None, help="update: weight of the new object's direction (default: the "
-                                    "rule's, dai / signed 8, calibrated 1)")
+    update: UpdateSettings = section(UpdateSettings)
     locality: int = setting(10, help="locality prompts per fact")
     ppl_texts: int = setting(5, help="neutral sentences for dlogPPL")
-    attention_k: int = setting(3, help="knowledge synapses: top-k attention weights per (layer, head) row")
-    attention_layers: str | None = setting(None, help="manipulate knowledge synapses in these layers only, e.g. "
-                                           f"10-20 (default: all); {LAYER_LIST}")
-    attention_renormalize: bool = setting(False, help="rescale each manipulated attention row to sum to 1")
-    cas_beta1: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
-    cas_beta2: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
-    cas_threshold: float = setting(0.2, help="CAS selection: CAS > t x max CAS")
-    cas_top_k: int | None = setting(None, help="cap the CAS selection at k neurons")
-    cas_sweep_beta1: list[float] = setting(factory=lambda: [1.0], aliases=("--sweep-beta1",),
-                                           help="cas-sweep grid of beta1")
-    cas_sweep_beta2: list[float] = setting(factory=lambda: [0.0, 0.5, 1.0, 2.0], aliases=("--sweep-beta2",),
-                                           help="cas-sweep grid of beta2 (only beta2 / beta1 and t change the "
-                                           "selection)")
-    cas_sweep_thresholds: list[float] = setting(factory=lambda: [0.1, 0.2, 0.3, 0.5],
-                                                aliases=("--sweep-thresholds",), help="cas-sweep grid of t")
-    update_sweep_lambda2: list[float] = setting(factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
-                                                aliases=("--sweep-lambda2",), help="update-sweep grid of lambda2")
-    update_sweep_rules: list[str] = setting(factory=lambda: list(UPDATE_RULES), aliases=("--sweep-rules",),
-                                            help="update-sweep rules")
-    update_sweep_queries: int = setting(2, aliases=("--sweep-queries",),
-                                        help="update-sweep: neighbor queries edited per fact (seeded)")
-    update_sweep_tied: bool = setting(False, aliases=("--sweep-tied",),
-                                      help="update-sweep: lambda1 = lambda2 at every grid point (the edit is then "
-                                      "lambda2 (E(o') - E(o)), with no component along the direction all tokens' "
-                                      "unembeddings share; docs/editing.md)")
+    attention: AttentionSettings = section(AttentionSettings)
+    cas: CasSettings = section(CasSettings)
+    cas_sweep: CasSweepSettings = section(CasSweepSettings)
+    update_sweep: UpdateSweepSettings = section(UpdateSweepSettings)
     editors: list[str] = setting(factory=lambda: ["kn", "kn-ft", "ft", "rome"], help="editors experiment: kn (the "
                                  "update rule on N_i), kn-ft (fine-tuning of N_i's value vectors), ft (FT+L of one "
                                  "layer's MLP output projection), rome (ROME's rank-one update of it)")
     edit_layer: list[str] = setting(factory=lambda: ["mid"], help="editors: the layer(s) ft and rome edit (several "
                                     f"sweep layers); {LAYER_LIST}")
-    # rome's, ft's and tracing's defaults are the components' own (component_default), so `knowloc bench` times
-    # what a study runs
-    rome_steps: int = setting(component_default(Rome, "steps"), help="rome: Adam steps of the value vector v* "
-                              "(ROME: 20)")
-    rome_lr: float = setting(component_default(Rome, "lr"), help="rome: learning rate of v* (ROME: 0.5)")
-    rome_stop: float = setting(component_default(Rome, "stop"), help="rome: v*'s steps end once its loss is below "
-                               "this (ROME's code: 5e-2; 0, the default the measurements used: every --rome-steps "
-                               "step)")
-    rome_prefixes: int = setting(component_default(Rome, "prefixes"), help="rome: seeded context prefixes of the "
-                                 "model's own text besides the query (key k* and v* are fitted over them)")
-    rome_samples: int = setting(component_default(Rome, "sample").n, help="rome: samples of 64 tokens of the "
-                                "model's own seeded text over which the key statistics C = E[k k^T] are computed "
-                                "(once per model and layer, stored)")
-    ft_steps: int = setting(component_default(FineTune, "steps"), help="ft / kn-ft: Adam steps (ROME's FT+L: 25)")
-    ft_lr: float = setting(component_default(FineTune, "lr"), help="ft / kn-ft: learning rate (the bound: Adam's "
-                           "steps reach it in one step)")
-    ft_bound: float = setting(component_default(FineTune, "bound"), help="ft / kn-ft: L-infinity bound of the weight "
-                              "change; the smallest of 5e-4 (ROME's FT+L on GPT-2 XL) .. 1e-2 at which ft reaches "
-                              "Rel >= 0.9 on ParaRel (SmolLM2-135M; docs/editing.md)")
-    trace_samples: int = setting(component_default(TraceSettings, "samples"), help="tracing: seeded noise draws per "
-                                 "query (ROME: 10)")
-    trace_noise: float = setting(component_default(TraceSettings, "noise"), help="tracing: noise sigma in standard "
-                                 "deviations of the token embeddings (ROME: 3)")
-    trace_window: int = setting(component_default(TraceSettings, "window"), help="tracing: layers restored together "
-                                "around each layer for mlp / attn (ROME: 10 of 48 layers; 6 keeps that share of a "
-                                "30-layer model)")
+    rome: RomeSettings = section(RomeSettings)
+    ft: FtSettings = section(FtSettings)
+    trace: TraceSettings = section(TraceSettings)
     trace_queries: int = setting(1, help="tracing: queries traced per fact (its first known ones)")
-    lve_facts: int = setting(20, kind="view", help="localization-vs-editing: facts edited at every --lve-layers "
-                             "layer (the first of the studied facts in their seeded order: a larger value adds "
-                             "facts and keeps the stored edits)")
-    lve_layers: list[str] = setting(factory=lambda: ["every3"], help="localization-vs-editing: layers rome and ft "
-                                    f"edit; {LAYER_LIST}")
+    lve: LveSettings = section(LveSettings)
     compute_dtype: str = setting("fp32", aliases=("--dtype",), help="precision of attribution and editing "
                                  "measurement (the model is loaded in it): fp32 (the reference), bf16 or fp16; "
                                  "bf16 agreement with fp32 and speed in docs/performance.md")
@@ -222,10 +157,14 @@ class StudyConfig:
             require_installed(model)
 
     def validate(self) -> None:
-        for name in LIST_FIELDS:
+        for name in ("models", "methods", "experiments", "relations", "editors", "edit_layer"):
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, _str_list(value))
+                setattr(self, name, str_list(value))
+        for f in fields(self):  # a section given as a dict (a TOML table, a stored config) becomes its dataclass
+            cls = f.metadata.get("section")
+            if cls is not None and not isinstance(getattr(self, f.name), cls):
+                setattr(self, f.name, _section(cls, f.name, getattr(self, f.name)))
         if self.relations == []:
             self.relations = None  # no relation named: all of them
         if not self.models:
@@ -238,15 +177,7 @@ class StudyConfig:
                 raise KnowlocError(f"unknown experiment {experiment!r}; choose from {', '.join(registry.names())}")
         self.experiments = registry.with_requirements(self.experiments)  # e.g. the tracing its signal needs
         self.editors = check_editors(self.editors)
-        for name, flag in LAYER_FIELDS.items():  # one grammar, checked here once; kept in canonical spelling
-            value = getattr(self, name)
-            if value is None:
-                continue
-            spec = LayerSpec.parse(value, flag)
-            if name in LIST_FIELDS:
-                setattr(self, name, list(spec.items))
-            elif not isinstance(value, str):  # (a string of --attention-layers is kept as given, as before)
-                setattr(self, name, spec.text)
+        self.edit_layer = list(LayerSpec.parse(self.edit_layer, "--edit-layer").items)  # one grammar, checked once
         if not self.methods:
             raise KnowlocError("at least one method is required")
         if self.steps < 1:
@@ -272,23 +203,9 @@ class StudyConfig:
         if self.specificity_prompts < 1 or self.specificity_queries < 0:
             raise KnowlocError(f"--specificity-prompts must be >= 1 and --specificity-queries >= 0, got "
                                f"{self.specificity_prompts} and {self.specificity_queries}")
-        if self.update_rule not in UPDATE_RULES:
-            raise KnowlocError(f"unknown --update-rule {self.update_rule!r}; choose from {', '.join(UPDATE_RULES)}")
-        if self.lambda2 is None:
-            self.lambda2 = RULE_LAMBDA2[self.update_rule]
-        for name in ("lambda1", "lambda2"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-                    or abs(value) == float("inf"):
-                raise KnowlocError(f"--{name} must be a finite number, got {value!r}")
-            setattr(self, name, float(value))
-        for name, flag_name in FLOAT_LIST_FIELDS.items():  # lists of floats; each experiment checks their values
-            setattr(self, name, float_list(getattr(self, name), flag_name))
-        if isinstance(self.update_sweep_rules, str):
-            self.update_sweep_rules = [r.strip() for r in self.update_sweep_rules.split(",")]
-        else:
-            self.update_sweep_rules = list(self.update_sweep_rules)
-        for experiment in registry.experiments():  # each experiment checks the settings it owns (pure checks)
+        if isinstance(self.trace_queries, bool) or not isinstance(self.trace_queries, int) or self.trace_queries < 1:
+            raise KnowlocError(f"--trace-queries must be an integer >= 1, got {self.trace_queries!r}")
+        for experiment in registry.experiments():  # an experiment's checks across settings (pure checks)
             if experiment.validate is not None:
                 experiment.validate(self)
         if self.executor not in ("local", "ray"):
@@ -320,10 +237,11 @@ class StudyConfig:
         return default_cache_dir() if self.attribution_cache == "default" else Path(self.attribution_cache).expanduser()
 
     def layers(self, name: str) -> LayerSpec | None:
-        """The layer list of the setting ``name`` (one of :data:`LAYER_FIELDS`; None when it is unset: all
-        layers); :meth:`LayerSpec.resolve` gives a model's layers."""
-        value = getattr(self, name)
-        return None if value is None else LayerSpec.parse(value, LAYER_FIELDS[name])
+        """The layer list of the setting ``name`` (``edit_layer``, ``lve_layers`` or ``attention_layers``; None
+        when it is unset: all layers); :meth:`LayerSpec.resolve` gives a model's layers."""
+        if name == "edit_layer":
+            return LayerSpec.parse(self.edit_layer, "--edit-layer")
+        return {"lve_layers": self.lve.layer_spec, "attention_layers": self.attention.layer_spec}[name]()
 
     def seed_for(self, *parts: object) -> int:
         """A stable per-item seed derived from the study seed (independent of processing order): the first 8
@@ -338,8 +256,18 @@ class StudyConfig:
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
     def identity(self) -> dict:
-        """The settings that determine stored results; a resume must match them exactly."""
-        return {k: getattr(self, k) for k in IDENTITY_KEYS}
+        """The settings that determine stored results, by flat name; a resume must match them exactly."""
+        flat = self.flat()
+        return {k: flat[k] for k in IDENTITY_KEYS}
+
+    def flat(self) -> dict:
+        """Every setting by its flat name (:data:`FLAT`: ``rome_steps``, ``lambda1``, ``models``), the values as
+        they are (lists copied): what stores, summaries and Ray workers read, and ``StudyConfig(**flat)`` takes."""
+        out = {}
+        for name, (section_name, field_name) in FLAT.items():
+            value = getattr(getattr(self, section_name), field_name) if section_name else getattr(self, field_name)
+            out[name] = list(value) if isinstance(value, list) else value
+        return out
 
     @property
     def filtered(self) -> bool:
@@ -350,17 +278,16 @@ class StudyConfig:
     def defaults(cls) -> dict:
         """What a stored study that predates an identity setting was computed with: its legacy value where one
         is recorded (LEGACY_IDENTITY), else the setting's default."""
-        out = {f.name: f.default if f.default is not MISSING else f.default_factory()
-               for f in fields(cls) if f.name in IDENTITY_KEYS
-               and (f.default is not MISSING or f.default_factory is not MISSING)}
+        out = {k: v for k, v in cls().flat().items() if k in IDENTITY_KEYS}
         return {**out, **LEGACY_IDENTITY}
 
     def summary_config(self) -> dict:
-        """Everything that shapes summary.json (not where or how it ran)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_KEYS}
+        """Everything that shapes summary.json (not where or how it ran), by flat name."""
+        return {k: v for k, v in self.flat().items() if k not in RUNTIME_KEYS}
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """:meth:`flat`: ``StudyConfig(**cfg.as_dict())`` is an equal config."""
+        return self.flat()
 
     @classmethod
     def from_toml(cls, path: Path, overrides: dict) -> "StudyConfig":
@@ -370,22 +297,86 @@ class StudyConfig:
             raise KnowlocError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise KnowlocError(f"config file {path} is not valid TOML: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        raw = {k.replace("-", "_"): v for k, v in raw.items()}
-        if "model" in raw:
-            raw["models"] = raw.pop("model")
-        unknown = sorted(set(raw) - known)
+        flat: dict = {}
+        for key, value in raw.items():
+            key = key.replace("-", "_")
+            if key in SECTIONS and isinstance(value, dict):  # a table: [rome] steps = 10
+                for sub, v in value.items():
+                    flat_name = SECTION_FLAT[key].get(sub.replace("-", "_"))
+                    if flat_name is None:
+                        raise KnowlocError(f"config file {path}: unknown key {sub!r} in table [{key}]")
+                    flat[flat_name] = v
+            else:
+                flat["models" if key == "model" else key] = value
+        unknown = sorted(set(flat) - set(FLAT))
         if unknown:
             raise KnowlocError(f"config file {path}: unknown keys {', '.join(unknown)}")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
+        flat.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            return cls(**raw)
+            return cls(**flat)
         except TypeError as exc:
             raise KnowlocError(f"config file {path}: {exc}") from None
 
 
-IDENTITY_KEYS = tuple(f.name for f in fields(StudyConfig) if f.metadata["kind"] == "identity")
-RUNTIME_KEYS = {f.name for f in fields(StudyConfig) if f.metadata["kind"] == "runtime"}
+def _flat_specs() -> dict[str, tuple[str | None, str, dataclasses.Field]]:
+    """{flat name: (section or None, field name, the field)} of every setting, in StudyConfig's order."""
+    out: dict[str, tuple[str | None, str, dataclasses.Field]] = {}
+    for f in fields(StudyConfig):
+        cls = f.metadata.get("section")
+        if cls is None:
+            out[f.name] = (None, f.name, f)
+            continue
+        for sub in settings_fields(cls):
+            out[sub.metadata.get("flat") or f"{f.name}_{sub.name}"] = (f.name, sub.name, sub)
+    return out
+
+
+SPECS = _flat_specs()  # flat name -> (section, field name, field): what the flags and TOML keys are made of
+FLAT = {name: (section, field_name) for name, (section, field_name, _) in SPECS.items()}
+SECTIONS = {f.name: f.metadata["section"] for f in fields(StudyConfig) if "section" in f.metadata}
+SECTION_FLAT = {name: {field_name: flat for flat, (section, field_name) in FLAT.items() if section == name}
+                for name in SECTIONS}
+IDENTITY_KEYS = tuple(name for name, (_, _, f) in SPECS.items() if f.metadata["kind"] == "identity")
+RUNTIME_KEYS = {name for name, (_, _, f) in SPECS.items() if f.metadata["kind"] == "runtime"}
+
+_dataclass_init = StudyConfig.__init__
+
+
+def _init(self: StudyConfig, **settings: Any) -> None:
+    """``StudyConfig(**settings)``: fields and sections by name, a section's settings also by flat name
+    (``rome_steps=10``); an unknown name is a TypeError (the CLI and TOML reader name it in one line)."""
+    nested: dict[str, Any] = {}
+    parts: dict[str, dict] = {}
+    for name, value in settings.items():
+        if name in FLAT and FLAT[name][0] is not None:
+            section_name, field_name = FLAT[name]
+            parts.setdefault(section_name, {})[field_name] = value  # type: ignore[index]
+        elif name in FLAT or name in SECTIONS:
+            nested[name] = value
+        else:
+            raise TypeError(f"unknown setting {name!r}")
+    for section_name, values in parts.items():
+        base = nested.get(section_name)
+        if isinstance(base, dict):
+            values = {**base, **values}
+        elif base is not None:
+            values = {**{f.name: getattr(base, f.name) for f in fields(base)}, **values}
+        nested[section_name] = values  # made a dataclass (and validated) by validate()
+    _dataclass_init(self, **nested)
+
+
+StudyConfig.__init__ = _init  # type: ignore[method-assign]
+
+
+def _section(cls: type, name: str, value: Any) -> Any:
+    """A section from a dict of its fields (one-line error for an unknown one)."""
+    if not isinstance(value, dict):
+        raise KnowlocError(f"settings {name!r} must be a table of {', '.join(f.name for f in fields(cls))}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise KnowlocError(f"unknown setting {unknown[0]!r} of [{name}]")
+    return cls(**value)
 
 
 def one_gpu_of_a_machine(device: str) -> KnowlocError:
@@ -393,13 +384,6 @@ def one_gpu_of_a_machine(device: str) -> KnowlocError:
     worker with GPUs of its own sees only those (checked with the config and again by the Ray executor)."""
     return KnowlocError(f"--device {device} names one GPU of a machine, but a Ray worker with --gpus-per-worker sees "
                         "only its own; use --device cuda (each worker's own GPU)")
-
-
-def _str_list(value) -> list[str]:
-    """A list of distinct names, in first-seen order, from a list or a comma-separated string; list items may hold
-    commas too (``--methods ig --methods ig,amig`` is ig, amig: a name given twice is studied once)."""
-    items = [value] if isinstance(value, str) else list(value)
-    return list(dict.fromkeys(part.strip() for item in items for part in str(item).split(",") if part.strip()))
 
 
 def _specificity(value) -> float:
@@ -414,16 +398,3 @@ def _specificity(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise KnowlocError(f"--specificity must be a number in [0, 1] or 'off', got {value!r}")
     return float(value)
-
-
-def float_list(value, name: str) -> list[float]:
-    """A non-empty list of distinct numbers, from a list or a comma-separated string ("0,0.5,1")."""
-    flag = "--" + name.replace("cas_", "").replace("_", "-")
-    items = value.split(",") if isinstance(value, str) else value
-    try:
-        numbers = [float(v) for v in items]
-    except (TypeError, ValueError):
-        raise KnowlocError(f"{flag} must be a comma-separated list of numbers, got {value!r}") from None
-    if not numbers or len(set(numbers)) != len(numbers) or any(n != n for n in numbers):
-        raise KnowlocError(f"{flag} must be a non-empty list of distinct numbers, got {value!r}")
-    return numbers

@@ -120,7 +120,7 @@ class StudyContext:
     def edit_session(self, model: str, fact: StudyFact) -> EditSession:
         """A fact's editing trials under the study's settings: a seeded sample of --locality answered queries of
         other relations (other facts when there is no other relation), a seeded new object of the same relation
-        for updates, the first --ppl-texts neutral sentences, and the study's update rule and lambdas."""
+        for updates and the first --ppl-texts neutral sentences (the editors carry their own settings)."""
         cfg, probes = self.config, self.probes[model]
         pool = [(q.text, probe.object) for probe in probes if probe.relation != fact.relation
                 for q in probe.known_queries()]
@@ -132,7 +132,7 @@ class StudyContext:
         target = choose_new_object(lm, fact.object, [p.object for p in probes if p.relation == fact.relation],
                                    self.seed_for("update", model, fact.fact_id))
         return EditSession(lm, fact.prompts, fact.object, target, loc_prompts, loc_objects,
-                           load_neutral_texts()[: cfg.ppl_texts], cfg.lambda1, cfg.lambda2, cfg.update_rule)
+                           load_neutral_texts()[: cfg.ppl_texts], subject=fact.subject)
 
     def load_facts(self, model: str) -> None:
         """The model's probed facts and studied facts, from the store (deterministic from the config)."""

@@ -38,6 +38,7 @@ from knowloc.models.block_calls import BlockCall, capture_block_calls, first_out
 from knowloc.models.hooks import hook_module
 from knowloc.models.lm import LanguageModel
 from knowloc.models.spans import subject_span
+from knowloc.settings import setting
 
 KINDS = ("hidden", "mlp", "attn")
 DEFAULT_SAMPLES = 10
@@ -50,18 +51,21 @@ class TraceSettings:
     """Causal tracing's settings: ``samples`` noise draws, sigma = ``noise`` x the embeddings' std, mlp / attn
     windows of ``window`` layers, the draws seeded by ``seed``."""
 
-    samples: int = DEFAULT_SAMPLES
-    noise: float = DEFAULT_NOISE
-    window: int = DEFAULT_WINDOW
-    seed: int = 0
+    samples: int = setting(DEFAULT_SAMPLES, help="tracing: seeded noise draws per query (ROME: 10)")
+    noise: float = setting(DEFAULT_NOISE, help="tracing: noise sigma in standard deviations of the token embeddings "
+                           "(ROME: 3)")
+    window: int = setting(DEFAULT_WINDOW, help="tracing: layers restored together around each layer for mlp / attn "
+                          "(ROME: 10 of 48 layers; 6 keeps that share of a 30-layer model)")
+    seed: int = setting(0, help="the noise draws' seed (a study's own --seed)", study=False)
 
     def __post_init__(self):
-        if self.samples < 1:
-            raise KnowlocError(f"--trace-samples must be at least 1, got {self.samples}")
-        if not self.noise > 0:
-            raise KnowlocError(f"--trace-noise must be positive, got {self.noise}")
-        if self.window < 1:
-            raise KnowlocError(f"--trace-window must be at least 1, got {self.window}")
+        for name in ("samples", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise KnowlocError(f"--trace-{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) \
+                or not 0 < self.noise < float("inf"):
+            raise KnowlocError(f"--trace-noise must be a number > 0, got {self.noise!r}")
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """What every editor shares: the edit request, the applied edit, and the gradient machinery of the learned edits.
 
-An editor makes the model answer ``new_object`` instead of ``gold`` on one query (:class:`EditRequest`). Its
-:meth:`~Editor.apply` is a context manager: inside, the model's weights carry the edit (through
-:func:`knowloc.models.hooks.edit_weights`, so they are restored bit-exactly on exit, also on an exception); it
-yields an :class:`AppliedEdit` that says from which block on the model changed, which is what
-:meth:`knowloc.editing.evaluate.Baseline.evaluate_current` re-runs to measure it.
+An editor (:class:`Editor`) makes the model answer ``new_object`` instead of ``gold`` on a query
+(:class:`EditRequest`), for one request or a batch of them. Its :meth:`~Editor.apply` is a context manager:
+inside, the model's weights carry the edit (through :func:`knowloc.models.hooks.edit_weights`, so they are
+restored bit-exactly on exit, also on an exception); it yields an :class:`AppliedEdit` that says from which block
+on the model changed, which is what :func:`knowloc.editing.trials.measure_edit` re-runs to measure it.
 
 The learned edits (ROME's value vector, ``ft``, ``kn-ft``) are optimized without touching the weights: a forward
 hook on the edited layer's MLP output projection adds a trainable tensor's contribution (:class:`Teacher`
@@ -14,14 +14,15 @@ and the weights change once, when the result is applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 
+from knowloc.editing.operations import RowEdit
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import hook_input_output, trace_activations
 from knowloc.models.lm import LanguageModel
@@ -31,32 +32,69 @@ from knowloc.models.spans import subject_span
 
 @dataclass(frozen=True)
 class EditRequest:
-    """One edit: ``prompt`` (a query about ``subject``) should be answered ``new_object`` instead of ``gold``.
+    """One edit: ``prompt`` (a query about ``subject``) should be answered ``new_object`` instead of ``gold`` (an
+    erasure: ``gold`` should no longer be answered; ``new_object`` None).
 
-    layer: the edited layer of ``rome`` / ``ft`` (ignored by the KN editors); neurons: the query's KN set N_i
-    ``[(layer, index), ...]`` (``kn`` / ``kn-ft``); activations: N_i's activations at the query's last position
-    (what ``kn``'s sign-aware update rules read).
+    layers: the layers an editor that edits chosen layers writes (``rome`` / ``ft``: exactly one; a multi-layer
+    editor such as MEMIT several; an int is one layer); neurons: the query's KN set N_i ``[(layer, index), ...]``
+    (``kn`` / ``kn-erase`` / ``kn-ft``); activations: N_i's activations at the query's last position (what the
+    sign-aware update rules read; :func:`knowloc.editing.trials.measure_edit` fills them from the baseline when
+    they are missing).
+
+    Example:
+        >>> EditRequest("The capital of France is", "France", "Paris", "Rome", layers=4).layer
+        4
     """
 
     prompt: str
     subject: str
     gold: str
-    new_object: str
-    layer: int | None = None
+    new_object: str | None = None
+    layers: tuple[int, ...] = ()
     neurons: tuple[tuple[int, int], ...] = ()
     activations: Mapping[tuple[int, int], float] | None = field(default=None, compare=False)
 
-    def checked(self, lm: LanguageModel, *, needs_layer: bool = False, needs_neurons: bool = False) -> EditRequest:
-        """The request checked against the model (one-line :class:`KnowlocError` naming what is wrong)."""
+    def __post_init__(self) -> None:
+        layers = self.layers
+        if layers is None:
+            layers = ()
+        elif isinstance(layers, int) and not isinstance(layers, bool):
+            layers = (layers,)
+        elif isinstance(layers, (list, tuple)):
+            layers = tuple(layers)
+        else:
+            raise KnowlocError(f"an edit's layers must be an integer or a list of integers, got {layers!r}")
+        object.__setattr__(self, "layers", layers)
+        try:
+            neurons = tuple(tuple(n) for n in self.neurons)
+        except TypeError:
+            raise KnowlocError(f"an edit's neurons must be (layer, index) pairs, got {self.neurons!r}") from None
+        object.__setattr__(self, "neurons", neurons)
+
+    @property
+    def layer(self) -> int:
+        """The one edited layer of a single-layer editor (one-line error when the request names none or several)."""
+        if len(self.layers) != 1:
+            raise KnowlocError(f"this editor edits one layer; the request names {len(self.layers)}: "
+                               f"{list(self.layers)}")
+        return self.layers[0]
+
+    def checked(self, lm: LanguageModel, *, needs_layer: bool = False, needs_neurons: bool = False,
+                operation: str = "update") -> EditRequest:
+        """The request checked against the model (one-line :class:`KnowlocError` naming what is wrong): an
+        update needs a new object whose first token differs from gold's; ``needs_layer``: exactly one layer in
+        range; ``needs_neurons``: a non-empty KN set."""
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise KnowlocError("an edit needs a non-empty prompt")
-        for name in ("gold", "new_object"):
+        for name in ("gold", "new_object") if operation == "update" else ("gold",):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise KnowlocError(f"an edit needs a non-empty {name}")
-        if lm.first_target_token(self.gold) == lm.first_target_token(self.new_object):
+        if operation == "update" and lm.first_target_token(self.gold) == lm.first_target_token(self.new_object):
             raise KnowlocError(f"new object {self.new_object!r} starts with the same token as {self.gold!r}")
         if needs_layer:
             check_layer(lm, self.layer)
+        for layer in self.layers:
+            check_layer(lm, layer)
         if needs_neurons and not self.neurons:
             raise KnowlocError("this editor needs the query's KN set (empty)")
         return self
@@ -96,18 +134,100 @@ class AppliedEdit:
     n_weights: int
     info: dict = field(default_factory=dict)
 
+    @staticmethod
+    def combined(edits: Sequence[AppliedEdit]) -> AppliedEdit:
+        """Several edits applied together: the lowest start, the weights counted per edit, ``info["edits"]`` the
+        parts' infos in order."""
+        starts = [e.start for e in edits if e.start is not None]
+        return AppliedEdit(start=min(starts) if starts else None, n_weights=sum(e.n_weights for e in edits),
+                           info={"edits": [e.info for e in edits]})
 
-class Editor(Protocol):
-    """One editor (``kn``, ``kn-ft``, ``ft``, ``rome``): ``name``, whether it edits a chosen layer
-    (``uses_layer``) or the query's KN set (``uses_neurons``), and ``apply(lm, request)``: a context manager
-    with the edit applied to the weights, restored bit-exactly on exit, yielding an :class:`AppliedEdit`."""
 
-    name: str
-    uses_layer: bool
-    uses_neurons: bool
+def as_batch(requests: EditRequest | Sequence[EditRequest]) -> list[EditRequest]:
+    """One request or a sequence of them, as a non-empty list (one line otherwise)."""
+    batch = [requests] if isinstance(requests, EditRequest) else list(requests)
+    if not batch or not all(isinstance(r, EditRequest) for r in batch):
+        raise KnowlocError("an edit needs one EditRequest or a non-empty list of them")
+    return batch
 
-    def apply(self, lm: LanguageModel, request: EditRequest) -> contextmanager:  # pragma: no cover - protocol
-        ...
+
+class Editor:
+    """What every editor is (docs/extending.md, "Adding an editor"): a settings dataclass with
+
+    * ``name`` (the ``--editors`` name), ``operation`` (how its trials are scored: ``update``: the new object
+      beats the old; ``erase``: the old is gone), ``uses_layer`` / ``uses_neurons`` (what a request must name);
+    * :meth:`edit`, the one method a new editor writes: a context manager with one request's edit in the
+      weights (through :func:`knowloc.models.hooks.edit_weights`, restored bit-exactly on exit), yielding an
+      :class:`AppliedEdit`.
+
+    What it gets: :meth:`apply` over a batch of requests (by default each edited on top of the ones before; a
+    batch editor such as MEMIT overrides it to solve for all at once), :meth:`sequential` (edit after edit,
+    measured as it goes), :meth:`model_key` (what a session memoizes a measured edit by) and, for editors whose
+    edit is an activation-space row edit, :meth:`rows` (the batched replay of :func:`knowloc.editing.trials.
+    measure_edits`; None: not offered).
+
+    Example:
+        >>> with Rome(steps=20).apply(lm, [request_a, request_b]) as applied:  # both edits in the weights
+        ...     applied.start
+    """
+
+    name: ClassVar[str] = ""
+    operation: ClassVar[str] = "update"
+    uses_layer: ClassVar[bool] = False
+    uses_neurons: ClassVar[bool] = False
+
+    def edit(self, lm: LanguageModel, request: EditRequest) -> AbstractContextManager[AppliedEdit]:
+        raise NotImplementedError(f"{type(self).__name__} must define edit(lm, request)")
+
+    @contextmanager
+    def apply(self, lm: LanguageModel, requests: EditRequest | Sequence[EditRequest]) -> Iterator[AppliedEdit]:
+        """The model with every request's edit applied (one request: :meth:`edit`; several: each edited on the
+        model the ones before it left), restored bit-exactly on exit, also on an exception; yields the
+        (combined, :meth:`AppliedEdit.combined`) applied edit."""
+        batch = as_batch(requests)
+        if len(batch) == 1:
+            with self.edit(lm, batch[0]) as applied:
+                yield applied
+            return
+        with ExitStack() as stack:
+            yield AppliedEdit.combined([stack.enter_context(self.edit(lm, r)) for r in batch])
+
+    def sequential(self, lm: LanguageModel, requests: Sequence[EditRequest],
+                   after: Callable[[int, AppliedEdit], T]) -> list[T]:
+        """Sequential editing: request after request, each edited on top of the ones before, ``after(k,
+        applied)`` called once the first ``k + 1`` are in the weights (``applied`` combines them); every edit
+        is undone at the end, also on an exception. Returns ``after``'s results in order.
+
+        Example:
+            >>> rels = Rome().sequential(lm, requests, lambda k, applied: measure(applied.start))
+        """
+        batch = as_batch(requests)
+        out: list[T] = []
+        with ExitStack() as stack:
+            applied: list[AppliedEdit] = []
+            for k, request in enumerate(batch):
+                applied.append(stack.enter_context(self.edit(lm, request)))
+                out.append(after(k, AppliedEdit.combined(applied) if k else applied[0]))
+        return out
+
+    def settings(self) -> tuple:
+        """The editor's name and settings (its dataclass fields but the stores it reads), hashable."""
+        values = tuple((f.name, getattr(self, f.name)) for f in fields(self)  # type: ignore[arg-type]
+                       if f.name not in NOT_SETTINGS)
+        return (self.name, values)
+
+    def model_key(self, lm: LanguageModel, request: EditRequest) -> Hashable:
+        """What identifies the model this editor makes of ``request`` (a session measures each key once): the
+        settings and the request (KN editors: only the neuron edit, the same whichever query chose it)."""
+        return (self.settings(), request)
+
+    def rows(self, lm: LanguageModel, request: EditRequest) -> RowEdit | None:
+        """The edit as an activation-space row edit for a batched replay (None: this editor has none)."""
+        return None
+
+
+NOT_SETTINGS = ("covariance",)  # what an editor reads, not how it edits
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -22,15 +22,40 @@ from dataclasses import dataclass
 
 import torch
 
-from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Teacher, adam_steps, added_to_output,
+from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Editor, Teacher, adam_steps, added_to_output,
                                           check_positive, check_steps)
 from knowloc.editing.operations import normalize_neurons
 from knowloc.models.hooks import edit_weights
+from knowloc.errors import KnowlocError
 from knowloc.models.lm import LanguageModel
+from knowloc.settings import setting
 
 
 @dataclass
-class FineTune:
+class FtSettings:
+    """What a study sets of ``ft`` / ``kn-ft`` (``--ft-*``; the :class:`FineTune` editor's defaults are these)."""
+
+    steps: int = setting(25, help="ft / kn-ft: Adam steps (ROME's FT+L: 25)")
+    lr: float = setting(1e-2, help="ft / kn-ft: learning rate (the bound: Adam's steps reach it in one step)")
+    bound: float = setting(1e-2, help="ft / kn-ft: L-infinity bound of the weight change; the smallest of 5e-4 "
+                           "(ROME's FT+L on GPT-2 XL) .. 1e-2 at which ft reaches Rel >= 0.9 on ParaRel "
+                           "(SmolLM2-135M; docs/editing.md)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise KnowlocError(f"--ft-steps must be an integer >= 0, got {self.steps!r}")
+        for name in ("lr", "bound"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise KnowlocError(f"--ft-{name} must be a number > 0, got {value!r}")
+
+    def editor(self, neurons: bool = False) -> FineTune:
+        """``ft`` (``neurons=False``) or ``kn-ft`` with these settings."""
+        return FineTune(steps=self.steps, lr=self.lr, bound=self.bound, neurons=neurons)
+
+
+@dataclass
+class FineTune(Editor):
     """``ft`` (``neurons=False``: the whole projection of ``request.layer``) or ``kn-ft`` (``neurons=True``:
     N_i's value vectors); module docstring.
 
@@ -38,14 +63,14 @@ class FineTune:
         steps, lr: Adam steps and learning rate; bound: the L-infinity bound of the weight change.
 
     Example:
-        >>> request = EditRequest("The capital of France is", "France", "Paris", "Rome", layer=4)
+        >>> request = EditRequest("The capital of France is", "France", "Paris", "Rome", layers=4)
         >>> with FineTune().apply(lm, request) as applied:
         ...     applied.info["max_abs_change"] <= 1e-2
     """
 
-    steps: int = 25
-    lr: float = 1e-2
-    bound: float = 1e-2
+    steps: int = FtSettings.steps
+    lr: float = FtSettings.lr
+    bound: float = FtSettings.bound
     neurons: bool = False
 
     def __post_init__(self) -> None:
@@ -53,15 +78,15 @@ class FineTune:
         check_positive(self.lr, f"{self.name} lr")
         check_positive(self.bound, f"{self.name} bound")
 
-    @property
+    @property  # type: ignore[override]
     def uses_neurons(self) -> bool:
         return self.neurons
 
-    @property
+    @property  # type: ignore[override]
     def name(self) -> str:
         return "kn-ft" if self.neurons else "ft"
 
-    @property
+    @property  # type: ignore[override]
     def uses_layer(self) -> bool:
         return not self.neurons
 
@@ -112,7 +137,7 @@ class FineTune:
         return out, {"loss": last, "max_abs_change": max_change}
 
     @contextmanager
-    def apply(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:
+    def edit(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:
         """The model with the learned change applied; restored bit-exactly on exit."""
         change, info = self.weight_change(lm, request)
         changed = {layer: d for layer, d in change.items() if bool(d.abs().max() > 0)}

@@ -41,12 +41,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Teacher, adam_steps, added_to_output,
+from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Editor, Teacher, adam_steps, added_to_output,
                                           check_positive, check_steps, subject_last_index)
 from knowloc.editing.editors.covariance import CovarianceStore, TextSample, model_samples
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import edit_weights
 from knowloc.models.lm import LanguageModel
+from knowloc.settings import setting
 
 KL_TEMPLATE = "{} is a"
 SAMPLES = 128  # C's text sample: samples of TextSample's 64 tokens (studies' --rome-samples)
@@ -86,9 +87,46 @@ def rank_one_update(c: torch.Tensor, k_star: torch.Tensor, residual: torch.Tenso
     return torch.outer(residual.to(device=c.device, dtype=torch.float64).reshape(-1), u) / denom
 
 
+def _whole(value: object, flag: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise KnowlocError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
 @dataclass
-class Rome:
-    """The ``rome`` editor (module docstring); ``apply(lm, request)`` edits ``request.layer``.
+class RomeSettings:
+    """What a study sets of ROME (``--rome-*``; the :class:`Rome` editor's defaults are these): Adam ``steps``,
+    ``lr`` and early ``stop`` of v*, context ``prefixes``, and the ``samples`` of 64 tokens C is computed over."""
+
+    steps: int = setting(20, help="rome: Adam steps of the value vector v* (ROME: 20)")
+    lr: float = setting(0.5, help="rome: learning rate of v* (ROME: 0.5)")
+    stop: float = setting(0.0, help="rome: v*'s steps end once its loss is below this (ROME's code: 5e-2; 0, the "
+                          "default the measurements used: every --rome-steps step)")
+    prefixes: int = setting(4, help="rome: seeded context prefixes of the model's own text besides the query (key "
+                            "k* and v* are fitted over them)")
+    samples: int = setting(SAMPLES, help="rome: samples of 64 tokens of the model's own seeded text over which the "
+                           "key statistics C = E[k k^T] are computed (once per model and layer, stored)")
+
+    def __post_init__(self) -> None:
+        _whole(self.steps, "--rome-steps", 0)
+        _whole(self.prefixes, "--rome-prefixes", 0)
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise KnowlocError(f"--rome-samples must be >= 1 (an empty text sample has no keys), got {self.samples!r}")
+        if isinstance(self.stop, bool) or not isinstance(self.stop, (int, float)) or not 0 <= self.stop < 1e9:
+            raise KnowlocError(f"--rome-stop must be a number >= 0, got {self.stop!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+            raise KnowlocError(f"--rome-lr must be a number > 0, got {self.lr!r}")
+
+    def editor(self, covariance: CovarianceStore, seed: int = 0, sample_length: int = 64) -> Rome:
+        """The :class:`Rome` editor with these settings, C over ``samples`` x ``sample_length`` tokens seeded by
+        ``seed`` (also the prefixes' seed), stored in ``covariance``."""
+        return Rome(steps=self.steps, lr=self.lr, stop=self.stop, prefixes=self.prefixes,
+                    sample=TextSample(n=self.samples, length=sample_length, seed=seed), covariance=covariance,
+                    seed=seed)
+
+
+@dataclass
+class Rome(Editor):
+    """The ``rome`` editor (module docstring); ``apply(lm, request)`` edits ``request.layer`` (one layer).
 
     Args:
         steps, lr: Adam steps (at most) and learning rate of ``delta``; stop: the steps end once L(delta) is
@@ -98,19 +136,19 @@ class Rome:
         covariance: where C is stored; ridge: C's ridge; seed: the prefixes' seed.
 
     Example:
-        >>> request = EditRequest("The capital of France is", "France", "Paris", "Rome", layer=4)
+        >>> request = EditRequest("The capital of France is", "France", "Paris", "Rome", layers=4)
         >>> with Rome().apply(lm, request) as applied:
         ...     lm.model(...)  # the edited model
     """
 
-    steps: int = 20
-    lr: float = 0.5
-    stop: float = 0.0
+    steps: int = RomeSettings.steps
+    lr: float = RomeSettings.lr
+    stop: float = RomeSettings.stop
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     clamp: float = 4.0
-    prefixes: int = 4
-    sample: TextSample = field(default_factory=lambda: TextSample(n=SAMPLES))
+    prefixes: int = RomeSettings.prefixes
+    sample: TextSample = field(default_factory=lambda: TextSample(n=RomeSettings.samples))
     covariance: CovarianceStore = field(default_factory=CovarianceStore)
     ridge: float = 1e-6
     seed: int = 0
@@ -201,7 +239,7 @@ class Rome:
         return rank_one_update(c, k_star, delta, self.ridge), info  # residual v* - out(k*) = delta
 
     @contextmanager
-    def apply(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:
+    def edit(self, lm: LanguageModel, request: EditRequest) -> Iterator[AppliedEdit]:
         """The model with the rank-one update of ``request.layer`` applied; restored bit-exactly on exit."""
         delta_w, info = self.weight_change(lm, request)
         changed = bool(delta_w.abs().max() > 0)

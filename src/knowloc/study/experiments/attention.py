@@ -36,10 +36,6 @@ def manipulated_layers(cfg, n_layers: int) -> set[int] | None:
     return None if spec is None else set(spec.resolve(n_layers))
 
 
-def validate(cfg) -> None:
-    """--attention-k (--attention-layers is checked with the config: the layer list's grammar)."""
-    if cfg.attention_k < 1:
-        raise KnowlocError(f"--attention-k must be >= 1, got {cfg.attention_k}")
 
 
 def check_model(cfg, lm) -> None:
@@ -79,7 +75,7 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
     ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
     gold = lm.first_target_token(fact.object)
     rows_att = attention_rows(lm, prompt)
-    synapses = in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k), lm.n_layers)
+    synapses = in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention.k), lm.n_layers)
     positions = subject_token_positions(lm, prompt, subject_span(fact, q))
     related, irrelevant = related_and_irrelevant(synapses, positions, ctx.seed_for("ks", model, fact.fact_id, q),
                                                  n_positions=rows_att.shape[-1])
@@ -89,7 +85,7 @@ def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons
         for alpha in ALPHAS:
             if not entries:
                 continue
-            with scale_attention(lm, entries, alpha, renormalize=ctx.config.attention_renormalize):
+            with scale_attention(lm, entries, alpha, renormalize=ctx.config.attention.renormalize):
                 after, p_after = _measure(lm, ids, neurons, gold)
             out.append({"qidx": q, "synapses": name, "alpha": alpha, "n_synapses": len(entries),
                         "dkn_activation": kn_relative_change(before, after),
@@ -170,13 +166,13 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
         prompt = fact.prompts[q]
         ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
         rows_att = attention_rows(lm, prompt)
-        related, _ = related_and_irrelevant(in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention_k),
+        related, _ = related_and_irrelevant(in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention.k),
                                                            lm.n_layers),
                                             subject_token_positions(lm, prompt, subject_span(fact, q)),
                                             ctx.seed_for("ks", model, fact.fact_id, q), n_positions=rows_att.shape[-1])
         gold = lm.first_target_token(fact.object)
         before, _ = _measure(lm, ids, neurons, gold)
-        with scale_attention(lm, related, 0.0, renormalize=ctx.config.attention_renormalize):
+        with scale_attention(lm, related, 0.0, renormalize=ctx.config.attention.renormalize):
             after, _ = _measure(lm, ids, neurons, gold)
         out.append({"group": group, "method": method, "prompt": prompt, "subject": fact.subject,
                     "object": fact.object, "neurons": [list(n) for n in neurons], "before": before.tolist(),
@@ -221,8 +217,7 @@ FINDINGS = (Finding(
 EXPERIMENT = Experiment(
     name="attention", question="does attention to the subject (knowledge synapses) select the KNs?",
     heading="Attention (knowledge synapses)", summarize=summarize, fact_work=fact_work, finalize=finalize,
-    summary_keys=("attention", "attention_contrasts", "attention_heatmap_neurons"), validate=validate,
-    check_model=check_model,
+    summary_keys=("attention", "attention_contrasts", "attention_heatmap_neurons"), check_model=check_model,
     shown_neurons="attention_heatmap_neurons",
     findings=FINDINGS,
     intro="Knowledge synapses (high-attention entries at the last prompt position) whose key position is the "

@@ -23,6 +23,7 @@ from knowloc.errors import KnowlocError
 from knowloc.plots import grouped_bars
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key
+from knowloc.study.experiments.common import kn_editors
 from knowloc.study.experiments.skips import skip_counts, trials as n_trials
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding, Part
@@ -45,7 +46,7 @@ def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: lis
     filters each selection (the specificity filter) before the matched budget is taken."""
     cfg = ctx.config
     sub = stack[members]
-    cas = keep(cas_select(sub, cfg.cas_threshold, cfg.cas_beta1, cfg.cas_beta2, cfg.cas_top_k))
+    cas = keep(cfg.cas.select(sub))
     own = keep(select_neurons(stack[edited], cfg.threshold))
     union_scores = _normalised(sub).amax(dim=0)
     union = keep(sorted({n for m in members for n in select_neurons(stack[m], cfg.threshold)},
@@ -62,6 +63,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     n = len(queries)
     plans = [("transductive", i, list(range(n)), None) for i in range(n)]
     plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
+    editors = kn_editors(ctx.config)
     trials = []
     for protocol, edited, members, held in plans:
         keep = partial(ctx.neurons.remove_nonspecific, model, method, fact.fact_id)
@@ -72,12 +74,12 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
                 for operation in OPERATIONS:
                     row = {"protocol": protocol, "edited": edited, "held_out": held, "budget": budget,
                            "selection": selection, "operation": operation, "n_neurons": len(neurons)}
-                    trials.append((row, {"operation": operation, "neurons": neurons, "index": queries[edited],
-                                         "generalize_on": None if held is None else [queries[held]]}))
-    session.prefetch([request for _, request in trials])  # the distinct edits in batched replays
+                    trials.append((row, (editors[operation], queries[edited], neurons),
+                                   None if held is None else [queries[held]]))
+    session.prefetch([trial for _, trial, _ in trials])  # the distinct edits in batched replays
     rows = []
-    for row, request in trials:
-        scores = session.measure(**request)
+    for row, trial, generalize_on in trials:
+        scores = session.measure(*trial, generalize_on=generalize_on)
         if scores is None:
             rows.append({**row, "skipped": True})
         else:
@@ -158,11 +160,6 @@ def judge_cas(summary: dict) -> list[Part]:
                       contradict_below=0.0)
 
 
-def validate(cfg) -> None:
-    if cfg.cas_beta1 < 0 or cfg.cas_beta2 < 0:
-        raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
-    if not 0 <= cfg.cas_threshold <= 1:
-        raise KnowlocError(f"--cas-threshold must be in [0, 1], got {cfg.cas_threshold}")
 
 
 FINDINGS = (Finding(
@@ -174,7 +171,7 @@ FINDINGS = (Finding(
 EXPERIMENT = Experiment(
     name="cas", question="do strong-and-consistent neurons (CAS) edit better than N_i and N_g?",
     heading="CAS", summarize=summarize, fact_work=fact_work, summary_keys=("cas", "cas_comparison"),
-    validate=validate, findings=FINDINGS, notes=_notes,
+    findings=FINDINGS, notes=_notes,
     intro="Consistency-aware KN modification: CAS selects neurons that are strong and consistent across neighbor "
           "queries; it is compared with each query's own KNs (N_i) and the union (N_g). Protocols: transductive "
           "(CAS from all neighbor queries) and held-out (one paraphrase left out and used for Gen). Budgets: free, "

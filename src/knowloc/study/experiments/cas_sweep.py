@@ -21,6 +21,7 @@ from knowloc.editing import OPERATIONS
 from knowloc.errors import KnowlocError
 from knowloc.plots import heatmap_grid
 from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.experiments.common import kn_editors
 from knowloc.study.experiments.skips import NO_TARGET, skip_counts
 from knowloc.study.groups import grouped_trials
 from knowloc.study.registry import Experiment
@@ -31,26 +32,27 @@ METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl", "n_neurons")
 
 def grid(ctx: StudyContext) -> list[tuple[float, float, float]]:
     cfg = ctx.config
-    return list(itertools.product(cfg.cas_sweep_beta1, cfg.cas_sweep_beta2, cfg.cas_sweep_thresholds))
+    return list(itertools.product(cfg.cas_sweep.beta1, cfg.cas_sweep.beta2, cfg.cas_sweep.thresholds))
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (grid point, operation, edited query) trial of one fact."""
     session = ctx.edit_session(model, fact)
     queries, stack = ctx.neurons.score_stack(model, method, fact.fact_id)
+    editors = kn_editors(ctx.config)
     trials = []
     for beta1, beta2, t in grid(ctx):
         neurons = ctx.neurons.remove_nonspecific(model, method, fact.fact_id,
-                                                 cas_select(stack, t, beta1, beta2, ctx.config.cas_top_k))
+                                                 cas_select(stack, t, beta1, beta2, ctx.config.cas.top_k))
         for operation in OPERATIONS:
             for q in queries:
                 row = {"beta1": beta1, "beta2": beta2, "t": t, "operation": operation, "edited": q,
                        "n_neurons": len(neurons)}
-                trials.append((row, {"operation": operation, "neurons": neurons, "index": q}))
-    session.prefetch([request for _, request in trials])  # the distinct edits in batched replays
+                trials.append((row, (editors[operation], q, neurons)))
+    session.prefetch([trial for _, trial in trials])  # the distinct edits in batched replays
     rows = []
-    for row, request in trials:
-        scores = session.measure(**request)
+    for row, trial in trials:
+        scores = session.measure(*trial)
         rows.append({**row, "skipped": scores is None,
                      **({m: scores[m] for m in METRICS if m in scores} if scores else {})})
     return rows
@@ -71,20 +73,20 @@ def summarize(ctx: StudyContext) -> Section:
                 row.update(skip_counts(fact_trials, **match))
                 rows.append(row)
     section = Section(summary={"cas_sweep": rows})
-    betas = [(b1, b2) for b1 in cfg.cas_sweep_beta1 for b2 in cfg.cas_sweep_beta2]
+    betas = [(b1, b2) for b1 in cfg.cas_sweep.beta1 for b2 in cfg.cas_sweep.beta2]
     for model in cfg.models:
         for method in cfg.methods:
             for operation in OPERATIONS:
                 for group in GROUPS:
                     cells = {(r["beta1"], r["beta2"], r["t"]): r["avg"] for r in rows
                              if (r["model"], r["method"], r["operation"], r["group"]) == (model, method, operation, group)}
-                    matrix = np.array([[cells.get((b1, b2, t), np.nan) for t in cfg.cas_sweep_thresholds]
+                    matrix = np.array([[cells.get((b1, b2, t), np.nan) for t in cfg.cas_sweep.thresholds]
                                        for b1, b2 in betas], dtype=float)
                     if np.isnan(matrix).all():
                         continue
                     section.figures.append(heatmap_grid(
                         matrix, [f"β1={b1:g}, β2={b2:g}" for b1, b2 in betas],
-                        [f"{t:g}" for t in cfg.cas_sweep_thresholds],
+                        [f"{t:g}" for t in cfg.cas_sweep.thresholds],
                         ctx.figures_dir / f"cas_sweep_{operation}_{group}_{slug(model)}_{method}.png",
                         f"CAS {operation}, {group}: Avg over the sweep — {model}, {method}",
                         xlabel="t (CAS > t x max CAS)", ylabel="β1, β2"))
@@ -122,18 +124,11 @@ def _best(rows: list[dict]) -> list[str]:
     return out
 
 
-def validate(cfg) -> None:
-    """beta1, beta2 >= 0 and t in [0, 1] (the lists themselves are read by the config: float_list)."""
-    if any(b < 0 for b in cfg.cas_sweep_beta1 + cfg.cas_sweep_beta2):
-        raise KnowlocError("--sweep-beta1 and --sweep-beta2 values must be >= 0")
-    if any(not 0 <= t <= 1 for t in cfg.cas_sweep_thresholds):
-        raise KnowlocError("--sweep-thresholds values must be in [0, 1]")
 
 
 EXPERIMENT = Experiment(
     name="cas-sweep", question="how does CAS editing depend on beta1, beta2 and t?",
-    heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",), validate=validate,
-    intro="Avg of erase / update with the CAS selection over a grid of beta1, beta2 and t (transductive: CAS from "
+    heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",), intro="Avg of erase / update with the CAS selection over a grid of beta1, beta2 and t (transductive: CAS from "
           "all neighbor queries, each query edited in turn). Only beta2/beta1 and t change the selection. n: facts "
           "where the point selects at least one neuron; n_empty: facts where it selects none.",
     tables=(Table("cas_sweep", columns=(

@@ -19,14 +19,14 @@ import numpy as np
 from knowloc.analysis import K_C, K_I, Estimate
 from knowloc.analysis.fact_stats import fact_means
 from knowloc.analysis.localization import layer_mass
-from knowloc.editing.editors import CovarianceStore, FineTune, KnUpdate, Rome, TextSample, shared_store
+from knowloc.editing.editors import Editor, KnErase, TextSample
+from knowloc.study.editor_registry import SAMPLE_LENGTH, make_editor
 from knowloc.plots import grouped_bars
-from knowloc.study.config import StudyConfig, component_default
+from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.tables import Column
 
 ALL = "all"  # the group of every studied fact, beside K_C and K_I
-SAMPLE_LENGTH = component_default(Rome, "sample").length  # tokens per sample of C's text sample (64)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -35,17 +35,13 @@ SAMPLE_LENGTH = component_default(Rome, "sample").length  # tokens per sample of
 
 def sample(cfg: StudyConfig) -> TextSample:
     """The text sample of ROME's key statistics C: --rome-samples samples of SAMPLE_LENGTH tokens, seeded."""
-    return TextSample(n=cfg.rome_samples, length=SAMPLE_LENGTH, seed=cfg.seed)
+    return TextSample(n=cfg.rome.samples, length=SAMPLE_LENGTH, seed=cfg.seed)
 
 
-def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None = None):
-    """The editor ``name`` with the study's settings."""
-    if name == "kn":
-        return KnUpdate(cfg.update_rule, cfg.lambda1, cfg.lambda2)
-    if name in ("kn-ft", "ft"):
-        return FineTune(steps=cfg.ft_steps, lr=cfg.ft_lr, bound=cfg.ft_bound, neurons=name == "kn-ft")
-    return Rome(steps=cfg.rome_steps, lr=cfg.rome_lr, stop=cfg.rome_stop, prefixes=cfg.rome_prefixes, sample=sample(cfg),
-                covariance=covariance or shared_store(), seed=cfg.seed)
+def kn_editors(cfg: StudyConfig) -> dict[str, Editor]:
+    """The KN edits of the study's trials by operation: ``erase`` (kn-erase) and ``update`` (kn with the study's
+    update rule and lambdas)."""
+    return {"erase": KnErase(), "update": cfg.update.editor()}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -54,7 +50,7 @@ def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None 
 
 def edited_queries(ctx: StudyContext, model: str, method: str, fact_id: str, queries: list[int]) -> list[int]:
     """A seeded sample of at most --sweep-queries of the fact's queries (sorted)."""
-    k = min(ctx.config.update_sweep_queries, len(queries))
+    k = min(ctx.config.update_sweep.queries, len(queries))
     rng = random.Random(ctx.seed_for("update-sweep", model, method, fact_id))
     return sorted(rng.sample(sorted(queries), k))
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from knowloc.analysis import GROUPS, Estimate
 from knowloc.analysis.fact_stats import metric_stats, paired_contrast
-from knowloc.editing.editors import EDITORS, EditRequest, measure_edit, shared_store
+from knowloc.editing.editors import shared_store
+from knowloc.study.editor_registry import EDITORS, make_editor
+from knowloc.editing.trials import measure_edit
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.experiments.common import (ALL, SAMPLE_LENGTH, edited_queries, gap_columns, group_contrast,
-                                              make_editor, rate_figure, sample)
+                                              rate_figure, sample)
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts
 from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, interval, judge_rows, num, verdict
 from knowloc.study.groups import grouped_trials
@@ -58,7 +60,7 @@ def prepare(ctx: StudyContext, model: str) -> None:
     layers = layers_of(cfg, lm.n_layers)
     if "rome" in cfg.editors:
         ctx.echo(f"{model}: rome key statistics C of layer {', '.join(map(str, layers))} "
-                 f"({cfg.rome_samples} x {SAMPLE_LENGTH} tokens of the model's own text; stored once)")
+                 f"({cfg.rome.samples} x {SAMPLE_LENGTH} tokens of the model's own text; stored once)")
         shared_store().ensure(lm, layers, sample(cfg))
 
 
@@ -72,7 +74,6 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     covariance = shared_store()  # C read from disk once per process, not once per fact
     rows = []
     for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
-        acts = session.baseline.activations[q]
         neurons = tuple(kn[q])
         for name in cfg.editors:
             editor = make_editor(name, cfg, covariance)
@@ -82,9 +83,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
                 if session.target is None or (editor.uses_neurons and not neurons):
                     rows.append({**row, "skipped": True})
                     continue
-                request = EditRequest(fact.prompts[q], fact.subject, fact.object, session.target, layer=layer,
-                                      neurons=neurons, activations={(l, i): float(acts[l, i]) for l, i in neurons})
-                result, applied, seconds = measure_edit(lm, session.baseline, editor, q, request, session.loc_gold)
+                request = session.request(q, neurons, () if layer is None else (layer,))
+                result, applied, seconds = measure_edit(session.baseline, editor, q, request, session.loc_gold)
                 rows.append({**row, "skipped": False, **result.as_row(), "seconds": seconds,
                              "n_weights": applied.n_weights})
     return rows
@@ -113,7 +113,7 @@ def summarize(ctx: StudyContext) -> Section:
             match = {"editor": editor, "layer": layer}
             for group in (*GROUPS, ALL):
                 row = {"model": model, "method": method, "editor": editor, "layer": layer, "group": group,
-                       "update_rule": cfg.update_rule if editor == "kn" else None}
+                       "update_rule": cfg.update.rule if editor == "kn" else None}
                 row.update(metric_stats(groups.get(group, []), METRICS, "rel", cfg.n_boot, cfg.seed, **match))
                 row.update(skip_counts(groups.get(group, []), **match))
                 rows.append(row)
@@ -233,27 +233,11 @@ def _notes(summary: dict) -> list[str]:
     return notes
 
 
-def validate(cfg: StudyConfig) -> None:
-    """rome's and ft's settings (--editors and --edit-layer are checked with the config: check_editors, the layer
-    list's grammar)."""
-    for name in ("rome_steps", "ft_steps", "rome_prefixes"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise KnowlocError(f"--{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
-    if isinstance(cfg.rome_samples, bool) or not isinstance(cfg.rome_samples, int) or cfg.rome_samples < 1:
-        raise KnowlocError(f"--rome-samples must be >= 1 (an empty text sample has no keys), got {cfg.rome_samples!r}")
-    if isinstance(cfg.rome_stop, bool) or not isinstance(cfg.rome_stop, (int, float)) or not 0 <= cfg.rome_stop < 1e9:
-        raise KnowlocError(f"--rome-stop must be a number >= 0, got {cfg.rome_stop!r}")
-    for name in ("rome_lr", "ft_lr", "ft_bound"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise KnowlocError(f"--{name.replace('_', '-')} must be a number > 0, got {value!r}")
 
 
 EXPERIMENT = Experiment(
     name="editors", question="how do KN edits compare with ROME and fine-tuning, K_C vs K_I?",
     heading="Editors", summarize=summarize, fact_work=fact_work, check_model=check_model, prepare=prepare,
-    validate=validate,
     summary_keys=("editors", "editors_gap", "editors_contrasts"),
     intro="The same edited queries and new objects as the update frontier, edited by kn (the study's update rule "
           "on N_i), kn-ft (fine-tuning of N_i's value vectors, L-infinity bounded), ft (FT+L: the same fine-tuning "

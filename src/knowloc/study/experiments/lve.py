@@ -23,7 +23,8 @@ import numpy as np
 
 from knowloc.analysis import Estimate
 from knowloc.analysis.localization import hase_delta_r2_ci, rank_correlation, resampled_interval
-from knowloc.editing.editors import EditRequest, measure_edit, shared_store
+from knowloc.editing.editors import shared_store
+from knowloc.editing.trials import measure_edit
 from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
@@ -54,7 +55,7 @@ def subset(ctx: StudyContext, model: str) -> set[str]:
     studied = {f.fact_id for f in ctx.facts.get(model, [])}
     known = known_facts(ctx.probes.get(model, []), ctx.config.min_known)
     ordered = [f.fact_id for f in seeded_order(known, ctx.config.seed) if f.fact_id in studied]
-    return set(ordered[: ctx.config.lve_facts])
+    return set(ordered[: ctx.config.lve.facts])
 
 
 def check_model(cfg: StudyConfig, lm) -> None:
@@ -87,8 +88,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     for name in EDITORS:
         editor = make_editor(name, cfg, covariance)
         for layer in lve_layers(cfg, lm.n_layers):
-            request = EditRequest(fact.prompts[q], fact.subject, fact.object, session.target, layer=layer)
-            result, _, seconds = measure_edit(lm, session.baseline, editor, q, request, session.loc_gold)
+            result, _, seconds = measure_edit(session.baseline, editor, q, session.request(q, layers=(layer,)),
+                                              session.loc_gold)
             scores = result.as_row()
             rows.append({"editor": name, "layer": layer, "edited": q, "skipped": False,
                          **{m: scores[m] for m in METRICS}, "seconds": seconds})
@@ -164,17 +165,12 @@ FINDINGS = (
 )
 
 
-def validate(cfg: StudyConfig) -> None:
-    """--lve-facts (--lve-layers is checked with the config: the layer list's grammar)."""
-    value = cfg.lve_facts
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise KnowlocError(f"--lve-facts must be an integer >= 1, got {value!r}")
 
 
 EXPERIMENT = Experiment(
     name=NAME, question="does localization (tracing or KNs) tell which layer edits a fact best? (Hase et al.)",
     heading="Localization vs editing", summarize=summarize, fact_work=fact_work, check_model=check_model,
-    prepare=prepare, validate=validate, requires=("tracing",), works=works, per_query=False,
+    prepare=prepare, requires=("tracing",), works=works, per_query=False,
     summary_keys=("localization_vs_editing", "lve_correlations"),
     intro="Hase et al. (2023): a seeded subset of facts is edited by rome and ft at every layer of --lve-layers. If "
           "localization told where to edit, edit success (Avg) would follow the localization signal at a layer, "

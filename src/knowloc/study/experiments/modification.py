@@ -15,7 +15,7 @@ from knowloc.analysis.fact_stats import metric_stats
 from knowloc.editing import OPERATIONS
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key
-from knowloc.study.experiments.common import gap_columns, group_contrast, rate_figure
+from knowloc.study.experiments.common import gap_columns, group_contrast, kn_editors, rate_figure
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts, trials as n_trials
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding, Part
@@ -35,13 +35,14 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """All trials of one fact: every query x neuron set x operation."""
     session = ctx.edit_session(model, fact)
     kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
+    editors = kn_editors(ctx.config)
     plan = [({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons)},
-             {"operation": operation, "neurons": neurons, "index": i})
+             (editors[operation], i, neurons))
             for i in sorted(kn) for name, neurons in neuron_sets(kn, i).items() for operation in OPERATIONS]
-    session.prefetch([request for _, request in plan])  # the distinct edits in batched replays
+    session.prefetch([trial for _, trial in plan])  # the distinct edits in batched replays
     rows = []
-    for row, request in plan:
-        scores = session.measure(**request)
+    for row, trial in plan:
+        scores = session.measure(*trial)
         rows.append({**row, "skipped": scores is None, **(scores or {})})
     return rows
 
@@ -64,7 +65,7 @@ def summarize(ctx: StudyContext) -> Section:
                         fact_trials = [trials[_key(model, method, f.fact_id)] for f in facts
                                        if split[f.fact_id] == group]
                         row = {"model": model, "method": method, "operation": operation, "group": group,
-                               "neurons": neurons, "update_rule": cfg.update_rule if operation == "update" else None}
+                               "neurons": neurons, "update_rule": cfg.update.rule if operation == "update" else None}
                         # Rel is defined for every trial that ran: n = facts with trials
                         row.update(metric_stats(fact_trials, METRICS, "rel", cfg.n_boot, cfg.seed,
                                                 operation=operation, neurons=neurons))

@@ -18,6 +18,8 @@ Summaries (docs/tracing.md):
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from knowloc.analysis import Estimate
@@ -37,7 +39,8 @@ MLP_SITE = "last subject"  # the token class whose MLP profile is compared with 
 
 
 def settings(cfg: StudyConfig) -> TraceSettings:
-    return TraceSettings(samples=cfg.trace_samples, noise=cfg.trace_noise, window=cfg.trace_window, seed=cfg.seed)
+    """The study's tracing settings, its noise draws seeded by the study's seed."""
+    return dataclasses.replace(cfg.trace, seed=cfg.seed)
 
 
 def traced_queries(cfg: StudyConfig, fact) -> list[int]:
@@ -171,14 +174,6 @@ FINDINGS = (
 )
 
 
-def validate(cfg: StudyConfig) -> None:
-    for name in ("trace_samples", "trace_window", "trace_queries"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise KnowlocError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-    value = cfg.trace_noise
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise KnowlocError(f"--trace-noise must be a number > 0, got {value!r}")
 
 
 def _notes(summary: dict) -> list[str]:
@@ -192,8 +187,7 @@ def _notes(summary: dict) -> list[str]:
 
 EXPERIMENT = Experiment(
     name="tracing", question="where does causal tracing localize facts, and do the KN sets sit there?",
-    heading="Causal tracing", summarize=summarize, fact_work=fact_work, validate=validate,
-    works=works, per_query=False,
+    heading="Causal tracing", summarize=summarize, fact_work=fact_work, works=works, per_query=False,
     summary_keys=("tracing", "tracing_totals", "tracing_vs_kn"),
     intro="Causal tracing (Meng et al. 2022): the subject's input embeddings are corrupted with seeded Gaussian "
           "noise, and the clean state of the residual stream, of the MLP outputs or of the attention outputs is "

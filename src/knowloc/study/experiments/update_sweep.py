@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from knowloc.analysis import GROUPS
 from knowloc.analysis.fact_stats import metric_stats
+from knowloc.editing.editors import KnUpdate
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 from knowloc.plots import frontier_plot
@@ -39,7 +40,7 @@ SWEEP_GROUPS = (*GROUPS, ALL)
 
 def sweep_lambda1(cfg: StudyConfig, lambda2: float) -> float:
     """lambda1 at a grid point: lambda2 itself with --sweep-tied, else --lambda1."""
-    return lambda2 if cfg.update_sweep_tied else cfg.lambda1
+    return cfg.update_sweep.lambda1(cfg.update.lambda1, lambda2)
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
@@ -47,17 +48,16 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     session = ctx.edit_session(model, fact)
     kn = ctx.neurons.kn_lists(model, method, fact.fact_id)
     trials = []
-    for rule in ctx.config.update_sweep_rules:
-        for lambda2 in ctx.config.update_sweep_lambda2:
+    for rule in ctx.config.update_sweep.rules:
+        for lambda2 in ctx.config.update_sweep.lambda2:
             lambda1 = sweep_lambda1(ctx.config, lambda2)
             for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
                 row = {"rule": rule, "lambda1": lambda1, "lambda2": lambda2, "edited": q, "n_neurons": len(kn[q])}
-                trials.append((row, {"operation": "update", "neurons": kn[q], "index": q, "rule": rule,
-                                     "lambda2": lambda2, "lambda1": lambda1}))
-    session.prefetch([request for _, request in trials])  # the distinct edits in batched replays
+                trials.append((row, (KnUpdate(rule, lambda1, lambda2), q, kn[q])))
+    session.prefetch([trial for _, trial in trials])  # the distinct edits in batched replays
     rows = []
-    for row, request in trials:
-        scores = session.measure(**request)
+    for row, trial in trials:
+        scores = session.measure(*trial)
         rows.append({**row, "skipped": scores is None, **(scores or {})})
     return rows
 
@@ -66,8 +66,8 @@ def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     rows = []
     for model, method, group, fact_trials in grouped_trials(ctx, "update-sweep", every=ALL):
-        for rule in cfg.update_sweep_rules:
-            for lambda2 in cfg.update_sweep_lambda2:
+        for rule in cfg.update_sweep.rules:
+            for lambda2 in cfg.update_sweep.lambda2:
                 match = {"rule": rule, "lambda2": lambda2}
                 row = {"model": model, "method": method, "rule": rule, "lambda1": sweep_lambda1(cfg, lambda2),
                        "lambda2": lambda2, "group": group}
@@ -75,10 +75,10 @@ def summarize(ctx: StudyContext) -> Section:
                 row.update(skip_counts(fact_trials, **match))
                 rows.append(row)
     section = Section(summary={"update_sweep": rows})
-    grown = "lambda1 = lambda2" if cfg.update_sweep_tied else f"lambda2 (lambda1 = {cfg.lambda1:g})"
+    grown = "lambda1 = lambda2" if cfg.update_sweep.tied else f"lambda2 (lambda1 = {cfg.update.lambda1:g})"
     for model in cfg.models:
         for method in cfg.methods:
-            for rule in cfg.update_sweep_rules:
+            for rule in cfg.update_sweep.rules:
                 series = {}
                 for group in SWEEP_GROUPS:
                     points = sorted((r for r in rows if (r["model"], r["method"], r["rule"], r["group"])
@@ -136,21 +136,11 @@ def _notes(summary: dict) -> list[str]:
     return notes
 
 
-def validate(cfg: StudyConfig) -> None:
-    """lambda2 > 0, distinct known rules, >= 1 query (the lists themselves are read by the config)."""
-    if any(v <= 0 for v in cfg.update_sweep_lambda2):
-        raise KnowlocError("--sweep-lambda2 values must be > 0")
-    rules = cfg.update_sweep_rules
-    if not rules or any(r not in UPDATE_RULES for r in rules) or len(set(rules)) != len(rules):
-        raise KnowlocError(f"--sweep-rules must be distinct rules from {', '.join(UPDATE_RULES)}, got {rules!r}")
-    if cfg.update_sweep_queries < 1:
-        raise KnowlocError(f"--sweep-queries must be >= 1, got {cfg.update_sweep_queries}")
 
 
 EXPERIMENT = Experiment(
     name="update-sweep", question="which update rule changes the answer without damage (Rel vs Loc frontier)?",
     heading="Update frontier", summarize=summarize, fact_work=fact_work, summary_keys=("update_sweep",),
-    validate=validate,
     intro="Each fact's own KNs N_i are updated to another object with each update rule over a grid of lambda2 "
           "(lambda1 fixed, or equal to lambda2 in a --sweep-tied study; dai: Dai et al.'s raw rule; signed: the "
           "same change times the sign of the neuron's activation; calibrated: sign-aware unit directions scaled "

@@ -19,10 +19,11 @@ from typing import Callable
 import torch
 
 from knowloc.data import load_facts
-from knowloc.editing.editors import CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample, measure_edit
+from knowloc.editing.editors import CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample
 from knowloc.editing.editors.rome import SAMPLES
 from knowloc.editing.evaluate import compute_baseline
 from knowloc.editing.session import choose_new_object
+from knowloc.editing.trials import measure_edit
 from knowloc.models import load_model
 from knowloc.models.hooks import observe_saved_weights
 from knowloc.models.loading import resolve_device
@@ -88,7 +89,7 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
         if new is not None:
             neurons = _stand_in_kn(base, 0, lm.n_layers)
             acts = base.activations[0]  # the neurons' activations on the query (kn's sign-aware rule)
-            cases.append((base, EditRequest(prompt, subject, gold, new, layer=layer, neurons=neurons,
+            cases.append((base, EditRequest(prompt, subject, gold, new, layers=layer, neurons=neurons,
                                             activations={(l, i): float(acts[l, i]) for l, i in neurons})))
     with observe_saved_weights(count_saved):  # the originals each editor saves to restore
         for name, editor in editors.items():
@@ -96,7 +97,7 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
             for base, request in cases:
                 current = name
                 restore_bytes[name] = 0
-                result, _, s = measure_edit(lm, base, editor, 0, request)
+                result, _, s = measure_edit(base, editor, 0, request)
                 seconds.append(s)
                 rels.append(result.rel)
             results[name] = {"median_s": statistics.median(seconds), "rel": sum(rels) / len(rels),
