@@ -42,6 +42,7 @@ from knowloc.study.config import LIST_FIELDS, SECTIONS, SPECS, StudyConfig
 from knowloc.study.plan import print_plan
 from knowloc.study.registry import REGISTRY as EXPERIMENTS
 from knowloc.study.runner import check_out_dir, run_study
+from knowloc.study.reader import StudyReader
 from knowloc.study.store import Store
 from knowloc.tracing import TraceSettings
 
@@ -208,11 +209,9 @@ def _parse_neuron(text: str) -> tuple[int, int]:
 def _study_neuron(directory: Path, layer: int, index: int) -> dict:
     """Where a neuron is a knowledge neuron in a finished study: per model and method, the queries whose
     stored (unfiltered) and used (filtered) KN lists hold it, by relation, with example facts."""
-    if not (directory / "results.sqlite").is_file():
-        raise KnowlocError(f"{directory} is not a study directory (no results.sqlite)")
-    store = Store(directory / "results.sqlite", readonly=True)
     out: dict = {}
-    try:
+    with StudyReader(directory) as study:
+        store = study.store()
         for model in store.probed_models():
             relation_of = {probe.fact_id: (probe.relation, probe.subject, probe.object)
                            for probe in store.probe(model)}
@@ -233,8 +232,6 @@ def _study_neuron(directory: Path, layer: int, index: int) -> dict:
                         facts.append({"fact_id": fid, "relation": rel, "subject": relation_of[fid][1],
                                       "object": relation_of[fid][2], "queries": hits, "used": used_hits})
                 out[f"{model} {method}"] = {"by_relation": by_relation, "facts": facts}
-    finally:
-        store.close()
     return out
 
 
@@ -243,13 +240,10 @@ def _study_specificity(directory: Path, layer: int, index: int) -> dict:
     the study computed none (--specificity off), else whether it is non-specific, for which relations (the filter
     removes it from their facts' neuron sets), its reference KN frequency against the threshold F and its
     activation ratio on the study's neutral prompts. Empty when the study has no summary.json (not finished)."""
-    path = directory / "summary.json"
-    if not path.is_file():
+    study = StudyReader(directory)
+    if not study.has_summary:
         return {}
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise KnowlocError(f"{path}: cannot read the study's summary ({exc})") from None
+    summary = study.summary()
     threshold = (summary.get("config") or {}).get("specificity")
     profiled = {(r["model"], r["method"]): r for r in summary.get("specificity_counts") or []}
     out: dict = {}
@@ -513,7 +507,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"), m
 
 def report(directory: Path = typer.Argument(..., help="a study directory (--out of knowloc study)")) -> None:
     """Rebuild DIR/report.html from the store and outputs, without recomputing anything."""
-    if not (directory / "results.sqlite").is_file() or not (directory / "summary.json").is_file():
+    study = StudyReader(directory)
+    if not study.has_store or not study.has_summary:
         raise KnowlocError(f"{directory} is not a finished study (no results.sqlite / summary.json)")
     typer.echo(f"report: {build_report(directory)}")
 

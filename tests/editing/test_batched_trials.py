@@ -12,6 +12,8 @@ from knowloc.editing import EditSession, KnErase, KnUpdate, kn_trial, measure_ed
 from knowloc.editing.operations import row_edit, rows_edited
 from knowloc.errors import KnowlocError
 
+from model_state import assert_restored, snapshot
+
 PROMPTS = ["The capital of France is", "Paris is the capital city of", "France's capital is"]
 LOCALITY = ["The weather today is", "Egypt is located in", "The official language of Spain is",
             "Once upon a time"]
@@ -19,17 +21,6 @@ TEXTS = load_neutral_texts()[:5]
 GOLD_TOKENS = [5, 6, 7, 8]
 THRESHOLDED = ("rel", "gen", "loc", "avg", "success", "operation", "n_neurons")
 FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-gemma2"]  # Conv1D rows with bias, Linear columns, post-MLP norm
-
-
-def _state(lm):
-    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
-
-
-def _assert_state(lm, before):
-    after = lm.model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
 
 
 def _hook_counts(lm):
@@ -76,9 +67,9 @@ def test_batched_equals_one_trial_at_a_time(setup, name, schedule):
     lm, baseline = setup(name)
     trials = _trials(lm)
     single = [measure_edit(baseline, *t, GOLD_TOKENS)[0] for t in trials]
-    before = _state(lm)
+    before = snapshot(lm)
     batched = measure_edits(baseline, trials, GOLD_TOKENS, schedule=schedule)
-    _assert_state(lm, before)
+    assert_restored(lm, before)
     assert len(batched) == len(trials)
     for t, s, b in zip(trials, single, batched):
         assert b.operation == t[0].operation
@@ -127,10 +118,10 @@ def test_same_lowest_layer_trials_and_repeats(setup):
 
 def test_empty_list(setup):
     lm, baseline = setup("tiny-llama")
-    before, hooks = _state(lm), _hook_counts(lm)
+    before, hooks = snapshot(lm), _hook_counts(lm)
     assert measure_edits(baseline, []) == []
     assert measure_edits(baseline, (), GOLD_TOKENS, max_rows=1) == []
-    _assert_state(lm, before)
+    assert_restored(lm, before)
     assert _hook_counts(lm) == hooks
 
 
@@ -139,7 +130,7 @@ def test_model_unchanged_after_an_exception_inside(setup, name):
     lm, baseline = setup(name)
     trials = _trials(lm)
     expected = measure_edits(baseline, trials, GOLD_TOKENS)
-    before, hooks = _state(lm), _hook_counts(lm)
+    before, hooks = snapshot(lm), _hook_counts(lm)
 
     def fail(_module, _args, _output):
         raise RuntimeError("boom inside the replay")
@@ -150,7 +141,7 @@ def test_model_unchanged_after_an_exception_inside(setup, name):
             measure_edits(baseline, trials, GOLD_TOKENS)
     finally:
         handle.remove()
-    _assert_state(lm, before)
+    assert_restored(lm, before)
     assert _hook_counts(lm) == hooks  # every row-edit hook was removed
     for a, b in zip(expected, measure_edits(baseline, trials, GOLD_TOKENS)):
         assert a == b  # and the model measures as before, bit for bit

@@ -18,13 +18,11 @@ from knowloc.editing import (
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import trace_activations
 
+from model_state import snapshot
+
 PROMPTS = ["The capital of France is", "Paris is the capital city of", "France's capital is"]
 LOCALITY = ["The weather today is", "Egypt is located in", "The official language of Spain is"]
 TEXTS = load_neutral_texts()[:6]
-
-
-def _state(lm):
-    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
 
 
 def _all_neurons(lm):
@@ -39,7 +37,7 @@ def _evaluate(lm, trial, baseline, gold_tokens=None):
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_empty_neuron_set_changes_nothing(setup, name):
     lm, baseline = setup(name)
-    before = _state(lm)
+    before = snapshot(lm)
     result = _evaluate(lm, kn_trial(PROMPTS, 1, "Paris", [], "erase"), baseline, [5, 6, 7])
     assert result.n_neurons == 0
     assert result.rel == 0.0 and result.gen == 0.0  # erasure cannot succeed without an edit
@@ -56,7 +54,7 @@ def test_empty_neuron_set_changes_nothing(setup, name):
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_erasing_all_neurons_changes_the_gold_probability(setup, name, device):
     lm, baseline = setup(name)
-    before = _state(lm)
+    before = snapshot(lm)
     result = _evaluate(lm, kn_trial(PROMPTS, 0, "Paris", _all_neurons(lm), "erase"), baseline)
     assert result.n_neurons == lm.n_layers * lm.n_neurons
     assert result.dprob_self != 0.0 and not math.isnan(result.dprob_self)

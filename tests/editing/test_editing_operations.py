@@ -7,19 +7,10 @@ from knowloc.editing import erase, modified, normalize_neurons, update, update_d
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import edit_weights
 
+from model_state import assert_restored, snapshot
+
 MODELS = ["tiny-gpt2", "tiny-llama"]  # GPT-2 Conv1D rows vs LLaMA Linear columns
 NEURONS = [(0, 3), (0, 50), (1, 0), (2, 95), (2, 7)]
-
-
-def _state(lm):
-    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
-
-
-def _assert_identical(lm, before):
-    after = lm.model.state_dict()
-    assert before.keys() == after.keys()
-    for key, value in before.items():
-        assert torch.equal(value, after[key]), key
 
 
 def _values(lm):
@@ -34,7 +25,7 @@ def test_layouts_differ(tiny_models):
 @pytest.mark.parametrize("name", MODELS)
 def test_erase_zeroes_exactly_the_chosen_vectors_and_restores(tiny_models, name):
     lm = tiny_models(name)
-    before_state = _state(lm)
+    before_state = snapshot(lm)
     before = _values(lm)
     chosen = set(NEURONS)
     with edit_weights(lm) as editor:
@@ -50,28 +41,28 @@ def test_erase_zeroes_exactly_the_chosen_vectors_and_restores(tiny_models, name)
         state = lm.model.state_dict()
         changed = {state[k].data_ptr() for k in state if not torch.equal(state[k], before_state[k])}
         assert changed == {lm.mlp_out(layer).weight.data_ptr() for layer, _ in NEURONS}
-    _assert_identical(lm, before_state)
+    assert_restored(lm, before_state)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_restored_bit_exactly_after_exception(tiny_models, name):
     lm = tiny_models(name)
-    before_state = _state(lm)
+    before_state = snapshot(lm)
     with pytest.raises(RuntimeError, match="boom"):
         with modified(lm, "erase", NEURONS):
             assert torch.count_nonzero(lm.value_vector(0, 3)) == 0
             raise RuntimeError("boom")
-    _assert_identical(lm, before_state)
+    assert_restored(lm, before_state)
     with pytest.raises(RuntimeError, match="boom"):
         with modified(lm, "update", NEURONS, old_token=10, new_token=20):
             raise RuntimeError("boom")
-    _assert_identical(lm, before_state)
+    assert_restored(lm, before_state)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_update_adds_exactly_the_unembedding_delta(tiny_models, name):
     lm = tiny_models(name)
-    before_state = _state(lm)
+    before_state = snapshot(lm)
     before = _values(lm)
     old, new, l1, l2 = 37, 101, 1.5, 8.0
     W = lm.arch.unembed(lm.model).weight.detach()
@@ -90,18 +81,18 @@ def test_update_adds_exactly_the_unembedding_delta(tiny_models, name):
                 assert torch.equal(now, vec), key
         # the unembedding itself is untouched
         assert torch.equal(lm.arch.unembed(lm.model).weight, unembed)
-    _assert_identical(lm, before_state)
+    assert_restored(lm, before_state)
 
 
 def test_update_through_editor_matches_modified(tiny_models):
     lm = tiny_models("tiny-gpt2")
-    before_state = _state(lm)
+    before_state = snapshot(lm)
     with edit_weights(lm) as editor:
         update(editor, lm, {1: [4, 5]}, 3, 9)
         via_editor = lm.value_vector(1, 4).clone()
     with modified(lm, "update", [(1, 4)], old_token=3, new_token=9):
         assert torch.equal(lm.value_vector(1, 4), via_editor)
-    _assert_identical(lm, before_state)
+    assert_restored(lm, before_state)
 
 
 def test_lambdas_zero_leave_values(tiny_models):
@@ -131,8 +122,8 @@ def test_normalize_neurons_forms(tiny_models):
 ])
 def test_bad_arguments_raise_and_leave_model_untouched(tiny_models, kwargs, message):
     lm = tiny_models("tiny-llama")
-    before_state = _state(lm)
+    before_state = snapshot(lm)
     with pytest.raises(KnowlocError, match=message):
         with modified(lm, **kwargs):
             pass
-    _assert_identical(lm, before_state)
+    assert_restored(lm, before_state)

@@ -13,21 +13,12 @@ from knowloc.editing import (EditRequest, EditSession, KnErase, KnUpdate, kn_tri
 from knowloc.editing.editors import FineTune
 from knowloc.errors import KnowlocError
 
+from model_state import assert_restored, snapshot
+
 PROMPTS = ["The capital of France is", "Paris is the capital city of", "France's capital is"]
 LOCALITY = ["The weather today is", "Egypt is located in", "The official language of Spain is"]
 LOCALITY_OBJECTS = ["sunny", "Africa", "Spanish"]
 TEXTS = load_neutral_texts()[:4]
-
-
-def _state(lm):
-    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
-
-
-def _assert_state(lm, before):
-    after = lm.model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
 
 
 def _changed(lm, before):
@@ -71,16 +62,16 @@ def _for(which, request):
 def test_a_batch_of_two_is_the_two_edits_nested_and_restores_bit_exactly(setup, name, which):
     lm, base = setup(name)
     first, second = (_for(which, r) for r in _two_requests(lm, base))
-    saved = _state(lm)
+    saved = snapshot(lm)
     editor = EDITORS[which]()
     with editor.apply(lm, first) as one:
         with editor.apply(lm, second) as two:
-            nested = _state(lm)
-    _assert_state(lm, saved)
+            nested = snapshot(lm)
+    assert_restored(lm, saved)
     with editor.apply(lm, [first, second]) as batch:
-        together = _state(lm)
+        together = snapshot(lm)
         assert _changed(lm, saved)  # the edits are in the weights
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
     assert together.keys() == nested.keys()
     exact = lm.device.type == "cpu" or which not in ("ft", "kn-ft")
     for key, value in nested.items():
@@ -95,15 +86,15 @@ def test_a_batch_of_two_is_the_two_edits_nested_and_restores_bit_exactly(setup, 
     # the second edit matters: the batch is not the first edit alone
     with editor.apply(lm, first):
         assert _changed(lm, together)
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
 
 
 def test_a_one_request_batch_is_the_request_and_an_empty_batch_is_refused(setup):
     lm, base = setup("tiny-llama")
     first, _ = _two_requests(lm, base)
-    saved = _state(lm)
+    saved = snapshot(lm)
     with KnUpdate().apply(lm, first) as single:
-        edited = _state(lm)
+        edited = snapshot(lm)
     with KnUpdate().apply(lm, [first]) as listed:
         assert _changed(lm, edited) == []
     assert single == listed
@@ -111,18 +102,18 @@ def test_a_one_request_batch_is_the_request_and_an_empty_batch_is_refused(setup)
         with pytest.raises(KnowlocError, match="EditRequest"):
             with KnUpdate().apply(lm, bad):
                 pass
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
 
 
 def test_a_batch_restores_the_weights_when_its_second_edit_fails(setup):
     lm, base = setup("tiny-llama")
     first, _ = _two_requests(lm, base)
     bad = dataclasses.replace(first, neurons=((lm.n_layers, 0),), activations=None)
-    saved = _state(lm)
+    saved = snapshot(lm)
     with pytest.raises(KnowlocError, match="out of range"):
         with KnUpdate().apply(lm, [first, bad]):
             pass
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
 
 
 # --- Editor.sequential -------------------------------------------------------------------------------------
@@ -140,12 +131,12 @@ def test_sequential_calls_after_once_per_request_with_the_edits_so_far(setup, na
     lm, base = setup(name)
     requests = _three_requests(lm, base)
     editor = KnUpdate("signed", 1.0, 3.0)
-    saved = _state(lm)
+    saved = snapshot(lm)
     prefixes = []  # the weights with the first k + 1 edits, nested by hand
     for k in range(len(requests)):
         with editor.apply(lm, requests[:k + 1]) as applied:
-            prefixes.append((_state(lm), applied))
-    _assert_state(lm, saved)
+            prefixes.append((snapshot(lm), applied))
+    assert_restored(lm, saved)
     calls = []
 
     def after(k, applied):
@@ -159,13 +150,13 @@ def test_sequential_calls_after_once_per_request_with_the_edits_so_far(setup, na
     assert editor.sequential(lm, requests, after) == ["result 0", "result 1", "result 2"]
     top, per = lm.n_layers - 1, [len(r.neurons) * lm.value_vector(0, 0).numel() for r in requests]
     assert calls == [(0, top, per[0]), (1, 0, per[0] + per[1]), (2, 0, sum(per))]
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
 
 
 def test_sequential_restores_the_weights_when_after_raises(setup):
     lm, base = setup("tiny-llama")
     requests = _three_requests(lm, base)
-    saved = _state(lm)
+    saved = snapshot(lm)
     calls = []
 
     def after(k, applied):
@@ -178,7 +169,7 @@ def test_sequential_restores_the_weights_when_after_raises(setup):
     with pytest.raises(RuntimeError, match="measurement failed"):
         KnErase().sequential(lm, requests, after)
     assert calls == [0, 1]  # stopped at the failure: the third edit was never made
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
     with pytest.raises(KnowlocError, match="EditRequest"):
         KnErase().sequential(lm, [], after)
 
@@ -192,9 +183,9 @@ def test_measure_sequence_measures_each_prefix_of_the_sequence(setup, name):
     first, second = _two_requests(lm, base)
     editor = KnUpdate("calibrated", 1.0, 4.0)
     loc = [lm.first_target_token(o) for o in LOCALITY_OBJECTS]
-    saved = _state(lm)
+    saved = snapshot(lm)
     results = measure_sequence(base, editor, [(0, first), (1, second)], loc)
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
     assert len(results) == 2
     assert results[0] == measure_edit(base, editor, 0, first, loc)[0]  # the first edit alone
     with editor.apply(lm, [first, second]) as applied:  # both, scored for the second request's query
@@ -204,7 +195,7 @@ def test_measure_sequence_measures_each_prefix_of_the_sequence(setup, name):
     assert results[1] == both
     alone = measure_edit(base, editor, 1, second, loc)[0]
     assert results[1].dprob != alone.dprob  # the first edit is still in the weights: the comparison can fail
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
     # the requests' activations are filled in from the baseline, as measure_edit does
     bare = [(0, dataclasses.replace(first, activations=None)), (1, dataclasses.replace(second, activations=None))]
     assert measure_sequence(base, editor, bare, loc) == results
@@ -213,12 +204,12 @@ def test_measure_sequence_measures_each_prefix_of_the_sequence(setup, name):
 def test_measure_sequence_checks_every_request_before_editing(setup):
     lm, base = setup("tiny-llama")
     first, second = _two_requests(lm, base)
-    saved = _state(lm)
+    saved = snapshot(lm)
     with pytest.raises(KnowlocError, match="not the baseline's query"):
         measure_sequence(base, KnErase(), [(0, first), (0, second)])
     with pytest.raises(KnowlocError, match="same token"):
         measure_sequence(base, KnUpdate(), [(0, first), (1, dataclasses.replace(second, new_object="Paris"))])
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
 
 
 # --- KnErase, empty edits ----------------------------------------------------------------------------------
@@ -253,11 +244,11 @@ def test_kn_erase_is_scored_as_an_erasure(setup, name):
                          ids=["kn-erase", "kn-dai", "kn-calibrated"])
 def test_an_empty_kn_edit_changes_nothing(setup, editor):
     lm, base = setup("tiny-llama")
-    saved = _state(lm)
+    saved = snapshot(lm)
     request = EditRequest(PROMPTS[1], "France", "Paris", "Rome" if editor.operation == "update" else None)
     with editor.apply(lm, request) as applied:
         assert applied.start is None and applied.n_weights == 0
-        _assert_state(lm, saved)
+        assert_restored(lm, saved)
     loc = [lm.first_target_token(o) for o in LOCALITY_OBJECTS]
     result = measure_edit(base, editor, 1, request, loc)[0]
     new = lm.first_target_token("Rome") if editor.operation == "update" else None
@@ -266,7 +257,7 @@ def test_an_empty_kn_edit_changes_nothing(setup, editor):
     assert result.n_neurons == 0 and result.dprob == (0.0,) * len(PROMPTS) and result.dlogppl == 0.0
     assert result.loc == 1.0 and result.dprob_locality == 0.0
     assert measure_edits(base, [(editor, 1, request)], loc) == [unedited]  # the batched replay agrees
-    _assert_state(lm, saved)
+    assert_restored(lm, saved)
 
 
 # --- EditSession's memo ------------------------------------------------------------------------------------

@@ -296,9 +296,9 @@ def test_bad_settings_are_one_line_errors(kwargs, message):
 
 
 def test_lambda2_defaults_to_the_rule(tmp_path):
-    assert StudyConfig(update_rule="dai").lambda2 == 8.0
-    assert StudyConfig(update_rule="calibrated").lambda2 == 1.0
-    assert StudyConfig(update_rule="calibrated", lambda2=0.5).lambda2 == 0.5
+    assert StudyConfig(update_rule="dai").update.lambda2 == 8.0
+    assert StudyConfig(update_rule="calibrated").update.lambda2 == 1.0
+    assert StudyConfig(update_rule="calibrated", lambda2=0.5).update.lambda2 == 0.5
     assert StudyConfig(specificity="off").specificity == 1.0 and not StudyConfig(specificity="off").filtered
 
 

@@ -12,6 +12,7 @@ attribution; its size and layers are typical of the filtered sets).
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Callable
@@ -19,8 +20,10 @@ from typing import Callable
 import torch
 
 from knowloc.data import load_facts
-from knowloc.editing.editors import CovarianceStore, EditRequest, FineTune, KnUpdate, Rome, TextSample
-from knowloc.editing.editors.rome import SAMPLES
+from knowloc.editing.editors import CovarianceStore, EditRequest, TextSample
+from knowloc.editing.editors.finetune import FtSettings
+from knowloc.editing.editors.kn import UpdateSettings
+from knowloc.editing.editors.rome import SAMPLES, RomeSettings
 from knowloc.editing.evaluate import compute_baseline
 from knowloc.editing.session import choose_new_object
 from knowloc.editing.trials import measure_edit
@@ -71,11 +74,12 @@ def run_editors_benchmark(model: str = "smollm2-135m", *, layer: int | None = No
     c_s = time.perf_counter() - start
     echo(f"C of layer {layer} over {samples} x {sample.length} tokens of the model's own text: {c_s:.1f} s (once per model, "
          "layer and sample; stored)")
-    # the editors a study runs with its default settings: the study's --rome-* / --ft-* defaults are these
-    # dataclasses' own (knowloc.study.config.component_default); kn: --update-rule calibrated, lambda1 = lambda2 = 1
-    editors = {"kn": KnUpdate("calibrated", 1.0, 1.0), "kn-ft": FineTune(neurons=True), "ft": FineTune(),
-               "rome": Rome(sample=sample, covariance=covariance),
-               "rome-stop": Rome(sample=sample, covariance=covariance, stop=0.05)}  # ROME's early stop
+    # the editors a study runs with its default settings: its sections' defaults (RomeSettings, FtSettings,
+    # UpdateSettings: calibrated, lambda1 = lambda2 = 1) and its C sample (64 tokens each, seed 0)
+    rome = RomeSettings(samples=samples)
+    editors = {"kn": UpdateSettings().editor(), "kn-ft": FtSettings().editor(neurons=True), "ft": FtSettings().editor(),
+               "rome": rome.editor(covariance),
+               "rome-stop": dataclasses.replace(rome, stop=0.05).editor(covariance)}  # ROME's early stop
     restore_bytes: dict[str, int] = {}
 
     def count_saved(layer_index: int, original: torch.Tensor) -> None:  # bytes of the originals each editor keeps

@@ -1,7 +1,7 @@
 """The study's configuration as the report reads it, the run's environment, and the section that shows both.
 
-:func:`stored_config` rebuilds the study's :class:`~knowloc.study.config.StudyConfig` from summary.json's stored
-``config``: every setting the report uses (models, methods, the K_C / K_I split, ``min_known``, ...) is read from
+:func:`~knowloc.study.reader.stored_config` rebuilds the study's :class:`~knowloc.study.config.StudyConfig` from
+summary.json's stored ``config`` (the study reader's): every setting the report uses (models, methods, the K_C / K_I split, ``min_known``, ...) is read from
 it, so the defaults are StudyConfig's own and written nowhere else.
 """
 
@@ -12,35 +12,15 @@ import json
 import platform
 from typing import Any
 
-from knowloc.errors import KnowlocError
 from knowloc.report.tables import esc, kv_table, render_table
-from knowloc.study.config import FLAT, RUNTIME_KEYS, StudyConfig
+from knowloc.study.config import StudyConfig
+from knowloc.study.reader import stored_config
 from knowloc.study.tables import DASH, Column, missing
 
 PACKAGES = ("knowloc", "torch", "transformers", "numpy")
 
 
 # --------------------------------------------------------------------------- the stored configuration
-
-
-def stored_config(summary: dict) -> StudyConfig:
-    """The study's configuration rebuilt (and validated) from summary.json's ``config``.
-
-    A setting the stored config lacks (a summary written before the setting existed) takes
-    :meth:`StudyConfig.defaults`: an identity setting its legacy value (what such a study was computed with), any
-    other its default. Keys StudyConfig does not know (settings since removed) and runtime keys (where and how
-    the study ran) are ignored. Raises :class:`KnowlocError` when the summary holds no config or the stored
-    settings are not a valid configuration.
-    """
-    stored = summary.get("config")
-    if not isinstance(stored, dict):
-        raise KnowlocError("summary.json holds no study configuration (`config`)")
-    settings = set(FLAT) - RUNTIME_KEYS  # flat names, as summary.json stores them
-    values = {**StudyConfig.defaults(), **{k: v for k, v in stored.items() if k in settings}}
-    try:
-        return StudyConfig(**values)
-    except (KnowlocError, TypeError, ValueError) as exc:
-        raise KnowlocError(f"summary.json's stored configuration is not valid: {exc}") from None
 
 
 # --------------------------------------------------------------------------- environment

@@ -7,14 +7,13 @@ has none: the drill-down is then one line that says to rerun the study (:data:`O
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from knowloc.data.filtering import ProbedFact
 from knowloc.report.tables import esc, render_table
 from knowloc.study.config import StudyConfig
 from knowloc.study.facts import select_facts
 from knowloc.study.registry import experiments
-from knowloc.study.store import Store
+from knowloc.study.reader import StudyReader
 from knowloc.study.tables import DASH, Column, fmt_num, missing
 
 KN_SHOWN = 30  # neurons listed per query in the drill-down
@@ -54,21 +53,17 @@ def _kn_text(neurons: list, descriptions: dict | None = None) -> str:
 # --------------------------------------------------------------------------- the heatmaps' neurons
 
 
-def figure_neurons_section(out_dir: Path, summary: dict) -> str:
+def figure_neurons_section(study: StudyReader, summary: dict) -> str:
     """The neurons drawn in the heatmaps, with the tokens their value vectors promote and suppress."""
-    db = out_dir / "results.sqlite"
-    if not db.is_file():
+    if not study.has_store:
         return ""
-    store = Store(db)
+    store = study.store()
     rows = []
-    try:
-        described: dict[str, dict] = {}
-        for experiment in experiments():
-            for r in summary.get(experiment.shown_neurons, []) if experiment.shown_neurons else []:
-                described.setdefault(r["model"], store.neuron_descriptions(r["model"]))
-                rows.append({"figure": f"kn_heatmap_{r['group']}", "fact": r.get("fact_id"), **r})
-    finally:
-        store.close()
+    described: dict[str, dict] = {}
+    for experiment in experiments():
+        for r in summary.get(experiment.shown_neurons, []) if experiment.shown_neurons else []:
+            described.setdefault(r["model"], store.neuron_descriptions(r["model"]))
+            rows.append({"figure": f"kn_heatmap_{r['group']}", "fact": r.get("fact_id"), **r})
     if not rows:
         return ""
     for r in rows:
@@ -86,33 +81,30 @@ def figure_neurons_section(out_dir: Path, summary: dict) -> str:
 # --------------------------------------------------------------------------- per fact
 
 
-def facts_section(out_dir: Path, config: StudyConfig) -> str:
+def facts_section(study: StudyReader, config: StudyConfig) -> str:
     """Every studied fact of every model: paraphrases, answers, per method the KN sets, CS scores and group."""
-    db = out_dir / "results.sqlite"
-    if not db.is_file():
+    if not study.has_store:
         return '<p class="notrun">No results store (results.sqlite) in this directory.</p>'
+    out_dir = study.directory
     models = list(config.models)
     methods = list(config.methods)
     score = config.cs_score
-    store = Store(db)
+    store = study.store()
     parts = []
-    try:
-        for model in models:
-            probes = store.probe(model)
-            facts = select_facts(probes, int(config.min_known), config.facts, int(config.seed))
-            probe_of = {probe.fact_id: probe for probe in probes}
-            descriptions = store.neuron_descriptions(model)
-            per_method = {method: store.groups(model, method) for method in methods}
-            if facts and not all(per_method.values()):  # a study stores every studied fact's group
-                return f'<p class="notrun">{OLD_STORE.format(out=esc(str(out_dir)))}</p>'
-            parts.append(f"<h3>{esc(model)} &mdash; {len(facts)} facts</h3>")
-            if not facts:
-                parts.append('<p class="muted">No fact is known in enough paraphrases.</p>')
-            for fact in facts:
-                parts.append(_fact_html(model, methods, fact, probe_of.get(fact.fact_id), per_method, score,
-                                        descriptions))
-    finally:
-        store.close()
+    for model in models:
+        probes = store.probe(model)
+        facts = select_facts(probes, int(config.min_known), config.facts, int(config.seed))
+        probe_of = {probe.fact_id: probe for probe in probes}
+        descriptions = store.neuron_descriptions(model)
+        per_method = {method: store.groups(model, method) for method in methods}
+        if facts and not all(per_method.values()):  # a study stores every studied fact's group
+            return f'<p class="notrun">{OLD_STORE.format(out=esc(str(out_dir)))}</p>'
+        parts.append(f"<h3>{esc(model)} &mdash; {len(facts)} facts</h3>")
+        if not facts:
+            parts.append('<p class="muted">No fact is known in enough paraphrases.</p>')
+        for fact in facts:
+            parts.append(_fact_html(model, methods, fact, probe_of.get(fact.fact_id), per_method, score,
+                                    descriptions))
     intro = (f"<p>Every studied fact: its paraphrases (q<sub>i</sub> numbers the answered ones, the neighbor "
              f"queries of the study), per method the KN set of each query that the experiments used (layer#neuron "
              f"in attribution order, non-specific neurons removed, at most {KN_SHOWN} shown), the consistency "

@@ -16,21 +16,20 @@ names, ...) is HTML-escaped.
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.models.loading import EMBEDDED
-from knowloc.report.config import config_section, stored_config, versions
+from knowloc.report.config import config_section, versions
 from knowloc.report.drilldown import facts_section, figure_neurons_section
 from knowloc.report.figures import assign_figures, figures_html
 from knowloc.report.findings import findings_section
 from knowloc.report.tables import esc, spec_table
-from knowloc.study.registry import experiments as registered
+from knowloc.study.reader import StudyReader
 from knowloc.study.registry import Experiment
+from knowloc.study.registry import experiments as registered
 from knowloc.study.tables import DASH
 
 
@@ -49,21 +48,16 @@ def experiment_section(experiment: Experiment, summary: dict) -> str:
     return "\n".join(parts)
 
 
-def _load_summary(out_dir: Path) -> dict:
-    path = out_dir / "summary.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KnowlocError(f"{out_dir} holds no summary.json; run `knowloc study --out {out_dir}` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KnowlocError(f"{path} is not valid JSON: {exc}") from None
-
-
 def render_report(out_dir: Path, environment: dict | None = None) -> str:
     """The report's HTML text (see :func:`build_report`)."""
-    out_dir = Path(out_dir)
-    summary = _load_summary(out_dir)
-    config = stored_config(summary)
+    with StudyReader(Path(out_dir)) as study:  # the one read-only way in: summary.json, its config, the store
+        return _render(study, environment)
+
+
+def _render(study: StudyReader, environment: dict | None) -> str:
+    out_dir = study.directory
+    summary = study.summary()
+    config = study.config()
     env = dict(environment) if environment else {}
     env.setdefault("versions", versions())
     experiments = list(registered())
@@ -74,7 +68,7 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
     toc += [(e.name, esc(e.heading)) for e in experiments]
     if figures["other"]:
         toc.append(("other-figures", "Other figures"))
-    neuron_table = figure_neurons_section(out_dir, summary)
+    neuron_table = figure_neurons_section(study, summary)
     if neuron_table:
         toc.append(("figure-neurons", "Neurons in the heatmaps"))
     toc += [("facts", "Per-fact drill-down"), ("config", "Configuration &amp; environment")]
@@ -104,7 +98,7 @@ def render_report(out_dir: Path, environment: dict | None = None) -> str:
         body += ['<section id="other-figures"><h2>Other figures</h2>', figures_html(figures["other"]), "</section>"]
     if neuron_table:
         body += ['<section id="figure-neurons"><h2>Neurons in the heatmaps</h2>', neuron_table, "</section>"]
-    body += ['<section id="facts"><h2>Per-fact drill-down</h2>', facts_section(out_dir, config), "</section>",
+    body += ['<section id="facts"><h2>Per-fact drill-down</h2>', facts_section(study, config), "</section>",
              '<section id="config"><h2>Configuration &amp; environment</h2>', config_section(summary, config, env),
              "</section>"]
 

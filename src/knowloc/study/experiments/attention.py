@@ -36,8 +36,6 @@ def manipulated_layers(cfg, n_layers: int) -> set[int] | None:
     return None if spec is None else set(spec.resolve(n_layers))
 
 
-
-
 def check_model(cfg, lm) -> None:
     """--attention-layers against the model's layers (one line otherwise)."""
     manipulated_layers(cfg, lm.n_layers)

@@ -160,8 +160,6 @@ def judge_cas(summary: dict) -> list[Part]:
                       contradict_below=0.0)
 
 
-
-
 FINDINGS = (Finding(
     "cas-beats-baselines", "Does CAS beat N_i and N_g?", "CAS edits better (about +8% over N_i, +9% over N_g Avg)",
     "Avg of CAS minus each baseline (erase, transductive, free budget, paired over facts): supports when the "

@@ -124,8 +124,6 @@ def _best(rows: list[dict]) -> list[str]:
     return out
 
 
-
-
 EXPERIMENT = Experiment(
     name="cas-sweep", question="how does CAS editing depend on beta1, beta2 and t?",
     heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",), intro="Avg of erase / update with the CAS selection over a grid of beta1, beta2 and t (transductive: CAS from "

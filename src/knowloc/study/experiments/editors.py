@@ -233,8 +233,6 @@ def _notes(summary: dict) -> list[str]:
     return notes
 
 
-
-
 EXPERIMENT = Experiment(
     name="editors", question="how do KN edits compare with ROME and fine-tuning, K_C vs K_I?",
     heading="Editors", summarize=summarize, fact_work=fact_work, check_model=check_model, prepare=prepare,

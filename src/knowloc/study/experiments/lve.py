@@ -165,8 +165,6 @@ FINDINGS = (
 )
 
 
-
-
 EXPERIMENT = Experiment(
     name=NAME, question="does localization (tracing or KNs) tell which layer edits a fact best? (Hase et al.)",
     heading="Localization vs editing", summarize=summarize, fact_work=fact_work, check_model=check_model,

@@ -174,8 +174,6 @@ FINDINGS = (
 )
 
 
-
-
 def _notes(summary: dict) -> list[str]:
     notes = []
     for r in summary.get("tracing_vs_kn", []):

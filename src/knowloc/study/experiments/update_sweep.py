@@ -136,8 +136,6 @@ def _notes(summary: dict) -> list[str]:
     return notes
 
 
-
-
 EXPERIMENT = Experiment(
     name="update-sweep", question="which update rule changes the answer without damage (Rel vs Loc frontier)?",
     heading="Update frontier", summarize=summarize, fact_work=fact_work, summary_keys=("update_sweep",),
