@@ -337,6 +337,23 @@ def test_a_session_memoizes_a_layer_editor_by_its_request(tiny_models, counted):
     assert len(counted) == 3
 
 
+def test_measure_many_is_measure_of_each_after_one_batched_prefetch(tiny_models, counted):
+    lm = tiny_models("tiny-llama")
+    session = _session(lm)
+    a, b = [(1, i) for i in range(0, lm.n_neurons, 4)], [(2, i) for i in range(1, lm.n_neurons, 5)]
+    trials = [(KnErase(), 0, a), (KnUpdate("dai", 1.0, 4.0), 1, b), (KnErase(), 2, a), (KnUpdate(), 0, [])]
+    scores = session.measure_many(trials, [None, [0], None, None])
+    assert not counted  # every distinct edit came from the batched replay
+    fresh = _session(lm)
+    one_by_one = [fresh.measure(*trials[0]), fresh.measure(*trials[1], generalize_on=[0]), fresh.measure(*trials[2])]
+    assert len(counted) == 2  # the single-trial path, for comparison: equal up to float rounding
+    for batched, single in zip(scores, one_by_one):
+        assert batched == pytest.approx(single, rel=1e-5, abs=1e-5)
+        thresholded = ("rel", "gen", "loc", "avg")
+        assert [batched[k] for k in thresholded] == [single[k] for k in thresholded]
+    assert scores[3] is None and scores[0] != scores[2]  # the same model, read off for another query
+
+
 # --- EditRequest -------------------------------------------------------------------------------------------
 
 

@@ -110,6 +110,19 @@ class EditSession:
             self._results.update(zip(missing, results))
         return len(missing)
 
+    def measure_many(self, trials: Sequence[tuple[Editor, int, Sequence]],
+                     generalize_on: Sequence[list[int] | None] | None = None) -> list[dict | None]:
+        """:meth:`measure` of each ``(editor, index, neurons)`` trial (Gen on ``generalize_on[k]``, default every
+        other query), the distinct edits measured first in batched replays (:meth:`prefetch`).
+
+        Example:
+            >>> scores = session.measure_many([(KnErase(), i, kn[i]) for i in kn])
+        """
+        trials = list(trials)
+        self.prefetch(trials)
+        on = list(generalize_on) if generalize_on is not None else [None] * len(trials)
+        return [self.measure(*trial, generalize_on=g) for trial, g in zip(trials, on)]
+
     def _edit(self, editor: Editor, index: int, neurons, layers) -> tuple[Hashable, Trial] | None:
         """(the edited model's key, the trial) of a request; None when the edit cannot be made."""
         if (editor.uses_neurons and not neurons) or (editor.operation == "update" and self.target is None):

@@ -1,8 +1,9 @@
 """The study's configuration as the report reads it, the run's environment, and the section that shows both.
 
-:func:`~knowloc.study.reader.stored_config` rebuilds the study's :class:`~knowloc.study.config.StudyConfig` from
-summary.json's stored ``config`` (the study reader's): every setting the report uses (models, methods, the K_C / K_I split, ``min_known``, ...) is read from
-it, so the defaults are StudyConfig's own and written nowhere else.
+:func:`~knowloc.study.reader.stored_config` (the study reader's) rebuilds the study's
+:class:`~knowloc.study.config.StudyConfig` from summary.json's stored ``config``: every setting the report uses
+(models, methods, the K_C / K_I split, ``min_known``, ...) is read from it, so the defaults are StudyConfig's own
+and written nowhere else.
 """
 
 from __future__ import annotations

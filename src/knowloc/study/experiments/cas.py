@@ -76,15 +76,10 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
                            "selection": selection, "operation": operation, "n_neurons": len(neurons)}
                     trials.append((row, (editors[operation], queries[edited], neurons),
                                    None if held is None else [queries[held]]))
-    session.prefetch([trial for _, trial, _ in trials])  # the distinct edits in batched replays
-    rows = []
-    for row, trial, generalize_on in trials:
-        scores = session.measure(*trial, generalize_on=generalize_on)
-        if scores is None:
-            rows.append({**row, "skipped": True})
-        else:
-            rows.append({**row, "skipped": False, **{m: scores[m] for m in METRICS}})
-    return rows
+    scores = session.measure_many([trial for _, trial, _ in trials],  # the distinct edits in batched replays
+                                  [generalize_on for _, _, generalize_on in trials])
+    return [{**row, "skipped": s is None, **({m: s[m] for m in METRICS} if s else {})}
+            for (row, _, _), s in zip(trials, scores)]
 
 
 def _selection_row(fact_trials: list[list[dict]], cfg, match: dict) -> dict:

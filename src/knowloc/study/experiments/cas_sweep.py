@@ -49,13 +49,9 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
                 row = {"beta1": beta1, "beta2": beta2, "t": t, "operation": operation, "edited": q,
                        "n_neurons": len(neurons)}
                 trials.append((row, (editors[operation], q, neurons)))
-    session.prefetch([trial for _, trial in trials])  # the distinct edits in batched replays
-    rows = []
-    for row, trial in trials:
-        scores = session.measure(*trial)
-        rows.append({**row, "skipped": scores is None,
-                     **({m: scores[m] for m in METRICS if m in scores} if scores else {})})
-    return rows
+    scores = session.measure_many([trial for _, trial in trials])  # the distinct edits in batched replays
+    return [{**row, "skipped": s is None, **({m: s[m] for m in METRICS if m in s} if s else {})}
+            for (row, _), s in zip(trials, scores)]
 
 
 def summarize(ctx: StudyContext) -> Section:

@@ -39,12 +39,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     plan = [({"qidx": i, "operation": operation, "neurons": name, "n_neurons": len(neurons)},
              (editors[operation], i, neurons))
             for i in sorted(kn) for name, neurons in neuron_sets(kn, i).items() for operation in OPERATIONS]
-    session.prefetch([trial for _, trial in plan])  # the distinct edits in batched replays
-    rows = []
-    for row, trial in plan:
-        scores = session.measure(*trial)
-        rows.append({**row, "skipped": scores is None, **(scores or {})})
-    return rows
+    scores = session.measure_many([trial for _, trial in plan])  # the distinct edits in batched replays
+    return [{**row, "skipped": s is None, **(s or {})} for (row, _), s in zip(plan, scores)]
 
 
 def summarize(ctx: StudyContext) -> Section:

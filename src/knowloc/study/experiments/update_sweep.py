@@ -54,12 +54,8 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
             for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
                 row = {"rule": rule, "lambda1": lambda1, "lambda2": lambda2, "edited": q, "n_neurons": len(kn[q])}
                 trials.append((row, (KnUpdate(rule, lambda1, lambda2), q, kn[q])))
-    session.prefetch([trial for _, trial in trials])  # the distinct edits in batched replays
-    rows = []
-    for row, trial in trials:
-        scores = session.measure(*trial)
-        rows.append({**row, "skipped": scores is None, **(scores or {})})
-    return rows
+    scores = session.measure_many([trial for _, trial in trials])  # the distinct edits in batched replays
+    return [{**row, "skipped": s is None, **(s or {})} for (row, _), s in zip(trials, scores)]
 
 
 def summarize(ctx: StudyContext) -> Section:
