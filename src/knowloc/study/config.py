@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from knowloc.editing.editors.kn import UpdateSettings
 from knowloc.editing.editors.rome import RomeSettings
 from knowloc.errors import KnowlocError
 from knowloc.models import require_installed
-from knowloc.settings import default_of, setting, settings_fields
+from knowloc.settings import setting, settings_fields
 from knowloc.study import registry
 from knowloc.study.editor_registry import check_editors
 from knowloc.study.layers import LayerSpec
@@ -60,7 +60,7 @@ SPECIFICITY_REFERENCES = ("shipped", "study")
 DEFAULT_SPECIFICITY = 0.05
 
 
-def section(cls: type, kind_note: str = "") -> Any:
+def section(cls: type) -> Any:
     """A StudyConfig field holding a component's settings dataclass (its fields are flags: :data:`FLAT`)."""
     return field(default_factory=cls, metadata={"section": cls})
 

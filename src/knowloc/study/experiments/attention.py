@@ -18,7 +18,6 @@ from knowloc.attention import (attention_rows, knowledge_synapses, related_and_i
                                subject_token_positions)
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import activation_heatmaps, grouped_bars
-from knowloc.errors import KnowlocError
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.groups import grouped_trials

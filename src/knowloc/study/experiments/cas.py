@@ -16,10 +16,9 @@ from functools import partial
 import numpy as np
 import torch
 
-from knowloc.analysis import GROUPS, cas_select, select_neurons
+from knowloc.analysis import GROUPS, select_neurons
 from knowloc.analysis.fact_stats import dlogppl_stats, fact_level_ci, fact_means, paired_contrast
 from knowloc.editing import OPERATIONS
-from knowloc.errors import KnowlocError
 from knowloc.plots import grouped_bars
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key

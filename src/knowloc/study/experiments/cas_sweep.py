@@ -18,7 +18,6 @@ import numpy as np
 from knowloc.analysis import GROUPS, cas_select
 from knowloc.analysis.fact_stats import metric_stats
 from knowloc.editing import OPERATIONS
-from knowloc.errors import KnowlocError
 from knowloc.plots import heatmap_grid
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.experiments.common import kn_editors
@@ -122,7 +121,8 @@ def _best(rows: list[dict]) -> list[str]:
 
 EXPERIMENT = Experiment(
     name="cas-sweep", question="how does CAS editing depend on beta1, beta2 and t?",
-    heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",), intro="Avg of erase / update with the CAS selection over a grid of beta1, beta2 and t (transductive: CAS from "
+    heading="CAS sweep", summarize=summarize, fact_work=fact_work, summary_keys=("cas_sweep",),
+    intro="Avg of erase / update with the CAS selection over a grid of beta1, beta2 and t (transductive: CAS from "
           "all neighbor queries, each query edited in turn). Only beta2/beta1 and t change the selection. n: facts "
           "where the point selects at least one neuron; n_empty: facts where it selects none.",
     tables=(Table("cas_sweep", columns=(

@@ -1,7 +1,8 @@
 """What several experiments share, in one place (no experiment module imports another):
 
-* **editors**: the study's editors built from its settings (:func:`make_editor`; ROME's text sample of its key
-  statistics C, :func:`sample`), used by `editors` and `localization-vs-editing`;
+* **editors**: the KN edits of the trials (:func:`kn_editors`; the study's other editors come from
+  :mod:`knowloc.study.editor_registry`) and ROME's text sample of its key statistics C (:func:`sample`), used by
+  `modification`, `cas`, `cas-sweep`, `editors` and `localization-vs-editing`;
 * **edited queries**: the seeded queries of a fact that `update-sweep` and `editors` edit (:func:`edited_queries`);
 * **K_C vs K_I**: the K_C - K_I contrast of a metric over facts (:func:`group_contrast`), its table columns
   (:func:`gap_columns`) and the rates figure (:func:`rate_figure`), used by `modification` and `editors`;
@@ -20,10 +21,10 @@ from knowloc.analysis import K_C, K_I, Estimate
 from knowloc.analysis.fact_stats import fact_means
 from knowloc.analysis.localization import layer_mass
 from knowloc.editing.editors import Editor, KnErase, TextSample
-from knowloc.study.editor_registry import SAMPLE_LENGTH, make_editor
 from knowloc.plots import grouped_bars
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext, trial_key
+from knowloc.study.editor_registry import SAMPLE_LENGTH
 from knowloc.study.tables import Column
 
 ALL = "all"  # the group of every studied fact, beside K_C and K_I

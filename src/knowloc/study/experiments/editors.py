@@ -23,11 +23,10 @@ from __future__ import annotations
 from knowloc.analysis import GROUPS, Estimate
 from knowloc.analysis.fact_stats import metric_stats, paired_contrast
 from knowloc.editing.editors import shared_store
-from knowloc.study.editor_registry import EDITORS, make_editor
 from knowloc.editing.trials import measure_edit
-from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, slug
+from knowloc.study.editor_registry import EDITORS, make_editor
 from knowloc.study.experiments.common import (ALL, SAMPLE_LENGTH, edited_queries, gap_columns, group_contrast,
                                               rate_figure, sample)
 from knowloc.study.experiments.skips import NO_TARGET, facts, skip_counts

@@ -25,11 +25,10 @@ from knowloc.analysis import Estimate
 from knowloc.analysis.localization import hase_delta_r2_ci, rank_correlation, resampled_interval
 from knowloc.editing.editors import shared_store
 from knowloc.editing.trials import measure_edit
-from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
-from knowloc.study.experiments.common import (fact_traces, kn_profile, make_editor, mlp_profile,
-                                              rows_once_per_fact, sample)
+from knowloc.study.editor_registry import make_editor
+from knowloc.study.experiments.common import fact_traces, kn_profile, mlp_profile, rows_once_per_fact, sample
 from knowloc.study.facts import known_facts, seeded_order
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding

@@ -25,7 +25,6 @@ import numpy as np
 from knowloc.analysis import Estimate
 from knowloc.analysis.localization import TOKEN_CLASSES, class_profiles, rank_correlation
 from knowloc.analysis.stats import bootstrap_ci
-from knowloc.errors import KnowlocError
 from knowloc.plots import tracing_panels
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, slug

@@ -22,8 +22,6 @@ from __future__ import annotations
 from knowloc.analysis import GROUPS
 from knowloc.analysis.fact_stats import metric_stats
 from knowloc.editing.editors import KnUpdate
-from knowloc.editing.operations import UPDATE_RULES
-from knowloc.errors import KnowlocError
 from knowloc.plots import frontier_plot
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, slug
