@@ -18,7 +18,7 @@ models with ``attn_implementation="eager"`` by default.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
@@ -127,10 +127,26 @@ def scale_attention(lm: LanguageModel, entries: Iterable[Sequence[int]], alpha: 
 @contextmanager
 def _scaled_layer(attn: nn.Module, layer: int, heads: int, factors: dict[int, dict[int, float]],
                   renormalize: bool, query_position: int) -> Iterator[None]:
-    active: list[_ScaledSoftmax] = []
+    def check(mode: _ScaledSoftmax) -> None:
+        if mode.hits != 1:
+            raise KnowlocError(
+                f"layer {layer}: expected one attention softmax with {heads} heads, saw {mode.hits}; "
+                "scale_attention needs eager attention (attn_implementation='eager')")
+    with mode_during_forward(attn, lambda: _ScaledSoftmax(layer, heads, factors, renormalize, query_position),
+                             check):
+        yield
+
+
+@contextmanager
+def mode_during_forward(module: nn.Module, make_mode: Callable[[], TorchFunctionMode],
+                        check: Callable[[TorchFunctionMode], None]) -> Iterator[None]:
+    """Run every forward of ``module`` inside a fresh ``make_mode()`` (a :class:`TorchFunctionMode` that sees
+    the forward's torch calls), ``check(mode)`` once a forward returned (not when it raised); hooks removed on
+    exit, also on an exception (the mechanism of the module docstring)."""
+    active: list[TorchFunctionMode] = []
 
     def enter(_module, _args, _kwargs):
-        mode = _ScaledSoftmax(layer, heads, factors, renormalize, query_position)
+        mode = make_mode()
         mode.__enter__()
         active.append(mode)
         return None
@@ -140,15 +156,13 @@ def _scaled_layer(attn: nn.Module, layer: int, heads: int, factors: dict[int, di
             return None
         mode = active.pop()
         mode.__exit__(None, None, None)
-        if output is not None and mode.hits != 1:  # output is None when the forward raised
-            raise KnowlocError(
-                f"layer {layer}: expected one attention softmax with {heads} heads, saw {mode.hits}; "
-                "scale_attention needs eager attention (attn_implementation='eager')")
+        if output is not None:  # output is None when the forward raised
+            check(mode)
         return None
 
     # Our pre-hook runs last (just before forward) and our forward hook first, so other hooks stay outside the mode.
-    pre = attn.register_forward_pre_hook(enter, with_kwargs=True)
-    post = attn.register_forward_hook(leave, prepend=True, always_call=True)
+    pre = module.register_forward_pre_hook(enter, with_kwargs=True)
+    post = module.register_forward_hook(leave, prepend=True, always_call=True)
     try:
         yield
     finally:

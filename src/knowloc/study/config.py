@@ -40,8 +40,8 @@ from knowloc.settings import setting, settings_fields
 from knowloc.study import registry
 from knowloc.study.editor_registry import check_editors
 from knowloc.study.layers import LayerSpec
-from knowloc.study.settings import (LAYER_LIST, AttentionSettings, CasSweepSettings, LveSettings, UpdateSweepSettings,
-                                    str_list)
+from knowloc.study.settings import (LAYER_LIST, AttentionSettings, CasSweepSettings, KnockoutSettings, LveSettings,
+                                    UpdateSweepSettings, str_list)
 from knowloc.tracing import TraceSettings
 
 CS_SCORES = ("cs1", "cs2", "csp")
@@ -108,6 +108,7 @@ class StudyConfig:
     locality: int = setting(10, help="locality prompts per fact")
     ppl_texts: int = setting(5, help="neutral sentences for dlogPPL")
     attention: AttentionSettings = section(AttentionSettings)
+    knockout: KnockoutSettings = section(KnockoutSettings)
     cas: CasSettings = section(CasSettings)
     cas_sweep: CasSweepSettings = section(CasSweepSettings)
     update_sweep: UpdateSweepSettings = section(UpdateSweepSettings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from knowloc.attention.knockout import default_window
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
 from knowloc.settings import setting
@@ -63,6 +64,24 @@ class AttentionSettings:
     def layer_spec(self) -> LayerSpec | None:
         """The layer list (None: all layers)."""
         return None if self.layers is None else LayerSpec.parse(self.layers, "--attention-layers")
+
+
+@dataclass
+class KnockoutSettings:
+    """Attention knockout (experiment ``knockout``, Geva et al. 2023): the edges into the last position are blocked
+    in a ``window`` of layers centred on each layer (0: a fifth of the model's layers,
+    :func:`knowloc.attention.knockout.default_window`)."""
+
+    window: int = setting(0, help="knockout: layers blocked together around each layer (0: a fifth of the model's "
+                          "layers, as Geva et al.'s 9 of GPT-2 XL's 48)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise KnowlocError(f"--knockout-window must be an integer >= 0, got {self.window!r}")
+
+    def layers(self, n_layers: int) -> int:
+        """The window for a model of ``n_layers`` layers."""
+        return self.window or default_window(n_layers)
 
 
 @dataclass

@@ -5,7 +5,7 @@ a built-in experiment is one module that defines its :class:`knowloc.study.regis
 entry in this list (docs/extending.md).
 """
 
-from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, lve, modification,
+from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, knockout, lve, modification,
                                        query_mapping, specificity, tracing, update_sweep)
 from knowloc.study.registry import REGISTRY, names, register_all
 
@@ -15,6 +15,7 @@ BUILTIN = (
     modification.EXPERIMENT,
     query_mapping.EXPERIMENT,
     attention.EXPERIMENT,
+    knockout.EXPERIMENT,
     cas.EXPERIMENT,
     cas_sweep.EXPERIMENT,
     update_sweep.EXPERIMENT,

@@ -20,6 +20,7 @@ import numpy as np
 from knowloc.analysis import K_C, K_I, Estimate
 from knowloc.analysis.fact_stats import fact_means
 from knowloc.analysis.localization import layer_mass
+from knowloc.analysis.stats import bootstrap_ci
 from knowloc.editing.editors import Editor, KnErase, TextSample
 from knowloc.plots import grouped_bars
 from knowloc.study.config import StudyConfig
@@ -125,6 +126,14 @@ def kn_profile(ctx: StudyContext, model: str, method: str, fact_id: str, query: 
     if query not in kn or query not in queries:
         return None
     return layer_mass(scores[queries.index(query)].numpy(), kn[query])
+
+
+def layer_means(values: np.ndarray, cfg: StudyConfig) -> list[Estimate]:
+    """Per column of ``values`` [facts, layers], the mean over facts with its 95% bootstrap interval (one
+    resampling of facts for every layer)."""
+    mean, low, high = bootstrap_ci(values, stat=lambda a: a.mean(axis=0), n_boot=cfg.n_boot, seed=cfg.seed)
+    mean, low, high = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (mean, low, high))
+    return [Estimate(len(values), m, lo, hi) for m, lo, hi in zip(mean, low, high)]
 
 
 def mlp_profile(trace: dict) -> np.ndarray:

@@ -24,11 +24,10 @@ import numpy as np
 
 from knowloc.analysis import Estimate
 from knowloc.analysis.localization import TOKEN_CLASSES, class_profiles, rank_correlation
-from knowloc.analysis.stats import bootstrap_ci
 from knowloc.plots import tracing_panels
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, slug
-from knowloc.study.experiments.common import fact_traces, kn_profile, mlp_profile
+from knowloc.study.experiments.common import fact_traces, kn_profile, layer_means, mlp_profile
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
@@ -74,13 +73,6 @@ def fact_class_profiles(traces: list[dict], kind: str) -> dict[str, np.ndarray]:
     return {name: np.mean(profiles, axis=0) for name, profiles in per_class.items()}
 
 
-def _mean_rows(values: np.ndarray, cfg: StudyConfig) -> list[Estimate]:
-    """Per column of ``values`` [facts, layers], the mean over facts with its 95% bootstrap interval."""
-    mean, low, high = bootstrap_ci(values, stat=lambda a: a.mean(axis=0), n_boot=cfg.n_boot, seed=cfg.seed)
-    mean, low, high = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (mean, low, high))
-    return [Estimate(len(values), m, lo, hi) for m, lo, hi in zip(mean, low, high)]
-
-
 def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     rows, totals, versus = [], [], []
@@ -98,7 +90,7 @@ def summarize(ctx: StudyContext) -> Section:
                 if not len(values):
                     grid.append(None)
                     continue
-                estimates = _mean_rows(values, cfg)
+                estimates = layer_means(values, cfg)
                 grid.append([e.value for e in estimates])
                 rows.extend({"model": model, "kind": kind, "token_class": name, "layer": layer, "ie_mean": e.value,
                              "ie_low": e.low, "ie_high": e.high, "n": e.n} for layer, e in enumerate(estimates))
