@@ -364,6 +364,17 @@ def bench_tracing(model: str = ModelOpt,
                           device=device, echo=typer.echo)
 
 
+def bench_knockout(model: str = ModelOpt,
+                   queries: int = typer.Option(7, min=1, help="built-in queries (a fact of each relation in turn)"),
+                   window: Optional[int] = typer.Option(None, min=1, help="layers blocked together around each "
+                                                        "layer (default: a fifth of the layers, a study's default)"),
+                   device: Optional[str] = DeviceOpt) -> None:
+    """Seconds of the attention knockout of one query (3 edge sets x every layer) and its attribute extraction."""
+    from knowloc.attention.bench import run_knockout_benchmark
+
+    run_knockout_benchmark(model, queries=queries, window=window, device=device, echo=typer.echo)
+
+
 def reference_build(model: str = ModelOpt,
                     out: Optional[Path] = typer.Option(None, help="pack file (default: MODEL.json.gz in "
                                                        "$KNOWLOC_REFERENCE_DIR or the packaged "
@@ -528,6 +539,7 @@ def build_app() -> typer.Typer:
     bench_app.command("attribution")(bench_attribution)
     bench_app.command("editors")(bench_editors)
     bench_app.command("tracing")(bench_tracing)
+    bench_app.command("knockout")(bench_knockout)
     data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)
     data_app.command("pararel")(data_pararel)
     reference_app = typer.Typer(no_args_is_help=True, help="The shipped specificity reference.",

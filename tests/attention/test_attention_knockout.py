@@ -139,3 +139,14 @@ def test_extraction_reads_the_subject_state_and_the_attention_update_through_the
     answer = lm.tokenizer.decode([top_token]).strip()
     if answer and lm.encode(PROMPT, answer).target_ids[0] == top_token:
         assert extraction_hits(lm, PROMPT, SUBJECT, answer)["subject_hidden"][0]
+
+
+def test_bench_knockout_prints_seconds_per_query(capsys):
+    from knowloc.cli import main
+
+    assert main(["bench", "knockout", "--model", "tiny-llama", "--queries", "2", "--window", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith("knockout: ") and "s per query (median of 2" in out[-2]
+    figures = dict(part.split("=") for part in out[-1].split())
+    assert float(figures["median_s"]) > 0 and figures["queries"] == "2" and figures["model"] == "tiny-llama"
+    assert main(["bench", "knockout", "--model", "tiny-llama", "--window", "0"]) == 2

@@ -347,3 +347,14 @@ def test_pararel_duplicates_are_merged(tmp_path: Path, caplog) -> None:
 
 def test_the_builtin_set_has_no_duplicate_fact() -> None:
     assert load_facts("builtin").merged == []
+
+
+def test_across_relations_takes_the_relations_in_turn():
+    from types import SimpleNamespace
+
+    from knowloc.data.loaders import Dataset
+
+    items = [(SimpleNamespace(relation=r, n=i), []) for i, r in enumerate("AABAC")]
+    dataset = Dataset(items=items, relations=["A", "B", "C"])
+    assert [(f.relation, f.n) for f, _ in dataset.across_relations()] == [("A", 0), ("B", 2), ("C", 4), ("A", 1),
+                                                                          ("A", 3)]

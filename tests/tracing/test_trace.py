@@ -118,13 +118,3 @@ def test_bench_tracing_prints_seconds_and_restorations(capsys):
     assert len(lines) == 2 and all("P clean" in l for l in lines)
     assert "s per query (median of 2" in out
     assert main(["bench", "tracing", "--model", "tiny-llama", "--window", "0"]) == 2
-
-
-def test_bench_takes_the_relations_in_turn():
-    from types import SimpleNamespace
-
-    from knowloc.tracing.bench import _across_relations
-
-    facts = [(SimpleNamespace(relation=r, n=i), None) for i, r in enumerate("AABAC")]
-    assert [(f.relation, f.n) for f, _ in _across_relations(facts)] == [("A", 0), ("B", 2), ("C", 4), ("A", 1),
-                                                                       ("A", 3)]

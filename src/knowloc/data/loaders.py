@@ -48,6 +48,7 @@ file and, where it applies, the line number.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -132,6 +133,15 @@ class Dataset:
             if item_fact.id == fact_id:
                 return queries
         raise KnowlocError(f"fact {fact_id!r} not in dataset {self.source or ''}".rstrip())
+
+    def across_relations(self) -> list[Item]:
+        """The items in rounds: every relation's first fact (in file order), then every relation's second, ...
+        (what a benchmark of a few queries reads, so that they span the relations and their prompt lengths)."""
+        by_relation: dict[str, list[Item]] = {}
+        for item in self.items:
+            by_relation.setdefault(item[0].relation, []).append(item)
+        rounds = itertools.zip_longest(*by_relation.values())
+        return [item for round_ in rounds for item in round_ if item is not None]
 
     def by_relation(self, relation: str) -> list[Item]:
         """The items of one relation (KnowlocError if it is not in the dataset)."""

@@ -9,7 +9,6 @@ kind), P_clean, P_corrupted and where each kind's IE peaks. By default with a st
 
 from __future__ import annotations
 
-import itertools
 import statistics
 import time
 from typing import Callable
@@ -21,15 +20,6 @@ from knowloc.data import load_facts
 from knowloc.models import load_model
 from knowloc.models.loading import resolve_device
 from knowloc.tracing.trace import KINDS, TraceSettings, trace
-
-
-def _across_relations(facts):
-    """The facts in rounds: every relation's first fact (in file order), then every relation's second, ..."""
-    by_relation: dict[str, list] = {}
-    for fact, items in facts:
-        by_relation.setdefault(fact.relation, []).append((fact, items))
-    rounds = itertools.zip_longest(*by_relation.values())
-    return (pair for round_ in rounds for pair in round_ if pair is not None)
 
 
 def run_tracing_benchmark(model: str = "smollm2-135m", *, queries: int = 7, settings: TraceSettings = TraceSettings(),
@@ -46,7 +36,7 @@ def run_tracing_benchmark(model: str = "smollm2-135m", *, queries: int = 7, sett
     echo(f"{model} on {resolve_device(device)} with {torch.get_num_threads()} threads; {settings.samples} noise "
          f"draws, window {settings.window}, {lm.n_layers} layers")
     seconds, restorations = [], []
-    for fact, items in itertools.islice(_across_relations(load_facts("builtin")), queries):
+    for fact, items in load_facts("builtin").across_relations()[:queries]:
         start = time.perf_counter()
         result = trace(lm, items[0].text, fact.subject, fact.object, settings=settings)
         seconds.append(time.perf_counter() - start)
