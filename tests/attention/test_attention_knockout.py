@@ -51,7 +51,7 @@ def test_blocking_every_other_edge_into_the_last_position_is_the_last_token_alon
             torch.testing.assert_close(knocked, alone[0, -1], rtol=1e-4, atol=1e-4, msg=implementation)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma2", "tiny-gptj", "tiny-qwen3"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_batched_knockouts_equal_one_per_pass_and_eager_equals_sdpa(tiny_models, name):
     lm = tiny_models(name)
     batched = knockout_effects(lm, PROMPT, SUBJECT, ANSWER, window=2)

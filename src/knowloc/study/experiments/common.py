@@ -136,6 +136,18 @@ def layer_means(values: np.ndarray, cfg: StudyConfig) -> list[Estimate]:
     return [Estimate(len(values), m, lo, hi) for m, lo, hi in zip(mean, low, high)]
 
 
+def in_first_method(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
+    """An experiment's ``works`` for work done once per fact (tracing, knockout): in the fact's unit of the
+    study's first method."""
+    return method == ctx.config.methods[0]
+
+
+def rho_as_contrast(rows: list[dict]) -> list[dict]:
+    """Rows of a mean rank correlation (``rank_corr`` with ``_low`` / ``_high``) as the ``diff`` / ``ci_low`` /
+    ``ci_high`` rows a finding judges (:func:`knowloc.study.findings.judge_rows`)."""
+    return [{**r, "diff": r["rank_corr"], "ci_low": r["rank_corr_low"], "ci_high": r["rank_corr_high"]} for r in rows]
+
+
 def mlp_profile(trace: dict) -> np.ndarray:
     """A traced query's MLP IE per layer at its last subject token [n_layers] (ROME's storage site)."""
     return np.array(trace["ie"]["mlp"])[trace["subject"][1]]

@@ -35,7 +35,8 @@ from knowloc.attention.knockout import EDGE_SETS, SITES, extraction_hits, knocko
 from knowloc.models.spans import subject_span
 from knowloc.plots import layer_curves
 from knowloc.study.context import Section, StudyContext, slug
-from knowloc.study.experiments.common import ALL, kn_profile, layer_means, rows_once_per_fact
+from knowloc.study.experiments.common import (ALL, in_first_method, kn_profile, layer_means, rho_as_contrast,
+                                              rows_once_per_fact)
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
@@ -48,11 +49,6 @@ def upper_middle(n_layers: int) -> list[int]:
     """Where Geva et al. see the subject reach the last position: layers ``[n // 2, 3n // 4)`` (at least one)."""
     low = n_layers // 2
     return list(range(low, max(low + 1, (3 * n_layers) // 4)))
-
-
-def works(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
-    """A fact is measured in its unit of the study's first method."""
-    return method == ctx.config.methods[0]
 
 
 def synapse_subject_profile(rows: np.ndarray, synapses, subject: tuple[int, int]) -> list[float]:
@@ -175,10 +171,6 @@ def _versus_kn(ctx: StudyContext, model: str, method: str, subject_drops: dict[s
 # findings
 
 
-def _as_contrast(rows: list[dict]) -> list[dict]:
-    return [{**r, "diff": r["rank_corr"], "ci_low": r["rank_corr_low"], "ci_high": r["rank_corr_high"]} for r in rows]
-
-
 def judge_carries_subject(summary: dict):
     def describe(r, e):
         return (f"{r['model']}: in layers {r['layers']}, blocking subject -> last minus blocking the other tokens -> "
@@ -191,7 +183,7 @@ def judge_synapses_agree(summary: dict):
     def describe(r, e):
         return (f"{r['model']}: Spearman's rho of the synapses' subject mass and the subject-knockout drop across "
                 f"layers {num(e.value)} {interval(e)} ({r['n']} facts).")
-    return judge_rows(_as_contrast(summary.get("knockout_vs_synapses", [])), {}, describe, support_above=0.0,
+    return judge_rows(rho_as_contrast(summary.get("knockout_vs_synapses", [])), {}, describe, support_above=0.0,
                       contradict_below=0.0, label=lambda r: r["model"])
 
 
@@ -220,7 +212,7 @@ def _notes(summary: dict) -> list[str]:
 
 EXPERIMENT = Experiment(
     name=NAME, question="does attention carry the subject to the answer where knowledge synapses act? (Geva et al.)",
-    heading="Attention knockout", summarize=summarize, fact_work=fact_work, works=works, per_query=False,
+    heading="Attention knockout", summarize=summarize, fact_work=fact_work, works=in_first_method, per_query=False,
     summary_keys=("knockout", "extraction", "knockout_contrasts", "knockout_vs_synapses", "knockout_vs_kn"),
     intro="Attention knockout (Geva et al. 2023): on each fact's first query the attention edges into the last "
           "position from the subject's tokens, from the other tokens, or from the last token itself are blocked "

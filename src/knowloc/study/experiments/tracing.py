@@ -27,7 +27,8 @@ from knowloc.analysis.localization import TOKEN_CLASSES, class_profiles, rank_co
 from knowloc.plots import tracing_panels
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, slug
-from knowloc.study.experiments.common import fact_traces, kn_profile, layer_means, mlp_profile
+from knowloc.study.experiments.common import (fact_traces, in_first_method, kn_profile, layer_means, mlp_profile,
+                                              rho_as_contrast)
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
@@ -44,11 +45,6 @@ def settings(cfg: StudyConfig) -> TraceSettings:
 def traced_queries(cfg: StudyConfig, fact) -> list[int]:
     """The fact's traced queries: its first --trace-queries known ones."""
     return list(range(min(cfg.trace_queries, len(fact.prompts))))
-
-
-def works(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
-    """A fact is traced in its unit of the study's first method."""
-    return method == ctx.config.methods[0]
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
@@ -147,8 +143,7 @@ def _versus_kn(ctx: StudyContext, model: str, method: str, traces: dict[str, lis
 
 
 def judge_agreement(summary: dict):
-    rows = [{**r, "diff": r["rank_corr"], "ci_low": r["rank_corr_low"], "ci_high": r["rank_corr_high"]}
-            for r in summary.get("tracing_vs_kn", [])]
+    rows = rho_as_contrast(summary.get("tracing_vs_kn", []))
 
     def describe(r, e):
         return (f"{r['model']}, {r['method']}: Spearman's rho of the KN layer profile and the MLP tracing profile "
@@ -176,7 +171,7 @@ def _notes(summary: dict) -> list[str]:
 
 EXPERIMENT = Experiment(
     name="tracing", question="where does causal tracing localize facts, and do the KN sets sit there?",
-    heading="Causal tracing", summarize=summarize, fact_work=fact_work, works=works, per_query=False,
+    heading="Causal tracing", summarize=summarize, fact_work=fact_work, works=in_first_method, per_query=False,
     summary_keys=("tracing", "tracing_totals", "tracing_vs_kn"),
     intro="Causal tracing (Meng et al. 2022): the subject's input embeddings are corrupted with seeded Gaussian "
           "noise, and the clean state of the residual stream, of the MLP outputs or of the attention outputs is "
