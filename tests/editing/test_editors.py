@@ -247,7 +247,7 @@ def test_rome_stops_early_once_its_loss_is_below_stop(tiny_models):
     (lambda: Rome(steps=-2), "rome steps must be an integer >= 0"),
     (lambda: TextSample(n=0), "empty text sample"),
     (lambda: KnUpdate("bogus"), "unknown update rule"),
-    (lambda: check_editors("kn,memit"), "unknown editor 'memit'"),
+    (lambda: check_editors("kn,grace"), "unknown editor 'grace'"),
 ])
 def test_bad_editor_settings_raise_one_line(make, pattern):
     with pytest.raises(KnowlocError, match=pattern):

@@ -59,3 +59,17 @@ def test_the_study_and_the_editors_share_their_defaults():
     for name in ("ft", "kn-ft"):
         assert make_editor(name, config) == FineTune(neurons=name == "kn-ft")
     assert (config.ft.steps, config.ft.lr, config.ft.bound) == (25, 1e-2, 1e-2)
+
+
+def test_memit_and_alphaedit_run_in_the_editors_experiment(tmp_path, study_args):
+    """The two many-fact editors are --editors choices: one edit per edited query, their C computed once over
+    their range (tiny-llama, 3 layers: layers 0-1) before the facts' units."""
+    out = tmp_path / "study"
+    args = study_args(out, experiments=["consistency", "editors"], editors=["kn", "memit", "alphaedit"],
+                      rome_samples=4, rome_steps=2, rome_prefixes=1)
+    summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    rows = {(r["editor"], r["group"]): r for r in summary["editors"]}
+    for name in ("memit", "alphaedit"):
+        every = rows[(name, "all")]
+        assert every["layer"] is None and every["n"] == summary["facts"]["tiny-llama"] and 0 <= every["rel"] <= 1
+    assert StudyConfig(editors="memit,alphaedit").editors == ["memit", "alphaedit"]

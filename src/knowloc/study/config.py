@@ -114,7 +114,8 @@ class StudyConfig:
     update_sweep: UpdateSweepSettings = section(UpdateSweepSettings)
     editors: list[str] = setting(factory=lambda: ["kn", "kn-ft", "ft", "rome"], help="editors experiment: kn (the "
                                  "update rule on N_i), kn-ft (fine-tuning of N_i's value vectors), ft (FT+L of one "
-                                 "layer's MLP output projection), rome (ROME's rank-one update of it)")
+                                 "layer's MLP output projection), rome (ROME's rank-one update of it), memit and "
+                                 "alphaedit (MEMIT's update over five layers; AlphaEdit's null-space projection of it)")
     edit_layer: list[str] = setting(factory=lambda: ["mid"], help="editors: the layer(s) ft and rome edit (several "
                                     f"sweep layers); {LAYER_LIST}")
     rome: RomeSettings = section(RomeSettings)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from knowloc.editing.editors import CovarianceStore, Editor, shared_store
+from knowloc.editing.editors.memit import AlphaEdit, Memit
 from knowloc.errors import KnowlocError
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ BUILDERS: dict[str, Callable[[StudyConfig, CovarianceStore], Editor]] = {
     "kn-ft": lambda cfg, covariance: cfg.ft.editor(neurons=True),
     "ft": lambda cfg, covariance: cfg.ft.editor(),
     "rome": lambda cfg, covariance: cfg.rome.editor(covariance, cfg.seed, SAMPLE_LENGTH),
+    "memit": lambda cfg, covariance: Memit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
+    "alphaedit": lambda cfg, covariance: AlphaEdit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
 }
 EDITORS = tuple(BUILDERS)
 

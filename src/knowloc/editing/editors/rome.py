@@ -116,12 +116,17 @@ class RomeSettings:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise KnowlocError(f"--rome-lr must be a number > 0, got {self.lr!r}")
 
-    def editor(self, covariance: CovarianceStore, seed: int = 0, sample_length: int = 64) -> Rome:
-        """The :class:`Rome` editor with these settings, C over ``samples`` x ``sample_length`` tokens seeded by
-        ``seed`` (also the prefixes' seed), stored in ``covariance``."""
-        return Rome(steps=self.steps, lr=self.lr, stop=self.stop, prefixes=self.prefixes,
+    def arguments(self, covariance: CovarianceStore, seed: int = 0, sample_length: int = 64) -> dict:
+        """The keyword arguments of ROME's fit with these settings (also MEMIT's and AlphaEdit's targets): C over
+        ``samples`` x ``sample_length`` tokens seeded by ``seed`` (also the prefixes' seed), stored in
+        ``covariance``."""
+        return dict(steps=self.steps, lr=self.lr, stop=self.stop, prefixes=self.prefixes,
                     sample=TextSample(n=self.samples, length=sample_length, seed=seed), covariance=covariance,
                     seed=seed)
+
+    def editor(self, covariance: CovarianceStore, seed: int = 0, sample_length: int = 64) -> Rome:
+        """The :class:`Rome` editor with these settings (:meth:`arguments`)."""
+        return Rome(**self.arguments(covariance, seed, sample_length))
 
 
 @dataclass

@@ -52,15 +52,18 @@ def check_model(cfg: StudyConfig, lm) -> None:
 
 
 def prepare(ctx: StudyContext, model: str) -> None:
-    """Compute (or read) rome's C of every edit layer once, stored for the facts' units (in the driver, before
-    they run)."""
+    """Compute (or read) the key statistics C of every layer an editor reads (rome: the edit layers; memit and
+    alphaedit: their range) once, stored for the facts' units (in the driver, before they run)."""
     cfg = ctx.config
     lm = ctx.model(model)
-    layers = layers_of(cfg, lm.n_layers)
-    if "rome" in cfg.editors:
-        ctx.echo(f"{model}: rome key statistics C of layer {', '.join(map(str, layers))} "
+    layers = set(layers_of(cfg, lm.n_layers)) if "rome" in cfg.editors else set()
+    for name in ("memit", "alphaedit"):
+        if name in cfg.editors:
+            layers |= set(make_editor(name, cfg).range_of(lm))
+    if layers:
+        ctx.echo(f"{model}: key statistics C of layer {', '.join(map(str, sorted(layers)))} "
                  f"({cfg.rome.samples} x {SAMPLE_LENGTH} tokens of the model's own text; stored once)")
-        shared_store().ensure(lm, layers, sample(cfg))
+        shared_store().ensure(lm, sorted(layers), sample(cfg))
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:

@@ -1,0 +1,240 @@
+"""MEMIT and AlphaEdit: many facts written at once over a range of layers (Meng et al. 2023, "Mass-Editing Memory
+in a Transformer"; Fang et al. 2025, "AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models").
+
+For a batch of requests ``i`` (subject ``s_i``, query, new object ``o_i``) and a range of layers ``l_1 < ... < l_L``
+(:func:`default_layers`), with the MLP output projection of each layer read as a memory ``v = W k`` (ROME's view,
+:mod:`knowloc.editing.editors.rome`):
+
+1. **Targets.** ``z_i = h^L_i + delta_i``: ``h^L_i`` the residual stream after block ``l_L`` at the subject's last
+   token of the bare query, ``delta_i`` ROME's optimized addition at that layer and token (steps 1-2 of ROME, over
+   the same seeded context prefixes and KL prompt: :meth:`Rome._fit`).
+2. **Spread over the layers**, lowest first, each on the model the layers before it left: keys ``K_l`` ``[n,
+   n_neurons]`` (each request's key at the subject's last token, averaged over its contexts), the residual
+   ``R_l = (Z - H^L) / (L - j)`` (``H^L`` recomputed with the edits so far, ``j`` the layer's index in the range),
+   and the update
+
+   * MEMIT:  ``dW_l = R_l^T K_l (lambda C_l + K_l^T K_l)^-1``  (``C_l = E[k k^T]`` of ROME's text sample,
+     ``lambda`` = ``update_weight``, MEMIT's ``mom2_update_weight``);
+   * AlphaEdit: ``dW_l = R_l^T K_l P (K_p^T K_p P + K_l^T K_l P + I)^-1`` with ``P`` the projector onto the null
+     space of ``C_l`` (eigenvectors of eigenvalue below ``null_threshold``; the preserved keys ``K_0`` span the
+     rest, so ``dW_l K_0 = 0``) and ``K_p`` the keys of the edits made before in a sequence
+     (:meth:`~knowloc.editing.editors.base.Editor.sequential`), so later edits leave earlier ones alone.
+
+   MEMIT's solve is done as ``C^-1 K^T (lambda I + K C^-1 K^T)^-1`` (the same matrix; ``n x n`` instead of
+   ``n_neurons x n_neurons``, well conditioned for small ``lambda``), in float64 on the CPU where C is, with ROME's
+   ridge on C. With one request and one layer and ``lambda -> 0`` it is ROME's update.
+
+The weight changes go through :func:`knowloc.models.hooks.edit_weights`: restored bit-exactly on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from knowloc.editing.editors.base import AppliedEdit, EditRequest, Editor, as_batch, check_positive, subject_last_index
+from knowloc.editing.editors.covariance import CovarianceStore, TextSample
+from knowloc.editing.editors.rome import Rome, RomeSettings
+from knowloc.errors import KnowlocError
+from knowloc.models.hooks import edit_weights, hook_module, trace_activations
+from knowloc.models.lm import LanguageModel
+
+SPAN = 5  # MEMIT edits five consecutive layers (GPT-J: 3-8; GPT-2 XL: 13-17)
+
+
+def default_layers(n_layers: int) -> tuple[int, ...]:
+    """MEMIT's range by a rule for any depth: the ``SPAN`` consecutive layers ending at ROME's middle layer
+    ``n_layers // 2`` (30 layers: 11-15), cut at layer 0."""
+    last = n_layers // 2
+    return tuple(range(max(0, last - SPAN + 1), last + 1))
+
+
+@dataclass
+class Memit(Editor):
+    """The ``memit`` editor (module docstring): ``apply(lm, requests)`` writes a batch at once over ``layers``
+    (None: :func:`default_layers`); ``request.layers`` is not read (the range is the editor's).
+
+    Args:
+        layers: the edited range; update_weight: ``lambda`` of the update; steps, lr, stop, prefixes, sample,
+            covariance, seed: ROME's target optimization and C (:class:`Rome`); ridge: C's ridge.
+
+    Example:
+        >>> with Memit().apply(lm, requests) as applied:  # every request's fact written at once
+        ...     applied.start
+    """
+
+    layers: tuple[int, ...] | None = None
+    update_weight: float = 15000.0
+    steps: int = RomeSettings.steps
+    lr: float = RomeSettings.lr
+    stop: float = RomeSettings.stop
+    prefixes: int = RomeSettings.prefixes
+    sample: TextSample = field(default_factory=lambda: TextSample(n=RomeSettings.samples))
+    covariance: CovarianceStore = field(default_factory=CovarianceStore)
+    ridge: float = 1e-6
+    seed: int = 0
+
+    name = "memit"
+    uses_layer = False
+
+    def __post_init__(self) -> None:
+        check_positive(self.update_weight, f"{self.name} update weight", allow_zero=True)
+        if self.layers is not None:
+            self.layers = tuple(sorted({int(layer) for layer in self.layers}))
+            if not self.layers:
+                raise KnowlocError(f"{self.name} needs at least one layer")
+
+    def rome(self) -> Rome:
+        """The ROME whose steps 1-2 fit the targets (the same optimization settings and C)."""
+        return Rome(steps=self.steps, lr=self.lr, stop=self.stop, prefixes=self.prefixes, sample=self.sample,
+                    covariance=self.covariance, ridge=self.ridge, seed=self.seed)
+
+    def range_of(self, lm: LanguageModel) -> tuple[int, ...]:
+        layers = self.layers if self.layers is not None else default_layers(lm.n_layers)
+        for layer in layers:
+            if not 0 <= layer < lm.n_layers:
+                raise KnowlocError(f"{self.name} layer {layer} out of range: the model has {lm.n_layers} layers")
+        return layers
+
+    def edit(self, lm: LanguageModel, request: EditRequest):
+        return self.apply(lm, request)
+
+    @contextmanager
+    def apply(self, lm: LanguageModel, requests: EditRequest | Sequence[EditRequest]) -> Iterator[AppliedEdit]:
+        """The model with every request written at once (module docstring); restored bit-exactly on exit."""
+        batch = [r.checked(lm) for r in as_batch(requests)]
+        with edit_weights(lm) as weights:
+            yield self._write(lm, weights, batch, previous=[])
+
+    @contextmanager
+    def _applied(self, lm: LanguageModel, batch: list[EditRequest], previous: list) -> Iterator[AppliedEdit]:
+        with edit_weights(lm) as weights:
+            yield self._write(lm, weights, batch, previous)
+
+    def _write(self, lm: LanguageModel, weights, batch: list[EditRequest], previous: list) -> AppliedEdit:
+        """Steps 1-2 of the module docstring, applied through ``weights``; ``previous``: the keys of the edits
+        made before in a sequence, per layer (AlphaEdit reads them; each call appends its own)."""
+        layers = self.range_of(lm)
+        last = layers[-1]
+        rome = self.rome()
+        deltas, infos, contexts = [], [], []
+        for request in batch:  # step 1: ROME's delta at the last layer, on the unedited model
+            _, _, delta, info = rome._fit(lm, EditRequest(request.prompt, request.subject, request.gold,
+                                                          request.new_object, layers=(last,)))
+            deltas.append(delta)
+            infos.append(info)
+            contexts.append(rome.contexts(lm, request))
+        targets = torch.stack([h + d for h, d in zip(self._hidden(lm, batch, last), deltas)])  # [n, d_model] f64
+        n_weights = 0
+        mine: dict[int, torch.Tensor] = {}
+        for j, layer in enumerate(layers):  # step 2, lowest layer first, on the model edited so far
+            keys = self._keys(lm, batch, contexts, layer)  # [n, n_neurons] float64
+            resid = (targets - torch.stack(self._hidden(lm, batch, last))) / (len(layers) - j)  # [n, d_model]
+            c = self.covariance.get(lm, layer, self.sample)  # float64 on the CPU
+            before = [p[layer] for p in previous if layer in p]
+            delta_w = self._update(c, keys, resid, torch.cat(before) if before else None)  # [d_model, n_neurons]
+            weights.add_matrix(layer, delta_w)
+            n_weights += delta_w.numel()
+            mine[layer] = keys
+        previous.append(mine)
+        return AppliedEdit(start=layers[0], n_weights=n_weights, info={"layers": list(layers), "fits": infos})
+
+    def _update(self, c: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor,
+                previous: torch.Tensor | None) -> torch.Tensor:
+        """MEMIT's ``dW = R^T (C^-1 K^T (lambda I + K C^-1 K^T)^-1)^T`` ``[d_model, n_neurons]`` float64."""
+        c = c.double()
+        eye = torch.eye(c.shape[0], dtype=c.dtype)
+        c = c + self.ridge * c.diagonal().mean().clamp_min(1e-30) * eye if self.ridge else c
+        c_inv_k = torch.linalg.solve(c, keys.T)  # [n_neurons, n]
+        gram = keys @ c_inv_k + self.update_weight * torch.eye(len(keys), dtype=c.dtype)  # [n, n]
+        adj = torch.linalg.solve(gram, c_inv_k.T).T  # [n_neurons, n] = C^-1 K^T (lambda I + K C^-1 K^T)^-1
+        return resid.T @ adj.T
+
+    @torch.no_grad()
+    def _hidden(self, lm: LanguageModel, batch: list[EditRequest], layer: int) -> list[torch.Tensor]:
+        """Each request's residual stream after block ``layer`` at its subject's last token (bare query), float64
+        on the CPU."""
+        out = []
+        for request in batch:
+            seen = {}
+            position = subject_last_index(lm, request.prompt, request.subject)
+
+            def record(output, position=position):
+                seen["h"] = (output[0] if isinstance(output, tuple) else output)[0, position].detach()
+            ids = torch.tensor([list(lm.encode(request.prompt).prompt_ids)], device=lm.device)
+            with hook_module(lm.blocks[layer], "output", record):
+                lm.model(input_ids=ids)
+            out.append(seen["h"].double().cpu())
+        return out
+
+    @torch.no_grad()
+    def _keys(self, lm: LanguageModel, batch: list[EditRequest], contexts: list[list[str]],
+              layer: int) -> torch.Tensor:
+        """Each request's key at ``layer`` (the neuron activations at the subject's last token), averaged over its
+        contexts ``[n, n_neurons]``, float64 on the CPU."""
+        keys = []
+        for request, texts in zip(batch, contexts):
+            found = []
+            for text in texts:
+                ids = torch.tensor([list(lm.encode(text).prompt_ids)], device=lm.device)
+                with trace_activations(lm, [layer]) as acts:
+                    lm.model(input_ids=ids)
+                found.append(acts[layer][0, subject_last_index(lm, text, request.subject)].double().cpu())
+            keys.append(torch.stack(found).mean(dim=0))
+        return torch.stack(keys)
+
+
+@dataclass
+class AlphaEdit(Memit):
+    """The ``alphaedit`` editor (module docstring): MEMIT's range and targets, each update projected onto the null
+    space of the preserved keys' C; in :meth:`sequential` each edit also keeps the keys of the ones before.
+
+    Args:
+        null_threshold: eigenvalues of C below it span the null space (AlphaEdit's code: 1e-2); alpha: the
+            identity's weight in the solve (AlphaEdit's ``L2``, 1); the rest as :class:`Memit`.
+
+    Example:
+        >>> AlphaEdit().sequential(lm, requests, lambda k, applied: measure(applied.start))
+    """
+
+    null_threshold: float = 1e-2
+    alpha: float = 1.0
+
+    name = "alphaedit"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self.null_threshold, "alphaedit null threshold", allow_zero=True)
+        check_positive(self.alpha, "alphaedit alpha")
+
+    def sequential(self, lm: LanguageModel, requests: Sequence[EditRequest], after) -> list:
+        """Edit after edit (as :meth:`Editor.sequential`), each solve also keeping the keys of the edits before
+        (``K_p``), all undone at the end."""
+        batch = [r.checked(lm) for r in as_batch(requests)]
+        previous: list = []
+        out, applied = [], []
+        with ExitStack() as stack:
+            for k, request in enumerate(batch):
+                applied.append(stack.enter_context(self._applied(lm, [request], previous)))
+                out.append(after(k, AppliedEdit.combined(applied) if k else applied[0]))
+        return out
+
+    def projector(self, c: torch.Tensor) -> torch.Tensor:
+        """``P``: the projector onto the eigenvectors of C with eigenvalue below ``null_threshold`` (float64)."""
+        values, vectors = torch.linalg.eigh(c.double())
+        null = vectors[:, values < self.null_threshold]  # [n_neurons, m]
+        return null @ null.T
+
+    def _update(self, c: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor,
+                previous: torch.Tensor | None) -> torch.Tensor:
+        """AlphaEdit's ``dW = R^T K P (K_p^T K_p P + K^T K P + alpha I)^-1`` ``[d_model, n_neurons]`` float64."""
+        p = self.projector(c)
+        eye = torch.eye(p.shape[0], dtype=p.dtype)
+        system = keys.T @ keys @ p + self.alpha * eye
+        if previous is not None:
+            system = system + previous.T @ previous @ p
+        right = resid.T @ keys @ p  # [d_model, n_neurons]
+        return torch.linalg.solve(system.T, right.T).T  # right @ system^-1
