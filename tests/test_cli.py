@@ -116,7 +116,7 @@ def test_probe_json_on_tiny_model(capsys, tmp_path):
     (["--experiments", "nothing"], "unknown experiment"),
     (["--threshold", "1.5"], "threshold"),
     (["--facts", "0"], "facts"),
-    (["--experiments", "editors", "--editors", "kn,memit"], "unknown editor 'memit'"),
+    (["--experiments", "editors", "--editors", "kn,grace"], "unknown editor 'grace'"),
     (["--experiments", "editors", "--edit-layer", "7"], r"--edit-layer 7 out of range: the model has 3 layers"),
     (["--experiments", "editors", "--edit-layer", "middle"], "--edit-layer must be layer numbers or 'mid'"),
     (["--experiments", "editors", "--rome-steps", "-1"], "--rome-steps must be an integer >= 0"),

@@ -122,8 +122,10 @@ def test_bad_knockouts_are_refused_in_one_line(tiny_models):
 
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma2"])
-def test_extraction_reads_the_subject_state_and_the_attention_update_through_the_logit_lens(tiny_models, name):
-    lm = tiny_models(name)
+def test_extraction_reads_the_subject_state_and_the_attention_update_through_the_logit_lens(device, name):
+    from knowloc.models import load_model
+
+    lm = load_model(name, device=device)  # its own copy: output_hidden_states leaves transformers' recording hooks
     hits = extraction_hits(lm, PROMPT, SUBJECT, ANSWER)
     assert set(hits) == {"subject_hidden", "attention_update"} and all(len(v) == lm.n_layers for v in hits.values())
     # the same by hand, for the residual stream: HF's hidden states after each block but the last (normed there)

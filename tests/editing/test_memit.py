@@ -89,7 +89,7 @@ def test_a_batchs_keys_map_to_their_targets(tiny_models):
 def test_alphaedit_leaves_the_preserved_keys_unchanged(tiny_models):
     lm = tiny_models("tiny-llama")
     g = torch.Generator().manual_seed(1)  # cpu, where C lives
-    k0 = torch.randn(20, lm.n_neurons, generator=g, dtype=torch.float64)  # preserved keys, rank 20 < n_neurons
+    k0 = torch.randn(20, lm.n_neurons, generator=g, dtype=torch.float64)  # cpu: preserved keys, rank 20 < n_neurons
     c = k0.T @ k0 / len(k0)
     editor = AlphaEdit(layers=(0, 1), steps=3, prefixes=1, sample=SAMPLE, covariance=FixedC(c))
     before = {layer: projection(lm, layer) for layer in (0, 1)}
@@ -104,7 +104,7 @@ def test_alphaedit_leaves_the_preserved_keys_unchanged(tiny_models):
     # the update itself, in float64: W' K0 = W K0 to rounding
     batch = [r.checked(lm) for r in requests(2)]
     keys = editor._keys(lm, batch, [editor.rome().contexts(lm, r) for r in batch], 1)
-    resid = torch.randn(2, lm.value_vector(0, 0).numel(), dtype=torch.float64, generator=g)  # cpu
+    resid = torch.randn(2, lm.value_vector(0, 0).numel(), dtype=torch.float64, generator=g)  # cpu: the solve's
     dw = editor._update(c, keys, resid, None)
     assert float((dw @ k0.T).abs().max()) < 1e-9 * float(dw.abs().max()) * float(k0.abs().max())
 

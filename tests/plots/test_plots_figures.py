@@ -112,8 +112,8 @@ def small_plot(path):
 
 
 def test_reexports():
-    assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars",
-                                  "heatmap_grid", "frontier_plot", "specificity_scatter", "tracing_panels"}
+    assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars", "heatmap_grid",
+                                  "frontier_plot", "layer_curves", "specificity_scatter", "tracing_panels"}
     for name in plots.__all__:
         assert getattr(plots, name) is getattr(figures, name)
     assert not hasattr(figures, "line_plot")  # removed: no figure of the study drew it
@@ -424,3 +424,22 @@ def test_tracing_panels_bad_input(tmp_path, panels, needle):
     with pytest.raises(KnowlocError, match=needle):
         tracing_panels(panels, ["a", "b"], tmp_path / "t.png", "t")
     assert not list(tmp_path.iterdir())
+
+
+def test_layer_curves_draws_one_panel_per_group_and_refuses_nothing_to_draw(tmp_path):
+    from knowloc.errors import KnowlocError
+
+    mean = [0.0, 0.4, float("nan"), 0.1]
+    panels = {"K_C (3 facts)": {"subject": (mean, [v - 0.1 for v in mean], [v + 0.1 for v in mean]),
+                                "last": ([0.1, 0.0, 0.0, 0.2], None, None)},
+              "K_I (0 facts)": {"subject": ([float("nan")] * 4, None, None)}}
+    out = plots.layer_curves(panels, tmp_path / "k.png", "knockout", "drop")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    with Image.open(out) as image:  # one panel: the empty K_I is left out, so the figure is one panel wide
+        one = image.size
+    out2 = plots.layer_curves({**panels, "K_I": {"subject": (mean, None, None)}}, tmp_path / "k2.png", "x", "y")
+    with Image.open(out2) as image:
+        assert image.size[0] > 1.5 * one[0]
+    with pytest.raises(KnowlocError, match="at least one panel"):
+        plots.layer_curves({"a": {"s": ([float("nan")], None, None)}}, tmp_path / "none.png", "x", "y")

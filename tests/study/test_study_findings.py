@@ -70,7 +70,8 @@ def test_specificity_zero_is_a_filtered_study(stored):
 def test_every_finding_has_a_stable_id_and_unrun_experiments_say_so():
     items = findings({"config": {}})
     assert [f["id"] for f in items] == ["paraphrases-share-kns", "k-i-share", "kc-ki-generalization",
-                                        "query-kn-mapping", "knowledge-synapses", "cas-beats-baselines",
+                                        "query-kn-mapping", "knowledge-synapses", "attention-carries-subject",
+                                        "synapses-agree-with-knockout", "cas-beats-baselines",
                                         "kn-vs-editors", "ki-gap-source", "tracing-agrees-with-kns",
                                         "localization-informs-editing"]
     assert {f["verdict"] for f in items} == {"not run"}

@@ -146,10 +146,10 @@ class Memit(Editor):
                 previous: torch.Tensor | None) -> torch.Tensor:
         """MEMIT's ``dW = R^T (C^-1 K^T (lambda I + K C^-1 K^T)^-1)^T`` ``[d_model, n_neurons]`` float64."""
         c = c.double()
-        eye = torch.eye(c.shape[0], dtype=c.dtype)
+        eye = torch.eye(c.shape[0], dtype=c.dtype)  # on the CPU, where C and the solve are
         c = c + self.ridge * c.diagonal().mean().clamp_min(1e-30) * eye if self.ridge else c
         c_inv_k = torch.linalg.solve(c, keys.T)  # [n_neurons, n]
-        gram = keys @ c_inv_k + self.update_weight * torch.eye(len(keys), dtype=c.dtype)  # [n, n]
+        gram = keys @ c_inv_k + self.update_weight * torch.eye(len(keys), dtype=c.dtype)  # [n, n] on the cpu
         adj = torch.linalg.solve(gram, c_inv_k.T).T  # [n_neurons, n] = C^-1 K^T (lambda I + K C^-1 K^T)^-1
         return resid.T @ adj.T
 
@@ -232,7 +232,7 @@ class AlphaEdit(Memit):
                 previous: torch.Tensor | None) -> torch.Tensor:
         """AlphaEdit's ``dW = R^T K P (K_p^T K_p P + K^T K P + alpha I)^-1`` ``[d_model, n_neurons]`` float64."""
         p = self.projector(c)
-        eye = torch.eye(p.shape[0], dtype=p.dtype)
+        eye = torch.eye(p.shape[0], dtype=p.dtype)  # on the CPU, where C and the solve are
         system = keys.T @ keys @ p + self.alpha * eye
         if previous is not None:
             system = system + previous.T @ previous @ p
