@@ -358,3 +358,70 @@ def test_across_relations_takes_the_relations_in_turn():
     dataset = Dataset(items=items, relations=["A", "B", "C"])
     assert [(f.relation, f.n) for f, _ in dataset.across_relations()] == [("A", 0), ("B", 2), ("C", 4), ("A", 1),
                                                                           ("A", 3)]
+
+
+# --- CounterFact -------------------------------------------------------------------------------------------
+
+COUNTERFACT = [
+    {"case_id": 0, "pararel_idx": 2796,
+     "requested_rewrite": {"prompt": "The mother tongue of {} is", "relation_id": "P103",
+                           "target_new": {"str": "English", "id": "Q1860"},
+                           "target_true": {"str": "French", "id": "Q150"}, "subject": "Danielle Darrieux"},
+     "paraphrase_prompts": ["Shayna does this and Yossel goes still and dies. Danielle Darrieux, a native",
+                            "An album was recorded for Capitol Nashville. Danielle Darrieux spoke the language"],
+     "neighborhood_prompts": ["The mother tongue of Léon Blum is"], "generation_prompts": ["Danielle Darrieux's"]},
+    {"case_id": 7, "requested_rewrite": {"prompt": "{} is located in the continent of", "relation_id": "P30",
+                                         "target_new": {"str": "Europe"}, "target_true": {"str": "Asia"},
+                                         "subject": "Gobi Desert"},
+     "paraphrase_prompts": []},
+]
+
+
+def _counterfact(tmp_path, records, name="cf.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def test_a_counterfact_file_is_read_as_facts_with_the_rewrite_and_paraphrase_prompts(tmp_path):
+    dataset = load_facts(f"counterfact:{_counterfact(tmp_path, COUNTERFACT)}")
+    assert [f.id for f in dataset.facts] == ["cf:0", "cf:7"] and dataset.relations == ["P103", "P30"]
+    fact, queries = next(item for item in dataset if item[0].id == "cf:0")
+    assert (fact.relation, fact.subject, fact.object) == ("P103", "Danielle Darrieux", "French")
+    assert [q.text for q in queries] == [
+        "The mother tongue of Danielle Darrieux is",
+        "Shayna does this and Yossel goes still and dies. Danielle Darrieux, a native",
+        "An album was recorded for Capitol Nashville. Danielle Darrieux spoke the language"]
+    gobi = dataset.queries_of("cf:7")
+    assert [q.text for q in gobi] == ["Gobi Desert is located in the continent of"] and len(dataset) == 2
+    assert load_facts(f"counterfact:{_counterfact(tmp_path, COUNTERFACT)}", relations=["P30"]).facts[0].id == "cf:7"
+
+
+@pytest.mark.parametrize("records,pattern", [
+    ({"case_id": 0}, "non-empty JSON list"),
+    ([], "non-empty JSON list"),
+    ([{"requested_rewrite": {}}], r"record 1: missing key 'case_id'"),
+    ([{"case_id": 1, "requested_rewrite": {"prompt": "The capital of {} is", "relation_id": "P36",
+                                           "subject": "France"}}], r"record 1: missing key 'target_true'"),
+    ([{"case_id": 1, "requested_rewrite": {"prompt": "The capital of France is", "relation_id": "P36",
+                                           "subject": "France", "target_true": {"str": "Paris"}}}], r"'\{\}' once"),
+    ([COUNTERFACT[1], {"case_id": 2, "requested_rewrite": {"prompt": "{} is in", "relation_id": "P30",
+                                                           "subject": "Sahara", "target_true": {"str": "Africa"}},
+                       "paraphrase_prompts": ["It lies in"]}], r"record 2: a paraphrase prompt must .* 'Sahara'"),
+    ([{"case_id": 3, "requested_rewrite": {"prompt": "{} is in", "relation_id": "P30", "subject": "Sahara",
+                                           "target_true": {"str": " "}}}], r"record 1: empty str"),
+])
+def test_bad_counterfact_records_are_one_line_errors(tmp_path, records, pattern):
+    with pytest.raises(KnowlocError, match=pattern):
+        load_facts(f"counterfact:{_counterfact(tmp_path, records)}")
+    with pytest.raises(KnowlocError, match="counterfact file .* not found"):
+        load_facts(f"counterfact:{tmp_path / 'missing.json'}")
+
+
+def test_a_bad_counterfact_file_exits_2_in_one_line(tmp_path, capsys):
+    from knowloc.cli import main
+
+    path = _counterfact(tmp_path, [{"case_id": 1}])
+    assert main(["probe", "--model", "tiny-gpt2", "--data", f"counterfact:{path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "record 1: missing key 'requested_rewrite'" in err[0]

@@ -15,6 +15,15 @@
     ``"<relation>:<line number>"`` when a line has no ``uuid``.  Relations left without any
     causal template are not available.  :func:`knowloc.data.download.download_pararel` fetches
     this layout.
+``counterfact:FILE``
+    A CounterFact file (ROME's ``counterfact.json`` layout, Meng et al. 2022): a JSON list of records
+    ``{"case_id": 0, "requested_rewrite": {"prompt": "The mother tongue of {} is", "relation_id": "P103",
+    "subject": "Danielle Darrieux", "target_true": {"str": "French"}, "target_new": {"str": "English"}},
+    "paraphrase_prompts": ["... Danielle Darrieux, a native", ...], ...}``. Each record is a fact
+    ``cf:<case_id>`` of relation ``relation_id``, object ``target_true`` and templates: the rewrite prompt (``{}``
+    -> ``[X]``) and each paraphrase prompt (its last occurrence of the subject -> ``[X]``), each followed by
+    ``[Y]``. The other keys (``target_new``, neighborhood, attribute and generation prompts) are not read: a
+    study draws its own new objects. Records are checked as JSONL lines are (record N is line N of the messages).
 a path to a ``.jsonl`` file (our own format)
     One fact per line, a JSON object::
 
@@ -71,6 +80,7 @@ from knowloc.errors import KnowlocError
 
 BUILTIN_SPEC = "builtin"
 PARAREL_PREFIX = "pararel:"
+COUNTERFACT_PREFIX = "counterfact:"
 BUILTIN_RESOURCE = "builtin_facts.jsonl"
 
 Item = tuple[Fact, list[Query]]
@@ -180,6 +190,13 @@ def load_facts(source: str, relations: Sequence[str] | None = None, limit: int |
         if not directory:
             raise KnowlocError("'pararel:' needs a directory, e.g. pararel:../shared/data/pararel")
         return _load_pararel(Path(directory).expanduser(), relations, limit, source=source)
+
+    if source.startswith(COUNTERFACT_PREFIX):
+        path = Path(source[len(COUNTERFACT_PREFIX):].strip()).expanduser()
+        if not path.is_file():
+            raise KnowlocError(f"counterfact file {str(path)!r} not found (counterfact:FILE, ROME's counterfact.json)")
+        return _load_jsonl_text(_counterfact_lines(_read_text(path), str(path)), str(path), relations, limit,
+                                source=source)
 
     path = Path(source).expanduser()
     if not path.exists():
@@ -321,6 +338,50 @@ def _load_jsonl_text(
     merged = [(dropped, first) for dropped, first in merged if first in kept]
     _warn_merged(merged, name)
     return Dataset(items=items, relations=selected, templates=templates_of, source=source, merged=merged)
+
+
+# --------------------------------------------------------------------------------------------
+# CounterFact
+
+
+def _counterfact_lines(text: str, name: str) -> str:
+    """A CounterFact JSON list as our JSONL text, one fact line per record (module docstring)."""
+    try:
+        records = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise KnowlocError(f"{name}: malformed JSON ({_one_line(str(exc))})") from None
+    if not isinstance(records, list) or not records:
+        raise KnowlocError(f"{name}: expected a non-empty JSON list of CounterFact records")
+    lines = []
+    for k, record in enumerate(records, start=1):
+        where = f"{name}: record {k}"
+        if not isinstance(record, dict):
+            raise KnowlocError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        _require(record, ("case_id", "requested_rewrite"), where)
+        rewrite = record["requested_rewrite"]
+        if not isinstance(rewrite, dict):
+            raise KnowlocError(f"{where}: 'requested_rewrite' must be an object")
+        _require(rewrite, ("prompt", "relation_id", "subject", "target_true"), where)
+        prompt, subject = _string(rewrite, "prompt", where), _string(rewrite, "subject", where)
+        true = rewrite["target_true"]
+        if not isinstance(true, dict) or "str" not in true:
+            raise KnowlocError(f"{where}: 'target_true' must be an object with 'str'")
+        if prompt.count("{}") != 1:
+            raise KnowlocError(f"{where}: the rewrite prompt must hold '{{}}' once (the subject), got {prompt!r}")
+        templates = [prompt.replace("{}", "[X]") + " [Y]."]
+        paraphrases = record.get("paraphrase_prompts", [])
+        if not isinstance(paraphrases, list):
+            raise KnowlocError(f"{where}: 'paraphrase_prompts' must be a list of strings")
+        for text_ in paraphrases:
+            if not isinstance(text_, str) or subject not in text_:
+                raise KnowlocError(f"{where}: a paraphrase prompt must be a string holding the subject "
+                                   f"{subject!r}, got {_one_line(repr(text_))}")
+            at = text_.rfind(subject)
+            templates.append(text_[:at] + "[X]" + text_[at + len(subject):].rstrip() + " [Y].")
+        lines.append(json.dumps({"id": f"cf:{record['case_id']}", "relation": _string(rewrite, "relation_id", where),
+                                 "subject": subject, "object": _string(true, "str", where),
+                                 "templates": templates}, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
