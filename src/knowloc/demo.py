@@ -31,7 +31,7 @@ DEMO_FACTS = 8  # 12 before editors and tracing joined: 13.3 min then (docs/perf
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
                      cas_sweep_thresholds=[0.1, 0.3], cas_sweep_beta2=[0.0, 1.0], update_sweep_queries=1,
                      rome_samples=32, rome_prefixes=2, trace_samples=3)
-DEMO_SKIPS = ("localization-vs-editing",)  # an hour-scale layer sweep of its own (docs/tracing.md)
+DEMO_SKIPS = ("localization-vs-editing", "mass-editing")  # an hour-scale layer sweep; edits that accumulate
 DEMO_METHODS = ["ig", "amig"]
 
 

@@ -73,3 +73,34 @@ def test_memit_and_alphaedit_run_in_the_editors_experiment(tmp_path, study_args)
         every = rows[(name, "all")]
         assert every["layer"] is None and every["n"] == summary["facts"]["tiny-llama"] and 0 <= every["rel"] <= 1
     assert StudyConfig(editors="memit,alphaedit").editors == ["memit", "alphaedit"]
+
+
+def test_mass_editing_end_to_end(tmp_path, study_args, monkeypatch):
+    """Sequential edits of every editor and memit's batch, measured at 1 and all edits on every edit so far; the
+    figure, the findings; a rerun edits nothing."""
+    out = tmp_path / "study"
+    args = study_args(out, experiments=["consistency", "mass-editing"], editors=["kn", "rome", "memit"],
+                      mass_edits=3, rome_samples=4, rome_steps=2, rome_prefixes=1)
+    summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    rows = summary["mass_editing"]
+    every = {(r["editor"], r["mode"], r["n_edits"]): r for r in rows if r["group"] == "all"}
+    assert {(e, m) for e, m, _ in every} == {("kn", "sequential"), ("rome", "sequential"), ("memit", "sequential"),
+                                            ("memit", "batch")}
+    for (editor, mode, n_edits), r in every.items():
+        assert n_edits in (1, 3) or (editor == "kn" and n_edits <= 3)
+        assert r["n"] == n_edits and 0 <= r["rel"] <= 1 and 0 <= r["loc"] <= 1  # every edit so far, measured
+    ids = {f["id"] for f in summary["findings"]}
+    assert {"edits-at-scale", "k-c-k-i-at-scale"} <= ids
+    assert "mass_editing_tiny-llama_ig.png" in summary["figures"]["mass-editing"]
+    monkeypatch.setattr("knowloc.study.experiments.mass_editing._edits",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("edits redone")))
+    again = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
+    assert again["mass_editing"] == rows
+
+
+def test_a_sequence_of_one_editor_matches_its_edits_one_by_one_at_the_first_checkpoint(tmp_path, study_args):
+    """After one edit, the sequential row of a fact is the editors experiment's measurement of that edit."""
+    from knowloc.study.settings import MassEditingSettings
+
+    assert MassEditingSettings(edits=25).checkpoints(25) == [1, 10, 25]
+    assert MassEditingSettings().checkpoints(1) == [1] and MassEditingSettings().checkpoints(0) == []

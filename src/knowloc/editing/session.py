@@ -8,7 +8,6 @@ by (editor settings, request).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Hashable, Iterable, Sequence
 
@@ -67,9 +66,16 @@ class EditSession:
 
     def request(self, index: int, neurons=(), layers=()) -> EditRequest:
         """The request that query ``index`` answer the session's new object (``neurons``: its KN set, with their
-        activations on the query; ``layers``: an editor's chosen layers)."""
-        return EditRequest(self.prompts[index], self.subject, self.gold, self.target, layers=layers,
-                           neurons=tuple(map(tuple, neurons)))
+        activations on the query from the baseline, what the sign-aware update rules read; ``layers``: an
+        editor's chosen layers)."""
+        neurons = tuple(map(tuple, neurons))
+        acts = self.baseline.activations
+        try:
+            read = None if acts is None else {n: float(acts[index][n]) for n in neurons}
+        except (IndexError, TypeError):  # a neuron the model does not have: the edit's own check names it
+            read = None
+        return EditRequest(self.prompts[index], self.subject, self.gold, self.target, layers=layers, neurons=neurons,
+                           activations=read)
 
     def measure(self, editor: Editor, index: int, neurons=(), layers=(),
                 generalize_on: list[int] | None = None) -> dict | None:
@@ -127,8 +133,5 @@ class EditSession:
         """(the edited model's key, the trial) of a request; None when the edit cannot be made."""
         if (editor.uses_neurons and not neurons) or (editor.operation == "update" and self.target is None):
             return None
-        request = self.request(index, neurons, layers)
-        acts = self.baseline.activations
-        if editor.uses_neurons and acts is not None:  # the sign-aware rules read them (and the key their signs)
-            request = dataclasses.replace(request, activations={n: float(acts[index][n]) for n in request.neurons})
+        request = self.request(index, neurons, layers)  # with the neurons' activations (the key reads their signs)
         return editor.model_key(self.lm, request), (editor, index, request)

@@ -683,14 +683,17 @@ def frontier_plot(series: Mapping[str, Sequence[tuple[float, float, str]]], path
 
 
 def layer_curves(panels: Mapping[str, Mapping[str, Any]], path: PathLike, title: str, ylabel: str,
-                 zero_line: bool = True) -> Path:
+                 zero_line: bool = True, x: Sequence[float] | None = None, xlabel: str = "layer",
+                 log_x: bool = False) -> Path:
     """One value per layer, one line per series with its 95% band, one panel per key of ``panels`` (e.g. Geva et
     al.'s knockout figure: the drop of P(answer) by layer, one line per edge set, K_C beside K_I).
 
     Args:
-        panels: panel title -> {series name -> ``(mean, low, high)``}, each a sequence over layers (``low`` /
-            ``high`` may be None: no band; nan points are left out).
-        path: where to write the PNG; title, ylabel: text; zero_line: draw y = 0.
+        panels: panel title -> {series name -> ``(mean, low, high)`` or ``(mean, low, high, x)``}, each a
+            sequence over layers or over the series' own positions ``x`` (``low`` / ``high`` may be None: no band;
+            nan points are left out).
+        path: where to write the PNG; title, ylabel: text; zero_line: draw y = 0; x: the points' positions
+            (default 0, 1, ...: layers), xlabel its label, log_x a log scale (e.g. numbers of edits).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -702,13 +705,14 @@ def layer_curves(panels: Mapping[str, Mapping[str, Any]], path: PathLike, title:
     parsed = []
     for panel, series in panels.items():
         lines = []
-        for name, (mean, low, high) in series.items():
+        for name, (mean, low, high, *own) in series.items():
             mean = np.asarray(mean, dtype=float)
             if not np.isfinite(mean).any():
                 continue
             band = None if low is None or high is None else (np.asarray(low, dtype=float),
                                                               np.asarray(high, dtype=float))
-            lines.append((str(name), mean, band))
+            at = np.asarray(own[0] if own else (np.arange(len(mean)) if x is None else x), dtype=float)[:len(mean)]
+            lines.append((str(name), mean, band, at))
         if lines:
             parsed.append((str(panel), lines))
     if not parsed:
@@ -717,15 +721,16 @@ def layer_curves(panels: Mapping[str, Mapping[str, Any]], path: PathLike, title:
         fig, axes = plt.subplots(1, len(parsed), figsize=(4.6 * len(parsed), 3.8), layout="constrained",
                                  sharey=True, squeeze=False)
         for ax, (panel, lines) in zip(axes[0], parsed):
-            for k, (name, mean, band) in enumerate(lines):
+            for k, (name, mean, band, layers) in enumerate(lines):
                 color = _PALETTE[k % len(_PALETTE)]
-                layers = np.arange(len(mean))
                 ax.plot(layers, mean, marker="o", markersize=3, linewidth=1.4, color=color, label=name)
                 if band is not None:
                     ax.fill_between(layers, band[0], band[1], color=color, alpha=0.18, linewidth=0)
             if zero_line:
                 ax.axhline(0.0, color="0.5", linewidth=0.8)
-            ax.set_xlabel("layer")
+            ax.set_xlabel(xlabel)
+            if log_x:
+                ax.set_xscale("log")
             ax.grid(True, color="0.9", linewidth=0.8)
             ax.set_axisbelow(True)
             ax.set_title(_wrap(panel, 40))

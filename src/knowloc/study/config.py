@@ -41,7 +41,7 @@ from knowloc.study import registry
 from knowloc.study.editor_registry import check_editors
 from knowloc.study.layers import LayerSpec
 from knowloc.study.settings import (LAYER_LIST, AttentionSettings, CasSweepSettings, KnockoutSettings, LveSettings,
-                                    UpdateSweepSettings, str_list)
+                                    MassEditingSettings, UpdateSweepSettings, str_list)
 from knowloc.tracing import TraceSettings
 
 CS_SCORES = ("cs1", "cs2", "csp")
@@ -109,6 +109,7 @@ class StudyConfig:
     ppl_texts: int = setting(5, help="neutral sentences for dlogPPL")
     attention: AttentionSettings = section(AttentionSettings)
     knockout: KnockoutSettings = section(KnockoutSettings)
+    mass_editing: MassEditingSettings = section(MassEditingSettings)
     cas: CasSettings = section(CasSettings)
     cas_sweep: CasSweepSettings = section(CasSweepSettings)
     update_sweep: UpdateSweepSettings = section(UpdateSweepSettings)

@@ -85,6 +85,26 @@ class KnockoutSettings:
 
 
 @dataclass
+class MassEditingSettings:
+    """Many edits (experiment ``mass-editing``): the first ``edits`` studied facts, edited in sequence (and as one
+    batch by the editors that write a batch at once), measured after 1, 10, 100, ... and ``edits`` edits."""
+
+    edits: int = setting(20, flat="mass_edits", help="mass-editing: facts edited one after another (and as one batch "
+                         "by memit / alphaedit), measured after 1, 10, 100, ... and this many edits")
+
+    def __post_init__(self) -> None:
+        _count(self.edits, "--mass-edits")
+
+    def checkpoints(self, n: int) -> list[int]:
+        """The numbers of edits measured when ``n`` facts can be edited: 1, 10, 100, ... below ``n``, and ``n``."""
+        points, k = [], 1
+        while k < n:
+            points.append(k)
+            k *= 10
+        return points + [n] if n else []
+
+
+@dataclass
 class CasSweepSettings:
     """The ``cas-sweep`` grid of beta1, beta2 and t (only beta2 / beta1 and t change the selection)."""
 

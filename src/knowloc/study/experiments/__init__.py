@@ -5,8 +5,8 @@ a built-in experiment is one module that defines its :class:`knowloc.study.regis
 entry in this list (docs/extending.md).
 """
 
-from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, knockout, lve, modification,
-                                       query_mapping, specificity, tracing, update_sweep)
+from knowloc.study.experiments import (attention, cas, cas_sweep, consistency, editors, knockout, lve, mass_editing,
+                                       modification, query_mapping, specificity, tracing, update_sweep)
 from knowloc.study.registry import REGISTRY, names, register_all
 
 BUILTIN = (
@@ -22,6 +22,7 @@ BUILTIN = (
     editors.EXPERIMENT,
     tracing.EXPERIMENT,
     lve.EXPERIMENT,
+    mass_editing.EXPERIMENT,
 )
 register_all(BUILTIN)
 

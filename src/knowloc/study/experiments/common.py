@@ -26,6 +26,7 @@ from knowloc.plots import grouped_bars
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.editor_registry import SAMPLE_LENGTH
+from knowloc.study.facts import known_facts, seeded_order
 from knowloc.study.tables import Column
 
 ALL = "all"  # the group of every studied fact, beside K_C and K_I
@@ -38,6 +39,14 @@ ALL = "all"  # the group of every studied fact, beside K_C and K_I
 def sample(cfg: StudyConfig) -> TextSample:
     """The text sample of ROME's key statistics C: --rome-samples samples of SAMPLE_LENGTH tokens, seeded."""
     return TextSample(n=cfg.rome.samples, length=SAMPLE_LENGTH, seed=cfg.seed)
+
+
+def first_studied(ctx: StudyContext, model: str, n: int) -> list[str]:
+    """The first ``n`` studied facts' ids in the study's seeded order (the same for every method; a study grown
+    with a larger --facts keeps them): the subsets of `localization-vs-editing` and `mass-editing`."""
+    studied = {f.fact_id for f in ctx.facts.get(model, [])}
+    known = known_facts(ctx.probes.get(model, []), ctx.config.min_known)
+    return [f.fact_id for f in seeded_order(known, ctx.config.seed) if f.fact_id in studied][:n]
 
 
 def kn_editors(cfg: StudyConfig) -> dict[str, Editor]:

@@ -28,8 +28,8 @@ from knowloc.editing.trials import measure_edit
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.editor_registry import make_editor
-from knowloc.study.experiments.common import fact_traces, kn_profile, mlp_profile, rows_once_per_fact, sample
-from knowloc.study.facts import known_facts, seeded_order
+from knowloc.study.experiments.common import (fact_traces, first_studied, kn_profile, mlp_profile,
+                                              rows_once_per_fact, sample)
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
@@ -51,10 +51,7 @@ def lve_layers(cfg: StudyConfig, n_layers: int) -> list[int]:
 def subset(ctx: StudyContext, model: str) -> set[str]:
     """The seeded subset of --lve-facts studied facts (the same for every method): the first of them in the
     study's seeded order, so a study grown with a larger --facts keeps the subset (and its stored edits)."""
-    studied = {f.fact_id for f in ctx.facts.get(model, [])}
-    known = known_facts(ctx.probes.get(model, []), ctx.config.min_known)
-    ordered = [f.fact_id for f in seeded_order(known, ctx.config.seed) if f.fact_id in studied]
-    return set(ordered[: ctx.config.lve.facts])
+    return set(first_studied(ctx, model, ctx.config.lve.facts))
 
 
 def check_model(cfg: StudyConfig, lm) -> None:
