@@ -75,7 +75,7 @@ def test_a_batchs_keys_map_to_their_targets(tiny_models):
                    covariance=CovarianceStore(None))
     batch = [r.checked(lm) for r in requests()]
     c = editor.covariance.get(lm, 1, SAMPLE)
-    contexts = [editor.rome().contexts(lm, r) for r in batch]
+    contexts = [editor.contexts(lm, r) for r in batch]
     keys = editor._keys(lm, batch, contexts, 1)  # [n, n_neurons]
     resid = torch.randn(len(batch), lm.value_vector(0, 0).numel(), dtype=torch.float64,
                         generator=torch.Generator().manual_seed(0))  # cpu: the solve's own device
@@ -103,7 +103,7 @@ def test_alphaedit_leaves_the_preserved_keys_unchanged(tiny_models):
     assert_restored(lm, saved)
     # the update itself, in float64: W' K0 = W K0 to rounding
     batch = [r.checked(lm) for r in requests(2)]
-    keys = editor._keys(lm, batch, [editor.rome().contexts(lm, r) for r in batch], 1)
+    keys = editor._keys(lm, batch, [editor.contexts(lm, r) for r in batch], 1)
     resid = torch.randn(2, lm.value_vector(0, 0).numel(), dtype=torch.float64, generator=g)  # cpu: the solve's
     dw = editor._update(c, keys, resid, None)
     assert float((dw @ k0.T).abs().max()) < 1e-9 * float(dw.abs().max()) * float(k0.abs().max())
@@ -119,7 +119,7 @@ def test_alphaedit_in_sequence_keeps_the_earlier_edits_keys(tiny_models):
     assert seen == [(0, 1), (1, 1)]
     assert_restored(lm, saved)
     # the second solve includes the first edit's keys: its update differs from a fresh one
-    keys = [editor._keys(lm, [r.checked(lm)], [editor.rome().contexts(lm, r)], 1) for r in requests(2)]
+    keys = [editor._keys(lm, [r.checked(lm)], [editor.contexts(lm, r)], 1) for r in requests(2)]
     resid = torch.ones(1, lm.value_vector(0, 0).numel(), dtype=torch.float64)  # cpu
     c = editor.covariance.get(lm, 1, SAMPLE)
     fresh = editor._update(c, keys[1], resid, None)

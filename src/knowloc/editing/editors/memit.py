@@ -31,13 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from knowloc.editing.editors.base import AppliedEdit, EditRequest, Editor, as_batch, check_positive, subject_last_index
-from knowloc.editing.editors.covariance import CovarianceStore, TextSample
-from knowloc.editing.editors.rome import Rome, RomeSettings
+from knowloc.editing.editors.base import AppliedEdit, EditRequest, as_batch, check_positive, subject_last_index
+from knowloc.editing.editors.rome import Rome
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import edit_weights, hook_module, trace_activations
 from knowloc.models.lm import LanguageModel
@@ -53,13 +52,14 @@ def default_layers(n_layers: int) -> tuple[int, ...]:
 
 
 @dataclass
-class Memit(Editor):
+class Memit(Rome):
     """The ``memit`` editor (module docstring): ``apply(lm, requests)`` writes a batch at once over ``layers``
-    (None: :func:`default_layers`); ``request.layers`` is not read (the range is the editor's).
+    (None: :func:`default_layers`); ``request.layers`` is not read (the range is the editor's). Its targets are
+    ROME's fit, so it takes ROME's settings (:class:`Rome`: steps, lr, stop, prefixes, sample, covariance, seed,
+    ridge) besides its own.
 
     Args:
-        layers: the edited range; update_weight: ``lambda`` of the update; steps, lr, stop, prefixes, sample,
-            covariance, seed: ROME's target optimization and C (:class:`Rome`); ridge: C's ridge.
+        layers: the edited range; update_weight: ``lambda`` of the update.
 
     Example:
         >>> with Memit().apply(lm, requests) as applied:  # every request's fact written at once
@@ -68,29 +68,17 @@ class Memit(Editor):
 
     layers: tuple[int, ...] | None = None
     update_weight: float = 15000.0
-    steps: int = RomeSettings.steps
-    lr: float = RomeSettings.lr
-    stop: float = RomeSettings.stop
-    prefixes: int = RomeSettings.prefixes
-    sample: TextSample = field(default_factory=lambda: TextSample(n=RomeSettings.samples))
-    covariance: CovarianceStore = field(default_factory=CovarianceStore)
-    ridge: float = 1e-6
-    seed: int = 0
 
     name = "memit"
     uses_layer = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive(self.update_weight, f"{self.name} update weight", allow_zero=True)
         if self.layers is not None:
             self.layers = tuple(sorted({int(layer) for layer in self.layers}))
             if not self.layers:
                 raise KnowlocError(f"{self.name} needs at least one layer")
-
-    def rome(self) -> Rome:
-        """The ROME whose steps 1-2 fit the targets (the same optimization settings and C)."""
-        return Rome(steps=self.steps, lr=self.lr, stop=self.stop, prefixes=self.prefixes, sample=self.sample,
-                    covariance=self.covariance, ridge=self.ridge, seed=self.seed)
 
     def range_of(self, lm: LanguageModel) -> tuple[int, ...]:
         layers = self.layers if self.layers is not None else default_layers(lm.n_layers)
@@ -105,9 +93,8 @@ class Memit(Editor):
     @contextmanager
     def apply(self, lm: LanguageModel, requests: EditRequest | Sequence[EditRequest]) -> Iterator[AppliedEdit]:
         """The model with every request written at once (module docstring); restored bit-exactly on exit."""
-        batch = [r.checked(lm) for r in as_batch(requests)]
-        with edit_weights(lm) as weights:
-            yield self._write(lm, weights, batch, previous=[])
+        with self._applied(lm, [r.checked(lm) for r in as_batch(requests)], []) as applied:
+            yield applied
 
     @contextmanager
     def _applied(self, lm: LanguageModel, batch: list[EditRequest], previous: list) -> Iterator[AppliedEdit]:
@@ -119,14 +106,13 @@ class Memit(Editor):
         made before in a sequence, per layer (AlphaEdit reads them; each call appends its own)."""
         layers = self.range_of(lm)
         last = layers[-1]
-        rome = self.rome()
         deltas, infos, contexts = [], [], []
         for request in batch:  # step 1: ROME's delta at the last layer, on the unedited model
-            _, _, delta, info = rome._fit(lm, EditRequest(request.prompt, request.subject, request.gold,
+            _, _, delta, info = self._fit(lm, EditRequest(request.prompt, request.subject, request.gold,
                                                           request.new_object, layers=(last,)))
             deltas.append(delta)
             infos.append(info)
-            contexts.append(rome.contexts(lm, request))
+            contexts.append(self.contexts(lm, request))
         targets = torch.stack([h + d for h, d in zip(self._hidden(lm, batch, last), deltas)])  # [n, d_model] f64
         n_weights = 0
         mine: dict[int, torch.Tensor] = {}
