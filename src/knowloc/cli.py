@@ -31,18 +31,18 @@ from knowloc.attribution.methods import MethodConfig
 from knowloc.data import download_pararel, load_facts, load_specificity_prompts
 from knowloc.data.filtering import probe_facts
 from knowloc.demo import DEMO_FACTS, demo_config, run_demo
+from knowloc.editing.editors.rome import RomeSettings
 from knowloc.errors import Interrupted, KnowlocError
 from knowloc.models import REGISTRY as FAMILIES
 from knowloc.models import builtin_names, load_model, missing_packages
 from knowloc.models.neuron import MASSIVE_RATIO, activation_ratios, activation_stats, describe_neurons, explain_ratio
 from knowloc.process import tune_allocator
 from knowloc.report.html import build_report
-from knowloc.editing.editors.rome import RomeSettings
 from knowloc.study.config import LIST_FIELDS, SECTIONS, SPECS, StudyConfig
 from knowloc.study.plan import print_plan
 from knowloc.study.registry import REGISTRY as EXPERIMENTS
-from knowloc.study.runner import check_out_dir, run_study
 from knowloc.study.reader import StudyReader
+from knowloc.study.runner import check_out_dir, run_study
 from knowloc.study.store import Store
 from knowloc.tracing import TraceSettings
 
