@@ -478,13 +478,14 @@ def test_demo_runs_on_two_ray_workers_when_ray_is_installed(tmp_path, monkeypatc
     assert demo.demo_config(tmp_path, facts=2, executor={"executor": "local"}).executor == "local"
 
 
-def test_demo_traces_its_facts_but_skips_the_layer_sweep(tmp_path):
+def test_demo_traces_its_facts_but_skips_the_layer_sweep_and_the_mass_edits(tmp_path):
     from knowloc.demo import demo_config
     from knowloc.study.registry import names
 
     config = demo_config(tmp_path, model="tiny-llama", facts=2, executor={"executor": "local"})
     assert "tracing" in config.experiments and "editors" in config.experiments
-    assert set(names()) - set(config.experiments) == {"localization-vs-editing"}
+    assert set(names()) - set(config.experiments) == {"localization-vs-editing", "mass-editing"}
+    assert "knockout" in config.experiments
     assert config.trace.samples == 3
 
 

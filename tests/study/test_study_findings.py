@@ -73,7 +73,7 @@ def test_every_finding_has_a_stable_id_and_unrun_experiments_say_so():
                                         "query-kn-mapping", "knowledge-synapses", "attention-carries-subject",
                                         "synapses-agree-with-knockout", "cas-beats-baselines",
                                         "kn-vs-editors", "ki-gap-source", "tracing-agrees-with-kns",
-                                        "localization-informs-editing"]
+                                        "localization-informs-editing", "edits-at-scale", "k-c-k-i-at-scale"]
     assert {f["verdict"] for f in items} == {"not run"}
     assert items[2]["text"] == "Not measured: the study has no modification results."
 
