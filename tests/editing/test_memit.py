@@ -156,3 +156,20 @@ def test_bad_settings_are_refused_in_one_line(tiny_models):
         Memit(layers=())
     with pytest.raises(KnowlocError):
         AlphaEdit(alpha=0.0)
+
+
+def test_the_default_weight_is_gptjs_scaled_by_the_width(tiny_models):
+    """lambda = 15000 x n_neurons / 16384: on GPT-J's width MEMIT's own 15000, and for a key drawn like C's one
+    request writes about the same share of its residual at any width."""
+    from knowloc.editing.editors.memit import default_update_weight
+
+    assert default_update_weight(16384) == 15000.0 and default_update_weight(1536) == pytest.approx(1406.25)
+    g = torch.Generator().manual_seed(3)  # cpu: the solve's device
+    shares = []
+    for width in (64, 512):
+        keys = torch.randn(4000, width, generator=g, dtype=torch.float64)  # cpu: C of unit-variance keys
+        c = keys.T @ keys / len(keys)
+        k = torch.randn(1, width, generator=g, dtype=torch.float64)  # cpu: one request's key
+        dw = Memit()._update(c, k, torch.ones(1, 3, dtype=torch.float64), None)  # cpu: residual 1 in 3 dims
+        shares.append(float((k @ dw.T)[0, 0]))  # the share of the residual written at the key
+    assert shares[0] == pytest.approx(shares[1], rel=0.3) and 0.3 < shares[1] < 0.8

@@ -14,7 +14,8 @@ For a batch of requests ``i`` (subject ``s_i``, query, new object ``o_i``) and a
    and the update
 
    * MEMIT:  ``dW_l = R_l^T K_l (lambda C_l + K_l^T K_l)^-1``  (``C_l = E[k k^T]`` of ROME's text sample,
-     ``lambda`` = ``update_weight``, MEMIT's ``mom2_update_weight``);
+     ``lambda`` = ``update_weight``, MEMIT's ``mom2_update_weight``: GPT-J's 15000 scaled by the MLP's width,
+     :func:`default_update_weight`);
    * AlphaEdit: ``dW_l = R_l^T K_l P (K_p^T K_p P + K_l^T K_l P + I)^-1`` with ``P`` the projector onto the null
      space of ``C_l`` (eigenvectors of eigenvalue below ``null_threshold``; the preserved keys ``K_0`` span the
      rest, so ``dW_l K_0 = 0``) and ``K_p`` the keys of the edits made before in a sequence
@@ -42,6 +43,17 @@ from knowloc.models.hooks import edit_weights, hook_module, trace_activations
 from knowloc.models.lm import LanguageModel
 
 SPAN = 5  # MEMIT edits five consecutive layers (GPT-J: 3-8; GPT-2 XL: 13-17)
+GPTJ_WEIGHT, GPTJ_NEURONS = 15000.0, 16384  # MEMIT's mom2_update_weight for GPT-J, and GPT-J's MLP width
+
+
+def default_update_weight(n_neurons: int) -> float:
+    """MEMIT's ``lambda`` for a model whose MLP has ``n_neurons`` neurons: GPT-J's 15000 scaled by the width.
+
+    One request's update writes ``s / (1 + s)`` of its residual at its key, ``s = k^T (lambda C)^-1 k``, and
+    ``E[k^T C^-1 k] = n_neurons`` for a key drawn like C's: the same share as MEMIT's on GPT-J (about half) needs
+    ``lambda`` proportional to the width. 15000 on SmolLM2's 1536 neurons writes about a tenth of it.
+    """
+    return GPTJ_WEIGHT * n_neurons / GPTJ_NEURONS
 
 
 def default_layers(n_layers: int) -> tuple[int, ...]:
@@ -59,7 +71,7 @@ class Memit(Rome):
     ridge) besides its own.
 
     Args:
-        layers: the edited range; update_weight: ``lambda`` of the update.
+        layers: the edited range; update_weight: ``lambda`` of the update (None: :func:`default_update_weight`).
 
     Example:
         >>> with Memit().apply(lm, requests) as applied:  # every request's fact written at once
@@ -67,14 +79,15 @@ class Memit(Rome):
     """
 
     layers: tuple[int, ...] | None = None
-    update_weight: float = 15000.0
+    update_weight: float | None = None
 
     name = "memit"
     uses_layer = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self.update_weight, f"{self.name} update weight", allow_zero=True)
+        if self.update_weight is not None:
+            check_positive(self.update_weight, f"{self.name} update weight", allow_zero=True)
         if self.layers is not None:
             self.layers = tuple(sorted({int(layer) for layer in self.layers}))
             if not self.layers:
@@ -135,7 +148,8 @@ class Memit(Rome):
         eye = torch.eye(c.shape[0], dtype=c.dtype)  # on the CPU, where C and the solve are
         c = c + self.ridge * c.diagonal().mean().clamp_min(1e-30) * eye if self.ridge else c
         c_inv_k = torch.linalg.solve(c, keys.T)  # [n_neurons, n]
-        gram = keys @ c_inv_k + self.update_weight * torch.eye(len(keys), dtype=c.dtype)  # [n, n] on the cpu
+        weight = default_update_weight(c.shape[0]) if self.update_weight is None else self.update_weight
+        gram = keys @ c_inv_k + weight * torch.eye(len(keys), dtype=c.dtype)  # [n, n] on the cpu
         adj = torch.linalg.solve(gram, c_inv_k.T).T  # [n_neurons, n] = C^-1 K^T (lambda I + K C^-1 K^T)^-1
         return resid.T @ adj.T
 
