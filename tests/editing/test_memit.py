@@ -10,6 +10,8 @@ from knowloc.editing.editors import CovarianceStore, EditRequest, Rome, TextSamp
 from knowloc.editing.editors.memit import AlphaEdit, Memit, default_layers
 from knowloc.errors import KnowlocError
 
+from model_state import assert_restored, snapshot
+
 PROMPTS = ["The capital of France is", "The capital of Spain is", "The capital of Egypt is"]
 SUBJECTS = ["France", "Spain", "Egypt"]
 GOLD = ["Paris", "Madrid", "Cairo"]
@@ -24,15 +26,6 @@ def requests(n=3):
 def projection(lm, layer):
     w = lm.mlp_out(layer).weight.detach()
     return (w if lm.arch.value_layout == "col" else w.T).double().clone()
-
-
-def weights(lm):
-    return {name: p.detach().clone() for name, p in lm.model.named_parameters()}
-
-
-def assert_restored(lm, saved):
-    for name, p in lm.model.named_parameters():
-        assert torch.equal(p, saved[name]), name
 
 
 class FixedC(CovarianceStore):
@@ -93,7 +86,7 @@ def test_alphaedit_leaves_the_preserved_keys_unchanged(tiny_models):
     c = k0.T @ k0 / len(k0)
     editor = AlphaEdit(layers=(0, 1), steps=3, prefixes=1, sample=SAMPLE, covariance=FixedC(c))
     before = {layer: projection(lm, layer) for layer in (0, 1)}
-    saved = weights(lm)
+    saved = snapshot(lm)
     with editor.apply(lm, requests(2)) as applied:
         assert applied.start == 0 and applied.n_weights == 2 * before[0].numel()
         for layer in (0, 1):
@@ -113,7 +106,7 @@ def test_alphaedit_in_sequence_keeps_the_earlier_edits_keys(tiny_models):
     lm = tiny_models("tiny-llama")
     editor = AlphaEdit(layers=(1,), steps=3, prefixes=1, sample=SAMPLE, covariance=CovarianceStore(None),
                        null_threshold=1e9)  # every direction is free: only K_p protects the earlier edits
-    saved = weights(lm)
+    saved = snapshot(lm)
     seen = []
     editor.sequential(lm, requests(2), lambda k, applied: seen.append((k, applied.start)))
     assert seen == [(0, 1), (1, 1)]
@@ -135,7 +128,7 @@ def test_alphaedit_in_sequence_keeps_the_earlier_edits_keys(tiny_models):
 def test_batch_sequence_and_measurement_restore_the_weights(tiny_models, editor):
     lm = tiny_models("tiny-llama")
     base = compute_baseline(lm, PROMPTS)
-    saved = weights(lm)
+    saved = snapshot(lm)
     result, applied, _ = measure_edit(base, editor, 0, requests(1)[0])
     assert result.operation == "update" and applied.start == editor.layers[0]
     results = measure_sequence(base, editor, list(enumerate(requests())))

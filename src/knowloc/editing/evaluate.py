@@ -133,7 +133,8 @@ def perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size: int
 # trials
 
 
-def _check_index(index: object, n_prompts: int) -> None:
+def check_index(index: object, n_prompts: int) -> None:
+    """``index`` is a query of ``n_prompts`` prompts (one line otherwise)."""
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_prompts:
         raise KnowlocError(f"index {index!r} out of range for {n_prompts} prompts")
 
@@ -174,7 +175,7 @@ class Baseline:
 
     def check_query(self, index: int, prompt: str) -> None:
         """``index`` is one of the baseline's queries and ``prompt`` is it (one line otherwise)."""
-        _check_index(index, len(self.prompts))
+        check_index(index, len(self.prompts))
         if self.prompts[index].rstrip() != str(prompt).rstrip():
             raise KnowlocError("the request's prompt is not the baseline's query at that index")
 
@@ -261,7 +262,7 @@ class Baseline:
             >>> with Rome().apply(lm, request) as applied:
             ...     result = base.score(base.measure(applied.start), 0, "update", gold_token, new_token)
         """
-        _check_index(i, len(self.prompts))
+        check_index(i, len(self.prompts))
         if operation not in OPERATIONS:
             raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {operation!r}")
         locality_gold_tokens = self.locality_tokens(locality_gold_tokens)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from knowloc.editing.editors.base import AppliedEdit, EditRequest, Editor
 from knowloc.editing.editors.kn import KnErase, KnUpdate
-from knowloc.editing.evaluate import Baseline, TrialResult
+from knowloc.editing.evaluate import Baseline, TrialResult, check_index
 from knowloc.editing.operations import OPERATIONS, check_rule, normalize_neurons, target_tokens
 from knowloc.errors import KnowlocError
 
@@ -179,8 +179,7 @@ def kn_trial(prompts: Sequence[str], index: int, gold: str, neurons, operation: 
     """
     if isinstance(prompts, str) or not prompts:
         raise KnowlocError("a trial needs a non-empty list of prompts")
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(prompts):
-        raise KnowlocError(f"index {index!r} out of range for {len(prompts)} prompts")
+    check_index(index, len(prompts))
     if operation not in OPERATIONS:
         raise KnowlocError(f"operation must be one of {', '.join(OPERATIONS)}, not {operation!r}")
     if not isinstance(gold, str) or not gold.strip():

@@ -203,12 +203,19 @@ class Editor:
         """
         batch = as_batch(requests)
         out: list[T] = []
+        earlier: list = []  # what the edits before leave for the next (edit_after)
         with ExitStack() as stack:
             applied: list[AppliedEdit] = []
             for k, request in enumerate(batch):
-                applied.append(stack.enter_context(self.edit(lm, request)))
+                applied.append(stack.enter_context(self.edit_after(lm, request, earlier)))
                 out.append(after(k, AppliedEdit.combined(applied) if k else applied[0]))
         return out
+
+    def edit_after(self, lm: LanguageModel, request: EditRequest,
+                   earlier: list) -> AbstractContextManager[AppliedEdit]:
+        """One edit of a :meth:`sequential` sequence; ``earlier`` holds what the edits before it left (an editor
+        that keeps them appends its own: AlphaEdit's keys). By default :meth:`edit`, which reads nothing."""
+        return self.edit(lm, request)
 
     def settings(self) -> tuple:
         """The editor's name and settings (its dataclass fields but the stores it reads), hashable."""

@@ -31,7 +31,7 @@ The weight changes go through :func:`knowloc.models.hooks.edit_weights`: restore
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +103,11 @@ class Memit(Rome):
     def edit(self, lm: LanguageModel, request: EditRequest):
         return self.apply(lm, request)
 
+    def edit_after(self, lm: LanguageModel, request: EditRequest, earlier: list):
+        """One edit of a sequence, keeping each layer's keys for the next (AlphaEdit's ``K_p``; MEMIT's solve
+        does not read them)."""
+        return self._applied(lm, [request.checked(lm)], earlier)
+
     @contextmanager
     def apply(self, lm: LanguageModel, requests: EditRequest | Sequence[EditRequest]) -> Iterator[AppliedEdit]:
         """The model with every request written at once (module docstring); restored bit-exactly on exit."""
@@ -126,12 +131,15 @@ class Memit(Rome):
             deltas.append(delta)
             infos.append(info)
             contexts.append(self.contexts(lm, request))
-        targets = torch.stack([h + d for h, d in zip(self._hidden(lm, batch, last), deltas)])  # [n, d_model] f64
+        current = torch.stack(self._hidden(lm, batch, last))  # H^L on the unedited model [n, d_model] float64
+        targets = current + torch.stack(deltas)
         n_weights = 0
         mine: dict[int, torch.Tensor] = {}
         for j, layer in enumerate(layers):  # step 2, lowest layer first, on the model edited so far
             keys = self._keys(lm, batch, contexts, layer)  # [n, n_neurons] float64
-            resid = (targets - torch.stack(self._hidden(lm, batch, last))) / (len(layers) - j)  # [n, d_model]
+            if j:  # H^L under the edits of the layers below (at the first layer: the unedited one, above)
+                current = torch.stack(self._hidden(lm, batch, last))
+            resid = (targets - current) / (len(layers) - j)  # [n, d_model]
             c = self.covariance.get(lm, layer, self.sample)  # float64 on the CPU
             before = [p[layer] for p in previous if layer in p]
             delta_w = self._update(c, keys, resid, torch.cat(before) if before else None)  # [d_model, n_neurons]
@@ -190,7 +198,8 @@ class Memit(Rome):
 @dataclass
 class AlphaEdit(Memit):
     """The ``alphaedit`` editor (module docstring): MEMIT's range and targets, each update projected onto the null
-    space of the preserved keys' C; in :meth:`sequential` each edit also keeps the keys of the ones before.
+    space of the preserved keys' C; in :meth:`sequential` each edit also keeps the keys of the ones before
+    (:meth:`Memit.edit_after`).
 
     Args:
         null_threshold: eigenvalues of C below it span the null space (AlphaEdit's code: 1e-2); alpha: the
@@ -209,18 +218,6 @@ class AlphaEdit(Memit):
         super().__post_init__()
         check_positive(self.null_threshold, "alphaedit null threshold", allow_zero=True)
         check_positive(self.alpha, "alphaedit alpha")
-
-    def sequential(self, lm: LanguageModel, requests: Sequence[EditRequest], after) -> list:
-        """Edit after edit (as :meth:`Editor.sequential`), each solve also keeping the keys of the edits before
-        (``K_p``), all undone at the end."""
-        batch = [r.checked(lm) for r in as_batch(requests)]
-        previous: list = []
-        out, applied = [], []
-        with ExitStack() as stack:
-            for k, request in enumerate(batch):
-                applied.append(stack.enter_context(self._applied(lm, [request], previous)))
-                out.append(after(k, AppliedEdit.combined(applied) if k else applied[0]))
-        return out
 
     def projector(self, c: torch.Tensor) -> torch.Tensor:
         """``P``: the projector onto the eigenvectors of C with eigenvalue below ``null_threshold`` (float64)."""
