@@ -92,3 +92,36 @@ def test_perplexity_and_delta():
         perplexity(1.0, 0)
     with pytest.raises(KnowlocError):
         delta_ppl(np.ones(2), np.ones(3))
+
+
+def test_counterfact_preference_and_neighborhood_by_hand():
+    from knowloc.analysis.editing_metrics import neighborhood_score, preference
+
+    # three paraphrases: o* wins on the first two; magnitudes +0.3, +0.1, -0.4
+    score, magnitude = preference([0.5, 0.3, 0.1], [0.2, 0.2, 0.5])
+    assert score == pytest.approx(2 / 3) and magnitude == pytest.approx(0.0)
+    assert preference(torch.tensor(0.4), torch.tensor(0.4)) == (0.0, 0.0)  # a tie is no success
+    assert all(math.isnan(x) for x in preference([], []))
+    # neighborhood: each prompt's own answer against o*; kept on 2 of 4
+    assert neighborhood_score([0.6, 0.1, 0.2, 0.3], [0.1, 0.5, 0.2, 0.05]) == 0.5
+    with pytest.raises(KnowlocError, match="shapes differ"):
+        preference([0.1, 0.2], [0.1])
+
+
+def test_generation_entropy_and_hit_by_hand():
+    from knowloc.analysis.editing_metrics import generation_entropy, generation_hit, ngram_entropy
+
+    # "a b a b a": bigrams ab, ba, ab, ba -> H2 = 1 bit; trigrams aba, bab, aba -> H3 = H(2/3, 1/3)
+    h3 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert ngram_entropy(list("ababa"), 2) == pytest.approx(1.0)
+    assert ngram_entropy(list("ababa"), 3) == pytest.approx(h3)
+    assert generation_entropy("a b a b a") == pytest.approx((2 / 3 * 1.0 + 4 / 3 * h3) / 2)
+    assert generation_entropy("Paris Paris Paris Paris Paris") == 0.0  # one phrase repeated
+    assert generation_entropy("") == 0.0 and ngram_entropy(["x"], 2) == 0.0
+    # words and punctuation split apart: "Rome," names Rome; "Romeo" does not
+    assert generation_hit(" in Rome, the capital", "Rome") and generation_hit("NEW YORK city", "New York")
+    assert not generation_hit(" Romeo and Juliet", "Rome")
+    with pytest.raises(KnowlocError, match="non-empty target"):
+        generation_hit("text", " ")
+    with pytest.raises(KnowlocError, match="integer >= 1"):
+        ngram_entropy(["a"], 0)

@@ -209,3 +209,48 @@ def test_a_trial_is_measured_on_the_baselines_own_locality_prompts_and_texts(set
     assert without.success == full.success and without.rel == full.rel and without.gen == full.gen
     only_texts = measure_edit(compute_baseline(lm, PROMPTS, (), TEXTS), *trial)[0]
     assert math.isnan(only_texts.loc) and only_texts.dlogppl == pytest.approx(full.dlogppl, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_counterfact_scores_read_the_measured_distributions(setup, name):
+    """An update's CounterFact scores are the edited model's first-token probabilities compared by hand; an
+    erasure has none."""
+    lm, baseline = setup(name)
+    measured = baseline.measure(None)  # the unedited model: its own distributions
+    probs, loc_probs = measured[0], measured[2]
+    gold, new, loc_gold = 5, 9, (3, 4, 11)
+    result = baseline.score(measured, 1, "update", gold, new, 0, loc_gold)
+    row = result.counterfact_row()
+    assert row["efficacy_score"] == float(probs[1, new] > probs[1, gold]) == result.rel
+    assert row["efficacy_magnitude"] == pytest.approx(float(probs[1, new] - probs[1, gold]))
+    others = [0, 2]
+    assert row["paraphrase_score"] == pytest.approx(sum(float(probs[j, new] > probs[j, gold]) for j in others) / 2)
+    assert row["paraphrase_magnitude"] == pytest.approx(sum(float(probs[j, new] - probs[j, gold]) for j in others) / 2)
+    assert row["neighborhood_score"] == pytest.approx(
+        sum(float(loc_probs[c, t] > loc_probs[c, new]) for c, t in enumerate(loc_gold)) / 3)
+    erased = baseline.score(measured, 1, "erase", gold, None).counterfact_row()
+    assert all(math.isnan(v) for v in erased.values())
+    assert math.isnan(baseline.score(measured, 1, "update", gold, new).neighborhood_score)  # no locality answers
+
+
+def test_generation_scores_are_the_greedy_continuation(tiny_models, device):
+    """generation_scores continues each prompt greedily (batched, left-padded): the same tokens as a step-by-step
+    argmax loop on each prompt alone; the hit reads the decoded continuation."""
+    from knowloc.editing import generation_scores
+
+    lm = tiny_models("tiny-llama")
+    scores = generation_scores(lm, PROMPTS[:2], ["Paris", "Paris"], n_tokens=4)
+    for prompt, score in zip(PROMPTS[:2], scores):
+        ids = list(lm.encode(prompt).prompt_ids)
+        for _ in range(4):
+            with torch.no_grad():
+                logits = lm.model(input_ids=torch.tensor([ids], device=device)).logits
+            ids.append(int(logits[0, -1].argmax()))
+        expected = lm.tokenizer.decode(ids[-4:], skip_special_tokens=True)
+        assert score["generated"] == expected
+        words = expected.split()
+        if words:
+            assert generation_scores(lm, [prompt], [words[0]], n_tokens=4)[0]["generation_hit"] == 1.0
+        assert score["generation_entropy"] >= 0.0
+    with pytest.raises(KnowlocError, match="1 targets for 2 prompts"):
+        generation_scores(lm, PROMPTS[:2], ["Paris"])

@@ -5,7 +5,7 @@ import torch
 from knowloc.analysis import MIN_N, select_neurons
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
-from knowloc.study.experiments.cas import selections
+from knowloc.study.experiments.common import selections
 
 
 def _ctx(**kw):

@@ -76,26 +76,43 @@ def test_memit_and_alphaedit_run_in_the_editors_experiment(tmp_path, study_args)
 
 
 def test_mass_editing_end_to_end(tmp_path, study_args, monkeypatch):
-    """Sequential edits of every editor and memit's batch, measured at 1 and all edits on every edit so far; the
-    figure, the findings; a rerun edits nothing."""
+    """Sequential edits of every editor (kn on each of N_i, CAS, N_g) and memit's batch, measured at 1 and all edits
+    on every edit so far with CounterFact's scores and a greedy continuation; the CAS contrasts, the figure, the
+    findings; a rerun edits nothing."""
     out = tmp_path / "study"
     args = study_args(out, experiments=["consistency", "mass-editing"], editors=["kn", "rome", "memit"],
-                      mass_edits=3, rome_samples=4, rome_steps=2, rome_prefixes=1)
+                      mass_edits=3, mass_generate=4, rome_samples=4, rome_steps=2, rome_prefixes=1)
     summary = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
     rows = summary["mass_editing"]
-    every = {(r["editor"], r["mode"], r["n_edits"]): r for r in rows if r["group"] == "all"}
-    assert {(e, m) for e, m, _ in every} == {("kn", "sequential"), ("rome", "sequential"), ("memit", "sequential"),
-                                            ("memit", "batch")}
-    for (editor, mode, n_edits), r in every.items():
+    every = {(r["editor"], r["selection"], r["mode"], r["n_edits"]): r for r in rows if r["group"] == "all"}
+    assert {k[:3] for k in every} == {("kn", "N_i", "sequential"), ("kn", "CAS", "sequential"),
+                                      ("kn", "N_g", "sequential"), ("rome", "", "sequential"),
+                                      ("memit", "", "sequential"), ("memit", "", "batch")}
+    for (editor, _, mode, n_edits), r in every.items():
         assert n_edits in (1, 3) or (editor == "kn" and n_edits <= 3)
         assert r["n"] == n_edits and 0 <= r["rel"] <= 1 and 0 <= r["loc"] <= 1  # every edit so far, measured
+        # CounterFact's scores: under the update rule the efficacy and paraphrase scores are Rel and Gen
+        assert r["efficacy_score"] == r["rel"] and r["paraphrase_score"] == r["gen"]
+        assert -1 <= r["efficacy_magnitude"] <= 1 and 0 <= r["neighborhood_score"] <= 1
+        assert r["generation_hit"] in (0.0, 1.0) or 0 < r["generation_hit"] < 1
+        assert r["generation_entropy"] >= 0
+    trials = [t for ts in _stored_trials(out).values() for t in ts]
+    assert trials and all(isinstance(t["generated"], str) for t in trials)
+    cas = summary["mass_editing_cas"]
+    assert {(c["baseline"], c["n_edits"]) for c in cas} <= {(b, k) for b in ("N_i", "N_g") for k in (1, 3)}
     ids = {f["id"] for f in summary["findings"]}
-    assert {"edits-at-scale", "k-c-k-i-at-scale"} <= ids
+    assert {"edits-at-scale", "cas-at-scale", "k-c-k-i-at-scale"} <= ids
     assert "mass_editing_tiny-llama_ig.png" in summary["figures"]["mass-editing"]
     monkeypatch.setattr("knowloc.study.experiments.mass_editing._edits",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("edits redone")))
     again = json.loads(run_study(StudyConfig(**args), echo=lambda _: None).read_text())
     assert again["mass_editing"] == rows
+
+
+def _stored_trials(out):
+    from knowloc.study.store import Store
+
+    return Store(out / "results.sqlite", readonly=True).trials("mass-editing")
 
 
 def test_a_sequence_of_one_editor_matches_its_edits_one_by_one_at_the_first_checkpoint(tmp_path, study_args):

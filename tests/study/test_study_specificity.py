@@ -15,7 +15,7 @@ from knowloc.data import load_specificity_prompts, load_specificity_queries
 from knowloc.errors import KnowlocError
 from knowloc.study.config import DEFAULT_SPECIFICITY, StudyConfig
 from knowloc.study.context import StudyContext
-from knowloc.study.experiments.cas import selections
+from knowloc.study.experiments.common import selections
 from knowloc.study.runner import run_study
 from knowloc.study.store import Store
 

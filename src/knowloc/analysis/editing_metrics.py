@@ -16,15 +16,29 @@ the Rel/Gen/Loc metrics of Yao et al. 2023, "Editing Large Language Models"):
 * fluency change ``ΔlogPPL = log(PPL_after / PPL_before) = log PPL_after - log PPL_before``, the change of
   the mean token NLL: exactly 0 for an unchanged model, finite where PPL itself overflows, and symmetric
   (a doubling is +0.69, a halving -0.69), so it can be averaged over edits where ΔPPL cannot.
+
+CounterFact's metrics (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", section 3.2), for a
+rewrite of ``(s, r, o)`` to ``o*``:
+
+* efficacy score ``ES = mean[P(o*) > P(o)]`` and magnitude ``EM = mean(P(o*) - P(o))`` on the rewrite prompt;
+  the paraphrase score and magnitude are the same on its paraphrases (:func:`preference`);
+* neighborhood score ``NS = mean[P(o_c) > P(o*)]`` over neighborhood prompts, each with its own correct
+  answer ``o_c`` (:func:`neighborhood_score`);
+* generation entropy ``GE = (2/3 H_2 + 4/3 H_3) / 2``, ``H_n = -sum_g f(g) log2 f(g)`` over the frequencies of
+  the text's word n-grams (:func:`generation_entropy`): low when a continuation repeats itself;
+* a generation hit: the greedy continuation names ``o*`` (:func:`generation_hit`).
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import entropy
 
 from knowloc.analysis._arrays import check_unit_interval, to_numpy_f64
 from knowloc.errors import KnowlocError
@@ -40,6 +54,11 @@ __all__ = [
     "log_perplexity",
     "delta_ppl",
     "delta_log_ppl",
+    "preference",
+    "neighborhood_score",
+    "ngram_entropy",
+    "generation_entropy",
+    "generation_hit",
 ]
 
 ArrayLike = float | np.ndarray | torch.Tensor
@@ -192,3 +211,65 @@ def delta_log_ppl(log_before: ArrayLike, log_after: ArrayLike) -> float | np.nda
     (``log(1000) ≈ 6.91`` is a 1000-fold perplexity).
     """
     return _after_minus_before(log_before, log_after, "log_")
+
+
+def preference(p_new: ArrayLike, p_old: ArrayLike) -> tuple[float, float]:
+    """CounterFact's efficacy (or paraphrase) score and magnitude over prompts: ``(mean[P(o*) > P(o)],
+    mean(P(o*) - P(o)))`` from each prompt's probabilities of the new object ``p_new`` and the old ``p_old``;
+    ``(nan, nan)`` for no prompt.
+
+    Example:
+        >>> preference([0.6, 0.1], [0.2, 0.3])
+        (0.5, 0.09999999999999999)
+    """
+    new = np.atleast_1d(to_numpy_f64(p_new, "p_new"))
+    old = np.atleast_1d(to_numpy_f64(p_old, "p_old"))
+    if new.shape != old.shape:
+        raise KnowlocError(f"p_new and p_old shapes differ: {new.shape} vs {old.shape}")
+    if not new.size:
+        return float("nan"), float("nan")
+    return float(np.mean(new > old)), float(np.mean(new - old))
+
+
+def neighborhood_score(p_true: ArrayLike, p_new: ArrayLike) -> float:
+    """CounterFact's neighborhood score: the share of neighborhood prompts whose own answer ``o_c`` stays more
+    probable than the edit's new object, ``mean[P(o_c) > P(o*)]`` (nan for no prompt).
+
+    Example:
+        >>> neighborhood_score([0.5, 0.1, 0.3], [0.2, 0.4, 0.1])
+        0.6666666666666666
+    """
+    return preference(p_true, p_new)[0]
+
+
+WORDS = re.compile(r"\w+|[^\w\s]")  # words and punctuation marks, as nltk's word_tokenize splits plain text
+
+
+def ngram_entropy(words: Sequence[str], n: int) -> float:
+    """``H_n = -sum_g f(g) log2 f(g)`` over the relative frequencies ``f`` of the n-grams ``g`` of ``words``
+    (0 with fewer than ``n`` words)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise KnowlocError(f"n must be an integer >= 1, got {n!r}")
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return float(entropy(list(counts.values()), base=2)) if counts else 0.0
+
+
+def generation_entropy(text: str) -> float:
+    """Meng et al.'s fluency of one generated text: ``(2/3 H_2 + 4/3 H_3) / 2`` over its words (module
+    docstring; ROME reports it x 100). A text that repeats one phrase scores near 0.
+
+    Example:
+        >>> generation_entropy("the cat sat on the mat")  # 5 distinct bigrams, 4 distinct trigrams
+        2.107309364962454
+    """
+    if not isinstance(text, str):
+        raise KnowlocError(f"a generated text must be a string, got {type(text).__name__}")
+    words = WORDS.findall(text)
+    return (2 / 3 * ngram_entropy(words, 2) + 4 / 3 * ngram_entropy(words, 3)) / 2
+
+
+def generation_hit(text: str, target: str) -> bool:
+    """Whether a generated text names ``target`` (case-insensitive, as whole words)."""
+    if not isinstance(text, str) or not isinstance(target, str) or not target.strip():
+        raise KnowlocError("generation_hit needs a text and a non-empty target string")
+    return re.search(rf"(?<!\w){re.escape(target.strip().lower())}(?!\w)", text.lower()) is not None

@@ -13,7 +13,11 @@ applied:
   token NLL, exactly 0 for an unchanged model and finite even when PPL itself overflows;
 * ``dppl`` -- perplexity after minus before (raw; heavy-tailed, kept for the CSV tables only);
 * ``dprob_self`` / ``dprob_neighbors`` -- relative change ``(after - before) / before`` of the gold
-  first-token probability on ``q_i`` / mean over the neighbors.
+  first-token probability on ``q_i`` / mean over the neighbors;
+* for an update, CounterFact's scores (Meng et al. 2022; :mod:`knowloc.analysis.editing_metrics`) on first
+  tokens: ``efficacy_score`` / ``efficacy_magnitude`` on ``q_i`` (``[P(o') > P(o)]``, ``P(o') - P(o)``),
+  ``paraphrase_score`` / ``paraphrase_magnitude`` the same averaged over the neighbors, ``neighborhood_score`` the
+  share of locality prompts whose own answer stays more probable than ``o'`` (:meth:`TrialResult.counterfact_row`).
 
 Success rules (:mod:`knowloc.analysis.editing_metrics`): erasure succeeds on a query when the gold first
 token is no longer the argmax AND its probability fell by at least 50% relative; update succeeds when the
@@ -42,8 +46,12 @@ from knowloc.analysis.editing_metrics import (
     delta_ppl,
     edit_scores,
     erase_success,
+    generation_entropy,
+    generation_hit,
     locality_kept,
     log_perplexity,
+    neighborhood_score,
+    preference,
     relative_change,
     update_success,
 )
@@ -52,12 +60,13 @@ from knowloc.errors import KnowlocError
 from knowloc.models.hooks import trace_activations
 from knowloc.models.lm import LanguageModel
 from knowloc.models.replay import RecordedBatch
-from knowloc.models.scoring import next_token_distributions, pad_right
+from knowloc.models.scoring import greedy_continuations, next_token_distributions, pad_right
 
 __all__ = [
     "Baseline",
     "TrialResult",
     "compute_baseline",
+    "generation_scores",
     "text_nll",
     "perplexity_of_texts",
 ]
@@ -295,15 +304,34 @@ class Baseline:
                                                                     loc_probs[idx, toks])).tolist())
         dppl = float(delta_ppl(self.ppl, ppl_after)) if neutral_texts else math.nan
         dlogppl = float(delta_log_ppl(self.logppl, logppl_after)) if neutral_texts else math.nan
+        counterfact = {}
+        if operation == "update":
+            counterfact = _counterfact(probs, i, others, gold, new, loc_probs, locality_gold_tokens)
         return TrialResult(
             rel=rel, gen=gen, loc=loc, avg=avg, dppl=dppl, dlogppl=dlogppl,
             dprob_self=dprob[i], dprob_neighbors=_nanmean([dprob[j] for j in others]),
             operation=operation, n_neurons=n_neurons, success=tuple(success), dprob=tuple(dprob),
-            dprob_locality=dprob_locality, ppl_before=self.ppl, ppl_after=ppl_after,
+            dprob_locality=dprob_locality, ppl_before=self.ppl, ppl_after=ppl_after, **counterfact,
         )
 
 
+def _counterfact(probs: torch.Tensor, i: int, others: list[int], gold: int, new: int, loc_probs: torch.Tensor,
+                 loc_gold: tuple[int, ...] | None) -> dict:
+    """An update's CounterFact scores (module docstring) from the edited model's first-token distributions."""
+    es, em = preference(probs[i, new], probs[i, gold])
+    ps, pm = preference(probs[others, new], probs[others, gold])
+    ns = math.nan
+    if loc_gold:
+        rows = torch.arange(len(loc_gold), device=loc_probs.device)
+        toks = torch.tensor([int(t) for t in loc_gold], device=loc_probs.device)
+        ns = neighborhood_score(loc_probs[rows, toks], loc_probs[:, new])
+    return {"efficacy_score": es, "efficacy_magnitude": em, "paraphrase_score": ps, "paraphrase_magnitude": pm,
+            "neighborhood_score": ns}
+
+
 SCHEDULES = ("join", "lowest", "grouped")
+COUNTERFACT = ("efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
+               "neighborhood_score")
 
 
 def _chunks(rows: list, size: int, schedule: str) -> list[list]:
@@ -413,6 +441,16 @@ class TrialResult:
     dprob_locality: float = math.nan
     ppl_before: float = math.nan
     ppl_after: float = math.nan
+    efficacy_score: float = math.nan
+    efficacy_magnitude: float = math.nan
+    paraphrase_score: float = math.nan
+    paraphrase_magnitude: float = math.nan
+    neighborhood_score: float = math.nan
+
+    def counterfact_row(self) -> dict:
+        """An update's CounterFact scores (module docstring; nan for an erasure): ``efficacy_score,
+        efficacy_magnitude, paraphrase_score, paraphrase_magnitude, neighborhood_score``."""
+        return {name: float(getattr(self, name)) for name in COUNTERFACT}
 
     def as_row(self, index: int | None = None, generalize_on: Sequence[int] | None = None) -> dict:
         """The columns every stored editing row holds, in this order: ``rel, gen, loc, avg, dppl, dlogppl,
@@ -438,6 +476,33 @@ class TrialResult:
         return {"rel": rel, "gen": gen, "loc": loc, "avg": avg, "dppl": float(self.dppl),
                 "dlogppl": float(self.dlogppl), "dprob_self": float(self.dprob[index]),
                 "dprob_neighbors": float(np.mean(neighbors)) if neighbors else float("nan")}
+
+
+def generation_scores(lm: LanguageModel, prompts: Sequence[str], targets: Sequence[str], n_tokens: int = 20
+                      ) -> list[dict]:
+    """What the model as it is now generates after each prompt: the greedy continuation of ``n_tokens`` tokens,
+    whether it names its target (``generation_hit``: the new object of an update) and its fluency
+    (``generation_entropy``, Meng et al. 2022; :mod:`knowloc.analysis.editing_metrics`).
+
+    Args:
+        lm: the (edited) model; prompts: the queries; targets: one object per prompt; n_tokens: tokens generated.
+
+    Returns:
+        One dict per prompt: ``generated`` (the continuation), ``generation_hit`` (1.0 or 0.0) and
+        ``generation_entropy`` (bits).
+
+    Example:
+        >>> with Rome().apply(lm, request):
+        ...     generation_scores(lm, [request.prompt], [request.new_object])[0]["generation_hit"]
+    """
+    prompts, targets = _as_prompts(prompts, "prompts"), _as_prompts(targets, "targets")
+    if len(prompts) != len(targets):
+        raise KnowlocError(f"{len(targets)} targets for {len(prompts)} prompts")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise KnowlocError(f"n_tokens must be an integer >= 1, got {n_tokens!r}")
+    texts = greedy_continuations(lm, list(prompts), n_tokens) if prompts else []
+    return [{"generated": text, "generation_hit": float(generation_hit(text, target)),
+             "generation_entropy": generation_entropy(text)} for text, target in zip(texts, targets)]
 
 
 def _as_prompts(prompts: Sequence[str], name: str) -> tuple[str, ...]:

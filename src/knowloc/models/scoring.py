@@ -42,3 +42,30 @@ def next_token_distributions(lm: LanguageModel, prompts: list[str], top_k: int =
         for row in probs:
             out.append(NextToken(top_ids=torch.topk(row, top_k).indices.tolist(), probs=row))
     return out
+
+
+@torch.no_grad()
+def greedy_continuations(lm: LanguageModel, prompts: list[str], n_tokens: int, batch_size: int = 32) -> list[str]:
+    """The greedy continuation of ``n_tokens`` tokens after each prompt, decoded (the prompt left out).
+
+    Prompts are left-padded into batches so that each row continues from its own last token; generation stops
+    early only where every row of a batch has produced the end-of-text token.
+
+    Example:
+        >>> greedy_continuations(lm, ["The capital of France is"], 5)
+        [' Paris. It is the']
+    """
+    tok = lm.tokenizer
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        seqs = [list(lm.encode(p).prompt_ids) for p in prompts[start:start + batch_size]]
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=lm.device)  # [batch, width]
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=lm.device)
+        generated = lm.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n_tokens,
+                                      pad_token_id=pad, num_beams=1, use_cache=True, top_k=None, top_p=None,
+                                      temperature=None)
+        out += [tok.decode(row[width:], skip_special_tokens=True) for row in generated.tolist()]
+    return out

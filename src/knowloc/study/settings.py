@@ -91,9 +91,12 @@ class MassEditingSettings:
 
     edits: int = setting(20, flat="mass_edits", help="mass-editing: facts edited one after another (and as one batch "
                          "by memit / alphaedit), measured after 1, 10, 100, ... and this many edits")
+    generate: int = setting(20, flat="mass_generate", help="mass-editing: tokens of the greedy continuation after "
+                            "each edited query (generation hit: it names the new object; generation entropy)")
 
     def __post_init__(self) -> None:
         _count(self.edits, "--mass-edits")
+        _count(self.generate, "--mass-generate")
 
     def checkpoints(self, n: int) -> list[int]:
         """The numbers of edits measured when ``n`` facts can be edited: 1, 10, 100, ... below ``n``, and ``n``."""

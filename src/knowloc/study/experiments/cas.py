@@ -14,15 +14,14 @@ import itertools
 from functools import partial
 
 import numpy as np
-import torch
 
-from knowloc.analysis import GROUPS, select_neurons
+from knowloc.analysis import GROUPS
 from knowloc.analysis.fact_stats import dlogppl_stats, fact_level_ci, fact_means, paired_contrast
 from knowloc.editing import OPERATIONS
 from knowloc.plots import grouped_bars
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.context import trial_key as _key
-from knowloc.study.experiments.common import kn_editors
+from knowloc.study.experiments.common import kn_editors, selections
 from knowloc.study.experiments.skips import skip_counts, trials as n_trials
 from knowloc.study.findings import interval, judge_rows, num
 from knowloc.study.registry import Experiment, Finding, Part
@@ -32,27 +31,6 @@ SELECTIONS = ("CAS", "N_i", "N_g")
 PROTOCOLS = ("transductive", "held_out")
 BUDGETS = ("free", "matched")
 METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl")
-
-
-def _normalised(stack: torch.Tensor) -> torch.Tensor:
-    peaks = stack.flatten(1).amax(dim=1).clamp_min(torch.finfo(stack.dtype).tiny)
-    return stack / peaks.view(-1, 1, 1)
-
-
-def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: list[int],
-               keep=lambda neurons: neurons) -> dict[str, dict]:
-    """{budget: {selection: neurons}} for editing query `edited`, with CAS and N_g built from `members`; `keep`
-    filters each selection (the specificity filter) before the matched budget is taken."""
-    cfg = ctx.config
-    sub = stack[members]
-    cas = keep(cfg.cas.select(sub))
-    own = keep(select_neurons(stack[edited], cfg.threshold))
-    union_scores = _normalised(sub).amax(dim=0)
-    union = keep(sorted({n for m in members for n in select_neurons(stack[m], cfg.threshold)},
-                        key=lambda n: (-float(union_scores[n]), n)))
-    k = len(cas)
-    return {"free": {"CAS": cas, "N_i": own, "N_g": union},
-            "matched": {"CAS": cas, "N_i": own[:k], "N_g": union[:k]}}
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:

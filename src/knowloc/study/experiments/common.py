@@ -3,6 +3,8 @@
 * **editors**: the KN edits of the trials (:func:`kn_editors`; the study's other editors come from
   :mod:`knowloc.study.editor_registry`) and ROME's text sample of its key statistics C (:func:`sample`), used by
   `modification`, `cas`, `cas-sweep`, `editors` and `localization-vs-editing`;
+* **neuron selections**: CAS, N_i and N_g of an edited query (:func:`selections`), used by `cas` and
+  `mass-editing`;
 * **edited queries**: the seeded queries of a fact that `update-sweep` and `editors` edit (:func:`edited_queries`);
 * **K_C vs K_I**: the K_C - K_I contrast of a metric over facts (:func:`group_contrast`), its table columns
   (:func:`gap_columns`) and the rates figure (:func:`rate_figure`), used by `modification` and `editors`;
@@ -16,8 +18,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import torch
 
-from knowloc.analysis import K_C, K_I, Estimate
+from knowloc.analysis import K_C, K_I, Estimate, select_neurons
 from knowloc.analysis.fact_stats import fact_means
 from knowloc.analysis.localization import layer_mass
 from knowloc.analysis.stats import bootstrap_ci
@@ -53,6 +56,31 @@ def kn_editors(cfg: StudyConfig) -> dict[str, Editor]:
     """The KN edits of the study's trials by operation: ``erase`` (kn-erase) and ``update`` (kn with the study's
     update rule and lambdas)."""
     return {"erase": KnErase(), "update": cfg.update.editor()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# neuron selections
+
+
+def _normalised(stack: torch.Tensor) -> torch.Tensor:
+    peaks = stack.flatten(1).amax(dim=1).clamp_min(torch.finfo(stack.dtype).tiny)
+    return stack / peaks.view(-1, 1, 1)
+
+
+def selections(ctx: StudyContext, stack: torch.Tensor, edited: int, members: list[int],
+               keep=lambda neurons: neurons) -> dict[str, dict]:
+    """{budget: {selection: neurons}} for editing query `edited`, with CAS and N_g built from `members`; `keep`
+    filters each selection (the specificity filter) before the matched budget is taken."""
+    cfg = ctx.config
+    sub = stack[members]
+    cas = keep(cfg.cas.select(sub))
+    own = keep(select_neurons(stack[edited], cfg.threshold))
+    union_scores = _normalised(sub).amax(dim=0)
+    union = keep(sorted({n for m in members for n in select_neurons(stack[m], cfg.threshold)},
+                        key=lambda n: (-float(union_scores[n]), n)))
+    k = len(cas)
+    return {"free": {"CAS": cas, "N_i": own, "N_g": union},
+            "matched": {"CAS": cas, "N_i": own[:k], "N_g": union[:k]}}
 
 
 # --------------------------------------------------------------------------------------------------------
