@@ -349,6 +349,22 @@ def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(Non
     run_editors_benchmark(model, layer=layer, queries=queries, samples=samples, device=device, echo=typer.echo)
 
 
+def bench_mass_editing(model: str = ModelOpt, edits: int = typer.Option(100, help="built-in facts edited"),
+                       editors: str = typer.Option("kn,kn-ft,ft,rome,memit,alphaedit",
+                                                   help="comma-separated editors"),
+                       layer: Optional[int] = typer.Option(None, help="single-layer editors' layer (default: "
+                                                           "the middle)"),
+                       samples: int = typer.Option(RomeSettings.samples, min=1, help="samples of 64 tokens of "
+                                                   "ROME's C (a study's --rome-samples)"),
+                       device: Optional[str] = DeviceOpt) -> None:
+    """Many edits: MEMIT's / AlphaEdit's batch (with C) and each editor's sequential edits, seconds per edit,
+    Rel and Loc after the last."""
+    from knowloc.editing.bench import run_mass_editing_benchmark
+
+    run_mass_editing_benchmark(model, edits=edits, editors=tuple(e.strip() for e in editors.split(",") if e.strip()),
+                               layer=layer, samples=samples, device=device, echo=typer.echo)
+
+
 def bench_tracing(model: str = ModelOpt,
                   queries: int = typer.Option(7, min=1, help="built-in queries to trace (a fact of each relation "
                                               "in turn)"),
@@ -538,6 +554,7 @@ def build_app() -> typer.Typer:
                             context_settings=CONTEXT, rich_markup_mode=None)
     bench_app.command("attribution")(bench_attribution)
     bench_app.command("editors")(bench_editors)
+    bench_app.command("mass-editing")(bench_mass_editing)
     bench_app.command("tracing")(bench_tracing)
     bench_app.command("knockout")(bench_knockout)
     data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)

@@ -301,3 +301,22 @@ def test_bench_editors_prints_each_editors_time_and_what_it_keeps(capsys, device
         assert "s per edit (median of 2)" in line and "MiB of weights to restore" in line
     rome = next(l for l in out.splitlines() if l.strip().startswith("rome "))
     assert "(50.0% of the model's" not in rome  # one layer's projection, not a copy of the model
+
+
+def test_bench_mass_editing_prints_the_batch_and_the_seconds_per_sequential_edit(capsys, device):
+    from knowloc.cli import main
+
+    args = ["bench", "mass-editing", "--model", "tiny-llama", "--edits", "3", "--samples", "4"]
+    assert main(args + ["--editors", "kn,rome,memit"]) == 0
+    out = capsys.readouterr().out
+    assert f"tiny-llama on {device.type}" in out and "3 built-in facts edited, 20 locality prompts" in out
+    assert "C of layer 0, 1 over 4 x 64 tokens" in out  # memit's range (layers 0-1 of 3) and rome's layer 1
+    assert "memit batch of 3:" in out and "s with C); Rel" in out
+    for name in ("kn", "rome", "memit"):
+        line = next(l for l in out.splitlines() if l.strip().startswith(f"{name} ") and "sequential" in l)
+        assert "3 sequential edits:" in line and "s per edit; after the last, Rel" in line
+    last = out.strip().splitlines()[-1].split()
+    assert last[0] == "mass_editing" and {kv.split("=")[0] for kv in last[1:]} == {
+        "c_s", "memit_batch_s", "kn_s_per_edit", "rome_s_per_edit", "memit_s_per_edit"}
+    assert main(args + ["--editors", "kn,bogus"]) == 2
+    assert main(args[:-2] + ["--edits", "0", "--samples", "4"]) == 2

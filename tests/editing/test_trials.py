@@ -397,3 +397,27 @@ def test_a_layer_out_of_range_is_refused_by_the_check(tiny_models):
     with pytest.raises(KnowlocError, match="new_object"):
         dataclasses.replace(request, new_object=None, layers=1).checked(lm)
     assert dataclasses.replace(request, new_object=None, layers=1).checked(lm, operation="erase").layer == 1
+
+
+def test_calibrate_bisects_to_the_smallest_value_that_reaches_the_target(tiny_models):
+    """On tiny-llama, ft's Rel at every value of a grid, measured one by one, grows with the bound; calibrate's
+    bisection lands on the smallest value that reaches the target, measuring fewer values than the grid holds."""
+    from knowloc.editing import calibrate
+
+    lm = tiny_models("tiny-llama")
+    requests = [EditRequest(p, "", "Paris", new, layers=1) for p in PROMPTS for new in ("Rome", "Berlin")]
+    grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    before = snapshot(lm)
+    exhaustive = {b: calibrate(lm, requests, lambda _: FineTune(steps=3, lr=b, bound=b), (b,)).rel[b] for b in grid}
+    assert list(exhaustive.values()) == sorted(exhaustive.values())  # monotone here
+    for target in (0.5, 0.8, 1.0):
+        result = calibrate(lm, requests, lambda b: FineTune(steps=3, lr=b, bound=b), grid, target)
+        reaching = [b for b in grid if exhaustive[b] >= target]
+        assert result.value == (reaching[0] if reaching else grid[-1]) and result.reached == bool(reaching)
+        assert len(result.rel) < len(grid) and all(result.rel[b] == exhaustive[b] for b in result.rel)
+        assert [r["value"] for r in result.rows() if r["chosen"]] == [result.value]
+    assert_restored(lm, before)
+    with pytest.raises(KnowlocError, match="ascending"):
+        calibrate(lm, requests, lambda b: FineTune(bound=b), (1e-2, 1e-3))
+    with pytest.raises(KnowlocError, match="at least one request"):
+        calibrate(lm, [], lambda b: FineTune(bound=b), (1e-2,))

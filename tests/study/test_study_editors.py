@@ -3,7 +3,11 @@ stored, the two findings, the figure, and a rerun that recomputes nothing."""
 
 import json
 
+import pytest
+
 from knowloc.editing.editors import covariance as covariance_module
+from knowloc.editing.editors.finetune import BOUNDS
+from knowloc.errors import KnowlocError
 from knowloc.study.config import StudyConfig
 from knowloc.study.runner import run_study
 
@@ -35,11 +39,19 @@ def test_editors_study_end_to_end(tmp_path, study_args, monkeypatch):
     assert {"kn-vs-editors", "ki-gap-source"} <= ids
     assert "editors_tiny-llama_ig.png" in summary["figures"]["editors"]
     assert (out / "tables" / "editors.csv").exists() and "## Editors" in (out / "summary.md").read_text()
-    # a rerun reads everything back: no C, no edit
+    # ft's bound calibrated once for the model on the reference queries (--ft-bound auto), before the edits
+    calibration = summary["calibration"]
+    chosen = [r for r in calibration if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["model"] == "tiny-llama" and chosen[0]["value"] in BOUNDS
+    assert chosen[0]["n"] == 10 and chosen[0]["layer"] == 0 and 0 <= chosen[0]["rel"] <= 1
+    assert "ft / kn-ft bound per model" in (out / "summary.md").read_text()
+    # a rerun reads everything back: no C, no calibration, no edit
     monkeypatch.setattr("knowloc.study.experiments.editors.measure_edit",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("edit recomputed")))
+    monkeypatch.setattr("knowloc.study.calibration.calibrate",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("calibrated again")))
     again = json.loads(run_study(StudyConfig(**study_args(out, **EDITOR_ARGS)), echo=lambda _: None).read_text())
-    assert again["editors"] == rows and computed == [(0, 1)]
+    assert again["editors"] == rows and computed == [(0, 1)] and again["calibration"] == calibration
 
 
 def test_the_study_and_the_editors_share_their_defaults():
@@ -56,9 +68,13 @@ def test_the_study_and_the_editors_share_their_defaults():
         [(f.name, getattr(default, f.name)) for f in fields(Rome) if f.name != "covariance"]
     assert (config.rome.steps, config.rome.lr, config.rome.stop, config.rome.prefixes, config.rome.samples) == \
         (20, 0.5, 0.0, 4, 128) and (default.sample.n, default.sample.length, default.sample.seed) == (128, 64, 0)
-    for name in ("ft", "kn-ft"):
-        assert make_editor(name, config) == FineTune(neurons=name == "kn-ft")
-    assert (config.ft.steps, config.ft.lr, config.ft.bound) == (25, 1e-2, 1e-2)
+    for name in ("ft", "kn-ft"):  # the bound is the model's calibrated one
+        assert make_editor(name, config, calibrated={"ft_bound": 2e-3}) == FineTune(bound=2e-3,
+                                                                                   neurons=name == "kn-ft")
+        with pytest.raises(KnowlocError, match="calibrated per model"):
+            make_editor(name, config)
+    assert (config.ft.steps, config.ft.lr, config.ft.bound, config.ft.calibration) == (25, 1e-2, "auto", 10)
+    assert make_editor("ft", StudyConfig(ft_bound="0.005")).bound == 5e-3
 
 
 def test_memit_and_alphaedit_run_in_the_editors_experiment(tmp_path, study_args):

@@ -15,7 +15,8 @@ from knowloc.editing.evaluate import (
     text_nll,
 )
 from knowloc.editing.session import EditSession, choose_new_object, locality_sample
-from knowloc.editing.trials import Trial, kn_trial, measure_edit, measure_edits, measure_sequence
+from knowloc.editing.trials import (Calibration, Trial, calibrate, kn_trial, measure_edit, measure_edits,
+                                     measure_sequence)
 from knowloc.editing.operations import (
     OPERATIONS,
     UPDATE_RULES,
@@ -35,6 +36,8 @@ __all__ = [
     "KnErase",
     "KnUpdate",
     "Trial",
+    "Calibration",
+    "calibrate",
     "kn_trial",
     "measure_edit",
     "measure_edits",

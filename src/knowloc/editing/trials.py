@@ -9,7 +9,9 @@ baseline's query ``index``:
 * :func:`measure_edits`: many trials of one fact; the editors that offer an activation-space row edit
   (:meth:`Editor.rows`: the KN editors) are measured in batched replays (:meth:`Baseline.measure_rows`), the
   others one by one;
-* :func:`measure_sequence`: sequential editing, edit after edit on top of each other, measured as it goes.
+* :func:`measure_sequence`: sequential editing, edit after edit on top of each other, measured as it goes;
+* :func:`calibrate`: the smallest step size / bound of a grid at which an editor's edits reach a target Rel on a
+  calibration set (how a study sets ``ft``'s bound per model, docs/editing.md).
 
 Equivalence of the batched replay: the MLP output at a position is ``sum_n a_n v_n (+ bias)``. Erasing neuron n
 (``v_n <- 0``) is the same as ``a_n <- 0`` in the down-projection's input of the trial's rows; an update
@@ -28,15 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from knowloc.editing.editors.base import AppliedEdit, EditRequest, Editor
 from knowloc.editing.editors.kn import KnErase, KnUpdate
 from knowloc.editing.evaluate import Baseline, TrialResult, check_index
 from knowloc.editing.operations import OPERATIONS, check_rule, normalize_neurons, target_tokens
 from knowloc.errors import KnowlocError
+from knowloc.models.lm import LanguageModel
+from knowloc.models.scoring import next_token_distributions
 
-__all__ = ["Trial", "kn_trial", "measure_edit", "measure_edits", "measure_sequence"]
+__all__ = ["Calibration", "Trial", "calibrate", "kn_trial", "measure_edit", "measure_edits", "measure_sequence"]
 
 Trial = tuple[Editor, int, EditRequest]  # an editor, the baseline's query it edits, the request
 
@@ -192,3 +197,65 @@ def kn_trial(prompts: Sequence[str], index: int, gold: str, neurons, operation: 
     request = EditRequest(prompts[index], subject, gold, new_object if operation == "update" else None,
                           neurons=tuple(neurons))
     return editor, index, request
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` chose: ``value`` and the Rel measured at each value it tried (``rel``, in grid
+    order); ``reached``: whether ``value`` reaches the target (False: no value does, the largest is chosen)."""
+
+    value: float
+    rel: dict[float, float]
+    reached: bool
+
+    def rows(self) -> list[dict]:
+        """One row per tried value: ``value, rel, chosen``."""
+        return [{"value": v, "rel": r, "chosen": v == self.value} for v, r in self.rel.items()]
+
+
+def calibrate(lm: LanguageModel, requests: Sequence[EditRequest], editor_at: Callable[[float], Editor],
+              grid: Sequence[float], target: float = 0.9) -> Calibration:
+    """The smallest value of ``grid`` (ascending) at which ``editor_at(value)`` reaches Rel >= ``target`` on
+    ``requests``: Rel is the share of requests, each edited alone, after which the new object's first token is more
+    probable than the old one's on the request's prompt (the update rule). Rel grows with a step size or bound, so
+    the grid is bisected (about log2(len(grid)) values measured); when no value reaches the target the largest is
+    chosen and ``reached`` is False.
+
+    Args:
+        lm: the model (restored after each edit); requests: updates with a new object; editor_at: the editor at a
+            value (e.g. ``lambda b: FineTune(bound=b)``); grid: candidate values, ascending; target: the Rel to reach.
+
+    Returns:
+        A :class:`Calibration`.
+
+    Example:
+        >>> calibrate(lm, requests, lambda b: FineTune(bound=b), (1e-3, 1e-2, 1e-1)).value
+        0.01
+    """
+    grid = [float(v) for v in grid]
+    if not grid or grid != sorted(set(grid)):
+        raise KnowlocError(f"a calibration grid must be distinct values in ascending order, got {grid}")
+    if not requests:
+        raise KnowlocError("a calibration needs at least one request")
+    if not 0 < target <= 1:
+        raise KnowlocError(f"the calibration target must be in (0, 1], got {target!r}")
+    rel: dict[float, float] = {}
+
+    def measured(value: float) -> float:
+        editor, hits = editor_at(value), 0
+        for request in requests:
+            new, gold = (lm.first_target_token(o) for o in (request.new_object, request.gold))
+            with editor.apply(lm, request):
+                probs = next_token_distributions(lm, [request.prompt], top_k=1)[0].probs
+            hits += bool(probs[new] > probs[gold])
+        rel[value] = hits / len(requests)
+        return rel[value]
+    lo, hi = 0, len(grid) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if measured(grid[mid]) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    reached = (rel[grid[lo]] if grid[lo] in rel else measured(grid[lo])) >= target
+    return Calibration(grid[lo], dict(sorted(rel.items())), reached)

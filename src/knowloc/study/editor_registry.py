@@ -19,14 +19,16 @@ if TYPE_CHECKING:
 
 SAMPLE_LENGTH = 64  # tokens per sample of ROME's text sample of C
 
-# name -> the editor with the study's settings (the covariance store holds ROME's C)
-BUILDERS: dict[str, Callable[[StudyConfig, CovarianceStore], Editor]] = {
-    "kn": lambda cfg, covariance: cfg.update.editor(),
-    "kn-ft": lambda cfg, covariance: cfg.ft.editor(neurons=True),
-    "ft": lambda cfg, covariance: cfg.ft.editor(),
-    "rome": lambda cfg, covariance: cfg.rome.editor(covariance, cfg.seed, SAMPLE_LENGTH),
-    "memit": lambda cfg, covariance: Memit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
-    "alphaedit": lambda cfg, covariance: AlphaEdit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
+# name -> the editor with the study's settings (the covariance store holds ROME's C; `calibrated` the model's
+# calibrated settings, knowloc.study.calibration)
+BUILDERS: dict[str, Callable[[StudyConfig, CovarianceStore, dict], Editor]] = {
+    "kn": lambda cfg, covariance, calibrated: cfg.update.editor(),
+    "kn-ft": lambda cfg, covariance, calibrated: cfg.ft.editor(neurons=True, bound=calibrated.get("ft_bound")),
+    "ft": lambda cfg, covariance, calibrated: cfg.ft.editor(bound=calibrated.get("ft_bound")),
+    "rome": lambda cfg, covariance, calibrated: cfg.rome.editor(covariance, cfg.seed, SAMPLE_LENGTH),
+    "memit": lambda cfg, covariance, calibrated: Memit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
+    "alphaedit": lambda cfg, covariance, calibrated: AlphaEdit(**cfg.rome.arguments(covariance, cfg.seed,
+                                                                                     SAMPLE_LENGTH)),
 }
 EDITORS = tuple(BUILDERS)
 
@@ -43,12 +45,15 @@ def check_editors(names) -> list[str]:
     return items
 
 
-def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None = None) -> Editor:
-    """The editor ``name`` with the study's settings (ROME's C from ``covariance``, default the shared store).
+def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None = None,
+                calibrated: dict | None = None) -> Editor:
+    """The editor ``name`` with the study's settings (ROME's C from ``covariance``, default the shared store;
+    ``calibrated``: a model's calibrated settings, ``{"ft_bound": b}``, needed for ft / kn-ft with
+    ``--ft-bound auto``).
 
     Example:
         >>> make_editor("rome", StudyConfig(rome_steps=10)).steps
         10
     """
     check_editors([name])
-    return BUILDERS[name](cfg, covariance or shared_store())
+    return BUILDERS[name](cfg, covariance or shared_store(), calibrated or {})

@@ -32,6 +32,7 @@ import torch
 
 from knowloc.attribution.disk_cache import AttributionCache
 from knowloc.attribution.engine.memory import default_max_rows
+from knowloc.study.calibration import calibrate_model, needed
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.registry import run_order
@@ -253,6 +254,12 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                         timing_ctx = StudyContext(config=replace(cfg, specificity=approx), store=ctx.store,
                                                   out=ctx.out, echo=lambda _: None, models=ctx.models)
                         timing_ctx.load_facts(model)
+                    if needed(cfg):
+                        begin = time.perf_counter()
+                        calibrate_model(timing_ctx, model)
+                        calibrated_s = time.perf_counter() - begin
+                        estimate += calibrated_s
+                        lines.append(f"  ft's bound calibrated once per model in {calibrated_s:.1f} s")
                     for experiment in run_order(cfg.experiments):
                         mine = [u for u in pending if u.kind == experiment.name]
                         if not mine:

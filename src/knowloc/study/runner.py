@@ -23,6 +23,8 @@ from knowloc.data.filtering import ProbedFact, probe_facts
 from knowloc.errors import Interrupted, KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.models.neuron import describe_neurons
+from knowloc.study.calibration import calibrate_model, described
+from knowloc.study.calibration import rows as calibration_rows
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.executors import LocalExecutor, make_executor
@@ -255,6 +257,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Path:
                 run_units(ctx, LocalExecutor(ctx), cached, f"cached attribution {model}", progress)
             executor = held.executor = held.executor or make_executor(ctx)
             run_units(ctx, executor, attributions, f"attribution {model}", progress)
+            calibrate_model(ctx, model)
             prepare_experiments(ctx, model, trials)
             run_units(ctx, executor, trials, f"experiments {model}", progress)
             for experiment in run_order(config.experiments):
@@ -333,15 +336,17 @@ def _check_section(experiment: Experiment, section: Section) -> None:
 
 def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]], wall_s: float) -> Path:
     """Write summary.json (each experiment's keys, its figures under ``figures``, the filter state under
-    ``specificity_filter``, the findings and, for 2+ models, ``findings_by_model``), one CSV per summary key and
+    ``specificity_filter``, the calibrated editor settings under ``calibration``, the findings and, for 2+ models, ``findings_by_model``), one CSV per summary key and
     summary.md."""
     cfg = ctx.config
     summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()},
-                     "specificity_filter": "on" if cfg.filtered else "off", "figures": {}}
+                     "specificity_filter": "on" if cfg.filtered else "off", "figures": {},
+                     "calibration": calibration_rows(ctx)}
     markdown = [f"# knowloc study — {', '.join(cfg.models)} on {cfg.data}", "",
                 f"Methods {', '.join(cfg.methods)}; steps {cfg.steps}; KN threshold {cfg.threshold} x max; "
                 f"seed {cfg.seed}. Facts known in >= {cfg.min_known} paraphrases: "
-                + ", ".join(f"{m}: {n}" for m, n in summary["facts"].items()), ""]
+                + ", ".join(f"{m}: {n}" for m, n in summary["facts"].items()), "",
+                *described(summary["calibration"])]
     body: list[str] = []
     for experiment, section in sections:
         _check_section(experiment, section)

@@ -31,27 +31,55 @@ from knowloc.models.lm import LanguageModel
 from knowloc.settings import setting
 
 
+AUTO = "auto"
+BOUNDS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)  # the calibration grid of --ft-bound auto
+TARGET_REL = 0.9  # the Rel the calibrated bound reaches
+
+
 @dataclass
 class FtSettings:
-    """What a study sets of ``ft`` / ``kn-ft`` (``--ft-*``; the :class:`FineTune` editor's defaults are these)."""
+    """What a study sets of ``ft`` / ``kn-ft`` (``--ft-*``; the :class:`FineTune` editor's defaults are these).
+
+    ``bound`` ``auto`` (the default): chosen per model by :func:`knowloc.editing.trials.calibrate`, the smallest of
+    :data:`BOUNDS` at which ``ft`` reaches Rel >= :data:`TARGET_REL` on ``calibration`` seeded reference queries
+    (never the studied facts); a number fixes it."""
 
     steps: int = setting(25, help="ft / kn-ft: Adam steps (ROME's FT+L: 25)")
-    lr: float = setting(1e-2, help="ft / kn-ft: learning rate (the bound: Adam's steps reach it in one step)")
-    bound: float = setting(1e-2, help="ft / kn-ft: L-infinity bound of the weight change; the smallest of 5e-4 "
-                           "(ROME's FT+L on GPT-2 XL) .. 1e-2 at which ft reaches Rel >= 0.9 on ParaRel "
-                           "(SmolLM2-135M; docs/editing.md)")
+    lr: float = setting(1e-2, help="ft / kn-ft: learning rate (the largest bound: Adam's steps reach it in one step)")
+    bound: float | str = setting(AUTO, help="ft / kn-ft: L-infinity bound of the weight change, or 'auto': per "
+                                 f"model, the smallest of {', '.join(map(str, BOUNDS))} at which ft reaches Rel >= "
+                                 f"{TARGET_REL} on --ft-calibration seeded reference queries (docs/editing.md)")
+    calibration: int = setting(10, help="ft / kn-ft: reference queries (of the specificity profile, not the "
+                               "studied facts) the 'auto' bound is calibrated on")
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise KnowlocError(f"--ft-steps must be an integer >= 0, got {self.steps!r}")
-        for name in ("lr", "bound"):
+        if isinstance(self.calibration, bool) or not isinstance(self.calibration, int) or self.calibration < 1:
+            raise KnowlocError(f"--ft-calibration must be an integer >= 1, got {self.calibration!r}")
+        if isinstance(self.bound, str):
+            text = self.bound.strip().lower()
+            try:
+                self.bound = AUTO if text == AUTO else float(text)
+            except ValueError:
+                raise KnowlocError(f"--ft-bound must be a number > 0 or {AUTO!r}, got {self.bound!r}") from None
+        for name in ("lr",) if self.calibrated else ("lr", "bound"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise KnowlocError(f"--ft-{name} must be a number > 0, got {value!r}")
 
-    def editor(self, neurons: bool = False) -> FineTune:
-        """``ft`` (``neurons=False``) or ``kn-ft`` with these settings."""
-        return FineTune(steps=self.steps, lr=self.lr, bound=self.bound, neurons=neurons)
+    @property
+    def calibrated(self) -> bool:
+        """Whether the bound is chosen per model (``auto``)."""
+        return self.bound == AUTO
+
+    def editor(self, neurons: bool = False, bound: float | None = None) -> FineTune:
+        """``ft`` (``neurons=False``) or ``kn-ft`` with these settings; ``bound``: the model's calibrated bound,
+        needed when the setting is ``auto``."""
+        if self.calibrated and bound is None:
+            raise KnowlocError("--ft-bound is 'auto': the bound is calibrated per model (a study does it); "
+                               "pass a model's calibrated bound or set a number")
+        return FineTune(steps=self.steps, lr=self.lr, bound=self.bound if bound is None else bound, neurons=neurons)
 
 
 @dataclass
@@ -70,7 +98,7 @@ class FineTune(Editor):
 
     steps: int = FtSettings.steps
     lr: float = FtSettings.lr
-    bound: float = FtSettings.bound
+    bound: float = 1e-2  # SmolLM2-135M's calibrated bound (--ft-bound auto; docs/editing.md)
     neurons: bool = False
 
     def __post_init__(self) -> None:

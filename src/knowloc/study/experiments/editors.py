@@ -24,6 +24,7 @@ from knowloc.analysis import GROUPS, Estimate
 from knowloc.analysis.fact_stats import metric_stats, paired_contrast
 from knowloc.editing.editors import shared_store
 from knowloc.editing.trials import measure_edit
+from knowloc.study.calibration import study_editor
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.editor_registry import EDITORS, make_editor
@@ -78,7 +79,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     for q in edited_queries(ctx, model, method, fact.fact_id, list(kn)):
         neurons = tuple(kn[q])
         for name in cfg.editors:
-            editor = make_editor(name, cfg, covariance)
+            editor = study_editor(ctx, name, model, covariance)
             for layer in (layers if editor.uses_layer else [None]):
                 row = {"editor": name, "layer": layer, "edited": q, "n_neurons": len(neurons) if name in KN_EDITORS
                        else 0, "operation": "update"}

@@ -27,7 +27,7 @@ from knowloc.editing.editors import shared_store
 from knowloc.editing.trials import measure_edit
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
-from knowloc.study.editor_registry import make_editor
+from knowloc.study.calibration import study_editor
 from knowloc.study.experiments.common import (fact_traces, first_studied, kn_profile, mlp_profile,
                                               rows_once_per_fact, sample)
 from knowloc.study.findings import interval, judge_rows, num
@@ -82,7 +82,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     rows = []
     q = 0
     for name in EDITORS:
-        editor = make_editor(name, cfg, covariance)
+        editor = study_editor(ctx, name, model, covariance)
         for layer in lve_layers(cfg, lm.n_layers):
             result, _, seconds = measure_edit(session.baseline, editor, q, session.request(q, layers=(layer,)),
                                               session.loc_gold)

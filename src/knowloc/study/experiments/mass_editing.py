@@ -38,7 +38,7 @@ from knowloc.editing import AppliedEdit
 from knowloc.editing.editors import shared_store
 from knowloc.plots import layer_curves
 from knowloc.study.context import Section, StudyContext, slug
-from knowloc.study.editor_registry import make_editor
+from knowloc.study.calibration import study_editor
 from knowloc.editing.evaluate import generation_scores
 from knowloc.study.experiments.common import ALL, first_studied, selections
 from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, interval, judge_rows, num, verdict
@@ -81,7 +81,7 @@ def finalize(ctx: StudyContext, model: str) -> None:
         return
     layer = cfg.layers("edit_layer").resolve(lm.n_layers)[0]
     for name in cfg.editors:
-        editor = make_editor(name, cfg, shared_store())
+        editor = study_editor(ctx, name, model, shared_store())
         for method in cfg.methods if name in NEURON_EDITORS else cfg.methods[:1]:
             for selection in SELECTIONS.get(name, ("",)):
                 for mode in ("sequential", "batch") if name in BATCH_EDITORS else ("sequential",):
