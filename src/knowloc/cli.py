@@ -407,6 +407,22 @@ def reference_build(model: str = ModelOpt,
     build_reference_pack(model, out, configs, _split(methods) or [], echo=typer.echo)
 
 
+def reference_calibrate(model: str = ModelOpt,
+                        out: Optional[Path] = typer.Option(None, help="calibration file (default: calibration.json "
+                                                           "in $KNOWLOC_REFERENCE_DIR or the packaged "
+                                                           "knowloc/resources/reference)"),
+                        device: Optional[str] = DeviceOpt) -> None:
+    """Calibrate a model's ft / kn-ft bound under `knowloc study`'s defaults (which `make demo` shares) and ship it
+    (docs/editing.md, "Bounds per model")."""
+    from knowloc.study.calibration import write_shipped
+    from knowloc.study.context import StudyContext
+
+    config = StudyConfig(models=[model], device=device, progress=False)
+    ctx = StudyContext(config=config, store=None, out=Path("unused"), echo=typer.echo)  # type: ignore[arg-type]
+    path = write_shipped(ctx, model, out)
+    typer.echo(f"wrote {model}'s ft bound calibration to {path}")
+
+
 def data_pararel(download: Path = typer.Option(..., "--download", help="directory to write patterns/ and facts/"),
                  base_url: Optional[str] = typer.Option(None, help="mirror of raw GitHub content")) -> None:
     """Fetch the official ParaRel files from a pinned commit, verifying sha256."""
@@ -559,9 +575,10 @@ def build_app() -> typer.Typer:
     bench_app.command("knockout")(bench_knockout)
     data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)
     data_app.command("pararel")(data_pararel)
-    reference_app = typer.Typer(no_args_is_help=True, help="The shipped specificity reference.",
+    reference_app = typer.Typer(no_args_is_help=True, help="The shipped specificity reference and calibrations.",
                                 context_settings=CONTEXT, rich_markup_mode=None)
     reference_app.command("build")(reference_build)
+    reference_app.command("calibrate")(reference_calibrate)
     app.add_typer(bench_app, name="bench")
     app.add_typer(reference_app, name="reference")
     app.add_typer(data_app, name="data")

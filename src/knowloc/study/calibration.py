@@ -7,26 +7,41 @@ smallest bound of :data:`~knowloc.editing.editors.finetune.BOUNDS` at which ``ft
 reaches Rel >= 0.9 on ``--ft-calibration`` seeded reference queries of the specificity profile (fact-free of the
 study: never its facts), each updated to another answer of its relation. It runs in the driver once per model
 before the facts' units and is stored with the study (summary ``calibration``: rows ``model, editor, setting,
-value, rel, chosen, reached``); ``kn-ft`` uses ``ft``'s bound. ROME, MEMIT and AlphaEdit need no such step: their
+layer, n, value, rel, chosen, reached``); ``kn-ft`` uses ``ft``'s bound.
+
+The built-in models' calibrations under the default settings are shipped (``calibration.json`` beside the
+shipped specificity references, :func:`knowloc.attribution.shipped.pack_folder`; ``knowloc reference calibrate``
+regenerates them), keyed by everything that decides the result (:func:`calibration_key`: the weights' fingerprint,
+the device type, the layer, ft's steps and learning rate, the calibration requests, the grid and the target), so a
+shipped entry serves only the calibration it is; any other one is computed (about 2 min for SmolLM2-135M on 2
+cores). ROME, MEMIT and AlphaEdit need no such step: their
 targets are fit per request and their updates scaled by each model's own key statistics C (and MEMIT's lambda by
 its MLP width).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from pathlib import Path
 
+from knowloc.attribution.shipped import pack_folder
 from knowloc.data.texts import load_specificity_queries
 from knowloc.editing import EditRequest, calibrate, choose_new_object
 from knowloc.editing.editors import CovarianceStore, Editor
 from knowloc.editing.editors.finetune import BOUNDS, TARGET_REL
 from knowloc.errors import KnowlocError
+from knowloc.fileio import atomic_write
+from knowloc.models.fingerprint import weights_hash
 from knowloc.models.lm import LanguageModel
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.editor_registry import make_editor
 
 NAME = "calibration"
+SHIPPED = "calibration.json"  # in the shipped references' folder
+VERSION = 1  # bump when the calibration's rule changes in a way its key does not show
 USERS = ("editors", "mass-editing")  # the experiments that run --editors (localization-vs-editing runs ft always)
 
 
@@ -57,22 +72,73 @@ def calibration_requests(lm: LanguageModel, cfg: StudyConfig, layer: int) -> lis
     return out
 
 
-def calibrate_model(ctx: StudyContext, model: str) -> None:
-    """The model's ``ft`` bound, calibrated and stored unless it is (driver side)."""
+def calibration_key(lm: LanguageModel, cfg: StudyConfig, requests: list[EditRequest]) -> str:
+    """The hex SHA-256 of what decides a calibration: the weights' fingerprint, the device type, ft's steps and
+    learning rate, the requests (prompt, old and new object, layer), the grid, the target and :data:`VERSION`."""
+    what = {"weights": weights_hash(lm), "device": lm.device.type, "steps": cfg.ft.steps, "lr": cfg.ft.lr,
+            "requests": [[r.prompt, r.gold, r.new_object, list(r.layers)] for r in requests],
+            "grid": list(BOUNDS), "target": TARGET_REL, "version": VERSION}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _shipped_path() -> Path:
+    return pack_folder() / SHIPPED
+
+
+def shipped(key: str) -> list[dict] | None:
+    """The shipped calibration rows under ``key`` (None when none is shipped)."""
+    path = _shipped_path()
+    if not path.is_file():
+        return None
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KnowlocError(f"shipped calibration {path} is damaged ({exc}); rerun `knowloc reference calibrate`")
+    entry = entries.get(key)
+    return None if entry is None else entry["rows"]
+
+
+def compute(ctx: StudyContext, model: str) -> tuple[str, list[dict], bool]:
+    """(key, rows, shipped) of the model's ``ft`` bound: the shipped rows when they are the same calibration, else
+    calibrated now."""
     cfg = ctx.config
-    if not needed(cfg) or model in ctx.store.done_trials(NAME):
-        return
     lm = ctx.model(model)
     layer = cfg.layers("edit_layer").resolve(lm.n_layers)[0]
     requests = calibration_requests(lm, cfg, layer)
+    key = calibration_key(lm, cfg, requests)
+    rows = shipped(key)
+    if rows is not None:
+        return key, [{**row, "model": model} for row in rows], True
     ctx.echo(f"{model}: calibrating ft's bound on {len(requests)} reference queries at layer {layer} "
              f"(the smallest of {', '.join(map(str, BOUNDS))} with Rel >= {TARGET_REL})")
     result = calibrate(lm, requests, lambda b: cfg.ft.editor(bound=b), BOUNDS, TARGET_REL)
-    ctx.echo(f"{model}: ft bound {result.value} (Rel at the bounds tried: "
-             + ", ".join(f"{v}: {r:.2f}" for v, r in result.rel.items()) + ")")
-    ctx.store.save_trials(NAME, model, [{"model": model, "editor": "ft", "setting": "bound", "layer": layer,
-                                         "n": len(requests), "reached": result.reached, **row}
-                                        for row in result.rows()])
+    return key, [{"model": model, "editor": "ft", "setting": "bound", "layer": layer, "n": len(requests),
+                  "reached": result.reached, **row} for row in result.rows()], False
+
+
+def calibrate_model(ctx: StudyContext, model: str) -> None:
+    """The model's ``ft`` bound, calibrated (or read from the shipped calibrations) and stored unless it is
+    (driver side)."""
+    if not needed(ctx.config) or model in ctx.store.done_trials(NAME):
+        return
+    _, rows, from_shipped = compute(ctx, model)
+    tried = ", ".join(f"{r['value']}: {r['rel']:.2f}" for r in rows)
+    chosen = next(r["value"] for r in rows if r["chosen"])
+    ctx.echo(f"{model}: ft bound {chosen} (Rel at the bounds tried: {tried})"
+             + (" from the shipped calibration" if from_shipped else ""))
+    ctx.store.save_trials(NAME, model, rows)
+
+
+def write_shipped(ctx: StudyContext, model: str, path: Path | None = None) -> Path:
+    """Calibrate ``model`` under ``ctx``'s settings and add it to the shipped calibrations (``knowloc reference
+    calibrate``); returns the file written."""
+    path = _shipped_path() if path is None else Path(path)
+    key, rows, _ = compute(ctx, model)
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    entries = {k: v for k, v in entries.items() if v.get("model") != model}  # one entry per model: the defaults'
+    entries[key] = {"model": model, "rows": rows}
+    atomic_write(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    return path
 
 
 def calibrated(ctx: StudyContext, model: str) -> dict:
