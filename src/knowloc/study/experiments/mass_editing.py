@@ -24,11 +24,13 @@ model many times) and is stored per (model, method, editor, mode, selection), so
 Summaries: ``mass_editing``: rows per model x method x editor x selection x mode x number of edits x group (K_C,
 K_I, all) of each metric's mean over the edited facts with its 95% bootstrap interval, the median dlogPPL and n;
 ``mass_editing_cas``: per model x method x number of edits, kn's Avg of CAS minus N_i and minus N_g, paired over
-facts. A figure per model x method: Rel and Loc against the number of edits, one line per editor and mode.
+facts. A figure per model x method: Rel and Loc against the number of edits, K_C beside K_I, one line per
+editor (and selection) and mode.
 """
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import numpy as np
@@ -141,7 +143,7 @@ def summarize(ctx: StudyContext) -> Section:
     for model in cfg.models:
         for method in cfg.methods:
             split = ctx.neurons.groups(model, method)
-            curves: dict[str, dict] = {"Rel": {}, "Loc": {}}
+            curves: dict[str, dict] = {f"{m} — {g}": {} for m in ("Rel", "Loc") for g in GROUPS}
             for name in cfg.editors:
                 for selection in SELECTIONS.get(name, ("",)):
                     for mode in ("sequential", "batch"):
@@ -152,16 +154,18 @@ def summarize(ctx: StudyContext) -> Section:
                                  "mode": mode}
                         every = _rows(stored[key], where, split, cfg)
                         rows += every
-                        every = [r for r in every if r["group"] == ALL]
-                        for panel, metric in (("Rel", "rel"), ("Loc", "loc")):
-                            curves[panel][f"{_label(name, selection)} ({mode})"] = (
-                                [r[metric] for r in every], [r[f"{metric}_ci_low"] for r in every],
-                                [r[f"{metric}_ci_high"] for r in every], [r["n_edits"] for r in every])
+                        for (panel, metric), group in itertools.product((("Rel", "rel"), ("Loc", "loc")), GROUPS):
+                            mine = [r for r in every if r["group"] == group]
+                            curves[f"{panel} — {group}"][f"{_label(name, selection)} ({mode})"] = (
+                                [r[metric] for r in mine], [r[f"{metric}_ci_low"] for r in mine],
+                                [r[f"{metric}_ci_high"] for r in mine], [r["n_edits"] for r in mine])
             cas_rows += _cas_contrasts(stored, model, method, cfg)
-            if any(curves.values()):
+            if any(np.isfinite(np.asarray(mean, dtype=float)).any()
+                   for series in curves.values() for mean, *_ in series.values()):  # a K_C or K_I point
                 section.figures.append(layer_curves(
                     curves, ctx.figures_dir / f"mass_editing_{slug(model)}_{method}.png",
-                    f"many edits: Rel and Loc of every edit so far — {model} ({method})", "rate (95% CI over facts)",
+                    f"many edits: Rel and Loc of every edit so far, K_C beside K_I — {model} ({method})",
+                    "rate (95% CI over facts)",
                     zero_line=False, xlabel="number of edits", log_x=True))
     section.summary = {"mass_editing": rows, "mass_editing_cas": cas_rows}
     return section
