@@ -112,10 +112,14 @@ def test_mass_editing_end_to_end(tmp_path, study_args, monkeypatch):
         assert -1 <= r["efficacy_magnitude"] <= 1 and 0 <= r["neighborhood_score"] <= 1
         assert r["generation_hit"] in (0.0, 1.0) or 0 < r["generation_hit"] < 1
         assert r["generation_entropy"] >= 0
-    trials = [t for ts in _stored_trials(out).values() for t in ts]
-    assert trials and all(isinstance(t["generated"], str) for t in trials)
+    stored = _stored_trials(out)
+    assert all(isinstance(t["generated"], str) for ts in stored.values() for t in ts)
+    # kn's three sequences edit the same facts (those whose three selections are non-empty) in the same order
+    edited = {sel: [(t["n_edits"], t["fact_id"]) for t in stored[f"tiny-llama|ig|kn|sequential|{sel}"]]
+              for sel in ("N_i", "CAS", "N_g")}
+    assert edited["N_i"] and edited["N_i"] == edited["CAS"] == edited["N_g"]
     cas = summary["mass_editing_cas"]
-    assert {(c["baseline"], c["n_edits"]) for c in cas} <= {(b, k) for b in ("N_i", "N_g") for k in (1, 3)}
+    assert {(c["baseline"], c["n_edits"]) for c in cas} == {(b, k) for b in ("N_i", "N_g") for k, _ in edited["N_i"]}
     ids = {f["id"] for f in summary["findings"]}
     assert {"edits-at-scale", "cas-at-scale", "k-c-k-i-at-scale"} <= ids
     assert "mass_editing_tiny-llama_ig.png" in summary["figures"]["mass-editing"]

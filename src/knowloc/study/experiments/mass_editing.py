@@ -38,10 +38,10 @@ import numpy as np
 from knowloc.analysis import GROUPS, K_C, K_I, Estimate
 from knowloc.editing import AppliedEdit
 from knowloc.editing.editors import shared_store
-from knowloc.plots import layer_curves
-from knowloc.study.context import Section, StudyContext, slug
-from knowloc.study.calibration import study_editor
 from knowloc.editing.evaluate import generation_scores
+from knowloc.plots import layer_curves
+from knowloc.study.calibration import study_editor
+from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.experiments.common import ALL, first_studied, selections
 from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, interval, judge_rows, num, verdict
 from knowloc.study.registry import Experiment, Finding, Part
@@ -85,39 +85,41 @@ def finalize(ctx: StudyContext, model: str) -> None:
     for name in cfg.editors:
         editor = study_editor(ctx, name, model, shared_store())
         for method in cfg.methods if name in NEURON_EDITORS else cfg.methods[:1]:
+            chosen = {fid: _neurons(ctx, model, method, fid) for fid in sessions} if editor.uses_neurons else {}
+            # a neuron editor edits the facts where each of its selections is non-empty: its sequences edit the
+            # same facts in the same order, so that they compare after the same edits
+            facts = [fid for fid in sessions if not chosen or all(chosen[fid][sel] for sel in SELECTIONS[name])]
             for selection in SELECTIONS.get(name, ("",)):
                 for mode in ("sequential", "batch") if name in BATCH_EDITORS else ("sequential",):
                     key = _key(model, method, name, mode, selection)
                     if key in done:
                         continue
-                    ctx.echo(f"{model}: {NAME} {_label(name, selection)} ({mode}, {method}) of {len(sessions)} facts")
-                    requests = [(fid, session, session.request(
-                        0, _neurons(ctx, model, method, fid, selection) if editor.uses_neurons else (),
-                        (layer,) if editor.uses_layer else ())) for fid, session in sessions.items()]
+                    ctx.echo(f"{model}: {NAME} {_label(name, selection)} ({mode}, {method}) of {len(facts)} facts")
+                    requests = [(fid, sessions[fid], sessions[fid].request(
+                        0, chosen[fid][selection] if chosen else (), (layer,) if editor.uses_layer else ()))
+                        for fid in facts]
                     ctx.store.save_trials(NAME, key, _edits(lm, editor, mode, requests, cfg))
 
 
-def _neurons(ctx: StudyContext, model: str, method: str, fact_id: str, selection: str) -> list:
-    """The fact's ``selection`` (N_i, CAS or N_g, as `cas` selects them, free budget) for editing its query 0."""
+def _neurons(ctx: StudyContext, model: str, method: str, fact_id: str) -> dict[str, list]:
+    """The fact's selections for editing its query 0 (N_i, CAS and N_g, as `cas` selects them, free budget;
+    empty when query 0 has no attribution)."""
     queries, stack = ctx.neurons.score_stack(model, method, fact_id)
     if 0 not in queries:
-        return []
+        return {"N_i": [], "CAS": [], "N_g": []}
     keep = partial(ctx.neurons.remove_nonspecific, model, method, fact_id)
-    return selections(ctx, stack, queries.index(0), list(range(len(queries))), keep)["free"][selection]
+    return selections(ctx, stack, queries.index(0), list(range(len(queries))), keep)["free"]
 
 
 def _edits(lm, editor, mode: str, requests: list, cfg) -> list[dict]:
     """The rows of every fact edited so far at each checkpoint (module docstring)."""
-    usable = [(fid, s, r) for fid, s, r in requests if not editor.uses_neurons or r.neurons]  # kn: a KN set
-    checkpoints = cfg.mass_editing.checkpoints(len(usable))
-    if not usable:
-        return []
+    checkpoints = cfg.mass_editing.checkpoints(len(requests))
     rows: list[dict] = []
 
     def measured(k: int, applied: AppliedEdit) -> None:
         if k + 1 not in checkpoints:
             return
-        edited = usable[:k + 1]
+        edited = requests[:k + 1]
         generated = generation_scores(lm, [r.prompt for _, _, r in edited], [r.new_object for _, _, r in edited],
                                       cfg.mass_editing.generate)
         for (fid, session, request), text in zip(edited, generated):
@@ -126,12 +128,11 @@ def _edits(lm, editor, mode: str, requests: list, cfg) -> list[dict]:
                                 lm.first_target_token(request.new_object), len(request.neurons), session.loc_gold)
             rows.append({"n_edits": k + 1, "fact_id": fid, **result.as_row(), **result.counterfact_row(), **text})
     if mode == "sequential":
-        editor.sequential(lm, [r for _, _, r in usable], measured)
+        editor.sequential(lm, [r for _, _, r in requests], measured)
     else:
         for k in checkpoints:
-            if k <= len(usable):
-                with editor.apply(lm, [r for _, _, r in usable[:k]]) as applied:
-                    measured(k - 1, applied)
+            with editor.apply(lm, [r for _, _, r in requests[:k]]) as applied:
+                measured(k - 1, applied)
     return rows
 
 
