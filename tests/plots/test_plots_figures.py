@@ -113,7 +113,8 @@ def small_plot(path):
 
 def test_reexports():
     assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars", "heatmap_grid",
-                                  "frontier_plot", "layer_curves", "specificity_scatter", "tracing_panels"}
+                                  "frontier_plot", "layer_curves", "specificity_scatter", "tracing_panels",
+                                  "findings_forest"}
     for name in plots.__all__:
         assert getattr(plots, name) is getattr(figures, name)
     assert not hasattr(figures, "line_plot")  # removed: no figure of the study drew it
@@ -443,3 +444,21 @@ def test_layer_curves_draws_one_panel_per_group_and_refuses_nothing_to_draw(tmp_
         assert image.size[0] > 1.5 * one[0]
     with pytest.raises(KnowlocError, match="at least one panel"):
         plots.layer_curves({"a": {"s": ([float("nan")], None, None)}}, tmp_path / "none.png", "x", "y")
+
+
+def test_findings_forest_draws_one_panel_per_finding_run_and_one_line_for_those_not_run(tmp_path):
+    """Each finding with estimates is a panel (its rows, its threshold); findings not run share one panel; the
+    height grows with the rows, so a study with more comparisons gets a taller figure."""
+    def item(fid, verdict, n_rows):
+        return {"id": fid, "question": f"question {fid}?", "verdict": verdict, "reason": "",
+                "estimates": [{"label": f"ig {k}", "value": 0.1 * k, "low": 0.1 * k - 0.05, "high": 0.1 * k + 0.05,
+                               "n": 20, "verdict": verdict, "support": 0.0, "contradict": 0.0}
+                              for k in range(n_rows)]}
+    few = [item("a", "supports", 1), item("b", "not run", 0), item("c", "not run", 0)]
+    many = [item("a", "supports", 4), item("b", "contradicts", 2), item("c", "not run", 0)]
+    small = figures.findings_forest(few, tmp_path / "few.png")
+    large = figures.findings_forest(many, tmp_path / "many.png")
+    (h1, w1), (h2, w2) = mpimg.imread(small).shape[:2], mpimg.imread(large).shape[:2]
+    assert w1 == w2 and h2 > h1
+    with pytest.raises(KnowlocError, match="at least one finding"):
+        figures.findings_forest([], tmp_path / "none.png")

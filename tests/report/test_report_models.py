@@ -119,9 +119,12 @@ def test_two_model_study_shows_the_models_side_by_side(two_model_study):
     for model in models:
         own = next(r for r in summary["consistency"] if r["model"] == model and r["threshold_kind"] == "static"
                    and r["specificity"] == summary["specificity_filter"])
-        assert share["per_model"][model]["estimates"] == [
-            {"label": "ig", "value": own["k_i_fraction"], "low": own["k_i_ci_low"], "high": own["k_i_ci_high"],
-             "n": own["n_facts"]}]
+        (estimate,) = share["per_model"][model]["estimates"]
+        assert estimate == {"label": "ig", "value": own["k_i_fraction"], "low": own["k_i_ci_low"],
+                            "high": own["k_i_ci_high"], "n": own["n_facts"], "verdict": estimate["verdict"],
+                            "support": 0.2, "contradict": 0.1}  # k-i-share's rule: above 0.2, below 0.1
+    pooled = next(f for f in summary["findings"] if f["id"] == "k-i-share")
+    assert [e["label"] for e in pooled["estimates"]] == ["tiny-llama ig", "tiny-gpt2 ig"]
     assert next(r for r in table["rows"] if r["id"] == "cas-beats-baselines")["per_model"]["tiny-gpt2"]["verdict"] \
         == "not run"
 
@@ -133,8 +136,12 @@ def test_two_model_study_shows_the_models_side_by_side(two_model_study):
     for row, expected in zip(rows, table["rows"]):
         assert f"(`{expected['id']}`)" in row and row.endswith(f"| **{expected['across']}** |")
 
+    # the findings at a glance open summary.md's findings and the report's
+    assert summary["figures"]["findings"] == ["findings.png"] and (out / "figures" / "findings.png").is_file()
+    assert md.index("![findings at a glance](figures/findings.png)") < md.index("| Question |")
     report = (out / "report.html").read_text()
     findings = _section(report, "findings")
+    assert findings.index('alt="findings.png"') < findings.index('<table class="by-model">')
     assert "<th>Question</th><th>tiny-llama</th><th>tiny-gpt2</th><th>Across models</th>" in findings
     assert findings.split('<table class="by-model">')[1].count("<tr>") == 1 + len(table["rows"])
     assert ".figs-by-model{" in report.split("</style>")[0]

@@ -73,7 +73,8 @@ def test_every_finding_has_a_stable_id_and_unrun_experiments_say_so():
                                         "query-kn-mapping", "knowledge-synapses", "attention-carries-subject",
                                         "synapses-agree-with-knockout", "cas-beats-baselines",
                                         "kn-vs-editors", "ki-gap-source", "tracing-agrees-with-kns",
-                                        "localization-informs-editing", "edits-at-scale", "k-c-k-i-at-scale"]
+                                        "localization-informs-editing", "edits-at-scale", "cas-at-scale",
+                                        "k-c-k-i-at-scale"]
     assert {f["verdict"] for f in items} == {"not run"}
     assert items[2]["text"] == "Not measured: the study has no modification results."
 
@@ -165,7 +166,7 @@ def _two_model_summary() -> dict:
 
 
 def test_findings_by_model_judge_each_models_rows_alone():
-    from knowloc.study.findings import findings_by_model
+    from knowloc.study.findings import cell_details, findings_by_model
 
     summary = _two_model_summary()
     table = findings_by_model(summary, BUILTIN)
@@ -176,27 +177,39 @@ def test_findings_by_model_judge_each_models_rows_alone():
     assert set(cas["per_model"]) == {"a", "b"}
     assert (cas["per_model"]["a"]["verdict"], cas["per_model"]["b"]["verdict"]) == ("supports", "contradicts")
     assert cas["across"] == "disagree"
+    lines = {"support": 0.0, "contradict": 0.0}  # the rule's lines, which the findings figure draws
     assert cas["per_model"]["a"]["estimates"] == [
-        {"label": "ig K_C vs N_i", "value": pytest.approx(0.125), "low": 0.05, "high": 0.2, "n": 20},
-        {"label": "amig K_I vs N_g", "value": pytest.approx(0.155), "low": 0.01, "high": 0.3, "n": 12}]
+        {"label": "ig K_C vs N_i", "value": pytest.approx(0.125), "low": 0.05, "high": 0.2, "n": 20,
+         "verdict": "supports", **lines},
+        {"label": "amig K_I vs N_g", "value": pytest.approx(0.155), "low": 0.01, "high": 0.3, "n": 12,
+         "verdict": "supports", **lines}]
     assert cas["per_model"]["b"]["estimates"] == [
-        {"label": "ig K_C vs N_i", "value": pytest.approx(-0.125), "low": -0.2, "high": -0.05, "n": 20}]
+        {"label": "ig K_C vs N_i", "value": pytest.approx(-0.125), "low": -0.2, "high": -0.05, "n": 20,
+         "verdict": "contradicts", **lines}]
+    # the pooled finding lists every model's estimates, each labelled with its model
+    pooled = next(f for f in findings(summary) if f["id"] == "cas-beats-baselines")
+    assert [e["label"] for e in pooled["estimates"]] == ["a ig K_C vs N_i", "a amig K_I vs N_g", "b ig K_C vs N_i"]
     # the pooled finding mixes both models' comparisons into one verdict
     assert next(f for f in findings(summary) if f["id"] == "cas-beats-baselines")["verdict"] == "mixed"
     share = rows["k-i-share"]
     assert share["across"] == "agree: supports"
     assert share["per_model"]["b"]["estimates"] == [{"label": "ig", "value": pytest.approx(0.425), "low": 0.25,
-                                                     "high": 0.6, "n": 18}]
+                                                     "high": 0.6, "n": 18, "verdict": "supports", "support": 0.2,
+                                                     "contradict": 0.1}]
     gen = rows["kc-ki-generalization"]
     assert gen["per_model"]["a"]["verdict"] == "supports"
     assert gen["per_model"]["b"] == {"verdict": "cannot decide", "reason": "fewer than 5 facts (n = 3)",
                                      "text": gen["per_model"]["b"]["text"], "estimates": [
-                                         {"label": "ig", "value": 0.5, "low": None, "high": None, "n": 3}]}
+                                         {"label": "ig", "value": 0.5, "low": None, "high": None, "n": 3,
+                                          "verdict": "cannot decide", "support": 0.0, "contradict": 0.05}]}
     assert gen["across"] == "cannot decide"
-    # a judge that builds its (text, (verdict, reason)) tuples by hand carries no estimate: the cell shows its text
+    # a finding decided by a test, not an interval (the permutation p of the null gap): its estimate has no
+    # interval (the figure draws the gap against 0) and the cell shows its sentence
     sharing = rows["paraphrases-share-kns"]
-    assert sharing["across"] == "agree: supports" and sharing["per_model"]["a"]["estimates"] == []
-    assert sharing["per_model"]["a"]["text"].startswith("ig: mean CS exceeds the template-matched null by")
+    assert sharing["across"] == "agree: supports"
+    assert [(e["value"], e["low"], e["support"]) for e in sharing["per_model"]["a"]["estimates"]] == [
+        (pytest.approx(0.1), None, 0.0)]
+    assert cell_details(sharing["per_model"]["a"])[0].startswith("ig: mean CS exceeds the template-matched null by")
     assert rows["query-kn-mapping"]["per_model"]["a"]["verdict"] == "not run"
     assert rows["query-kn-mapping"]["across"] == "not run"
     # a single-model study has no side-by-side table

@@ -4,8 +4,8 @@ Headless (matplotlib Agg backend), deterministic and written atomically; drawn b
 embedded by the report. See :mod:`knowloc.plots.figures`.
 """
 
-from knowloc.plots.figures import (activation_heatmaps, frontier_plot, grouped_bars, heatmap_grid, layer_curves,
-                                   specificity_scatter, tracing_panels, violin_cs)
+from knowloc.plots.figures import (activation_heatmaps, findings_forest, frontier_plot, grouped_bars, heatmap_grid,
+                                   layer_curves, specificity_scatter, tracing_panels, violin_cs)
 
-__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "layer_curves", "specificity_scatter",
-           "tracing_panels", "violin_cs"]
+__all__ = ["activation_heatmaps", "findings_forest", "frontier_plot", "grouped_bars", "heatmap_grid", "layer_curves",
+           "specificity_scatter", "tracing_panels", "violin_cs"]

@@ -32,7 +32,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from knowloc.errors import KnowlocError  # noqa: E402
 from knowloc.fileio import atomic_write  # noqa: E402
 
-__all__ = ["activation_heatmaps", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter",
+__all__ = ["activation_heatmaps", "findings_forest", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter",
            "tracing_panels", "violin_cs"]
 
 DPI = 120
@@ -792,4 +792,77 @@ def tracing_panels(panels: Mapping[str, Any], row_labels: Sequence[Any], path: P
             ax.set_title(names.get(kind, kind), fontsize=10)
             fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02, label="IE = P_restored - P_corrupted")
         fig.suptitle(_wrap(title, int(width * 10)))
+    return _save(fig, out)
+
+
+VERDICT_COLORS = {"supports": "#2e7d32", "contradicts": "#c62828"}  # every other verdict: grey
+_OPEN_COLOR = "#757575"
+
+
+def findings_forest(items: Sequence[Mapping[str, Any]], path: PathLike, title: str = "Findings at a glance") -> Path:
+    """Every finding of a study in one figure: one panel per finding, one row per comparison its verdict read,
+    the effect as a point with its 95% interval against the claim's threshold (dashed; the contradict line dotted
+    where it differs), the comparison's verdict colouring its point and the finding's verdict a coloured label;
+    the findings not run share one line at the end.
+
+    Args:
+        items: summary.json's ``findings`` (``id``, ``question``, ``verdict``, ``reason`` and ``estimates``:
+            ``label, value, low, high, n, verdict, support, contradict``); a finding without estimates shows its
+            verdict and reason only.
+        path: where to write the PNG; title: the figure's title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: no finding.
+
+    Example:
+        >>> findings_forest(json.load(open("summary.json"))["findings"], "figures/findings.png")
+    """
+    out = _check_path(path)
+    if not items:
+        raise KnowlocError("findings_forest needs at least one finding")
+    not_run = [str(item.get("id", "")) for item in items if item.get("verdict") == "not run"]
+    items = [item for item in items if item.get("verdict") != "not run"]
+    if not_run:  # one line for every finding whose experiment the study did not run
+        items.append({"id": "not run", "question": "the study did not run their experiments", "verdict": "not run",
+                      "reason": ", ".join(not_run)})
+    heights = [0.55 + 0.28 * max(1, len(item.get("estimates") or ())) for item in items]
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(len(items), 1, figsize=(9.5, sum(heights) + 0.6), layout="constrained",
+                                 gridspec_kw={"height_ratios": heights}, squeeze=False)
+        fig.suptitle(title)
+        for ax, item in zip(axes[:, 0], items):
+            verdict = str(item.get("verdict", ""))
+            ax.set_title(textwrap.shorten(f"{item.get('id', '')}: {item.get('question', '')}", 110), loc="left",
+                         fontsize=9)
+            ax.text(1.0, 1.02, f" {verdict} ", transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                    color="white", bbox={"boxstyle": "round,pad=0.2", "linewidth": 0,
+                                         "facecolor": VERDICT_COLORS.get(verdict, _OPEN_COLOR)})
+            rows = [e for e in item.get("estimates") or () if e.get("value") is not None
+                    and np.isfinite(float(e["value"]))]
+            if not rows:
+                ax.text(0.0, 0.5, textwrap.fill(str(item.get("reason") or verdict), 130), transform=ax.transAxes,
+                        va="center", fontsize=8, color=_OPEN_COLOR)
+                ax.set_axis_off()
+                continue
+            ys = np.arange(len(rows))[::-1]
+            for y, e in zip(ys, rows):
+                color = VERDICT_COLORS.get(str(e.get("verdict")), _OPEN_COLOR)
+                value = float(e["value"])
+                low, high = (float(e[k]) if e.get(k) is not None else math.nan for k in ("low", "high"))
+                if np.isfinite(low) and np.isfinite(high):
+                    ax.plot([low, high], [y, y], color=color, linewidth=1.6)
+                ax.plot([value], [y], marker="o", markersize=4.5, color=color)
+            for key, style in (("support", "--"), ("contradict", ":")):
+                lines = {float(e[key]) for e in rows if e.get(key) is not None}
+                for line in sorted(lines):
+                    if key == "contradict" and any(e.get("support") == line for e in rows):
+                        continue  # the same line as the claim's
+                    ax.axvline(line, color="0.35", linewidth=0.9, linestyle=style)
+            ax.set_yticks(ys, [textwrap.shorten(f"{e.get('label') or ''} (n {e.get('n')})", 40) for e in rows])
+            ax.set_ylim(-0.7, len(rows) - 0.3)
+            ax.tick_params(axis="y", length=0)
+            ax.tick_params(axis="x", labelsize=8)
     return _save(fig, out)

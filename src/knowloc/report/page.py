@@ -80,7 +80,8 @@ def _render(study: StudyReader, environment: dict | None) -> str:
             *(f'<p class="muted">Model {esc(m)}: {esc(EMBEDDED[m])}</p>' for m in config.models if m in EMBEDDED),
             '<nav class="toc"><b>Contents</b><ol>'
             + "".join(f'<li><a href="#{sid}">{label}</a></li>' for sid, label in toc) + "</ol></nav>",
-            '<section id="findings"><h2>Findings</h2>', findings_section(summary), "</section>"]
+            '<section id="findings"><h2>Findings</h2>', figures_html(figures["findings"]), findings_section(summary),
+            "</section>"]
     for experiment in experiments:
         sid = experiment.name
         body.append(f'<section id="{esc(sid)}"><h2>{esc(experiment.heading)}</h2>')

@@ -54,21 +54,40 @@ def interval(e: Estimate, digits: int = 2, signed: bool = True) -> str:
     return f"[{num(e.low, digits, signed)}, {num(e.high, digits, signed)}]" if e.has_interval else "(no interval)"
 
 
+class Decision(tuple):
+    """(verdict, reason) of :func:`verdict`, carrying the lines its rule drew: ``support`` (the claim's threshold)
+    and ``contradict`` (None where the rule has none); what the findings figure draws against the estimate."""
+
+    support: float | None
+    contradict: float | None
+
+    def __new__(cls, chosen: str, reason: str, support: float | None = None, contradict: float | None = None):
+        decision = super().__new__(cls, (chosen, reason))
+        decision.support, decision.contradict = support, contradict
+        return decision
+
+    def __getnewargs__(self):  # type: ignore[override]  # pickling: rebuilt with its lines
+        return (self[0], self[1], self.support, self.contradict)
+
+
 def verdict(e: Estimate, support_above: float | None = None, support_below: float | None = None,
-            contradict_above: float | None = None, contradict_below: float | None = None) -> tuple[str, str]:
+            contradict_above: float | None = None, contradict_below: float | None = None) -> Decision:
     """(verdict, reason) from an estimate's interval: supports when it lies entirely above `support_above` (or
     below `support_below`), contradicts when it lies entirely above `contradict_above` (or below
-    `contradict_below`), else cannot decide (fewer than MIN_N facts, no interval, or one too wide)."""
+    `contradict_below`), else cannot decide (fewer than MIN_N facts, no interval, or one too wide); a
+    :class:`Decision` that carries the two lines."""
+    lines = (support_above if support_above is not None else support_below,
+             contradict_below if contradict_below is not None else contradict_above)
     if e.withheld:
-        return UNDECIDED, f"fewer than {MIN_N} facts (n = {e.n})"
+        return Decision(UNDECIDED, f"fewer than {MIN_N} facts (n = {e.n})", *lines)
     if not e.has_interval:
-        return UNDECIDED, "no interval"
+        return Decision(UNDECIDED, "no interval", *lines)
     if support_above is not None and e.above(support_above) or support_below is not None and e.below(support_below):
-        return SUPPORTS, ""
+        return Decision(SUPPORTS, "", *lines)
     if contradict_above is not None and e.above(contradict_above) \
             or contradict_below is not None and e.below(contradict_below):
-        return CONTRADICTS, ""
-    return UNDECIDED, "the interval is too wide for either rule"
+        return Decision(CONTRADICTS, "", *lines)
+    return Decision(UNDECIDED, "the interval is too wide for either rule", *lines)
 
 
 def row_label(row: dict) -> str:
@@ -156,14 +175,16 @@ def _judged(summary: dict, experiments: Iterable[Experiment]) -> list[tuple[dict
 
 def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
     """The findings of a study summary (summary.json's content), in the experiments' order; each
-    ``{"id", "question", "claim", "verdict", "text", "reason"}`` with verdict supports / contradicts / cannot
+    ``{"id", "question", "claim", "verdict", "text", "reason", "estimates"}`` (the estimates as
+    :func:`findings_by_model` lists them; in a study of several models each model's, its name in the label) with
+    verdict supports / contradicts / cannot
     decide / mixed / partly supports / partly contradicts (see :func:`combine`) / not run (the experiment is not
     in the study; one that ran with nothing to measure cannot decide, and the reason says why).
 
     In a study of 2+ models the verdict pools every model's comparisons, and the text names the model of each
     (``"[model] ig: ..."``, :func:`_named_text`); a single model's text is its comparisons' sentences alone."""
     experiments = list(experiments)
-    judged = _judged(summary, experiments)
+    judged = [({**item, "estimates": _estimates(parts)}, parts) for item, parts in _judged(summary, experiments)]
     models = study_models(summary)
     if len(models) < 2:
         return [item for item, _ in judged]
@@ -171,7 +192,9 @@ def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
     out = []
     for k, (item, parts) in enumerate(judged):
         text = _named_text(parts, [(m, per_model[m][k][1]) for m in models])
-        out.append(item if text is None else {**item, "text": text})
+        named = [{**e, "label": e["label"] if (e["label"] + " ").startswith(f"{m} ") else f"{m} {e['label']}".strip()}
+                 for m in models for e in _estimates(per_model[m][k][1])]
+        out.append({**item, "estimates": named or item["estimates"], **({} if text is None else {"text": text})})
     return out
 
 
@@ -226,13 +249,17 @@ def _clean(x: Any) -> float | None:
 
 
 def _estimates(parts: list) -> list[dict]:
-    """The estimates the parts carry (a hand-built 2-tuple carries none)."""
+    """The estimates the parts carry (a hand-built 2-tuple carries none), each with its comparison's verdict and
+    the lines its rule drew (``support``, ``contradict``: None where the judge did not say)."""
     out = []
     for part in parts:
         e = getattr(part, "estimate", None)
         if e is not None:
+            decided = part[1]
             out.append({"label": getattr(part, "label", ""), "value": _clean(e.value), "low": _clean(e.low),
-                        "high": _clean(e.high), "n": e.n})
+                        "high": _clean(e.high), "n": e.n, "verdict": decided[0],
+                        "support": getattr(decided, "support", None),
+                        "contradict": getattr(decided, "contradict", None)})
     return out
 
 
@@ -285,11 +312,14 @@ def estimate_text(e: dict, labelled: bool = True) -> str:
 
 def cell_details(cell: dict) -> list[str]:
     """What a findings_by_model cell shows after its verdict: its estimates (labelled when there are several),
-    else the sentence of a comparison without an estimate; nothing for an experiment not run."""
+    else the sentences of comparisons without an interval estimate (none, or one the judge decided by another
+    test, e.g. a permutation p: an estimate without an interval over enough facts); nothing for an experiment not
+    run."""
     if cell["verdict"] == NOT_RUN:
         return []
     estimates = cell.get("estimates") or []
-    if estimates:
+    tested = any(e.get("low") is None and (e.get("n") or 0) >= MIN_N for e in estimates)
+    if estimates and not tested:
         return [estimate_text(e, labelled=len(estimates) > 1) for e in estimates]
     return [cell["text"]] if cell.get("text") else []
 

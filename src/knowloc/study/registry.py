@@ -19,8 +19,9 @@ from knowloc.study.tables import Table
 class Part(tuple):
     """(text, (verdict, reason)) of one comparison of a finding (:mod:`knowloc.study.findings`), a 2-tuple that
     may carry the :class:`~knowloc.analysis.Estimate` its verdict read (``estimate``) and a short label of the
-    comparison (``label``: its method, group, baseline), shown per model in the findings table. A judge may
-    also return plain 2-tuples (text, (verdict, reason)): they carry no estimate."""
+    comparison (``label``: its method, group, baseline), shown per model in the findings table; a (verdict,
+    reason) from :func:`~knowloc.study.findings.verdict` also carries the lines its rule drew (the findings
+    figure's thresholds). A judge may also return plain 2-tuples (text, (verdict, reason)): they carry no estimate."""
 
     estimate: Estimate | None
     label: str

@@ -23,6 +23,7 @@ from knowloc.data.filtering import ProbedFact, probe_facts
 from knowloc.errors import Interrupted, KnowlocError
 from knowloc.fileio import atomic_write
 from knowloc.models.neuron import describe_neurons
+from knowloc.plots import findings_forest
 from knowloc.study.calibration import calibrate_model, described
 from knowloc.study.calibration import rows as calibration_rows
 from knowloc.study.config import StudyConfig
@@ -35,6 +36,8 @@ from knowloc.study.registry import Experiment, experiments, run_order
 from knowloc.study.store import Store, StudyLock, is_study_dir
 from knowloc.study.tables import markdown_table
 from knowloc.study.units import Unit, attribution_units, experiment_units, reference_units, save, take_cached
+
+FINDINGS_FIGURE = "findings.png"  # the findings at a glance (a forest plot), which summary.md and the report open with
 
 
 def check_out_dir(out: Path, force: bool = False) -> None:
@@ -335,7 +338,8 @@ def _check_section(experiment: Experiment, section: Section) -> None:
 
 
 def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]], wall_s: float) -> Path:
-    """Write summary.json (each experiment's keys, its figures under ``figures``, the filter state under
+    """Write summary.json (each experiment's keys, its figures under ``figures`` and the findings' forest plot under
+    ``figures.findings``, which summary.md opens with, the filter state under
     ``specificity_filter``, the calibrated editor settings under ``calibration``, the findings and, for 2+ models, ``findings_by_model``), one CSV per summary key and
     summary.md."""
     cfg = ctx.config
@@ -363,7 +367,10 @@ def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]],
     by_model = findings_by_model(judged, experiments())  # None for a single-model study
     if by_model is not None:
         summary["findings_by_model"] = by_model
-    text = "\n".join(markdown + findings_markdown(summary["findings"], by_model) + body)
+    glance = findings_forest(strict_json(summary["findings"]), ctx.figures_dir / FINDINGS_FIGURE)
+    summary["figures"]["findings"] = [glance.name]
+    opening = [f"![findings at a glance](figures/{glance.name})", ""]
+    text = "\n".join(markdown + opening + findings_markdown(summary["findings"], by_model) + body)
     atomic_write(ctx.out / "summary.md", text)
     path = ctx.out / "summary.json"
     atomic_write(path, json.dumps(strict_json(summary), indent=2, sort_keys=True, allow_nan=False))

@@ -9,6 +9,7 @@ unfiltered ones ("off"), side by side; the groups of later experiments come from
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -17,7 +18,8 @@ from knowloc.analysis import (GROUPS, K_C, MIN_N, Estimate, consistency_scores, 
                               split_groups, welch_t)
 from knowloc.plots import activation_heatmaps, violin_cs
 from knowloc.study.context import Section, StudyContext, slug
-from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, filter_view, interval, num, ok, verdict
+from knowloc.study.findings import (CONTRADICTS, SUPPORTS, UNDECIDED, Decision, filter_view, interval, num, ok,
+                                    verdict)
 from knowloc.study.neuron_sets import EMPTY_KN, ONE_QUERY
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
@@ -267,9 +269,12 @@ def judge_sharing(summary: dict) -> list[Part] | None:
         decided = (UNDECIDED, _null_note(r) or "no test") if not ok(p) else \
             (SUPPORTS, "") if r["null_gap"] > 0 and p < 0.05 else \
             (CONTRADICTS, "") if r["null_gap"] <= 0 and p >= 0.05 else (UNDECIDED, "gap and test disagree")
-        parts.append((f"{r['method']}: mean CS exceeds the template-matched null by {num(r['null_gap'], 3)} "
-                      f"(permutation p = {p:.2g}, {r['n_facts']} facts, {r['n_null']} pseudo-facts)."
-                      if ok(p) else f"{r['method']}: gap {num(r['null_gap'], 3)}, no test.", decided))
+        # the gap has a permutation test, not an interval: the figure shows it against 0 without one
+        parts.append(Part(f"{r['method']}: mean CS exceeds the template-matched null by {num(r['null_gap'], 3)} "
+                          f"(permutation p = {p:.2g}, {r['n_facts']} facts, {r['n_null']} pseudo-facts)."
+                          if ok(p) else f"{r['method']}: gap {num(r['null_gap'], 3)}, no test.",
+                          Decision(*decided, support=0.0, contradict=0.0),
+                          Estimate(int(r["n_facts"]), r["null_gap"], math.nan, math.nan), r["method"]))
     return parts
 
 
