@@ -253,3 +253,18 @@ def test_attribution_says_what_the_model_predicts(tiny_models, device):
     if lm.tokenizer.decode([int(order[0])]).startswith(" ") and top1:
         best = attribute(lm, PROMPT, top1, steps=2)
         assert best.target_rank == 1 and best.warning is None
+
+
+def test_bench_attribution_ends_with_the_engines_use_of_the_machine(capsys, device):
+    """The summary line keeps its key=value form and says the throughput, the share of the measured peak, the
+    operator calls of one attribution (the profiler's count: more than one per layer) and the peak memory over
+    the weights (CUDA only)."""
+    from knowloc.cli import main
+
+    assert main(["bench", "attribution", "--model", "tiny-llama", "--repeats", "1", "--steps", "4"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    fields = dict(kv.split("=", 1) for kv in last.split())
+    assert {"speedup", "fast_s", "ref_s", "max_rel_err", "gflops", "peak_gflops", "tflops", "pct_peak", "op_calls",
+            "peak_ratio"} == set(fields)
+    assert int(fields["op_calls"]) > 3 * 10 and float(fields["max_rel_err"]) < 1e-3
+    assert (fields["peak_ratio"] == "n/a") == (device.type != "cuda")

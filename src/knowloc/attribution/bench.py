@@ -1,4 +1,12 @@
-"""`knowloc bench attribution`: the per-layer reference against the fast engine, in one process."""
+"""`knowloc bench attribution`: the per-layer reference against the fast engine, in one process.
+
+Besides the seconds per query of both, the summary line says how well the fast engine uses the machine: its
+matrix throughput (``tflops``, the profiler's FLOP count of one attribution over its median time) against the
+measured matmul peak of the model's dtype, its **operator calls** per attribution (``op_calls``: the profiler's
+events, nested ATen calls included; a CPU-measurable proxy of the kernel launches that bound it on a GPU), and,
+on CUDA, its peak memory over the model's weights (``peak_ratio``; ``n/a`` on the CPU, where the allocator
+keeps no peak).
+"""
 
 from __future__ import annotations
 
@@ -39,10 +47,31 @@ def _sync(device) -> None:
 
 def count_flops(fn: Callable[[], object], device) -> float:
     """Floating-point operations of fn (matmuls of forward and backward) as the PyTorch profiler counts them."""
+    return profile_counts(fn, device)[0]
+
+
+def profile_counts(fn: Callable[[], object], device) -> tuple[float, int]:
+    """(floating-point operations, operator calls) of one call of fn, as the PyTorch profiler counts them: the
+    FLOPs of its matmuls (forward and backward) and its CPU-side operator events (nested ATen calls included)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
     with profile(activities=activities, with_flops=True) as prof:
         fn()
-    return float(sum(event.flops or 0 for event in prof.events()))
+    events = prof.events()
+    calls = sum(1 for event in events if event.device_type == torch.autograd.DeviceType.CPU)
+    return float(sum(event.flops or 0 for event in events)), calls
+
+
+def peak_memory_ratio(lm, fn: Callable[[], object]) -> float | None:
+    """Peak memory allocated during one call of fn over the bytes of the model's weights (CUDA only; None
+    elsewhere)."""
+    if lm.device.type != "cuda":
+        return None
+    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    torch.cuda.synchronize(lm.device)
+    torch.cuda.reset_peak_memory_stats(lm.device)
+    fn()
+    torch.cuda.synchronize(lm.device)
+    return torch.cuda.max_memory_allocated(lm.device) / weights
 
 
 def benchmark_queries(lm, n: int, tokens: int = 13) -> list:
@@ -76,14 +105,20 @@ def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20
         fast_times.append((time.perf_counter() - start) / len(encs))
         errors += [float((f - r).abs().max() / r.abs().max()) for f, r in zip(fast, ref)]
         echo(f"run {run + 1}/{repeats}: ref {ref_times[-1]:.3f} s/query, fast {fast_times[-1]:.3f} s/query")
-    flops = count_flops(lambda: attribute_fast(lm, encs[0], config), lm.device)
+    def one() -> None:
+        attribute_fast(lm, encs[0], config)
+    flops, op_calls = profile_counts(one, lm.device)
+    peak_ratio = peak_memory_ratio(lm, one)
     fast_s, ref_s = statistics.median(fast_times), statistics.median(ref_times)
     result = {
         "speedup": ref_s / fast_s, "fast_s": fast_s, "ref_s": ref_s, "max_rel_err": max(errors),
-        "gflops": flops / 1e9 / fast_s,
+        "gflops": flops / 1e9 / fast_s, "tflops": flops / 1e12 / fast_s,
         "peak_gflops": matmul_peak_gflops(device=lm.device, dtype=lm.dtype),
+        "op_calls": op_calls, "peak_ratio": peak_ratio,
     }
+    result["pct_peak"] = 100 * result["gflops"] / result["peak_gflops"]
     echo(f"speedup={result['speedup']:.1f} fast_s={fast_s:.3f} ref_s={ref_s:.3f} "
          f"max_rel_err={result['max_rel_err']:.2e} gflops={result['gflops']:.1f} "
-         f"peak_gflops={result['peak_gflops']:.1f}")
+         f"peak_gflops={result['peak_gflops']:.1f} tflops={result['tflops']:.3f} pct_peak={result['pct_peak']:.0f} "
+         f"op_calls={op_calls} peak_ratio={'n/a' if peak_ratio is None else f'{peak_ratio:.2f}'}")
     return result
