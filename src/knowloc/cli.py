@@ -365,6 +365,17 @@ def bench_mass_editing(model: str = ModelOpt, edits: int = typer.Option(100, hel
                                layer=layer, samples=samples, device=device, echo=typer.echo)
 
 
+def bench_study(model: str = ModelOpt, facts: Optional[int] = typer.Option(None, min=1, help="at most N facts "
+                                                                        "(default: all 116 built-in facts)"),
+                device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt) -> None:
+    """The full built-in study's estimated wall time on a model and device (every fact counted as known, so
+    that a random-init model of a paper's shape is timed on every fact); ends with estimate_s=... device=...
+    model=..."""
+    from knowloc.study.bench import run_study_benchmark
+
+    run_study_benchmark(model, device=device, dtype=dtype, facts=facts, echo=typer.echo)
+
+
 def bench_tracing(model: str = ModelOpt,
                   queries: int = typer.Option(7, min=1, help="built-in queries to trace (a fact of each relation "
                                               "in turn)"),
@@ -571,6 +582,7 @@ def build_app() -> typer.Typer:
     bench_app.command("attribution")(bench_attribution)
     bench_app.command("editors")(bench_editors)
     bench_app.command("mass-editing")(bench_mass_editing)
+    bench_app.command("study")(bench_study)
     bench_app.command("tracing")(bench_tracing)
     bench_app.command("knockout")(bench_knockout)
     data_app = typer.Typer(no_args_is_help=True, help="Data sets.", context_settings=CONTEXT, rich_markup_mode=None)

@@ -208,3 +208,24 @@ def test_dry_run_times_editing_on_filtered_sets(tmp_path, study_args, monkeypatc
     assert filtered and n_neutral == plan.PROFILE_NEUTRAL
     assert threshold == max(StudyConfig(**args).specificity, 1 / plan.PROFILE_NEUTRAL)
     assert excluded  # tiny-llama has neurons that are KNs of most neutral prompts
+
+
+def test_bench_study_counts_every_fact_as_known_and_ends_with_the_estimate(tmp_path, study_args, monkeypatch, capsys):
+    """`knowloc bench study` is the dry run with every query counted as answered (a random-init model knows no
+    fact): it plans every fact of the data, and its last line is estimate_s=... device=... model=..."""
+    from knowloc.cli import main
+    from knowloc.study import bench, plan
+
+    args = study_args(tmp_path / "dry", experiments=["consistency", "modification"], specificity_prompts=4,
+                      candidates=False)
+    as_probed = plan.print_plan(StudyConfig(**args), echo=lambda _: None)
+    every = plan.print_plan(StudyConfig(**args), echo=lambda _: None, every_fact_known=True)
+    assert every["units"]["tiny-llama"]["modification"] > as_probed["units"]["tiny-llama"].get("modification", 0)
+    assert not (tmp_path / "dry").exists()
+    light = {k: args[k] for k in ("data", "methods", "steps", "specificity_prompts", "specificity_queries")}
+    monkeypatch.setattr(bench, "FULL_STUDY", {**light, "experiments": ["consistency", "modification"]})
+    assert main(["bench", "study", "--model", "tiny-llama", "--facts", "2"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    fields = dict(kv.split("=", 1) for kv in last.split())
+    assert set(fields) == {"estimate_s", "device", "model"} and fields["model"] == "tiny-llama"
+    assert float(fields["estimate_s"]) > 0

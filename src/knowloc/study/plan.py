@@ -171,8 +171,12 @@ class _threads:
         torch.set_num_threads(self.saved)
 
 
-def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict:
+def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_fact_known: bool = False) -> dict:
     """Print the plan and the estimated time (see the module docstring); writes nothing.
+
+    ``every_fact_known`` (a benchmark switch, never a study setting: `knowloc bench study`): after the probe,
+    every query counts as answered, so that a random-init model of a paper's shape, which knows no fact, is timed
+    on the facts a trained one would study.
 
     Returns:
         ``{"estimated_s": CPU seconds of the missing work, "wall_s": the same over the workers, "units": {...},
@@ -203,6 +207,10 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print) -> dict
                 start = time.perf_counter()
                 was_probed = ctx.store.has_probe(model)
                 probe_stage(ctx, model, dataset)
+                if every_fact_known:
+                    ctx.store.save_probe(model, [replace(fact, queries=tuple(replace(q, top1=True) for q in fact.queries))
+                                                 for fact in ctx.store.probe(model)])
+                    ctx.load_facts(model)
                 probe_s = time.perf_counter() - start
                 facts = ctx.facts[model]
                 memory, memory_needed[model] = memory_lines(ctx.models.get(model), cfg)
