@@ -32,7 +32,7 @@ from knowloc.settings import setting
 
 
 AUTO = "auto"
-BOUNDS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)  # the calibration grid of --ft-bound auto
+BOUNDS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)  # the calibration grid of --ft-bound auto
 TARGET_REL = 0.9  # the Rel the calibrated bound reaches
 
 
