@@ -567,6 +567,18 @@ def report(directory: Path = typer.Argument(..., help="a study directory (--out 
     typer.echo(f"report: {build_report(directory)}")
 
 
+def robustness(directory: Path = typer.Argument(..., help="a finished study directory (--out of knowloc study)")
+               ) -> None:
+    """Re-derive every finding at each point of a grid of analysis settings (split x consistency score) from the
+    stored results, without attributing or editing; adds robustness / robustness_summary to DIR's summary.json."""
+    from knowloc.study.robustness import run_robustness
+
+    study = StudyReader(directory)
+    if not study.has_store or not study.has_summary:
+        raise KnowlocError(f"{directory} is not a finished study (no results.sqlite / summary.json)")
+    run_robustness(directory, echo=typer.echo)
+
+
 def build_app() -> typer.Typer:
     """The command-line app, with the study flags of the current StudyConfig and experiment registry."""
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -605,6 +617,7 @@ def build_app() -> typer.Typer:
          "cas_sweep_thresholds": ("--thresholds", "--sweep-thresholds")}))
     app.command()(demo)
     app.command()(report)
+    app.command()(robustness)
     return app
 
 

@@ -8,6 +8,7 @@ from knowloc.report.tables import esc
 from knowloc.study.findings import (BY_MODEL_INTRO, BY_MODEL_TITLE, POOLED_INTRO, POOLED_TITLE,
                                     cell_details, findings, findings_by_model, shown_reason)
 from knowloc.study.registry import experiments
+from knowloc.study.robustness import robustness_line
 
 VERDICT_CLASS = {"supports": "v-yes", "contradicts": "v-no"}  # any other verdict is shown as open ("v-open")
 ACROSS_CLASS = {"disagree": "v-split"}  # "agree: <verdict>" takes its verdict's class; "cannot decide" is open
@@ -59,6 +60,8 @@ def findings_section(summary: dict) -> str:
     parts.append('<ol class="findings">')
     for f in items:
         why = f' <span class="muted">({esc(shown_reason(f))})</span>' if shown_reason(f) else ""
+        robust = robustness_line(summary.get("robustness_summary") or [], f["id"])
+        robust = f'<br><span class="muted">Robustness (knowloc robustness): {esc(robust)}</span>' if robust else ""
         parts.append(f'<li><b>{esc(f["question"])}</b> <span class="muted">Paper: {esc(f["claim"])}.</span> '
-                     f'Verdict: {_verdict(f["verdict"])}{why}<br>{esc(f["text"])}</li>')
+                     f'Verdict: {_verdict(f["verdict"])}{why}<br>{esc(f["text"])}{robust}</li>')
     return "\n".join(parts + ["</ol>"])

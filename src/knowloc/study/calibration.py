@@ -13,10 +13,9 @@ The built-in models' calibrations under the default settings are shipped (``cali
 shipped specificity references, :func:`knowloc.attribution.shipped.pack_folder`; ``knowloc reference calibrate``
 regenerates them), keyed by everything that decides the result (:func:`calibration_key`: the weights' fingerprint,
 the device type, the layer, ft's steps and learning rate, the calibration requests, the grid and the target), so a
-shipped entry serves only the calibration it is; any other one is computed (about 2 min for SmolLM2-135M on 2
-cores). ROME, MEMIT and AlphaEdit need no such step: their
-targets are fit per request and their updates scaled by each model's own key statistics C (and MEMIT's lambda by
-its MLP width).
+shipped entry serves only the calibration it is; any other one is computed (about 2 min for SmolLM2-135M on one
+core). ROME, MEMIT and AlphaEdit need no such step: their targets are fit per request and their updates scaled by
+each model's own key statistics C (and MEMIT's lambda by its MLP width).
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ def needed(cfg: StudyConfig) -> bool:
 
 
 def calibration_requests(lm: LanguageModel, cfg: StudyConfig, layer: int) -> list[EditRequest]:
-    """``--ft-calibration`` seeded reference queries (the same for every model), each an update at ``layer`` of its answer to another answer
-    of its relation whose first token differs (queries without one are passed over)."""
+    """``--ft-calibration`` seeded reference queries (the same for every model), each an update at ``layer`` of
+    its answer to another answer of its relation whose first token differs (queries without one are passed over)."""
     queries = load_specificity_queries()
     answers: dict[str, list[str]] = {}
     for q in queries:
