@@ -352,6 +352,8 @@ def bench_editors(model: str = ModelOpt, layer: Optional[int] = typer.Option(Non
 def bench_mass_editing(model: str = ModelOpt, edits: int = typer.Option(100, help="built-in facts edited"),
                        editors: str = typer.Option("kn,kn-ft,ft,rome,memit,alphaedit",
                                                    help="comma-separated editors"),
+                       modes: str = typer.Option("batch,sequential", help="batch (memit, alphaedit) and / or "
+                                                 "sequential"),
                        layer: Optional[int] = typer.Option(None, help="single-layer editors' layer (default: "
                                                            "the middle)"),
                        samples: int = typer.Option(RomeSettings.samples, min=1, help="samples of 64 tokens of "
@@ -361,7 +363,7 @@ def bench_mass_editing(model: str = ModelOpt, edits: int = typer.Option(100, hel
     Rel and Loc after the last."""
     from knowloc.editing.bench import run_mass_editing_benchmark
 
-    run_mass_editing_benchmark(model, edits=edits, editors=tuple(e.strip() for e in editors.split(",") if e.strip()),
+    run_mass_editing_benchmark(model, edits=edits, editors=tuple(_split(editors) or ()), modes=tuple(_split(modes) or ()),
                                layer=layer, samples=samples, device=device, echo=typer.echo)
 
 

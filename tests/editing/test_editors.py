@@ -318,5 +318,9 @@ def test_bench_mass_editing_prints_the_batch_and_the_seconds_per_sequential_edit
     last = out.strip().splitlines()[-1].split()
     assert last[0] == "mass_editing" and {kv.split("=")[0] for kv in last[1:]} == {
         "c_s", "memit_batch_s", "kn_s_per_edit", "rome_s_per_edit", "memit_s_per_edit"}
+    assert main(args + ["--editors", "memit", "--modes", "batch"]) == 0  # the batch alone
+    out = capsys.readouterr().out
+    assert "memit batch of 3:" in out and "sequential edits" not in out
     assert main(args + ["--editors", "kn,bogus"]) == 2
+    assert main(args + ["--modes", "parallel"]) == 2
     assert main(args[:-2] + ["--edits", "0", "--samples", "4"]) == 2

@@ -130,14 +130,15 @@ MASS_EDITORS = ("kn", "kn-ft", "ft", "rome", "memit", "alphaedit")
 
 
 def run_mass_editing_benchmark(model: str = "smollm2-135m", *, edits: int = 100, editors=MASS_EDITORS,
-                               layer: int | None = None, samples: int = SAMPLES, device=None,
-                               echo: Callable[[str], None] = print) -> dict:
+                               modes=("batch", "sequential"), layer: int | None = None, samples: int = SAMPLES,
+                               device=None, echo: Callable[[str], None] = print) -> dict:
     """Print and return the figures of the module docstring (mass editing).
 
     Args:
         model: the model; edits: built-in facts edited (at most the set's size minus one: the rest are locality
-            prompts); editors: of :data:`MASS_EDITORS`; layer: the single-layer editors' layer (default the
-            middle); samples: samples of 64 tokens of C; device: where the model runs.
+            prompts); editors: of :data:`MASS_EDITORS`; modes: ``batch`` (memit's and alphaedit's) and / or
+            ``sequential``; layer: the single-layer editors' layer (default the middle); samples: samples of 64
+            tokens of C; device: where the model runs.
 
     Returns:
         ``{"c_s", "batch": {editor: {"seconds", "with_c_s", "rel", "loc"}}, "sequential": {editor: {"s_per_edit",
@@ -149,6 +150,8 @@ def run_mass_editing_benchmark(model: str = "smollm2-135m", *, edits: int = 100,
     unknown = [e for e in editors if e not in MASS_EDITORS]
     if unknown or not editors:
         raise KnowlocError(f"mass-editing editors must be among {', '.join(MASS_EDITORS)}, got {list(editors)}")
+    if not modes or set(modes) - {"batch", "sequential"}:
+        raise KnowlocError(f"mass-editing modes must be batch and / or sequential, got {list(modes)}")
     lm = load_model(model, device=device)
     layer = lm.n_layers // 2 if layer is None else layer
     facts = _queries(len(load_facts("builtin")))
@@ -190,7 +193,7 @@ def run_mass_editing_benchmark(model: str = "smollm2-135m", *, edits: int = 100,
         return rel, sum(a == b for a, b in zip(after, loc_before)) / max(len(locality), 1)
     out: dict = {"c_s": c_s, "edits": len(requests), "batch": {}, "sequential": {}}
     for name in ("memit", "alphaedit"):
-        if name in chosen:
+        if name in chosen and "batch" in modes:
             start = time.perf_counter()
             with chosen[name].apply(lm, requests):
                 seconds = time.perf_counter() - start
@@ -198,7 +201,7 @@ def run_mass_editing_benchmark(model: str = "smollm2-135m", *, edits: int = 100,
             out["batch"][name] = {"seconds": seconds, "with_c_s": seconds + c_s, "rel": rel, "loc": loc}
             echo(f"  {name} batch of {len(requests)}: {seconds:.1f} s ({seconds + c_s:.1f} s with C); Rel {rel:.2f}, "
                  f"Loc {loc:.2f}")
-    for name, editor in chosen.items():
+    for name, editor in chosen.items() if "sequential" in modes else ():
         measured: list[tuple[float, float]] = []
         spent = [0.0]
 
