@@ -8,6 +8,7 @@ in that module too; a new editor is that module plus one line of :data:`BUILDERS
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from knowloc.editing.editors import CovarianceStore, Editor, shared_store
@@ -19,16 +20,14 @@ if TYPE_CHECKING:
 
 SAMPLE_LENGTH = 64  # tokens per sample of ROME's text sample of C
 
-# name -> the editor with the study's settings (the covariance store holds ROME's C; `calibrated` the model's
-# calibrated settings, knowloc.study.calibration)
-BUILDERS: dict[str, Callable[[StudyConfig, CovarianceStore, dict], Editor]] = {
-    "kn": lambda cfg, covariance, calibrated: cfg.update.editor(),
-    "kn-ft": lambda cfg, covariance, calibrated: cfg.ft.editor(neurons=True, bound=calibrated.get("ft_bound")),
-    "ft": lambda cfg, covariance, calibrated: cfg.ft.editor(bound=calibrated.get("ft_bound")),
-    "rome": lambda cfg, covariance, calibrated: cfg.rome.editor(covariance, cfg.seed, SAMPLE_LENGTH),
-    "memit": lambda cfg, covariance, calibrated: Memit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
-    "alphaedit": lambda cfg, covariance, calibrated: AlphaEdit(**cfg.rome.arguments(covariance, cfg.seed,
-                                                                                     SAMPLE_LENGTH)),
+# name -> the editor with the study's settings (the covariance store holds ROME's C)
+BUILDERS: dict[str, Callable[[StudyConfig, CovarianceStore], Editor]] = {
+    "kn": lambda cfg, covariance: cfg.update.editor(),
+    "kn-ft": lambda cfg, covariance: cfg.ft.editor(neurons=True),
+    "ft": lambda cfg, covariance: cfg.ft.editor(),
+    "rome": lambda cfg, covariance: cfg.rome.editor(covariance, cfg.seed, SAMPLE_LENGTH),
+    "memit": lambda cfg, covariance: Memit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
+    "alphaedit": lambda cfg, covariance: AlphaEdit(**cfg.rome.arguments(covariance, cfg.seed, SAMPLE_LENGTH)),
 }
 EDITORS = tuple(BUILDERS)
 
@@ -56,4 +55,6 @@ def make_editor(name: str, cfg: StudyConfig, covariance: CovarianceStore | None 
         10
     """
     check_editors([name])
-    return BUILDERS[name](cfg, covariance or shared_store(), calibrated or {})
+    if calibrated and "ft_bound" in calibrated:  # the model's bound in place of 'auto'
+        cfg = replace(cfg, ft=replace(cfg.ft, bound=calibrated["ft_bound"]))
+    return BUILDERS[name](cfg, covariance or shared_store())

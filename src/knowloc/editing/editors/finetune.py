@@ -74,8 +74,8 @@ class FtSettings:
         return self.bound == AUTO
 
     def editor(self, neurons: bool = False, bound: float | None = None) -> FineTune:
-        """``ft`` (``neurons=False``) or ``kn-ft`` with these settings; ``bound``: the model's calibrated bound,
-        needed when the setting is ``auto``."""
+        """``ft`` (``neurons=False``) or ``kn-ft`` with these settings; ``bound``: another bound (a model's
+        calibrated one), needed when the setting is ``auto``."""
         if self.calibrated and bound is None:
             raise KnowlocError("--ft-bound is 'auto': the bound is calibrated per model (a study does it); "
                                "pass a model's calibrated bound or set a number")
