@@ -5,12 +5,7 @@
 # Logs go to $OUT (what the device tool brings back): suite.log, study.log, shapes.log. Each step prints one line.
 set -u
 OUT=${OUT:-/tmp/gpu-check}
-mkdir -p "$OUT"
-export KNOWLOC_CACHE=/tmp/knowloc-cache KNOWLOC_ATTRIBUTION_CACHE=/tmp/knowloc-attr KNOWLOC_COVARIANCE_CACHE=/tmp/knowloc-cov
-K="python3 -m knowloc"
-step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  echo "== $name: rc=$rc in $((SECONDS - t0)) s"; tail -n 4 "$OUT/$name.log"; }
+source "$(dirname "$0")/gpu_steps.sh"
 
 # 1. the whole suite on the GPU (models and inputs on cuda: KNOWLOC_TEST_DEVICE defaults to cuda there)
 step suite 270 python3 -m pytest -q -n 8 -p no:cacheprovider --timeout 150 -rfE

@@ -7,12 +7,8 @@
 # built-in study on a LLaMA-3-8B shape.
 set -u
 OUT=${OUT:-/tmp/gpu-speed}
-mkdir -p "$OUT"
-export KNOWLOC_CACHE=/tmp/knowloc-cache KNOWLOC_ATTRIBUTION_CACHE=/tmp/knowloc-attr KNOWLOC_COVARIANCE_CACHE=/tmp/knowloc-cov
-K="python3 -m knowloc"
-step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  echo "== $name: rc=$rc in $((SECONDS - t0)) s"; tail -n 2 "$OUT/$name.log"; }
+TAIL=2
+source "$(dirname "$0")/gpu_steps.sh"
 
 step attr-llama2-7b 150 $K bench attribution --model random:llama2-7b --device cuda --dtype bf16 --repeats 3
 step attr-llama3-8b 150 $K bench attribution --model random:llama3-8b --device cuda --dtype bf16 --repeats 3
