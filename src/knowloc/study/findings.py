@@ -177,9 +177,9 @@ def findings(summary: dict, experiments: Iterable[Experiment]) -> list[dict]:
     """The findings of a study summary (summary.json's content), in the experiments' order; each
     ``{"id", "question", "claim", "verdict", "text", "reason", "estimates"}`` (the estimates as
     :func:`findings_by_model` lists them; in a study of several models each model's, its name in the label) with
-    verdict supports / contradicts / cannot
-    decide / mixed / partly supports / partly contradicts (see :func:`combine`) / not run (the experiment is not
-    in the study; one that ran with nothing to measure cannot decide, and the reason says why).
+    verdict supports / contradicts / cannot decide / mixed / partly supports / partly contradicts (see
+    :func:`combine`) / not run (the experiment is not in the study; one that ran with nothing to measure cannot
+    decide, and the reason says why).
 
     In a study of 2+ models the verdict pools every model's comparisons, and the text names the model of each
     (``"[model] ig: ..."``, :func:`_named_text`); a single model's text is its comparisons' sentences alone."""

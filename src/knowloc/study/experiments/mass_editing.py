@@ -43,7 +43,8 @@ from knowloc.plots import layer_curves
 from knowloc.study.calibration import study_editor
 from knowloc.study.context import Section, StudyContext, slug
 from knowloc.study.experiments.common import ALL, first_studied, selections
-from knowloc.study.findings import CONTRADICTS, SUPPORTS, UNDECIDED, interval, judge_rows, num, verdict
+from knowloc.study.findings import (CONTRADICTS, SUPPORTS, UNDECIDED, Decision, interval, judge_rows, num,
+                                    verdict)
 from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table
 
@@ -241,7 +242,7 @@ def judge_edits_at_scale(summary: dict) -> list[Part] | None:
         label = _label(r["editor"], r["selection"])
         text = (f"{r['model']}, {r['method']}, {label}: after {r['n_edits']} sequential edits Rel "
                 f"{num(rel.value)} {interval(rel)}, Loc {num(loc.value)} {interval(loc)} ({r['n']} facts).")
-        parts.append(Part(text, judged, rel, f"{r['method']} {label}"))
+        parts.append(Part(text, Decision(*judged, FLOOR, FLOOR), rel, f"{r['method']} {label}"))
     return parts or None
 
 
