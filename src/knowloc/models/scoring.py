@@ -28,6 +28,15 @@ def pad_right(lm: LanguageModel, seqs: list[list[int]]) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+def pad_left(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences as one left-padded batch (ids, attention mask) on ``device``: what ``generate`` needs
+    to continue every row from its own last token."""
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long, device=device)
+    return ids, mask  # [batch, width] each
+
+
 @torch.no_grad()
 def next_token_distributions(lm: LanguageModel, prompts: list[str], top_k: int = 5,
                              batch_size: int = 32) -> list[NextToken]:
@@ -60,10 +69,9 @@ def greedy_continuations(lm: LanguageModel, prompts: list[str], n_tokens: int, b
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        seqs = [list(lm.encode(p).prompt_ids) for p in prompts[start:start + batch_size]]
-        width = max(len(s) for s in seqs)
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=lm.device)  # [batch, width]
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=lm.device)
+        ids, mask = pad_left([list(lm.encode(p).prompt_ids) for p in prompts[start:start + batch_size]], pad,
+                             lm.device)
+        width = ids.shape[1]
         generated = lm.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n_tokens,
                                       pad_token_id=pad, num_beams=1, use_cache=True, top_k=None, top_p=None,
                                       temperature=None)

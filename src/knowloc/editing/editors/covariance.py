@@ -34,7 +34,7 @@ from knowloc.fileio import atomic_write
 from knowloc.models.fingerprint import weights_hash
 from knowloc.models.hooks import trace_activations
 from knowloc.models.lm import LanguageModel
-from knowloc.models.scoring import pad_right
+from knowloc.models.scoring import pad_left, pad_right
 
 STARTS = ("The", "In", "A", "It", "This", "When", "I", "We", "There", "One", "After", "My", "He", "She", "They",
           "Today")
@@ -84,10 +84,8 @@ def model_samples(lm: LanguageModel, n: int, length: int, seed: int, batch_size:
         torch.manual_seed(seed)
         for c in range(0, n, batch_size):
             chunk = starts[c:c + batch_size]
-            width = max(len(ids) for ids in chunk)
-            # left-padded starts: generate continues every row from its own last token
-            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=lm.device)
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=lm.device)
+            input_ids, mask = pad_left(chunk, pad, lm.device)  # generate continues every row from its last token
+            width = input_ids.shape[1]
             generated = lm.model.generate(
                 input_ids=input_ids, attention_mask=mask, do_sample=True, top_k=TOP_K, top_p=1.0,
                 temperature=1.0, max_new_tokens=length, min_new_tokens=length,
