@@ -166,3 +166,35 @@ def test_the_default_weight_is_gptjs_scaled_by_the_width(tiny_models):
         dw = Memit()._update(c, k, torch.ones(1, 3, dtype=torch.float64), None)  # cpu: residual 1 in 3 dims
         shares.append(float((k @ dw.T)[0, 0]))  # the share of the residual written at the key
     assert shares[0] == pytest.approx(shares[1], rel=0.3) and 0.3 < shares[1] < 0.8
+
+
+@pytest.mark.parametrize("stop", [0.0, 6.3])  # 6.3: between the requests' first losses (6.25-6.35)
+def test_targets_fitted_together_are_the_ones_fitted_alone(tiny_models, stop):
+    lm = tiny_models("tiny-llama")
+    rome = Rome(steps=6, prefixes=2, stop=stop, sample=SAMPLE, covariance=CovarianceStore(None))
+    batch = [EditRequest(p, s, g, o, layers=1) for p, s, g, o in zip(PROMPTS, SUBJECTS, GOLD, NEW)]
+    together = rome._fit_batch(lm, batch)
+    for request, (k_star, out_k, delta, info) in zip(batch, together):
+        k_alone, out_alone, delta_alone, info_alone = rome._fit(lm, request)
+        assert torch.allclose(k_star, k_alone, atol=1e-5) and torch.allclose(out_k, out_alone, atol=1e-5)
+        assert info["steps"] == info_alone["steps"] and info["contexts"] == info_alone["contexts"] == 3
+        assert float((delta - delta_alone).norm()) <= 1e-4 * max(float(delta_alone.norm()), 1e-6)
+    assert any(info["delta_norm"] > 0 for *_, info in together)
+    if stop:  # some rows stop before the others: each row's steps are its own
+        assert len({info["steps"] for *_, info in together}) > 1
+
+
+def test_memits_fit_batch_changes_nothing_but_the_rounding(tiny_models):
+    lm = tiny_models("tiny-llama")
+    store = CovarianceStore(None)
+    before = projection(lm, 1)
+    changes = []
+    for fit_batch in (1, 2, 16):
+        with Memit(layers=(0, 1), steps=4, prefixes=1, sample=SAMPLE, covariance=store, fit_batch=fit_batch).apply(
+                lm, requests()):
+            changes.append(projection(lm, 1) - before)
+    assert changes[0].abs().max() > 0
+    for other in changes[1:]:
+        assert float((other - changes[0]).abs().max() / changes[0].abs().max()) < 1e-4
+    with pytest.raises(KnowlocError, match="fit batch"):
+        Memit(fit_batch=0)

@@ -233,7 +233,7 @@ class Editor:
         return None
 
 
-NOT_SETTINGS = ("covariance",)  # what an editor reads, not how it edits
+NOT_SETTINGS = ("covariance", "fit_batch")  # what an editor reads, or how it batches its work: not how it edits
 T = TypeVar("T")
 
 
@@ -288,23 +288,33 @@ class Teacher:
         """The last block's output ``[rows, width, d_model]``, blocks >= start re-run with autograd on."""
         return self.batch.run(self.start, grad=True)
 
-    def target_nll(self, hidden: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """Mean over ``rows`` of each row's mean NLL of its target tokens (a scalar with its graph)."""
-        wanted = torch.tensor(sorted(set(rows)), dtype=torch.long, device=hidden.device)
+    def row_nll(self, hidden: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Each of ``rows``' mean NLL of its target tokens ``[len(rows)]`` with its graph (only the target
+        positions of those rows are unembedded); one line when a row has no target."""
+        wanted = torch.tensor(list(rows), dtype=torch.long, device=hidden.device)
         keep = torch.isin(self._rows, wanted)
-        if not bool(keep.any()):
-            raise KnowlocError("no target token to fit")
         row_of = self._rows[keep]
         logits = self.lm.logits(hidden[row_of, self._positions[keep]]).float()  # [k, vocab]
         nll = F.cross_entropy(logits, self._tokens[keep], reduction="none")  # [k]
         sums = torch.zeros(len(self.encodings), device=hidden.device).index_add(0, row_of, nll)
         counts = torch.zeros(len(self.encodings), device=hidden.device).index_add(0, row_of, torch.ones_like(nll))
-        present = counts > 0
-        return (sums[present] / counts[present]).mean()
+        if not bool((counts[wanted] > 0).all()):
+            raise KnowlocError("no target token to fit")
+        return sums[wanted] / counts[wanted]
 
-    def last_log_probs(self, hidden: torch.Tensor, row: int) -> torch.Tensor:
-        """log-softmax of the next-token logits at row ``row``'s last prompt position ``[vocab]``."""
-        return torch.log_softmax(self.lm.logits(hidden[row, self.last[row]][None]).float()[0], dim=-1)
+    def target_nll(self, hidden: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Mean over ``rows`` of each row's mean NLL of its target tokens (a scalar with its graph)."""
+        return self.row_nll(hidden, sorted(set(rows))).mean()
+
+    def last_log_probs(self, hidden: torch.Tensor, rows: int | Sequence[int]) -> torch.Tensor:
+        """log-softmax of the next-token logits at the last prompt position of row ``rows`` ``[vocab]`` (a list
+        of rows: ``[len(rows), vocab]``)."""
+        many = not isinstance(rows, int)
+        picked = list(rows) if many else [rows]  # type: ignore[arg-type]
+        index = torch.tensor(picked, dtype=torch.long, device=hidden.device)
+        at = torch.tensor([self.last[r] for r in picked], dtype=torch.long, device=hidden.device)
+        out = torch.log_softmax(self.lm.logits(hidden[index, at]).float(), dim=-1)
+        return out if many else out[0]
 
     def unedited(self) -> torch.Tensor:
         """The recorded (unedited) last block output ``[rows, width, d_model]``."""
@@ -349,4 +359,42 @@ def adam_steps(params: list[torch.Tensor], loss: Callable[[], torch.Tensor], ste
             if after_step is not None:
                 with torch.no_grad():
                     after_step()
+    return last, taken
+
+
+def adam_rows(param: torch.Tensor, losses: Callable[[], torch.Tensor], steps: int, lr: float,
+              after_step: Callable[[], None] | None = None, stop_below: float = 0.0
+              ) -> tuple[list[float], list[int]]:
+    """:func:`adam_steps` for ``n`` independent problems fitted together: ``param`` ``[n, ...]`` (a leaf with
+    ``requires_grad``), ``losses()`` ``[n]`` (row ``i``'s loss depends on ``param[i]`` only). Adam is elementwise, so
+    minimizing the sum takes each row the steps :func:`adam_steps` would take it alone; a row whose loss is below
+    ``stop_below`` stops there (its value kept), as :func:`adam_steps` would. Returns (each row's last loss (nan:
+    none), its steps taken)."""
+    n = param.shape[0]
+    last, taken = [float("nan")] * n, [0] * n
+    if steps == 0:
+        return last, taken
+    optimizer = torch.optim.Adam([param], lr=lr)
+    active = torch.ones(n, dtype=torch.bool, device=param.device)
+    kept = param.detach().clone()  # the stopped rows' values
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            values = losses()
+            now = values.detach().float().cpu()
+            for i in torch.nonzero(active.cpu() & (now < stop_below)).flatten().tolist():
+                last[i] = float(now[i])
+                active[i] = False
+                kept[i] = param.detach()[i]
+            if not bool(active.any()):
+                break
+            values[active].sum().backward()
+            optimizer.step()
+            with torch.no_grad():
+                param[~active] = kept[~active]
+                if after_step is not None:
+                    after_step()
+            for i in torch.nonzero(active.cpu()).flatten().tolist():
+                last[i] = float(now[i])
+                taken[i] += 1
     return last, taken

@@ -7,7 +7,7 @@ For a batch of requests ``i`` (subject ``s_i``, query, new object ``o_i``) and a
 
 1. **Targets.** ``z_i = h^L_i + delta_i``: ``h^L_i`` the residual stream after block ``l_L`` at the subject's last
    token of the bare query, ``delta_i`` ROME's optimized addition at that layer and token (steps 1-2 of ROME, over
-   the same seeded context prefixes and KL prompt: :meth:`Rome._fit`).
+   the same seeded context prefixes and KL prompt: :meth:`Rome._fit_batch`, ``fit_batch`` requests at a time).
 2. **Spread over the layers**, lowest first, each on the model the layers before it left: keys ``K_l`` ``[n,
    n_neurons]`` (each request's key at the subject's last token, averaged over its contexts), the residual
    ``R_l = (Z - H^L) / (L - j)`` (``H^L`` recomputed with the edits so far, ``j`` the layer's index in the range),
@@ -71,7 +71,9 @@ class Memit(Rome):
     ridge) besides its own.
 
     Args:
-        layers: the edited range; update_weight: ``lambda`` of the update (None: :func:`default_update_weight`).
+        layers: the edited range; update_weight: ``lambda`` of the update (None: :func:`default_update_weight`);
+        fit_batch: how many requests' targets are fitted together in one batch (:meth:`Rome._fit_batch`: the same
+            targets up to float rounding; memory grows with it, the fits' speed too, most on a GPU).
 
     Example:
         >>> with Memit().apply(lm, requests) as applied:  # every request's fact written at once
@@ -80,12 +82,15 @@ class Memit(Rome):
 
     layers: tuple[int, ...] | None = None
     update_weight: float | None = None
+    fit_batch: int = 16
 
     name = "memit"
     uses_layer = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.fit_batch, bool) or not isinstance(self.fit_batch, int) or self.fit_batch < 1:
+            raise KnowlocError(f"{self.name} fit batch must be an integer >= 1, got {self.fit_batch!r}")
         if self.update_weight is not None:
             check_positive(self.update_weight, f"{self.name} update weight", allow_zero=True)
         if self.layers is not None:
@@ -124,13 +129,11 @@ class Memit(Rome):
         made before in a sequence, per layer (AlphaEdit reads them; each call appends its own)."""
         layers = self.range_of(lm)
         last = layers[-1]
-        deltas, infos, contexts = [], [], []
-        for request in batch:  # step 1: ROME's delta at the last layer, on the unedited model
-            _, _, delta, info = self._fit(lm, EditRequest(request.prompt, request.subject, request.gold,
-                                                          request.new_object, layers=(last,)))
-            deltas.append(delta)
-            infos.append(info)
-            contexts.append(self.contexts(lm, request))
+        at_last = [EditRequest(r.prompt, r.subject, r.gold, r.new_object, layers=(last,)) for r in batch]
+        fits = [fit for start in range(0, len(batch), self.fit_batch)  # step 1: ROME's delta at the last layer,
+                for fit in self._fit_batch(lm, at_last[start:start + self.fit_batch])]  # on the unedited model
+        deltas, infos = [fit[2] for fit in fits], [fit[3] for fit in fits]
+        contexts = [self.contexts(lm, request) for request in batch]
         current = torch.stack(self._hidden(lm, batch, last))  # H^L on the unedited model [n, d_model] float64
         targets = current + torch.stack(deltas)
         n_weights = 0

@@ -35,13 +35,13 @@ docs/editing.md has the measured behaviour on SmolLM2-135M.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Editor, Teacher, adam_steps, added_to_output,
+from knowloc.editing.editors.base import (AppliedEdit, EditRequest, Editor, Teacher, adam_rows, added_to_output,
                                           check_positive, check_steps, subject_last_index)
 from knowloc.editing.editors.covariance import CovarianceStore, TextSample, model_samples
 from knowloc.errors import KnowlocError
@@ -194,47 +194,70 @@ class Rome(Editor):
     def _fit(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """``(k*, out(k*), delta, info)``: v* = out(k*) + delta, float64 on the CPU (fitted on the model's
         device)."""
-        request = request.checked(lm, needs_layer=True)
-        layer = request.layer
-        contexts = self.contexts(lm, request)
-        kl_prompt = KL_TEMPLATE.format(request.subject.strip())
-        prompts = [*contexts, kl_prompt]
-        teacher = Teacher(lm, prompts, [request.new_object] * len(contexts) + [None], start=layer, trace=[layer])
-        positions = [subject_last_index(lm, p, request.subject) for p in prompts]
-        acts = teacher.activations[layer]  # [rows, width, n_neurons] on the model's device
-        rows = torch.arange(len(prompts), device=lm.device)
-        at = torch.tensor(positions, dtype=torch.long, device=lm.device)
-        keys = acts[rows, at].double()  # [rows, n_neurons]
-        k_star = keys[: len(contexts)].mean(dim=0)
-        module = lm.mlp_out(layer)
+        return self._fit_batch(lm, [request])[0]
+
+    def _fit_batch(self, lm: LanguageModel, requests: Sequence[EditRequest]
+                   ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]]:
+        """:meth:`_fit` of requests that edit the same layer, fitted together: one teacher-forced batch of every
+        request's contexts and KL prompt, one ``delta`` row per request (:func:`adam_rows`: each row takes the
+        steps it would take alone; the batch only changes float rounding)."""
+        requests = [r.checked(lm, needs_layer=True) for r in requests]
+        layer = requests[0].layer
+        if any(r.layer != layer for r in requests):
+            raise KnowlocError("requests fitted together must edit the same layer")
+        prompts: list[str] = []
+        targets: list[str | None] = []
+        owner: list[int] = []  # the request of each row
+        fit_rows: list[int] = []  # the rows of contexts (the KL prompts are the others)
+        kl_rows: list[int] = []
+        for i, request in enumerate(requests):
+            contexts = self.contexts(lm, request)
+            fit_rows.extend(range(len(prompts), len(prompts) + len(contexts)))
+            kl_rows.append(len(prompts) + len(contexts))
+            prompts.extend([*contexts, KL_TEMPLATE.format(request.subject.strip())])
+            targets.extend([request.new_object] * len(contexts) + [None])
+            owner.extend([i] * (len(contexts) + 1))
+        positions = [subject_last_index(lm, text, requests[owner[r]].subject) for r, text in enumerate(prompts)]
+        n, device = len(requests), lm.device
+        teacher = Teacher(lm, prompts, targets, start=layer, trace=[layer])
+        rows = torch.arange(len(prompts), device=device)
+        at = torch.tensor(positions, dtype=torch.long, device=device)
+        keys = teacher.activations[layer][rows, at].double()  # [rows, n_neurons]
+        fit = torch.tensor(fit_rows, dtype=torch.long, device=device)
+        owner_t = torch.tensor(owner, dtype=torch.long, device=device)
+        n_fit = torch.zeros(n, dtype=torch.float64, device=device).index_add(
+            0, owner_t[fit], torch.ones(len(fit_rows), dtype=torch.float64, device=device))
+        k_star = torch.zeros(n, keys.shape[1], dtype=torch.float64, device=device).index_add(
+            0, owner_t[fit], keys[fit]) / n_fit[:, None]  # [n, n_neurons]: each request's mean key
         with torch.no_grad():
-            out_k = module(k_star.to(device=lm.device, dtype=lm.dtype)[None])[0].double().cpu()  # out(k*) [d_model]
-        base_norm = max(float(out_k.norm()), 1e-12)
-        delta = torch.zeros(out_k.numel(), dtype=torch.float32, device=lm.device, requires_grad=True)
-        mask = torch.zeros(len(prompts), teacher.batch.ids.shape[1], 1, device=lm.device)
+            out_k = lm.mlp_out(layer)(k_star.to(lm.dtype)).double().cpu()  # out(k*) [n, d_model]
+        base_norm = out_k.norm(dim=1).clamp_min(1e-12)  # [n]
+        norm_dev = base_norm.to(device=device, dtype=torch.float32)
+        delta = torch.zeros(n, out_k.shape[1], dtype=torch.float32, device=device, requires_grad=True)
+        mask = torch.zeros(len(prompts), teacher.batch.ids.shape[1], 1, device=device)
         mask[rows, at] = 1.0
         with torch.no_grad():
-            kl_before = teacher.last_log_probs(teacher.unedited(), len(contexts)).detach()
-        fit_rows = list(range(len(contexts)))
+            kl_before = teacher.last_log_probs(teacher.unedited(), kl_rows).detach()  # [n, vocab]
+        fit_owner = owner_t[fit]
 
-        def loss() -> torch.Tensor:
-            with added_to_output(lm, {layer: lambda x: mask * delta}):
+        def losses() -> torch.Tensor:
+            with added_to_output(lm, {layer: lambda x: mask * delta[owner_t][:, None, :]}):
                 hidden = teacher.run()
-            nll = teacher.target_nll(hidden, fit_rows)
-            kl_after = teacher.last_log_probs(hidden, len(contexts))
-            kl = torch.sum(kl_before.exp() * (kl_before - kl_after))
-            return nll + self.kl_factor * kl + self.weight_decay * delta.pow(2).sum() / base_norm ** 2
+            nll = torch.zeros(n, device=device).index_add(0, fit_owner, teacher.row_nll(hidden, fit_rows))
+            nll = nll / n_fit.float()
+            kl_after = teacher.last_log_probs(hidden, kl_rows)
+            kl = torch.sum(kl_before.exp() * (kl_before - kl_after), dim=-1)
+            return nll + self.kl_factor * kl + self.weight_decay * delta.pow(2).sum(dim=1) / norm_dev ** 2
 
         def clamp() -> None:
-            limit = self.clamp * base_norm
-            norm = float(delta.norm())
-            if norm > limit:
-                delta.mul_(limit / norm)
+            scale = (self.clamp * norm_dev / delta.norm(dim=1).clamp_min(1e-30)).clamp(max=1.0)
+            delta.mul_(scale[:, None])
 
-        last, taken = adam_steps([delta], loss, self.steps, self.lr, clamp, stop_below=self.stop)
-        info = {"loss": last, "steps": taken, "delta_norm": float(delta.detach().norm()), "value_norm": base_norm,
-                "contexts": len(contexts)}
-        return k_star.cpu(), out_k, delta.detach().double().cpu(), info
+        last, taken = adam_rows(delta, losses, self.steps, self.lr, clamp, stop_below=self.stop)
+        fitted = delta.detach().double().cpu()
+        return [(k_star[i].cpu(), out_k[i], fitted[i],
+                 {"loss": last[i], "steps": taken[i], "delta_norm": float(fitted[i].norm()),
+                  "value_norm": float(base_norm[i]), "contexts": int(n_fit[i])}) for i in range(n)]
 
     def weight_change(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, dict]:
         """``dW`` ``[d_model, n_neurons]`` of the request (step 3) and the info of steps 1-2; model unchanged."""
