@@ -221,12 +221,18 @@ class AlphaEdit(Memit):
         super().__post_init__()
         check_positive(self.null_threshold, "alphaedit null threshold", allow_zero=True)
         check_positive(self.alpha, "alphaedit alpha")
+        self._projectors: list[tuple[torch.Tensor, torch.Tensor]] = []  # (C, P) of the Cs seen: one eigh per C
 
     def projector(self, c: torch.Tensor) -> torch.Tensor:
-        """``P``: the projector onto the eigenvectors of C with eigenvalue below ``null_threshold`` (float64)."""
+        """``P``: the projector onto the eigenvectors of C with eigenvalue below ``null_threshold`` (float64),
+        computed once per C (the same tensor, as the covariance store hands it out: a sequence of edits reuses it)."""
+        for seen, p in self._projectors:
+            if seen is c:
+                return p
         values, vectors = torch.linalg.eigh(c.double())
         null = vectors[:, values < self.null_threshold]  # [n_neurons, m]
-        return null @ null.T
+        self._projectors.append((c, null @ null.T))
+        return self._projectors[-1][1]
 
     def _update(self, c: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor,
                 previous: torch.Tensor | None) -> torch.Tensor:
