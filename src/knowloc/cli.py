@@ -515,15 +515,19 @@ def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: 
                                                              "(flags given too override it)")),
                _extra("dry_run", bool, typer.Option(False, "--dry-run", help="print the plan and an estimated time, "
                                                     "run nothing")),
-               _extra("gpu", bool, typer.Option(False, "--gpu", help="same as --device cuda"))]
+               _extra("gpu", bool, typer.Option(False, "--gpu", help="same as --device cuda")),
+               _extra("robustness", bool, typer.Option(False, "--robustness", help="then re-derive every finding "
+                                                       "over the grid of analysis settings, from the store (knowloc "
+                                                       "robustness)"))]
 
     def command(**kwargs) -> None:
         config, dry_run, gpu = kwargs.pop("config"), kwargs.pop("dry_run"), kwargs.pop("gpu")
+        robust = kwargs.pop("robustness")
         overrides = {k: v for k, v in kwargs.items() if v is not None and v != []}
         if gpu and "device" not in overrides:
             overrides["device"] = "cuda"
         overrides.update(fixed)
-        _run_study(overrides, config, dry_run)
+        _run_study(overrides, config, dry_run, robust)
 
     command.__doc__ = doc
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -531,7 +535,9 @@ def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: 
     return command
 
 
-def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
+def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: bool = False) -> None:
+    from knowloc.study.robustness import grid, run_robustness
+
     cfg = StudyConfig.from_toml(config, overrides) if config is not None else StudyConfig(**overrides)
     if dry_run:  # the directory and store rules of the real run, without its lock (the dry run copies the store)
         check_out_dir(Path(cfg.out), force=cfg.force)
@@ -544,8 +550,13 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool) -> None:
         finally:
             if store is not None:
                 store.close()
+        if robust:
+            typer.echo(f"robustness: then up to {len(grid(cfg))} grid points of analysis settings, each re-derived "
+                       "from the store (no attribution, no edit; seconds per point, mostly figures)")
         return
     run_study(cfg, echo=typer.echo)
+    if robust:
+        run_robustness(Path(cfg.out), echo=typer.echo)
     typer.echo(f"report: {build_report(Path(cfg.out))}")
 
 
@@ -571,8 +582,9 @@ def report(directory: Path = typer.Argument(..., help="a study directory (--out 
 
 def robustness(directory: Path = typer.Argument(..., help="a finished study directory (--out of knowloc study)")
                ) -> None:
-    """Re-derive every finding at each point of a grid of analysis settings (split x consistency score) from the
-    stored results, without attributing or editing; adds robustness / robustness_summary to DIR's summary.json."""
+    """Re-derive every finding at each point of a grid of analysis settings (KN threshold x specificity F x split x
+    consistency score) from the stored results, without attributing or editing; adds robustness /
+    robustness_summary to DIR's summary.json and a specification curve per finding to DIR/figures."""
     from knowloc.study.robustness import run_robustness
 
     study = StudyReader(directory)

@@ -462,3 +462,18 @@ def test_findings_forest_draws_one_panel_per_finding_run_and_one_line_for_those_
     assert w1 == w2 and h2 > h1
     with pytest.raises(KnowlocError, match="at least one finding"):
         figures.findings_forest([], tmp_path / "none.png")
+
+
+def test_specification_curve_grows_with_the_settings_that_vary_and_refuses_no_value(tmp_path):
+    """One point per grid point sorted by effect; one marker row per value of each axis that varies (an axis with
+    one value is left out), so more varied settings make a taller figure."""
+    def rows(thresholds, fs):
+        return [{"value": 0.1 * i, "low": 0.1 * i - 0.05, "high": 0.1 * i + 0.05, "verdict": "supports",
+                 "label": "ig", "threshold": t, "specificity": f, "split": "static", "score": "cs1"}
+                for i, (t, f) in enumerate((t, f) for t in thresholds for f in fs)]
+    axes = [("threshold", "threshold"), ("specificity", "F"), ("split", "split"), ("score", "score")]
+    one = figures.specification_curve(rows([0.2, 0.1], ["0.05"]), tmp_path / "one.png", axes)
+    two = figures.specification_curve(rows([0.2, 0.1, 0.3], ["0.05", "off", "0.02"]), tmp_path / "two.png", axes)
+    assert mpimg.imread(two).shape[0] > mpimg.imread(one).shape[0]
+    with pytest.raises(KnowlocError, match="at least one comparison"):
+        figures.specification_curve([{"value": None}], tmp_path / "none.png", axes)

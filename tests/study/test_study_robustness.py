@@ -1,13 +1,14 @@
-"""Robustness: every finding re-derived at each point of the split x score grid from the stored results (nothing
-attributed or edited); the point at the study's own settings reproduces the headline verdicts; the summary names
-the points where a verdict flips."""
+"""Robustness: every finding re-derived at each point of the analysis grid from the stored results (nothing
+attributed or edited; the KN threshold's sets selected from the stored maps); the point at the study's own settings
+reproduces the headline verdicts; the summary names the points where a verdict flips."""
 
 import json
 
 import pytest
 
 from knowloc.study.config import StudyConfig
-from knowloc.study.robustness import grid, robustness_line, run_robustness, summarize_grid
+from knowloc.study.robustness import (flip_text, grid, reuses_trials, robustness_line, run_robustness,
+                                      summarize_grid)
 from knowloc.study.runner import run_study
 
 
@@ -23,43 +24,89 @@ def test_robustness_rederives_each_finding_from_the_store(tmp_path, study_args, 
     lines = []
     result = run_robustness(out, echo=lines.append)
     rows, summary_rows = result["robustness"], result["robustness_summary"]
-    points = {(r["split"], r["score"]) for r in rows}
-    assert points == {(s, c) for s in ("static", "otsu") for c in ("cs1", "cs2", "csp")}
-    # the study's own point (otsu, cs1) gives the headline verdicts bit for bit
-    own = {r["finding_id"]: r["finding_verdict"] for r in rows if (r["split"], r["score"]) == ("otsu", "cs1")}
+    point = lambda r: (r["threshold"], r["specificity"], r["split"], r["score"])  # noqa: E731
+    own_point = (0.2, 0.05, "otsu", "cs1")
+    assert point(rows[0]) == own_point and result["points"] == 3 * 4 * 2 * 3
+    # the study's own point gives the headline verdicts bit for bit
+    own = {r["finding_id"]: r["finding_verdict"] for r in rows if point(r) == own_point}
     assert own == {f["id"]: f["verdict"] for f in summary["findings"] if f["verdict"] != "not run"}
+    # the editing findings vary over split x score only (their trials hold at the study's KN sets); the
+    # consistency findings, read from the attribution maps, over every threshold x F x split x score
     for r in summary_rows:
-        assert r["headline"] == own[r["finding_id"]] and r["n_settings"] == 6 and 0 < r["same_verdict_share"] <= 1
+        assert r["headline"] == own[r["finding_id"]] and 0 < r["same_verdict_share"] <= 1
+        assert r["n_settings"] == (72 if r["finding_id"] in ("paraphrases-share-kns", "k-i-share") else 6)
         assert (r["same_verdict_share"] == 1) == (r["flips"] == "")
-    assert {r["threshold"] for r in rows} == {0.2} and all(r["model"] == "tiny-llama" for r in rows)
+        assert "threshold=0.2" not in r["flips"] and "split=otsu" not in r["flips"]  # only what differs is named
+    editing = {point(r) for r in rows if r["finding_id"] == "kc-ki-generalization"}
+    assert editing == {(0.2, 0.05, s, c) for s in ("static", "otsu") for c in ("cs1", "cs2", "csp")}
+    assert {r["threshold"] for r in rows} == {0.1, 0.2, 0.3} and {r["specificity"] for r in rows} == {1.0, 0.02, 0.05, 0.1}
+    assert all(r["model"] == "tiny-llama" for r in rows)
     stored = json.loads((out / "summary.json").read_text())
     assert stored["robustness_summary"] == summary_rows and (out / "tables" / "robustness.csv").is_file()
-    assert len(lines) == len(summary_rows) and lines[0].startswith(summary_rows[0]["finding_id"])
+    assert len(lines) == len(summary_rows) + 1 and lines[0].startswith(summary_rows[0]["finding_id"])
+    assert lines[-1].startswith("robustness: 72 grid points in ") and "nothing attributed or edited" in lines[-1]
+    curves = stored["figures"]["robustness"]
+    assert "robustness_k-i-share.png" in curves and all((out / "figures" / name).is_file() for name in curves)
     from knowloc.report.html import build_report
 
     report = build_report(out).read_text()
     assert report.count("Robustness (knowloc robustness): [tiny-llama]") == len(summary_rows)
+    assert report.count('alt="robustness_') == len(curves)
+
+
+def test_a_store_read_at_another_threshold_selects_from_the_stored_maps(tmp_path, study_args):
+    from knowloc.analysis import select_neurons
+    from knowloc.study.reader import StudyReader
+    from knowloc.study.robustness import StoreAtThreshold
+
+    out = tmp_path / "study"
+    run_study(StudyConfig(**study_args(out, experiments=["consistency"], facts=3)), echo=lambda _: None)
+    with StudyReader(out) as study:
+        store = study.store()
+        fact_id = next(iter(store.kn_lists_all("tiny-llama", "ig")))
+        maps = store.scores("tiny-llama", "ig", fact_id)
+        same, low = StoreAtThreshold(store, 0.2), StoreAtThreshold(store, 0.1)
+        assert same.kn_lists("tiny-llama", "ig", fact_id) == store.kn_lists("tiny-llama", "ig", fact_id)
+        lists = low.kn_lists("tiny-llama", "ig", fact_id)
+        assert lists == {q: select_neurons(m, threshold=0.1) for q, m in maps.items()}
+        assert all(len(lists[q]) >= len(kn) for q, kn in store.kn_lists("tiny-llama", "ig", fact_id).items())
+        assert any(len(lists[q]) > len(kn) for q, kn in store.kn_lists("tiny-llama", "ig", fact_id).items())
+        assert set(low.kn_sets("tiny-llama", "ig")) == set(store.kn_sets("tiny-llama", "ig"))
+        assert low.trials("consistency") == store.trials("consistency")  # everything else is the store's
 
 
 def test_the_summary_names_the_one_point_where_a_verdict_flips():
-    def row(split, score, verdict, value):
-        return {"finding_id": "k-i-share", "model": "m", "split": split, "score": score, "value": value,
-                "finding_verdict": verdict}
-    rows = [row("static", "cs2", "supports", 0.6), row("static", "cs1", "supports", 0.7),
-            row("otsu", "cs2", "cannot decide", 0.3), row("otsu", "cs1", "supports", 0.5)]
+    def row(threshold, split, verdict, value):
+        return {"finding_id": "k-i-share", "model": "m", "threshold": threshold, "specificity": 1.0, "split": split,
+                "score": "cs2", "value": value, "finding_verdict": verdict}
+    rows = [row(0.2, "static", "supports", 0.6), row(0.1, "static", "supports", 0.7),
+            row(0.2, "otsu", "supports", 0.5), row(0.1, "otsu", "cannot decide", 0.3)]
     (summary,) = summarize_grid(rows)
     assert summary == {"finding_id": "k-i-share", "model": "m", "n_settings": 4, "headline": "supports",
                        "same_verdict_share": 0.75, "value_min": 0.3, "value_max": 0.7,
-                       "flips": "split=otsu score=cs2: cannot decide"}
+                       "flips": "cannot decide at 1 point (threshold=0.1 split=otsu)"}
     assert robustness_line([summary], "k-i-share") == ("[m] supports at 3 of 4 analysis settings "
-                                                       "(split=otsu score=cs2: cannot decide).")
+                                                       "(cannot decide at 1 point (threshold=0.1 split=otsu)).")
     assert robustness_line([summary], "other") is None
 
 
-def test_the_grid_starts_at_the_studys_own_settings():
-    points = grid(StudyConfig(split="otsu", cs_score="csp"))
-    assert points[0] == {"split": "otsu", "cs_score": "csp"} and len(points) == 6
-    assert len({tuple(p.items()) for p in points}) == 6
+def test_the_flips_name_the_settings_at_which_a_verdict_always_changes():
+    point = lambda t, f: (("threshold", t), ("specificity", f))  # noqa: E731
+    verdicts = {point(0.2, 0.05): "supports", point(0.1, 0.05): "supports", point(0.3, 0.05): "supports",
+                point(0.2, 1.0): "cannot decide", point(0.1, 1.0): "cannot decide", point(0.3, 1.0): "cannot decide",
+                point(0.1, 0.02): "contradicts", point(0.2, 0.02): "supports", point(0.3, 0.02): "supports"}
+    assert flip_text(verdicts, point(0.2, 0.05)) == ("cannot decide whenever F=off; "
+                                                      "contradicts at 1 point (threshold=0.1 F=0.02)")
+    assert flip_text({point(0.2, 0.05): "supports"}, point(0.2, 0.05)) == ""
+
+
+def test_the_grid_starts_at_the_studys_own_settings_then_its_kn_sets():
+    cfg = StudyConfig(split="otsu", cs_score="csp", threshold=0.25, specificity=0.05)
+    points = grid(cfg)
+    assert points[0] == {"threshold": 0.25, "specificity": 0.05, "split": "otsu", "cs_score": "csp"}
+    assert len(points) == 4 * 4 * 6 == len({tuple(p.items()) for p in points})  # 0.25 joins 0.1, 0.2, 0.3
+    assert all(reuses_trials(p, cfg) for p in points[:6]) and not any(reuses_trials(p, cfg) for p in points[6:])
+    assert [p["specificity"] for p in grid(cfg, profiled=False)] == [0.05] * 24  # no profile: F stays the study's
 
 
 def test_robustness_of_a_directory_without_a_study_is_one_line(tmp_path):

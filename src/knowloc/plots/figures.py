@@ -32,8 +32,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from knowloc.errors import KnowlocError  # noqa: E402
 from knowloc.fileio import atomic_write  # noqa: E402
 
-__all__ = ["activation_heatmaps", "findings_forest", "frontier_plot", "grouped_bars", "heatmap_grid", "specificity_scatter",
-           "tracing_panels", "violin_cs"]
+__all__ = ["activation_heatmaps", "findings_forest", "frontier_plot", "grouped_bars", "heatmap_grid",
+           "specification_curve", "specificity_scatter", "tracing_panels", "violin_cs"]
 
 DPI = 120
 PathLike = str | os.PathLike[str]
@@ -865,4 +865,68 @@ def findings_forest(items: Sequence[Mapping[str, Any]], path: PathLike, title: s
             ax.set_ylim(-0.7, len(rows) - 0.3)
             ax.tick_params(axis="y", length=0)
             ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, out)
+
+
+def specification_curve(rows: Sequence[Mapping[str, Any]], path: PathLike, axes: Sequence[tuple[str, str]],
+                        title: str = "") -> Path:
+    """A specification curve (Simonsohn et al. 2020): one finding's comparisons at every point of an analysis grid,
+    sorted by effect, each with its 95% interval and coloured by its verdict (top), and below them which setting
+    each point used (one row per value of each axis, a filled dot where the point has it). The first row given
+    is the study's own setting: the comparisons at its settings are drawn with a ring around the dot.
+
+    Args:
+        rows: ``{"value", "low", "high", "verdict", "label", <axis keys>}`` per comparison and grid point (the
+            ``robustness`` rows of summary.json, one finding and model), the study's own point first.
+        path: where to write the PNG; axes: ``(key, label)`` of the settings shown below, in order (a key whose
+            rows all share one value is left out); title: the figure's title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KnowlocError: no row with a finite value.
+
+    Example:
+        >>> specification_curve(rows, "figures/robustness_k-i-share.png", [("threshold", "threshold")])
+    """
+    out = _check_path(path)
+    own = rows[0] if rows else None
+    rows = [r for r in rows if r.get("value") is not None and np.isfinite(float(r["value"]))]
+    if not rows:
+        raise KnowlocError("specification_curve needs at least one comparison with a value")
+    order = sorted(range(len(rows)), key=lambda i: float(rows[i]["value"]))
+    shown = [(key, label, sorted({str(r.get(key)) for r in rows})) for key, label in axes]
+    if len({str(r.get("label")) for r in rows}) > 1:
+        shown.append(("label", "comparison", sorted({str(r.get("label")) for r in rows})))
+    shown = [(key, label, values) for key, label, values in shown if len(values) > 1]
+    n_marks = sum(len(values) for _, _, values in shown)
+    with plt.rc_context(_STYLE):
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.12 * len(rows) + 3), 3.2 + 0.2 * n_marks),
+                                          sharex=True, layout="constrained",
+                                          gridspec_kw={"height_ratios": [3, max(1, 0.25 * n_marks)]})
+        if title:
+            fig.suptitle(title, fontsize=10)
+        for x, i in enumerate(order):
+            r = rows[i]
+            color = VERDICT_COLORS.get(str(r.get("verdict")), _OPEN_COLOR)
+            low, high = (float(r[k]) if r.get(k) is not None else math.nan for k in ("low", "high"))
+            if np.isfinite(low) and np.isfinite(high):
+                top.plot([x, x], [low, high], color=color, linewidth=1.0, alpha=0.8)
+            top.plot([x], [float(r["value"])], marker="o", markersize=3.5, color=color)
+            if own is not None and all(str(r.get(key)) == str(own.get(key)) for key, _ in axes):
+                top.plot([x], [float(r["value"])], marker="o", markersize=9, markerfacecolor="none", color="black")
+        top.set_ylabel("effect (95% CI)")
+        top.axhline(0.0, color="0.6", linewidth=0.7)
+        y, ticks = 0, []
+        for key, label, values in shown:
+            for value in values:
+                xs = [x for x, i in enumerate(order) if str(rows[i].get(key)) == value]
+                bottom.plot(xs, [y] * len(xs), linestyle="none", marker="s", markersize=2.5, color="0.2")
+                ticks.append((y, textwrap.shorten(f"{label} {value}", 30)))
+                y -= 1
+        bottom.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=7)
+        bottom.set_ylim(y + 0.5, 0.5)
+        bottom.set_xlabel("grid points, sorted by effect")
+        bottom.tick_params(axis="x", labelbottom=False, length=0)
     return _save(fig, out)

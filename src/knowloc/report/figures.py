@@ -69,10 +69,10 @@ def figures_html(paths: list[Path], models: list[str] | None = None) -> str:
 
 def assign_figures(figures_dir: Path, summary: dict, experiments: list[Experiment]) -> dict[str, list[Path]]:
     """PNG figures by experiment, as summary.json ``figures`` records them (the findings' forest plot under
-    "findings"); any other PNG in the directory (left by an earlier run, or a summary that predates the record)
+    "findings", the specification curves of ``knowloc robustness`` under "robustness"); any other PNG in the directory (left by an earlier run, or a summary that predates the record)
     under "other"."""
     out: dict[str, list[Path]] = {e.name: [] for e in experiments}
-    out["findings"], out["other"] = [], []
+    out["findings"], out["robustness"], out["other"] = [], [], []
     if not figures_dir.is_dir():
         return out
     owner = {name: experiment for experiment, names in (summary.get("figures") or {}).items() for name in names

@@ -81,6 +81,10 @@ def _render(study: StudyReader, environment: dict | None) -> str:
             '<nav class="toc"><b>Contents</b><ol>'
             + "".join(f'<li><a href="#{sid}">{label}</a></li>' for sid, label in toc) + "</ol></nav>",
             '<section id="findings"><h2>Findings</h2>', figures_html(figures["findings"]), findings_section(summary),
+            *(['<h3>Robustness: specification curves</h3><p class="muted">Each finding re-derived at every point of '
+               "the analysis grid (knowloc robustness; the ringed points are the study's own settings), sorted by "
+               "effect; below, the settings of each point.</p>", figures_html(figures["robustness"])]
+              if figures["robustness"] else []),
             "</section>"]
     for experiment in experiments:
         sid = experiment.name

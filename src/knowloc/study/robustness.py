@@ -2,15 +2,17 @@
 (``knowloc robustness DIR``; docs/study.md, "Robustness").
 
 A finding's headline verdict is the one at the study's own settings; this module asks whether the same data give
-the same verdict at the other defensible settings. The grid here is the analysis settings that need no new model
-work on any finding, read from the study's store as it is: the K_C / K_I split (``static`` at the study's tau, or
-``otsu``) x the consistency score (``cs1``, ``cs2``, ``csp``), six points, one of which is the study's own. At
-each point every experiment's summary is recomputed from the stored trials with that setting (nothing is
-attributed or edited; figures go to a temporary directory) and every finding judged again, model by model.
+the same verdict at the other defensible settings (:func:`grid`): KN threshold x specificity F x the K_C / K_I
+split (``static`` at the study's tau, or ``otsu``) x the consistency score (``cs1``, ``cs2``, ``csp``), the
+study's own point first. At each point every experiment's summary is recomputed from the stored results with that
+setting (nothing is attributed or edited; figures go to a temporary directory) and every finding judged again,
+model by model:
 
-Not in this grid yet: the KN threshold, the specificity filter's F and the attribution method's role as a
-setting (each finding already reports per method, so the rows carry the method). The threshold and F change the
-KN sets, so the findings that edit would need new trials; they stay for a grid with an editing budget.
+* at the study's threshold and F every finding (the split and the score only regroup facts: every stored trial
+  holds);
+* at another threshold or F only the findings of the experiments that read nothing but the attribution maps
+  (:func:`reads_only_maps`: consistency, specificity), since the editing trials were measured on the study's KN
+  sets. The KN lists at another threshold are selected from the stored maps (:class:`StoreAtThreshold`).
 
 Outputs (summary.json, tables/*.csv):
 
@@ -19,7 +21,10 @@ Outputs (summary.json, tables/*.csv):
   the comparison's, ``finding_verdict`` the finding's);
 * ``robustness_summary``: rows ``finding_id, model, n_settings, same_verdict_share, value_min, value_max, flips,
   headline``: the share of grid points whose verdict is the headline's (the study's own settings'), the range of
-  the comparisons' values and the points where the verdict differs ("split=otsu score=cs1: cannot decide").
+  the comparisons' values and where the verdict differs (:func:`flip_text`: "cannot decide whenever F=off").
+
+Figures: each finding's specification curve, ``figures/robustness_<finding>[_<model>].png``
+(:func:`knowloc.plots.specification_curve`), recorded in summary.json ``figures["robustness"]``.
 """
 
 from __future__ import annotations
@@ -27,39 +32,105 @@ from __future__ import annotations
 import itertools
 import json
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from knowloc.analysis import KnSet, select_neurons
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
+from knowloc.plots import specification_curve
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import StudyContext
 from knowloc.study.findings import NOT_RUN, findings, model_view, study_models
 from knowloc.study.reader import SUMMARY, StudyReader
 from knowloc.study.registry import experiments, run_order
 from knowloc.study.runner import _csv, strict_json
+from knowloc.study.store import Store
 
 SPLITS = ("static", "otsu")
 SCORES = ("cs1", "cs2", "csp")
+THRESHOLDS = (0.1, 0.2, 0.3)  # the KN threshold (x max score)
+SPECIFICITIES = (1.0, 0.02, 0.05, 0.1)  # the specificity filter's F; 1.0 is "off"
+AXES = (("threshold", "threshold"), ("specificity", "F"), ("split", "split"), ("cs_score", "score"))  # (key, label)
+CURVE_AXES = (("threshold", "threshold"), ("specificity", "F"), ("split", "split"), ("score", "score"))  # rows' keys
 
 
-def grid(cfg: StudyConfig) -> list[dict]:
-    """The grid's points: ``{"split", "cs_score"}`` for every split x score, the study's own first."""
-    own = {"split": cfg.split, "cs_score": cfg.cs_score}
-    points = [{"split": s, "cs_score": c} for s, c in itertools.product(SPLITS, SCORES)]
-    return [own] + [p for p in points if p != own]
+def grid(cfg: StudyConfig, profiled: bool = True) -> list[dict]:
+    """The grid's points ``{"threshold", "specificity", "split", "cs_score"}``: the study's own first, then the
+    other split x score points at the study's threshold and F (every finding is re-derived there), then every
+    other threshold x F x split x score (the findings of the experiments that only read attribution maps).
+    ``profiled``: whether the study stored a specificity profile (without one F has only the study's value)."""
+    own = {"threshold": float(cfg.threshold), "specificity": float(cfg.specificity), "split": cfg.split,
+           "cs_score": cfg.cs_score}
+    thresholds = sorted({own["threshold"], *THRESHOLDS})
+    fs = sorted({own["specificity"], *SPECIFICITIES}) if profiled else [own["specificity"]]
+    points = [{"threshold": t, "specificity": f, "split": s, "cs_score": c}
+              for t, f, s, c in itertools.product(thresholds, fs, SPLITS, SCORES)]
+    return [own] + sorted((p for p in points if p != own), key=lambda p: not reuses_trials(p, cfg))
 
 
-def point_summary(ctx: StudyContext) -> dict:
+def reuses_trials(point: dict, cfg: StudyConfig) -> bool:
+    """Whether the study's stored trials hold at ``point``: its KN sets are the study's (same threshold and F; the
+    split and the score only regroup the facts)."""
+    return point["threshold"] == float(cfg.threshold) and point["specificity"] == float(cfg.specificity)
+
+
+def reads_only_maps(experiment) -> bool:
+    """Whether an experiment's summary comes from the stored attribution maps alone (no per-fact or per-model
+    work on the model: it can be re-derived at any KN threshold and F)."""
+    return experiment.fact_work is None and experiment.finalize is None and experiment.prepare is None
+
+
+def setting_text(point: dict, own: dict | None = None) -> str:
+    """``"threshold=0.1 F=off split=otsu"``: the point's settings (those that differ from ``own`` when given)."""
+    return " ".join(f"{label}={shown_value(key, point[key])}" for key, label in AXES
+                    if key in point and (own is None or point[key] != own.get(key))) or "the study's settings"
+
+
+def shown_value(key: str, value: object) -> str:
+    """A setting as the report writes it (F = 1 is "off")."""
+    return "off" if key == "specificity" and value == 1.0 else str(value)
+
+
+class StoreAtThreshold:
+    """A study's store read as if its KN lists had been selected at another KN ``threshold``: each query's list is
+    :func:`knowloc.analysis.select_neurons` of its stored attribution map (stored fp16), computed once; everything
+    else (the maps, the trials, the specificity profile's reference KN lists, which are stored without their maps
+    and so stay at the study's threshold) is the store's own."""
+
+    def __init__(self, store: Store, threshold: float):
+        self._store, self._threshold = store, threshold
+        self._lists: dict[tuple[str, str, str], dict[int, list]] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def kn_lists(self, model: str, method: str, fact_id: str) -> dict[int, list]:
+        key = (model, method, fact_id)
+        if key not in self._lists:
+            self._lists[key] = {q: select_neurons(scores, threshold=self._threshold)
+                                for q, scores in self._store.scores(model, method, fact_id).items()}
+        return self._lists[key]
+
+    def kn_lists_all(self, model: str, method: str) -> dict[str, dict[int, list]]:
+        return {fact_id: self.kn_lists(model, method, fact_id) for fact_id in self._store.kn_lists_all(model, method)}
+
+    def kn_sets(self, model: str, method: str) -> dict[str, dict[int, KnSet]]:
+        return {fact_id: {q: KnSet(kn) for q, kn in lists.items()}
+                for fact_id, lists in self.kn_lists_all(model, method).items()}
+
+
+def point_summary(ctx: StudyContext, only: list | None = None) -> dict:
     """The summary of the study's stored results under ``ctx``'s settings, as summary.json would hold it (the
-    findings' input)."""
+    findings' input); ``only``: the experiments to summarize (default: the study's)."""
     cfg = ctx.config
     for model in cfg.models:
         ctx.load_facts(model)
     summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()},
                      "specificity_filter": "on" if cfg.filtered else "off", "figures": {}}
-    for experiment in run_order(cfg.experiments):
+    for experiment in run_order(cfg.experiments) if only is None else only:
         summary.update(experiment.summarize(ctx).summary)
     return strict_json(summary)
 
@@ -70,9 +141,10 @@ def _rows(summary: dict, point: dict, cfg: StudyConfig) -> list[dict]:
     for model in study_models(summary):
         for item in findings(model_view(summary, model), experiments()):
             if item["verdict"] == NOT_RUN:
-                continue  # the study did not run its experiment: nothing to vary
-            where = {"finding_id": item["id"], "model": model, "threshold": cfg.threshold, "split": point["split"],
-                     "score": point["cs_score"], "specificity": cfg.specificity, "finding_verdict": item["verdict"]}
+                continue  # not run by the study, or not re-derivable at this point: nothing to vary
+            where = {"finding_id": item["id"], "model": model, "threshold": point["threshold"],
+                     "split": point["split"], "score": point["cs_score"], "specificity": point["specificity"],
+                     "finding_verdict": item["verdict"]}
             estimates = item.get("estimates") or [{}]
             for e in estimates:
                 out.append({**where, "method": _method(e.get("label", ""), cfg), "label": e.get("label", ""),
@@ -86,59 +158,124 @@ def _method(label: str, cfg: StudyConfig) -> str:
     return next((m for m in cfg.methods if label == m or label.startswith(f"{m} ") or f" {m} " in f" {label} "), "")
 
 
+def _point(row: dict) -> dict:
+    return {key: row.get(name) for key, name in (("threshold", "threshold"), ("specificity", "specificity"),
+                                                 ("split", "split"), ("cs_score", "score"))}
+
+
 def summarize_grid(rows: list[dict]) -> list[dict]:
     """``robustness_summary`` (module docstring) from the ``robustness`` rows; the headline is the first grid
-    point's (the study's own settings)."""
+    point's (the study's own settings); ``flips`` names each point whose verdict differs by the settings in which
+    it differs from the headline's."""
     out = []
     keys = list(dict.fromkeys((r["finding_id"], r["model"]) for r in rows))
     for finding_id, model in keys:
         mine = [r for r in rows if (r["finding_id"], r["model"]) == (finding_id, model)]
-        points = list(dict.fromkeys((r["split"], r["score"]) for r in mine))
-        verdicts = {p: next(r["finding_verdict"] for r in mine if (r["split"], r["score"]) == p) for p in points}
+        points = list(dict.fromkeys(tuple(_point(r).items()) for r in mine))
+        verdicts = {p: next(r["finding_verdict"] for r in mine if tuple(_point(r).items()) == p) for p in points}
         headline = verdicts[points[0]]
         values = [r["value"] for r in mine if r["value"] is not None]
-        flips = [f"split={s} score={c}: {v}" for (s, c), v in verdicts.items() if v != headline]
         out.append({"finding_id": finding_id, "model": model, "n_settings": len(points), "headline": headline,
                     "same_verdict_share": sum(v == headline for v in verdicts.values()) / len(points),
                     "value_min": min(values) if values else None, "value_max": max(values) if values else None,
-                    "flips": "; ".join(flips)})
+                    "flips": flip_text(verdicts, points[0])})
     return out
 
 
+def flip_text(verdicts: dict[tuple, str], own: tuple, listed: int = 3) -> str:
+    """Where the verdict differs from the headline (``verdicts[own]``), per other verdict: the settings at which
+    it always does (every point with ``F=off`` gives it, say) and the other points, or up to ``listed`` points
+    by what differs from the study's settings; "" when it never differs.
+
+    Example:
+        >>> flip_text({(("split", "static"),): "supports", (("split", "otsu"),): "cannot decide"},
+        ...           (("split", "static"),))
+        'cannot decide whenever split=otsu'
+    """
+    headline, parts = verdicts[own], []
+    for verdict in dict.fromkeys(v for v in verdicts.values() if v != headline):
+        mine = [p for p, v in verdicts.items() if v == verdict]
+        always = [(key, value) for key, value in dict.fromkeys(kv for p in mine for kv in p if kv not in own)
+                  if all(verdicts[p] == verdict for p in verdicts if (key, value) in p)]
+        rest = [p for p in mine if not any(kv in p for kv in always)]
+        if always:
+            text = f"{verdict} whenever " + " or ".join(setting_text({k: v}) for k, v in always)
+            parts.append(text + (f" (and at {_points(len(rest))} more)" if rest else ""))
+        else:
+            shown = ", ".join(setting_text(dict(p), dict(own)) for p in rest[:listed])
+            parts.append(f"{verdict} at {_points(len(rest))} ({shown}{', ...' if len(rest) > listed else ''})")
+    return "; ".join(parts)
+
+
+def _points(n: int) -> str:
+    return f"{n} point" + ("" if n == 1 else "s")
+
+
 def run_robustness(directory: Path, echo: Callable[[str], None] = print) -> dict:
-    """Re-derive every finding of the finished study in ``directory`` at every grid point, add ``robustness`` and
-    ``robustness_summary`` to its summary.json and tables, and print one line per finding and model.
+    """Re-derive every finding of the finished study in ``directory`` at every grid point (:func:`grid`), add
+    ``robustness`` and ``robustness_summary`` to its summary.json and tables, draw each finding's specification
+    curve (``figures/robustness_<finding>[_<model>].png``), and print one line per finding and model and the
+    grid's cost. Nothing is attributed or edited: every point is read from the store.
 
     Args:
         directory: a finished study (its results.sqlite and summary.json); echo: where the lines go.
 
     Returns:
-        ``{"robustness": rows, "robustness_summary": rows}``.
+        ``{"robustness": rows, "robustness_summary": rows, "seconds": the grid's wall time, "points": n}``.
 
     Example:
         >>> run_robustness(Path("runs/study"))["robustness_summary"][0]["same_verdict_share"]
     """
     directory = Path(directory)
+    start = time.perf_counter()
     with StudyReader(directory) as study, tempfile.TemporaryDirectory(prefix="knowloc-robustness-") as tmp:
         cfg = study.config()
         store = study.store()
+        profiled = any(store.reference(m, method) for m in cfg.models for method in cfg.methods)
+        at_threshold: dict[float, Store | StoreAtThreshold] = {float(cfg.threshold): store}
+        map_only = [e for e in run_order(cfg.experiments) if reads_only_maps(e)]
         rows: list[dict] = []
-        for point in grid(cfg):
-            point_cfg = replace(cfg, split=point["split"], cs_score=point["cs_score"], out=tmp, progress=False)
-            ctx = StudyContext(config=point_cfg, store=store, out=Path(tmp), echo=lambda _: None)
-            rows += _rows(point_summary(ctx), point, cfg)
+        points = grid(cfg, profiled)
+        for point in points:
+            point_cfg = replace(cfg, threshold=point["threshold"], specificity=point["specificity"],
+                                split=point["split"], cs_score=point["cs_score"], out=tmp, progress=False)
+            view = at_threshold.setdefault(point["threshold"], StoreAtThreshold(store, point["threshold"]))
+            ctx = StudyContext(config=point_cfg, store=view, out=Path(tmp), echo=lambda _: None)  # type: ignore[arg-type]
+            rows += _rows(point_summary(ctx, None if reuses_trials(point, cfg) else map_only), point, cfg)
         summary_rows = summarize_grid(rows)
         summary = study.summary()
     if not rows:
         raise KnowlocError(f"{directory}: the study has no finding to re-derive")
+    seconds = time.perf_counter() - start
+    figures = _curves(directory / "figures", rows, summary_rows)
     summary.update({"robustness": rows, "robustness_summary": summary_rows})
+    summary.setdefault("figures", {})["robustness"] = figures
     atomic_write(directory / SUMMARY, json.dumps(strict_json(summary), indent=2, sort_keys=True, allow_nan=False))
     for key, table in (("robustness", rows), ("robustness_summary", summary_rows)):
         atomic_write(directory / "tables" / f"{key}.csv", _csv(table))
     for r in summary_rows:
         echo(f"{r['finding_id']} ({r['model']}): {r['headline']} at {round(r['same_verdict_share'] * r['n_settings'])} "
              f"of {r['n_settings']} settings" + (f"; {r['flips']}" if r["flips"] else ""))
-    return {"robustness": rows, "robustness_summary": summary_rows}
+    echo(f"robustness: {len(points)} grid points in {seconds:.1f} s, all from the store (nothing attributed or "
+         f"edited); {len(figures)} specification curves in {directory / 'figures'}")
+    return {"robustness": rows, "robustness_summary": summary_rows, "seconds": seconds, "points": len(points)}
+
+
+def _curves(figures_dir: Path, rows: list[dict], summary_rows: list[dict]) -> list[str]:
+    """Each finding's specification curve per model (:func:`knowloc.plots.specification_curve`); the file names."""
+    models = {r["model"] for r in summary_rows}
+    names = []
+    for r in summary_rows:
+        mine = [row for row in rows if (row["finding_id"], row["model"]) == (r["finding_id"], r["model"])]
+        if not any(row["value"] is not None for row in mine):
+            continue  # a finding read without numbers (e.g. a count below its minimum) has no curve
+        name = f"robustness_{r['finding_id']}" + (f"_{r['model']}" if len(models) > 1 else "") + ".png"
+        shown = [{**row, "specificity": shown_value("specificity", row["specificity"])} for row in mine]
+        specification_curve(shown, figures_dir / name, CURVE_AXES,
+                            title=f"{r['finding_id']} ({r['model']}): {r['headline']} at "
+                                  f"{round(r['same_verdict_share'] * r['n_settings'])} of {r['n_settings']} settings")
+        names.append(name)
+    return names
 
 
 def robustness_line(summary_rows: list[dict], finding_id: str) -> str | None:
