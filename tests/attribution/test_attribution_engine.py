@@ -164,6 +164,23 @@ def test_chunks_shrink_with_the_prompt_length(tiny_models):
     assert_equivalent(fast, attribute_reference(lm, enc, config))
 
 
+def test_the_default_budget_comes_from_the_device(tiny_models, monkeypatch):
+    """No fixed 4 GB on an accelerator: half of the memory free on a CUDA device (never below the CPU budget),
+    the CPU budget elsewhere; the engine's default chunking reads it from the model's device."""
+    from knowloc.attribution.engine import default_max_rows
+    from knowloc.attribution.engine.memory import CPU_BUDGET_GB, memory_budget_gb
+
+    free = {"bytes": 80 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 141 * 2**30))
+    assert memory_budget_gb("cuda:0") == 40.0 and memory_budget_gb("cpu") == CPU_BUDGET_GB == 4.0
+    free["bytes"] = 2**30  # a nearly full card still gets the CPU budget's chunks
+    assert memory_budget_gb("cuda") == CPU_BUDGET_GB
+    lm = tiny_models("tiny-llama")
+    budget = memory_budget_gb(lm.device)
+    assert default_max_rows(lm, 2, None, 1000) == default_max_rows(lm, 2, budget, 1000)
+    assert default_max_rows(lm, 2, 2 * budget, 1000) > default_max_rows(lm, 2, budget, 1000)
+
+
 @pytest.mark.parametrize("method", ["ig", "amig", "sig"])
 def test_convergence_delta_shrinks_with_steps(tiny_models, method):
     """IG's completeness, reported as captum does: sum of a layer's scores vs F(a) - F(baseline)."""

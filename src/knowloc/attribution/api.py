@@ -30,7 +30,7 @@ def _prompt_and_target(query_or_prompt, target: str | None) -> tuple[str, str]:
 
 def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, method: str = "ig", steps: int = 20,
               *, objective: str = "prob", baseline_token: str = "eos", reference_prompts=None,
-              layers: list[int] | None = None, max_rows: int | None = None, memory_gb: float = 4.0,
+              layers: list[int] | None = None, max_rows: int | None = None, memory_gb: float | None = None,
               return_convergence_delta: bool = False, top_k: int = 5, warn: bool = True,
               cache: AttributionCache | None = None) -> Attribution:
     """Attribute the gold target of one query to every neuron (fast exact engine, docs/methods.md).
@@ -43,7 +43,9 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
         method: ``ig`` (Dai et al. 2022), ``sig``, ``amig`` or ``grad_x_act``; steps: integration steps m.
         objective: ``prob`` (mean over target tokens of P(token)) or ``logprob``.
         baseline_token: the token SIG replaces prompt tokens with; reference_prompts: AMIG's neutral prompts.
-        layers: attribute only these layers (others score 0); max_rows, memory_gb: engine batch size.
+        layers: attribute only these layers (others score 0); max_rows, memory_gb: the engine's batch size (rows
+            per chunk), or its activation budget in GB (None: from the device, half of a GPU's free memory, 4 GB
+            on a CPU: :func:`knowloc.attribution.engine.memory.memory_budget_gb`).
         return_convergence_delta: also compute IG's completeness gap per layer
             (:mod:`knowloc.attribution.completeness`) into ``Attribution.convergence_delta``.
         top_k: how many of the model's next tokens ``Attribution.top_k`` lists.
@@ -102,7 +104,7 @@ def next_token_view(lm: LanguageModel, prompt_ids, target_token: int, k: int = 5
 def attribute_next_token(lm: LanguageModel, prompt: str, method: str = "ig", steps: int = 20, *,
                          objective: str = "prob", baseline_token: str = "eos", reference_prompts=None,
                          layers: list[int] | None = None, max_rows: int | None = None,
-                         memory_gb: float = 4.0, cache: AttributionCache | None = None) -> Attribution:
+                         memory_gb: float | None = None, cache: AttributionCache | None = None) -> Attribution:
     """Attribute the model's own top-1 next token after `prompt` (whatever it is, with or without a leading
     space) to every neuron: what the model uses to continue a prompt that holds no fact.
 

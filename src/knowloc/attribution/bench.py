@@ -18,6 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from knowloc.attribution.engine import attribute_fast
+from knowloc.attribution.engine.memory import memory_budget_gb
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.reference import attribute_reference
 from knowloc.data import load_facts
@@ -89,7 +90,7 @@ def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20
     encs = benchmark_queries(lm, n_queries)
     echo(f"model={model} method={method} steps={config.effective_steps} layers={lm.n_layers} "
          f"neurons={lm.n_neurons} queries={len(encs)} tokens={[len(e.input_ids) for e in encs]} "
-         f"threads={torch.get_num_threads()} device={lm.device}")
+         f"threads={torch.get_num_threads()} device={lm.device} memory_gb={memory_budget_gb(lm.device):.1f}")
     for enc in encs:  # warm-up (allocator, kernels), not timed
         attribute_fast(lm, enc, config)
     fast_times, ref_times, errors = [], [], []

@@ -13,14 +13,14 @@ from knowloc.models.lm import Encoding, LanguageModel
 
 
 def attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, *, layers: list[int] | None = None,
-                   max_rows: int | None = None, memory_gb: float = 4.0) -> tuple[torch.Tensor, float]:
+                   max_rows: int | None = None, memory_gb: float | None = None) -> tuple[torch.Tensor, float]:
     """Scores [n_layers, n_neurons] (float32, CPU) and the clean objective value, by the staircase engine."""
     with lm.fast_attention():
         return _attribute_fast(lm, enc, config, layers, max_rows, memory_gb)
 
 
 def _attribute_fast(lm: LanguageModel, enc: Encoding, config: MethodConfig, layers: list[int] | None,
-                    max_rows: int | None, memory_gb: float) -> tuple[torch.Tensor, float]:
+                    max_rows: int | None, memory_gb: float | None) -> tuple[torch.Tensor, float]:
     prep = prepare(lm, enc)
     base = baselines(lm, enc, config).float()  # [J, n_layers, n_neurons]
     n_base, steps = base.shape[0], config.effective_steps
