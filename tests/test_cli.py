@@ -529,6 +529,11 @@ def test_study_with_robustness_rederives_its_findings_after_the_study(capsys, tm
             "--out", str(out), "--robustness"]
     code, text, _ = run(capsys, *argv, "--dry-run")
     assert code == 0 and "robustness: then up to 72 grid points" in text and not (out / "summary.json").exists()
+    code, text, _ = run(capsys, *["modification" if a == "consistency" else a for a in argv], "--dry-run",
+                        "--robustness-budget", "4")
+    assert code == 0 and "--robustness-budget 4: up to 44 fact units edited anew (modification x 4 facts" in text
+    code, _, err = run(capsys, *[a for a in argv if a != "--robustness"], "--robustness-budget", "4")
+    assert_one_line_error(code, err, r"--robustness-budget needs --robustness$")
     code, text, _ = run(capsys, *argv)
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0 and "robustness: 72 grid points in " in text

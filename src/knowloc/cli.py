@@ -518,16 +518,22 @@ def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: 
                _extra("gpu", bool, typer.Option(False, "--gpu", help="same as --device cuda")),
                _extra("robustness", bool, typer.Option(False, "--robustness", help="then re-derive every finding "
                                                        "over the grid of analysis settings, from the store (knowloc "
-                                                       "robustness)"))]
+                                                       "robustness)")),
+               _extra("robustness_budget", int, typer.Option(0, "--robustness-budget", min=0, help="with "
+                                                             "--robustness: re-measure the editing findings' trials "
+                                                             "of this many facts at every other KN threshold x F"))]
 
     def command(**kwargs) -> None:
         config, dry_run, gpu = kwargs.pop("config"), kwargs.pop("dry_run"), kwargs.pop("gpu")
         robust = kwargs.pop("robustness")
+        budget = kwargs.pop("robustness_budget")
+        if budget and not robust:
+            raise KnowlocError("--robustness-budget needs --robustness")
         overrides = {k: v for k, v in kwargs.items() if v is not None and v != []}
         if gpu and "device" not in overrides:
             overrides["device"] = "cuda"
         overrides.update(fixed)
-        _run_study(overrides, config, dry_run, robust)
+        _run_study(overrides, config, dry_run, budget if robust else None)
 
     command.__doc__ = doc
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -535,8 +541,9 @@ def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: 
     return command
 
 
-def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: bool = False) -> None:
-    from knowloc.study.robustness import grid, run_robustness
+def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: int | None = None) -> None:
+    """Run (or plan) a study; ``robust``: then its robustness grid with that editing budget (None: no grid)."""
+    from knowloc.study.robustness import robustness_plan, run_robustness
 
     cfg = StudyConfig.from_toml(config, overrides) if config is not None else StudyConfig(**overrides)
     if dry_run:  # the directory and store rules of the real run, without its lock (the dry run copies the store)
@@ -550,13 +557,12 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: b
         finally:
             if store is not None:
                 store.close()
-        if robust:
-            typer.echo(f"robustness: then up to {len(grid(cfg))} grid points of analysis settings, each re-derived "
-                       "from the store (no attribution, no edit; seconds per point, mostly figures)")
+        if robust is not None:
+            typer.echo(robustness_plan(cfg, robust))
         return
     run_study(cfg, echo=typer.echo)
-    if robust:
-        run_robustness(Path(cfg.out), echo=typer.echo)
+    if robust is not None:
+        run_robustness(Path(cfg.out), echo=typer.echo, budget=robust)
     typer.echo(f"report: {build_report(Path(cfg.out))}")
 
 
@@ -580,7 +586,9 @@ def report(directory: Path = typer.Argument(..., help="a study directory (--out 
     typer.echo(f"report: {build_report(directory)}")
 
 
-def robustness(directory: Path = typer.Argument(..., help="a finished study directory (--out of knowloc study)")
+def robustness(directory: Path = typer.Argument(..., help="a finished study directory (--out of knowloc study)"),
+               budget: int = typer.Option(0, "--budget", min=0, help="re-measure the editing findings' trials of "
+                                          "this many facts at every other KN threshold x F (0: the store only)")
                ) -> None:
     """Re-derive every finding at each point of a grid of analysis settings (KN threshold x specificity F x split x
     consistency score) from the stored results, without attributing or editing; adds robustness /
@@ -590,7 +598,7 @@ def robustness(directory: Path = typer.Argument(..., help="a finished study dire
     study = StudyReader(directory)
     if not study.has_store or not study.has_summary:
         raise KnowlocError(f"{directory} is not a finished study (no results.sqlite / summary.json)")
-    run_robustness(directory, echo=typer.echo)
+    run_robustness(directory, echo=typer.echo, budget=budget)
 
 
 def build_app() -> typer.Typer:

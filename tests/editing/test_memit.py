@@ -202,9 +202,9 @@ def test_memits_fit_batch_changes_nothing_but_the_rounding(tiny_models):
 
 def test_alphaedits_projector_is_computed_once_per_c():
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(6, 3, generator=g, dtype=torch.float64)
-    c, other = a @ a.T, torch.eye(6, dtype=torch.float64)
+    a = torch.randn(6, 3, generator=g, dtype=torch.float64)  # cpu: C and P live where the covariance store keeps C
+    c, other = a @ a.T, torch.eye(6, dtype=torch.float64)  # cpu: as C
     editor = AlphaEdit()
     p = editor.projector(c)
     assert editor.projector(c) is p and torch.allclose(p @ a, torch.zeros_like(a), atol=1e-9)  # a spans C's range
-    assert torch.allclose(editor.projector(other), torch.zeros(6, 6, dtype=torch.float64))  # C = I: no null space
+    assert torch.allclose(editor.projector(other), torch.zeros(6, 6, dtype=torch.float64))  # cpu; C = I: no null space

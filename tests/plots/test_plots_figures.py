@@ -114,7 +114,7 @@ def small_plot(path):
 def test_reexports():
     assert set(plots.__all__) == {"violin_cs", "activation_heatmaps", "grouped_bars", "heatmap_grid",
                                   "frontier_plot", "layer_curves", "specificity_scatter", "tracing_panels",
-                                  "findings_forest"}
+                                  "findings_forest", "specification_curve", "not_written"}
     for name in plots.__all__:
         assert getattr(plots, name) is getattr(figures, name)
     assert not hasattr(figures, "line_plot")  # removed: no figure of the study drew it
@@ -477,3 +477,12 @@ def test_specification_curve_grows_with_the_settings_that_vary_and_refuses_no_va
     assert mpimg.imread(two).shape[0] > mpimg.imread(one).shape[0]
     with pytest.raises(KnowlocError, match="at least one comparison"):
         figures.specification_curve([{"value": None}], tmp_path / "none.png", axes)
+
+
+def test_inside_not_written_a_figure_function_returns_its_path_unwritten(tmp_path):
+    item = {"id": "a", "question": "q?", "verdict": "supports", "reason": "",
+            "estimates": [{"label": "ig", "value": 0.3, "low": 0.1, "high": 0.5, "n": 9, "verdict": "supports"}]}
+    with figures.not_written():
+        assert figures.findings_forest([item], tmp_path / "skipped.png") == tmp_path / "skipped.png"
+    assert not (tmp_path / "skipped.png").exists()
+    assert figures.findings_forest([item], tmp_path / "written.png").is_file()  # written again after it

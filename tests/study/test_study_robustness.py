@@ -115,3 +115,50 @@ def test_robustness_of_a_directory_without_a_study_is_one_line(tmp_path):
     assert main(["robustness", str(tmp_path)]) == 2
     with pytest.raises(Exception):
         run_robustness(tmp_path)
+
+
+def test_a_budget_remeasures_the_editing_findings_at_every_other_threshold_and_f(tmp_path, study_args, monkeypatch):
+    import knowloc.editing.session as session_module
+
+    out = tmp_path / "study"
+    run_study(StudyConfig(**study_args(out, experiments=["consistency", "modification"], facts=5)),
+              echo=lambda _: None)
+    measured = []  # every edit the grid measures, one entry per edited model
+    for name in ("measure_edit", "measure_edits"):
+        real = getattr(session_module, name)
+
+        def counting(baseline, trials, *args, _real=real, _name=name, **kwargs):
+            measured.extend([trials] if _name == "measure_edit" else trials)
+            return _real(baseline, trials, *args, **kwargs)
+        monkeypatch.setattr(session_module, name, counting)
+    lines = []
+    result = run_robustness(out, echo=lines.append, budget=2)
+    rows = result["robustness"]
+    # 11 other (threshold, F) pairs x 2 facts x 1 method x modification
+    assert result["units"] == 11 * 2 and result["edits"] == len(measured) > 0
+    kc_ki = [r for r in rows if r["finding_id"] == "kc-ki-generalization"]
+    assert len({(r["threshold"], r["specificity"], r["split"], r["score"]) for r in kc_ki}) == 72
+    assert all((r["n"] or 0) <= 2 for r in kc_ki if (r["threshold"], r["specificity"]) != (0.2, 0.05))
+    (summary,) = [r for r in result["robustness_summary"] if r["finding_id"] == "kc-ki-generalization"]
+    assert summary["n_settings"] == 72
+    assert sum("robustness: measuring modification at " in line for line in lines) == 11
+    assert "22 fact units edited anew" in lines[-1]
+
+
+def test_grid_points_share_a_facts_editing_session(monkeypatch, tmp_path):
+    """Two grid points' contexts hand out one session per (model, fact), so an edit both points make (the same
+    neuron set) is measured once: the session memoizes it (tests/editing)."""
+    from types import SimpleNamespace
+
+    from knowloc.study.context import StudyContext
+    from knowloc.study.robustness import GridContext
+
+    made = []
+    monkeypatch.setattr(StudyContext, "edit_session", lambda self, model, fact: made.append(fact) or object())
+    sessions: dict = {}
+    contexts = [GridContext(config=StudyConfig(threshold=t), store=None, out=tmp_path, sessions=sessions)
+                for t in (0.1, 0.3)]
+    fact = SimpleNamespace(fact_id="f1")
+    first, second = (ctx.edit_session("m", fact) for ctx in contexts)
+    assert first is second and made == [fact]
+    assert contexts[0].edit_session("m", SimpleNamespace(fact_id="f2")) is not first and len(made) == 2

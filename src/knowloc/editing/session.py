@@ -64,6 +64,11 @@ class EditSession:
         self.baseline = compute_baseline(lm, self.prompts, self.loc_prompts, self.texts)
         self._results: dict = {}
 
+    @property
+    def n_edits(self) -> int:
+        """How many distinct edited models the session has measured."""
+        return len(self._results)
+
     def request(self, index: int, neurons=(), layers=()) -> EditRequest:
         """The request that query ``index`` answer the session's new object (``neurons``: its KN set, with their
         activations on the query from the baseline, what the sign-aware update rules read; ``layers``: an

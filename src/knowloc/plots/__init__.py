@@ -5,7 +5,8 @@ embedded by the report. See :mod:`knowloc.plots.figures`.
 """
 
 from knowloc.plots.figures import (activation_heatmaps, findings_forest, frontier_plot, grouped_bars, heatmap_grid,
-                                   layer_curves, specification_curve, specificity_scatter, tracing_panels, violin_cs)
+                                   layer_curves, not_written, specification_curve, specificity_scatter, tracing_panels,
+                                   violin_cs)
 
 __all__ = ["activation_heatmaps", "findings_forest", "frontier_plot", "grouped_bars", "heatmap_grid", "layer_curves",
-           "specification_curve", "specificity_scatter", "tracing_panels", "violin_cs"]
+           "not_written", "specification_curve", "specificity_scatter", "tracing_panels", "violin_cs"]

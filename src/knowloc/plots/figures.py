@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from knowloc.errors import KnowlocError  # noqa: E402
 from knowloc.fileio import atomic_write  # noqa: E402
 
-__all__ = ["activation_heatmaps", "findings_forest", "frontier_plot", "grouped_bars", "heatmap_grid",
+__all__ = ["activation_heatmaps", "findings_forest", "frontier_plot", "grouped_bars", "heatmap_grid", "not_written",
            "specification_curve", "specificity_scatter", "tracing_panels", "violin_cs"]
 
 DPI = 120
@@ -85,8 +86,26 @@ def _check_path(path: PathLike) -> Path:
     return out
 
 
+_WRITING = [True]  # False inside not_written()
+
+
+@contextmanager
+def not_written() -> Iterator[None]:
+    """Inside, the figure functions draw nothing to disk: each returns its path unwritten (for a caller that wants
+    a summary's numbers only, e.g. the robustness grid re-deriving every summary at every grid point)."""
+    _WRITING.append(False)
+    try:
+        yield
+    finally:
+        _WRITING.pop()
+
+
 def _save(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG atomically (:func:`knowloc.fileio.atomic_write`); always closed."""
+    """Write ``fig`` to ``path`` as PNG atomically (:func:`knowloc.fileio.atomic_write`); always closed
+    (not written inside :func:`not_written`)."""
+    if not _WRITING[-1]:
+        plt.close(fig)
+        return path
     try:
         return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
     except KnowlocError as exc:

@@ -5,7 +5,7 @@ A finding's headline verdict is the one at the study's own settings; this module
 the same verdict at the other defensible settings (:func:`grid`): KN threshold x specificity F x the K_C / K_I
 split (``static`` at the study's tau, or ``otsu``) x the consistency score (``cs1``, ``cs2``, ``csp``), the
 study's own point first. At each point every experiment's summary is recomputed from the stored results with that
-setting (nothing is attributed or edited; figures go to a temporary directory) and every finding judged again,
+setting (nothing is attributed or edited; no figure is written: :func:`knowloc.plots.not_written`) and every finding judged again,
 model by model:
 
 * at the study's threshold and F every finding (the split and the score only regroup facts: every stored trial
@@ -40,9 +40,9 @@ from typing import Callable
 from knowloc.analysis import KnSet, select_neurons
 from knowloc.errors import KnowlocError
 from knowloc.fileio import atomic_write
-from knowloc.plots import specification_curve
+from knowloc.plots import not_written, specification_curve
 from knowloc.study.config import StudyConfig
-from knowloc.study.context import StudyContext
+from knowloc.study.context import StudyContext, trial_key
 from knowloc.study.findings import NOT_RUN, findings, model_view, study_models
 from knowloc.study.reader import SUMMARY, StudyReader
 from knowloc.study.registry import experiments, run_order
@@ -96,13 +96,19 @@ def shown_value(key: str, value: object) -> str:
 
 class StoreAtThreshold:
     """A study's store read as if its KN lists had been selected at another KN ``threshold``: each query's list is
-    :func:`knowloc.analysis.select_neurons` of its stored attribution map (stored fp16), computed once; everything
-    else (the maps, the trials, the specificity profile's reference KN lists, which are stored without their maps
-    and so stay at the study's threshold) is the store's own."""
+    :func:`knowloc.analysis.select_neurons` of its stored attribution map (stored fp16), computed once; the trials
+    of an experiment re-measured at a grid point (``measured``) replace the stored ones; everything else (the maps,
+    the specificity profile's reference KN lists, which are stored without their maps and so stay at the study's
+    threshold) is the store's own."""
 
     def __init__(self, store: Store, threshold: float):
         self._store, self._threshold = store, threshold
         self._lists: dict[tuple[str, str, str], dict[int, list]] = {}
+        self.measured: dict[str, dict[str, list[dict]]] = {}  # experiment -> trials measured at this grid point
+
+    def trials(self, experiment: str) -> dict[str, list[dict]]:
+        """The trials measured for this grid point (:func:`measure_point`) where there are, else the store's."""
+        return self.measured[experiment] if experiment in self.measured else self._store.trials(experiment)
 
     def __getattr__(self, name: str):
         return getattr(self._store, name)
@@ -120,6 +126,66 @@ class StoreAtThreshold:
     def kn_sets(self, model: str, method: str) -> dict[str, dict[int, KnSet]]:
         return {fact_id: {q: KnSet(kn) for q, kn in lists.items()}
                 for fact_id, lists in self.kn_lists_all(model, method).items()}
+
+
+# the experiments whose per-fact trials are measured on the KN sets and feed findings: re-measured at another KN
+# threshold or F for the first --robustness-budget facts (the others keep the study's KN sets' 6 points: the
+# edit sequences of mass-editing are a study of their own; the sweeps feed no finding; tracing, knockout and
+# localization-vs-editing do not edit KN sets)
+REDONE = ("modification", "query-mapping", "attention", "cas", "editors")
+
+
+class GridContext(StudyContext):
+    """A study context at one grid point whose editing sessions are shared with the other points' (``sessions``):
+    a session memoizes each distinct edited model (:class:`~knowloc.editing.session.EditSession`), so a neuron
+    set two grid points share is edited and measured once."""
+
+    def __init__(self, *args, sessions: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sessions = sessions
+
+    def edit_session(self, model: str, fact):
+        key = (model, fact.fact_id)
+        if key not in self.sessions:
+            self.sessions[key] = super().edit_session(model, fact)
+        return self.sessions[key]
+
+
+def measure_point(ctx: GridContext, redone: list, budget: int) -> int:
+    """Measure every ``redone`` experiment's trials of the first ``budget`` studied facts of each model at ``ctx``'s
+    KN threshold and F into ``ctx.store.measured``; returns the number of fact units run."""
+    view: StoreAtThreshold = ctx.store  # type: ignore[assignment]
+    units = 0
+    for experiment in redone:
+        view.measured[experiment.name] = {}
+    for model in ctx.config.models:
+        for experiment in redone:
+            if experiment.prepare is not None:
+                experiment.prepare(ctx, model)
+        for fact in ctx.facts[model][:budget]:
+            for method in ctx.config.methods:
+                for experiment in redone:
+                    if experiment.works is None or experiment.works(ctx, model, method, fact.fact_id):
+                        key = trial_key(model, method, fact.fact_id)
+                        view.measured[experiment.name][key] = experiment.fact_work(ctx, model, method, fact)
+                        units += 1
+    return units
+
+
+def robustness_plan(cfg: StudyConfig, budget: int = 0) -> str:
+    """What the grid of a study with ``cfg`` costs, in one line (the dry run's): its points and, with a ``budget``,
+    the fact units of editing it adds (an upper bound: the study may store no specificity profile, and units
+    whose neuron sets repeat another point's are measured once)."""
+    points = grid(cfg)
+    line = f"robustness: then up to {len(points)} grid points of analysis settings, each re-derived from the store"
+    redone = [e.name for e in run_order(cfg.experiments) if e.name in REDONE]
+    if not budget or not redone:
+        return line + " (nothing attributed or edited; seconds per point, mostly figures)"
+    pairs = len({(p["threshold"], p["specificity"]) for p in points if not reuses_trials(p, cfg)})
+    units = pairs * budget * len(cfg.models) * len(cfg.methods) * len(redone)
+    return (line + f"; --robustness-budget {budget}: up to {units} fact units edited anew ({', '.join(redone)} x "
+            f"{budget} facts x {len(cfg.methods)} methods x {pairs} other KN threshold x F, per model), each about "
+            "as long as the study's own unit of that experiment")
 
 
 def point_summary(ctx: StudyContext, only: list | None = None) -> dict:
@@ -211,42 +277,71 @@ def _points(n: int) -> str:
     return f"{n} point" + ("" if n == 1 else "s")
 
 
-def run_robustness(directory: Path, echo: Callable[[str], None] = print) -> dict:
+def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget: int = 0) -> dict:
     """Re-derive every finding of the finished study in ``directory`` at every grid point (:func:`grid`), add
     ``robustness`` and ``robustness_summary`` to its summary.json and tables, draw each finding's specification
     curve (``figures/robustness_<finding>[_<model>].png``), and print one line per finding and model and the
-    grid's cost. Nothing is attributed or edited: every point is read from the store.
+    grid's cost. Nothing is attributed; with ``budget`` 0 nothing is edited either: every point is read from the
+    store.
 
     Args:
         directory: a finished study (its results.sqlite and summary.json); echo: where the lines go.
+        budget: ``--robustness-budget``: at every other KN threshold x F, the editing experiments' trials
+            (:data:`REDONE`) of the first ``budget`` studied facts are measured anew (each distinct neuron set of
+            a fact once over the grid: :class:`GridContext`), so their findings vary over the whole grid too, on
+            those facts; 0: they keep the study's KN sets' points.
 
     Returns:
-        ``{"robustness": rows, "robustness_summary": rows, "seconds": the grid's wall time, "points": n}``.
+        ``{"robustness": rows, "robustness_summary": rows, "seconds": the grid's wall time, "points": n,
+        "units": fact units measured, "edits": distinct edits measured}``.
 
     Example:
         >>> run_robustness(Path("runs/study"))["robustness_summary"][0]["same_verdict_share"]
     """
     directory = Path(directory)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise KnowlocError(f"--robustness-budget must be an integer >= 0, got {budget!r}")
     start = time.perf_counter()
     with StudyReader(directory) as study, tempfile.TemporaryDirectory(prefix="knowloc-robustness-") as tmp:
         cfg = study.config()
         store = study.store()
         profiled = any(store.reference(m, method) for m in cfg.models for method in cfg.methods)
-        at_threshold: dict[float, Store | StoreAtThreshold] = {float(cfg.threshold): store}
         map_only = [e for e in run_order(cfg.experiments) if reads_only_maps(e)]
+        redone = [e for e in run_order(cfg.experiments) if e.name in REDONE] if budget else []
         rows: list[dict] = []
         points = grid(cfg, profiled)
-        for point in points:
-            point_cfg = replace(cfg, threshold=point["threshold"], specificity=point["specificity"],
-                                split=point["split"], cs_score=point["cs_score"], out=tmp, progress=False)
-            view = at_threshold.setdefault(point["threshold"], StoreAtThreshold(store, point["threshold"]))
-            ctx = StudyContext(config=point_cfg, store=view, out=Path(tmp), echo=lambda _: None)  # type: ignore[arg-type]
-            rows += _rows(point_summary(ctx, None if reuses_trials(point, cfg) else map_only), point, cfg)
+        views: dict[tuple[float, float], Store | StoreAtThreshold] = {}
+        sessions: dict = {}
+        pool = None
+        units = 0
+        with not_written():  # every point's summaries for their numbers; the figures are the study's own
+            for point in points:
+                point_cfg = replace(cfg, threshold=point["threshold"], specificity=point["specificity"],
+                                    split=point["split"], cs_score=point["cs_score"], out=tmp, progress=False)
+                pair = (point["threshold"], point["specificity"])
+                fresh = pair not in views
+                if fresh:
+                    views[pair] = store if reuses_trials(point, cfg) else StoreAtThreshold(store, point["threshold"])
+                ctx = GridContext(config=point_cfg, store=views[pair], out=Path(tmp),  # type: ignore[arg-type]
+                                  echo=lambda _: None, models=pool, sessions=sessions)
+                pool = ctx.models
+                only = None
+                if not reuses_trials(point, cfg):
+                    only = map_only + redone
+                    if fresh and redone:
+                        for model in cfg.models:
+                            ctx.load_facts(model)
+                        echo(f"robustness: measuring {', '.join(e.name for e in redone)} at "
+                             f"{setting_text({'threshold': pair[0], 'specificity': pair[1]})} on the first {budget} "
+                             "facts")
+                        units += measure_point(ctx, redone, budget)
+                rows += _rows(point_summary(ctx, only), point, cfg)
         summary_rows = summarize_grid(rows)
         summary = study.summary()
     if not rows:
         raise KnowlocError(f"{directory}: the study has no finding to re-derive")
     seconds = time.perf_counter() - start
+    edits = sum(session.n_edits for session in sessions.values())
     figures = _curves(directory / "figures", rows, summary_rows)
     summary.update({"robustness": rows, "robustness_summary": summary_rows})
     summary.setdefault("figures", {})["robustness"] = figures
@@ -256,9 +351,12 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print) -> dict
     for r in summary_rows:
         echo(f"{r['finding_id']} ({r['model']}): {r['headline']} at {round(r['same_verdict_share'] * r['n_settings'])} "
              f"of {r['n_settings']} settings" + (f"; {r['flips']}" if r["flips"] else ""))
-    echo(f"robustness: {len(points)} grid points in {seconds:.1f} s, all from the store (nothing attributed or "
-         f"edited); {len(figures)} specification curves in {directory / 'figures'}")
-    return {"robustness": rows, "robustness_summary": summary_rows, "seconds": seconds, "points": len(points)}
+    work = (f"{units} fact units edited anew ({edits} distinct edits)" if budget else
+            "all from the store (nothing attributed or edited)")
+    echo(f"robustness: {len(points)} grid points in {seconds:.1f} s, {work}; {len(figures)} specification curves "
+         f"in {directory / 'figures'}")
+    return {"robustness": rows, "robustness_summary": summary_rows, "seconds": seconds, "points": len(points),
+            "units": units, "edits": edits}
 
 
 def _curves(figures_dir: Path, rows: list[dict], summary_rows: list[dict]) -> list[str]:
