@@ -65,8 +65,9 @@ def test_a_store_read_at_another_threshold_selects_from_the_stored_maps(tmp_path
         store = study.store()
         fact_id = next(iter(store.kn_lists_all("tiny-llama", "ig")))
         maps = store.scores("tiny-llama", "ig", fact_id)
-        same, low = StoreAtThreshold(store, 0.2), StoreAtThreshold(store, 0.1)
+        same, low, stored = StoreAtThreshold(store, 0.2), StoreAtThreshold(store, 0.1), StoreAtThreshold(store, None)
         assert same.kn_lists("tiny-llama", "ig", fact_id) == store.kn_lists("tiny-llama", "ig", fact_id)
+        assert stored.kn_lists("tiny-llama", "ig", fact_id) == store.kn_lists("tiny-llama", "ig", fact_id)
         lists = low.kn_lists("tiny-llama", "ig", fact_id)
         assert lists == {q: select_neurons(m, threshold=0.1) for q, m in maps.items()}
         assert all(len(lists[q]) >= len(kn) for q, kn in store.kn_lists("tiny-llama", "ig", fact_id).items())

@@ -5,14 +5,16 @@ A finding's headline verdict is the one at the study's own settings; this module
 the same verdict at the other defensible settings (:func:`grid`): KN threshold x specificity F x the K_C / K_I
 split (``static`` at the study's tau, or ``otsu``) x the consistency score (``cs1``, ``cs2``, ``csp``), the
 study's own point first. At each point every experiment's summary is recomputed from the stored results with that
-setting (nothing is attributed or edited; no figure is written: :func:`knowloc.plots.not_written`) and every finding judged again,
-model by model:
+setting (nothing is attributed; no figure is written: :func:`knowloc.plots.not_written`) and every finding judged
+again, model by model:
 
 * at the study's threshold and F every finding (the split and the score only regroup facts: every stored trial
   holds);
-* at another threshold or F only the findings of the experiments that read nothing but the attribution maps
-  (:func:`reads_only_maps`: consistency, specificity), since the editing trials were measured on the study's KN
-  sets. The KN lists at another threshold are selected from the stored maps (:class:`StoreAtThreshold`).
+* at another threshold or F the findings of the experiments that read nothing but the attribution maps
+  (:func:`reads_only_maps`: consistency, specificity), and, with an editing budget, those of the experiments of
+  :data:`REDONE` on the first ``budget`` facts, whose trials are measured anew there (:func:`measure_point`, one
+  editing session per fact for the whole grid: :class:`GridContext`). The KN lists at another threshold are
+  selected from the stored maps (:class:`StoreAtThreshold`).
 
 Outputs (summary.json, tables/*.csv):
 
@@ -101,8 +103,8 @@ class StoreAtThreshold:
     the specificity profile's reference KN lists, which are stored without their maps and so stay at the study's
     threshold) is the store's own."""
 
-    def __init__(self, store: Store, threshold: float):
-        self._store, self._threshold = store, threshold
+    def __init__(self, store: Store, threshold: float | None):
+        self._store, self._threshold = store, threshold  # None: the stored lists (the study's own threshold)
         self._lists: dict[tuple[str, str, str], dict[int, list]] = {}
         self.measured: dict[str, dict[str, list[dict]]] = {}  # experiment -> trials measured at this grid point
 
@@ -114,6 +116,8 @@ class StoreAtThreshold:
         return getattr(self._store, name)
 
     def kn_lists(self, model: str, method: str, fact_id: str) -> dict[int, list]:
+        if self._threshold is None:
+            return self._store.kn_lists(model, method, fact_id)
         key = (model, method, fact_id)
         if key not in self._lists:
             self._lists[key] = {q: select_neurons(scores, threshold=self._threshold)
@@ -321,7 +325,8 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
                 pair = (point["threshold"], point["specificity"])
                 fresh = pair not in views
                 if fresh:
-                    views[pair] = store if reuses_trials(point, cfg) else StoreAtThreshold(store, point["threshold"])
+                    views[pair] = store if reuses_trials(point, cfg) else StoreAtThreshold(
+                        store, None if point["threshold"] == float(cfg.threshold) else point["threshold"])
                 ctx = GridContext(config=point_cfg, store=views[pair], out=Path(tmp),  # type: ignore[arg-type]
                                   echo=lambda _: None, models=pool, sessions=sessions)
                 pool = ctx.models
