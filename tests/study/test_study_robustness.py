@@ -99,6 +99,13 @@ def test_the_flips_name_the_settings_at_which_a_verdict_always_changes():
     assert flip_text(verdicts, point(0.2, 0.05)) == ("cannot decide whenever F=off; "
                                                       "contradicts at 1 point (threshold=0.1 F=0.02)")
     assert flip_text({point(0.2, 0.05): "supports"}, point(0.2, 0.05)) == ""
+    verdicts[point(0.3, 1.0)] = "supports"  # F=off no longer always flips, but 2 of its 3 points still do
+    verdicts[point(0.2, 0.02)] = "cannot decide"
+    assert flip_text(verdicts, point(0.2, 0.05)) == ("cannot decide at 3 points (F=off, threshold=0.1 F=off, F=0.02); "
+                                                      "contradicts at 1 point (threshold=0.1 F=0.02)")
+    verdicts.update({point(0.3, 0.02): "cannot decide", point(0.4, 1.0): "cannot decide",
+                     point(0.4, 0.05): "supports"})  # F=off: 3 of its 4 points; no other setting 3 of 4
+    assert "cannot decide at 5 points, mostly with F=off (3 of 4)" in flip_text(verdicts, point(0.2, 0.05))
 
 
 def test_the_grid_starts_at_the_studys_own_settings_then_its_kn_sets():

@@ -254,8 +254,9 @@ def summarize_grid(rows: list[dict]) -> list[dict]:
 
 def flip_text(verdicts: dict[tuple, str], own: tuple, listed: int = 3) -> str:
     """Where the verdict differs from the headline (``verdicts[own]``), per other verdict: the settings at which
-    it always does (every point with ``F=off`` gives it, say) and the other points, or up to ``listed`` points
-    by what differs from the study's settings; "" when it never differs.
+    it always does (every point with ``F=off`` gives it, say) and the other points; else the settings at which it
+    mostly does (at least 3 of 4 of their points), else up to ``listed`` points by what differs from the study's
+    settings; "" when it never differs.
 
     Example:
         >>> flip_text({(("split", "static"),): "supports", (("split", "otsu"),): "cannot decide"},
@@ -271,6 +272,15 @@ def flip_text(verdicts: dict[tuple, str], own: tuple, listed: int = 3) -> str:
         if always:
             text = f"{verdict} whenever " + " or ".join(setting_text({k: v}) for k, v in always)
             parts.append(text + (f" (and at {_points(len(rest))} more)" if rest else ""))
+            continue
+        mostly = []  # the settings most of whose points give it (at least 3 of 4)
+        for key, value in dict.fromkeys(kv for p in mine for kv in p if kv not in own):
+            having = [p for p in verdicts if (key, value) in p]
+            hits = sum(verdicts[p] == verdict for p in having)
+            if 4 * hits >= 3 * len(having):
+                mostly.append(f"{setting_text({key: value})} ({hits} of {len(having)})")
+        if mostly:
+            parts.append(f"{verdict} at {_points(len(rest))}, mostly with " + ", ".join(mostly))
         else:
             shown = ", ".join(setting_text(dict(p), dict(own)) for p in rest[:listed])
             parts.append(f"{verdict} at {_points(len(rest))} ({shown}{', ...' if len(rest) > listed else ''})")
