@@ -7,8 +7,10 @@ import torch
 
 from knowloc.editing import compute_baseline, measure_edit, measure_sequence
 from knowloc.editing.editors import CovarianceStore, EditRequest, Rome, TextSample
+from knowloc.editing.editors.base import subject_last_index
 from knowloc.editing.editors.memit import AlphaEdit, Memit, default_layers
 from knowloc.errors import KnowlocError
+from knowloc.models.hooks import hook_module, trace_activations
 
 from model_state import assert_restored, snapshot
 
@@ -208,3 +210,28 @@ def test_alphaedits_projector_is_computed_once_per_c():
     p = editor.projector(c)
     assert editor.projector(c) is p and torch.allclose(p @ a, torch.zeros_like(a), atol=1e-9)  # a spans C's range
     assert torch.allclose(editor.projector(other), torch.zeros(6, 6, dtype=torch.float64))  # cpu; C = I: no null space
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_keys_and_hidden_states_in_padded_batches_are_each_requests_own(tiny_models, name):
+    lm = tiny_models(name)
+    memit = Memit(layers=(1,), prefixes=2, sample=SAMPLE, covariance=CovarianceStore(None))
+    batch = [EditRequest(p, s, g, o) for p, s, g, o in zip(
+        ["The capital of France is", "Madrid, the capital of Spain, is", "Egypt's capital is"], SUBJECTS, GOLD, NEW)]
+    contexts = [memit.contexts(lm, r) for r in batch]
+    keys, hidden = memit._keys(lm, batch, contexts, 1), memit._hidden(lm, batch, 1)
+    for i, request in enumerate(batch):  # each text alone, unpadded, against its row of the padded batches
+        found = []
+        for text in contexts[i]:
+            ids = torch.tensor([list(lm.encode(text).prompt_ids)], device=lm.device)
+            with trace_activations(lm, [1]) as acts:
+                lm.model(input_ids=ids)
+            found.append(acts[1][0, subject_last_index(lm, text, request.subject)].double().cpu())
+        alone = torch.stack(found).mean(dim=0)
+        assert torch.allclose(keys[i], alone, atol=1e-5) and alone.abs().max() > 0
+        ids = torch.tensor([list(lm.encode(request.prompt).prompt_ids)], device=lm.device)
+        seen = {}
+        with hook_module(lm.blocks[1], "output", lambda o: seen.update(h=o[0] if isinstance(o, tuple) else o)):
+            lm.model(input_ids=ids)
+        position = subject_last_index(lm, request.prompt, request.subject)
+        assert torch.allclose(hidden[i], seen["h"][0, position].double().cpu(), atol=1e-5)

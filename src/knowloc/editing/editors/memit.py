@@ -41,6 +41,7 @@ from knowloc.editing.editors.rome import Rome
 from knowloc.errors import KnowlocError
 from knowloc.models.hooks import edit_weights, hook_module, trace_activations
 from knowloc.models.lm import LanguageModel
+from knowloc.models.scoring import pad_right
 
 SPAN = 5  # MEMIT edits five consecutive layers (GPT-J: 3-8; GPT-2 XL: 13-17)
 GPTJ_WEIGHT, GPTJ_NEURONS = 15000.0, 16384  # MEMIT's mom2_update_weight for GPT-J, and GPT-J's MLP width
@@ -167,35 +168,49 @@ class Memit(Rome):
     @torch.no_grad()
     def _hidden(self, lm: LanguageModel, batch: list[EditRequest], layer: int) -> list[torch.Tensor]:
         """Each request's residual stream after block ``layer`` at its subject's last token (bare query), float64
-        on the CPU."""
-        out = []
-        for request in batch:
-            seen = {}
-            position = subject_last_index(lm, request.prompt, request.subject)
+        on the CPU; the queries run as padded batches (:func:`padded_passes`)."""
+        positions = [subject_last_index(lm, r.prompt, r.subject) for r in batch]
+        out: list[torch.Tensor] = []
+        seen: dict = {}
 
-            def record(output, position=position):
-                seen["h"] = (output[0] if isinstance(output, tuple) else output)[0, position].detach()
-            ids = torch.tensor([list(lm.encode(request.prompt).prompt_ids)], device=lm.device)
-            with hook_module(lm.blocks[layer], "output", record):
-                lm.model(input_ids=ids)
-            out.append(seen["h"].double().cpu())
+        def record(output) -> None:
+            seen["h"] = (output[0] if isinstance(output, tuple) else output).detach()
+        with hook_module(lm.blocks[layer], "output", record):
+            for rows in padded_passes(lm, [r.prompt for r in batch]):
+                out += [seen["h"][i, positions[r]].double().cpu() for i, r in enumerate(rows)]
         return out
 
     @torch.no_grad()
     def _keys(self, lm: LanguageModel, batch: list[EditRequest], contexts: list[list[str]],
               layer: int) -> torch.Tensor:
         """Each request's key at ``layer`` (the neuron activations at the subject's last token), averaged over its
-        contexts ``[n, n_neurons]``, float64 on the CPU."""
-        keys = []
-        for request, texts in zip(batch, contexts):
-            found = []
-            for text in texts:
-                ids = torch.tensor([list(lm.encode(text).prompt_ids)], device=lm.device)
-                with trace_activations(lm, [layer]) as acts:
-                    lm.model(input_ids=ids)
-                found.append(acts[layer][0, subject_last_index(lm, text, request.subject)].double().cpu())
-            keys.append(torch.stack(found).mean(dim=0))
-        return torch.stack(keys)
+        contexts ``[n, n_neurons]``, float64 on the CPU; every context of every request in padded batches."""
+        texts = [text for texts in contexts for text in texts]
+        owners = [i for i, texts in enumerate(contexts) for _ in texts]
+        positions = [subject_last_index(lm, text, batch[i].subject) for text, i in zip(texts, owners)]
+        sums = torch.zeros(len(batch), lm.n_neurons, dtype=torch.float64)  # cpu: the solve's side
+        with trace_activations(lm, [layer]) as acts:
+            for rows in padded_passes(lm, texts):
+                for i, r in enumerate(rows):
+                    sums[owners[r]] += acts[layer][i, positions[r]].double().cpu()
+        counts = torch.tensor([len(texts) for texts in contexts], dtype=torch.float64)  # cpu: as sums
+        return sums / counts[:, None]
+
+
+PASS_ROWS = 64  # texts per padded pass of the keys and hidden states
+
+
+def padded_passes(lm: LanguageModel, texts: list[str], rows: int = PASS_ROWS) -> Iterator[list[int]]:
+    """Run the model's backbone (no unembedding) on ``texts`` in right-padded batches of ``rows``, yielding each
+    batch's text indices after its pass (what the caller's hooks, set around the loop, recorded is that batch's,
+    row ``i`` the text ``indices[i]``): exact for a causal model at every text's own positions
+    (:func:`knowloc.models.scoring.pad_right`), up to the float rounding of the batch."""
+    seqs = [list(lm.encode(text).prompt_ids) for text in texts]
+    for start in range(0, len(seqs), rows):
+        chunk = list(range(start, min(start + rows, len(seqs))))
+        ids, mask = pad_right(lm, [seqs[r] for r in chunk])
+        lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        yield chunk
 
 
 @dataclass
