@@ -191,9 +191,11 @@ def test_memits_fit_batch_changes_nothing_but_the_rounding(tiny_models):
     store = CovarianceStore(None)
     before = projection(lm, 1)
     changes = []
+    varied = [EditRequest(p, s, g, o) for p, s, g, o in zip(  # 5, 12, 5 tokens: fit_batch 2 fits (0, 2), (1)
+        ["The capital of France is", "Madrid, the capital of Spain, is", "Egypt's capital is"], SUBJECTS, GOLD, NEW)]
     for fit_batch in (1, 2, 16):
         with Memit(layers=(0, 1), steps=4, prefixes=1, sample=SAMPLE, covariance=store, fit_batch=fit_batch).apply(
-                lm, requests()):
+                lm, varied):
             changes.append(projection(lm, 1) - before)
     assert changes[0].abs().max() > 0
     for other in changes[1:]:

@@ -131,8 +131,14 @@ class Memit(Rome):
         layers = self.range_of(lm)
         last = layers[-1]
         at_last = [EditRequest(r.prompt, r.subject, r.gold, r.new_object, layers=(last,)) for r in batch]
-        fits = [fit for start in range(0, len(batch), self.fit_batch)  # step 1: ROME's delta at the last layer,
-                for fit in self._fit_batch(lm, at_last[start:start + self.fit_batch])]  # on the unedited model
+        # step 1: ROME's delta at the last layer, on the unedited model; requests of similar length fitted together
+        # (less padding in each batch), each result put back in its request's place
+        order = sorted(range(len(batch)), key=lambda i: len(lm.encode(batch[i].prompt).prompt_ids))
+        fits: list = [None] * len(batch)
+        for start in range(0, len(batch), self.fit_batch):
+            chunk = order[start:start + self.fit_batch]
+            for i, fit in zip(chunk, self._fit_batch(lm, [at_last[i] for i in chunk])):
+                fits[i] = fit
         deltas, infos = [fit[2] for fit in fits], [fit[3] for fit in fits]
         contexts = [self.contexts(lm, request) for request in batch]
         current = torch.stack(self._hidden(lm, batch, last))  # H^L on the unedited model [n, d_model] float64
