@@ -237,3 +237,14 @@ def test_keys_and_hidden_states_in_padded_batches_are_each_requests_own(tiny_mod
             lm.model(input_ids=ids)
         position = subject_last_index(lm, request.prompt, request.subject)
         assert torch.allclose(hidden[i], seen["h"][0, position].double().cpu(), atol=1e-5)
+
+
+def test_memit_warns_on_a_family_whose_mlp_output_is_normed_before_the_residual(tiny_models, monkeypatch):
+    import dataclasses
+
+    lm = tiny_models("tiny-llama")
+    monkeypatch.setattr(lm, "arch", dataclasses.replace(lm.arch, mlp_tail=lambda block: torch.nn.Identity()))
+    with pytest.warns(RuntimeWarning, match="post-feedforward norm"):
+        with Memit(layers=(1,), steps=1, prefixes=1, sample=SAMPLE, covariance=CovarianceStore(None)).apply(
+                lm, requests(1)):
+            pass

@@ -30,6 +30,7 @@ The weight changes go through :func:`knowloc.models.hooks.edit_weights`: restore
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +130,10 @@ class Memit(Rome):
         """Steps 1-2 of the module docstring, applied through ``weights``; ``previous``: the keys of the edits
         made before in a sequence, per layer (AlphaEdit reads them; each call appends its own)."""
         layers = self.range_of(lm)
+        if lm.arch.mlp_tail is not None:
+            warnings.warn(f"{self.name}: this model's MLP output passes through a post-feedforward norm before the "
+                          "residual stream, which MEMIT's residual-space targets do not model: its edits may not take "
+                          "(docs/editing.md, 'MEMIT and AlphaEdit on Gemma-3')", RuntimeWarning, stacklevel=3)
         last = layers[-1]
         at_last = [EditRequest(r.prompt, r.subject, r.gold, r.new_object, layers=(last,)) for r in batch]
         # step 1: ROME's delta at the last layer, on the unedited model; requests of similar length fitted together
