@@ -55,8 +55,9 @@ SPLITS = ("static", "otsu")
 SCORES = ("cs1", "cs2", "csp")
 THRESHOLDS = (0.1, 0.2, 0.3)  # the KN threshold (x max score)
 SPECIFICITIES = (1.0, 0.02, 0.05, 0.1)  # the specificity filter's F; 1.0 is "off"
-AXES = (("threshold", "threshold"), ("specificity", "F"), ("split", "split"), ("cs_score", "score"))  # (key, label)
-CURVE_AXES = (("threshold", "threshold"), ("specificity", "F"), ("split", "split"), ("score", "score"))  # rows' keys
+# the grid's axes: (a point's key, a robustness row's key, the label the text and the curves use)
+AXES = (("threshold", "threshold", "threshold"), ("specificity", "specificity", "F"), ("split", "split", "split"),
+        ("cs_score", "score", "score"))
 
 
 def grid(cfg: StudyConfig, profiled: bool = True) -> list[dict]:
@@ -87,7 +88,7 @@ def reads_only_maps(experiment) -> bool:
 
 def setting_text(point: dict, own: dict | None = None) -> str:
     """``"threshold=0.1 F=off split=otsu"``: the point's settings (those that differ from ``own`` when given)."""
-    return " ".join(f"{label}={shown_value(key, point[key])}" for key, label in AXES
+    return " ".join(f"{label}={shown_value(key, point[key])}" for key, _, label in AXES
                     if key in point and (own is None or point[key] != own.get(key))) or "the study's settings"
 
 
@@ -194,10 +195,9 @@ def robustness_plan(cfg: StudyConfig, budget: int = 0) -> str:
 
 def point_summary(ctx: StudyContext, only: list | None = None) -> dict:
     """The summary of the study's stored results under ``ctx``'s settings, as summary.json would hold it (the
-    findings' input); ``only``: the experiments to summarize (default: the study's)."""
+    findings' input; ``ctx`` has its models' facts loaded); ``only``: the experiments to summarize (default: the
+    study's)."""
     cfg = ctx.config
-    for model in cfg.models:
-        ctx.load_facts(model)
     summary: dict = {"config": cfg.summary_config(), "facts": {m: len(f) for m, f in ctx.facts.items()},
                      "specificity_filter": "on" if cfg.filtered else "off", "figures": {}}
     for experiment in run_order(cfg.experiments) if only is None else only:
@@ -212,9 +212,8 @@ def _rows(summary: dict, point: dict, cfg: StudyConfig) -> list[dict]:
         for item in findings(model_view(summary, model), experiments()):
             if item["verdict"] == NOT_RUN:
                 continue  # not run by the study, or not re-derivable at this point: nothing to vary
-            where = {"finding_id": item["id"], "model": model, "threshold": point["threshold"],
-                     "split": point["split"], "score": point["cs_score"], "specificity": point["specificity"],
-                     "finding_verdict": item["verdict"]}
+            where = {"finding_id": item["id"], "model": model, "finding_verdict": item["verdict"],
+                     **{row_key: point[key] for key, row_key, _ in AXES}}
             estimates = item.get("estimates") or [{}]
             for e in estimates:
                 out.append({**where, "method": _method(e.get("label", ""), cfg), "label": e.get("label", ""),
@@ -228,9 +227,9 @@ def _method(label: str, cfg: StudyConfig) -> str:
     return next((m for m in cfg.methods if label == m or label.startswith(f"{m} ") or f" {m} " in f" {label} "), "")
 
 
-def _point(row: dict) -> dict:
-    return {key: row.get(name) for key, name in (("threshold", "threshold"), ("specificity", "specificity"),
-                                                 ("split", "split"), ("cs_score", "score"))}
+def _point(row: dict) -> tuple:
+    """A robustness row's grid point, as ``((point key, value), ...)``."""
+    return tuple((key, row.get(row_key)) for key, row_key, _ in AXES)
 
 
 def summarize_grid(rows: list[dict]) -> list[dict]:
@@ -241,8 +240,10 @@ def summarize_grid(rows: list[dict]) -> list[dict]:
     keys = list(dict.fromkeys((r["finding_id"], r["model"]) for r in rows))
     for finding_id, model in keys:
         mine = [r for r in rows if (r["finding_id"], r["model"]) == (finding_id, model)]
-        points = list(dict.fromkeys(tuple(_point(r).items()) for r in mine))
-        verdicts = {p: next(r["finding_verdict"] for r in mine if tuple(_point(r).items()) == p) for p in points}
+        verdicts: dict[tuple, str] = {}  # point -> the finding's verdict there, in grid order
+        for r in mine:
+            verdicts.setdefault(_point(r), r["finding_verdict"])
+        points = list(verdicts)
         headline = verdicts[points[0]]
         values = [r["value"] for r in mine if r["value"] is not None]
         out.append({"finding_id": finding_id, "model": model, "n_settings": len(points), "headline": headline,
@@ -326,6 +327,8 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
         points = grid(cfg, profiled)
         views: dict[tuple[float, float], Store | StoreAtThreshold] = {}
         sessions: dict = {}
+        facts: dict = {}  # every point's context shares the studied facts and probes, read from the store once
+        probes: dict = {}
         pool = None
         units = 0
         with not_written():  # every point's summaries for their numbers; the figures are the study's own
@@ -338,14 +341,15 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
                     views[pair] = store if reuses_trials(point, cfg) else StoreAtThreshold(
                         store, None if point["threshold"] == float(cfg.threshold) else point["threshold"])
                 ctx = GridContext(config=point_cfg, store=views[pair], out=Path(tmp),  # type: ignore[arg-type]
-                                  echo=lambda _: None, models=pool, sessions=sessions)
+                                  echo=lambda _: None, models=pool, sessions=sessions, facts=facts, probes=probes)
                 pool = ctx.models
+                for model in cfg.models:
+                    if model not in facts:
+                        ctx.load_facts(model)
                 only = None
                 if not reuses_trials(point, cfg):
                     only = map_only + redone
                     if fresh and redone:
-                        for model in cfg.models:
-                            ctx.load_facts(model)
                         echo(f"robustness: measuring {', '.join(e.name for e in redone)} at "
                              f"{setting_text({'threshold': pair[0], 'specificity': pair[1]})} on the first {budget} "
                              "facts")
@@ -384,7 +388,7 @@ def _curves(figures_dir: Path, rows: list[dict], summary_rows: list[dict]) -> li
             continue  # a finding read without numbers (e.g. a count below its minimum) has no curve
         name = f"robustness_{r['finding_id']}" + (f"_{r['model']}" if len(models) > 1 else "") + ".png"
         shown = [{**row, "specificity": shown_value("specificity", row["specificity"])} for row in mine]
-        specification_curve(shown, figures_dir / name, CURVE_AXES,
+        specification_curve(shown, figures_dir / name, [(row_key, label) for _, row_key, label in AXES],
                             title=f"{r['finding_id']} ({r['model']}): {r['headline']} at "
                                   f"{round(r['same_verdict_share'] * r['n_settings'])} of {r['n_settings']} settings")
         names.append(name)

@@ -210,8 +210,10 @@ class Rome(Editor):
         owner: list[int] = []  # the request of each row
         fit_rows: list[int] = []  # the rows of contexts (the KL prompts are the others)
         kl_rows: list[int] = []
+        counts: list[int] = []  # each request's number of contexts
         for i, request in enumerate(requests):
             contexts = self.contexts(lm, request)
+            counts.append(len(contexts))
             fit_rows.extend(range(len(prompts), len(prompts) + len(contexts)))
             kl_rows.append(len(prompts) + len(contexts))
             prompts.extend([*contexts, KL_TEMPLATE.format(request.subject.strip())])
@@ -225,10 +227,10 @@ class Rome(Editor):
         keys = teacher.activations[layer][rows, at].double()  # [rows, n_neurons]
         fit = torch.tensor(fit_rows, dtype=torch.long, device=device)
         owner_t = torch.tensor(owner, dtype=torch.long, device=device)
-        n_fit = torch.zeros(n, dtype=torch.float64, device=device).index_add(
-            0, owner_t[fit], torch.ones(len(fit_rows), dtype=torch.float64, device=device))
+        fit_owner = owner_t[fit]  # the request of each context row
+        n_fit = torch.tensor(counts, dtype=torch.float64, device=device)  # [n]
         k_star = torch.zeros(n, keys.shape[1], dtype=torch.float64, device=device).index_add(
-            0, owner_t[fit], keys[fit]) / n_fit[:, None]  # [n, n_neurons]: each request's mean key
+            0, fit_owner, keys[fit]) / n_fit[:, None]  # [n, n_neurons]: each request's mean key
         with torch.no_grad():
             out_k = lm.mlp_out(layer)(k_star.to(lm.dtype)).double().cpu()  # out(k*) [n, d_model]
         base_norm = out_k.norm(dim=1).clamp_min(1e-12)  # [n]
@@ -238,7 +240,6 @@ class Rome(Editor):
         mask[rows, at] = 1.0
         with torch.no_grad():
             kl_before = teacher.last_log_probs(teacher.unedited(), kl_rows).detach()  # [n, vocab]
-        fit_owner = owner_t[fit]
 
         def losses() -> torch.Tensor:
             with added_to_output(lm, {layer: lambda x: mask * delta[owner_t][:, None, :]}):
@@ -257,7 +258,7 @@ class Rome(Editor):
         fitted = delta.detach().double().cpu()
         return [(k_star[i].cpu(), out_k[i], fitted[i],
                  {"loss": last[i], "steps": taken[i], "delta_norm": float(fitted[i].norm()),
-                  "value_norm": float(base_norm[i]), "contexts": int(n_fit[i])}) for i in range(n)]
+                  "value_norm": float(base_norm[i]), "contexts": counts[i]}) for i in range(n)]
 
     def weight_change(self, lm: LanguageModel, request: EditRequest) -> tuple[torch.Tensor, dict]:
         """``dW`` ``[d_model, n_neurons]`` of the request (step 3) and the info of steps 1-2; model unchanged."""
