@@ -34,10 +34,10 @@ What is computed, identically on both sides:
 Known differences, and what the script does about them:
     1. The Riemann rule. knowledge-neurons' `scaled_input` integrates at alpha = linspace(0, 1, m) (both
        ends, m points, each weighted 1/m); knowloc at alpha = k/m, k = 1..m (the right Riemann sum of Dai et
-       al.'s formula). The timed runs monkeypatch `KnowledgeNeurons.scaled_input` (in this process only; the
-       installed files are not touched) to knowloc's grid, so that both compute the same number; its cost is
-       unchanged (the same m rows per layer). One untimed stock run (which also warms knowledge-neurons up)
-       measures the difference the stock rule makes.
+       al.'s formula). The timed runs swap `KnowledgeNeurons.scaled_input` for knowloc's grid
+       (`knowloc.attribution.peer.same_grid`, in this process only; the installed files are not touched), so
+       that both compute the same number; its cost is unchanged (the same m rows per layer). One untimed stock
+       run (which also warms knowledge-neurons up) measures the difference the stock rule makes.
     2. Multi-token targets: knowledge-neurons (model_type "gpt") averages the IG of each token with the
        prompt extended by the model's *argmax* tokens; knowloc teacher-forces the gold tokens and averages
        the probability. For a one-token target, as here, the two coincide; the script refuses another.
@@ -67,31 +67,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
-
-KN_VERSION = "0.0.2"
-EINOPS_VERSION = "0.8.2"
-DEFAULT_SCRATCH = Path(tempfile.gettempdir()) / f"knowloc-bench-knowledge-neurons-{KN_VERSION}"
-
-
-def ensure_knowledge_neurons(scratch: Path) -> None:
-    """pip-install knowledge-neurons (and einops) into `scratch` unless they are already there; put it first
-    on sys.path."""
-    wanted = [f"knowledge-neurons=={KN_VERSION}", f"einops=={EINOPS_VERSION}"]
-    present = [(scratch / f"knowledge_neurons-{KN_VERSION}.dist-info").is_dir(),
-               any(scratch.glob(f"einops-{EINOPS_VERSION}.dist-info"))]
-    missing = [spec for spec, ok in zip(wanted, present) if not ok]
-    if missing:
-        scratch.mkdir(parents=True, exist_ok=True)
-        print(f"installing {' '.join(missing)} into {scratch}", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(scratch),
-                        *missing], check=True)
-    sys.path.insert(0, str(scratch))
-
 
 def build_model(n_layer: int, seed: int):
     import torch
@@ -107,29 +84,9 @@ def build_model(n_layer: int, seed: int):
     return model
 
 
-def right_riemann_scaled_input(activations, steps: int = 20, device: str = "cpu"):
-    """knowledge-neurons' `scaled_input` on knowloc's grid: alpha = k/m, k = 1..m (instead of linspace(0, 1, m))."""
-    import einops
-    import torch
-
-    tiled = einops.repeat(activations, "b d -> (r b) d", r=steps)
-    return tiled * (torch.arange(1, steps + 1, dtype=activations.dtype) / steps).to(device)[:, None]
-
-
-def compare(a, b, k: int = 20) -> dict:
-    import torch
-
-    x, y = a.flatten().double(), b.flatten().double()
-    pearson = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
-    top_a = set(torch.topk(x, k).indices.tolist())
-    top_b = set(torch.topk(y, k).indices.tolist())
-    return {"pearson": pearson, "top_overlap": len(top_a & top_b),
-            "max_rel_diff": float((x - y).abs().max() / y.abs().max())}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scratch", type=Path, default=DEFAULT_SCRATCH,
+    parser.add_argument("--scratch", type=Path, default=None,
                         help="where knowledge-neurons is installed (reused when already there)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (median)")
     parser.add_argument("--steps", type=int, default=20)
@@ -141,13 +98,13 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch starts its thread pool
-    ensure_knowledge_neurons(args.scratch)
-
     import torch
 
+    from knowloc.attribution.peer import DEFAULT_SCRATCH, agreement as compare, load_knowledge_neurons, same_grid
+
     torch.set_num_threads(args.threads)
-    import knowledge_neurons
-    from knowledge_neurons import KnowledgeNeurons
+    knowledge_neurons = load_knowledge_neurons(args.scratch or DEFAULT_SCRATCH)
+    KnowledgeNeurons = knowledge_neurons.KnowledgeNeurons
 
     import knowloc
     from knowloc.models import LanguageModel, resolve
@@ -188,16 +145,17 @@ def main() -> None:
     cold_s = time.perf_counter() - start
     print(f"warm-up: kn (stock rule) {kn_stock_s:.2f} s, knowloc (cold) {cold_s:.2f} s", flush=True)
 
-    KnowledgeNeurons.scaled_input = staticmethod(right_riemann_scaled_input)  # knowloc's grid, this process only
     ours_times, kn_times = [], []
-    for run in range(args.repeats):  # alternate, so that machine noise hits both alike
-        start = time.perf_counter()
-        ours = run_knowloc()
-        ours_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        theirs = run_kn()
-        kn_times.append(time.perf_counter() - start)
-        print(f"run {run + 1}/{args.repeats}: knowloc {ours_times[-1]:.3f} s, kn {kn_times[-1]:.3f} s", flush=True)
+    with same_grid(KnowledgeNeurons):  # knowloc's grid while timing; the stock rule is restored after
+        for run in range(args.repeats):  # alternate, so that machine noise hits both alike
+            start = time.perf_counter()
+            ours = run_knowloc()
+            ours_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            theirs = run_kn()
+            kn_times.append(time.perf_counter() - start)
+            print(f"run {run + 1}/{args.repeats}: knowloc {ours_times[-1]:.3f} s, kn {kn_times[-1]:.3f} s",
+                  flush=True)
 
     same = compare(ours, theirs)
     stock = compare(ours, kn_stock)

@@ -5,7 +5,8 @@ matrix throughput (``tflops``, the profiler's FLOP count of one attribution over
 measured matmul peak of the model's dtype, its **operator calls** per attribution (``op_calls``: the profiler's
 events, nested ATen calls included; a CPU-measurable proxy of the kernel launches that bound it on a GPU), and,
 on CUDA, its peak memory over the model's weights (``peak_ratio``; ``n/a`` on the CPU, where the allocator
-keeps no peak).
+keeps no peak). With ``peer=True`` it also times EleutherAI's knowledge-neurons on the same weights
+(:mod:`knowloc.attribution.peer`) and adds ``peer_s=``, ``peer_speedup=``, ``peer_pearson=`` and ``peer_top20=``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from torch.profiler import ProfilerActivity, profile
 from knowloc.attribution.engine import attribute_fast
 from knowloc.attribution.engine.memory import memory_budget_gb
 from knowloc.attribution.methods import MethodConfig
+from knowloc.attribution.peer import check_peer_model, run_peer
 from knowloc.attribution.reference import attribute_reference
 from knowloc.data import load_facts
+from knowloc.errors import KnowlocError
 from knowloc.models import load_model
 
 
@@ -83,10 +86,21 @@ def benchmark_queries(lm, n: int, tokens: int = 13) -> list:
 
 
 def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20, repeats: int = 5,
-                              n_queries: int = 1, device=None, dtype=None,
+                              n_queries: int = 1, device=None, dtype=None, peer: bool = False,
                               echo: Callable[[str], None] = print) -> dict:
+    """Time the reference and the fast engine on `n_queries` built-in queries (and, with `peer`,
+    knowledge-neurons); echo the runs and one last ``key=value`` line; return its fields.
+
+    Raises:
+        KnowlocError: `peer` with a method other than ig, or a model knowledge-neurons cannot attribute
+            (:func:`knowloc.attribution.peer.check_peer_model`).
+    """
     config = MethodConfig(method, steps)
+    if peer and method != "ig":
+        raise KnowlocError(f"--peer compares integrated gradients with a zero baseline (ig), not {method}")
     lm = load_model(model, device=device, dtype=dtype)
+    if peer:
+        check_peer_model(lm)  # before any timing
     encs = benchmark_queries(lm, n_queries)
     echo(f"model={model} method={method} steps={config.effective_steps} layers={lm.n_layers} "
          f"neurons={lm.n_neurons} queries={len(encs)} tokens={[len(e.input_ids) for e in encs]} "
@@ -118,8 +132,14 @@ def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20
         "op_calls": op_calls, "peak_ratio": peak_ratio,
     }
     result["pct_peak"] = 100 * result["gflops"] / result["peak_gflops"]
+    peer_fields = ""
+    if peer:
+        result |= run_peer(lm, load_facts("builtin").queries, config.effective_steps, repeats,
+                           lambda pre, enc: attribute_fast(pre, enc, config)[0], echo=echo)
+        peer_fields = (f" peer_s={result['peer_s']:.3f} peer_speedup={result['peer_speedup']:.1f} "
+                       f"peer_pearson={result['peer_pearson']:.6f} peer_top20={result['peer_top20']}")
     echo(f"speedup={result['speedup']:.1f} fast_s={fast_s:.3f} ref_s={ref_s:.3f} "
          f"max_rel_err={result['max_rel_err']:.2e} gflops={result['gflops']:.1f} "
          f"peak_gflops={result['peak_gflops']:.1f} tflops={result['tflops']:.3f} pct_peak={result['pct_peak']:.0f} "
-         f"op_calls={op_calls} peak_ratio={'n/a' if peak_ratio is None else f'{peak_ratio:.2f}'}")
+         f"op_calls={op_calls} peak_ratio={'n/a' if peak_ratio is None else f'{peak_ratio:.2f}'}{peer_fields}")
     return result
