@@ -223,7 +223,7 @@ def test_demo_dry_run_prints_the_demos_plan_and_writes_nothing(capsys, tmp_path)
     code, text, _ = run(capsys, "demo", "--dry-run", "--model", "tiny-llama", "--facts", "2", "--out", str(out))
     assert code == 0
     shown = [n for n in names() if n not in DEMO_SKIPS]
-    assert f"experiments {', '.join(shown)};" in text and "methods ig, amig;" in text
+    assert f"experiments {', '.join(shown)};" in text and "methods ig;" in text
     reference = {q["relation"] for q in load_specificity_queries()}  # the neutral prompts, then per relation
     n = DEMO_SETTINGS["specificity_prompts"] + len(reference) * DEMO_SETTINGS["specificity_queries"]
     assert f"reference attributions ig: {n} missing" in text
@@ -478,15 +478,16 @@ def test_demo_runs_on_two_ray_workers_when_ray_is_installed(tmp_path, monkeypatc
     assert demo.demo_config(tmp_path, facts=2, executor={"executor": "local"}).executor == "local"
 
 
-def test_demo_traces_its_facts_but_skips_the_layer_sweep_and_the_mass_edits(tmp_path):
+def test_demo_runs_every_experiment_with_a_finding_but_the_layer_sweep_and_the_mass_edits(tmp_path):
+    """The sweeps that feed no finding leave the demo; every other experiment with a finding stays."""
     from knowloc.demo import demo_config
-    from knowloc.study.registry import names
+    from knowloc.study.registry import experiments, names
 
     config = demo_config(tmp_path, model="tiny-llama", facts=2, executor={"executor": "local"})
-    assert "tracing" in config.experiments and "editors" in config.experiments
-    assert set(names()) - set(config.experiments) == {"localization-vs-editing", "mass-editing"}
-    assert "knockout" in config.experiments
-    assert config.trace.samples == 3
+    left = set(names()) - set(config.experiments)
+    assert left == {"cas-sweep", "update-sweep", "localization-vs-editing", "mass-editing"}
+    assert {e.name for e in experiments() if e.name in left and not e.findings} == {"cas-sweep", "update-sweep"}
+    assert config.trace.samples == 3 and config.methods == ["ig"]
 
 
 def _without_gemma(monkeypatch):

@@ -100,6 +100,10 @@ def test_findings_come_first_and_configuration_last(study, report):
                 assert item["reason"]
     md = (study / "summary.md").read_text()
     assert md.index("## Findings") < md.index("|")
+    # what the study left out, and the command that runs everything, open the findings of both
+    left = "Left out of this study: methods sig, amig; experiments attention, knockout, cas-sweep (a sweep: it "
+    assert findings.index(html.escape(left)) < findings.index("<li>") and md.index(left) < md.index("1. **")
+    assert "<code>knowloc study --models tiny-llama --data " in findings and "--methods ig,sig,amig " in md
 
 
 def test_heatmap_neurons_are_described(study, report):

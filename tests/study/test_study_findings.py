@@ -266,3 +266,18 @@ def test_findings_markdown_shows_the_models_side_by_side():
     # the pooled list follows the table; a single-model section is as it was
     assert lines.index("### All models together") > header
     assert not any("Across models" in line or "###" in line for line in markdown(findings(summary)))
+
+
+def test_scope_note_names_what_a_study_left_out_and_the_command_for_everything():
+    from knowloc.study.findings import scope_note
+    from knowloc.study.registry import names
+
+    assert scope_note(["m"], "builtin", ["ig", "sig", "amig"], names()) is None
+    ran = [n for n in names() if n != "cas-sweep"]
+    text, command = scope_note(["m1", "m2"], "pararel:/d", ["amig", "grad_x_act"], ran)
+    assert text.startswith("Left out of this study: methods ig, sig; experiments cas-sweep (a sweep: it feeds no "
+                           "finding).")
+    assert command == (f"knowloc study --models m1,m2 --data pararel:/d --methods amig,grad_x_act,ig,sig "
+                       f"--experiments {','.join(names())} --out runs/full")
+    text, _ = scope_note(["m"], "builtin", ["ig", "sig", "amig"], ["consistency", "localization-vs-editing"])
+    assert "experiments modification, query-mapping" in text and "localization-vs-editing" not in text

@@ -27,6 +27,7 @@ from knowloc.report.drilldown import facts_section, figure_neurons_section
 from knowloc.report.figures import assign_figures, figures_html
 from knowloc.report.findings import findings_section
 from knowloc.report.tables import esc, spec_table
+from knowloc.study.findings import scope_note
 from knowloc.study.reader import StudyReader
 from knowloc.study.registry import Experiment
 from knowloc.study.registry import experiments as registered
@@ -80,7 +81,8 @@ def _render(study: StudyReader, environment: dict | None) -> str:
             *(f'<p class="muted">Model {esc(m)}: {esc(EMBEDDED[m])}</p>' for m in config.models if m in EMBEDDED),
             '<nav class="toc"><b>Contents</b><ol>'
             + "".join(f'<li><a href="#{sid}">{label}</a></li>' for sid, label in toc) + "</ol></nav>",
-            '<section id="findings"><h2>Findings</h2>', figures_html(figures["findings"]), findings_section(summary),
+            '<section id="findings"><h2>Findings</h2>', _scope_html(config), figures_html(figures["findings"]),
+            findings_section(summary),
             *(['<h3>Robustness: specification curves</h3><p class="muted">Each finding re-derived at every point of '
                "the analysis grid (knowloc robustness; the ringed points are the study's own settings), sorted by "
                "effect; below, the settings of each point.</p>", figures_html(figures["robustness"])]
@@ -114,6 +116,12 @@ def _render(study: StudyReader, environment: dict | None) -> str:
             f"<title>{esc(title)}</title>\n<style>\n{style}\n</style>\n</head>\n<body>\n"
             + "\n".join(part for part in body if part)
             + f"\n<script>{asset('print.js')}</script>\n</body>\n</html>\n")
+
+
+def _scope_html(config) -> str:
+    """What the study left out and the command that runs everything (:func:`knowloc.study.findings.scope_note`)."""
+    scope = scope_note(config.models, config.data, config.methods, config.experiments)
+    return "" if scope is None else f'<p class="muted">{esc(scope[0])} <code>{esc(scope[1])}</code></p>'
 
 
 def build_report(out_dir: Path, environment: dict | None = None) -> Path:

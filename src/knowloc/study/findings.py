@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from knowloc.analysis import MIN_N, Estimate
+from knowloc.study import registry
 from knowloc.study.registry import Experiment, Part
 
 SUPPORTS, CONTRADICTS, UNDECIDED = "supports", "contradicts", "cannot decide"
@@ -351,3 +352,31 @@ def markdown(items: list[dict], by_model: dict | None = None) -> list[str]:
         why = f" ({shown_reason(f)})" if shown_reason(f) else ""
         lines.append(f"{k}. **{f['question']}** Paper: {f['claim']}. Verdict: **{f['verdict']}**{why}. {f['text']}")
     return lines + [""]
+
+
+PAPER_METHODS = ("ig", "sig", "amig")  # the paper's attribution methods (Dai et al., Sundararajan et al., Chen et al.)
+
+
+def scope_note(models: list[str], data: str, methods: list[str], ran: Iterable[str]) -> tuple[str, str] | None:
+    """What a study left out of the paper's methods and of the experiments `--experiments` accepts (`ran`: the
+    ones it ran; experiments without a finding are marked as sweeps that feed none), as (sentence, the command
+    that runs everything); None when it left nothing out.
+
+    Example:
+        >>> scope_note(["smollm2-135m"], "builtin", ["ig"], ["consistency", "modification"])[0]
+        'Left out of this study: methods sig, amig; experiments query-mapping, ... Everything, on every ...:'
+    """
+    ran = set(ran)
+    skipped = [e for e in registry.experiments() if e.name in registry.names() and e.name not in ran]
+    other_methods = [m for m in PAPER_METHODS if m not in methods]
+    if not skipped and not other_methods:
+        return None
+    parts = [f"methods {', '.join(other_methods)}"] if other_methods else []
+    if skipped:
+        parts.append("experiments " + ", ".join(
+            e.name + ("" if e.findings else " (a sweep: it feeds no finding)") for e in skipped))
+    everything = (f"knowloc study --models {','.join(models)} --data {data} --methods "
+                  f"{','.join(dict.fromkeys([*methods, *PAPER_METHODS]))} --experiments {','.join(registry.names())} "
+                  "--out runs/full")
+    return (f"Left out of this study: {'; '.join(parts)}. Everything, on every known fact (hours on 2 CPU cores; "
+            "--dry-run estimates it first):", everything)

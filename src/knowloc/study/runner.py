@@ -29,7 +29,7 @@ from knowloc.study.calibration import rows as calibration_rows
 from knowloc.study.config import StudyConfig
 from knowloc.study.context import Section, StudyContext
 from knowloc.study.executors import LocalExecutor, make_executor
-from knowloc.study.findings import findings, findings_by_model
+from knowloc.study.findings import findings, findings_by_model, scope_note
 from knowloc.study.findings import markdown as findings_markdown
 from knowloc.study.groups import save_groups
 from knowloc.study.registry import Experiment, experiments, run_order
@@ -370,6 +370,9 @@ def write_outputs(ctx: StudyContext, sections: list[tuple[Experiment, Section]],
     glance = findings_forest(strict_json(summary["findings"]), ctx.figures_dir / FINDINGS_FIGURE)
     summary["figures"]["findings"] = [glance.name]
     opening = [f"![findings at a glance](figures/{glance.name})", ""]
+    scope = scope_note(cfg.models, cfg.data, cfg.methods, cfg.experiments)
+    if scope is not None:
+        opening += [f"{scope[0]} `{scope[1]}`", ""]
     text = "\n".join(markdown + opening + findings_markdown(summary["findings"], by_model) + body)
     atomic_write(ctx.out / "summary.md", text)
     path = ctx.out / "summary.json"
