@@ -2,14 +2,15 @@
 
 Sized to finish within 15 minutes on 2 CPU cores from a fresh clone and to give each finding it runs the facts it
 needs: 25 of the built-in facts SmolLM2-135M-Instruct knows (the study's seeded sample, so three or four per
-relation: the null baseline swaps templates between facts of one relation, and with K_C about a fifth of the facts
-(SmolLM2, IG) K_C reaches the 5 facts an interval needs), IG (the paper's first method) on two 1-thread Ray workers (the
-local executor when Ray is missing), every experiment that answers a question: consistency, modification,
-query-mapping, attention, knockout, cas, the editors that the findings compare (kn, ft and rome at the middle
-layer on the same facts, ROME's key statistics over 32 samples of the model's own text, 2 context prefixes) and causal tracing of
-each fact's first query with 3 noise draws (10 in a study); 5 locality prompts and 3 neutral sentences per edit,
-a specificity profile from 16 neutral prompts and 2 queries per relation (shipped for the embedded model,
-knowloc.attribution.shipped).
+relation: the null baseline swaps templates between facts of one relation; with K_C about a fifth of the facts
+(SmolLM2, IG), K_C reaches the 5 facts an interval needs), IG (the paper's first method) on two 1-thread Ray
+workers (the local executor when Ray is missing), and every experiment that answers a question: consistency,
+modification, query-mapping, attention, knockout, cas (its transductive protocol, the paper's and the finding's;
+the held-out check is left to full studies), the editors the findings compare (kn, ft and rome at the middle
+layer on the same facts; ROME's key statistics over 32 samples of the model's own text, 2 context prefixes) and
+causal tracing of each fact's first query with 3 noise draws (10 in a study); 5 locality prompts and 3 neutral
+sentences per edit, a specificity profile from 16 neutral prompts and 2 queries per relation (shipped for the
+embedded model, knowloc.attribution.shipped).
 
 Left out, and said so at the top of the report with the command that runs everything: the methods SIG and AMIG,
 the two sweeps that feed no finding (cas-sweep, update-sweep), localization-vs-editing (Hase et al.'s test edits
@@ -35,7 +36,8 @@ from knowloc.study.runner import run_study
 
 DEMO_FACTS = 25  # 8 with ig and amig and the sweeps: 14.2 min, 3 of 10 findings decided (docs/performance.md)
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
-                     editors=["kn", "ft", "rome"], rome_samples=32, rome_prefixes=2, trace_samples=3)
+                     cas_protocols=["transductive"], editors=["kn", "ft", "rome"], rome_samples=32, rome_prefixes=2,
+                     trace_samples=3)
 # sweeps that feed no finding; an hour-scale layer sweep; edits that accumulate
 DEMO_SKIPS = ("cas-sweep", "update-sweep", "localization-vs-editing", "mass-editing")
 DEMO_METHODS = ["ig"]

@@ -92,3 +92,33 @@ def test_sweep_grid_validation():
                 {"cas_sweep_thresholds": []}, {"cas_sweep_beta2": [1, 1]}):
         with pytest.raises(KnowlocError):
             StudyConfig(**bad)
+
+
+def test_cas_protocols_runs_only_the_protocols_named_with_the_same_numbers(tmp_path, study_args):
+    """--cas-protocols transductive (the demo's) stores and summarizes only the paper's protocol, and its rows and
+    the finding equal those of a study that runs both."""
+    import json
+
+    from knowloc.study.runner import run_study
+
+    def cas(out, **kw):
+        summary = json.loads(run_study(StudyConfig(**study_args(out, experiments=["consistency", "cas"], **kw)),
+                                       echo=lambda _: None).read_text())
+        finding = next(f for f in summary["findings"] if f["id"] == "cas-beats-baselines")
+        return summary["cas"], summary["cas_comparison"], finding
+
+    both, both_diff, both_finding = cas(tmp_path / "both")
+    one, one_diff, one_finding = cas(tmp_path / "one", cas_protocols="transductive")
+    assert {r["protocol"] for r in both} == {"transductive", "held_out"}
+    assert one == [r for r in both if r["protocol"] == "transductive"] and one
+    assert one_diff == [r for r in both_diff if r["protocol"] == "transductive"]
+    assert one_finding == both_finding
+
+
+def test_cas_protocols_validation():
+    from knowloc.errors import KnowlocError
+
+    assert StudyConfig(cas_protocols="held_out,transductive").cas.protocols == ["transductive", "held_out"]
+    for bad in ("", "transductive,leave_one_out"):
+        with pytest.raises(KnowlocError, match="--cas-protocols must name some of transductive, held_out"):
+            StudyConfig(cas_protocols=bad)

@@ -101,21 +101,36 @@ def cas_scores(stack: Stack, beta1: float = 1.0, beta2: float = 1.0) -> torch.Te
     return b1 * mu - b2 * sigma
 
 
+# the cas experiment's protocols: CAS from all neighbor queries, every query edited (the paper's); CAS without the
+# paraphrase Generalization is then measured on (knowloc's held-out check)
+CAS_PROTOCOLS = ("transductive", "held_out")
+
+
 @dataclass
 class CasSettings:
     """CAS's selection as a study makes it (``--cas-*``): ``CAS = beta1 mean - beta2 std``, neurons with
-    ``CAS > threshold x max CAS``, at most ``top_k`` of them (:func:`cas_select`)."""
+    ``CAS > threshold x max CAS``, at most ``top_k`` of them (:func:`cas_select`); and the protocols the cas
+    experiment runs (:data:`CAS_PROTOCOLS`, in that order)."""
 
     beta1: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
     beta2: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
     threshold: float = setting(0.2, help="CAS selection: CAS > t x max CAS")
     top_k: int | None = setting(None, help="cap the CAS selection at k neurons")
+    protocols: list[str] = setting(factory=lambda: list(CAS_PROTOCOLS), help="cas experiment: transductive (CAS "
+                                   "from all neighbor queries, the paper's protocol and the finding's) and / or "
+                                   "held_out (CAS without the paraphrase Gen is measured on)")
 
     def __post_init__(self) -> None:
         if self.beta1 < 0 or self.beta2 < 0:
             raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
         if not 0 <= self.threshold <= 1:
             raise KnowlocError(f"--cas-threshold must be in [0, 1], got {self.threshold}")
+        given = self.protocols.split(",") if isinstance(self.protocols, str) else list(self.protocols)
+        unknown = sorted(set(given) - set(CAS_PROTOCOLS))
+        if unknown or not given:
+            raise KnowlocError(f"--cas-protocols must name some of {', '.join(CAS_PROTOCOLS)}, got "
+                               f"{','.join(given) or 'none'}")
+        self.protocols = [p for p in CAS_PROTOCOLS if p in given]
 
     def select(self, stack: Stack, threshold: float | None = None, beta1: float | None = None,
                beta2: float | None = None) -> list[Neuron]:

@@ -28,18 +28,20 @@ from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
 SELECTIONS = ("CAS", "N_i", "N_g")
-PROTOCOLS = ("transductive", "held_out")
 BUDGETS = ("free", "matched")
 METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl")
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
-    """Every (protocol, edited query, budget, selection, operation) trial of one fact."""
+    """Every (protocol, edited query, budget, selection, operation) trial of one fact, for the protocols of
+    --cas-protocols."""
     session = ctx.edit_session(model, fact)
     queries, stack = ctx.neurons.score_stack(model, method, fact.fact_id)
     n = len(queries)
-    plans = [("transductive", i, list(range(n)), None) for i in range(n)]
-    plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
+    protocols = ctx.config.cas.protocols
+    plans = [("transductive", i, list(range(n)), None) for i in range(n)] if "transductive" in protocols else []
+    if "held_out" in protocols:
+        plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
     editors = kn_editors(ctx.config)
     trials = []
     for protocol, edited, members, held in plans:
@@ -94,7 +96,7 @@ def summarize(ctx: StudyContext) -> Section:
     trials = ctx.store.trials("cas")
     rows, comparisons = [], []
     for model, method, operation, group, protocol, budget in itertools.product(
-            cfg.models, cfg.methods, OPERATIONS, GROUPS, PROTOCOLS, BUDGETS):
+            cfg.models, cfg.methods, OPERATIONS, GROUPS, cfg.cas.protocols, BUDGETS):
         split = ctx.neurons.groups(model, method)
         fact_trials = [trials[_key(model, method, f.fact_id)] for f in ctx.facts[model]
                        if split.get(f.fact_id) == group and _key(model, method, f.fact_id) in trials]
