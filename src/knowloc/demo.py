@@ -34,7 +34,7 @@ from knowloc.study.config import StudyConfig
 from knowloc.study.registry import names as experiment_names
 from knowloc.study.runner import run_study
 
-DEMO_FACTS = 25  # 8 with ig and amig and the sweeps: 14.2 min, 3 of 10 findings decided (docs/performance.md)
+DEMO_FACTS = 25  # 14.5 min from a fresh clone, 6 of 11 findings decided (8 facts, ig + amig, sweeps: 3 of 10)
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
                      cas_protocols=["transductive"], editors=["kn", "ft", "rome"], rome_samples=32, rome_prefixes=2,
                      trace_samples=3)
