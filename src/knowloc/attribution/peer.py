@@ -133,8 +133,8 @@ def one_token_query(lm: LanguageModel, queries) -> tuple[str, str, Encoding]:
     raise KnowlocError(f"no built-in query has a one-token target under {lm.name}'s tokenizer; --peer needs one")
 
 
-def run_peer(lm: LanguageModel, queries, steps: int, repeats: int, ours: Callable[[LanguageModel, Encoding], torch.Tensor],
-             echo: Callable[[str], None] = print) -> dict:
+def run_peer(lm: LanguageModel, queries, steps: int, repeats: int,
+             ours: Callable[[LanguageModel, Encoding], torch.Tensor], echo: Callable[[str], None] = print) -> dict:
     """Time knowledge-neurons' ``get_scores`` and knowloc (`ours`, at the pre-activation site) on the same
     model, one-token query and grid, alternately (median of `repeats` after one untimed run of each).
 
