@@ -84,6 +84,18 @@ def test_peer_times_both_on_the_same_grid_and_they_agree(fake_package, device):
     assert peer.agreement(ours, own)["max_rel_diff"] > 1e-3
 
 
+def test_bench_attribution_peer_adds_the_peers_figures_to_the_last_line(fake_package, capsys):
+    from knowloc.cli import main
+
+    assert main(["bench", "attribution", "--model", "tiny-gpt2", "--peer", "--repeats", "1", "--steps", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    fields = dict(kv.split("=", 1) for kv in lines[-1].split())
+    assert {"op_calls", "peer_s", "peer_speedup", "peer_pearson", "peer_top20"} <= set(fields)
+    assert float(fields["peer_pearson"]) > 0.99999 and fields["peer_top20"] == "20"
+    assert lines[-2].startswith("peer: knowloc ") and f"knowledge-neurons {fields['peer_s']} s/query" in lines[-2]
+    assert float(fields["peer_speedup"]) > 0
+
+
 def test_right_riemann_grid_tiles_like_knowledge_neurons(device):
     """Row r * b + i is activation i scaled by (r + 1) / m: knowledge-neurons' layout, knowloc's alphas."""
     acts = torch.arange(1.0, 7.0, device=device).view(2, 3)  # [b=2, d=3]
