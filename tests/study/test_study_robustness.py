@@ -84,7 +84,7 @@ def test_the_summary_names_the_one_point_where_a_verdict_flips():
             row(0.2, "otsu", "supports", 0.5), row(0.1, "otsu", "cannot decide", 0.3)]
     (summary,) = summarize_grid(rows)
     assert summary == {"finding_id": "k-i-share", "model": "m", "n_settings": 4, "headline": "supports",
-                       "same_verdict_share": 0.75, "value_min": 0.3, "value_max": 0.7,
+                       "budget_points": 0, "same_verdict_share": 0.75, "value_min": 0.3, "value_max": 0.7,
                        "flips": "cannot decide at 1 point (threshold=0.1 split=otsu)"}
     assert robustness_line([summary], "k-i-share") == ("[m] supports at 3 of 4 analysis settings "
                                                        "(cannot decide at 1 point (threshold=0.1 split=otsu)).")
@@ -148,7 +148,13 @@ def test_a_budget_remeasures_the_editing_findings_at_every_other_threshold_and_f
     assert len({(r["threshold"], r["specificity"], r["split"], r["score"]) for r in kc_ki}) == 72
     assert all((r["n"] or 0) <= 2 for r in kc_ki if (r["threshold"], r["specificity"]) != (0.2, 0.05))
     (summary,) = [r for r in result["robustness_summary"] if r["finding_id"] == "kc-ki-generalization"]
-    assert summary["n_settings"] == 72
+    assert summary["n_settings"] == 72 and summary["budget_points"] == 66  # 11 other pairs x split x score
+    assert {r["budget_facts"] for r in kc_ki if (r["threshold"], r["specificity"]) != (0.2, 0.05)} == {2}
+    assert {r["budget_facts"] for r in kc_ki if (r["threshold"], r["specificity"]) == (0.2, 0.05)} == {None}
+    assert any(line.startswith("kc-ki-generalization") and "(66 points measured on the first 2 facts only: --budget)"
+               in line for line in lines)
+    assert robustness_line(result["robustness_summary"], "kc-ki-generalization").endswith(
+        "; 66 of them measured on the editing budget's facts only.")
     assert sum("robustness: measuring modification at " in line for line in lines) == 11
     assert "22 fact units edited anew" in lines[-1]
 

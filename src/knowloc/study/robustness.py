@@ -19,11 +19,14 @@ again, model by model:
 Outputs (summary.json, tables/*.csv):
 
 * ``robustness``: rows ``finding_id, model, method, label, threshold, split, score, specificity, value, low,
-  high, n, verdict, finding_verdict``: one per comparison a finding's verdict read at a grid point (``verdict``
-  the comparison's, ``finding_verdict`` the finding's);
+  high, n, verdict, finding_verdict, budget_facts``: one per comparison a finding's verdict read at a grid point
+  (``verdict`` the comparison's, ``finding_verdict`` the finding's; ``budget_facts`` N where the point was
+  measured on the first N facts only, the editing budget, else None);
 * ``robustness_summary``: rows ``finding_id, model, n_settings, same_verdict_share, value_min, value_max, flips,
-  headline``: the share of grid points whose verdict is the headline's (the study's own settings'), the range of
-  the comparisons' values and where the verdict differs (:func:`flip_text`: "cannot decide whenever F=off").
+  headline, budget_points``: the share of grid points whose verdict is the headline's (the study's own
+  settings'), the range of the comparisons' values, where the verdict differs (:func:`flip_text`: "cannot decide
+  whenever F=off") and how many points were measured on the budget's facts only (few facts: a "cannot decide"
+  there may be the budget's, not the setting's).
 
 Figures: each finding's specification curve, ``figures/robustness_<finding>[_<model>].png``
 (:func:`knowloc.plots.specification_curve`), recorded in summary.json ``figures["robustness"]``.
@@ -205,15 +208,18 @@ def point_summary(ctx: StudyContext, only: list | None = None) -> dict:
     return strict_json(summary)
 
 
-def _rows(summary: dict, point: dict, cfg: StudyConfig) -> list[dict]:
-    """The robustness rows of one grid point: every finding's comparisons, model by model."""
+def _rows(summary: dict, point: dict, cfg: StudyConfig, subset: dict[str, int] | None = None) -> list[dict]:
+    """The robustness rows of one grid point: every finding's comparisons, model by model; ``subset`` maps the ids
+    of findings measured there on the first N facts only (the editing budget) to N (``budget_facts``; None: the
+    study's facts)."""
+    subset = subset or {}
     out = []
     for model in study_models(summary):
         for item in findings(model_view(summary, model), experiments()):
             if item["verdict"] == NOT_RUN:
                 continue  # not run by the study, or not re-derivable at this point: nothing to vary
             where = {"finding_id": item["id"], "model": model, "finding_verdict": item["verdict"],
-                     **{row_key: point[key] for key, row_key, _ in AXES}}
+                     "budget_facts": subset.get(item["id"]), **{row_key: point[key] for key, row_key, _ in AXES}}
             estimates = item.get("estimates") or [{}]
             for e in estimates:
                 out.append({**where, "method": _method(e.get("label", ""), cfg), "label": e.get("label", ""),
@@ -246,7 +252,9 @@ def summarize_grid(rows: list[dict]) -> list[dict]:
         points = list(verdicts)
         headline = verdicts[points[0]]
         values = [r["value"] for r in mine if r["value"] is not None]
+        budget_points = len({_point(r) for r in mine if r.get("budget_facts") is not None})
         out.append({"finding_id": finding_id, "model": model, "n_settings": len(points), "headline": headline,
+                    "budget_points": budget_points,
                     "same_verdict_share": sum(v == headline for v in verdicts.values()) / len(points),
                     "value_min": min(values) if values else None, "value_max": max(values) if values else None,
                     "flips": flip_text(verdicts, points[0])})
@@ -354,7 +362,8 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
                              f"{setting_text({'threshold': pair[0], 'specificity': pair[1]})} on the first {budget} "
                              "facts")
                         units += measure_point(ctx, redone, budget)
-                rows += _rows(point_summary(ctx, only), point, cfg)
+                subset = {f.id: budget for e in redone for f in e.findings} if only is not None else None
+                rows += _rows(point_summary(ctx, only), point, cfg, subset)
         summary_rows = summarize_grid(rows)
         summary = study.summary()
     if not rows:
@@ -369,7 +378,9 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
         atomic_write(directory / "tables" / f"{key}.csv", _csv(table))
     for r in summary_rows:
         echo(f"{r['finding_id']} ({r['model']}): {r['headline']} at {round(r['same_verdict_share'] * r['n_settings'])} "
-             f"of {r['n_settings']} settings" + (f"; {r['flips']}" if r["flips"] else ""))
+             f"of {r['n_settings']} settings" + (f"; {r['flips']}" if r["flips"] else "")
+             + (f" ({r['budget_points']} points measured on the first {budget} facts only: --budget)"
+                if r["budget_points"] else ""))
     work = (f"{units} fact units edited anew ({edits} distinct edits)" if budget else
             "all from the store (nothing attributed or edited)")
     echo(f"robustness: {len(points)} grid points in {seconds:.1f} s, {work}; {len(figures)} specification curves "
@@ -402,5 +413,7 @@ def robustness_line(summary_rows: list[dict], finding_id: str) -> str | None:
     if not mine:
         return None
     return " ".join(f"[{r['model']}] {r['headline']} at {round(r['same_verdict_share'] * r['n_settings'])} of "
-                    f"{r['n_settings']} analysis settings" + (f" ({r['flips']})" if r["flips"] else "") + "."
+                    f"{r['n_settings']} analysis settings" + (f" ({r['flips']})" if r["flips"] else "")
+                    + (f"; {r['budget_points']} of them measured on the editing budget's facts only"
+                       if r.get("budget_points") else "") + "."
                     for r in mine)
