@@ -197,3 +197,37 @@ def test_pipeline_on_a_query(tiny_models):
     assert len(related) == len(irrelevant)
     assert all(pos in subject for _, _, pos in related)
     assert all(pos not in subject and pos != 0 for _, _, pos in irrelevant)
+
+
+def test_a_layer_without_enough_non_subject_entries_has_no_matched_control():
+    """A short prompt whose subject takes most positions: the control cannot be matched, a NotEnoughControls
+    (a KnowlocError) says which layer; subject_related still names the related synapses."""
+    from knowloc.attention import NotEnoughControls, subject_related
+
+    syn = [(0, head, pos) for head in range(2) for pos in (1, 2)]  # subject at 1, 2; only position 3 is free
+    with pytest.raises(NotEnoughControls, match="layer 0 has only 2 non-subject entries to draw 4"):
+        related_and_irrelevant(syn, [1, 2], seed=0, n_positions=4)
+    assert issubclass(NotEnoughControls, KnowlocError)
+    assert subject_related(syn, [1, 2]) == syn and subject_related(syn, [2]) == [(0, 0, 2), (0, 1, 2)]
+
+
+def test_the_attention_experiment_skips_a_query_without_a_matched_control(monkeypatch, device):
+    """The study goes on: that query gives no paired rows (it once stopped a ParaRel study)."""
+    from types import SimpleNamespace
+
+    from knowloc.attention import NotEnoughControls
+    from knowloc.study.experiments import attention as experiment
+
+    def no_control(*args, **kwargs):
+        raise NotEnoughControls("layer 21 has only 18 non-subject entries to draw 19 irrelevant ones from")
+
+    rows = torch.zeros(1, 4, device=device)
+    for name, value in (("related_and_irrelevant", no_control), ("attention_rows", lambda lm, p: rows),
+                        ("knowledge_synapses", lambda rows, k: []), ("in_layer_range", lambda ctx, s, n: s),
+                        ("subject_token_positions", lambda lm, p, span: [1]), ("subject_span", lambda f, q: (0, 1))):
+        monkeypatch.setattr(experiment, name, value)
+    lm = SimpleNamespace(encode=lambda p: SimpleNamespace(prompt_ids=[1, 2, 3]), device=device,
+                         first_target_token=lambda o: 5, n_layers=2)
+    ctx = SimpleNamespace(config=SimpleNamespace(attention=SimpleNamespace(k=3)), seed_for=lambda *a: 0)
+    fact = SimpleNamespace(prompts=["Paris is in"], object="France", fact_id="f1")
+    assert experiment.query_rows(ctx, "m", "ig", fact, 0, [(0, 1)], lm) == []

@@ -3,11 +3,13 @@
 from knowloc.attention.manipulate import n_heads, scale_attention
 from knowloc.attention.synapses import (
     Entry,
+    NotEnoughControls,
     attention_rows,
     knowledge_synapses,
     related_and_irrelevant,
+    subject_related,
     subject_token_positions,
 )
 
-__all__ = ["Entry", "attention_rows", "knowledge_synapses", "subject_token_positions", "related_and_irrelevant",
+__all__ = ["Entry", "NotEnoughControls", "subject_related", "attention_rows", "knowledge_synapses", "subject_token_positions", "related_and_irrelevant",
            "scale_attention", "n_heads"]

@@ -107,6 +107,17 @@ def subject_token_positions(lm: LanguageModel, prompt: str, char_span: tuple[int
     return positions
 
 
+class NotEnoughControls(KnowlocError):
+    """A layer has fewer non-subject entries than the matched irrelevant control needs (a short prompt whose
+    subject takes most positions)."""
+
+
+def subject_related(synapses: Iterable[Entry], subject_positions: Iterable[int]) -> list[Entry]:
+    """The synapses whose key position is a subject token position, in input order."""
+    subject = {int(p) for p in subject_positions}
+    return [e for e in (_entry(e) for e in synapses) if e[2] in subject]
+
+
 def related_and_irrelevant(synapses: Iterable[Entry], subject_positions: Iterable[int], seed: int, *,
                            n_positions: int | None = None,
                            include_first: bool = False) -> tuple[list[Entry], list[Entry]]:
@@ -119,6 +130,9 @@ def related_and_irrelevant(synapses: Iterable[Entry], subject_positions: Iterabl
     ``include_first``. They never overlap the related ones. ``n_positions`` defaults to one past the largest
     position in ``synapses``/``subject_positions``; pass ``rows.shape[-1]`` to use the whole prompt.
     Returned sorted.
+
+    Raises:
+        NotEnoughControls: a layer has fewer non-subject entries than related ones (no matched control).
     """
     entries = [_entry(e) for e in synapses]
     subject = {int(p) for p in subject_positions}
@@ -133,7 +147,7 @@ def related_and_irrelevant(synapses: Iterable[Entry], subject_positions: Iterabl
     if any(p >= n_positions for _, _, p in entries):
         raise KnowlocError(f"a synapse position is >= n_positions={n_positions}")
 
-    related = [e for e in entries if e[2] in subject]
+    related = subject_related(entries, subject)
     heads_by_layer: dict[int, set[int]] = {}
     for layer, head, _ in entries:
         heads_by_layer.setdefault(layer, set()).add(head)
@@ -150,7 +164,7 @@ def related_and_irrelevant(synapses: Iterable[Entry], subject_positions: Iterabl
         pool = [(layer, head, p) for head in sorted(heads_by_layer[layer]) for p in free_positions
                 if (layer, head, p) not in taken]
         if len(pool) < need[layer]:
-            raise KnowlocError(f"layer {layer} has only {len(pool)} non-subject entries to draw "
+            raise NotEnoughControls(f"layer {layer} has only {len(pool)} non-subject entries to draw "
                                f"{need[layer]} irrelevant ones from")
         irrelevant.extend(rng.sample(pool, need[layer]))
     return related, sorted(irrelevant)

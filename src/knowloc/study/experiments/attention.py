@@ -14,8 +14,8 @@ import torch
 
 from knowloc.analysis import GROUPS, K_C, kn_list, relative_change
 from knowloc.analysis.fact_stats import fact_level_ci, paired_contrast
-from knowloc.attention import (attention_rows, knowledge_synapses, related_and_irrelevant, scale_attention,
-                               subject_token_positions)
+from knowloc.attention import (NotEnoughControls, attention_rows, knowledge_synapses, related_and_irrelevant,
+                               scale_attention, subject_related, subject_token_positions)
 from knowloc.models.hooks import trace_activations
 from knowloc.plots import activation_heatmaps, grouped_bars
 from knowloc.study.context import Section, StudyContext, slug
@@ -68,14 +68,19 @@ def kn_relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
 
 
 def query_rows(ctx: StudyContext, model: str, method: str, fact, q: int, neurons, lm) -> list[dict]:
+    """Query q's rows: its KNs' activation change when its subject-related synapses, or as many irrelevant ones,
+    are scaled by each alpha; none when no matched irrelevant control exists (NotEnoughControls)."""
     prompt = fact.prompts[q]
     ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
     gold = lm.first_target_token(fact.object)
     rows_att = attention_rows(lm, prompt)
     synapses = in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention.k), lm.n_layers)
     positions = subject_token_positions(lm, prompt, subject_span(fact, q))
-    related, irrelevant = related_and_irrelevant(synapses, positions, ctx.seed_for("ks", model, fact.fact_id, q),
-                                                 n_positions=rows_att.shape[-1])
+    try:
+        related, irrelevant = related_and_irrelevant(synapses, positions, ctx.seed_for("ks", model, fact.fact_id, q),
+                                                     n_positions=rows_att.shape[-1])
+    except NotEnoughControls:  # a short prompt, mostly subject: no matched control, so no paired comparison
+        return []
     before, p_before = _measure(lm, ids, neurons, gold)
     out = []
     for name, entries in (("related", related), ("irrelevant", irrelevant)):
@@ -163,10 +168,8 @@ def heatmap_data(ctx: StudyContext, model: str) -> list[dict]:
         prompt = fact.prompts[q]
         ids = torch.tensor([lm.encode(prompt).prompt_ids], device=lm.device)
         rows_att = attention_rows(lm, prompt)
-        related, _ = related_and_irrelevant(in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention.k),
-                                                           lm.n_layers),
-                                            subject_token_positions(lm, prompt, subject_span(fact, q)),
-                                            ctx.seed_for("ks", model, fact.fact_id, q), n_positions=rows_att.shape[-1])
+        synapses = in_layer_range(ctx, knowledge_synapses(rows_att, k=ctx.config.attention.k), lm.n_layers)
+        related = subject_related(synapses, subject_token_positions(lm, prompt, subject_span(fact, q)))
         gold = lm.first_target_token(fact.object)
         before, _ = _measure(lm, ids, neurons, gold)
         with scale_attention(lm, related, 0.0, renormalize=ctx.config.attention.renormalize):
