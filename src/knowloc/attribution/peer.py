@@ -157,20 +157,17 @@ def run_peer(lm: LanguageModel, queries, steps: int, repeats: int,
         return scores.detach().float()
 
     times: dict[str, list[float]] = {"ours": [], "peer": []}
+    scores: dict[str, torch.Tensor] = {}  # each side's last score table
     with same_grid(kn_module.KnowledgeNeurons):
         theirs(), ours(pre, enc)  # untimed: allocator, kernels, the engine's block calls of this shape
         for _ in range(repeats):  # alternate, so that machine noise hits both alike
             for name, fn in (("ours", lambda: ours(pre, enc)), ("peer", theirs)):
                 _sync(lm.device)
                 start = time.perf_counter()
-                result = fn()
+                scores[name] = fn()
                 _sync(lm.device)
                 times[name].append(time.perf_counter() - start)
-                if name == "ours":
-                    our_scores = result
-                else:
-                    their_scores = result
-    same = agreement(our_scores, their_scores)
+    same = agreement(scores["ours"], scores["peer"])
     ours_s, peer_s = statistics.median(times["ours"]), statistics.median(times["peer"])
     echo(f"peer: knowloc {ours_s:.3f} s/query, knowledge-neurons {peer_s:.3f} s/query ({peer_s / ours_s:.1f}x); "
          f"pearson {same['pearson']:.6f}, top-20 {same['top_overlap']}/20, max rel diff {same['max_rel_diff']:.1e}")

@@ -331,6 +331,7 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
         profiled = any(store.reference(m, method) for m in cfg.models for method in cfg.methods)
         map_only = [e for e in run_order(cfg.experiments) if reads_only_maps(e)]
         redone = [e for e in run_order(cfg.experiments) if e.name in REDONE] if budget else []
+        on_budget = {f.id: budget for e in redone for f in e.findings}  # measured on the first `budget` facts only
         rows: list[dict] = []
         points = grid(cfg, profiled)
         views: dict[tuple[float, float], Store | StoreAtThreshold] = {}
@@ -362,8 +363,7 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
                              f"{setting_text({'threshold': pair[0], 'specificity': pair[1]})} on the first {budget} "
                              "facts")
                         units += measure_point(ctx, redone, budget)
-                subset = {f.id: budget for e in redone for f in e.findings} if only is not None else None
-                rows += _rows(point_summary(ctx, only), point, cfg, subset)
+                rows += _rows(point_summary(ctx, only), point, cfg, None if only is None else on_budget)
         summary_rows = summarize_grid(rows)
         summary = study.summary()
     if not rows:
