@@ -535,6 +535,12 @@ def test_study_with_robustness_rederives_its_findings_after_the_study(capsys, tm
     assert code == 0 and "--robustness-budget 4: up to 44 fact units edited anew (modification x 4 facts" in text
     code, _, err = run(capsys, *[a for a in argv if a != "--robustness"], "--robustness-budget", "4")
     assert_one_line_error(code, err, r"--robustness-budget needs --robustness$")
+    code, _, err = run(capsys, *argv, "--robustness-findings", "kc-ki-generalization")
+    assert_one_line_error(code, err, r"--robustness-findings needs --robustness-budget$")
+    code, _, err = run(capsys, *argv, "--robustness-budget", "4", "--robustness-findings", "kc-ki-generalization")
+    assert_one_line_error(code, err, r"--findings: kc-ki-generalization has no editing trials this study re-measures "
+                                     r"\(those that do: none\)$")
+    assert not out.exists()  # refused before the study
     code, text, _ = run(capsys, *argv)
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0 and "robustness: 72 grid points in " in text

@@ -523,19 +523,25 @@ def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: 
                                                        "robustness)")),
                _extra("robustness_budget", int, typer.Option(0, "--robustness-budget", min=0, help="with "
                                                              "--robustness: re-measure the editing findings' trials "
-                                                             "of this many facts at every other KN threshold x F"))]
+                                                             "of this many facts at every other KN threshold x F")),
+               _extra("robustness_findings", Optional[str], typer.Option(None, "--robustness-findings", help="with "
+                                                                         "--robustness-budget: re-measure only these "
+                                                                         "findings' editing trials, comma-separated"))]
 
     def command(**kwargs) -> None:
         config, dry_run, gpu = kwargs.pop("config"), kwargs.pop("dry_run"), kwargs.pop("gpu")
         robust = kwargs.pop("robustness")
         budget = kwargs.pop("robustness_budget")
+        chosen = _split(kwargs.pop("robustness_findings"))
         if budget and not robust:
             raise KnowlocError("--robustness-budget needs --robustness")
+        if chosen is not None and not budget:
+            raise KnowlocError("--robustness-findings needs --robustness-budget")
         overrides = {k: v for k, v in kwargs.items() if v is not None and v != []}
         if gpu and "device" not in overrides:
             overrides["device"] = "cuda"
         overrides.update(fixed)
-        _run_study(overrides, config, dry_run, budget if robust else None)
+        _run_study(overrides, config, dry_run, budget if robust else None, chosen)
 
     command.__doc__ = doc
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -543,11 +549,15 @@ def _study_command(names: tuple[str, ...] | None, fixed: dict, doc: str, decls: 
     return command
 
 
-def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: int | None = None) -> None:
-    """Run (or plan) a study; ``robust``: then its robustness grid with that editing budget (None: no grid)."""
+def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: int | None = None,
+               findings: list[str] | None = None) -> None:
+    """Run (or plan) a study; ``robust``: then its robustness grid with that editing budget (None: no grid),
+    re-measuring ``findings``' trials only (None: every editing finding's)."""
     from knowloc.study.robustness import robustness_plan, run_robustness
 
     cfg = StudyConfig.from_toml(config, overrides) if config is not None else StudyConfig(**overrides)
+    if robust is not None:
+        robustness_plan(cfg, robust, findings)  # a bad --robustness-findings stops here, before the study
     if dry_run:  # the directory and store rules of the real run, without its lock (the dry run copies the store)
         check_out_dir(Path(cfg.out), force=cfg.force)
         stored = Path(cfg.out) / "results.sqlite"
@@ -560,11 +570,11 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: i
             if store is not None:
                 store.close()
         if robust is not None:
-            typer.echo(robustness_plan(cfg, robust))
+            typer.echo(robustness_plan(cfg, robust, findings))
         return
     run_study(cfg, echo=typer.echo)
     if robust is not None:
-        run_robustness(Path(cfg.out), echo=typer.echo, budget=robust)
+        run_robustness(Path(cfg.out), echo=typer.echo, budget=robust, findings=findings)
     typer.echo(f"report: {build_report(Path(cfg.out))}")
 
 
@@ -590,7 +600,10 @@ def report(directory: Path = typer.Argument(..., help="a study directory (--out 
 
 def robustness(directory: Path = typer.Argument(..., help="a finished study directory (--out of knowloc study)"),
                budget: int = typer.Option(0, "--budget", min=0, help="re-measure the editing findings' trials of "
-                                          "this many facts at every other KN threshold x F (0: the store only)")
+                                          "this many facts at every other KN threshold x F (0: the store only)"),
+               findings: Optional[str] = typer.Option(None, "--findings", help="with --budget: re-measure only "
+                                                      "these findings' editing trials, comma-separated (e.g. "
+                                                      "kc-ki-generalization: the KL claim's curve on every fact)")
                ) -> None:
     """Re-derive every finding at each point of a grid of analysis settings (KN threshold x specificity F x split x
     consistency score) from the stored results, without attributing or editing; adds robustness /
@@ -600,7 +613,7 @@ def robustness(directory: Path = typer.Argument(..., help="a finished study dire
     study = StudyReader(directory)
     if not study.has_store or not study.has_summary:
         raise KnowlocError(f"{directory} is not a finished study (no results.sqlite / summary.json)")
-    run_robustness(directory, echo=typer.echo, budget=budget)
+    run_robustness(directory, echo=typer.echo, budget=budget, findings=_split(findings))
 
 
 def build_app() -> typer.Typer:

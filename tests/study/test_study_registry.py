@@ -128,7 +128,7 @@ def test_every_setting_is_a_study_flag_and_a_toml_key(tmp_path):
         assert "--" + name.replace("_", "-") in flags, name
         assert name in names
         assert f.metadata["help"] and f.metadata["kind"] in ("identity", "view", "runtime")
-    assert names - set(SPECS) == {"config", "dry_run", "gpu", "robustness", "robustness_budget"}
+    assert names - set(SPECS) == {"config", "dry_run", "gpu", "robustness", "robustness_budget", "robustness_findings"}
     # kinds drive the stored identity and what summary.json leaves out
     assert set(IDENTITY_KEYS) == {name for name, (_, _, f) in SPECS.items() if f.metadata["kind"] == "identity"}
     assert RUNTIME_KEYS.isdisjoint(StudyConfig().summary_config())

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from knowloc.study.config import StudyConfig
-from knowloc.study.robustness import (flip_text, grid, reuses_trials, robustness_line, run_robustness,
-                                      summarize_grid)
+from knowloc.errors import KnowlocError
+from knowloc.study.robustness import (flip_text, grid, reuses_trials, robustness_line, robustness_plan,
+                                      run_robustness, summarize_grid)
 from knowloc.study.runner import run_study
 
 
@@ -157,6 +158,31 @@ def test_a_budget_remeasures_the_editing_findings_at_every_other_threshold_and_f
         "; 66 of them measured on the editing budget's facts only.")
     assert sum("robustness: measuring modification at " in line for line in lines) == 11
     assert "22 fact units edited anew" in lines[-1]
+
+
+def test_findings_choose_which_editing_trials_a_budget_remeasures(tmp_path, study_args):
+    out = tmp_path / "study"
+    run_study(StudyConfig(**study_args(out, experiments=["consistency", "modification", "query-mapping"], facts=4)),
+              echo=lambda _: None)
+    lines = []
+    result = run_robustness(out, echo=lines.append, budget=2, findings=["kc-ki-generalization"])
+    # only modification is measured anew: 11 other (threshold, F) pairs x 2 facts
+    assert result["units"] == 11 * 2
+    assert sum("robustness: measuring modification at " in line for line in lines) == 11
+    assert not any("query-mapping" in line for line in lines if line.startswith("robustness: measuring"))
+    by_finding = {r["finding_id"]: r for r in result["robustness_summary"]}
+    assert by_finding["kc-ki-generalization"]["n_settings"] == 72 and by_finding["kc-ki-generalization"][
+        "budget_points"] == 66
+    assert by_finding["query-kn-mapping"]["n_settings"] == 6 and by_finding["query-kn-mapping"]["budget_points"] == 0
+    cfg = StudyConfig(**study_args(out, experiments=["consistency", "modification", "query-mapping"]))
+    assert "(modification x 2 facts" in robustness_plan(cfg, 2, ["kc-ki-generalization"])
+    for findings, message in ((["no-such"], r"--findings: no finding 'no-such' \(findings: paraphrases-share-kns"),
+                              (["k-i-share"], "--findings: k-i-share has no editing trials this study re-measures "
+                                              r"\(those that do: kc-ki-generalization, query-kn-mapping\)$")):
+        with pytest.raises(KnowlocError, match=message):
+            run_robustness(out, budget=2, findings=findings)
+    with pytest.raises(KnowlocError, match=r"^--findings needs --budget"):
+        run_robustness(out, findings=["kc-ki-generalization"])
 
 
 def test_grid_points_share_a_facts_editing_session(monkeypatch, tmp_path):

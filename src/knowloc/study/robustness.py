@@ -40,7 +40,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from knowloc.analysis import KnSet, select_neurons
 from knowloc.errors import KnowlocError
@@ -180,13 +180,34 @@ def measure_point(ctx: GridContext, redone: list, budget: int) -> int:
     return units
 
 
-def robustness_plan(cfg: StudyConfig, budget: int = 0) -> str:
+def remeasured(cfg: StudyConfig, budget: int, findings: Sequence[str] | None = None) -> list:
+    """The experiments a grid with an editing ``budget`` measures anew: those of :data:`REDONE` the study ran, or,
+    with ``findings`` (``--findings``), only those whose findings are named (an editing finding's curve over the
+    whole grid on every fact costs a fraction of all of them: docs/study.md). A name that is no finding, or
+    whose trials this study cannot re-measure, is a one-line error; so are ``findings`` without a budget."""
+    if findings is not None and not budget:
+        raise KnowlocError("--findings needs --budget (without one nothing is measured anew)")
+    candidates = [e for e in run_order(cfg.experiments) if e.name in REDONE] if budget else []
+    if findings is None:
+        return candidates
+    known = [f.id for e in experiments() for f in e.findings]
+    editing = [f.id for e in candidates for f in e.findings]
+    for name in findings:
+        if name not in known:
+            raise KnowlocError(f"--findings: no finding {name!r} (findings: {', '.join(known)})")
+        if name not in editing:
+            raise KnowlocError(f"--findings: {name} has no editing trials this study re-measures "
+                               f"(those that do: {', '.join(editing) or 'none'})")
+    return [e for e in candidates if any(f.id in findings for f in e.findings)]
+
+
+def robustness_plan(cfg: StudyConfig, budget: int = 0, findings: Sequence[str] | None = None) -> str:
     """What the grid of a study with ``cfg`` costs, in one line (the dry run's): its points and, with a ``budget``,
     the fact units of editing it adds (an upper bound: the study may store no specificity profile, and units
-    whose neuron sets repeat another point's are measured once)."""
+    whose neuron sets repeat another point's are measured once); ``findings``: only theirs (:func:`remeasured`)."""
     points = grid(cfg)
     line = f"robustness: then up to {len(points)} grid points of analysis settings, each re-derived from the store"
-    redone = [e.name for e in run_order(cfg.experiments) if e.name in REDONE]
+    redone = [e.name for e in remeasured(cfg, budget, findings)]
     if not budget or not redone:
         return line + " (nothing attributed or edited; seconds per point, mostly figures)"
     pairs = len({(p["threshold"], p["specificity"]) for p in points if not reuses_trials(p, cfg)})
@@ -300,7 +321,8 @@ def _points(n: int) -> str:
     return f"{n} point" + ("" if n == 1 else "s")
 
 
-def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget: int = 0) -> dict:
+def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget: int = 0,
+                   findings: Sequence[str] | None = None) -> dict:
     """Re-derive every finding of the finished study in ``directory`` at every grid point (:func:`grid`), add
     ``robustness`` and ``robustness_summary`` to its summary.json and tables, draw each finding's specification
     curve (``figures/robustness_<finding>[_<model>].png``), and print one line per finding and model and the
@@ -313,6 +335,8 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
             (:data:`REDONE`) of the first ``budget`` studied facts are measured anew (each distinct neuron set of
             a fact once over the grid: :class:`GridContext`), so their findings vary over the whole grid too, on
             those facts; 0: they keep the study's KN sets' points.
+        findings: with a budget, re-measure only the experiments these findings read (:func:`remeasured`; None:
+            every editing finding's); the other editing findings keep the study's KN sets' points.
 
     Returns:
         ``{"robustness": rows, "robustness_summary": rows, "seconds": the grid's wall time, "points": n,
@@ -330,7 +354,7 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
         store = study.store()
         profiled = any(store.reference(m, method) for m in cfg.models for method in cfg.methods)
         map_only = [e for e in run_order(cfg.experiments) if reads_only_maps(e)]
-        redone = [e for e in run_order(cfg.experiments) if e.name in REDONE] if budget else []
+        redone = remeasured(cfg, budget, findings)
         on_budget = {f.id: budget for e in redone for f in e.findings}  # measured on the first `budget` facts only
         rows: list[dict] = []
         points = grid(cfg, profiled)
