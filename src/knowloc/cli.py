@@ -330,11 +330,14 @@ def neuron(neurons: list[str] = typer.Argument(..., help="one or more LAYER:INDE
 def bench_attribution(model: str = ModelOpt, steps: int = typer.Option(20), method: str = typer.Option("ig"),
                       repeats: int = typer.Option(5, min=1, help="timed runs of each engine (median)"),
                       queries: int = typer.Option(1, min=1, help="built-in queries to time"),
+                      batch: int = typer.Option(1, min=1, help="attribute N built-in queries of one shape in one "
+                                                "staircase (attribute_many's batching); time and op_calls per "
+                                                "attribution"),
                       device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
                       peer: bool = typer.Option(False, "--peer", help="also time EleutherAI's knowledge-neurons "
                                                 "0.0.2 on the same weights (GPT-2 / GPT-J families, fp32)")) -> None:
     """Reference vs fast engine, alternately on the same queries; ends with one summary line."""
-    run_attribution_benchmark(model, method=method, steps=steps, repeats=repeats, n_queries=queries,
+    run_attribution_benchmark(model, method=method, steps=steps, repeats=repeats, n_queries=queries, batch=batch,
                               device=device, dtype=dtype, peer=peer, echo=typer.echo)
 
 

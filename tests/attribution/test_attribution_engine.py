@@ -285,3 +285,8 @@ def test_bench_attribution_ends_with_the_engines_use_of_the_machine(capsys, devi
             "peak_ratio"} == set(fields)
     assert int(fields["op_calls"]) > 3 * 10 and float(fields["max_rel_err"]) < 1e-3
     assert (fields["peak_ratio"] == "n/a") == (device.type != "cuda")
+    single = int(fields["op_calls"])
+    assert main(["bench", "attribution", "--model", "tiny-llama", "--repeats", "1", "--steps", "4", "--batch", "4"]) == 0
+    fields = dict(kv.split("=", 1) for kv in capsys.readouterr().out.strip().splitlines()[-1].split())
+    assert fields["batch"] == "4" and int(fields["op_calls"]) < single / 2 and float(fields["max_rel_err"]) < 1e-3
+    assert main(["bench", "attribution", "--model", "tiny-llama", "--batch", "0"]) == 2

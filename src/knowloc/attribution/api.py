@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import warnings
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 
 from knowloc.attribution.completeness import convergence_delta
 from knowloc.attribution.disk_cache import AttributionCache, attribution_key
-from knowloc.attribution.engine import attribute_fast
+from knowloc.attribution.engine import attribute_fast, attribute_fast_many, batch_key
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.result import Attribution
 from knowloc.errors import KnowlocError
@@ -64,8 +65,7 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
         >>> attr = attribute(lm, "The capital of France is", "Paris", method="ig", steps=20)
         >>> attr.neurons(0.2)[:5]          # knowledge neurons: score > 0.2 x max
     """
-    config = MethodConfig(method, steps, objective, baseline_token,
-                          tuple(reference_prompts) if reference_prompts else None)
+    config = _method_config(method, steps, objective, baseline_token, reference_prompts)
     prompt, target = _prompt_and_target(query_or_prompt, target)
     cache = cache if not return_convergence_delta and top_k == 5 else None
     key = attribution_key(lm, config, prompt, target, layers) if cache is not None else None
@@ -73,16 +73,28 @@ def attribute(lm: LanguageModel, query_or_prompt, target: str | None = None, met
     if result is None:
         enc = lm.encode(prompt, target)
         scores, prob = attribute_fast(lm, enc, config, layers=layers, max_rows=max_rows, memory_gb=memory_gb)
-        delta = convergence_delta(lm, enc, config, scores, prob) if return_convergence_delta else None
-        result = Attribution(scores=scores, method=method, steps=config.effective_steps,
-                             baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
-                             objective=objective, prob=prob, convergence_delta=delta,
-                             **next_token_view(lm, enc.prompt_ids, enc.target_ids[0], top_k))
+        result = _attribution(lm, enc, config, prompt, target, scores, prob, return_convergence_delta, top_k)
         if cache is not None:
             cache.put(key, result)
     if result.warning and warn:
         warnings.warn(result.warning, TargetNotPredicted, stacklevel=2)
     return result
+
+
+def _method_config(method: str, steps: int, objective: str, baseline_token: str, reference_prompts) -> MethodConfig:
+    return MethodConfig(method, steps, objective, baseline_token,
+                        tuple(reference_prompts) if reference_prompts else None)
+
+
+def _attribution(lm: LanguageModel, enc: Encoding, config: MethodConfig, prompt: str, target: str,
+                 scores: torch.Tensor, prob: float, return_convergence_delta: bool, top_k: int) -> Attribution:
+    """The :class:`Attribution` of one query from the engine's scores [n_layers, n_neurons] and objective value:
+    the convergence delta if asked for, and what the model predicts (:func:`next_token_view`)."""
+    delta = convergence_delta(lm, enc, config, scores, prob) if return_convergence_delta else None
+    return Attribution(scores=scores, method=config.method, steps=config.effective_steps,
+                       baseline=config.describe_baseline(), prompt=prompt.rstrip(), target=target,
+                       objective=config.objective, prob=prob, convergence_delta=delta,
+                       **next_token_view(lm, enc.prompt_ids, enc.target_ids[0], top_k))
 
 
 class TargetNotPredicted(UserWarning):
@@ -140,10 +152,101 @@ def attribute_next_token(lm: LanguageModel, prompt: str, method: str = "ig", ste
     return result
 
 
-def attribute_many(lm: LanguageModel, queries: Iterable, method: str = "ig", steps: int = 20, *,
-                   progress: bool = True, **kwargs) -> Iterator[Attribution]:
-    """Stream attributions for many queries (Query objects or (prompt, target) pairs) with one progress bar."""
+def attribute_many(lm: LanguageModel, queries: Iterable, method: str = "ig", steps: int = 20, *, batch: int = 8,
+                   progress: bool = True, objective: str = "prob", baseline_token: str = "eos",
+                   reference_prompts=None, layers: list[int] | None = None, max_rows: int | None = None,
+                   memory_gb: float | None = None, return_convergence_delta: bool = False, top_k: int = 5,
+                   warn: bool = True, cache: AttributionCache | None = None) -> Iterator[Attribution]:
+    """Stream attributions for many queries (Query objects or (prompt, target) pairs) with one progress bar, in
+    the order given, several queries of one shape at a time.
+
+    Queries that share a shape (prefix length, target length and number of baselines:
+    :func:`knowloc.attribution.engine.batch_key`) run together, up to `batch` at a time, in one staircase
+    (:func:`knowloc.attribution.engine.attribute_fast_many`): each block call, the unembedding and the backward
+    pass serve all of them, so the operator calls (kernel launches on a GPU) per attribution fall by about the
+    group's size. Every result is built as :func:`attribute` builds it, and its scores equal that attribution's
+    up to rounding (float32: about 1e-6 of the largest score).
+
+    Args:
+        lm: a model from :func:`knowloc.models.load_model`.
+        queries: :class:`knowloc.data.Query` objects, or (prompt, target) pairs.
+        method, steps: as for :func:`attribute`.
+        batch: at most this many queries of one shape in one staircase; 1 attributes one query after the other
+            with :func:`attribute` (as before batching).
+        progress: show a progress bar (it advances as results are yielded).
+        objective, baseline_token, reference_prompts, layers, return_convergence_delta, top_k, warn: as for
+            :func:`attribute`.
+        max_rows, memory_gb: the engine's rows per chunk, or its activation budget, for one staircase: a group of
+            Q queries shares them (max_rows // Q rows of each query per chunk).
+        cache: an :class:`~knowloc.attribution.disk_cache.AttributionCache`: hits are read from it (before any
+            computation), misses computed in groups and then stored, under the same rules as :func:`attribute`.
+
+    Returns:
+        An iterator of :class:`Attribution`, one per query, in the order of `queries`. A query whose results are
+        ready is yielded once every query before it is; a query that cannot be attributed (an empty prompt, say)
+        raises its :class:`~knowloc.errors.KnowlocError` when the stream reaches it.
+
+    Example:
+        >>> pairs = [("The capital of France is", "Paris"), ("The capital of Italy is", "Rome")]
+        >>> for attr in attribute_many(lm, pairs, method="ig", steps=20, batch=8):
+        ...     print(attr.target, attr.neurons(0.2)[:3])
+    """
+    options = dict(objective=objective, baseline_token=baseline_token, reference_prompts=reference_prompts,
+                   layers=layers, max_rows=max_rows, memory_gb=memory_gb,
+                   return_convergence_delta=return_convergence_delta, top_k=top_k, warn=warn, cache=cache)
     items = list(queries)
-    for item in tqdm(items, desc=f"attribution ({method})", unit="query", disable=not progress):
-        prompt, target = item if isinstance(item, tuple) else (item, None)
-        yield attribute(lm, prompt, target, method=method, steps=steps, **kwargs)
+    if batch < 1:
+        raise KnowlocError(f"batch must be at least 1, got {batch}")
+    if batch == 1:
+        for item in tqdm(items, desc=f"attribution ({method})", unit="query", disable=not progress):
+            prompt, target = item if isinstance(item, tuple) else (item, None)
+            yield attribute(lm, prompt, target, method=method, steps=steps, **options)
+        return
+    config = _method_config(method, steps, objective, baseline_token, reference_prompts)
+    cache = cache if not return_convergence_delta and top_k == 5 else None
+    slots: list[Attribution | KnowlocError | None] = [None] * len(items)  # a result, or the error to raise there
+    groups: dict[tuple, list[_Pending]] = {}  # batch_key -> the queries to compute, in order
+    for i, item in enumerate(items):
+        try:
+            prompt, target = _prompt_and_target(*(item if isinstance(item, tuple) else (item, None)))
+            key = attribution_key(lm, config, prompt, target, layers) if cache is not None else None
+            slots[i] = cache.get(key) if cache is not None else None
+            if slots[i] is None:
+                enc = lm.encode(prompt, target)
+                groups.setdefault(batch_key(lm, enc, config), []).append(_Pending(i, prompt, target, enc, key))
+        except KnowlocError as exc:  # raised when the stream reaches this query, as `attribute` would
+            slots[i] = exc
+    runs = sorted((pending[start:start + batch] for pending in groups.values()
+                   for start in range(0, len(pending), batch)), key=lambda run: run[0].index)
+    done = 0  # results yielded so far
+    with tqdm(total=len(items), desc=f"attribution ({method})", unit="query", disable=not progress) as bar:
+        for run in [None] + runs:  # None: yield what the cache had before computing anything
+            if run is not None:
+                results = attribute_fast_many(lm, [p.enc for p in run], config, layers=layers, max_rows=max_rows,
+                                              memory_gb=memory_gb)
+                for p, (scores, prob) in zip(run, results):
+                    slots[p.index] = result = _attribution(lm, p.enc, config, p.prompt, p.target, scores, prob,
+                                                           return_convergence_delta, top_k)
+                    if cache is not None:
+                        cache.put(p.key, result)
+            while done < len(slots) and slots[done] is not None:
+                result = slots[done]
+                if isinstance(result, KnowlocError):
+                    raise result
+                if result.warning and warn:
+                    warnings.warn(result.warning, TargetNotPredicted, stacklevel=2)
+                slots[done] = None  # the caller holds it now
+                done += 1
+                bar.update(1)
+                yield result
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A query of `attribute_many` to compute: its place in the input, prompt, target, encoding and cache key."""
+
+    index: int
+    prompt: str
+    target: str
+    enc: Encoding
+    key: str | None

@@ -5,7 +5,10 @@ matrix throughput (``tflops``, the profiler's FLOP count of one attribution over
 measured matmul peak of the model's dtype, its **operator calls** per attribution (``op_calls``: the profiler's
 events, nested ATen calls included; a CPU-measurable proxy of the kernel launches that bound it on a GPU), and,
 on CUDA, its peak memory over the model's weights (``peak_ratio``; ``n/a`` on the CPU, where the allocator
-keeps no peak). With ``peer=True`` it also times EleutherAI's knowledge-neurons on the same weights
+keeps no peak). With ``batch=N`` (N > 1) the fast engine attributes N built-in queries of one shape in one
+staircase (:func:`knowloc.attribution.engine.attribute_fast_many`, what ``attribute_many`` runs for them): ``fast_s``,
+``tflops`` and ``op_calls`` are then per attribution (one group's over N), ``peak_ratio`` that of one group, and the
+line ends with ``batch=N``. With ``peer=True`` it also times EleutherAI's knowledge-neurons on the same weights
 (:mod:`knowloc.attribution.peer`) and adds ``peer_s=``, ``peer_speedup=``, ``peer_pearson=`` and ``peer_top20=``.
 """
 
@@ -18,7 +21,7 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from knowloc.attribution.engine import attribute_fast
+from knowloc.attribution.engine import attribute_fast, attribute_fast_many, batch_key
 from knowloc.attribution.engine.memory import memory_budget_gb
 from knowloc.attribution.methods import MethodConfig
 from knowloc.attribution.peer import check_peer_model, run_peer
@@ -85,28 +88,59 @@ def benchmark_queries(lm, n: int, tokens: int = 13) -> list:
     return [lm.encode(q.text, q.fact.object) for q in ranked[:n]]
 
 
+def same_shape_queries(lm, n: int, config: MethodConfig, tokens: int = 13) -> list:
+    """n built-in queries of one shape (:func:`knowloc.attribution.engine.batch_key`), so that one staircase
+    carries them: of the shapes with at least n queries, the one whose prompt length is closest to `tokens`.
+
+    Raises:
+        KnowlocError: no shape has n built-in queries.
+    """
+    groups: dict[tuple, list] = {}
+    for q in sorted(load_facts("builtin").queries, key=lambda q: q.text):
+        enc = lm.encode(q.text, q.fact.object)
+        groups.setdefault(batch_key(lm, enc, config), []).append(enc)
+    fit = [key for key, encs in groups.items() if len(encs) >= n]
+    if not fit:
+        raise KnowlocError(f"no {n} built-in queries share one shape on this tokenizer (at most "
+                           f"{max(len(encs) for encs in groups.values())}); choose a smaller --batch")
+    best = min(fit, key=lambda key: (abs(key[0] + 1 - tokens), -len(groups[key]), key))
+    return groups[best][:n]
+
+
 def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20, repeats: int = 5,
-                              n_queries: int = 1, device=None, dtype=None, peer: bool = False,
+                              n_queries: int = 1, device=None, dtype=None, peer: bool = False, batch: int = 1,
                               echo: Callable[[str], None] = print) -> dict:
     """Time the reference and the fast engine on `n_queries` built-in queries (and, with `peer`,
     knowledge-neurons); echo the runs and one last ``key=value`` line; return its fields.
 
+    With `batch` N > 1 the queries are max(n_queries, N) built-in queries of one shape
+    (:func:`same_shape_queries`), attributed N at a time in one staircase; the fast engine's time, FLOPs and
+    operator calls are per attribution.
+
     Raises:
         KnowlocError: `peer` with a method other than ig, or a model knowledge-neurons cannot attribute
-            (:func:`knowloc.attribution.peer.check_peer_model`).
+            (:func:`knowloc.attribution.peer.check_peer_model`); `batch` below 1 or larger than any group of
+            same-shape built-in queries.
     """
     config = MethodConfig(method, steps)
     if peer and method != "ig":
         raise KnowlocError(f"--peer compares integrated gradients with a zero baseline (ig), not {method}")
+    if batch < 1:
+        raise KnowlocError(f"--batch must be at least 1, got {batch}")
     lm = load_model(model, device=device, dtype=dtype)
     if peer:
         check_peer_model(lm)  # before any timing
-    encs = benchmark_queries(lm, n_queries)
+    encs = benchmark_queries(lm, n_queries) if batch == 1 else same_shape_queries(lm, max(n_queries, batch), config)
+    groups = [encs[i:i + batch] for i in range(0, len(encs), batch)]
+
+    def fast_scores() -> list[torch.Tensor]:
+        return [scores for group in groups for scores, _ in attribute_fast_many(lm, group, config)]
+
     echo(f"model={model} method={method} steps={config.effective_steps} layers={lm.n_layers} "
          f"neurons={lm.n_neurons} queries={len(encs)} tokens={[len(e.input_ids) for e in encs]} "
-         f"threads={torch.get_num_threads()} device={lm.device} memory_gb={memory_budget_gb(lm.device):.1f}")
-    for enc in encs:  # warm-up (allocator, kernels), not timed
-        attribute_fast(lm, enc, config)
+         f"threads={torch.get_num_threads()} device={lm.device} memory_gb={memory_budget_gb(lm.device):.1f}"
+         + (f" batch={batch}" if batch > 1 else ""))
+    fast_scores()  # warm-up (allocator, kernels), not timed
     fast_times, ref_times, errors = [], [], []
     for run in range(repeats):
         # alternate the two engines so that machine noise hits both alike
@@ -115,21 +149,22 @@ def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20
         _sync(lm.device)
         ref_times.append((time.perf_counter() - start) / len(encs))
         start = time.perf_counter()
-        fast = [attribute_fast(lm, enc, config)[0] for enc in encs]
+        fast = fast_scores()
         _sync(lm.device)
         fast_times.append((time.perf_counter() - start) / len(encs))
         errors += [float((f - r).abs().max() / r.abs().max()) for f, r in zip(fast, ref)]
         echo(f"run {run + 1}/{repeats}: ref {ref_times[-1]:.3f} s/query, fast {fast_times[-1]:.3f} s/query")
-    def one() -> None:
-        attribute_fast(lm, encs[0], config)
+    def one() -> None:  # one attribution, or one group of `batch`
+        attribute_fast_many(lm, groups[0], config)
     flops, op_calls = profile_counts(one, lm.device)
+    flops, op_calls = flops / len(groups[0]), round(op_calls / len(groups[0]))  # per attribution
     peak_ratio = peak_memory_ratio(lm, one)
     fast_s, ref_s = statistics.median(fast_times), statistics.median(ref_times)
     result = {
         "speedup": ref_s / fast_s, "fast_s": fast_s, "ref_s": ref_s, "max_rel_err": max(errors),
         "gflops": flops / 1e9 / fast_s, "tflops": flops / 1e12 / fast_s,
         "peak_gflops": matmul_peak_gflops(device=lm.device, dtype=lm.dtype),
-        "op_calls": op_calls, "peak_ratio": peak_ratio,
+        "op_calls": op_calls, "peak_ratio": peak_ratio, "batch": batch,
     }
     result["pct_peak"] = 100 * result["gflops"] / result["peak_gflops"]
     peer_fields = ""
@@ -141,5 +176,6 @@ def run_attribution_benchmark(model: str, *, method: str = "ig", steps: int = 20
     echo(f"speedup={result['speedup']:.1f} fast_s={fast_s:.3f} ref_s={ref_s:.3f} "
          f"max_rel_err={result['max_rel_err']:.2e} gflops={result['gflops']:.1f} "
          f"peak_gflops={result['peak_gflops']:.1f} tflops={result['tflops']:.3f} pct_peak={result['pct_peak']:.0f} "
-         f"op_calls={op_calls} peak_ratio={'n/a' if peak_ratio is None else f'{peak_ratio:.2f}'}{peer_fields}")
+         f"op_calls={op_calls} peak_ratio={'n/a' if peak_ratio is None else f'{peak_ratio:.2f}'}{peer_fields}"
+         + (f" batch={batch}" if batch > 1 else ""))
     return result

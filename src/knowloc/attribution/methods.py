@@ -116,6 +116,12 @@ def baselines(lm: LanguageModel, enc: Encoding, config: MethodConfig) -> torch.T
     return last_position_activations(lm, seqs)
 
 
+def n_baselines(lm: LanguageModel, enc: Encoding, config: MethodConfig) -> int:
+    """J, the number of baselines :func:`baselines` gives the query (without computing them): one for IG,
+    grad x act and AMIG, one per replaced prompt position for SIG."""
+    return len(sig_positions(lm, enc)) if config.method == "sig" else 1
+
+
 def objective(logits: torch.Tensor, target_ids: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-row objective from logits [rows, n_target, vocab] and gold ids [n_target]: the mean over target
     tokens (teacher-forced) of P(token) (kind="prob") or of log P(token) (kind="logprob"), in float32.

@@ -32,9 +32,11 @@ def default_max_rows(lm: LanguageModel, n_new: int, memory_gb: float | None = No
     :func:`memory_budget_gb` of the model's device).
 
     Per row: the new positions' activations in every block, the logits, and the prefix keys/values of all
-    layers (`prefix_elements`), which each row's attention concatenates and keeps for the backward pass; counted
-    twice for attention's transient copies. This term grows with the prompt length, so long prompts get
-    smaller chunks instead of more memory."""
+    layers of the row's own query (`prefix_elements`, counted for one query), which the row's attention
+    concatenates and keeps for the backward pass; counted twice for attention's transient copies. This term
+    grows with the prompt length, so long prompts get smaller chunks instead of more memory. A staircase of Q
+    queries shares the returned rows among them (:func:`knowloc.attribution.engine.attribute_fast_many`), so the
+    bound holds for any Q: each row costs the same whichever query it belongs to."""
     config = lm.model.config
     d = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
     vocab = config.vocab_size
