@@ -174,6 +174,11 @@ def test_findings_choose_which_editing_trials_a_budget_remeasures(tmp_path, stud
     assert by_finding["kc-ki-generalization"]["n_settings"] == 72 and by_finding["kc-ki-generalization"][
         "budget_points"] == 66
     assert by_finding["query-kn-mapping"]["n_settings"] == 6 and by_finding["query-kn-mapping"]["budget_points"] == 0
+    # a budget that covers every studied fact measures its points on all of them: none is a budget point
+    whole = run_robustness(out, budget=100, findings=["kc-ki-generalization"])
+    studied = whole["units"] // 11
+    assert studied >= 2 and not any(r["budget_facts"] for r in whole["robustness"])
+    assert {r["finding_id"]: r["budget_points"] for r in whole["robustness_summary"]}["kc-ki-generalization"] == 0
     cfg = StudyConfig(**study_args(out, experiments=["consistency", "modification", "query-mapping"]))
     assert "(modification x 2 facts" in robustness_plan(cfg, 2, ["kc-ki-generalization"])
     for findings, message in ((["no-such"], r"--findings: no finding 'no-such' \(findings: paraphrases-share-kns"),

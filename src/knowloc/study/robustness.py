@@ -379,6 +379,8 @@ def run_robustness(directory: Path, echo: Callable[[str], None] = print, budget:
                 for model in cfg.models:
                     if model not in facts:
                         ctx.load_facts(model)
+                if on_budget and all(len(facts[m]) <= budget for m in cfg.models):
+                    on_budget = {}  # the budget covers every studied fact: its points are measured on all of them
                 only = None
                 if not reuses_trials(point, cfg):
                     only = map_only + redone
