@@ -1,6 +1,7 @@
 """Tests for bootstrap CIs, Welch's t-test and the permutation test."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -73,6 +74,11 @@ def test_welch_t():
     assert welch_t(a, rng.normal(0, 1, 50)) > 0.01
     assert math.isnan(welch_t([1.0], [1.0, 2.0, 3.0]))
     assert math.isnan(welch_t([1.0, 2.0], []))
+    with warnings.catch_warnings():  # nearly identical values: scipy's precision-loss warning is not shown
+        warnings.simplefilter("error")
+        near = welch_t([1.0, 1.0, 1.0000000001], [0.5, 0.5, 0.5])
+    with pytest.warns(RuntimeWarning, match="Precision loss"):  # scipy warns there, and returns the same p
+        assert scipy_stats.ttest_ind([1.0, 1.0, 1.0000000001], [0.5, 0.5, 0.5], equal_var=False).pvalue == near
 
 
 def test_permutation_test_separated_and_equal():

@@ -26,6 +26,7 @@ reproducible from the seed.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -155,13 +156,17 @@ def welch_t(a: np.ndarray | torch.Tensor | Any, b: np.ndarray | torch.Tensor | A
     """Two-sided p-value of Welch's unequal-variance t-test of ``mean(a) == mean(b)``.
 
     Uses ``scipy.stats.ttest_ind(a, b, equal_var=False)``. Returns nan when either group has
-    fewer than 2 values (and whatever scipy returns, possibly nan, for zero-variance groups).
+    fewer than 2 values (and whatever scipy returns, possibly nan, for zero-variance groups). scipy's warning
+    about nearly identical values (a precision loss in the variance) is not shown: a study computes thousands of
+    these (a robustness grid printed it twenty times), and the p-value of such groups is what scipy returns.
     """
     x = _as_1d(a, "a")
     y = _as_1d(b, "b")
     if x.size < 2 or y.size < 2:
         return float("nan")
-    return float(_scipy_stats.ttest_ind(x, y, equal_var=False).pvalue)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        return float(_scipy_stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
 def permutation_test_diff(
