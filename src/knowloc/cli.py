@@ -559,8 +559,8 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: i
     from knowloc.study.robustness import robustness_plan, run_robustness
 
     cfg = StudyConfig.from_toml(config, overrides) if config is not None else StudyConfig(**overrides)
-    if robust is not None:
-        robustness_plan(cfg, robust, findings)  # a bad --robustness-findings stops here, before the study
+    # the grid's plan line; a bad --robustness-findings stops here, before the study
+    plan = robustness_plan(cfg, robust, findings) if robust is not None else None
     if dry_run:  # the directory and store rules of the real run, without its lock (the dry run copies the store)
         check_out_dir(Path(cfg.out), force=cfg.force)
         stored = Path(cfg.out) / "results.sqlite"
@@ -572,8 +572,8 @@ def _run_study(overrides: dict, config: Optional[Path], dry_run: bool, robust: i
         finally:
             if store is not None:
                 store.close()
-        if robust is not None:
-            typer.echo(robustness_plan(cfg, robust, findings))
+        if plan is not None:
+            typer.echo(plan)
         return
     run_study(cfg, echo=typer.echo)
     if robust is not None:

@@ -11,5 +11,5 @@ from knowloc.attention.synapses import (
     subject_token_positions,
 )
 
-__all__ = ["Entry", "NotEnoughControls", "subject_related", "attention_rows", "knowledge_synapses", "subject_token_positions", "related_and_irrelevant",
-           "scale_attention", "n_heads"]
+__all__ = ["Entry", "NotEnoughControls", "attention_rows", "knowledge_synapses", "related_and_irrelevant",
+           "subject_related", "subject_token_positions", "scale_attention", "n_heads"]
