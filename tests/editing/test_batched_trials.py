@@ -104,6 +104,31 @@ def test_chunk_boundaries(setup, max_rows):
         assert_same_result(s, b)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_texts_unembedded_in_pieces(setup, monkeypatch, rows):
+    """The neutral texts' rows of all copies are unembedded in pieces of UNEMBED_ELEMENTS logits (here 1 and 3
+    rows, so pieces straddle copies): the same results as one piece."""
+    from knowloc.editing import evaluate
+    lm, baseline = setup("tiny-llama")
+    trials = _trials(lm)
+    whole = measure_edits(baseline, trials, GOLD_TOKENS)
+    monkeypatch.setattr(evaluate, "UNEMBED_ELEMENTS", rows * lm.model.config.vocab_size)
+    for a, b in zip(whole, measure_edits(baseline, trials, GOLD_TOKENS)):
+        assert_same_result(a, b)
+
+
+def test_token_nll_is_cross_entropy(device):
+    from knowloc.editing.evaluate import token_nll
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = (torch.randn(12, 50, generator=gen) * 4).to(device)
+    targets = torch.randint(0, 50, (12,), generator=gen).to(device)
+    expected = torch.nn.functional.cross_entropy(logits.double(), targets, reduction="none")
+    got = token_nll(logits.bfloat16(), targets)
+    assert got.dtype == torch.float32 and got.device == logits.device
+    assert torch.allclose(token_nll(logits, targets).double(), expected, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(token_nll(logits, targets.roll(1)).double(), expected, atol=1e-3)
+
+
 def test_same_lowest_layer_trials_and_repeats(setup):
     """Trials sharing a lowest layer (one group), a repeated trial and an empty neuron set among them."""
     lm, baseline = setup("tiny-gpt2")

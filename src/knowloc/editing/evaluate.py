@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from knowloc.analysis.editing_metrics import (
     delta_log_ppl,
@@ -70,6 +69,8 @@ __all__ = [
     "text_nll",
     "perplexity_of_texts",
 ]
+
+UNEMBED_ELEMENTS = 2**26  # logits of the neutral texts computed at once in a batched measurement (256 MB in float32)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -124,13 +125,17 @@ def log_perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size:
     return float(log_perplexity(nll_sum, n_tokens))
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token NLLs in nats, ``NLL = logsumexp(z) - z[target]`` per row of ``logits`` [N, V] (computed in
+    float32; equal to cross-entropy up to float rounding, without writing the [N, V] log-softmax)."""
+    z = logits.float()
+    return torch.logsumexp(z, dim=-1) - z.gather(-1, targets[:, None])[:, 0]
+
+
 def _masked_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
     """Sum of next-token NLLs (nats) over the unpadded positions of a right-padded batch, and their count."""
-    logits = logits[:, :-1].float()
-    targets = ids[:, 1:]
     keep = mask[:, 1:].bool()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return float(nll.view(targets.shape)[keep].double().sum()), int(keep.sum())
+    return float(token_nll(logits[:, :-1][keep], ids[:, 1:][keep]).double().sum()), int(keep.sum())
 
 
 def perplexity_of_texts(lm: LanguageModel, texts: Sequence[str], batch_size: int = 64) -> float:
@@ -396,28 +401,45 @@ class FactBatches:
             n_texts = len(self.texts.lengths)
             with rows_edited(self.lm, edits, n_texts):
                 texts = self.texts.run_copies(starts)  # [copies * n_texts, width, d_model]
-        out = []
-        for c in range(len(edits)):
-            out.append(self._read(hidden[c * n_prompts:(c + 1) * n_prompts],
-                                  None if texts is None else texts[c * n_texts:(c + 1) * n_texts]))
-        return out
+        return self._read_copies(hidden, texts, len(edits))
 
     def _read(self, hidden: torch.Tensor, texts: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, ...],
                                                                            torch.Tensor, tuple[int, ...], float]:
         """The measurements off the last block's outputs of the prompts batch [n_rows, width, d_model] and of the
         texts batch (None: no texts)."""
-        logits = self.lm.logits(self.prompts.last_positions(hidden).unsqueeze(1))[:, 0]
+        return self._read_copies(hidden, texts, 1)[0]
+
+    def _read_copies(self, hidden: torch.Tensor, texts: torch.Tensor | None, copies: int) -> list[tuple]:
+        """:meth:`_read` of each of ``copies`` stacked copies (``hidden`` [copies * n_rows, width, d_model],
+        ``texts`` [copies * n_texts, width, d_model]): every copy's rows go through the unembedding together, so
+        its weights are read once per batch of copies rather than once per copy (equal up to float rounding).
+        Of the texts only the rows that predict a token are unembedded, at most UNEMBED_ELEMENTS logits at once."""
+        n_rows = len(self.prompts.lengths)
+        rows = torch.arange(copies * n_rows, device=hidden.device)
+        last = torch.tensor(self.prompts.lengths, device=hidden.device).repeat(copies) - 1
+        logits = self.lm.logits(hidden[rows, last].unsqueeze(1))[:, 0]  # [copies * n_rows, vocab]
         probs = torch.softmax(logits.float(), dim=-1).cpu()
-        top1 = tuple(int(i) for i in torch.topk(probs, 1, dim=-1).indices[:, 0])
-        n = self.n_prompts
-        logppl = math.nan
+        top1 = [int(i) for i in torch.topk(probs, 1, dim=-1).indices[:, 0]]
+        logppl = [math.nan] * copies
         if self.has_texts:
             if texts is None:
                 raise KnowlocError("the texts have no token to predict (each needs at least 2 tokens)")
             batch: RecordedBatch = self.texts  # type: ignore[assignment]
-            nll_sum, n_tokens = _masked_nll(self.lm.logits(texts), batch.ids, batch.mask)
-            logppl = float(log_perplexity(nll_sum, n_tokens))
-        return probs[:n], top1[:n], probs[n:], top1[n:], logppl
+            keep = batch.mask[:, 1:].bool()
+            per_copy = int(keep.sum())
+            predicting = texts[:, :-1][keep.repeat(copies, 1)]  # [copies * per_copy, d_model]
+            targets = batch.ids[:, 1:][keep].repeat(copies)
+            step = max(1, UNEMBED_ELEMENTS // probs.shape[-1])
+            nll = torch.cat([token_nll(self.lm.logits(h.unsqueeze(0))[0], t)
+                             for h, t in zip(predicting.split(step), targets.split(step))])
+            sums = nll.view(copies, per_copy).double().sum(dim=1).tolist()
+            logppl = [float(log_perplexity(total, per_copy)) for total in sums]
+        n = self.n_prompts
+        out = []
+        for c in range(copies):
+            p, t = probs[c * n_rows:(c + 1) * n_rows], tuple(top1[c * n_rows:(c + 1) * n_rows])
+            out.append((p[:n], t[:n], p[n:], t[n:], logppl[c]))
+        return out
 
 
 @dataclass(frozen=True)

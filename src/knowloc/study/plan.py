@@ -6,8 +6,14 @@ attributions and trials. It counts the units still missing at each stage and tim
 reference attribution and one query attribution per method, and one fact of every experiment (its `fact_work`, on
 the fact with the median number of neighbor queries, whose attributions are then in the temporary store). The
 estimate is the missing units times these times, an experiment's fact units scaled by their number of queries
-relative to the timed fact's; with `--executor ray --workers N` the wall time is about that divided by N (one thread
-each). The copy is deleted at the end; `--out` is never touched.
+relative to the timed fact's. Units are timed as a worker runs them after its first: the first attribution of the
+process runs untimed (it pays one-off costs: SmolLM2's first IG attribution took 4.3 s against 2.4 s after it), and
+the method's specificity profile, which a worker derives once, is derived before the experiments are timed.
+
+The wall time (:func:`wall_estimate`) is the driver's own work (model load and probe, ft's calibration, the
+experiments' preparation) plus the units' CPU seconds; with `--executor ray --workers N` the units are divided by N
+and made slower by :func:`parallel_slowdown` (N one-thread workers side by side, measured here), and Ray's start and
+the workers' model loads are added. The copy is deleted at the end; `--out` is never touched.
 
 When the study has no reference attributions yet (computing them all would cost as much as the real run), the
 timed experiment unit uses an approximate specificity profile of the first method: PROFILE_NEUTRAL neutral
@@ -24,6 +30,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -45,6 +52,9 @@ GiB = 2**30
 ENGINE_BUDGET_GB = 4.0  # the attribution engine's default batch budget (knowloc.attribution.api.attribute)
 PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity profile
 PROFILE_QUERIES = 6  # reference queries (one per reference relation) of the same
+RAY_START_S = 10.0  # Ray's start with two workers on the project's 2-core machines (measured; docs/performance.md)
+PROBE_ROWS = 128  # rows of parallel_slowdown's products
+PROBE_ELEMENTS = 200_000_000  # weight elements parallel_slowdown multiplies by (a 7B model's first few dozen)
 
 
 def _approximate_profile(ctx: StudyContext, model: str, method: str, relation: str, missing: list[Unit]) -> float:
@@ -156,6 +166,51 @@ def _timed(ctx: StudyContext, unit: Unit) -> float:
     return time.perf_counter() - start
 
 
+def _probe_products(weights: list[torch.Tensor], rows: torch.Tensor, repeats: int) -> float:
+    """Seconds for ``repeats`` passes of ``rows @ W.T`` over every weight (the matching slice of ``rows``)."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for w in weights:
+            rows[:, : w.shape[1]] @ w.T
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def parallel_slowdown(lm, workers: int, rows: int = PROBE_ROWS, repeats: int = 2) -> float:
+    """How much longer one worker's matrix products take when ``workers`` one-thread workers run them at once on
+    this machine than when it runs alone (>= 1; 1 for one worker or a model off the CPU).
+
+    A dry run times its units in one process alone, but a Ray study's workers share the cores' caches, memory
+    bandwidth and clock: two one-thread workers on the project's 2-core machines ran the demo's experiment units
+    24% slower than its dry run timed them. The probe multiplies ``rows`` rows by every 2-D weight of the model
+    (at most PROBE_ELEMENTS of them: its projections and unembedding, the products a unit is made of) in one
+    thread, then in ``workers`` threads at once (torch releases the GIL inside a product, and with one intra-op
+    thread each product runs on its caller's thread), and returns the ratio of the mean times.
+    """
+    if workers <= 1 or lm.device.type != "cpu":
+        return 1.0
+    weights, seen, total = [], set(), 0
+    for p in lm.model.parameters():
+        if p.ndim == 2 and p.data_ptr() not in seen and total < PROBE_ELEMENTS:
+            seen.add(p.data_ptr())
+            weights.append(p.detach())
+            total += p.numel()
+    if not weights:
+        return 1.0
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(rows, max(w.shape[1] for w in weights), generator=gen).to(lm.device, weights[0].dtype)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _probe_products(weights, x, 1)  # warm
+        alone = _probe_products(weights, x, repeats)
+        with ThreadPoolExecutor(workers) as pool:
+            together = list(pool.map(lambda _: _probe_products(weights, x, repeats), range(workers)))
+    finally:
+        torch.set_num_threads(saved)
+    return max(1.0, sum(together) / len(together) / alone)
+
+
 class _threads:
     """Time units with the threads one worker will have (1 for a Ray worker; torch's default otherwise)."""
 
@@ -171,6 +226,23 @@ class _threads:
         torch.set_num_threads(self.saved)
 
 
+def wall_estimate(serial: float, units: float, workers: int, slowdown: float = 1.0, loads: float = 0.0) -> float:
+    """A study's wall time from the dry run's timings (pure): the driver's own work (model load, probe,
+    calibration, preparation) in sequence, plus the units' CPU seconds spread over the workers and made
+    ``slowdown`` times slower by running side by side (:func:`parallel_slowdown`), plus with Ray its start and
+    the workers' model loads (``loads``: the slowest model load, as the workers load at once).
+
+    ``wall = serial + units x slowdown / workers (+ RAY_START_S + loads with workers > 1 and units to run)``
+
+    Example:
+        >>> wall_estimate(30.0, 1000.0, 2, slowdown=1.2, loads=5.0) == 30 + 600 + RAY_START_S + 5
+        True
+    """
+    if workers <= 1 or not units:
+        return serial + units
+    return serial + units * slowdown / workers + RAY_START_S + loads
+
+
 def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_fact_known: bool = False) -> dict:
     """Print the plan and the estimated time (see the module docstring); writes nothing.
 
@@ -179,7 +251,8 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
     on the facts a trained one would study.
 
     Returns:
-        ``{"estimated_s": CPU seconds of the missing work, "wall_s": the same over the workers, "units": {...},
+        ``{"estimated_s": CPU seconds of the missing work, "wall_s": :func:`wall_estimate`, "serial_s" / "units_s":
+        the driver's part and the units' part of estimated_s, "slowdown": :func:`parallel_slowdown`, "units": {...},
         "memory": {model: memory_needs(...) in bytes}}``.
     """
     start_all = time.perf_counter()
@@ -188,7 +261,12 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
     echo(f"plan: {len(dataset)} facts ({len(dataset.queries)} quer{'y' if len(dataset.queries) == 1 else 'ies'}) from {config.data}, relations "
          f"{', '.join(dataset.relations)}; methods {', '.join(config.methods)}; experiments "
          f"{', '.join(config.experiments)}; out {Path(config.out)}")
-    total, units_count, memory_needed = 0.0, {}, {}
+    # serial: the driver's own work (model load and probe, calibration, prepare); units: the executor's, spread
+    # over the workers; loads: the slowest model load (each worker loads its models once)
+    serial, units_total, loads, units_count, memory_needed = 0.0, 0.0, 0.0, {}, {}
+    workers = config.workers if config.executor == "ray" else 1
+    warm = False  # the first unit a process runs pays one-off costs: time units after one untimed unit
+    slowdown = 0.0  # parallel_slowdown, measured on the first model
     with tempfile.TemporaryDirectory(prefix="knowloc-plan-") as tmp, _threads(config):
         stored = Path(config.out) / "results.sqlite"
         if stored.is_file():
@@ -206,6 +284,11 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
             for model in cfg.models:
                 start = time.perf_counter()
                 was_probed = ctx.store.has_probe(model)
+                ctx.models.get(model)
+                load_s = time.perf_counter() - start
+                loads = max(loads, load_s)
+                if not slowdown:
+                    slowdown = parallel_slowdown(ctx.models.get(model), workers)
                 probe_stage(ctx, model, dataset)
                 if every_fact_known:
                     ctx.store.save_probe(model, [replace(fact, queries=tuple(replace(q, top1=True) for q in fact.queries))
@@ -217,8 +300,8 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                 lines = [f"{model}: {len(facts)} facts studied; "
                          + ("probe stored" if was_probed else f"probe and model load {probe_s:.0f} s"), *memory]
                 if not was_probed:
-                    total += probe_s
-                estimate = 0.0
+                    serial += probe_s
+                estimate = driver = 0.0  # the executor's units; the driver's own work
                 ref_cached, references = take_cached(ctx, reference_units(ctx, model), cache)
                 attr_cached, attributions = take_cached(ctx, attribution_units(ctx, model), cache)
                 for kind, pending, cached in (("reference attributions", references, ref_cached),
@@ -232,7 +315,10 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                             if hits:
                                 lines.append(f"  {kind} {method}: 0 to compute{from_cache}")
                             continue
-                        per_unit = _timed(ctx, mine[0])
+                        if not warm and len(mine) > 1:
+                            save(ctx, mine[0], execute(ctx, mine[0]))
+                        per_unit = _timed(ctx, mine[1] if len(mine) > 1 else mine[0])
+                        warm = True
                         estimate += per_unit * len(mine)
                         lines.append(f"  {kind} {method}: {len(mine)} missing x {per_unit:.1f} s = "
                                      f"{per_unit * len(mine):.0f} s{from_cache}")
@@ -266,8 +352,10 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                         begin = time.perf_counter()
                         calibrate_model(timing_ctx, model)
                         calibrated_s = time.perf_counter() - begin
-                        estimate += calibrated_s
+                        driver += calibrated_s
                         lines.append(f"  ft's bound calibrated once per model in {calibrated_s:.1f} s")
+                    # a worker derives a method's specificity profile once (NeuronSets caches it): not per unit
+                    timing_ctx.neurons.kn_lists(model, cfg.methods[0], fact.fact_id)
                     for experiment in run_order(cfg.experiments):
                         mine = [u for u in pending if u.kind == experiment.name]
                         if not mine:
@@ -276,7 +364,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                             begin = time.perf_counter()
                             experiment.prepare(timing_ctx, model)
                             prepared = time.perf_counter() - begin
-                            estimate += prepared
+                            driver += prepared
                             lines.append(f"  {experiment.name}: prepared once per model in {prepared:.1f} s")
                         # the median fact when it has a unit (else the first that has: tracing and
                         # localization-vs-editing work on some facts only, and need no attribution)
@@ -295,16 +383,18 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                         estimate += cost
                         units_count[model][experiment.name] = len(mine)
                         lines.append(f"  {experiment.name}: {len(mine)} fact units missing, {how} = {cost:.0f} s")
-                lines.append(f"  estimated for {model}: ~{estimate / 60:.1f} min of CPU")
-                total += estimate
+                lines.append(f"  estimated for {model}: ~{(estimate + driver) / 60:.1f} min of CPU")
+                units_total += estimate
+                serial += driver
                 for line in lines:
                     echo(line)
         finally:
             ctx.store.close()
-    workers = config.workers if config.executor == "ray" else 1
-    wall = total / workers
-    echo(f"estimated total: ~{total / 60:.1f} min"
-         + (f" (about {wall / 60:.1f} min on {workers} Ray workers)" if workers > 1 else "")
-         + f" on {config.device or 'the default device'}; the dry run took {time.perf_counter() - start_all:.0f} s "
-         f"and wrote nothing")
-    return {"estimated_s": total, "wall_s": wall, "units": units_count, "memory": memory_needed}
+    total = serial + units_total
+    wall = wall_estimate(serial, units_total, workers, slowdown or 1.0, loads)
+    side = (f" (about {wall / 60:.1f} min on {workers} Ray workers: units {slowdown:.2f}x slower side by side, "
+            f"Ray's start and the workers' model loads {RAY_START_S + loads:.0f} s)" if workers > 1 else "")
+    echo(f"estimated total: ~{total / 60:.1f} min of CPU{side} on {config.device or 'the default device'}; "
+         f"the dry run took {time.perf_counter() - start_all:.0f} s and wrote nothing")
+    return {"estimated_s": total, "wall_s": wall, "serial_s": serial, "units_s": units_total, "units": units_count,
+            "memory": memory_needed, "slowdown": slowdown or 1.0}

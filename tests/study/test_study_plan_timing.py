@@ -1,0 +1,71 @@
+"""The dry run's time estimate: units timed as a worker runs them (after its first), and the wall time of a Ray
+study with its workers side by side (issue 35, item 3)."""
+
+import threading
+
+import pytest
+import torch
+
+from knowloc.study import plan
+from knowloc.study.config import StudyConfig
+
+
+def test_wall_estimate_adds_the_serial_work_and_spreads_the_units():
+    assert plan.wall_estimate(30.0, 1000.0, 1) == 1030.0
+    assert plan.wall_estimate(30.0, 1000.0, 1, slowdown=1.5, loads=9.0) == 1030.0  # one process: no side by side
+    two = plan.wall_estimate(30.0, 1000.0, 2, slowdown=1.25, loads=6.0)
+    assert two == pytest.approx(30.0 + 625.0 + plan.RAY_START_S + 6.0)
+    assert plan.wall_estimate(30.0, 0.0, 2, slowdown=1.25, loads=6.0) == 30.0  # nothing for the workers to do
+
+
+def test_parallel_slowdown_runs_the_products_side_by_side(tiny_models, monkeypatch):
+    lm = tiny_models("tiny-llama")
+    assert plan.parallel_slowdown(lm, 1) == 1.0
+    threads, calls = set(), []
+    real = plan._probe_products
+
+    def spy(weights, rows, repeats):
+        threads.add(threading.get_ident())
+        calls.append(torch.get_num_threads())
+        assert rows.device == lm.device and rows.dtype == weights[0].dtype
+        return real(weights, rows, repeats)
+    monkeypatch.setattr(plan, "_probe_products", spy)
+    before = torch.get_num_threads()
+    slowdown = plan.parallel_slowdown(lm, 3)
+    assert slowdown >= 1.0 and torch.get_num_threads() == before
+    assert len(calls) == 2 + 3 and set(calls) == {1}  # warm-up, alone, then three at once, one torch thread each
+    assert len(threads) >= 2  # the three ran on pool threads, not on the caller's
+
+
+def test_attributions_are_timed_after_one_untimed_unit(tmp_path, study_args, monkeypatch):
+    """The first attribution of the process (here a reference one) runs untimed (one-off costs); the first timed
+    one is another unit of the same kind."""
+    executed, timed = [], []
+    real_execute, real_timed = plan.execute, plan._timed
+
+    def spy_execute(ctx, unit):
+        executed.append(unit)
+        return real_execute(ctx, unit)
+
+    def spy_timed(ctx, unit):
+        timed.append(unit)
+        return real_timed(ctx, unit)
+    monkeypatch.setattr(plan, "execute", spy_execute)
+    monkeypatch.setattr(plan, "_timed", spy_timed)
+    args = study_args(tmp_path / "dry", experiments=["consistency"], facts=2, specificity_prompts=4)
+    plan.print_plan(StudyConfig(**args), echo=lambda _: None)
+    assert {u.kind for u in timed} >= {"reference", "attribution"}  # one unit of each kind and method timed
+    assert executed[0] != timed[0] and executed[0].kind == timed[0].kind  # the first ran untimed, then another
+    assert executed.index(timed[0]) == 1 and timed.count(executed[0]) == 0
+
+
+def test_the_dry_run_states_the_ray_wall_time(tmp_path, study_args, monkeypatch):
+    monkeypatch.setattr(plan, "parallel_slowdown", lambda lm, workers: 1.25)
+    lines = []
+    args = study_args(tmp_path / "dry", experiments=["consistency", "modification"], facts=2, specificity_prompts=4)
+    result = plan.print_plan(StudyConfig(**{**args, "executor": "ray", "workers": 2}), echo=lines.append)
+    assert result["slowdown"] == 1.25 and result["units_s"] > 0
+    assert result["estimated_s"] == pytest.approx(result["serial_s"] + result["units_s"])
+    spread = result["serial_s"] + result["units_s"] * 1.25 / 2 + plan.RAY_START_S
+    assert spread < result["wall_s"] < spread + 60  # plus the slowest model load
+    assert "units 1.25x slower side by side" in lines[-1] and "2 Ray workers" in lines[-1]
