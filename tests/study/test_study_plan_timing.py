@@ -69,3 +69,30 @@ def test_the_dry_run_states_the_ray_wall_time(tmp_path, study_args, monkeypatch)
     spread = result["serial_s"] + result["units_s"] * 1.25 / 2 + plan.RAY_START_S
     assert spread < result["wall_s"] < spread + 60  # plus the slowest model load
     assert "units 1.25x slower side by side" in lines[-1] and "2 Ray workers" in lines[-1]
+
+
+def test_timing_sample_is_the_median_fact_then_seeded_others():
+    facts = ["a" * k for k in (3, 1, 5, 2, 4, 6, 7)]
+    sample = plan.timing_sample(facts, 3, seed=0, size=len)
+    assert sample[0] == "aaaa" and len(sample) == len(set(sample)) == 3  # the median size (4 of 1..7) first
+    assert sample == plan.timing_sample(facts, 3, seed=0, size=len)  # seeded
+    assert {tuple(plan.timing_sample(facts, 3, seed=s, size=len)) for s in range(8)} != {tuple(sample)}
+    assert sorted(plan.timing_sample(facts, 10, seed=0, size=len)) == sorted(facts)  # all of them, once
+
+
+def test_experiments_are_timed_on_several_facts_per_query(tmp_path, study_args, monkeypatch):
+    timed = []
+    real_execute = plan.execute
+
+    def spy(ctx, unit):
+        if unit.kind == "modification":
+            timed.append(unit.fact_id)
+        return real_execute(ctx, unit)
+    monkeypatch.setattr(plan, "execute", spy)
+    monkeypatch.setattr(plan, "TIMED_FACTS", 3)
+    lines = []
+    args = study_args(tmp_path / "dry", experiments=["modification"], facts=4, specificity_prompts=4)
+    plan.print_plan(StudyConfig(**args), echo=lines.append)
+    assert len(timed) == len(set(timed)) == 3
+    line = next(x for x in lines if x.strip().startswith("modification:"))
+    assert "s per query" in line and "for 3 timed facts" in line

@@ -3,10 +3,10 @@
 The dry run works on a temporary copy of the study's store (or an empty one), so it reuses whatever the real run
 would reuse: the stored probe (no probing when the model was probed before) and the stored attributions, reference
 attributions and trials. It counts the units still missing at each stage and times real units on this machine: one
-reference attribution and one query attribution per method, and one fact of every experiment (its `fact_work`, on
-the fact with the median number of neighbor queries, whose attributions are then in the temporary store). The
-estimate is the missing units times these times, an experiment's fact units scaled by their number of queries
-relative to the timed fact's. Units are timed as a worker runs them after its first: the first attribution of the
+reference attribution and one query attribution per method, and every experiment's unit (its `fact_work`) on
+TIMED_FACTS facts (:func:`timing_sample`: the one with the median number of neighbor queries and a seeded sample of
+the others, whose attributions are then in the temporary store). The estimate is the missing units times these
+times, an experiment's fact units at the timed facts' seconds per query. Units are timed as a worker runs them after its first: the first attribution of the
 process runs untimed (it pays one-off costs: SmolLM2's first IG attribution took 4.3 s against 2.4 s after it), and
 the method's specificity profile, which a worker derives once, is derived before the experiments are timed.
 
@@ -27,6 +27,7 @@ about twofold.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import tempfile
 import time
@@ -53,6 +54,7 @@ ENGINE_BUDGET_GB = 4.0  # the attribution engine's default batch budget (knowloc
 PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity profile
 PROFILE_QUERIES = 6  # reference queries (one per reference relation) of the same
 RAY_START_S = 10.0  # Ray's start with two workers on the project's 2-core machines (measured; docs/performance.md)
+TIMED_FACTS = 3  # facts whose experiment units the dry run times (timing_sample)
 PROBE_ROWS = 128  # rows of parallel_slowdown's products
 PROBE_ELEMENTS = 200_000_000  # weight elements parallel_slowdown multiplies by (a 7B model's first few dozen)
 
@@ -158,6 +160,21 @@ def memory_lines(lm, config: StudyConfig) -> tuple[list[str], dict[str, float]]:
     if free is not None and lm.device.type == "cuda" and needs["device"] > free + needs["weights"]:
         lines.append("  warning: the peak is above this device's free memory (the weights already loaded)")
     return lines, needs
+
+
+def timing_sample(facts: list, n: int, seed: int, size: Callable = lambda f: len(f.prompts)) -> list:
+    """The facts whose experiment units the dry run times (pure): the one with the median number of queries,
+    then a seeded sample of the others, ``n`` in all (all facts when there are fewer). An editing unit's cost
+    depends on the lowest layer its neuron sets reach (an edit re-runs every block from there): a fact with a
+    layer-0 KN took 24-35 s for its cas unit where one without took 2-4 s, so one fact times the study badly.
+
+    Example:
+        >>> timing_sample(["a", "bb", "ccc"], 1, seed=0, size=len)
+        ['bb']
+    """
+    first = sorted(facts, key=size)[(len(facts) - 1) // 2]
+    others = [f for f in facts if f is not first]
+    return [first, *random.Random(seed).sample(others, min(n - 1, len(others)))]
 
 
 def _timed(ctx: StudyContext, unit: Unit) -> float:
@@ -332,19 +349,23 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                         save(ctx, unit, execute(lookup, unit))
                 pending = experiment_units(ctx, model)
                 if pending and facts:
-                    # time a fact with the median number of queries; other facts scale by their query count
-                    fact = sorted(facts, key=lambda f: len(f.prompts))[(len(facts) - 1) // 2]
+                    # time a seeded sample of facts (the one with the median number of queries first); an
+                    # experiment's cost is their seconds per query times the missing units' queries
+                    sample = timing_sample(facts, TIMED_FACTS, cfg.seed)
                     sizes = {f.fact_id: len(f.prompts) for f in facts}
-                    # the timed fact needs its attributions (the first method's) in the temporary store
+                    # the timed facts need their attributions in the temporary store
+                    chosen = {f.fact_id for f in sample}
                     for unit in attribution_units(ctx, model):
-                        if unit.fact_id == fact.fact_id:
+                        if unit.fact_id in chosen:
                             save(ctx, unit, execute(ctx, unit))
                     timing_ctx = ctx
                     missing = [u for u in reference_units(ctx, model) if u.method == cfg.methods[0]]
                     if cfg.filtered and missing:
                         # an approximate profile, so that the timed units edit filtered neuron sets as the real
                         # run will (see the module docstring)
-                        approx = _approximate_profile(ctx, model, cfg.methods[0], fact.relation, missing)
+                        approx = 0.0
+                        for relation in dict.fromkeys(f.relation for f in sample):
+                            approx = _approximate_profile(ctx, model, cfg.methods[0], relation, missing)
                         timing_ctx = StudyContext(config=replace(cfg, specificity=approx), store=ctx.store,
                                                   out=ctx.out, echo=lambda _: None, models=ctx.models)
                         timing_ctx.load_facts(model)
@@ -355,7 +376,8 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                         driver += calibrated_s
                         lines.append(f"  ft's bound calibrated once per model in {calibrated_s:.1f} s")
                     # a worker derives a method's specificity profile once (NeuronSets caches it): not per unit
-                    timing_ctx.neurons.kn_lists(model, cfg.methods[0], fact.fact_id)
+                    for f in sample:
+                        timing_ctx.neurons.kn_lists(model, cfg.methods[0], f.fact_id)
                     for experiment in run_order(cfg.experiments):
                         mine = [u for u in pending if u.kind == experiment.name]
                         if not mine:
@@ -366,20 +388,25 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                             prepared = time.perf_counter() - begin
                             driver += prepared
                             lines.append(f"  {experiment.name}: prepared once per model in {prepared:.1f} s")
-                        # the median fact when it has a unit (else the first that has: tracing and
+                        # the sampled facts that have a unit (else the first that has: tracing and
                         # localization-vs-editing work on some facts only, and need no attribution)
-                        timed = fact if any(u.fact_id == fact.fact_id for u in mine) \
-                            else next(f for f in facts if f.fact_id == mine[0].fact_id)
-                        unit = Unit(experiment.name, model, cfg.methods[0], timed.fact_id)
-                        begin = time.perf_counter()
-                        execute(timing_ctx, unit)
-                        per_unit = time.perf_counter() - begin
+                        with_unit = {u.fact_id for u in mine}
+                        timed = [f for f in sample if f.fact_id in with_unit] \
+                            or [next(f for f in facts if f.fact_id == mine[0].fact_id)]
+                        seconds = []
+                        for f in timed:
+                            begin = time.perf_counter()
+                            execute(timing_ctx, Unit(experiment.name, model, cfg.methods[0], f.fact_id))
+                            seconds.append(time.perf_counter() - begin)
+                        each = ", ".join(f"{s:.1f}" for s in seconds)
                         if experiment.per_query:
-                            cost = per_unit * sum(sizes[u.fact_id] for u in mine) / sizes[timed.fact_id]
-                            how = f"{per_unit:.1f} s for a {sizes[timed.fact_id]}-query fact, scaled by query count"
+                            per_query = sum(seconds) / sum(sizes[f.fact_id] for f in timed)
+                            cost = per_query * sum(sizes[u.fact_id] for u in mine)
+                            how = (f"{per_query:.2f} s per query ({each} s for {len(timed)} timed facts of "
+                                   f"{'/'.join(str(sizes[f.fact_id]) for f in timed)} queries)")
                         else:
-                            cost = per_unit * len(mine)
-                            how = f"{per_unit:.1f} s each"
+                            cost = sum(seconds) / len(seconds) * len(mine)
+                            how = f"{cost / len(mine):.1f} s each ({each} s timed)"
                         estimate += cost
                         units_count[model][experiment.name] = len(mine)
                         lines.append(f"  {experiment.name}: {len(mine)} fact units missing, {how} = {cost:.0f} s")
