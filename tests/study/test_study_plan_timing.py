@@ -1,10 +1,7 @@
 """The dry run's time estimate: units timed as a worker runs them (after its first), and the wall time of a Ray
 study with its workers side by side (issue 35, item 3)."""
 
-import threading
-
 import pytest
-import torch
 
 from knowloc.study import plan
 from knowloc.study.config import StudyConfig
@@ -16,25 +13,6 @@ def test_wall_estimate_adds_the_serial_work_and_spreads_the_units():
     two = plan.wall_estimate(30.0, 1000.0, 2, slowdown=1.25, loads=6.0)
     assert two == pytest.approx(30.0 + 625.0 + plan.RAY_START_S + 6.0)
     assert plan.wall_estimate(30.0, 0.0, 2, slowdown=1.25, loads=6.0) == 30.0  # nothing for the workers to do
-
-
-def test_parallel_slowdown_runs_the_products_side_by_side(tiny_models, monkeypatch):
-    lm = tiny_models("tiny-llama")
-    assert plan.parallel_slowdown(lm, 1) == 1.0
-    threads, calls = set(), []
-    real = plan._probe_products
-
-    def spy(weights, rows, repeats):
-        threads.add(threading.get_ident())
-        calls.append(torch.get_num_threads())
-        assert rows.device == lm.device and rows.dtype == weights[0].dtype
-        return real(weights, rows, repeats)
-    monkeypatch.setattr(plan, "_probe_products", spy)
-    before = torch.get_num_threads()
-    slowdown = plan.parallel_slowdown(lm, 3)
-    assert slowdown >= 1.0 and torch.get_num_threads() == before
-    assert len(calls) == 2 + 3 and set(calls) == {1}  # warm-up, alone, then three at once, one torch thread each
-    assert len(threads) >= 2  # the three ran on pool threads, not on the caller's
 
 
 def test_attributions_are_timed_after_one_untimed_unit(tmp_path, study_args, monkeypatch):
@@ -60,24 +38,27 @@ def test_attributions_are_timed_after_one_untimed_unit(tmp_path, study_args, mon
 
 
 def test_the_dry_run_states_the_ray_wall_time(tmp_path, study_args, monkeypatch):
-    monkeypatch.setattr(plan, "parallel_slowdown", lambda lm, workers: 1.25)
+    monkeypatch.setattr(plan, "SIDE_BY_SIDE", 1.25)
     lines = []
     args = study_args(tmp_path / "dry", experiments=["consistency", "modification"], facts=2, specificity_prompts=4)
     result = plan.print_plan(StudyConfig(**{**args, "executor": "ray", "workers": 2}), echo=lines.append)
-    assert result["slowdown"] == 1.25 and result["units_s"] > 0
+    assert result["units_s"] > 0
     assert result["estimated_s"] == pytest.approx(result["serial_s"] + result["units_s"])
     spread = result["serial_s"] + result["units_s"] * 1.25 / 2 + plan.RAY_START_S
     assert spread < result["wall_s"] < spread + 60  # plus the slowest model load
-    assert "units 1.25x slower side by side" in lines[-1] and "2 Ray workers" in lines[-1]
+    assert "units 1.25x as long as alone" in lines[-1] and "2 Ray workers" in lines[-1]
 
 
-def test_timing_sample_is_the_median_fact_then_seeded_others():
-    facts = ["a" * k for k in (3, 1, 5, 2, 4, 6, 7)]
-    sample = plan.timing_sample(facts, 3, seed=0, size=len)
-    assert sample[0] == "aaaa" and len(sample) == len(set(sample)) == 3  # the median size (4 of 1..7) first
-    assert sample == plan.timing_sample(facts, 3, seed=0, size=len)  # seeded
-    assert {tuple(plan.timing_sample(facts, 3, seed=s, size=len)) for s in range(8)} != {tuple(sample)}
-    assert sorted(plan.timing_sample(facts, 10, seed=0, size=len)) == sorted(facts)  # all of them, once
+def test_timing_sample_is_the_median_fact_then_seeded_others_of_other_relations():
+    facts = [(k, rel) for k, rel in ((3, "A"), (1, "A"), (5, "A"), (2, "B"), (4, "A"), (6, "A"), (7, "C"))]
+    size, relation = (lambda f: f[0]), (lambda f: f[1])
+    sample = plan.timing_sample(facts, 3, seed=0, size=size, relation=relation)
+    assert sample[0] == (4, "A") and len(sample) == len(set(sample)) == 3  # the median size (4 of 1..7) first
+    assert {relation(f) for f in sample} == {"A", "B", "C"}  # then one of each other relation
+    assert sample == plan.timing_sample(facts, 3, seed=0, size=size, relation=relation)  # seeded
+    fours = {tuple(plan.timing_sample(facts, 4, seed=s, size=size, relation=relation)) for s in range(8)}
+    assert len(fours) > 1  # the fourth is a seeded one of relation A
+    assert sorted(plan.timing_sample(facts, 10, seed=0, size=size, relation=relation)) == sorted(facts)
 
 
 def test_experiments_are_timed_on_several_facts_per_query(tmp_path, study_args, monkeypatch):

@@ -12,8 +12,8 @@ the method's specificity profile, which a worker derives once, is derived before
 
 The wall time (:func:`wall_estimate`) is the driver's own work (model load and probe, ft's calibration, the
 experiments' preparation) plus the units' CPU seconds; with `--executor ray --workers N` the units are divided by N
-and made slower by :func:`parallel_slowdown` (N one-thread workers side by side, measured here), and Ray's start and
-the workers' model loads are added. The copy is deleted at the end; `--out` is never touched.
+and made SIDE_BY_SIDE times longer (measured: a 116-fact study's units against the same units alone), and Ray's
+start and the workers' model loads are added. The copy is deleted at the end; `--out` is never touched.
 
 When the study has no reference attributions yet (computing them all would cost as much as the real run), the
 timed experiment unit uses an approximate specificity profile of the first method: PROFILE_NEUTRAL neutral
@@ -31,7 +31,6 @@ import random
 import sqlite3
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -55,8 +54,7 @@ PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity 
 PROFILE_QUERIES = 6  # reference queries (one per reference relation) of the same
 RAY_START_S = 10.0  # Ray's start with two workers on the project's 2-core machines (measured; docs/performance.md)
 TIMED_FACTS = 3  # facts whose experiment units the dry run times (timing_sample)
-PROBE_ROWS = 128  # rows of parallel_slowdown's products
-PROBE_ELEMENTS = 200_000_000  # weight elements parallel_slowdown multiplies by (a 7B model's first few dozen)
+SIDE_BY_SIDE = 1.1  # a Ray worker's unit against the same unit timed alone (docs/performance.md, issue 35)
 
 
 def _approximate_profile(ctx: StudyContext, model: str, method: str, relation: str, missing: list[Unit]) -> float:
@@ -162,70 +160,32 @@ def memory_lines(lm, config: StudyConfig) -> tuple[list[str], dict[str, float]]:
     return lines, needs
 
 
-def timing_sample(facts: list, n: int, seed: int, size: Callable = lambda f: len(f.prompts)) -> list:
+def timing_sample(facts: list, n: int, seed: int, size: Callable = lambda f: len(f.prompts),
+                  relation: Callable = lambda f: f.relation) -> list:
     """The facts whose experiment units the dry run times (pure): the one with the median number of queries,
-    then a seeded sample of the others, ``n`` in all (all facts when there are fewer). An editing unit's cost
+    then a seeded sample of the others, one of each other relation first, ``n`` in all (all facts when there are
+    fewer). An editing unit's cost
     depends on the lowest layer its neuron sets reach (an edit re-runs every block from there): a fact with a
     layer-0 KN took 24-35 s for its cas unit where one without took 2-4 s, so one fact times the study badly.
 
     Example:
-        >>> timing_sample(["a", "bb", "ccc"], 1, seed=0, size=len)
+        >>> timing_sample(["a", "bb", "ccc"], 1, seed=0, size=len, relation=len)
         ['bb']
     """
     first = sorted(facts, key=size)[(len(facts) - 1) // 2]
     others = [f for f in facts if f is not first]
-    return [first, *random.Random(seed).sample(others, min(n - 1, len(others)))]
+    random.Random(seed).shuffle(others)
+    # one fact of each other relation first (the relations' KN layers differ), then any
+    seen = {relation(first)}
+    spread = [f for f in others if relation(f) not in seen and not seen.add(relation(f))]
+    rest = [f for f in others if f not in spread]
+    return [first, *(spread + rest)[: max(0, n - 1)]]
 
 
 def _timed(ctx: StudyContext, unit: Unit) -> float:
     start = time.perf_counter()
     save(ctx, unit, execute(ctx, unit))
     return time.perf_counter() - start
-
-
-def _probe_products(weights: list[torch.Tensor], rows: torch.Tensor, repeats: int) -> float:
-    """Seconds for ``repeats`` passes of ``rows @ W.T`` over every weight (the matching slice of ``rows``)."""
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for w in weights:
-            rows[:, : w.shape[1]] @ w.T
-    return time.perf_counter() - start
-
-
-@torch.no_grad()
-def parallel_slowdown(lm, workers: int, rows: int = PROBE_ROWS, repeats: int = 2) -> float:
-    """How much longer one worker's matrix products take when ``workers`` one-thread workers run them at once on
-    this machine than when it runs alone (>= 1; 1 for one worker or a model off the CPU).
-
-    A dry run times its units in one process alone, but a Ray study's workers share the cores' caches, memory
-    bandwidth and clock: two one-thread workers on the project's 2-core machines ran the demo's experiment units
-    24% slower than its dry run timed them. The probe multiplies ``rows`` rows by every 2-D weight of the model
-    (at most PROBE_ELEMENTS of them: its projections and unembedding, the products a unit is made of) in one
-    thread, then in ``workers`` threads at once (torch releases the GIL inside a product, and with one intra-op
-    thread each product runs on its caller's thread), and returns the ratio of the mean times.
-    """
-    if workers <= 1 or lm.device.type != "cpu":
-        return 1.0
-    weights, seen, total = [], set(), 0
-    for p in lm.model.parameters():
-        if p.ndim == 2 and p.data_ptr() not in seen and total < PROBE_ELEMENTS:
-            seen.add(p.data_ptr())
-            weights.append(p.detach())
-            total += p.numel()
-    if not weights:
-        return 1.0
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(rows, max(w.shape[1] for w in weights), generator=gen).to(lm.device, weights[0].dtype)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _probe_products(weights, x, 1)  # warm
-        alone = _probe_products(weights, x, repeats)
-        with ThreadPoolExecutor(workers) as pool:
-            together = list(pool.map(lambda _: _probe_products(weights, x, repeats), range(workers)))
-    finally:
-        torch.set_num_threads(saved)
-    return max(1.0, sum(together) / len(together) / alone)
 
 
 class _threads:
@@ -246,8 +206,9 @@ class _threads:
 def wall_estimate(serial: float, units: float, workers: int, slowdown: float = 1.0, loads: float = 0.0) -> float:
     """A study's wall time from the dry run's timings (pure): the driver's own work (model load, probe,
     calibration, preparation) in sequence, plus the units' CPU seconds spread over the workers and made
-    ``slowdown`` times slower by running side by side (:func:`parallel_slowdown`), plus with Ray its start and
-    the workers' model loads (``loads``: the slowest model load, as the workers load at once).
+    ``slowdown`` times longer than alone (SIDE_BY_SIDE for a Ray study: the driver's writes and Ray's transfers
+    share the cores), plus with Ray its start and the workers' model loads (``loads``: the slowest model load, as
+    the workers load at once).
 
     ``wall = serial + units x slowdown / workers (+ RAY_START_S + loads with workers > 1 and units to run)``
 
@@ -269,7 +230,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
 
     Returns:
         ``{"estimated_s": CPU seconds of the missing work, "wall_s": :func:`wall_estimate`, "serial_s" / "units_s":
-        the driver's part and the units' part of estimated_s, "slowdown": :func:`parallel_slowdown`, "units": {...},
+        the driver's part and the units' part of estimated_s, "units": {...},
         "memory": {model: memory_needs(...) in bytes}}``.
     """
     start_all = time.perf_counter()
@@ -283,7 +244,6 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
     serial, units_total, loads, units_count, memory_needed = 0.0, 0.0, 0.0, {}, {}
     workers = config.workers if config.executor == "ray" else 1
     warm = False  # the first unit a process runs pays one-off costs: time units after one untimed unit
-    slowdown = 0.0  # parallel_slowdown, measured on the first model
     with tempfile.TemporaryDirectory(prefix="knowloc-plan-") as tmp, _threads(config):
         stored = Path(config.out) / "results.sqlite"
         if stored.is_file():
@@ -304,8 +264,6 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                 ctx.models.get(model)
                 load_s = time.perf_counter() - start
                 loads = max(loads, load_s)
-                if not slowdown:
-                    slowdown = parallel_slowdown(ctx.models.get(model), workers)
                 probe_stage(ctx, model, dataset)
                 if every_fact_known:
                     ctx.store.save_probe(model, [replace(fact, queries=tuple(replace(q, top1=True) for q in fact.queries))
@@ -418,10 +376,10 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
         finally:
             ctx.store.close()
     total = serial + units_total
-    wall = wall_estimate(serial, units_total, workers, slowdown or 1.0, loads)
-    side = (f" (about {wall / 60:.1f} min on {workers} Ray workers: units {slowdown:.2f}x slower side by side, "
+    wall = wall_estimate(serial, units_total, workers, SIDE_BY_SIDE, loads)
+    side = (f" (about {wall / 60:.1f} min on {workers} Ray workers: units {SIDE_BY_SIDE:g}x as long as alone, "
             f"Ray's start and the workers' model loads {RAY_START_S + loads:.0f} s)" if workers > 1 else "")
     echo(f"estimated total: ~{total / 60:.1f} min of CPU{side} on {config.device or 'the default device'}; "
          f"the dry run took {time.perf_counter() - start_all:.0f} s and wrote nothing")
     return {"estimated_s": total, "wall_s": wall, "serial_s": serial, "units_s": units_total, "units": units_count,
-            "memory": memory_needed, "slowdown": slowdown or 1.0}
+            "memory": memory_needed}
