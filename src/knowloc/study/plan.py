@@ -6,9 +6,10 @@ attributions and trials. It counts the units still missing at each stage and tim
 reference attribution and one query attribution per method, and every experiment's unit (its `fact_work`) on
 TIMED_FACTS facts (:func:`timing_sample`: the one with the median number of neighbor queries and a seeded sample of
 the others, whose attributions are then in the temporary store). The estimate is the missing units times these
-times, an experiment's fact units at the timed facts' seconds per query. Units are timed as a worker runs them after its first: the first attribution of the
-process runs untimed (it pays one-off costs: SmolLM2's first IG attribution took 4.3 s against 2.4 s after it), and
-the method's specificity profile, which a worker derives once, is derived before the experiments are timed.
+times, an experiment's fact units at the timed facts' seconds per query. Units are timed as a worker runs them
+after its first: the first attribution of the process runs untimed (it pays one-off costs: SmolLM2's first IG
+attribution took 4.3 s against 2.4 s after it), and the method's specificity profile, which a worker derives
+once, is derived before the experiments are timed.
 
 The wall time (:func:`wall_estimate`) is the driver's own work (model load and probe, ft's calibration, the
 experiments' preparation) plus the units' CPU seconds; with `--executor ray --workers N` the units are divided by N
@@ -52,7 +53,7 @@ GiB = 2**30
 ENGINE_BUDGET_GB = 4.0  # the attribution engine's default batch budget (knowloc.attribution.api.attribute)
 PROFILE_NEUTRAL = 4  # neutral prompts of the dry run's approximate specificity profile
 PROFILE_QUERIES = 6  # reference queries (one per reference relation) of the same
-RAY_START_S = 10.0  # Ray's start with two workers on the project's 2-core machines (measured; docs/performance.md)
+RAY_START_S = 10.0  # an allowance for Ray's start and the creation of its actors (seconds on a 2-core machine)
 TIMED_FACTS = 3  # facts whose experiment units the dry run times (timing_sample)
 SIDE_BY_SIDE = 1.1  # a Ray worker's unit against the same unit timed alone (docs/performance.md, issue 35)
 
@@ -164,9 +165,9 @@ def timing_sample(facts: list, n: int, seed: int, size: Callable = lambda f: len
                   relation: Callable = lambda f: f.relation) -> list:
     """The facts whose experiment units the dry run times (pure): the one with the median number of queries,
     then a seeded sample of the others, one of each other relation first, ``n`` in all (all facts when there are
-    fewer). An editing unit's cost
-    depends on the lowest layer its neuron sets reach (an edit re-runs every block from there): a fact with a
-    layer-0 KN took 24-35 s for its cas unit where one without took 2-4 s, so one fact times the study badly.
+    fewer). An editing unit's cost depends on the lowest layer its neuron sets reach (an edit re-runs every block
+    from there): a fact with a layer-0 KN took 24-35 s for its cas unit where one without took 2-4 s, so one fact
+    times a study badly.
 
     Example:
         >>> timing_sample(["a", "bb", "ccc"], 1, seed=0, size=len, relation=len)
