@@ -120,8 +120,8 @@ def test_texts_unembedded_in_pieces(setup, monkeypatch, rows):
 def test_token_nll_is_cross_entropy(device):
     from knowloc.editing.evaluate import token_nll
     gen = torch.Generator(device="cpu").manual_seed(0)
-    logits = (torch.randn(12, 50, generator=gen) * 4).to(device)
-    targets = torch.randint(0, 50, (12,), generator=gen).to(device)
+    logits = (torch.randn(12, 50, generator=gen) * 4).to(device)  # cpu: the seeded generator, then moved
+    targets = torch.randint(0, 50, (12,), generator=gen).to(device)  # cpu: the seeded generator, then moved
     expected = torch.nn.functional.cross_entropy(logits.double(), targets, reduction="none")
     got = token_nll(logits.bfloat16(), targets)
     assert got.dtype == torch.float32 and got.device == logits.device
