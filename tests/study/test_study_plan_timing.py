@@ -77,3 +77,21 @@ def test_experiments_are_timed_on_several_facts_per_query(tmp_path, study_args, 
     assert len(timed) == len(set(timed)) == 3
     line = next(x for x in lines if x.strip().startswith("modification:"))
     assert "s per query" in line and "for 3 timed facts" in line
+
+
+def test_unit_cost_separates_a_fixed_part_from_a_part_per_query():
+    fixed, per_query = plan.unit_cost([4, 8, 12], [9.0, 10.0, 11.0])  # 8 s + 0.25 s a query
+    assert fixed == pytest.approx(8.0) and per_query == pytest.approx(0.25)
+    # work proportional to the queries: no fixed part
+    fixed, per_query = plan.unit_cost([5, 10, 20], [2.5, 5.0, 10.0])
+    assert fixed == pytest.approx(0.0, abs=1e-9) and per_query == pytest.approx(0.5)
+    # cost falling with the queries (noise): flat, the mean, never a negative part
+    fixed, per_query = plan.unit_cost([5, 10], [6.0, 4.0])
+    assert per_query == 0.0 and fixed == pytest.approx(5.0)
+    # a negative intercept: through the origin (least squares of t = b n)
+    fixed, per_query = plan.unit_cost([2, 4], [1.0, 5.0])
+    assert fixed == 0.0 and per_query == pytest.approx((2 * 1 + 4 * 5) / (2 * 2 + 4 * 4))
+    # equal sizes cannot tell the parts apart: proportional
+    assert plan.unit_cost([6, 6], [3.0, 5.0]) == (0.0, pytest.approx(8 / 12))
+    with pytest.raises(ValueError, match="one positive query count"):
+        plan.unit_cost([0, 3], [1.0, 2.0])

@@ -6,7 +6,9 @@ attributions and trials. It counts the units still missing at each stage and tim
 reference attribution and one query attribution per method, and every experiment's unit (its `fact_work`) on
 TIMED_FACTS facts (:func:`timing_sample`: the one with the median number of neighbor queries and a seeded sample of
 the others, whose attributions are then in the temporary store). The estimate is the missing units times these
-times, an experiment's fact units at the timed facts' seconds per query. Units are timed as a worker runs them
+times, an experiment's fact unit at a fixed part plus a part per query fitted to the timed facts (:func:`unit_cost`:
+update-sweep edits `--sweep-queries` queries of a fact whatever its number, and charging it per query overestimated
+a 116-fact study's update-sweep by 60%). Units are timed as a worker runs them
 after its first: the first attribution of the process runs untimed (it pays one-off costs: SmolLM2's first IG
 attribution took 4.3 s against 2.4 s after it), and the method's specificity profile, which a worker derives
 once, is derived before the experiments are timed.
@@ -34,9 +36,11 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
+from scipy.optimize import nnls
 
 from knowloc.attribution.disk_cache import AttributionCache
 from knowloc.attribution.engine.memory import default_max_rows
@@ -183,6 +187,33 @@ def timing_sample(facts: list, n: int, seed: int, size: Callable = lambda f: len
     return [first, *(spread + rest)[: max(0, n - 1)]]
 
 
+def unit_cost(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+    """An experiment unit's cost model from the timed facts (pure): ``seconds ~ fixed + per_query x queries``,
+    fitted by non-negative least squares (scipy.optimize.nnls), so that work that does not grow with the fact's
+    queries (update-sweep edits ``--sweep-queries`` of them; the editors edit the fact once) is not charged per
+    query. Where the unconstrained fit would be negative the fit is the nearer bound: through the origin
+    (proportional to the queries) or flat (the mean). Timed facts that all have the same number of queries cannot
+    tell the parts apart: the cost is then proportional to the queries.
+
+    Returns:
+        (fixed seconds per unit, seconds per query).
+
+    Example:
+        >>> [round(x, 6) for x in unit_cost([4, 8, 12], [5.0, 6.0, 7.0])]
+        [4.0, 0.25]
+        >>> unit_cost([6, 6], [3.0, 5.0])
+        (0.0, 0.6666666666666666)
+    """
+    n = np.asarray(sizes, dtype=float)
+    t = np.asarray(seconds, dtype=float)
+    if len(n) != len(t) or not len(n) or (n <= 0).any():
+        raise ValueError("unit_cost needs one positive query count per timed second")
+    if np.ptp(n) == 0:
+        return 0.0, float(t.sum() / n.sum())
+    (fixed, per_query), _ = nnls(np.stack([np.ones_like(n), n], axis=1), t)
+    return float(fixed), float(per_query)
+
+
 def _timed(ctx: StudyContext, unit: Unit) -> float:
     start = time.perf_counter()
     save(ctx, unit, execute(ctx, unit))
@@ -309,7 +340,7 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                 pending = experiment_units(ctx, model)
                 if pending and facts:
                     # time a seeded sample of facts (the one with the median number of queries first); an
-                    # experiment's cost is their seconds per query times the missing units' queries
+                    # experiment's unit costs a fixed part plus a part per query, fitted to them (unit_cost)
                     sample = timing_sample(facts, TIMED_FACTS, cfg.seed)
                     sizes = {f.fact_id: len(f.prompts) for f in facts}
                     # the timed facts need their attributions in the temporary store
@@ -359,10 +390,10 @@ def print_plan(config: StudyConfig, echo: Callable[[str], None] = print, every_f
                             seconds.append(time.perf_counter() - begin)
                         each = ", ".join(f"{s:.1f}" for s in seconds)
                         if experiment.per_query:
-                            per_query = sum(seconds) / sum(sizes[f.fact_id] for f in timed)
-                            cost = per_query * sum(sizes[u.fact_id] for u in mine)
-                            how = (f"{per_query:.2f} s per query ({each} s for {len(timed)} timed facts of "
-                                   f"{'/'.join(str(sizes[f.fact_id]) for f in timed)} queries)")
+                            fixed, per_query = unit_cost([sizes[f.fact_id] for f in timed], seconds)
+                            cost = sum(fixed + per_query * sizes[u.fact_id] for u in mine)
+                            how = (f"{fixed:.1f} s + {per_query:.2f} s per query ({each} s for {len(timed)} timed "
+                                   f"facts of {'/'.join(str(sizes[f.fact_id]) for f in timed)} queries)")
                         else:
                             cost = sum(seconds) / len(seconds) * len(mine)
                             how = f"{cost / len(mine):.1f} s each ({each} s timed)"
