@@ -5,7 +5,7 @@ needs: 35 of the built-in facts SmolLM2-135M-Instruct knows (the study's seeded 
 relation: the null baseline swaps templates between facts of one relation; with K_C about a fifth of the facts
 (SmolLM2, IG), K_C has the 5 facts an interval needs from about 25 facts, and cas-beats-baselines decides from
 about 35), IG (the paper's first method) on two 1-thread Ray workers (the local executor when Ray is missing),
-and every experiment whose findings it can decide: consistency, modification, query-mapping, attention, knockout,
+and every experiment with a finding but the editors: consistency, modification, query-mapping, attention, knockout,
 cas (its transductive protocol, the paper's and the finding's; the held-out check is left to full studies) and
 causal tracing of each fact's first query with 3 noise draws (10 in a study); 5 locality prompts and 3 neutral
 sentences per edit, a specificity profile from 16 neutral prompts and 2 queries per relation (shipped for the
