@@ -489,6 +489,7 @@ def test_demo_runs_every_experiment_it_can_decide(tmp_path):
     assert left == {"cas-sweep", "update-sweep", "editors", "localization-vs-editing", "mass-editing"}
     assert {e.name for e in experiments() if e.name in left and not e.findings} == {"cas-sweep", "update-sweep"}
     assert config.trace.samples == 3 and config.methods == ["ig"]
+    assert config.cas.protocols == ["transductive"] and config.cas.budgets == ["free"]  # what the finding reads
 
 
 def _without_gemma(monkeypatch):

@@ -6,10 +6,10 @@ relation: the null baseline swaps templates between facts of one relation; with 
 (SmolLM2, IG), K_C has the 5 facts an interval needs from about 25 facts, and cas-beats-baselines decides from
 about 35), IG (the paper's first method) on two 1-thread Ray workers (the local executor when Ray is missing),
 and every experiment with a finding but the editors: consistency, modification, query-mapping, attention, knockout,
-cas (its transductive protocol, the paper's and the finding's; the held-out check is left to full studies) and
-causal tracing of each fact's first query with 3 noise draws (10 in a study); 5 locality prompts and 3 neutral
-sentences per edit, a specificity profile from 16 neutral prompts and 2 queries per relation (shipped for the
-embedded model, knowloc.attribution.shipped).
+cas (its transductive protocol and free budget, the paper's and the finding's; the held-out and matched-budget
+checks are left to full studies) and causal tracing of each fact's first query with 3 noise draws (10 in a study);
+5 locality prompts and 3 neutral sentences per edit, a specificity profile from 16 neutral prompts and 2 queries
+per relation (shipped for the embedded model, knowloc.attribution.shipped).
 
 Left out, and said so at the top of the report with the command that runs everything: the methods SIG and AMIG,
 the two sweeps that feed no finding (cas-sweep, update-sweep), the editors (ROME, FT+L and kn-ft beside KN
@@ -36,7 +36,7 @@ from knowloc.study.runner import run_study
 
 DEMO_FACTS = 35  # cas-beats-baselines decides from about 35 facts (docs/performance.md)
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
-                     cas_protocols=["transductive"], trace_samples=3)
+                     cas_protocols=["transductive"], cas_budgets=["free"], trace_samples=3)
 # sweeps that feed no finding; the editors (their findings need about 40 paired facts); an hour-scale layer sweep;
 # edits that accumulate
 DEMO_SKIPS = ("cas-sweep", "update-sweep", "editors", "localization-vs-editing", "mass-editing")

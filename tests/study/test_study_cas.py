@@ -94,9 +94,10 @@ def test_sweep_grid_validation():
             StudyConfig(**bad)
 
 
-def test_cas_protocols_runs_only_the_protocols_named_with_the_same_numbers(tmp_path, study_args):
-    """--cas-protocols transductive (the demo's) stores and summarizes only the paper's protocol, and its rows and
-    the finding equal those of a study that runs both."""
+def test_cas_protocols_and_budgets_run_only_those_named_with_the_same_numbers(tmp_path, study_args):
+    """--cas-protocols transductive and --cas-budgets free (the demo's) store and summarize only the paper's protocol
+    and budget, and their rows and the finding equal those of a study that runs both; --cas-budgets matched alone
+    still has its CAS row (the budgets share the CAS trial) and the same rows as the full study's."""
     import json
 
     from knowloc.study.runner import run_study
@@ -108,11 +109,16 @@ def test_cas_protocols_runs_only_the_protocols_named_with_the_same_numbers(tmp_p
         return summary["cas"], summary["cas_comparison"], finding
 
     both, both_diff, both_finding = cas(tmp_path / "both")
-    one, one_diff, one_finding = cas(tmp_path / "one", cas_protocols="transductive")
     assert {r["protocol"] for r in both} == {"transductive", "held_out"}
-    assert one == [r for r in both if r["protocol"] == "transductive"] and one
-    assert one_diff == [r for r in both_diff if r["protocol"] == "transductive"]
-    assert one_finding == both_finding
+    assert {r["budget"] for r in both} == {"free", "matched"}
+    for setting, key, value in (("cas_protocols", "protocol", "transductive"), ("cas_budgets", "budget", "free"),
+                                ("cas_budgets", "budget", "matched")):
+        one, one_diff, one_finding = cas(tmp_path / value, **{setting: value})
+        assert one == [r for r in both if r[key] == value] and one
+        assert one_diff == [r for r in both_diff if r[key] == value] and one_diff
+        assert any(r["selection"] == "CAS" and r["n"] for r in one)
+        if value != "matched":  # the finding reads the transductive protocol's free budget
+            assert one_finding == both_finding
 
 
 def test_cas_protocols_validation():
@@ -122,3 +128,6 @@ def test_cas_protocols_validation():
     for bad in ("", "transductive,leave_one_out"):
         with pytest.raises(KnowlocError, match="--cas-protocols must name some of transductive, held_out"):
             StudyConfig(cas_protocols=bad)
+    assert StudyConfig(cas_budgets="matched,free").cas.budgets == ["free", "matched"]
+    with pytest.raises(KnowlocError, match="--cas-budgets must name some of free, matched, got fixed"):
+        StudyConfig(cas_budgets="fixed")

@@ -104,13 +104,25 @@ def cas_scores(stack: Stack, beta1: float = 1.0, beta2: float = 1.0) -> torch.Te
 # the cas experiment's protocols: CAS from all neighbor queries, every query edited (the paper's); CAS without the
 # paraphrase Generalization is then measured on (knowloc's held-out check)
 CAS_PROTOCOLS = ("transductive", "held_out")
+# its budgets: each selection as it comes (the paper's); N_i and N_g cut to the |CAS| strongest (knowloc's check that
+# CAS's edge is not its size)
+CAS_BUDGETS = ("free", "matched")
+
+
+def _chosen(given: str | list[str], allowed: tuple[str, ...], flag: str) -> list[str]:
+    """The names a list setting chose, in ``allowed``'s order; one line naming ``flag`` when it names none or an
+    unknown one."""
+    names = given.split(",") if isinstance(given, str) else list(given)
+    if not names or set(names) - set(allowed):
+        raise KnowlocError(f"{flag} must name some of {', '.join(allowed)}, got {','.join(names) or 'none'}")
+    return [name for name in allowed if name in names]
 
 
 @dataclass
 class CasSettings:
     """CAS's selection as a study makes it (``--cas-*``): ``CAS = beta1 mean - beta2 std``, neurons with
     ``CAS > threshold x max CAS``, at most ``top_k`` of them (:func:`cas_select`); and the protocols the cas
-    experiment runs (:data:`CAS_PROTOCOLS`, in that order)."""
+    experiment runs (:data:`CAS_PROTOCOLS`, in that order) and its budgets (:data:`CAS_BUDGETS`)."""
 
     beta1: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
     beta2: float = setting(1.0, help="CAS = beta1 mean - beta2 std")
@@ -119,18 +131,17 @@ class CasSettings:
     protocols: list[str] = setting(factory=lambda: list(CAS_PROTOCOLS), help="cas experiment: transductive (CAS "
                                    "from all neighbor queries, the paper's protocol and the finding's) and / or "
                                    "held_out (CAS without the paraphrase Gen is measured on)")
+    budgets: list[str] = setting(factory=lambda: list(CAS_BUDGETS), help="cas experiment: free (each selection as "
+                                 "it comes, the paper's and the finding's) and / or matched (N_i and N_g cut to the "
+                                 "|CAS| strongest neurons)")
 
     def __post_init__(self) -> None:
         if self.beta1 < 0 or self.beta2 < 0:
             raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
         if not 0 <= self.threshold <= 1:
             raise KnowlocError(f"--cas-threshold must be in [0, 1], got {self.threshold}")
-        given = self.protocols.split(",") if isinstance(self.protocols, str) else list(self.protocols)
-        unknown = sorted(set(given) - set(CAS_PROTOCOLS))
-        if unknown or not given:
-            raise KnowlocError(f"--cas-protocols must name some of {', '.join(CAS_PROTOCOLS)}, got "
-                               f"{','.join(given) or 'none'}")
-        self.protocols = [p for p in CAS_PROTOCOLS if p in given]
+        self.protocols = _chosen(self.protocols, CAS_PROTOCOLS, "--cas-protocols")
+        self.budgets = _chosen(self.budgets, CAS_BUDGETS, "--cas-budgets")
 
     def select(self, stack: Stack, threshold: float | None = None, beta1: float | None = None,
                beta2: float | None = None) -> list[Neuron]:

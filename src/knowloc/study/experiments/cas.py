@@ -16,6 +16,7 @@ from functools import partial
 import numpy as np
 
 from knowloc.analysis import GROUPS
+from knowloc.analysis.cas import CAS_BUDGETS
 from knowloc.analysis.fact_stats import dlogppl_stats, fact_level_ci, fact_means, paired_contrast
 from knowloc.editing import OPERATIONS
 from knowloc.plots import grouped_bars
@@ -28,13 +29,12 @@ from knowloc.study.registry import Experiment, Finding, Part
 from knowloc.study.tables import Column, Table, edit_columns
 
 SELECTIONS = ("CAS", "N_i", "N_g")
-BUDGETS = ("free", "matched")
 METRICS = ("rel", "gen", "loc", "avg", "dppl", "dlogppl")
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     """Every (protocol, edited query, budget, selection, operation) trial of one fact, for the protocols of
-    --cas-protocols."""
+    --cas-protocols and the budgets of --cas-budgets."""
     session = ctx.edit_session(model, fact)
     queries, stack = ctx.neurons.score_stack(model, method, fact.fact_id)
     n = len(queries)
@@ -44,12 +44,15 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
         plans += [("held_out", (h + 1) % n, [m for m in range(n) if m != h], h) for h in range(n)]
     editors = kn_editors(ctx.config)
     trials = []
+    budgets = ctx.config.cas.budgets
     for protocol, edited, members, held in plans:
         keep = partial(ctx.neurons.remove_nonspecific, model, method, fact.fact_id)
         for budget, chosen in selections(ctx, stack, edited, members, keep).items():
+            if budget not in budgets:
+                continue
             for selection, neurons in chosen.items():
-                if budget == "matched" and selection == "CAS":
-                    continue  # identical to the free CAS trial
+                if selection == "CAS" and budget != budgets[0]:
+                    continue  # identical to the first budget's CAS trial (CAS is never cut)
                 for operation in OPERATIONS:
                     row = {"protocol": protocol, "edited": edited, "held_out": held, "budget": budget,
                            "selection": selection, "operation": operation, "n_neurons": len(neurons)}
@@ -76,10 +79,12 @@ def _selection_row(fact_trials: list[list[dict]], cfg, match: dict) -> dict:
 
 
 def _notes(summary: dict) -> list[str]:
-    """The trials that could not be made, per model and method (each trial once: the matched budget's CAS rows
-    repeat the free ones)."""
+    """The trials that could not be made, per model and method (each trial once: a later budget's CAS rows repeat
+    the first budget's)."""
     notes = []
-    rows = [r for r in summary.get("cas", []) if r["budget"] == "free" or r["selection"] != "CAS"]
+    rows = summary.get("cas", [])
+    first = next((b for b in CAS_BUDGETS if any(r["budget"] == b for r in rows)), None)
+    rows = [r for r in rows if r["budget"] == first or r["selection"] != "CAS"]
     for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
         mine = [r for r in rows if (r["model"], r["method"]) == (model, method)]
         skipped, no_target = (sum(r.get(k, 0) for r in mine) for k in ("n_skipped", "n_no_target"))
@@ -96,7 +101,7 @@ def summarize(ctx: StudyContext) -> Section:
     trials = ctx.store.trials("cas")
     rows, comparisons = [], []
     for model, method, operation, group, protocol, budget in itertools.product(
-            cfg.models, cfg.methods, OPERATIONS, GROUPS, cfg.cas.protocols, BUDGETS):
+            cfg.models, cfg.methods, OPERATIONS, GROUPS, cfg.cas.protocols, cfg.cas.budgets):
         split = ctx.neurons.groups(model, method)
         fact_trials = [trials[_key(model, method, f.fact_id)] for f in ctx.facts[model]
                        if split.get(f.fact_id) == group and _key(model, method, f.fact_id) in trials]
