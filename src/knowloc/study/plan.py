@@ -7,7 +7,7 @@ reference attribution and one query attribution per method, and every experiment
 TIMED_FACTS facts (:func:`timing_sample`: the one with the median number of neighbor queries and a seeded sample of
 the others, whose attributions are then in the temporary store). The estimate is the missing units times these
 times, an experiment's fact unit at a fixed part plus a part per query fitted to the timed facts (:func:`unit_cost`:
-update-sweep edits `--sweep-queries` queries of a fact whatever its number, and charging it per query overestimated
+update-sweep and the editors edit `--sweep-queries` queries of a fact whatever its number, and charging it per query overestimated
 a 116-fact study's update-sweep by 60%). Units are timed as a worker runs them
 after its first: the first attribution of the process runs untimed (it pays one-off costs: SmolLM2's first IG
 attribution took 4.3 s against 2.4 s after it), and the method's specificity profile, which a worker derives
@@ -190,8 +190,7 @@ def timing_sample(facts: list, n: int, seed: int, size: Callable = lambda f: len
 def unit_cost(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
     """An experiment unit's cost model from the timed facts (pure): ``seconds ~ fixed + per_query x queries``,
     fitted by non-negative least squares (scipy.optimize.nnls), so that work that does not grow with the fact's
-    queries (update-sweep edits ``--sweep-queries`` of them; the editors edit the fact once) is not charged per
-    query. Where the unconstrained fit would be negative the fit is the nearer bound: through the origin
+    queries (update-sweep and the editors edit ``--sweep-queries`` of them) is not charged per query. Where the unconstrained fit would be negative the fit is the nearer bound: through the origin
     (proportional to the queries) or flat (the mean). Timed facts that all have the same number of queries cannot
     tell the parts apart: the cost is then proportional to the queries.
 
