@@ -478,15 +478,14 @@ def test_demo_runs_on_two_ray_workers_when_ray_is_installed(tmp_path, monkeypatc
     assert demo.demo_config(tmp_path, facts=2, executor={"executor": "local"}).executor == "local"
 
 
-def test_demo_runs_every_experiment_it_can_decide(tmp_path):
-    """The sweeps that feed no finding leave the demo, and so do the editors (their findings need about 40 paired
-    facts), the layer sweep and the mass edits; every other experiment with a finding stays."""
+def test_demo_runs_every_experiment_with_a_finding_but_the_layer_sweep_and_the_mass_edits(tmp_path):
+    """The sweeps that feed no finding leave the demo; every other experiment with a finding stays."""
     from knowloc.demo import demo_config
     from knowloc.study.registry import experiments, names
 
     config = demo_config(tmp_path, model="tiny-llama", facts=2, executor={"executor": "local"})
     left = set(names()) - set(config.experiments)
-    assert left == {"cas-sweep", "update-sweep", "editors", "localization-vs-editing", "mass-editing"}
+    assert left == {"cas-sweep", "update-sweep", "localization-vs-editing", "mass-editing"}
     assert {e.name for e in experiments() if e.name in left and not e.findings} == {"cas-sweep", "update-sweep"}
     assert config.trace.samples == 3 and config.methods == ["ig"]
     assert config.cas.protocols == ["transductive"] and config.cas.budgets == ["free"]  # what the finding reads

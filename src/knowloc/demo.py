@@ -1,23 +1,23 @@
 """`make demo`: a study designed to decide the paper's questions on the embedded default model, then the report.
 
 Sized to finish within 15 minutes on 2 CPU cores from a fresh clone and to give each finding it runs the facts it
-needs: 35 of the built-in facts SmolLM2-135M-Instruct knows (the study's seeded sample, so four to six per
+needs: 25 of the built-in facts SmolLM2-135M-Instruct knows (the study's seeded sample, so three or four per
 relation: the null baseline swaps templates between facts of one relation; with K_C about a fifth of the facts
-(SmolLM2, IG), K_C has the 5 facts an interval needs from about 25 facts, and cas-beats-baselines decides from
-about 35), IG (the paper's first method) on two 1-thread Ray workers (the local executor when Ray is missing),
-and every experiment with a finding but the editors: consistency, modification, query-mapping, attention, knockout,
-cas (its transductive protocol and free budget, the paper's and the finding's; the held-out and matched-budget
-checks are left to full studies) and causal tracing of each fact's first query with 3 noise draws (10 in a study);
-5 locality prompts and 3 neutral sentences per edit, a specificity profile from 16 neutral prompts and 2 queries
-per relation (shipped for the embedded model, knowloc.attribution.shipped).
+(SmolLM2, IG), K_C reaches the 5 facts an interval needs), IG (the paper's first method) on two 1-thread Ray
+workers (the local executor when Ray is missing), and every experiment that answers a question: consistency,
+modification, query-mapping, attention, knockout, cas (its transductive protocol and free budget, the paper's and
+the finding's; the held-out and matched-budget checks are left to full studies), the editors the findings compare
+(kn, ft and rome at the middle layer on the same facts; ROME's key statistics over 32 samples of the model's own
+text, 2 context prefixes) and causal tracing of each fact's first query with 3 noise draws (10 in a study); 5 locality prompts and 3 neutral
+sentences per edit, a specificity profile from 16 neutral prompts and 2 queries per relation (shipped for the
+embedded model, knowloc.attribution.shipped).
 
 Left out, and said so at the top of the report with the command that runs everything: the methods SIG and AMIG,
-the two sweeps that feed no finding (cas-sweep, update-sweep), the editors (ROME, FT+L and kn-ft beside KN
-edits: the most costly unit of a fact, about 40% of its editing time, and their findings need about 40 paired
-facts to decide, docs/performance.md), localization-vs-editing (Hase et al.'s test edits every third layer of a
-fact subset, an hour-scale study of its own, docs/tracing.md) and mass-editing (edits that accumulate). Choosing
-facts by their K_C / K_I outcome would bias the findings, so the sample is the study's own. Rerunning resumes;
-`knowloc study` runs the same pipeline at any size. Measured from a fresh clone in docs/performance.md.
+the two sweeps that feed no finding (cas-sweep, update-sweep), localization-vs-editing (Hase et al.'s test edits
+every third layer of a fact subset, an hour-scale study of its own, docs/tracing.md) and mass-editing (edits that
+accumulate). Choosing facts by their K_C / K_I outcome would bias the findings, so the sample is the study's own.
+Rerunning resumes; `knowloc study` runs the same pipeline at any size. Measured from a fresh clone in
+docs/performance.md, with a 35-fact design without the editors that decided no more (21.2 min, 6 of 9).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from knowloc.study.config import StudyConfig
 from knowloc.study.registry import names as experiment_names
 from knowloc.study.runner import run_study
 
-DEMO_FACTS = 35  # cas-beats-baselines decides from about 35 facts (docs/performance.md)
+DEMO_FACTS = 25  # 14.5-18.5 min from a fresh clone, 6 of 11 findings decided (docs/performance.md)
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
-                     cas_protocols=["transductive"], cas_budgets=["free"], trace_samples=3)
-# sweeps that feed no finding; the editors (their findings need about 40 paired facts); an hour-scale layer sweep;
-# edits that accumulate
-DEMO_SKIPS = ("cas-sweep", "update-sweep", "editors", "localization-vs-editing", "mass-editing")
+                     cas_protocols=["transductive"], cas_budgets=["free"], editors=["kn", "ft", "rome"], rome_samples=32,
+                     rome_prefixes=2, trace_samples=3)
+# sweeps that feed no finding; an hour-scale layer sweep; edits that accumulate
+DEMO_SKIPS = ("cas-sweep", "update-sweep", "localization-vs-editing", "mass-editing")
 DEMO_METHODS = ["ig"]
 
 
