@@ -7,9 +7,8 @@ reference attribution and one query attribution per method, and every experiment
 TIMED_FACTS facts (:func:`timing_sample`: the one with the median number of neighbor queries and a seeded sample of
 the others, whose attributions are then in the temporary store). The estimate is the missing units times these
 times, an experiment's fact unit at a fixed part plus a part per query fitted to the timed facts (:func:`unit_cost`:
-update-sweep and the editors edit `--sweep-queries` queries of a fact whatever its number, and charging it per query overestimated
-a 116-fact study's update-sweep by 60%). Units are timed as a worker runs them
-after its first: the first attribution of the process runs untimed (it pays one-off costs: SmolLM2's first IG
+update-sweep and the editors edit `--sweep-queries` queries of a fact whatever its number). Units are timed as a
+worker runs them after its first: the first attribution of the process runs untimed (it pays one-off costs: SmolLM2's first IG
 attribution took 4.3 s against 2.4 s after it), and the method's specificity profile, which a worker derives
 once, is derived before the experiments are timed.
 
