@@ -8,9 +8,9 @@ workers (the local executor when Ray is missing), and every experiment that answ
 modification, query-mapping, attention, knockout, cas (its transductive protocol and free budget, the paper's and
 the finding's; the held-out and matched-budget checks are left to full studies), the editors the findings compare
 (kn, ft and rome at the middle layer on the same facts; ROME's key statistics over 32 samples of the model's own
-text, 2 context prefixes) and causal tracing of each fact's first query with 3 noise draws (10 in a study); 5 locality prompts and 3 neutral
-sentences per edit, a specificity profile from 16 neutral prompts and 2 queries per relation (shipped for the
-embedded model, knowloc.attribution.shipped).
+text, 2 context prefixes) and causal tracing of each fact's first query with 3 noise draws (10 in a study); 5
+locality prompts and 3 neutral sentences per edit, a specificity profile from 16 neutral prompts and 2 queries per
+relation (shipped for the embedded model, knowloc.attribution.shipped).
 
 Left out, and said so at the top of the report with the command that runs everything: the methods SIG and AMIG,
 the two sweeps that feed no finding (cas-sweep, update-sweep), localization-vs-editing (Hase et al.'s test edits
@@ -36,8 +36,8 @@ from knowloc.study.runner import run_study
 
 DEMO_FACTS = 25  # 14.5-18.5 min from a fresh clone, 6 of 11 findings decided (docs/performance.md)
 DEMO_SETTINGS = dict(n_boot=1000, locality=5, ppl_texts=3, specificity_prompts=16, specificity_queries=2,
-                     cas_protocols=["transductive"], cas_budgets=["free"], editors=["kn", "ft", "rome"], rome_samples=32,
-                     rome_prefixes=2, trace_samples=3)
+                     cas_protocols=["transductive"], cas_budgets=["free"], editors=["kn", "ft", "rome"],
+                     rome_samples=32, rome_prefixes=2, trace_samples=3)
 # sweeps that feed no finding; an hour-scale layer sweep; edits that accumulate
 DEMO_SKIPS = ("cas-sweep", "update-sweep", "localization-vs-editing", "mass-editing")
 DEMO_METHODS = ["ig"]

@@ -8,9 +8,9 @@ TIMED_FACTS facts (:func:`timing_sample`: the one with the median number of neig
 the others, whose attributions are then in the temporary store). The estimate is the missing units times these
 times, an experiment's fact unit at a fixed part plus a part per query fitted to the timed facts (:func:`unit_cost`:
 update-sweep and the editors edit `--sweep-queries` queries of a fact whatever its number). Units are timed as a
-worker runs them after its first: the first attribution of the process runs untimed (it pays one-off costs: SmolLM2's first IG
-attribution took 4.3 s against 2.4 s after it), and the method's specificity profile, which a worker derives
-once, is derived before the experiments are timed.
+worker runs them after its first: the first attribution of the process runs untimed (it pays one-off costs:
+SmolLM2's first IG attribution took 4.3 s against 2.4 s after it), and the method's specificity profile, which a
+worker derives once, is derived before the experiments are timed.
 
 The wall time (:func:`wall_estimate`) is the driver's own work (model load and probe, ft's calibration, the
 experiments' preparation) plus the units' CPU seconds; with `--executor ray --workers N` the units are divided by N
@@ -189,8 +189,9 @@ def timing_sample(facts: list, n: int, seed: int, size: Callable = lambda f: len
 def unit_cost(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
     """An experiment unit's cost model from the timed facts (pure): ``seconds ~ fixed + per_query x queries``,
     fitted by non-negative least squares (scipy.optimize.nnls), so that work that does not grow with the fact's
-    queries (update-sweep and the editors edit ``--sweep-queries`` of them) is not charged per query. Where the unconstrained fit would be negative the fit is the nearer bound: through the origin
-    (proportional to the queries) or flat (the mean). Timed facts that all have the same number of queries cannot
+    queries (update-sweep and the editors edit ``--sweep-queries`` of them) is not charged per query. Where the
+    unconstrained fit would be negative the fit is the nearer bound: through the origin (proportional to the
+    queries) or flat (the mean). Timed facts that all have the same number of queries cannot
     tell the parts apart: the cost is then proportional to the queries.
 
     Returns:
