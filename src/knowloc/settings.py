@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
+from knowloc.errors import KnowlocError
+
 KINDS = ("identity", "view", "runtime")
 
 
@@ -48,3 +50,17 @@ def default_of(spec: Field) -> Any:
 def settings_fields(cls: type) -> list[Field]:
     """The fields of a settings dataclass that a study sets (:func:`setting` with ``study=True``)."""
     return [f for f in fields(cls) if f.metadata.get("study", True)]
+
+
+def chosen(given: str | list[str], allowed: tuple[str, ...], flag: str) -> list[str]:
+    """The names a list setting chose (a list, or one comma-separated string), in ``allowed``'s order; one line
+    naming ``flag`` when it names none or an unknown one.
+
+    Example:
+        >>> chosen("held_out,transductive", ("transductive", "held_out"), "--cas-protocols")
+        ['transductive', 'held_out']
+    """
+    names = given.split(",") if isinstance(given, str) else list(given)
+    if not names or set(names) - set(allowed):
+        raise KnowlocError(f"{flag} must name some of {', '.join(allowed)}, got {','.join(names) or 'none'}")
+    return [name for name in allowed if name in names]

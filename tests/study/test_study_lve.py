@@ -58,6 +58,8 @@ def test_lve_study_end_to_end(tmp_path, study_args, edits):
 @pytest.mark.parametrize("kwargs, message", [(dict(lve_facts=0), "--lve-facts"),
                                              (dict(lve_layers=["every0"]), "--lve-layers"),
                                              (dict(lve_layers=["x"]), "--lve-layers"),
+                                             (dict(lve_editors=["memit"]), "--lve-editors"),
+                                             (dict(lve_editors=[]), "--lve-editors"),
                                              (dict(trace_samples=0), "--trace-samples"),
                                              (dict(trace_noise=-1.0), "--trace-noise")])
 def test_bad_settings(tmp_path, study_args, kwargs, message):
@@ -124,3 +126,25 @@ def test_a_larger_lve_facts_edits_only_the_added_facts(tmp_path, study_args, edi
     added = {prompt for prompt, _, _ in edits}
     assert len(first) == 1 and len(added) == 1 and not first & added
     assert {r["n"] for r in summary["localization_vs_editing"]} == {2}
+
+
+def test_lve_editors_rome_alone_makes_only_the_rome_edits_with_the_same_numbers(tmp_path, study_args, edits):
+    """--lve-editors rome: only ROME edits (no ft, so no ft calibration), and its rows equal the rome rows of a
+    study with both editors."""
+    from knowloc.study import calibration
+
+    args = {**LVE_ARGS, "lve_facts": 2, "lve_layers": ["0", "2"], "methods": ["ig"]}
+    both = json.loads(run_study(StudyConfig(**study_args(tmp_path / "both", **args)),
+                                echo=lambda _: None).read_text())
+    assert {cls for _, cls, _ in edits} == {"Rome", "FineTune"}
+    edits.clear()
+    config = StudyConfig(**study_args(tmp_path / "rome", **args, lve_editors="rome"))
+    assert config.lve.editors == ["rome"] and not calibration.needed(config)
+    alone = json.loads(run_study(config, echo=lambda _: None).read_text())
+    assert edits and {cls for _, cls, _ in edits} == {"Rome"} and {layer for *_, layer in edits} == {0, 2}
+
+    def rows(summary, key):  # as JSON text, so that a nan bound compares equal to itself
+        return json.dumps([r for r in summary[key] if r["editor"] == "rome"], sort_keys=True)
+    assert {r["editor"] for r in alone["localization_vs_editing"]} == {"rome"}
+    for key in ("localization_vs_editing", "lve_correlations"):
+        assert rows(alone, key) != "[]" and rows(alone, key) == rows(both, key)

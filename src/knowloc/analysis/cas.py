@@ -32,7 +32,7 @@ import torch
 from knowloc.analysis._arrays import check_count, check_finite, check_unit_interval
 from knowloc.analysis.neurons import Neuron, relative_mask, sorted_neurons
 from knowloc.errors import KnowlocError
-from knowloc.settings import setting
+from knowloc.settings import chosen, setting
 
 __all__ = ["cas_components", "cas_scores", "cas_select"]
 
@@ -109,15 +109,6 @@ CAS_PROTOCOLS = ("transductive", "held_out")
 CAS_BUDGETS = ("free", "matched")
 
 
-def _chosen(given: str | list[str], allowed: tuple[str, ...], flag: str) -> list[str]:
-    """The names a list setting chose, in ``allowed``'s order; one line naming ``flag`` when it names none or an
-    unknown one."""
-    names = given.split(",") if isinstance(given, str) else list(given)
-    if not names or set(names) - set(allowed):
-        raise KnowlocError(f"{flag} must name some of {', '.join(allowed)}, got {','.join(names) or 'none'}")
-    return [name for name in allowed if name in names]
-
-
 @dataclass
 class CasSettings:
     """CAS's selection as a study makes it (``--cas-*``): ``CAS = beta1 mean - beta2 std``, neurons with
@@ -140,8 +131,8 @@ class CasSettings:
             raise KnowlocError("--cas-beta1 and --cas-beta2 must be >= 0")
         if not 0 <= self.threshold <= 1:
             raise KnowlocError(f"--cas-threshold must be in [0, 1], got {self.threshold}")
-        self.protocols = _chosen(self.protocols, CAS_PROTOCOLS, "--cas-protocols")
-        self.budgets = _chosen(self.budgets, CAS_BUDGETS, "--cas-budgets")
+        self.protocols = chosen(self.protocols, CAS_PROTOCOLS, "--cas-protocols")
+        self.budgets = chosen(self.budgets, CAS_BUDGETS, "--cas-budgets")
 
     def select(self, stack: Stack, threshold: float | None = None, beta1: float | None = None,
                beta2: float | None = None) -> list[Neuron]:

@@ -41,12 +41,12 @@ from knowloc.study.editor_registry import make_editor
 NAME = "calibration"
 SHIPPED = "calibration.json"  # in the shipped references' folder
 VERSION = 1  # bump when the calibration's rule changes in a way its key does not show
-USERS = ("editors", "mass-editing")  # the experiments that run --editors (localization-vs-editing runs ft always)
+USERS = ("editors", "mass-editing")  # the experiments that run --editors (localization-vs-editing: --lve-editors)
 
 
 def needed(cfg: StudyConfig) -> bool:
     """Whether the study runs ``ft`` or ``kn-ft`` with a calibrated bound."""
-    runs_ft = ("localization-vs-editing" in cfg.experiments
+    runs_ft = (("localization-vs-editing" in cfg.experiments and "ft" in cfg.lve.editors)
                or ({"ft", "kn-ft"} & set(cfg.editors) and set(USERS) & set(cfg.experiments)))
     return cfg.ft.calibrated and bool(runs_ft)
 

@@ -139,10 +139,11 @@ def memory_lines(lm, config: StudyConfig) -> tuple[list[str], dict[str, float]]:
     rome_layers: set[int] = set()  # the layers whose C rome keeps (LayerSpec.resolve: a bad layer is one line)
     if "editors" in config.experiments and "rome" in config.editors:
         rome_layers |= set(config.layers("edit_layer").resolve(lm.n_layers))
-    if "localization-vs-editing" in config.experiments:
+    lve = "localization-vs-editing" in config.experiments
+    if lve and "rome" in config.lve.editors:
         rome_layers |= set(config.layers("lve_layers").resolve(lm.n_layers))
     ft = ("editors" in config.experiments and bool({"ft", "kn-ft"} & set(config.editors))) \
-        or "localization-vs-editing" in config.experiments
+        or (lve and "ft" in config.lve.editors)
     n_params = sum(p.numel() for p in lm.model.parameters())  # parameters() yields tied embeddings once
     weight = lm.mlp_out(0).weight
     d_model = weight.shape[1] if lm.arch.value_layout == "row" else weight.shape[0]

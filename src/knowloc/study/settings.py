@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from knowloc.attention.knockout import default_window
 from knowloc.editing.operations import UPDATE_RULES
 from knowloc.errors import KnowlocError
-from knowloc.settings import setting
+from knowloc.settings import chosen, setting
 from knowloc.study.layers import GRAMMAR, LayerSpec
 
 LAYER_LIST = f"a layer list: {GRAMMAR}"
@@ -157,19 +157,26 @@ class UpdateSweepSettings:
         return lambda2 if self.tied else lambda1
 
 
+# the editors localization-vs-editing can run at each layer (Hase et al. edit with ROME first, then FT)
+LVE_EDITORS = ("rome", "ft")
+
+
 @dataclass
 class LveSettings:
-    """``localization-vs-editing``: the first ``facts`` studied facts (seeded order) edited by rome and ft at every
-    layer of ``layers``."""
+    """``localization-vs-editing``: the first ``facts`` studied facts (seeded order) edited by each of ``editors``
+    (some of :data:`LVE_EDITORS`) at every layer of ``layers``."""
 
     facts: int = setting(20, kind="view", help="localization-vs-editing: facts edited at every --lve-layers layer "
                          "(the first of the studied facts in their seeded order: a larger value adds facts and keeps "
                          "the stored edits)")
     layers: list[str] = setting(factory=lambda: ["every3"], help="localization-vs-editing: layers rome and ft edit; "
                                 f"{LAYER_LIST}")
+    editors: list[str] = setting(factory=lambda: list(LVE_EDITORS), help="localization-vs-editing: the editors "
+                                 "that edit at each layer: rome and / or ft")
 
     def __post_init__(self) -> None:
         _count(self.facts, "--lve-facts")
+        self.editors = chosen(self.editors, LVE_EDITORS, "--lve-editors")
         self.layers = list(LayerSpec.parse(str_list(self.layers), "--lve-layers").items)
 
     def layer_spec(self) -> LayerSpec:

@@ -1,7 +1,8 @@
 """Experiment `localization-vs-editing` (Hase et al., NeurIPS 2023, "Does Localization Inform Editing?").
 
 For a seeded subset of ``--lve-facts`` studied facts, the fact's first query (the one `tracing` traces) is edited
-to the new object of `update-sweep` / `editors` by rome and ft at each layer of ``--lve-layers`` (a layer list,
+to the new object of `update-sweep` / `editors` by each of ``--lve-editors`` (rome and ft; the demo runs rome, the
+editor of Hase et al.'s main results) at each layer of ``--lve-layers`` (a layer list,
 :mod:`knowloc.study.layers`; default every third layer), each edit measured as the editors experiment measures it (Rel, Gen, Loc, Avg). Per (fact, layer)
 two localization signals:
 
@@ -35,7 +36,6 @@ from knowloc.study.registry import Experiment, Finding
 from knowloc.study.tables import Column, Table
 
 NAME = "localization-vs-editing"
-EDITORS = ("rome", "ft")
 SIGNALS = ("tracing", "kn")
 METRICS = ("rel", "gen", "loc", "avg")
 SUCCESS = "avg"  # the edit success regressed on the layer and the signal
@@ -59,7 +59,10 @@ def check_model(cfg: StudyConfig, lm) -> None:
 
 
 def prepare(ctx: StudyContext, model: str) -> None:
-    """rome's key statistics C of every --lve-layers layer, computed once and stored before the facts' units."""
+    """rome's key statistics C of every --lve-layers layer, computed once and stored before the facts' units
+    (when --lve-editors has rome)."""
+    if "rome" not in ctx.config.lve.editors:
+        return
     lm = ctx.model(model)
     layers = lve_layers(ctx.config, lm.n_layers)
     ctx.echo(f"{model}: rome key statistics C of layers {', '.join(map(str, layers))} for {NAME} (stored once)")
@@ -72,7 +75,8 @@ def works(ctx: StudyContext, model: str, method: str, fact_id: str) -> bool:
 
 
 def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
-    """rome and ft at each --lve-layers layer on the fact's first query (subset facts, first method's unit)."""
+    """Each --lve-editors editor at each --lve-layers layer on the fact's first query (subset facts, first method's
+    unit)."""
     cfg = ctx.config
     session = ctx.edit_session(model, fact)
     lm = session.lm
@@ -81,7 +85,7 @@ def fact_work(ctx: StudyContext, model: str, method: str, fact) -> list[dict]:
     covariance = shared_store()
     rows = []
     q = 0
-    for name in EDITORS:
+    for name in cfg.lve.editors:
         editor = study_editor(ctx, name, model, covariance)
         for layer in lve_layers(cfg, lm.n_layers):
             result, _, seconds = measure_edit(session.baseline, editor, q, session.request(q, layers=(layer,)),
@@ -110,7 +114,7 @@ def summarize(ctx: StudyContext) -> Section:
             signals.append((method, "kn", {f: s for f in edits
                                            if (s := kn_profile(ctx, model, method, f, 0)) is not None}))
         for method, signal, by_fact in signals:
-            for editor in EDITORS:
+            for editor in cfg.lve.editors:
                 facts = [[(r["layer"], float(by_fact[f][r["layer"]]), float(r[SUCCESS])) for r in rows
                           if r["editor"] == editor] for f, rows in edits.items() if f in by_fact]
                 facts = [f for f in facts if f]
@@ -166,12 +170,12 @@ EXPERIMENT = Experiment(
     heading="Localization vs editing", summarize=summarize, fact_work=fact_work, check_model=check_model,
     prepare=prepare, requires=("tracing",), works=works, per_query=False,
     summary_keys=("localization_vs_editing", "lve_correlations"),
-    intro="Hase et al. (2023): a seeded subset of facts is edited by rome and ft at every layer of --lve-layers. If "
-          "localization told where to edit, edit success (Avg) would follow the localization signal at a layer, "
-          "beyond what the layer alone explains. R^2 of success from the layer alone and from the layer plus the "
-          "signal (the MLP tracing IE at the last subject token, or the share of the KN attribution mass), delta "
-          "R^2 with a bootstrap interval over facts; beside it the signal's rank correlation with success within "
-          "each layer. docs/tracing.md.",
+    intro="Hase et al. (2023): a seeded subset of facts is edited by rome and ft (--lve-editors) at every layer of "
+          "--lve-layers. If localization told where to edit, edit success (Avg) would follow the localization "
+          "signal at a layer, beyond what the layer alone explains. R^2 of success from the layer alone and from the "
+          "layer plus the signal (the MLP tracing IE at the last subject token, or the share of the KN attribution "
+          "mass), delta R^2 with a bootstrap interval over facts; beside it the signal's rank correlation with "
+          "success within each layer. docs/tracing.md.",
     tables=(
         Table("localization_vs_editing", title="Does the signal explain edit success beyond the layer? (Avg)",
               columns=(
