@@ -478,17 +478,21 @@ def test_demo_runs_on_two_ray_workers_when_ray_is_installed(tmp_path, monkeypatc
     assert demo.demo_config(tmp_path, facts=2, executor={"executor": "local"}).executor == "local"
 
 
-def test_demo_runs_every_experiment_with_a_finding_but_the_layer_sweep_and_the_mass_edits(tmp_path):
-    """The sweeps that feed no finding leave the demo; every other experiment with a finding stays."""
+def test_demo_runs_the_experiments_that_can_decide_at_its_size(tmp_path):
+    """The sweeps that feed no finding, the editors (their findings need more facts) and the mass edits leave the
+    demo; Hase et al.'s test stays, reduced to rome at every ninth layer of its first 12 facts."""
     from knowloc.demo import demo_config
     from knowloc.study.registry import experiments, names
 
     config = demo_config(tmp_path, model="tiny-llama", facts=2, executor={"executor": "local"})
     left = set(names()) - set(config.experiments)
-    assert left == {"cas-sweep", "update-sweep", "localization-vs-editing", "mass-editing"}
+    assert left == {"cas-sweep", "update-sweep", "editors", "mass-editing"}
     assert {e.name for e in experiments() if e.name in left and not e.findings} == {"cas-sweep", "update-sweep"}
+    assert {"tracing", "localization-vs-editing"} <= set(config.experiments)
     assert config.trace.samples == 3 and config.methods == ["ig"]
     assert config.cas.protocols == ["transductive"] and config.cas.budgets == ["free"]  # what the finding reads
+    assert config.lve.editors == ["rome"] and config.lve.facts == 12
+    assert sorted(config.layers("lve_layers").resolve(30)) == [0, 9, 18, 27]  # SmolLM2's 30 layers
 
 
 def _without_gemma(monkeypatch):
