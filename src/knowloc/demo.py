@@ -1,17 +1,17 @@
 """`make demo`: a study designed to decide the paper's questions on the embedded default model, then the report.
 
-Sized for 15 minutes on 2 CPU cores from a fresh clone and to give each finding it runs the facts it needs: 25 of
-the built-in facts SmolLM2-135M-Instruct knows (the study's seeded sample, so three or four per relation: the null
-baseline swaps templates between facts of one relation; with K_C about a third of the facts (SmolLM2, IG, the demo's
-settings), K_C reaches the 5 facts an interval needs), IG (the paper's first method) on two 1-thread Ray workers (the
-local executor when Ray is missing), and every experiment that can answer its question at this size: consistency,
-modification, query-mapping, attention, knockout, cas (its transductive protocol and free budget, the paper's and
-the finding's; the held-out and matched-budget checks are left to full studies), causal tracing of each fact's
-first query with 3 noise draws (10 in a study) and Hase et al.'s localization-vs-editing test reduced to ROME at 4
-layers spread over the model (every9: 0, 9, 18, 27 of SmolLM2's 30) on the first 12 facts (ROME's key statistics
-over 32 samples of the model's own text, 2 context prefixes); 5 locality prompts and 3 neutral sentences per edit,
-a specificity profile from 16 neutral prompts and 2 queries per relation (shipped for the embedded model,
-knowloc.attribution.shipped).
+Sized toward 15 minutes on 2 CPU cores from a fresh clone (19.4 min measured on a slow day, docs/performance.md) and
+to give each finding it runs the facts it needs: 25 of the built-in facts SmolLM2-135M-Instruct knows (the study's
+seeded sample, so three or four per relation: the null baseline swaps templates between facts of one relation; with
+K_C about a third of the facts (SmolLM2, IG, the demo's settings), K_C reaches the 5 facts an interval needs), IG
+(the paper's first method) on two 1-thread Ray workers (the local executor when Ray is missing), and every
+experiment that can answer its question at this size: consistency, modification, query-mapping, attention, knockout,
+cas (its transductive protocol and free budget, the paper's and the finding's; the held-out and matched-budget
+checks are left to full studies), causal tracing of each fact's first query with 3 noise draws (10 in a study) and
+Hase et al.'s localization-vs-editing test reduced to ROME at 4 layers spread over the model (every9: 0, 9, 18, 27
+of SmolLM2's 30) on the first 12 facts (ROME's key statistics over 32 samples of the model's own text, 2 context
+prefixes); 5 locality prompts and 3 neutral sentences per edit, a specificity profile from 16 neutral prompts and 2
+queries per relation (shipped for the embedded model, knowloc.attribution.shipped).
 
 Left out, and said so at the top of the report with the command that runs everything: the methods SIG and AMIG,
 the two sweeps that feed no finding (cas-sweep, update-sweep), the editors experiment (its two findings need about
