@@ -157,7 +157,7 @@ class UpdateSweepSettings:
         return lambda2 if self.tied else lambda1
 
 
-# the editors localization-vs-editing can run at each layer (Hase et al. edit with ROME first, then FT)
+# the editors localization-vs-editing can run at each layer (ROME, Hase et al.'s main editor, and FT)
 LVE_EDITORS = ("rome", "ft")
 
 
@@ -169,8 +169,8 @@ class LveSettings:
     facts: int = setting(20, kind="view", help="localization-vs-editing: facts edited at every --lve-layers layer "
                          "(the first of the studied facts in their seeded order: a larger value adds facts and keeps "
                          "the stored edits)")
-    layers: list[str] = setting(factory=lambda: ["every3"], help="localization-vs-editing: layers rome and ft edit; "
-                                f"{LAYER_LIST}")
+    layers: list[str] = setting(factory=lambda: ["every3"], help="localization-vs-editing: the layers each "
+                                f"--lve-editors editor edits; {LAYER_LIST}")
     editors: list[str] = setting(factory=lambda: list(LVE_EDITORS), help="localization-vs-editing: the editors "
                                  "that edit at each layer: rome and / or ft")
 
