@@ -55,10 +55,7 @@ def main() -> None:
             parts, lines = [], []
             for editor in editors.split(","):
                 for signal, by_fact in signals.items():
-                    facts = [[(r["layer"], float(by_fact[f][r["layer"]]), float(r[lve.SUCCESS]))
-                              for r in edits[f] if r.get("editor") == editor and r["layer"] in layers]
-                             for f in order[:n] if by_fact[f] is not None]
-                    facts = [f for f in facts if f]
+                    facts = lve.regression_facts(edits, by_fact, editor, order[:n], layers)
                     _, _, delta, low, high = hase_delta_r2_ci(facts, n_boot=cfg.n_boot, seed=cfg.seed)
                     e = Estimate(len(facts), delta, low, high)
                     parts.append(verdict(e, support_below=lve.SMALL, contradict_above=lve.SMALL))

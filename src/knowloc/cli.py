@@ -430,7 +430,7 @@ def reference_calibrate(model: str = ModelOpt,
                                                            "in $KNOWLOC_REFERENCE_DIR or the packaged "
                                                            "knowloc/resources/reference)"),
                         device: Optional[str] = DeviceOpt) -> None:
-    """Calibrate a model's ft / kn-ft bound under `knowloc study`'s defaults (which `make demo` shares) and ship it
+    """Calibrate a model's ft / kn-ft bound under `knowloc study`'s defaults and ship it
     (docs/editing.md, "Bounds per model")."""
     from knowloc.study.calibration import write_shipped
     from knowloc.study.context import StudyContext

@@ -58,7 +58,7 @@ def test_calibration_needs_ft_in_an_editing_experiment():
 
 @pytest.mark.parametrize("fixture", ["smollm2", "gemma3"])
 def test_the_built_in_models_calibrations_under_the_defaults_are_shipped(fixture, request):
-    """A default study (and the demo, whose ft settings are the defaults) reads its calibration: the shipped
+    """A default study reads its calibration: the shipped
     entry's key is today's (weights, requests, settings), so a change of any of them shows here."""
     lm = request.getfixturevalue(fixture)
     if lm.device.type != "cpu":

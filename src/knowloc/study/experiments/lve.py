@@ -20,6 +20,8 @@ the study's first method); the ``kn`` signal does, so its rows are per method, t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from knowloc.analysis import Estimate
@@ -101,6 +103,21 @@ def tracing_signal(traces: list[dict], query: int = 0) -> np.ndarray | None:
     return next((mlp_profile(t) for t in traces if t["query"] == query), None)
 
 
+def regression_facts(edits: dict[str, list[dict]], signal: dict[str, np.ndarray | None], editor: str,
+                     facts: Iterable[str], layers: set[int] | None = None) -> list[list[tuple[int, float, float]]]:
+    """Hase et al.'s regression input, one list per fact of ``facts`` (in that order) that has a ``signal`` and an
+    edit by ``editor``: its (layer, signal at the layer, success) rows, at ``layers`` (default every stored one)."""
+    out = []
+    for f in facts:
+        if signal.get(f) is None:
+            continue
+        rows = [(r["layer"], float(signal[f][r["layer"]]), float(r[SUCCESS])) for r in edits[f]
+                if r["editor"] == editor and (layers is None or r["layer"] in layers)]
+        if rows:
+            out.append(rows)
+    return out
+
+
 def summarize(ctx: StudyContext) -> Section:
     cfg = ctx.config
     regressions, correlations = [], []
@@ -115,9 +132,7 @@ def summarize(ctx: StudyContext) -> Section:
                                            if (s := kn_profile(ctx, model, method, f, 0)) is not None}))
         for method, signal, by_fact in signals:
             for editor in cfg.lve.editors:
-                facts = [[(r["layer"], float(by_fact[f][r["layer"]]), float(r[SUCCESS])) for r in rows
-                          if r["editor"] == editor] for f, rows in edits.items() if f in by_fact]
-                facts = [f for f in facts if f]
+                facts = regression_facts(edits, by_fact, editor, edits)
                 base = {"model": model, "method": method, "editor": editor, "signal": signal, "metric": SUCCESS}
                 r2_layer, r2_both, delta, low, high = hase_delta_r2_ci(facts, n_boot=cfg.n_boot, seed=cfg.seed)
                 e = Estimate(len(facts), delta, low, high)
@@ -189,4 +204,4 @@ EXPERIMENT = Experiment(
             Column("rho [95% CI]", "rho", "ci", 2, True, lo="rho_low", hi="rho_high")))),
     findings=FINDINGS)
 
-__all__ = ["EXPERIMENT", "lve_layers", "subset"]
+__all__ = ["EXPERIMENT", "lve_layers", "regression_facts", "subset"]
